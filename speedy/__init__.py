@@ -1,0 +1,1 @@
+"""Speedy: a distributed Docker/OCI image registry on Twisted."""

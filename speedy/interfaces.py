@@ -1,0 +1,435 @@
+"""
+Where Speedy's roles meet.  Only ``zope.interface`` Interfaces live here; the
+records they pass are in L{speedy.records}, the errors in L{speedy.errors}.
+
+Every method that may touch a disk, a socket or a database returns a
+L{Deferred}; "fires with X" below means the Deferred's result.  Failures are
+L{speedy.errors.SpeedyError} subclasses unless said otherwise.
+"""
+
+from zope.interface import Attribute, Interface
+
+# --- chunkserver engine ---------------------------------------------------
+
+
+class IChunkStore(Interface):
+    """
+    The chunkserver's storage engine: chunks appended to large volume files,
+    found through a compact in-memory index, deleted by tombstone, compacted
+    online.  The wire protocol drives it; it knows nothing of sockets.
+    """
+
+    read_only = Attribute(
+        "True while the store takes no writes (below its free-space reserve, "
+        "or set read-only); reads and deletes still work.")
+
+    def put(file_id, size):
+        """
+        Begin storing a chunk of exactly C{size} bytes under C{file_id}.
+
+        @return: an L{IChunkWrite} to stream the bytes into.
+        @raise ReadOnly: the store takes no writes.
+        @raise TooLarge: C{size} exceeds the largest chunk a volume can hold.
+        @raise NoSpace: no volume has room and none can be created.
+        """
+
+    def get(file_id, offset=0, length=None):
+        """
+        Locate a live chunk, verify its checksum, and pin its volume so a
+        compaction cannot free the bytes while they are being sent.
+
+        @param length: bytes wanted from C{offset}; None means to the end.
+        @return: a Deferred firing with an L{IChunkRead}.
+        @raise ChunkNotFound: no live chunk has that id.
+        @raise RangeNotSatisfiable: the range lies outside the chunk.
+        @raise ChecksumMismatch: the stored bytes are damaged (counted).
+        """
+
+    def stat(file_id):
+        """
+        @return: the L{speedy.records.ChunkInfo} of a live chunk, or None.
+            Answered from memory, no disk access.
+        """
+
+    def delete(file_id):
+        """
+        Append a tombstone for C{file_id}.
+
+        @return: a Deferred firing with None once the tombstone is durable.
+        @raise ChunkNotFound: no live chunk has that id.
+        """
+
+    def file_ids():
+        """
+        @return: an iterator over the file ids of all live chunks, in
+            ascending order (for fsck, repair and data transfer).
+        """
+
+    def compact(volume_id=None):
+        """
+        Compact C{volume_id}, or every volume whose garbage ratio passes the
+        threshold when None, while reads and writes continue.
+
+        @return: a Deferred firing with the number of bytes freed.
+        """
+
+    def status():
+        """
+        @return: a JSON-ready dict with at least C{capacity}, C{used}, C{free}
+            (bytes), C{read_only}, C{chunks}, C{volumes} (a list of dicts with
+            C{volume_id}, C{size}, C{used}, C{garbage}) and C{counters}
+            (checksum_errors, damaged_records, reads, writes, deletes, ...).
+        """
+
+    def close():
+        """
+        Write an index checkpoint and close every volume.
+
+        @return: a Deferred firing with None when done.
+        """
+
+
+class IChunkWrite(Interface):
+    """One chunk being streamed into the store."""
+
+    def write(data):
+        """
+        Append the next piece of the chunk's bytes (bytes or memoryview).
+        Writing more than the announced size raises L{TooLarge}.
+
+        @raise NoSpace: the disk filled; the write is aborted, nothing lost.
+        """
+
+    def finish():
+        """
+        All bytes were written.
+
+        @return: a Deferred firing with the L{speedy.records.ChunkInfo}
+            once the record is durable per the sync policy (group commit).
+        @raise ChunkExists: (errback) another chunk with different bytes is
+            stored under that id.  An identical one is an idempotent retry
+            and succeeds.
+        @raise BadRequest: fewer bytes than announced were written.
+        """
+
+    def abort():
+        """
+        Give up on this write; nothing becomes visible, the space is garbage.
+        """
+
+
+class IChunkRead(Interface):
+    """A verified, pinned byte range of one chunk, ready to be sent."""
+
+    info = Attribute("The L{speedy.records.ChunkInfo} of the whole chunk.")
+    offset = Attribute("First byte of the range within the chunk.")
+    length = Attribute("Number of bytes in the range.")
+
+    def fileno():
+        """
+        @return: a file descriptor of the volume file, valid until
+            L{release}, for C{os.sendfile}.
+        """
+
+    def file_offset():
+        """
+        @return: the absolute position of the range's first byte in that
+            volume file.
+        """
+
+    def read(position, size):
+        """
+        @return: up to C{size} bytes of the range starting C{position} bytes
+            into it (for transports that cannot sendfile, such as TLS).
+        """
+
+    def release():
+        """Unpin the volume.  Idempotent."""
+
+
+# --- chunkserver client (used by imageservers and tools) ------------------
+
+
+class IChunkClient(Interface):
+    """
+    Speaks the wire protocol to any chunkserver, with a connection pool per
+    address ("host:port"), a timeout on every request and reconnect with
+    backoff.  Error frames come back as the matching L{speedy.errors} class;
+    timeouts as L{Timeout}; unreachable peers as L{ConnectionFailed}.
+    """
+
+    def put(address, file_id, data):
+        """
+        Store C{data} (bytes-like, the whole chunk) under C{file_id}.
+
+        @return: a Deferred firing with the L{speedy.records.ChunkInfo} once
+            the chunkserver acknowledged it durable.
+        """
+
+    def get(address, file_id, offset=0, length=None):
+        """
+        @return: a Deferred firing with the bytes of the range.  A whole-chunk
+            read is verified against the chunkserver's CRC32C on arrival
+            (L{ChecksumMismatch} on a difference).
+        """
+
+    def stat(address, file_id):
+        """@return: a Deferred firing with a L{speedy.records.ChunkInfo}."""
+
+    def delete(address, file_id):
+        """@return: a Deferred firing with None."""
+
+    def ping(address):
+        """@return: a Deferred firing with the round-trip time in seconds."""
+
+    def status(address):
+        """@return: a Deferred firing with the chunkserver's status dict."""
+
+    def list(address):
+        """@return: a Deferred firing with a list of the stored file ids."""
+
+    def compact(address, volume_id=None):
+        """@return: a Deferred firing with the number of bytes freed."""
+
+    def close():
+        """Close every pooled connection.  @return: a Deferred."""
+
+
+# --- metadata store ---------------------------------------------------------
+
+
+class IMetadataStore(Interface):
+    """
+    Cluster and registry metadata.  Implementations: in memory (tests),
+    SQLite and MySQL/MariaDB through C{twisted.enterprise.adbapi}.  A lost
+    database errbacks with L{speedy.errors.Unavailable}; service resumes by
+    itself when the database returns.  Lookups of missing things fire with
+    None rather than failing, unless said otherwise.
+    """
+
+    def start():
+        """Connect and apply pending schema migrations.  @return: Deferred."""
+
+    def close():
+        """@return: a Deferred firing when every connection is closed."""
+
+    # cluster ---------------------------------------------------------------
+
+    def upsert_server(server):
+        """
+        Insert or replace a L{ServerRecord} by C{server_id}.
+
+        @raise BadRequest: another server already has that address, or its
+            group already has three other members.
+        @return: Deferred firing with None.
+        """
+
+    def get_server(server_id):
+        """@return: Deferred firing with a L{ServerRecord} or None."""
+
+    def list_servers():
+        """@return: Deferred firing with a list of L{ServerRecord}."""
+
+    def remove_server(server_id):
+        """@return: Deferred firing with True if it existed."""
+
+    def upsert_group(group):
+        """Insert or replace a L{GroupRecord}.  @return: Deferred."""
+
+    def list_groups():
+        """@return: Deferred firing with a list of L{GroupRecord}."""
+
+    def allocate_file_ids(count):
+        """
+        Reserve C{count} never-before-issued file ids in one transaction
+        (C{SELECT ... FOR UPDATE} on MySQL), persisted before they are
+        returned: no id is ever issued twice, across crashes, restarts and
+        several chunkmasters on one database.
+
+        @return: Deferred firing with (start, end): ids start <= id < end.
+        """
+
+    # files (REST file API) -----------------------------------------------
+
+    def put_file(record):
+        """Insert or replace a L{FileRecord} by path.
+        @return: Deferred firing with the replaced record or None."""
+
+    def get_file(path):
+        """@return: Deferred firing with a L{FileRecord} or None."""
+
+    def delete_file(path):
+        """@return: Deferred firing with the deleted L{FileRecord} or None."""
+
+    def list_files(prefix, limit=1000, after=None):
+        """@return: Deferred firing with a sorted list of paths under
+        C{prefix} (an indexed range scan, never C{LIKE '%...'})."""
+
+    # blobs ---------------------------------------------------------------
+
+    def put_blob(record):
+        """
+        Insert a L{BlobRecord} unless one with its digest exists.
+
+        @return: Deferred firing with the stored record: the existing one if
+            the digest was already there (the caller then collects its own
+            chunks as garbage).
+        """
+
+    def get_blob(digest):
+        """@return: Deferred firing with a L{BlobRecord} or None."""
+
+    def delete_blob(digest):
+        """Remove the blob itself (once nothing links it).
+        @return: Deferred firing with the removed record or None."""
+
+    def link_blob(repository, digest):
+        """Make a blob visible in C{repository} (idempotent).  @return: Deferred."""
+
+    def unlink_blob(repository, digest):
+        """@return: Deferred firing with True if the link existed."""
+
+    def blob_linked(repository, digest):
+        """@return: Deferred firing with the L{BlobRecord} if linked there,
+        else None."""
+
+    # manifests and tags --------------------------------------------------
+
+    def put_manifest(record, tags=()):
+        """
+        Store a L{ManifestRecord} (replacing one with the same repository and
+        digest) and point each of C{tags} at it, in one transaction.
+        @return: Deferred.
+        """
+
+    def get_manifest(repository, digest):
+        """@return: Deferred firing with a L{ManifestRecord} or None."""
+
+    def delete_manifest(repository, digest):
+        """Delete a manifest and every tag pointing at it.
+        @return: Deferred firing with True if it existed."""
+
+    def resolve_tag(repository, tag):
+        """@return: Deferred firing with the digest the tag points at, or None."""
+
+    def delete_tag(repository, tag):
+        """@return: Deferred firing with True if it existed."""
+
+    def list_tags(repository, limit=None, last=None):
+        """@return: Deferred firing with tag names in lexical order, after
+        C{last} (excluded), at most C{limit} of them; None if the repository
+        has no manifests at all."""
+
+    def list_repositories(limit=None, last=None):
+        """@return: Deferred firing with repository names in lexical order
+        (those with at least one manifest or linked blob)."""
+
+    def referrers(repository, digest, artifact_type=None):
+        """@return: Deferred firing with the L{ManifestRecord}s in
+        C{repository} whose subject is C{digest}, optionally only those of
+        C{artifact_type}."""
+
+    # uploads -------------------------------------------------------------
+
+    def create_upload(record):
+        """Insert a new L{UploadRecord}.  @return: Deferred."""
+
+    def get_upload(upload_id):
+        """@return: Deferred firing with an L{UploadRecord} or None."""
+
+    def update_upload(record, expected_offset):
+        """
+        Replace an upload's state only if its stored offset is still
+        C{expected_offset} (compare-and-set, so two imageservers cannot both
+        append at one offset).
+
+        @return: Deferred firing with True on success, False if the offset
+            moved or the upload is gone.
+        """
+
+    def delete_upload(upload_id):
+        """@return: Deferred firing with the deleted L{UploadRecord} or None."""
+
+    def stale_uploads(updated_before, limit=100):
+        """@return: Deferred firing with uploads last touched before the
+        given time (for expiry)."""
+
+    # garbage and repair --------------------------------------------------
+
+    def record_garbage(chunks, reason):
+        """Record L{ChunkRef}s that nothing owns any more, for collection.
+        @return: Deferred."""
+
+    def list_garbage(limit=1000):
+        """@return: Deferred firing with a list of L{GarbageChunk}."""
+
+    def forget_garbage(chunks):
+        """Remove collected chunks from the garbage list.  @return: Deferred."""
+
+    def record_bad_replica(bad):
+        """Record a L{BadReplica} for repair.  @return: Deferred."""
+
+    def list_bad_replicas(limit=1000):
+        """@return: Deferred firing with a list of L{BadReplica}."""
+
+
+# --- imageserver storage path --------------------------------------------------
+
+
+class IChunkedStorage(Interface):
+    """
+    The imageserver's storage path: streams cut into chunks, each written to
+    every member of one replica group, and read back from any replica with
+    failover.  Both the REST file API and the registry API sit on it.
+    """
+
+    def writer():
+        """@return: a new L{IChunkedWriter}."""
+
+    def read(chunks, offset, length, consumer):
+        """
+        Stream bytes C{offset} to C{offset + length} of the file made of
+        C{chunks} (a sequence of L{ChunkRef}) into C{consumer} (an
+        L{twisted.internet.interfaces.IConsumer}), in order, fetching the
+        next chunks ahead concurrently and honouring the consumer's
+        back-pressure.  C{consumer.unregisterProducer} is called at the end.
+
+        @return: a Deferred firing with None when every byte was written, or
+            failing with L{Unavailable} when no replica of some chunk could
+            serve it.  Cancelling it stops the work upstream.
+        """
+
+    def delete(chunks):
+        """
+        Delete C{chunks} from every member of their groups, best-effort;
+        what could not be deleted is recorded as garbage.
+        @return: Deferred.
+        """
+
+
+class IChunkedWriter(Interface):
+    """A stream being cut into chunks and written to replica groups."""
+
+    def write(data):
+        """
+        Feed the next bytes.
+
+        @return: a Deferred firing with None when the writer can take more
+            (immediately while its buffers are below the limit): callers
+            wait on it, which is how back-pressure reaches their socket.
+            It fails if a chunk could not be stored on any group.
+        """
+
+    def finish():
+        """
+        @return: a Deferred firing with the tuple of L{ChunkRef}s written,
+            in order, once every chunk is durable on all members of its group.
+        """
+
+    def abort():
+        """
+        Stop, and delete what was written (best-effort, the rest recorded as
+        garbage).  @return: Deferred.
+        """
+
+    bytes_written = Attribute("Bytes fed so far.")

@@ -1,0 +1,166 @@
+"""
+Plain records that cross role boundaries: what the engine, the wire, the
+metadata store, the chunkmaster and the imageservers hand each other.
+
+All are immutable ``attrs`` classes; a change is a new record
+(``attrs.evolve``).  Times are float seconds since the epoch, taken from an
+injected clock (``reactor.seconds()``), never from ``time.time()`` directly.
+"""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+
+# --- chunks --------------------------------------------------------------
+
+
+@frozen
+class ChunkInfo:
+    """What a chunkserver knows of one stored chunk."""
+
+    file_id: int
+    size: int
+    crc32c: int
+
+
+@frozen
+class ChunkRef:
+    """
+    Where one chunk of a file or blob lives: written under C{file_id} to every
+    member of replica group C{group_id}.  Chunks of one file may differ in size
+    (the last one, or the tail of each registry PATCH); their order in the
+    owning list gives their place in the file.
+    """
+
+    group_id: int
+    file_id: int
+    size: int
+    crc32c: int
+
+    def to_json(self):
+        return [self.group_id, self.file_id, self.size, self.crc32c]
+
+    @classmethod
+    def from_json(cls, value):
+        group_id, file_id, size, crc32c = value
+        return cls(int(group_id), int(file_id), int(size), int(crc32c))
+
+
+# --- cluster state (chunkmaster) -----------------------------------------
+
+#: Server states.  INIT: registered, never heard from.  RW: heartbeating,
+#: writable.  RO: heartbeating, not writable (full, or set so).  DOWN: missed
+#: heartbeats.  DRAINING: an admin is moving it out; readable, never chosen
+#: for writes.
+INIT, RW, RO, DOWN, DRAINING = "INIT", "RW", "RO", "DOWN", "DRAINING"
+SERVER_STATES = (INIT, RW, RO, DOWN, DRAINING)
+
+
+@frozen
+class ServerRecord:
+    """One chunkserver as the metadata store keeps it."""
+
+    server_id: str
+    group_id: int
+    address: str  # "host:port" of its wire protocol listener
+    state: str = INIT
+    capacity: int = 0  # bytes
+    used: int = 0  # bytes
+    free: int = 0  # bytes above the reserve that writes may still use
+    read_only: bool = False  # as the chunkserver reported it
+    last_heartbeat: float = 0.0
+    load: dict = field(factory=dict)  # counters from the heartbeat
+
+
+@frozen
+class GroupRecord:
+    """A replica group: up to three servers that hold identical chunks."""
+
+    group_id: int
+    read_only: bool = False  # set by an admin
+    created: float = 0.0
+
+
+# --- files (the imageserver's REST file API) ------------------------------
+
+
+@frozen
+class FileRecord:
+    """A file stored by path through the REST file API."""
+
+    path: str
+    size: int
+    chunks: tuple  # of ChunkRef, in order
+    created: float = 0.0
+    sha256: str | None = None  # hex digest when known
+
+
+# --- registry ------------------------------------------------------------
+
+
+@frozen
+class BlobRecord:
+    """A content-addressed blob, shared by every repository that links it."""
+
+    digest: str  # "sha256:<hex>" or "sha512:<hex>"
+    size: int
+    chunks: tuple  # of ChunkRef, in order
+    created: float = 0.0
+
+
+@frozen
+class ManifestRecord:
+    """A manifest in one repository, kept byte-exact."""
+
+    repository: str
+    digest: str
+    media_type: str
+    content: bytes
+    created: float = 0.0
+    subject: str | None = None  # digest of the manifest it refers to
+    artifact_type: str | None = None  # artifactType, or the config mediaType
+    annotations: dict = field(factory=dict)
+    #: digests of the blobs and manifests it references (for GC and deletes)
+    references: tuple = ()
+
+
+@frozen
+class UploadRecord:
+    """
+    A blob upload session.  It lives in the metadata store so any imageserver
+    can continue it.  C{offset} is the number of bytes received so far and
+    always equals the sum of C{chunks} sizes; C{hash_state} is the serialised
+    running hash (PyPI ``rehashes``) of those bytes, or None when the next
+    imageserver must re-hash the stored chunks.
+    """
+
+    upload_id: str
+    repository: str
+    offset: int = 0
+    chunks: tuple = ()  # of ChunkRef
+    hash_algorithm: str = "sha256"
+    hash_state: bytes | None = None
+    created: float = 0.0
+    updated: float = 0.0
+
+
+@frozen
+class GarbageChunk:
+    """A chunk written but owned by nothing (a failed or abandoned write),
+    recorded so garbage collection can delete it from its group."""
+
+    chunk: ChunkRef
+    reason: str
+    recorded: float = 0.0
+
+
+@frozen
+class BadReplica:
+    """A replica found damaged or missing on a read, recorded for repair."""
+
+    server_id: str
+    group_id: int
+    file_id: int
+    reason: str
+    recorded: float = 0.0

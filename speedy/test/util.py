@@ -1,0 +1,51 @@
+"""
+Helpers the tests share: skipping on a missing outside tool (a failure
+under CI=true, where .ci/run must have installed it), and the MariaDB URL.
+"""
+
+import os
+import shutil
+
+from twisted.trial.unittest import SkipTest
+
+IN_CI = os.environ.get("CI") == "true"
+
+MYSQL_URL = os.environ.get(
+    "SPEEDY_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def skip_or_fail(reason):
+    """
+    Skip the running test for C{reason}; under CI=true fail it instead,
+    because CI provisions every tool a test needs.
+    """
+    if IN_CI:
+        raise AssertionError("CI=true, but: " + reason)
+    raise SkipTest(reason)
+
+
+def require_tool(name):
+    """
+    @return: the absolute path of the executable C{name}; skip (or fail under
+        CI) when it is not installed.
+    """
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(f"{name} is not installed (Debian package; .ci/run installs it)")
+    return path
+
+
+def require_mysql():
+    """
+    @return: the MariaDB URL for tests once a connection succeeded; skip (or
+        fail under CI) when the server is unreachable.
+    """
+    import pymysql
+
+    from speedy.test._mysqlurl import connect_kwargs
+
+    try:
+        pymysql.connect(connect_timeout=2, **connect_kwargs(MYSQL_URL)).close()
+    except Exception as e:
+        skip_or_fail(f"MariaDB at {MYSQL_URL} is unreachable: {e}")
+    return MYSQL_URL
