@@ -1,0 +1,365 @@
+# -*- test-case-name: speedy.test.test_metadata -*-
+"""
+An L{IMetadataStore} held in memory, for unit tests of the roles that use
+the metadata store.
+
+It is a faithful model of L{speedy.metadata.sql}: the same validation and
+errors, the same ordering, the same "a zero time is stamped with the
+store's clock" rule, and records that come back as fresh copies (chunk
+lists rebuilt, JSON-ready dicts round-tripped through JSON), so a caller
+cannot pass here and fail against a database.  The conformance tests in
+L{speedy.test.test_metadata} hold both to one contract.
+"""
+
+import functools
+import json
+
+import attrs
+from twisted.internet.defer import maybeDeferred
+from zope.interface import implementer
+
+from speedy.errors import BadRequest
+from speedy.interfaces import IMetadataStore
+from speedy.metadata import schema
+from speedy.records import ChunkRef, GarbageChunk
+
+#: The first file id handed out; 0 never names a chunk.
+FIRST_FILE_ID = 1
+
+
+def _copy_chunks(chunks):
+    """
+    @return: C{chunks} as a tuple of fresh L{ChunkRef}s, as a database would
+        give them back.
+    """
+    return tuple(ChunkRef.from_json(chunk.to_json()) for chunk in chunks)
+
+
+def _copy_json(value):
+    """@return: C{value} after a trip through JSON (dict keys become str)."""
+    return json.loads(json.dumps(value))
+
+
+def _page(names, limit, last):
+    """
+    @param names: sorted names.
+    @return: the list of those after C{last}, at most C{limit} of them.
+    """
+    schema.check_limit(limit)
+    if last is not None:
+        names = [name for name in names if name > last]
+    return list(names if limit is None else names[:limit])
+
+
+def _deferred(method):
+    """
+    Make a synchronous method answer like the database stores: with a
+    Deferred that has already fired, failing if the method raised.
+    """
+
+    @functools.wraps(method)
+    def answer(self, *args, **kwargs):
+        return maybeDeferred(method, self, *args, **kwargs)
+
+    return answer
+
+
+@implementer(IMetadataStore)
+class MemoryMetadataStore:
+    """
+    Every table of the metadata store as a dict.
+
+    @param clock: an L{IReactorTime}; its C{seconds()} stamps records written
+        with a zero C{created}, C{updated} or C{recorded} time.
+    """
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._servers = {}  # server_id -> ServerRecord
+        self._groups = {}  # group_id -> GroupRecord
+        self._next_file_id = FIRST_FILE_ID
+        self._files = {}  # path -> FileRecord
+        self._blobs = {}  # digest -> BlobRecord
+        self._links = set()  # (repository, digest)
+        self._manifests = {}  # (repository, digest) -> ManifestRecord
+        self._tags = {}  # (repository, tag) -> digest
+        self._uploads = {}  # upload_id -> UploadRecord
+        self._garbage = {}  # (group_id, file_id) -> GarbageChunk
+        self._bad_replicas = {}  # (server_id, file_id) -> BadReplica
+
+    def _stamp(self, when):
+        """@return: C{when}, or the clock's time if C{when} is zero."""
+        return when or self._clock.seconds()
+
+    @_deferred
+    def start(self):
+        return None
+
+    @_deferred
+    def close(self):
+        return None
+
+    # cluster ---------------------------------------------------------------
+
+    @_deferred
+    def upsert_server(self, server):
+        schema.check_server(server)
+        others = [s for s in self._servers.values() if s.server_id != server.server_id]
+        schema.check_server_placement(server, others)
+        self._servers[server.server_id] = attrs.evolve(
+            server,
+            read_only=bool(server.read_only),
+            last_heartbeat=float(server.last_heartbeat),
+            load=_copy_json(server.load))
+
+    @_deferred
+    def get_server(self, server_id):
+        server = self._servers.get(server_id)
+        return None if server is None else attrs.evolve(server, load=_copy_json(server.load))
+
+    @_deferred
+    def list_servers(self):
+        return [
+            attrs.evolve(server, load=_copy_json(server.load))
+            for _, server in sorted(self._servers.items())
+        ]
+
+    @_deferred
+    def remove_server(self, server_id):
+        return self._servers.pop(server_id, None) is not None
+
+    @_deferred
+    def upsert_group(self, group):
+        schema.check_group(group)
+        self._groups[group.group_id] = attrs.evolve(
+            group, read_only=bool(group.read_only), created=self._stamp(group.created))
+
+    @_deferred
+    def list_groups(self):
+        return [group for _, group in sorted(self._groups.items())]
+
+    @_deferred
+    def allocate_file_ids(self, count):
+        schema.check_file_id_count(count)
+        start = self._next_file_id
+        self._next_file_id += count
+        return start, self._next_file_id
+
+    # files -----------------------------------------------------------------
+
+    @_deferred
+    def put_file(self, record):
+        schema.check_file(record)
+        replaced = self._files.get(record.path)
+        self._files[record.path] = attrs.evolve(
+            record, chunks=_copy_chunks(record.chunks), created=self._stamp(record.created))
+        return replaced
+
+    @_deferred
+    def get_file(self, path):
+        return self._files.get(path)
+
+    @_deferred
+    def delete_file(self, path):
+        return self._files.pop(path, None)
+
+    @_deferred
+    def list_files(self, prefix, limit=1000, after=None):
+        schema.check_prefix(prefix, after)
+        schema.check_limit(limit)
+        paths = sorted(
+            path for path in self._files
+            if path.startswith(prefix) and (after is None or path > after))
+        return paths if limit is None else paths[:limit]
+
+    # blobs -----------------------------------------------------------------
+
+    @_deferred
+    def put_blob(self, record):
+        schema.check_blob(record)
+        existing = self._blobs.get(record.digest)
+        if existing is not None:
+            return existing
+        stored = attrs.evolve(
+            record, chunks=_copy_chunks(record.chunks), created=self._stamp(record.created))
+        self._blobs[record.digest] = stored
+        return stored
+
+    @_deferred
+    def get_blob(self, digest):
+        return self._blobs.get(digest)
+
+    @_deferred
+    def delete_blob(self, digest):
+        self._links = {(r, d) for (r, d) in self._links if d != digest}
+        return self._blobs.pop(digest, None)
+
+    @_deferred
+    def link_blob(self, repository, digest):
+        schema.check_repository(repository)
+        if digest not in self._blobs:
+            raise BadRequest(f"no blob {digest!r} to link")
+        self._links.add((repository, digest))
+
+    @_deferred
+    def unlink_blob(self, repository, digest):
+        try:
+            self._links.remove((repository, digest))
+        except KeyError:
+            return False
+        return True
+
+    @_deferred
+    def blob_linked(self, repository, digest):
+        if (repository, digest) in self._links:
+            return self._blobs[digest]
+        return None
+
+    # manifests and tags ----------------------------------------------------
+
+    @_deferred
+    def put_manifest(self, record, tags=()):
+        tags = list(tags)
+        schema.check_manifest(record, tags)
+        self._manifests[record.repository, record.digest] = attrs.evolve(
+            record,
+            content=bytes(record.content),
+            created=self._stamp(record.created),
+            annotations=_copy_json(record.annotations),
+            references=tuple(record.references))
+        for tag in tags:
+            self._tags[record.repository, tag] = record.digest
+
+    @_deferred
+    def get_manifest(self, repository, digest):
+        manifest = self._manifests.get((repository, digest))
+        if manifest is None:
+            return None
+        return attrs.evolve(manifest, annotations=_copy_json(manifest.annotations))
+
+    @_deferred
+    def delete_manifest(self, repository, digest):
+        if self._manifests.pop((repository, digest), None) is None:
+            return False
+        self._tags = {
+            key: target for key, target in self._tags.items()
+            if not (key[0] == repository and target == digest)
+        }
+        return True
+
+    @_deferred
+    def resolve_tag(self, repository, tag):
+        return self._tags.get((repository, tag))
+
+    @_deferred
+    def delete_tag(self, repository, tag):
+        return self._tags.pop((repository, tag), None) is not None
+
+    @_deferred
+    def list_tags(self, repository, limit=None, last=None):
+        schema.check_limit(limit)
+        if not any(repo == repository for repo, _ in self._manifests):
+            return None
+        names = sorted(tag for repo, tag in self._tags if repo == repository)
+        return _page(names, limit, last)
+
+    @_deferred
+    def list_repositories(self, limit=None, last=None):
+        names = {repo for repo, _ in self._manifests} | {repo for repo, _ in self._links}
+        return _page(sorted(names), limit, last)
+
+    @_deferred
+    def referrers(self, repository, digest, artifact_type=None):
+        return [
+            attrs.evolve(manifest, annotations=_copy_json(manifest.annotations))
+            for (repo, _), manifest in sorted(self._manifests.items())
+            if repo == repository and manifest.subject == digest
+            and (artifact_type is None or manifest.artifact_type == artifact_type)
+        ]
+
+    # uploads ---------------------------------------------------------------
+
+    @_deferred
+    def create_upload(self, record):
+        schema.check_upload(record)
+        if record.upload_id in self._uploads:
+            raise BadRequest(f"upload {record.upload_id!r} already exists")
+        created = self._stamp(record.created)
+        self._uploads[record.upload_id] = attrs.evolve(
+            record,
+            chunks=_copy_chunks(record.chunks),
+            created=created,
+            updated=record.updated or created)
+
+    @_deferred
+    def get_upload(self, upload_id):
+        return self._uploads.get(upload_id)
+
+    @_deferred
+    def update_upload(self, record, expected_offset):
+        schema.check_upload(record)
+        stored = self._uploads.get(record.upload_id)
+        if stored is None or stored.offset != expected_offset:
+            return False
+        self._uploads[record.upload_id] = attrs.evolve(
+            stored,
+            offset=record.offset,
+            chunks=_copy_chunks(record.chunks),
+            hash_algorithm=record.hash_algorithm,
+            hash_state=record.hash_state,
+            updated=self._stamp(record.updated))
+        return True
+
+    @_deferred
+    def delete_upload(self, upload_id):
+        return self._uploads.pop(upload_id, None)
+
+    @_deferred
+    def stale_uploads(self, updated_before, limit=100):
+        schema.check_limit(limit)
+        stale = sorted(
+            (upload for upload in self._uploads.values() if upload.updated < updated_before),
+            key=lambda upload: (upload.updated, upload.upload_id))
+        return stale if limit is None else stale[:limit]
+
+    # garbage and repair ----------------------------------------------------
+
+    @_deferred
+    def record_garbage(self, chunks, reason):
+        chunks = list(chunks)
+        schema.check_chunks(chunks)
+        schema.check_reason(reason)
+        now = self._clock.seconds()
+        for chunk in chunks:
+            key = chunk.group_id, chunk.file_id
+            if key not in self._garbage:
+                self._garbage[key] = GarbageChunk(chunk, reason, now)
+
+    @_deferred
+    def list_garbage(self, limit=1000):
+        schema.check_limit(limit)
+        garbage = sorted(
+            self._garbage.values(),
+            key=lambda g: (g.recorded, g.chunk.group_id, g.chunk.file_id))
+        return garbage if limit is None else garbage[:limit]
+
+    @_deferred
+    def forget_garbage(self, chunks):
+        chunks = list(chunks)
+        schema.check_chunks(chunks)
+        for chunk in chunks:
+            self._garbage.pop((chunk.group_id, chunk.file_id), None)
+
+    @_deferred
+    def record_bad_replica(self, bad):
+        schema.check_bad_replica(bad)
+        self._bad_replicas[bad.server_id, bad.file_id] = attrs.evolve(
+            bad, recorded=self._stamp(bad.recorded))
+
+    @_deferred
+    def list_bad_replicas(self, limit=1000):
+        schema.check_limit(limit)
+        bad = sorted(
+            self._bad_replicas.values(),
+            key=lambda b: (b.recorded, b.server_id, b.file_id))
+        return bad if limit is None else bad[:limit]

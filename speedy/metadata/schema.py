@@ -1,0 +1,454 @@
+# -*- test-case-name: speedy.test.test_metadata_schema -*-
+"""
+The metadata store's tables: the limits every implementation enforces on
+what it is given, and the numbered migrations that build the tables in
+SQLite and in MySQL/MariaDB.
+
+Limits (characters unless said otherwise; checked before anything is
+written, so no database ever truncates a value):
+
+    ===================  =====  ==========================================
+    value                limit  column
+    ===================  =====  ==========================================
+    repository name      255    C{VARBINARY(1020)} (255 UTF-8 characters)
+    tag                  128    C{VARBINARY(512)}
+    digest               135    C{VARBINARY(135)} (C{sha512:} + 128 hex)
+    file path            1024   UTF-8 bytes, C{VARBINARY(1024)}
+    server id            128    C{VARBINARY(512)}
+    address, media type  255    C{VARBINARY(1020)}
+    upload id            128    C{VARBINARY(512)}
+    hash algorithm       32     C{VARBINARY(128)}
+    ===================  =====  ==========================================
+
+Names are stored as their UTF-8 bytes (C{VARBINARY} on MySQL, C{TEXT} with
+SQLite's byte-wise C{BINARY} collation), so equality is exact and order is
+code point order, the same as Python's C{str} order.  Chunk lists are the
+JSON of L{ChunkRef.to_json} lists, in a C{LONGBLOB}; manifest bytes and
+hash states are C{LONGBLOB}s, kept byte-exact.
+
+Migrations are a list of C{(version, statements)} steps per dialect; the
+table C{schema_version} holds the number of the last step applied.
+L{migrate} applies the missing steps in order while holding a lock that
+keeps two processes from migrating at once (C{BEGIN IMMEDIATE} on SQLite,
+where DDL is transactional; C{GET_LOCK} on MySQL, where DDL commits by
+itself and every statement is written to be re-run safely).
+"""
+
+from speedy.errors import BadRequest, Internal
+from speedy.records import SERVER_STATES, ChunkRef
+
+MAX_REPOSITORY = 255
+MAX_TAG = 128
+MAX_DIGEST = len("sha512:") + 128
+MAX_PATH_BYTES = 1024
+MAX_SERVER_ID = 128
+MAX_ADDRESS = 255
+MAX_MEDIA_TYPE = 255
+MAX_UPLOAD_ID = 128
+MAX_HASH_ALGORITHM = 32
+
+#: Members a replica group may have.
+GROUP_SIZE = 3
+
+#: The largest id range one L{allocate_file_ids} call may reserve.
+MAX_FILE_ID_COUNT = 1 << 32
+
+_INT64 = 1 << 63
+
+
+# --- validation --------------------------------------------------------------
+
+
+def check_text(value, what, limit):
+    """
+    @raise BadRequest: C{value} is not a non-empty C{str} of at most
+        C{limit} characters that UTF-8 can encode.
+    """
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{what} must be a non-empty string, not {value!r}")
+    if len(value) > limit:
+        raise BadRequest(f"{what} is longer than {limit} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} is not valid Unicode: {value!r}") from None
+
+
+def check_optional_text(value, what, limit):
+    """Like L{check_text}, but None is allowed too."""
+    if value is not None:
+        check_text(value, what, limit)
+
+
+def check_int(value, what, minimum=0):
+    """
+    @raise BadRequest: C{value} is not an C{int} (C{bool} excluded) between
+        C{minimum} and the largest signed 64-bit integer.
+    """
+    if type(value) is not int or not minimum <= value < _INT64:
+        raise BadRequest(f"{what} must be an integer >= {minimum}, not {value!r}")
+
+
+def check_limit(limit):
+    """@raise BadRequest: C{limit} is neither None nor an integer >= 0."""
+    if limit is not None:
+        check_int(limit, "limit")
+
+
+def check_path(path):
+    """@raise BadRequest: C{path} is not a usable file path."""
+    check_text(path, "path", MAX_PATH_BYTES)
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise BadRequest(f"path is longer than {MAX_PATH_BYTES} UTF-8 bytes")
+
+
+def check_prefix(prefix, after):
+    """@raise BadRequest: C{prefix} is not a string, or C{after} neither a
+        string nor None."""
+    if not isinstance(prefix, str):
+        raise BadRequest(f"prefix must be a string, not {prefix!r}")
+    if after is not None and not isinstance(after, str):
+        raise BadRequest(f"after must be a string, not {after!r}")
+
+
+def check_repository(repository):
+    check_text(repository, "repository", MAX_REPOSITORY)
+
+
+def check_digest(digest, what="digest"):
+    check_text(digest, what, MAX_DIGEST)
+
+
+def check_chunks(chunks):
+    """@raise BadRequest: C{chunks} holds something other than L{ChunkRef}s."""
+    for chunk in chunks:
+        if not isinstance(chunk, ChunkRef):
+            raise BadRequest(f"chunks must be ChunkRefs, not {chunk!r}")
+        check_int(chunk.group_id, "group id")
+        check_int(chunk.file_id, "file id")
+        check_int(chunk.size, "chunk size")
+        check_int(chunk.crc32c, "chunk crc32c")
+
+
+def check_server(server):
+    check_text(server.server_id, "server id", MAX_SERVER_ID)
+    check_text(server.address, "address", MAX_ADDRESS)
+    check_int(server.group_id, "group id")
+    if server.state not in SERVER_STATES:
+        raise BadRequest(f"unknown server state {server.state!r}")
+    for what in ("capacity", "used", "free"):
+        check_int(getattr(server, what), what)
+    if not isinstance(server.load, dict):
+        raise BadRequest("load must be a dict")
+
+
+def check_server_placement(server, others):
+    """
+    @param others: the stored servers other than C{server} (at least those
+        that share its address or its group).
+    @raise BadRequest: one of C{others} has C{server}'s address, or its
+        group already has L{GROUP_SIZE} other members.
+    """
+    for other in others:
+        if other.address == server.address:
+            raise BadRequest(
+                f"server {other.server_id!r} already has address {server.address!r}")
+    members = [other for other in others if other.group_id == server.group_id]
+    if len(members) >= GROUP_SIZE:
+        raise BadRequest(f"group {server.group_id} already has {GROUP_SIZE} members")
+
+
+def check_group(group):
+    check_int(group.group_id, "group id")
+
+
+def check_file_id_count(count):
+    check_int(count, "count", minimum=1)
+    if count > MAX_FILE_ID_COUNT:
+        raise BadRequest(f"count must be at most {MAX_FILE_ID_COUNT}")
+
+
+def check_file(record):
+    check_path(record.path)
+    check_int(record.size, "size")
+    check_chunks(record.chunks)
+    check_optional_text(record.sha256, "sha256", 64)
+
+
+def check_blob(record):
+    check_digest(record.digest)
+    check_int(record.size, "size")
+    check_chunks(record.chunks)
+
+
+def check_manifest(record, tags):
+    check_repository(record.repository)
+    check_digest(record.digest)
+    check_text(record.media_type, "media type", MAX_MEDIA_TYPE)
+    if not isinstance(record.content, (bytes, bytearray, memoryview)):
+        raise BadRequest("manifest content must be bytes")
+    check_optional_text(record.subject, "subject", MAX_DIGEST)
+    check_optional_text(record.artifact_type, "artifact type", MAX_MEDIA_TYPE)
+    if not isinstance(record.annotations, dict):
+        raise BadRequest("annotations must be a dict")
+    for digest in record.references:
+        check_digest(digest, "reference")
+    for tag in tags:
+        check_text(tag, "tag", MAX_TAG)
+
+
+def check_upload(record):
+    check_text(record.upload_id, "upload id", MAX_UPLOAD_ID)
+    check_repository(record.repository)
+    check_int(record.offset, "offset")
+    check_chunks(record.chunks)
+    check_text(record.hash_algorithm, "hash algorithm", MAX_HASH_ALGORITHM)
+    if record.hash_state is not None and not isinstance(record.hash_state, bytes):
+        raise BadRequest("hash state must be bytes or None")
+
+
+def check_bad_replica(bad):
+    check_text(bad.server_id, "server id", MAX_SERVER_ID)
+    check_int(bad.group_id, "group id")
+    check_int(bad.file_id, "file id")
+    check_text(bad.reason, "reason", 65535)
+
+
+def check_reason(reason):
+    check_text(reason, "reason", 65535)
+
+
+# --- migrations --------------------------------------------------------------
+
+#: SQLite: each step runs inside the C{BEGIN IMMEDIATE} transaction of
+#: L{migrate}, so a step is applied whole or not at all.
+SQLITE_MIGRATIONS = [
+    (1, [  # the cluster and the REST file API
+        """CREATE TABLE servers (
+            server_id TEXT PRIMARY KEY,
+            group_id INTEGER NOT NULL,
+            address TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            capacity INTEGER NOT NULL,
+            used INTEGER NOT NULL,
+            free INTEGER NOT NULL,
+            read_only INTEGER NOT NULL,
+            last_heartbeat REAL NOT NULL,
+            load_counters BLOB NOT NULL)""",
+        "CREATE INDEX servers_by_group ON servers (group_id)",
+        """CREATE TABLE replica_groups (
+            group_id INTEGER PRIMARY KEY,
+            read_only INTEGER NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE file_ids (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            next_id INTEGER NOT NULL)""",
+        "INSERT INTO file_ids (singleton, next_id) VALUES (1, 1)",
+        """CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            chunks BLOB NOT NULL,
+            created REAL NOT NULL,
+            sha256 TEXT) WITHOUT ROWID""",
+    ]),
+    (2, [  # the registry
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            chunks BLOB NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE blob_links (
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            PRIMARY KEY (repository, digest)) WITHOUT ROWID""",
+        "CREATE INDEX blob_links_by_digest ON blob_links (digest)",
+        """CREATE TABLE manifests (
+            repository TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            media_type TEXT NOT NULL,
+            content BLOB NOT NULL,
+            created REAL NOT NULL,
+            subject TEXT,
+            artifact_type TEXT,
+            annotations BLOB NOT NULL,
+            refs BLOB NOT NULL,
+            PRIMARY KEY (repository, digest))""",
+        "CREATE INDEX manifests_by_subject ON manifests (repository, subject, digest)",
+        """CREATE TABLE tags (
+            repository TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            PRIMARY KEY (repository, tag)) WITHOUT ROWID""",
+        "CREATE INDEX tags_by_digest ON tags (repository, digest)",
+        """CREATE TABLE uploads (
+            upload_id TEXT PRIMARY KEY,
+            repository TEXT NOT NULL,
+            upload_offset INTEGER NOT NULL,
+            chunks BLOB NOT NULL,
+            hash_algorithm TEXT NOT NULL,
+            hash_state BLOB,
+            created REAL NOT NULL,
+            updated REAL NOT NULL)""",
+        "CREATE INDEX uploads_by_updated ON uploads (updated, upload_id)",
+    ]),
+    (3, [  # garbage collection and repair
+        """CREATE TABLE garbage (
+            group_id INTEGER NOT NULL,
+            file_id INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            crc32c INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            recorded REAL NOT NULL,
+            PRIMARY KEY (group_id, file_id))""",
+        "CREATE INDEX garbage_by_recorded ON garbage (recorded)",
+        """CREATE TABLE bad_replicas (
+            server_id TEXT NOT NULL,
+            file_id INTEGER NOT NULL,
+            group_id INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            recorded REAL NOT NULL,
+            PRIMARY KEY (server_id, file_id))""",
+        "CREATE INDEX bad_replicas_by_recorded ON bad_replicas (recorded)",
+    ]),
+]
+
+_INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
+
+#: MySQL/MariaDB: DDL commits by itself, so every statement can be re-run
+#: after a crash half-way through a step.
+MYSQL_MIGRATIONS = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS servers (
+            server_id VARBINARY(512) NOT NULL PRIMARY KEY,
+            group_id BIGINT NOT NULL,
+            address VARBINARY(1020) NOT NULL,
+            state VARBINARY(16) NOT NULL,
+            capacity BIGINT NOT NULL,
+            used BIGINT NOT NULL,
+            free BIGINT NOT NULL,
+            read_only BOOLEAN NOT NULL,
+            last_heartbeat DOUBLE NOT NULL,
+            load_counters LONGBLOB NOT NULL,
+            UNIQUE KEY servers_by_address (address),
+            KEY servers_by_group (group_id))""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS replica_groups (
+            group_id BIGINT NOT NULL PRIMARY KEY,
+            read_only BOOLEAN NOT NULL,
+            created DOUBLE NOT NULL)""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS file_ids (
+            singleton TINYINT NOT NULL PRIMARY KEY CHECK (singleton = 1),
+            next_id BIGINT NOT NULL)""" + _INNODB,
+        """INSERT INTO file_ids (singleton, next_id)
+            SELECT 1, 1 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM file_ids)""",
+        """CREATE TABLE IF NOT EXISTS files (
+            path VARBINARY(1024) NOT NULL PRIMARY KEY,
+            size BIGINT NOT NULL,
+            chunks LONGBLOB NOT NULL,
+            created DOUBLE NOT NULL,
+            sha256 VARBINARY(64) NULL)""" + _INNODB,
+    ]),
+    (2, [
+        """CREATE TABLE IF NOT EXISTS blobs (
+            digest VARBINARY(135) NOT NULL PRIMARY KEY,
+            size BIGINT NOT NULL,
+            chunks LONGBLOB NOT NULL,
+            created DOUBLE NOT NULL)""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS blob_links (
+            repository VARBINARY(1020) NOT NULL,
+            digest VARBINARY(135) NOT NULL,
+            PRIMARY KEY (repository, digest),
+            KEY blob_links_by_digest (digest))""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS manifests (
+            repository VARBINARY(1020) NOT NULL,
+            digest VARBINARY(135) NOT NULL,
+            media_type VARBINARY(1020) NOT NULL,
+            content LONGBLOB NOT NULL,
+            created DOUBLE NOT NULL,
+            subject VARBINARY(135) NULL,
+            artifact_type VARBINARY(1020) NULL,
+            annotations LONGBLOB NOT NULL,
+            refs LONGBLOB NOT NULL,
+            PRIMARY KEY (repository, digest),
+            KEY manifests_by_subject (repository, subject, digest))""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS tags (
+            repository VARBINARY(1020) NOT NULL,
+            tag VARBINARY(512) NOT NULL,
+            digest VARBINARY(135) NOT NULL,
+            PRIMARY KEY (repository, tag),
+            KEY tags_by_digest (repository, digest))""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS uploads (
+            upload_id VARBINARY(512) NOT NULL PRIMARY KEY,
+            repository VARBINARY(1020) NOT NULL,
+            upload_offset BIGINT NOT NULL,
+            chunks LONGBLOB NOT NULL,
+            hash_algorithm VARBINARY(128) NOT NULL,
+            hash_state LONGBLOB NULL,
+            created DOUBLE NOT NULL,
+            updated DOUBLE NOT NULL,
+            KEY uploads_by_updated (updated, upload_id))""" + _INNODB,
+    ]),
+    (3, [
+        """CREATE TABLE IF NOT EXISTS garbage (
+            group_id BIGINT NOT NULL,
+            file_id BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            crc32c BIGINT NOT NULL,
+            reason MEDIUMTEXT NOT NULL,
+            recorded DOUBLE NOT NULL,
+            PRIMARY KEY (group_id, file_id),
+            KEY garbage_by_recorded (recorded))""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS bad_replicas (
+            server_id VARBINARY(512) NOT NULL,
+            file_id BIGINT NOT NULL,
+            group_id BIGINT NOT NULL,
+            reason MEDIUMTEXT NOT NULL,
+            recorded DOUBLE NOT NULL,
+            PRIMARY KEY (server_id, file_id),
+            KEY bad_replicas_by_recorded (recorded))""" + _INNODB,
+    ]),
+]
+
+
+def latest_version(migrations):
+    """@return: the version a database has once every step is applied."""
+    return migrations[-1][0]
+
+
+def migrate(db, dialect, target=None):
+    """
+    Bring a database's schema to version C{target} (the latest if None).
+    Runs in a database thread, inside one adbapi interaction.
+
+    @param db: the interaction's L{speedy.metadata.sql.Cursor}.
+    @param dialect: the database's dialect; its C{migrations} are applied.
+    @return: C{(before, after)}, the schema versions before and after.
+    @raise Internal: the database was written by a newer Speedy.
+    """
+    migrations = dialect.migrations
+    latest = latest_version(migrations)
+    target = latest if target is None else target
+    dialect.lock_schema(db)
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            + dialect.table_options)
+        row = db.one("SELECT version FROM schema_version")
+        if row is None:
+            db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            before = 0
+        else:
+            before = row[0]
+        if before > latest:
+            raise Internal(
+                f"the metadata database has schema version {before}, newer than "
+                f"this Speedy's {latest}: upgrade Speedy")
+        version = before
+        for number, statements in migrations:
+            if version < number <= target:
+                for statement in statements:
+                    db.execute(statement)
+                db.execute("UPDATE schema_version SET version = ?", number)
+                version = number
+        return before, version
+    finally:
+        dialect.unlock_schema(db)

@@ -1,0 +1,658 @@
+# -*- test-case-name: speedy.test.test_metadata -*-
+"""
+The L{IMetadataStore} on a SQL database, through C{twisted.enterprise.adbapi}.
+
+One implementation serves SQLite and MySQL/MariaDB; a dialect object
+(L{speedy.metadata.sqlite.SQLiteDialect},
+L{speedy.metadata.mysql.MySQLDialect}) holds what differs: how to connect,
+how a transaction begins and locks, the upsert syntax, the migrations, and
+which driver errors mean "the database is unreachable".  The tables are
+described in L{speedy.metadata.schema}.
+
+Every method runs one adbapi interaction (one transaction) in the pool's
+threads, never on the reactor thread.  Failures:
+
+  - L{BadRequest} for invalid arguments (checked by L{speedy.metadata.schema}
+    before anything is written, the same checks as the in-memory store);
+  - L{Unavailable} when the database cannot be reached: the pool drops the
+    dead connection and the next call connects anew;
+  - anything else (a driver's ProgrammingError, say) is a bug and passes
+    through unchanged.
+
+Write transactions that the database aborts to break a deadlock are retried.
+"""
+
+import json
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from speedy.errors import BadRequest, Unavailable
+from speedy.interfaces import IMetadataStore
+from speedy.metadata import schema
+from speedy.records import (
+    BadReplica,
+    BlobRecord,
+    ChunkRef,
+    FileRecord,
+    GarbageChunk,
+    GroupRecord,
+    ManifestRecord,
+    ServerRecord,
+    UploadRecord,
+)
+
+#: Attempts of a transaction the database keeps aborting as a deadlock victim.
+CONFLICT_ATTEMPTS = 5
+
+
+class Cursor:
+    """
+    The cursor of one interaction, speaking the dialect's placeholders.
+    Statements are written with C{?} placeholders.
+    """
+
+    def __init__(self, transaction, dialect):
+        self._transaction = transaction
+        self.dialect = dialect
+
+    def execute(self, sql, *params):
+        """@return: the number of rows the statement matched."""
+        self._transaction.execute(self.dialect.placeholders(sql), params)
+        return self._transaction.rowcount
+
+    def one(self, sql, *params):
+        """@return: the first row of a query, or None."""
+        self.execute(sql, *params)
+        return self._transaction.fetchone()
+
+    def all(self, sql, *params):
+        """@return: every row of a query, as a list."""
+        self.execute(sql, *params)
+        return list(self._transaction.fetchall())
+
+
+# --- columns <-> records -------------------------------------------------------
+
+
+def _text(value):
+    """@return: a text column's value as C{str} (MySQL's VARBINARY gives bytes)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _dump_json(value):
+    """@return: C{value} as ASCII JSON bytes, for a BLOB column."""
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _dump_chunks(chunks):
+    return _dump_json([chunk.to_json() for chunk in chunks])
+
+
+def _load_chunks(value):
+    return tuple(ChunkRef.from_json(item) for item in json.loads(value))
+
+
+def _limit(limit):
+    """@return: the C{LIMIT} clause for C{limit} (None: no limit)."""
+    return "" if limit is None else f" LIMIT {int(limit)}"
+
+
+def prefix_successor(prefix):
+    """
+    @return: the least string greater than every string that starts with
+        C{prefix}, or None when no string is (C{prefix} is empty or all
+        U+10FFFF).  Skips the surrogates, which no stored string contains.
+    """
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    code = ord(stripped[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:
+        code = 0xE000
+    return stripped[:-1] + chr(code)
+
+
+_SERVER = ("server_id, group_id, address, state, capacity, used, free, read_only, "
+           "last_heartbeat, load_counters")
+
+
+def _server(row):
+    (server_id, group_id, address, state, capacity, used, free, read_only,
+     last_heartbeat, load) = row
+    return ServerRecord(
+        _text(server_id), group_id, _text(address), _text(state), capacity, used, free,
+        bool(read_only), float(last_heartbeat), json.loads(load))
+
+
+_FILE = "path, size, chunks, created, sha256"
+
+
+def _file(row):
+    path, size, chunks, created, sha256 = row
+    return FileRecord(_text(path), size, _load_chunks(chunks), float(created), _text(sha256))
+
+
+_BLOB = "digest, size, chunks, created"
+
+
+def _blob(row):
+    digest, size, chunks, created = row
+    return BlobRecord(_text(digest), size, _load_chunks(chunks), float(created))
+
+
+_MANIFEST = ("repository, digest, media_type, content, created, subject, artifact_type, "
+             "annotations, refs")
+
+
+def _manifest(row):
+    (repository, digest, media_type, content, created, subject, artifact_type,
+     annotations, refs) = row
+    return ManifestRecord(
+        _text(repository), _text(digest), _text(media_type), bytes(content), float(created),
+        _text(subject), _text(artifact_type), json.loads(annotations), tuple(json.loads(refs)))
+
+
+_UPLOAD = ("upload_id, repository, upload_offset, chunks, hash_algorithm, hash_state, "
+           "created, updated")
+
+
+def _upload(row):
+    (upload_id, repository, offset, chunks, hash_algorithm, hash_state, created,
+     updated) = row
+    return UploadRecord(
+        _text(upload_id), _text(repository), offset, _load_chunks(chunks),
+        _text(hash_algorithm), None if hash_state is None else bytes(hash_state),
+        float(created), float(updated))
+
+
+_GARBAGE = "group_id, file_id, size, crc32c, reason, recorded"
+
+
+def _garbage(row):
+    group_id, file_id, size, crc32c, reason, recorded = row
+    return GarbageChunk(ChunkRef(group_id, file_id, size, crc32c), _text(reason), float(recorded))
+
+
+_BAD_REPLICA = "server_id, group_id, file_id, reason, recorded"
+
+
+def _bad_replica(row):
+    server_id, group_id, file_id, reason, recorded = row
+    return BadReplica(_text(server_id), group_id, file_id, _text(reason), float(recorded))
+
+
+@implementer(IMetadataStore)
+class SQLMetadataStore:
+    """
+    The metadata store in a SQL database.
+
+    @param dialect: what is particular to the database (see the module
+        docstring).
+    @param reactor: runs the connection pool's threads and their results.
+    @param clock: stamps records written with a zero time; the reactor if
+        None.
+    @ivar dialect: the C{dialect} given.
+    """
+
+    def __init__(self, dialect, reactor, clock=None):
+        self.dialect = dialect
+        self._reactor = reactor
+        self._clock = reactor if clock is None else clock
+        self._pool = None
+
+    def __repr__(self):
+        return f"<SQLMetadataStore {self.dialect!r}>"
+
+    # running interactions ---------------------------------------------------
+
+    def _interaction(self, transaction, write, function, args):
+        """
+        In a pool thread: begin the transaction and run C{function} in it
+        (adbapi commits, or rolls back if it raises).
+
+        @return: what C{function(db, *args)} returns.
+        """
+        db = Cursor(transaction, self.dialect)
+        self.dialect.begin(db, write)
+        return function(db, *args)
+
+    async def _attempts(self, write, function, args):
+        """
+        Run C{function} in a transaction, again if the database aborted it
+        to break a deadlock.
+
+        @return: what C{function(db, *args)} returns.
+        @raise Unavailable: the database could not be reached.
+        """
+        if self._pool is None:
+            raise Unavailable("the metadata store is not started")
+        attempt = 1
+        while True:
+            try:
+                return await self._pool.runInteraction(
+                    self._interaction, write, function, args)
+            except Exception as e:
+                if self.dialect.is_conflict(e) and attempt < CONFLICT_ATTEMPTS:
+                    attempt += 1
+                    continue
+                if self.dialect.is_unavailable(e):
+                    raise Unavailable(f"metadata database unreachable: {e}") from e
+                raise
+
+    def _read(self, function, *args):
+        """
+        Run C{function(db, *args)} in a read-only transaction.
+
+        @return: a Deferred firing with its result.
+        """
+        return Deferred.fromCoroutine(self._attempts(False, function, args))
+
+    def _write(self, function, *args):
+        """
+        Run C{function(db, *args)} in a transaction that writes.
+
+        @return: a Deferred firing with its result.
+        """
+        return Deferred.fromCoroutine(self._attempts(True, function, args))
+
+    def _now(self):
+        return self._clock.seconds()
+
+    # lifecycle ------------------------------------------------------------------
+
+    def migrate(self, target=None):
+        """
+        Open the connection pool if needed and bring the schema to version
+        C{target} (the latest if None).
+
+        @return: a Deferred firing with C{(before, after)} schema versions.
+        """
+        if self._pool is None:
+            self._pool = self.dialect.connection_pool(self._reactor)
+        return self._write(schema.migrate, self.dialect, target)
+
+    def start(self):
+        return self.migrate().addCallback(lambda versions: None)
+
+    def close(self):
+        """
+        Close the pool: its idle threads are joined, briefly, on the
+        reactor thread (adbapi offers no other way).
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        return succeed(None)
+
+    # cluster ----------------------------------------------------------------------
+
+    def upsert_server(self, server):
+        return self._write(self._upsert_server, server)
+
+    def _upsert_server(self, db, server):
+        schema.check_server(server)
+        others = db.all(
+            f"SELECT {_SERVER} FROM servers WHERE (address = ? OR group_id = ?)"
+            f" AND server_id <> ?" + self.dialect.for_update,
+            server.address, server.group_id, server.server_id)
+        schema.check_server_placement(server, [_server(row) for row in others])
+        db.execute(
+            self.dialect.upsert("servers", _SERVER, ["server_id"]),
+            server.server_id, server.group_id, server.address, server.state,
+            server.capacity, server.used, server.free, bool(server.read_only),
+            float(server.last_heartbeat), _dump_json(server.load))
+
+    def get_server(self, server_id):
+        return self._read(self._get_server, server_id)
+
+    def _get_server(self, db, server_id):
+        row = db.one(f"SELECT {_SERVER} FROM servers WHERE server_id = ?", server_id)
+        return None if row is None else _server(row)
+
+    def list_servers(self):
+        return self._read(self._list_servers)
+
+    def _list_servers(self, db):
+        rows = db.all(f"SELECT {_SERVER} FROM servers ORDER BY server_id")
+        return [_server(row) for row in rows]
+
+    def remove_server(self, server_id):
+        return self._write(self._remove_server, server_id)
+
+    def _remove_server(self, db, server_id):
+        return db.execute("DELETE FROM servers WHERE server_id = ?", server_id) > 0
+
+    def upsert_group(self, group):
+        return self._write(self._upsert_group, group, self._now())
+
+    def _upsert_group(self, db, group, now):
+        schema.check_group(group)
+        db.execute(
+            self.dialect.upsert("replica_groups", "group_id, read_only, created", ["group_id"]),
+            group.group_id, bool(group.read_only), group.created or now)
+
+    def list_groups(self):
+        return self._read(self._list_groups)
+
+    def _list_groups(self, db):
+        return [
+            GroupRecord(group_id, bool(read_only), float(created))
+            for group_id, read_only, created in db.all(
+                "SELECT group_id, read_only, created FROM replica_groups ORDER BY group_id")
+        ]
+
+    def allocate_file_ids(self, count):
+        return self._write(self._allocate_file_ids, count)
+
+    def _allocate_file_ids(self, db, count):
+        schema.check_file_id_count(count)
+        (start,) = db.one(
+            "SELECT next_id FROM file_ids WHERE singleton = 1" + self.dialect.for_update)
+        db.execute("UPDATE file_ids SET next_id = ? WHERE singleton = 1", start + count)
+        return start, start + count
+
+    # files ------------------------------------------------------------------------
+
+    def put_file(self, record):
+        return self._write(self._put_file, record, self._now())
+
+    def _put_file(self, db, record, now):
+        schema.check_file(record)
+        replaced = self._get_file(db, record.path, lock=True)
+        db.execute(
+            self.dialect.upsert("files", _FILE, ["path"]),
+            record.path, record.size, _dump_chunks(record.chunks),
+            record.created or now, record.sha256)
+        return replaced
+
+    def get_file(self, path):
+        return self._read(self._get_file, path)
+
+    def _get_file(self, db, path, lock=False):
+        row = db.one(f"SELECT {_FILE} FROM files WHERE path = ?"
+                     + (self.dialect.for_update if lock else ""), path)
+        return None if row is None else _file(row)
+
+    def delete_file(self, path):
+        return self._write(self._delete_file, path)
+
+    def _delete_file(self, db, path):
+        deleted = self._get_file(db, path, lock=True)
+        if deleted is not None:
+            db.execute("DELETE FROM files WHERE path = ?", path)
+        return deleted
+
+    def list_files(self, prefix, limit=1000, after=None):
+        return self._read(self._list_files, prefix, limit, after)
+
+    def _list_files(self, db, prefix, limit, after):
+        schema.check_prefix(prefix, after)
+        schema.check_limit(limit)
+        where, params = ["path >= ?"], [prefix]
+        upper = prefix_successor(prefix)
+        if upper is not None:
+            where.append("path < ?")
+            params.append(upper)
+        if after is not None:
+            where.append("path > ?")
+            params.append(after)
+        rows = db.all(
+            f"SELECT path FROM files WHERE {' AND '.join(where)} ORDER BY path" + _limit(limit),
+            *params)
+        return [_text(path) for (path,) in rows]
+
+    # blobs ----------------------------------------------------------------------------
+
+    def put_blob(self, record):
+        return self._write(self._put_blob, record, self._now())
+
+    def _put_blob(self, db, record, now):
+        schema.check_blob(record)
+        existing = self._get_blob(db, record.digest, lock=True)
+        if existing is not None:
+            return existing
+        stored = BlobRecord(
+            record.digest, record.size, tuple(record.chunks), record.created or now)
+        db.execute(
+            f"INSERT INTO blobs ({_BLOB}) VALUES (?, ?, ?, ?)",
+            stored.digest, stored.size, _dump_chunks(stored.chunks), stored.created)
+        return stored
+
+    def get_blob(self, digest):
+        return self._read(self._get_blob, digest)
+
+    def _get_blob(self, db, digest, lock=False):
+        row = db.one(f"SELECT {_BLOB} FROM blobs WHERE digest = ?"
+                     + (self.dialect.for_update if lock else ""), digest)
+        return None if row is None else _blob(row)
+
+    def delete_blob(self, digest):
+        return self._write(self._delete_blob, digest)
+
+    def _delete_blob(self, db, digest):
+        deleted = self._get_blob(db, digest, lock=True)
+        if deleted is not None:
+            db.execute("DELETE FROM blob_links WHERE digest = ?", digest)
+            db.execute("DELETE FROM blobs WHERE digest = ?", digest)
+        return deleted
+
+    def link_blob(self, repository, digest):
+        return self._write(self._link_blob, repository, digest)
+
+    def _link_blob(self, db, repository, digest):
+        schema.check_repository(repository)
+        if self._get_blob(db, digest, lock=True) is None:
+            raise BadRequest(f"no blob {digest!r} to link")
+        db.execute(
+            self.dialect.insert_new("blob_links", "repository, digest", ["repository", "digest"]),
+            repository, digest)
+
+    def unlink_blob(self, repository, digest):
+        return self._write(self._unlink_blob, repository, digest)
+
+    def _unlink_blob(self, db, repository, digest):
+        return db.execute(
+            "DELETE FROM blob_links WHERE repository = ? AND digest = ?", repository, digest) > 0
+
+    def blob_linked(self, repository, digest):
+        return self._read(self._blob_linked, repository, digest)
+
+    def _blob_linked(self, db, repository, digest):
+        row = db.one(
+            "SELECT b.digest, b.size, b.chunks, b.created FROM blob_links l"
+            " JOIN blobs b ON b.digest = l.digest WHERE l.repository = ? AND l.digest = ?",
+            repository, digest)
+        return None if row is None else _blob(row)
+
+    # manifests and tags ------------------------------------------------------------
+
+    def put_manifest(self, record, tags=()):
+        return self._write(self._put_manifest, record, list(tags), self._now())
+
+    def _put_manifest(self, db, record, tags, now):
+        schema.check_manifest(record, tags)
+        db.execute(
+            self.dialect.upsert("manifests", _MANIFEST, ["repository", "digest"]),
+            record.repository, record.digest, record.media_type, bytes(record.content),
+            record.created or now, record.subject, record.artifact_type,
+            _dump_json(record.annotations), _dump_json(list(record.references)))
+        for tag in tags:
+            db.execute(
+                self.dialect.upsert("tags", "repository, tag, digest", ["repository", "tag"]),
+                record.repository, tag, record.digest)
+
+    def get_manifest(self, repository, digest):
+        return self._read(self._get_manifest, repository, digest)
+
+    def _get_manifest(self, db, repository, digest):
+        row = db.one(
+            f"SELECT {_MANIFEST} FROM manifests WHERE repository = ? AND digest = ?",
+            repository, digest)
+        return None if row is None else _manifest(row)
+
+    def delete_manifest(self, repository, digest):
+        return self._write(self._delete_manifest, repository, digest)
+
+    def _delete_manifest(self, db, repository, digest):
+        if not db.execute(
+                "DELETE FROM manifests WHERE repository = ? AND digest = ?", repository, digest):
+            return False
+        db.execute("DELETE FROM tags WHERE repository = ? AND digest = ?", repository, digest)
+        return True
+
+    def resolve_tag(self, repository, tag):
+        return self._read(self._resolve_tag, repository, tag)
+
+    def _resolve_tag(self, db, repository, tag):
+        row = db.one("SELECT digest FROM tags WHERE repository = ? AND tag = ?", repository, tag)
+        return None if row is None else _text(row[0])
+
+    def delete_tag(self, repository, tag):
+        return self._write(self._delete_tag, repository, tag)
+
+    def _delete_tag(self, db, repository, tag):
+        return db.execute("DELETE FROM tags WHERE repository = ? AND tag = ?", repository, tag) > 0
+
+    def list_tags(self, repository, limit=None, last=None):
+        return self._read(self._list_tags, repository, limit, last)
+
+    def _list_tags(self, db, repository, limit, last):
+        schema.check_limit(limit)
+        if db.one("SELECT 1 FROM manifests WHERE repository = ? LIMIT 1", repository) is None:
+            return None
+        where, params = "repository = ?", [repository]
+        if last is not None:
+            where += " AND tag > ?"
+            params.append(last)
+        rows = db.all(f"SELECT tag FROM tags WHERE {where} ORDER BY tag" + _limit(limit), *params)
+        return [_text(tag) for (tag,) in rows]
+
+    def list_repositories(self, limit=None, last=None):
+        return self._read(self._list_repositories, limit, last)
+
+    def _list_repositories(self, db, limit, last):
+        schema.check_limit(limit)
+        where, params = "", []
+        if last is not None:
+            where, params = " WHERE repository > ?", [last, last]
+        rows = db.all(
+            f"SELECT repository FROM manifests{where}"
+            f" UNION SELECT repository FROM blob_links{where}"
+            " ORDER BY repository" + _limit(limit),
+            *params)
+        return [_text(repository) for (repository,) in rows]
+
+    def referrers(self, repository, digest, artifact_type=None):
+        return self._read(self._referrers, repository, digest, artifact_type)
+
+    def _referrers(self, db, repository, digest, artifact_type):
+        where, params = "repository = ? AND subject = ?", [repository, digest]
+        if artifact_type is not None:
+            where += " AND artifact_type = ?"
+            params.append(artifact_type)
+        rows = db.all(f"SELECT {_MANIFEST} FROM manifests WHERE {where} ORDER BY digest", *params)
+        return [_manifest(row) for row in rows]
+
+    # uploads ---------------------------------------------------------------------------
+
+    def create_upload(self, record):
+        return self._write(self._create_upload, record, self._now())
+
+    def _create_upload(self, db, record, now):
+        schema.check_upload(record)
+        if self._get_upload(db, record.upload_id, lock=True) is not None:
+            raise BadRequest(f"upload {record.upload_id!r} already exists")
+        created = record.created or now
+        db.execute(
+            f"INSERT INTO uploads ({_UPLOAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            record.upload_id, record.repository, record.offset, _dump_chunks(record.chunks),
+            record.hash_algorithm, record.hash_state, created, record.updated or created)
+
+    def get_upload(self, upload_id):
+        return self._read(self._get_upload, upload_id)
+
+    def _get_upload(self, db, upload_id, lock=False):
+        row = db.one(f"SELECT {_UPLOAD} FROM uploads WHERE upload_id = ?"
+                     + (self.dialect.for_update if lock else ""), upload_id)
+        return None if row is None else _upload(row)
+
+    def update_upload(self, record, expected_offset):
+        return self._write(self._update_upload, record, expected_offset, self._now())
+
+    def _update_upload(self, db, record, expected_offset, now):
+        schema.check_upload(record)
+        return db.execute(
+            "UPDATE uploads SET upload_offset = ?, chunks = ?, hash_algorithm = ?,"
+            " hash_state = ?, updated = ? WHERE upload_id = ? AND upload_offset = ?",
+            record.offset, _dump_chunks(record.chunks), record.hash_algorithm,
+            record.hash_state, record.updated or now, record.upload_id, expected_offset) == 1
+
+    def delete_upload(self, upload_id):
+        return self._write(self._delete_upload, upload_id)
+
+    def _delete_upload(self, db, upload_id):
+        deleted = self._get_upload(db, upload_id, lock=True)
+        if deleted is not None:
+            db.execute("DELETE FROM uploads WHERE upload_id = ?", upload_id)
+        return deleted
+
+    def stale_uploads(self, updated_before, limit=100):
+        return self._read(self._stale_uploads, updated_before, limit)
+
+    def _stale_uploads(self, db, updated_before, limit):
+        schema.check_limit(limit)
+        rows = db.all(
+            f"SELECT {_UPLOAD} FROM uploads WHERE updated < ? ORDER BY updated, upload_id"
+            + _limit(limit), updated_before)
+        return [_upload(row) for row in rows]
+
+    # garbage and repair -------------------------------------------------------------
+
+    def record_garbage(self, chunks, reason):
+        return self._write(self._record_garbage, list(chunks), reason, self._now())
+
+    def _record_garbage(self, db, chunks, reason, now):
+        schema.check_chunks(chunks)
+        schema.check_reason(reason)
+        insert = self.dialect.insert_new("garbage", _GARBAGE, ["group_id", "file_id"])
+        for chunk in chunks:
+            db.execute(insert, chunk.group_id, chunk.file_id, chunk.size, chunk.crc32c,
+                       reason, now)
+
+    def list_garbage(self, limit=1000):
+        return self._read(self._list_garbage, limit)
+
+    def _list_garbage(self, db, limit):
+        schema.check_limit(limit)
+        rows = db.all(f"SELECT {_GARBAGE} FROM garbage ORDER BY recorded, group_id, file_id"
+                      + _limit(limit))
+        return [_garbage(row) for row in rows]
+
+    def forget_garbage(self, chunks):
+        return self._write(self._forget_garbage, list(chunks))
+
+    def _forget_garbage(self, db, chunks):
+        schema.check_chunks(chunks)
+        for chunk in chunks:
+            db.execute("DELETE FROM garbage WHERE group_id = ? AND file_id = ?",
+                       chunk.group_id, chunk.file_id)
+
+    def record_bad_replica(self, bad):
+        return self._write(self._record_bad_replica, bad, self._now())
+
+    def _record_bad_replica(self, db, bad, now):
+        schema.check_bad_replica(bad)
+        db.execute(
+            self.dialect.upsert("bad_replicas", _BAD_REPLICA, ["server_id", "file_id"]),
+            bad.server_id, bad.group_id, bad.file_id, bad.reason, bad.recorded or now)
+
+    def list_bad_replicas(self, limit=1000):
+        return self._read(self._list_bad_replicas, limit)
+
+    def _list_bad_replicas(self, db, limit):
+        schema.check_limit(limit)
+        rows = db.all(
+            f"SELECT {_BAD_REPLICA} FROM bad_replicas ORDER BY recorded, server_id, file_id"
+            + _limit(limit))
+        return [_bad_replica(row) for row in rows]

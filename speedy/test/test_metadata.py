@@ -1,0 +1,891 @@
+"""
+The metadata store's contract: one set of tests, L{MetadataStoreTestsMixin},
+run against the in-memory store, SQLite and MariaDB.
+"""
+
+import atexit
+import os
+import sqlite3
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import pymysql
+from twisted.enterprise.adbapi import ConnectionLost
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
+from twisted.protocols import portforward
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from speedy.errors import BadRequest, Internal, Unavailable
+from speedy.interfaces import IMetadataStore
+from speedy.metadata.memory import MemoryMetadataStore
+from speedy.metadata.mysql import mysql_store
+from speedy.metadata.sqlite import sqlite_store
+from speedy.records import (
+    DOWN,
+    RW,
+    BadReplica,
+    BlobRecord,
+    ChunkRef,
+    FileRecord,
+    GarbageChunk,
+    GroupRecord,
+    ManifestRecord,
+    ServerRecord,
+    UploadRecord,
+)
+from speedy.test._mysqlurl import connect_kwargs
+from speedy.test.processes import free_port
+from speedy.test.util import require_mysql
+
+START = 1_700_000_000.0
+SHA = "sha256:" + "ab" * 32
+SHA2 = "sha256:" + "cd" * 32
+SHA3 = "sha256:" + "ef" * 32
+SHA512 = "sha512:" + "0f" * 64
+
+
+def chunks(*file_ids, group_id=1):
+    """@return: a tuple of L{ChunkRef}s, one per file id."""
+    return tuple(ChunkRef(group_id, file_id, 1000 + file_id, 0xFFFFFFFF - file_id)
+                 for file_id in file_ids)
+
+
+def server(server_id, group_id=1, address=None, **kwargs):
+    return ServerRecord(server_id, group_id, address or f"10.0.0.{server_id[-1]}:8000", **kwargs)
+
+
+def manifest(repository="library/app", digest=SHA, **kwargs):
+    kwargs.setdefault("media_type", "application/vnd.oci.image.manifest.v1+json")
+    kwargs.setdefault("content", b'{"schemaVersion": 2}')
+    return ManifestRecord(repository, digest, **kwargs)
+
+
+async def failure_of(deferred, exception_type):
+    """
+    @return: the exception C{deferred} fails with; fail the test if it
+        succeeds or fails with anything but C{exception_type}.
+    """
+    try:
+        result = await deferred
+    except exception_type as e:
+        return e
+    raise AssertionError(f"expected {exception_type.__name__}, got result {result!r}")
+
+
+class MetadataStoreTestsMixin:
+    """
+    The behaviour every L{IMetadataStore} shares.  Subclasses define
+    C{make_store(clock)}, which returns a started store with empty tables
+    whose unstamped times come from C{clock}, and close it at cleanup.
+    """
+
+    async def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = await self.make_store(self.clock)
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IMetadataStore, self.store))
+
+    # servers and groups ---------------------------------------------------
+
+    async def test_server_round_trip(self):
+        record = server("cs1", state=RW, capacity=10**13, used=5, free=10**12,
+                        read_only=True, last_heartbeat=START + 0.25,
+                        load={"reads": 3, "queue": [1, 2], "name": "\u00e9t\u00e9"})
+        self.assertIsNone(await self.store.upsert_server(record))
+        self.assertEqual(await self.store.get_server("cs1"), record)
+        self.assertIsNone(await self.store.get_server("cs9"))
+
+    async def test_server_replaced(self):
+        await self.store.upsert_server(server("cs1"))
+        moved = server("cs1", group_id=2, address="10.0.0.9:8001", state=DOWN)
+        await self.store.upsert_server(moved)
+        self.assertEqual(await self.store.list_servers(), [moved])
+
+    async def test_list_and_remove_servers(self):
+        for name in ("cs3", "cs1", "cs2"):
+            await self.store.upsert_server(server(name))
+        self.assertEqual(
+            [s.server_id for s in await self.store.list_servers()], ["cs1", "cs2", "cs3"])
+        self.assertTrue(await self.store.remove_server("cs2"))
+        self.assertFalse(await self.store.remove_server("cs2"))
+        self.assertEqual(
+            [s.server_id for s in await self.store.list_servers()], ["cs1", "cs3"])
+
+    async def test_server_load_is_json(self):
+        """The load dict comes back as JSON gives it: keys as strings."""
+        await self.store.upsert_server(server("cs1", load={1: (2, 3)}))
+        self.assertEqual((await self.store.get_server("cs1")).load, {"1": [2, 3]})
+
+    async def test_duplicate_address_refused(self):
+        await self.store.upsert_server(server("cs1", address="h:1"))
+        error = await failure_of(
+            self.store.upsert_server(server("cs2", group_id=2, address="h:1")), BadRequest)
+        self.assertIn("h:1", str(error))
+        self.assertIsNone(await self.store.get_server("cs2"))
+
+    async def test_fourth_group_member_refused(self):
+        for name in ("cs1", "cs2", "cs3"):
+            await self.store.upsert_server(server(name, group_id=7))
+        await failure_of(self.store.upsert_server(server("cs4", group_id=7)), BadRequest)
+        self.assertIsNone(await self.store.get_server("cs4"))
+        # A member may still be updated, and a fourth fits once one left.
+        await self.store.upsert_server(server("cs3", group_id=7, state=RW))
+        await self.store.remove_server("cs3")
+        await self.store.upsert_server(server("cs4", group_id=7))
+        self.assertEqual(
+            [s.server_id for s in await self.store.list_servers()], ["cs1", "cs2", "cs4"])
+
+    async def test_invalid_server_refused(self):
+        await failure_of(self.store.upsert_server(server("cs1", state="BROKEN")), BadRequest)
+        await failure_of(self.store.upsert_server(server("x" * 129)), BadRequest)
+        await failure_of(self.store.upsert_server(server("cs1", used=-1)), BadRequest)
+        self.assertEqual(await self.store.list_servers(), [])
+
+    async def test_groups(self):
+        await self.store.upsert_group(GroupRecord(2, created=5.0))
+        await self.store.upsert_group(GroupRecord(1))
+        self.assertEqual(
+            await self.store.list_groups(),
+            [GroupRecord(1, created=START), GroupRecord(2, created=5.0)])
+        await self.store.upsert_group(GroupRecord(2, read_only=True, created=5.0))
+        self.assertEqual(
+            (await self.store.list_groups())[1], GroupRecord(2, read_only=True, created=5.0))
+
+    # file ids ---------------------------------------------------------------
+
+    async def test_allocate_file_ids(self):
+        first = await self.store.allocate_file_ids(100)
+        second = await self.store.allocate_file_ids(1)
+        self.assertEqual(first[1] - first[0], 100)
+        self.assertGreaterEqual(first[0], 1)
+        self.assertEqual(second, (first[1], first[1] + 1))
+
+    async def test_allocate_file_ids_concurrently(self):
+        """Many allocations at once never share an id."""
+        ranges = await gatherResults(
+            [self.store.allocate_file_ids(n) for n in range(1, 41)])
+        ids = [i for start, end in ranges for i in range(start, end)]
+        self.assertEqual(len(ids), sum(range(1, 41)))
+        self.assertEqual(len(set(ids)), len(ids))
+
+    async def test_allocate_bad_count(self):
+        for count in (0, -5, 1.5, True, "10"):
+            await failure_of(self.store.allocate_file_ids(count), BadRequest)
+        self.assertEqual((await self.store.allocate_file_ids(1))[0], 1)
+
+    # files --------------------------------------------------------------------
+
+    async def test_file_round_trip(self):
+        record = FileRecord("dir/\u00fcber \U0001f433.tar", 2000, chunks(5, 6),
+                            created=START - 7, sha256="ab" * 32)
+        self.assertIsNone(await self.store.put_file(record))
+        self.assertEqual(await self.store.get_file(record.path), record)
+        self.assertIsNone(await self.store.get_file("dir/other"))
+
+    async def test_put_file_replaces(self):
+        old = FileRecord("a", 1, chunks(1))
+        new = FileRecord("a", 2, chunks(2, 3), created=9.0)
+        await self.store.put_file(old)
+        self.clock.advance(60)
+        self.assertEqual(await self.store.put_file(new), attrs.evolve(old, created=START))
+        self.assertEqual(await self.store.get_file("a"), new)
+
+    async def test_delete_file(self):
+        record = FileRecord("a", 1, chunks(1), created=3.0)
+        await self.store.put_file(record)
+        self.assertEqual(await self.store.delete_file("a"), record)
+        self.assertIsNone(await self.store.delete_file("a"))
+        self.assertIsNone(await self.store.get_file("a"))
+
+    async def test_list_files(self):
+        paths = ["a/", "a/b", "a/b/c", "a/\uffff", "a/\U0001f433", "a0", "a.", "b", "A/x", ""]
+        for path in paths:
+            if path:
+                await self.store.put_file(FileRecord(path, 0, ()))
+        self.assertEqual(
+            await self.store.list_files("a/"),
+            ["a/", "a/b", "a/b/c", "a/\uffff", "a/\U0001f433"])
+        self.assertEqual(await self.store.list_files("a/", limit=2, after="a/"), ["a/b", "a/b/c"])
+        self.assertEqual(await self.store.list_files("a/", limit=0), [])
+        self.assertEqual(await self.store.list_files("a/b"), ["a/b", "a/b/c"])
+        self.assertEqual(await self.store.list_files("a/\U0001f433"), ["a/\U0001f433"])
+        self.assertEqual(
+            await self.store.list_files(""),
+            ["A/x", "a.", "a/", "a/b", "a/b/c", "a/\uffff", "a/\U0001f433", "a0", "b"])
+        self.assertEqual(await self.store.list_files("c"), [])
+
+    async def test_file_path_limits(self):
+        longest = "\u00e9" * 512  # 1024 UTF-8 bytes
+        await self.store.put_file(FileRecord(longest, 0, ()))
+        self.assertEqual(await self.store.list_files("\u00e9"), [longest])
+        for bad in (longest + "x", "", "\udc80", None):
+            await failure_of(self.store.put_file(FileRecord(bad, 0, ())), BadRequest)
+        await failure_of(self.store.put_file(FileRecord("p", 0, ([1, 2, 3, 4],))), BadRequest)
+
+    # blobs --------------------------------------------------------------------
+
+    async def test_put_blob(self):
+        record = BlobRecord(SHA, 3000, chunks(1, 2, 3), created=4.0)
+        self.assertEqual(await self.store.put_blob(record), record)
+        self.assertEqual(await self.store.get_blob(SHA), record)
+        self.assertIsNone(await self.store.get_blob(SHA2))
+
+    async def test_put_blob_keeps_first(self):
+        """A second blob with the same digest is not stored; the first is
+        the answer, so the caller can collect its own chunks."""
+        first = BlobRecord(SHA512, 10, chunks(1))
+        stored = await self.store.put_blob(first)
+        self.assertEqual(stored, attrs.evolve(first, created=START))
+        self.assertEqual(await self.store.put_blob(BlobRecord(SHA512, 10, chunks(2))), stored)
+        self.assertEqual(await self.store.get_blob(SHA512), stored)
+
+    async def test_delete_blob(self):
+        record = BlobRecord(SHA, 1, chunks(1), created=1.0)
+        await self.store.put_blob(record)
+        await self.store.link_blob("r", SHA)
+        self.assertEqual(await self.store.delete_blob(SHA), record)
+        self.assertIsNone(await self.store.delete_blob(SHA))
+        self.assertIsNone(await self.store.blob_linked("r", SHA))
+        self.assertIsNone(await self.store.get_blob(SHA))
+
+    async def test_links(self):
+        record = BlobRecord(SHA, 1, chunks(1), created=1.0)
+        await self.store.put_blob(record)
+        self.assertIsNone(await self.store.blob_linked("r", SHA))
+        await self.store.link_blob("r", SHA)
+        await self.store.link_blob("r", SHA)
+        self.assertEqual(await self.store.blob_linked("r", SHA), record)
+        self.assertIsNone(await self.store.blob_linked("s", SHA))
+        self.assertTrue(await self.store.unlink_blob("r", SHA))
+        self.assertFalse(await self.store.unlink_blob("r", SHA))
+        self.assertIsNone(await self.store.blob_linked("r", SHA))
+        self.assertEqual(await self.store.get_blob(SHA), record)
+
+    async def test_link_unknown_blob(self):
+        await failure_of(self.store.link_blob("r", SHA), BadRequest)
+        self.assertEqual(await self.store.list_repositories(), [])
+
+    # manifests and tags -------------------------------------------------------
+
+    async def test_manifest_round_trip(self):
+        record = manifest(
+            content=bytes(range(256)) * 3, created=2.5, subject=SHA2,
+            artifact_type="application/vnd.example+\u00e9",
+            annotations={"org.opencontainers.image.title": "\u4e2d\u6587", "n": "1"},
+            references=(SHA2, SHA3))
+        await self.store.put_manifest(record)
+        self.assertEqual(await self.store.get_manifest("library/app", SHA), record)
+        self.assertIsNone(await self.store.get_manifest("library/other", SHA))
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA2))
+
+    async def test_manifest_replaced(self):
+        await self.store.put_manifest(manifest(content=b"old"), tags=["v1"])
+        new = manifest(content=b"new", created=3.0, media_type="x/y")
+        await self.store.put_manifest(new, tags=["v2"])
+        self.assertEqual(await self.store.get_manifest("library/app", SHA), new)
+        self.assertEqual(await self.store.list_tags("library/app"), ["v1", "v2"])
+
+    async def test_empty_manifest_content(self):
+        await self.store.put_manifest(manifest(content=b""))
+        self.assertEqual((await self.store.get_manifest("library/app", SHA)).content, b"")
+
+    async def test_tags(self):
+        await self.store.put_manifest(manifest(digest=SHA), tags=["latest", "v1"])
+        self.assertEqual(await self.store.resolve_tag("library/app", "latest"), SHA)
+        self.assertIsNone(await self.store.resolve_tag("library/app", "v9"))
+        self.assertIsNone(await self.store.resolve_tag("library/other", "latest"))
+        await self.store.put_manifest(manifest(digest=SHA2), tags=["latest"])
+        self.assertEqual(await self.store.resolve_tag("library/app", "latest"), SHA2)
+        self.assertEqual(await self.store.resolve_tag("library/app", "v1"), SHA)
+        self.assertTrue(await self.store.delete_tag("library/app", "v1"))
+        self.assertFalse(await self.store.delete_tag("library/app", "v1"))
+        self.assertEqual(await self.store.list_tags("library/app"), ["latest"])
+        self.assertIsNotNone(await self.store.get_manifest("library/app", SHA))
+
+    async def test_delete_manifest_deletes_its_tags(self):
+        await self.store.put_manifest(manifest(digest=SHA), tags=["a", "b"])
+        await self.store.put_manifest(manifest(digest=SHA2), tags=["c"])
+        await self.store.put_manifest(manifest("other/app", SHA), tags=["a"])
+        self.assertTrue(await self.store.delete_manifest("library/app", SHA))
+        self.assertFalse(await self.store.delete_manifest("library/app", SHA))
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA))
+        self.assertEqual(await self.store.list_tags("library/app"), ["c"])
+        self.assertEqual(await self.store.resolve_tag("other/app", "a"), SHA)
+
+    async def test_list_tags(self):
+        names = ["v10", "v2", "latest", "V1", "1.0", "a_b", "a-b", "a.b"]
+        await self.store.put_manifest(manifest(), tags=names)
+        self.assertEqual(await self.store.list_tags("library/app"), sorted(names))
+        self.assertEqual(
+            await self.store.list_tags("library/app", limit=3), ["1.0", "V1", "a-b"])
+        self.assertEqual(
+            await self.store.list_tags("library/app", limit=3, last="a-b"),
+            ["a.b", "a_b", "latest"])
+        self.assertEqual(
+            await self.store.list_tags("library/app", last="latest"), ["v10", "v2"])
+        self.assertEqual(await self.store.list_tags("library/app", last="zzz"), [])
+        self.assertEqual(await self.store.list_tags("library/app", limit=0), [])
+        self.assertIsNone(await self.store.list_tags("library/none"))
+
+    async def test_list_tags_without_tags(self):
+        """A repository with untagged manifests lists no tags; one without
+        manifests lists None, even if it has linked blobs."""
+        await self.store.put_manifest(manifest())
+        await self.store.put_blob(BlobRecord(SHA, 1, ()))
+        await self.store.link_blob("blobs/only", SHA)
+        self.assertEqual(await self.store.list_tags("library/app"), [])
+        self.assertIsNone(await self.store.list_tags("blobs/only"))
+
+    async def test_list_repositories(self):
+        await self.store.put_blob(BlobRecord(SHA, 1, ()))
+        for repository in ("b/x", "a", "c"):
+            await self.store.put_manifest(manifest(repository))
+        await self.store.put_manifest(manifest("a", SHA2))
+        await self.store.link_blob("a", SHA)
+        await self.store.link_blob("bb", SHA)
+        self.assertEqual(await self.store.list_repositories(), ["a", "b/x", "bb", "c"])
+        self.assertEqual(await self.store.list_repositories(limit=2), ["a", "b/x"])
+        self.assertEqual(await self.store.list_repositories(limit=2, last="b/x"), ["bb", "c"])
+        self.assertEqual(await self.store.list_repositories(limit=0), [])
+
+    async def test_referrers(self):
+        signature = manifest(digest=SHA2, subject=SHA, artifact_type="sig")
+        sbom = manifest(digest=SHA3, subject=SHA, artifact_type="sbom")
+        await self.store.put_manifest(manifest())
+        for record in (sbom, signature, manifest("other", SHA2, subject=SHA)):
+            await self.store.put_manifest(record)
+        found = await self.store.referrers("library/app", SHA)
+        self.assertEqual([m.digest for m in found], [SHA2, SHA3])
+        self.assertEqual(found[0].artifact_type, "sig")
+        self.assertEqual(await self.store.referrers("library/app", SHA, "sbom"),
+                         [attrs.evolve(sbom, created=START)])
+        self.assertEqual(await self.store.referrers("library/app", SHA, "none"), [])
+        self.assertEqual(await self.store.referrers("library/app", SHA2), [])
+
+    async def test_manifest_limits(self):
+        await self.store.put_manifest(manifest("r" * 255, SHA512), tags=["t" * 128])
+        self.assertEqual(await self.store.list_tags("r" * 255), ["t" * 128])
+        bad = [
+            (manifest("r" * 256), ()),
+            (manifest(digest="sha256:" + "0" * 200), ()),
+            (manifest(), ["t" * 129]),
+            (manifest(), [""]),
+            (manifest(content="text"), ()),
+        ]
+        for record, tags in bad:
+            await failure_of(self.store.put_manifest(record, tags), BadRequest)
+        self.assertEqual(await self.store.list_repositories(), ["r" * 255])
+
+    # uploads --------------------------------------------------------------------
+
+    async def test_upload_round_trip(self):
+        record = UploadRecord("u1", "library/app", 2000, chunks(1, 2), "sha512",
+                              bytes(range(256)), created=3.0, updated=4.0)
+        await self.store.create_upload(record)
+        self.assertEqual(await self.store.get_upload("u1"), record)
+        self.assertIsNone(await self.store.get_upload("u2"))
+
+    async def test_create_upload_stamps_times(self):
+        await self.store.create_upload(UploadRecord("u1", "r"))
+        self.assertEqual(
+            await self.store.get_upload("u1"),
+            UploadRecord("u1", "r", created=START, updated=START))
+
+    async def test_duplicate_upload_refused(self):
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0))
+        await failure_of(self.store.create_upload(UploadRecord("u1", "s")), BadRequest)
+        self.assertEqual((await self.store.get_upload("u1")).repository, "r")
+
+    async def test_update_upload_compare_and_set(self):
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0, updated=1.0))
+        step = UploadRecord("u1", "r", 1001, chunks(1), hash_state=b"\0state", created=1.0)
+        self.clock.advance(5)
+        self.assertTrue(await self.store.update_upload(step, 0))
+        self.assertEqual(await self.store.get_upload("u1"), attrs.evolve(step, updated=START + 5))
+        # A second writer that also read offset 0 loses.
+        rival = UploadRecord("u1", "r", 1002, chunks(2), updated=9.0)
+        self.assertFalse(await self.store.update_upload(rival, 0))
+        self.assertEqual((await self.store.get_upload("u1")).chunks, chunks(1))
+        # Repeating the last state is a success, and None clears the hash state.
+        again = attrs.evolve(step, hash_state=None, updated=7.0)
+        self.assertTrue(await self.store.update_upload(again, 1001))
+        self.assertEqual(await self.store.get_upload("u1"), again)
+        self.assertFalse(await self.store.update_upload(UploadRecord("u9", "r"), 0))
+        self.assertIsNone(await self.store.get_upload("u9"))
+
+    async def test_delete_upload(self):
+        record = UploadRecord("u1", "r", created=1.0, updated=2.0)
+        await self.store.create_upload(record)
+        self.assertEqual(await self.store.delete_upload("u1"), record)
+        self.assertIsNone(await self.store.delete_upload("u1"))
+        self.assertFalse(await self.store.update_upload(record, 0))
+
+    async def test_stale_uploads(self):
+        for name, updated in (("u1", 30.0), ("u2", 10.0), ("u3", 20.0), ("u4", 40.0)):
+            await self.store.create_upload(UploadRecord(name, "r", created=1.0, updated=updated))
+        stale = await self.store.stale_uploads(35.0)
+        self.assertEqual([u.upload_id for u in stale], ["u2", "u3", "u1"])
+        self.assertEqual(
+            [u.upload_id for u in await self.store.stale_uploads(35.0, limit=1)], ["u2"])
+        self.assertEqual(await self.store.stale_uploads(10.0), [])
+
+    # garbage and bad replicas ----------------------------------------------------
+
+    async def test_garbage(self):
+        await self.store.record_garbage(chunks(3, 1), "write failed")
+        self.clock.advance(1)
+        await self.store.record_garbage(chunks(2) + chunks(1), "aborted \u2014 twice")
+        garbage = await self.store.list_garbage()
+        self.assertEqual(garbage, [
+            GarbageChunk(chunks(1)[0], "write failed", START),
+            GarbageChunk(chunks(3)[0], "write failed", START),
+            GarbageChunk(chunks(2)[0], "aborted \u2014 twice", START + 1),
+        ])
+        self.assertEqual(await self.store.list_garbage(limit=1), garbage[:1])
+        await self.store.forget_garbage(chunks(1, 2) + chunks(9))
+        self.assertEqual(await self.store.list_garbage(), garbage[1:2])
+
+    async def test_garbage_keyed_by_group(self):
+        """The same file id in two groups is two garbage chunks."""
+        await self.store.record_garbage(chunks(5, group_id=1) + chunks(5, group_id=2), "r")
+        self.assertEqual(len(await self.store.list_garbage()), 2)
+        await self.store.forget_garbage(chunks(5, group_id=2))
+        self.assertEqual(
+            [g.chunk for g in await self.store.list_garbage()], list(chunks(5, group_id=1)))
+
+    async def test_bad_replicas(self):
+        await self.store.record_bad_replica(BadReplica("cs2", 1, 7, "checksum"))
+        await self.store.record_bad_replica(BadReplica("cs1", 1, 7, "missing", recorded=5.0))
+        self.assertEqual(await self.store.list_bad_replicas(), [
+            BadReplica("cs1", 1, 7, "missing", 5.0),
+            BadReplica("cs2", 1, 7, "checksum", START),
+        ])
+        self.assertEqual(len(await self.store.list_bad_replicas(limit=1)), 1)
+        await self.store.record_bad_replica(BadReplica("cs1", 1, 7, "checksum", recorded=6.0))
+        self.assertEqual(
+            (await self.store.list_bad_replicas())[0], BadReplica("cs1", 1, 7, "checksum", 6.0))
+
+    async def test_negative_limit_refused(self):
+        await failure_of(self.store.list_tags("r", limit=-1), BadRequest)
+        await failure_of(self.store.list_files("", limit=-1), BadRequest)
+        await failure_of(self.store.list_garbage(limit=-1), BadRequest)
+        await failure_of(self.store.list_files(None), BadRequest)
+        await failure_of(self.store.list_files("a", after=3), BadRequest)
+
+
+class MemoryMetadataStoreTests(MetadataStoreTestsMixin, TestCase):
+    """The in-memory store meets the contract."""
+
+    async def make_store(self, clock):
+        store = MemoryMetadataStore(clock)
+        await store.start()
+        self.addCleanup(store.close)
+        return store
+
+
+class SQLStoreTestsMixin:
+    """
+    What the database stores add: data and file ids outlive the process,
+    migrations, several processes on one database, and outages.
+    Subclasses define C{new_store(clock=None)}, which returns an unstarted
+    store on the test's database and closes it at cleanup, C{run_sql(sql)},
+    which runs a statement on that database through a connection of its
+    own, and C{drop_tables()}.
+    """
+
+    async def make_store(self, clock):
+        store = self.new_store(clock)
+        await store.start()
+        return store
+
+    async def test_reopen_keeps_everything(self):
+        record = FileRecord("f", 3, chunks(1), created=2.0)
+        await self.store.put_file(record)
+        await self.store.put_manifest(manifest(content=b"\0\xff"), tags=["t"])
+        _, end = await self.store.allocate_file_ids(1000)
+        await self.store.close()
+        store = await self.make_store(self.clock)
+        self.assertEqual(await store.get_file("f"), record)
+        self.assertEqual(await store.resolve_tag("library/app", "t"), SHA)
+        self.assertEqual((await store.get_manifest("library/app", SHA)).content, b"\0\xff")
+        self.assertEqual((await store.allocate_file_ids(1))[0], end)
+
+    async def test_two_stores_allocate_disjoint_ranges(self):
+        """Two processes (two connection pools) on one database never get
+        the same id: the allocator locks its row."""
+        other = await self.make_store(self.clock)
+        ranges = await gatherResults(
+            [store.allocate_file_ids(10) for _ in range(15) for store in (self.store, other)])
+        ids = [i for start, end in ranges for i in range(start, end)]
+        self.assertEqual(len(set(ids)), 300)
+
+    async def test_two_stores_fill_a_group(self):
+        """Servers joining one group through two processes at once: three
+        get in, the rest are refused."""
+        other = await self.make_store(self.clock)
+
+        async def join(store, name):
+            try:
+                await store.upsert_server(server(name, group_id=4, address=f"{name}:8000"))
+            except BadRequest:
+                return "refused"
+            return "joined"
+
+        results = await gatherResults([
+            Deferred.fromCoroutine(join(store, f"cs{n}"))
+            for n, store in enumerate([self.store, other] * 8)
+        ])
+        self.assertEqual(sorted(results), ["joined"] * 3 + ["refused"] * 13)
+        self.assertEqual(len(await other.list_servers()), 3)
+
+    async def test_two_stores_put_one_blob(self):
+        """Two processes storing one digest at once both get the same record."""
+        other = await self.make_store(self.clock)
+        stored = await gatherResults([
+            store.put_blob(BlobRecord(SHA, 1, chunks(n)))
+            for n, store in enumerate([self.store, other] * 3)
+        ])
+        self.assertEqual(len(set(stored)), 1)
+        self.assertEqual(await self.store.get_blob(SHA), stored[0])
+
+    async def test_two_stores_race_on_an_upload(self):
+        """Of imageservers appending at one offset at once, exactly one wins."""
+        other = await self.make_store(self.clock)
+        await self.store.create_upload(UploadRecord("u", "r", created=1.0))
+        won = await gatherResults([
+            store.update_upload(UploadRecord("u", "r", 1000 + n, chunks(n)), 0)
+            for n, store in enumerate([self.store, other] * 3)
+        ])
+        self.assertEqual(won.count(True), 1)
+        winner = won.index(True)
+        self.assertEqual((await other.get_upload("u")).chunks, chunks(winner))
+
+    async def test_migrations_upgrade_old_database(self):
+        """A database at an old version is brought up to date, keeping its
+        data.  Until then, a missing table is a bug, not an outage."""
+        store = self.new_store()
+        self.drop_tables()
+        self.assertEqual(await store.migrate(target=1), (0, 1))
+        record = FileRecord("kept", 1, chunks(1), created=1.0)
+        await store.put_file(record)
+        start, _ = await store.allocate_file_ids(5)
+        error = await failure_of(store.list_garbage(), Exception)
+        self.assertNotIsInstance(error, Unavailable)
+        self.assertEqual(await store.migrate(), (1, 3))
+        self.assertEqual(await store.get_file("kept"), record)
+        self.assertEqual(await store.allocate_file_ids(1), (start + 5, start + 6))
+        await store.record_garbage(chunks(1), "r")
+        self.assertEqual(len(await store.list_garbage()), 1)
+
+    async def test_migrations_run_again(self):
+        await self.store.put_file(FileRecord("kept", 1, ()))
+        self.assertEqual(await self.store.migrate(), (3, 3))
+        await self.store.start()
+        self.assertIsNotNone(await self.store.get_file("kept"))
+
+    async def test_concurrent_start(self):
+        """Several processes starting at once on a new database migrate it once."""
+        self.drop_tables()
+        stores = [self.new_store() for _ in range(3)]
+        versions = await gatherResults([store.migrate() for store in stores])
+        self.assertEqual(sorted(versions), [(0, 3), (3, 3), (3, 3)])
+        self.assertEqual(await stores[0].allocate_file_ids(1), (1, 2))
+
+    async def test_newer_schema_refused(self):
+        self.run_sql("UPDATE schema_version SET version = 99")
+        error = await failure_of(self.new_store().start(), Internal)
+        self.assertIn("99", str(error))
+
+    async def test_not_started(self):
+        await failure_of(self.new_store().get_file("f"), Unavailable)
+
+
+def _sqlite_connect(path):
+    """A second connection to the test's database, as another process has."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+class SQLiteMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestCase):
+    """The SQLite store meets the contract."""
+
+    def new_store(self, clock=None, busy_timeout=5.0):
+        if not hasattr(self, "path"):
+            self.path = os.path.abspath(self.mktemp() + ".db")
+        store = sqlite_store(self.path, reactor, clock, busy_timeout=busy_timeout)
+        self.addCleanup(store.close)
+        return store
+
+    def run_sql(self, statement):
+        connection = _sqlite_connect(self.path)
+        try:
+            return connection.execute(statement).fetchall()
+        finally:
+            connection.close()
+
+    def drop_tables(self):
+        for (table,) in self.run_sql("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            self.run_sql(f"DROP TABLE {table}")
+
+    async def test_wal_mode(self):
+        connection = _sqlite_connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone(), ("wal",))
+
+    async def test_unopenable_file_then_fixed(self):
+        """A database that cannot be opened is Unavailable, until it can."""
+        parent = os.path.abspath(self.mktemp())
+        with open(parent, "w"):
+            pass  # a file where the directory should be
+        store = sqlite_store(os.path.join(parent, "meta.db"), reactor)
+        self.addCleanup(store.close)
+        await failure_of(store.start(), Unavailable)
+        os.remove(parent)
+        os.mkdir(parent)
+        await store.start()
+        self.assertEqual(await store.allocate_file_ids(2), (1, 3))
+
+    async def test_locked_then_released(self):
+        """
+        While another process holds the write lock past the busy timeout,
+        writes fail with Unavailable and write nothing; reads go on; once
+        the lock is released, writes work again.
+        """
+        store = await self.make_store_with(busy_timeout=0.05)
+        await store.put_file(FileRecord("a", 1, ()))
+        other = _sqlite_connect(self.path)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        await failure_of(store.put_file(FileRecord("b", 1, ())), Unavailable)
+        await failure_of(store.allocate_file_ids(1), Unavailable)
+        self.assertEqual(await store.list_files(""), ["a"])
+        other.execute("ROLLBACK")
+        await store.put_file(FileRecord("b", 1, ()))
+        self.assertEqual(await store.list_files(""), ["a", "b"])
+        self.assertEqual(await store.allocate_file_ids(1), (1, 2))
+
+    async def make_store_with(self, **kwargs):
+        store = self.new_store(**kwargs)
+        await store.start()
+        return store
+
+
+class _RelayServer(portforward.ProxyServer):
+    """The database client's side of one relayed connection."""
+
+    def connectionMade(self):
+        self.relay = self.factory.relay
+        self.relay.opened(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.relay.closed(self)
+
+
+class _RelayClient(portforward.ProxyClient):
+    """The database server's side of one relayed connection."""
+
+    def connectionMade(self):
+        self.relay = self.peer.relay
+        self.relay.opened(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.relay.closed(self)
+
+
+class _RelayClientFactory(portforward.ProxyClientFactory):
+    protocol = _RelayClient
+
+
+_RelayServer.clientProtocolFactory = _RelayClientFactory
+
+
+class DatabaseRelay:
+    """
+    A TCP relay on loopback in front of the database, that a test cuts
+    (as a database crash or a partition would) and restores.
+
+    @ivar port: the port to connect to instead of the database's.
+    """
+
+    def __init__(self, host, port):
+        self._factory = portforward.ProxyFactory(host, port)
+        self._factory.protocol = _RelayServer
+        self._factory.relay = self
+        self.port = free_port()
+        self._listening = None
+        self._open = set()
+        self._all_closed = []
+
+    def opened(self, connection):
+        self._open.add(connection)
+
+    def closed(self, connection):
+        self._open.discard(connection)
+        if not self._open:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def up(self):
+        """Accept connections again, on the same port."""
+        self._listening = reactor.listenTCP(self.port, self._factory, interface="127.0.0.1")
+
+    async def down(self):
+        """Refuse new connections and cut the open ones; fires once all are gone."""
+        if self._listening is not None:
+            await self._listening.stopListening()
+            self._listening = None
+        for connection in list(self._open):
+            connection.transport.abortConnection()
+        if self._open:
+            waiting = Deferred()
+            self._all_closed.append(waiting)
+            await waiting
+
+
+def _mysql_admin(url):
+    """@return: an autocommitting PyMySQL connection for C{url}'s server."""
+    return pymysql.connect(autocommit=True, ssl_disabled=True, **connect_kwargs(url))
+
+
+_test_database = None
+
+
+def _mysql_test_database(url):
+    """
+    @return: the URL of this process's test database on C{url}'s server,
+        created on first use and dropped when the process exits.  (Creating
+        InnoDB tables costs a few fsyncs each; emptying them is cheaper.)
+    """
+    global _test_database
+    if _test_database is None:
+        name = f"speedy_test_{os.getpid()}"
+        admin = _mysql_admin(url)
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        admin.close()
+        atexit.register(_drop_database, url, name)
+        _test_database = urlunsplit(urlsplit(url)._replace(path="/" + name, query="tls=off"))
+    return _test_database
+
+
+def _drop_database(url, name):
+    admin = _mysql_admin(url)
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestCase):
+    """
+    The MySQL/MariaDB store meets the contract.  Each test starts on empty
+    tables, with C{schema_version} emptied too, so that every start re-runs
+    every migration step on existing tables.
+    """
+
+    async def setUp(self):
+        self.url = _mysql_test_database(require_mysql())
+        with self.admin().cursor() as cursor:
+            cursor.execute("SHOW TABLES")
+            for (table,) in cursor.fetchall():
+                cursor.execute(f"DELETE FROM {table}")
+        await super().setUp()
+
+    def admin(self):
+        """@return: a PyMySQL connection to the test's database, closed at cleanup."""
+        connection = _mysql_admin(self.url)
+        self.addCleanup(connection.close)
+        return connection
+
+    def new_store(self, clock=None, url=None, pool_size=5):
+        store = mysql_store(url or self.url, reactor, clock, pool_size=pool_size)
+        self.addCleanup(store.close)
+        return store
+
+    def run_sql(self, statement):
+        with self.admin().cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall()
+
+    def drop_tables(self):
+        for (table,) in self.run_sql("SHOW TABLES"):
+            self.run_sql(f"DROP TABLE {table}")
+
+    async def test_half_applied_step_runs_again(self):
+        """A crash between a step's DDL and its version update (MySQL
+        commits DDL by itself) is repaired by running the step again."""
+        await self.store.put_file(FileRecord("kept", 1, ()))
+        self.run_sql("DROP TABLE bad_replicas")
+        self.run_sql("UPDATE schema_version SET version = 2")
+        self.assertEqual(await self.store.migrate(), (2, 3))
+        await self.store.record_bad_replica(BadReplica("cs1", 1, 2, "missing"))
+        self.assertEqual(len(await self.store.list_bad_replicas()), 1)
+        self.assertIsNotNone(await self.store.get_file("kept"))
+
+    async def test_innodb_utf8mb4(self):
+        with self.admin().cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT engine, table_collation FROM information_schema.tables"
+                " WHERE table_schema = DATABASE()")
+            self.assertEqual(cursor.fetchall(), (("InnoDB", "utf8mb4_general_ci"),))
+
+    async def test_unreachable_server(self):
+        store = self.new_store(url=f"mysql://root@127.0.0.1:{free_port()}/test")
+        await failure_of(store.start(), Unavailable)
+        await failure_of(store.get_blob(SHA), Unavailable)
+
+    async def test_connection_killed_then_reconnected(self):
+        """
+        A call on a connection the server killed fails with Unavailable and
+        loses nothing; the next call reconnects by itself.
+        """
+        store = self.new_store(pool_size=1)
+        await store.start()
+        record = FileRecord("a", 1, chunks(1), created=1.0)
+        await store.put_file(record)
+        with self.admin().cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()")
+            for (connection_id,) in cursor.fetchall():
+                cursor.execute(f"KILL {connection_id}")
+        await failure_of(store.put_file(FileRecord("b", 1, ())), Unavailable)
+        self.flushLoggedErrors(ConnectionLost, pymysql.err.Error)
+        self.assertEqual(await store.get_file("a"), record)
+        self.assertEqual(await store.list_files(""), ["a"])
+
+    async def test_database_down_then_back(self):
+        """
+        While the database is unreachable, calls fail with Unavailable (the
+        connection cut, then connections refused); when it comes back,
+        service resumes by itself with nothing lost.
+        """
+        server = connect_kwargs(self.url)
+        relay = DatabaseRelay(server["host"], server["port"])
+        relay.up()
+        self.addCleanup(relay.down)
+        store = self.new_store(
+            url=f"mysql://{server['user']}@127.0.0.1:{relay.port}/{server['database']}?tls=off",
+            pool_size=1)
+        await store.start()
+        record = FileRecord("a", 1, chunks(1), created=1.0)
+        await store.put_file(record)
+        await relay.down()
+        await failure_of(store.get_file("a"), Unavailable)
+        await failure_of(store.put_file(FileRecord("b", 1, ())), Unavailable)
+        await failure_of(store.allocate_file_ids(1), Unavailable)
+        relay.up()
+        self.assertEqual(await store.get_file("a"), record)
+        await store.put_file(FileRecord("b", 1, ()))
+        self.assertEqual(await store.list_files(""), ["a", "b"])
+        self.assertEqual(await store.allocate_file_ids(1), (1, 2))
+        self.flushLoggedErrors(ConnectionLost, pymysql.err.Error)
