@@ -1,0 +1,84 @@
+# -*- test-case-name: speedy.test.test_store -*-
+"""
+The operating-system calls the storage engine makes, gathered in one object so
+tests can replace any of them (a disk that fills up, a sync that fails).
+
+Every method may raise L{OSError}; the engine turns that into a clean error
+for the one request that hit it.
+"""
+
+import os
+
+
+class Disk:
+    """
+    The real thing: thin wrappers over L{os}.  Subclass and override a method
+    to inject a failure.
+    """
+
+    def open(self, path, create=False):
+        """
+        @return: a read-write file descriptor for C{path}; with C{create},
+            the file must not exist yet.
+        """
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return os.open(path, flags, 0o644)
+
+    def close(self, fd):
+        os.close(fd)
+
+    def pread(self, fd, size, offset):
+        """@return: up to C{size} bytes at C{offset}."""
+        return os.pread(fd, size, offset)
+
+    def pwrite(self, fd, data, offset):
+        """Write all of C{data} at C{offset} (looping over short writes)."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def fdatasync(self, fd):
+        os.fdatasync(fd)
+
+    def fsync(self, fd):
+        os.fsync(fd)
+
+    def fsync_directory(self, path):
+        """Make the directory entries under C{path} durable."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def allocate(self, fd, size):
+        """Reserve C{size} bytes of disk for the file (C{posix_fallocate})."""
+        os.posix_fallocate(fd, 0, size)
+
+    def rename(self, source, destination):
+        os.replace(source, destination)
+
+    def unlink(self, path):
+        os.unlink(path)
+
+    def listdir(self, path):
+        return os.listdir(path)
+
+    def makedirs(self, path):
+        os.makedirs(path, exist_ok=True)
+
+    def space(self, path):
+        """
+        @return: C{(total, available)} bytes of the file system holding
+            C{path}, as an unprivileged process may use it.
+        """
+        st = os.statvfs(path)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def file_size(self, fd):
+        """@return: the size in bytes of the open file C{fd}."""
+        return os.fstat(fd).st_size

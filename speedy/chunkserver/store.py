@@ -1,0 +1,947 @@
+# -*- test-case-name: speedy.test.test_store -*-
+"""
+The chunkserver's storage engine: chunks appended to preallocated volume
+files (L{speedy.chunkserver.volume}), found through a compact in-memory
+index (L{speedy.chunkserver.needle_index}), made durable by group commit
+(L{speedy.chunkserver.group_commit}), restarted from an index checkpoint
+plus the journal that follows it (L{speedy.chunkserver.checkpoint}), and
+compacted online (L{speedy.chunkserver.compaction}).
+
+Threads: the pieces of a PUT (a writer throttled by the kernel's dirty-page
+limits must not stall the reactor), C{fdatasync}, checkpoint writes, the
+CRC32C check of every GET and the copying of a compaction run through
+C{run_in_thread} (by default the reactor's thread pool; tests pass one that
+runs inline).  The 40-byte record headers are written on the reactor thread,
+in order, so the log never has a hole (see C{bench/bench_store.py} for the
+costs).  C{IChunkRead.read}, the fallback for transports that cannot
+sendfile, is a C{pread} of bytes the GET just verified, so in the page
+cache.  All in-memory state is touched on the reactor thread only.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from speedy.chunkserver import compaction
+from speedy.chunkserver.checkpoint import (
+    Checkpoint, CorruptCheckpoint, VolumeState, read_checkpoint,
+    write_checkpoint)
+from speedy.chunkserver.disk import Disk
+from speedy.chunkserver.group_commit import GroupCommit
+from speedy.chunkserver.needle_index import NeedleIndex
+from speedy.chunkserver.volume import (
+    COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, MAX_VOLUME_SIZE, RECORD,
+    TOMBSTONE, TOMBSTONE_SPAN, TORN, DamagedVolume, RecordHeader, Volume,
+    crc32c, parse_volume_file_name, read_record, record_span, scan_records,
+    volume_file_name)
+from speedy.errors import (
+    BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
+    RangeNotSatisfiable, ReadOnly, TooLarge)
+from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
+from speedy.records import ChunkInfo
+
+SYNC_POLICIES = ("always", "batch", "none")
+
+#: Default free-space reserve: below this many free bytes the store turns
+#: read-only.
+DEFAULT_RESERVE = 2**30
+
+#: Default largest chunk (the imageservers cut 16 MiB chunks).
+DEFAULT_MAX_CHUNK_SIZE = 64 * 2**20
+
+COUNTERS = (
+    "reads", "writes", "deletes", "bytes_read", "bytes_written",
+    "checksum_errors", "damaged_records", "torn_records", "damaged_volumes",
+    "corrupt_checkpoints", "nospace_errors", "sync_errors", "compactions",
+    "bytes_compacted_away")
+
+
+def thread_pool_runner(reactor):
+    """
+    @return: a C{run_in_thread(f, *args)} that runs C{f} in C{reactor}'s
+        thread pool and returns a Deferred of its result.
+    """
+    pool = reactor.getThreadPool()
+
+    def run_in_thread(f, *args):
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    return run_in_thread
+
+
+@implementer(IChunkStore)
+class ChunkStore:
+    """
+    A directory of volume files and the index over them.  Build one with
+    L{open}; the constructor only wires its parts together.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, data_dir, disk, run_in_thread, volume_size,
+                 sync, reserve, compact_threshold, max_chunk_size,
+                 checkpoint_interval, compact_interval, space_check_interval):
+        self._reactor = reactor
+        self.data_dir = data_dir
+        self._disk = disk
+        self._run_in_thread = run_in_thread
+        self.volume_size = volume_size
+        self.sync = sync
+        self.reserve = reserve
+        self.compact_threshold = compact_threshold
+        self.max_chunk_size = max_chunk_size
+        self._max_span = record_span(max_chunk_size)
+        self._intervals = (checkpoint_interval, compact_interval, space_check_interval)
+        self._index = NeedleIndex()
+        self._volumes = {}
+        self._next_volume_id = 1
+        self._sequence = 0
+        self._changes = 0
+        self._repaired = False
+        self._drain_waiters = {}
+        self._group_commit = GroupCommit(run_in_thread, disk, data_dir)
+        self._checkpoint_lock = DeferredLock()
+        self._compaction_lock = DeferredLock()
+        self._loops = []
+        self._closed = False
+        self.read_only = False
+        self.counters = dict.fromkeys(COUNTERS, 0)
+
+    @classmethod
+    def open(cls, reactor, data_dir, volume_size=2 * 2**30, sync="always",
+             reserve=DEFAULT_RESERVE, compact_threshold=0.3, *,
+             max_chunk_size=DEFAULT_MAX_CHUNK_SIZE, run_in_thread=None,
+             disk=None, checkpoint_interval=60.0, compact_interval=15 * 60.0,
+             space_check_interval=10.0):
+        """
+        Open (creating if needed) the store in C{data_dir}: load the index
+        checkpoint and replay the journal that follows it, or scan every
+        volume when there is no usable checkpoint.  Synchronous; damaged
+        data is logged, counted and skipped, never raised.
+
+        @param reactor: provides C{IReactorTime} (and C{IReactorThreads}
+            unless C{run_in_thread} is given).
+        @param sync: "always" (a write is acknowledged after fdatasync),
+            "batch" (acknowledged at once, synced every second) or "none"
+            (left to the operating system).
+        @param reserve: free bytes below which the store turns read-only,
+            or a fraction (below 1) of the file system's size.
+        @param max_chunk_size: the largest chunk C{put} accepts.
+        @param run_in_thread: C{f(callable, *args)} returning a Deferred of
+            its result; tests pass one that runs inline.
+        @param disk: the L{Disk} whose system calls the store makes.
+        @return: a ready L{ChunkStore}.
+        @raise ValueError: for impossible settings.
+        """
+        if sync not in SYNC_POLICIES:
+            raise ValueError(f"sync must be one of {SYNC_POLICIES}, not {sync!r}")
+        if not DATA_START + 4 * TOMBSTONE_SPAN <= volume_size <= MAX_VOLUME_SIZE:
+            raise ValueError(f"volume size {volume_size} out of range")
+        if not 0 < compact_threshold <= 1:
+            raise ValueError("compact_threshold must be in (0, 1]")
+        if reserve < 0:
+            raise ValueError("reserve must not be negative")
+        largest = volume_size - DATA_START - HEADER_SIZE - 2 * TOMBSTONE_SPAN
+        max_chunk_size = min(max_chunk_size, largest) & ~7
+        if run_in_thread is None:
+            run_in_thread = thread_pool_runner(reactor)
+        store = cls(reactor, data_dir, disk or Disk(), run_in_thread,
+                    volume_size, sync, reserve, compact_threshold,
+                    max_chunk_size, checkpoint_interval, compact_interval,
+                    space_check_interval)
+        store._recover()
+        store._check_space()
+        return store
+
+    # --- recovery ------------------------------------------------------
+
+    def _recover(self):
+        disk = self._disk
+        disk.makedirs(self.data_dir)
+        volumes = self._volumes = self._open_volumes()
+        checkpoint = self._load_checkpoint()
+        states = {}
+        after = 0
+        if checkpoint is not None:
+            states = {state.volume_id: state for state in checkpoint.volumes}
+            after = self._sequence = checkpoint.sequence
+        for volume_id in sorted(set(states) - set(volumes)):
+            lost = self._index.drop_volume(volume_id)
+            self._repaired = True
+            self.log.error(
+                "volume {volume_id} is missing: {lost} chunks lost",
+                volume_id=volume_id, lost=lost)
+        pending = []
+        for volume in volumes.values():
+            state = states.get(volume.volume_id)
+            if state is not None and state.generation == volume.generation:
+                volume.live_bytes = state.live_bytes
+                volume.live_count = state.live_count
+                volume.tail = state.replay_start
+                replay_after = after
+            else:
+                if state is not None:
+                    self.log.info(
+                        "volume {volume_id} was compacted after the checkpoint;"
+                        " rescanning it", volume_id=volume.volume_id)
+                    self._index.drop_volume(volume.volume_id)
+                    self._repaired = True
+                replay_after = 0
+            self._drop_beyond_end(volume)
+            pending.extend(self._replay_volume(volume, replay_after))
+        pending.sort(key=lambda item: item[0])
+        for sequence, volume, offset, header in pending:
+            self._apply(volume, offset, header)
+        if self._repaired:
+            # The old checkpoint no longer describes the files: replace it
+            # before anything is written where the damage was.
+            self._write_checkpoint(list(volumes.values()), self._snapshot())
+            self._changes = 0
+
+    def _open_volumes(self):
+        """@return: {volume id: L{Volume}} of every readable volume file."""
+        volumes = {}
+        for name in sorted(self._disk.listdir(self.data_dir)):
+            path = os.path.join(self.data_dir, name)
+            if name.endswith((".cpd", ".tmp")):
+                self.log.info("removing leftover {name}", name=name)
+                self._disk.unlink(path)
+                continue
+            volume_id = parse_volume_file_name(name)
+            if volume_id is None:
+                continue
+            self._next_volume_id = max(self._next_volume_id, volume_id + 1)
+            try:
+                volume = Volume.open(self._disk, path)
+            except (DamagedVolume, OSError) as e:
+                self.counters["damaged_volumes"] += 1
+                self.log.error("volume file {path} is unusable ({e}); skipping it",
+                               path=path, e=e)
+                continue
+            if volume.volume_id != volume_id:
+                self.counters["damaged_volumes"] += 1
+                self.log.error("volume file {path} claims to be volume {other};"
+                               " skipping it", path=path, other=volume.volume_id)
+                volume.close()
+                continue
+            volumes[volume_id] = volume
+        return volumes
+
+    def _load_checkpoint(self):
+        """@return: the usable L{Checkpoint}, or None (then every volume is scanned)."""
+        try:
+            checkpoint = read_checkpoint(self._disk, self.data_dir)
+            if checkpoint is not None:
+                self._index = NeedleIndex.from_runs(checkpoint.runs)
+            return checkpoint
+        except (CorruptCheckpoint, ValueError, OSError) as e:
+            self.counters["corrupt_checkpoints"] += 1
+            self._repaired = True
+            self.log.error("index checkpoint unusable ({e}); scanning every volume",
+                           e=e)
+            self._index = NeedleIndex()
+            self._sequence = 0
+            return None
+
+    def _drop_beyond_end(self, volume):
+        """A volume file shorter than its superblock says lost its end:
+        forget the chunks that were there and make the file whole again."""
+        length = self._disk.file_size(volume.fd)
+        if length >= volume.size:
+            return
+        self.log.error("volume {volume_id} is truncated to {length} bytes",
+                       volume_id=volume.volume_id, length=length)
+        self._repaired = True
+        lost = [(fid, offset, size) for fid, vid, offset, size, _ in self._index.items()
+                if vid == volume.volume_id and offset + record_span(size) > length]
+        for file_id, offset, size in lost:
+            self._index.remove(file_id)
+            volume.live_bytes -= record_span(size)
+            volume.live_count -= 1
+            self.counters["damaged_records"] += 1
+        volume.tail = min(volume.tail, length - length % 8)
+        try:
+            self._disk.allocate(volume.fd, volume.size)
+        except OSError as e:
+            self.log.error("cannot re-extend volume {volume_id}: {e}",
+                           volume_id=volume.volume_id, e=e)
+            volume.size = length
+
+    def _replay_volume(self, volume, after):
+        """
+        Scan C{volume} from its tail, setting the tail to the end of its log.
+
+        @return: C{(sequence, volume, offset, header)} of every complete
+            record whose sequence is above C{after}.
+        """
+        found = []
+        limit = min(volume.size, self._disk.file_size(volume.fd))
+        events = scan_records(self._disk, volume.fd, volume.tail, limit,
+                              self._max_span,
+                              verify=lambda header: header.sequence > after)
+        for event in events:
+            if event.kind == RECORD:
+                header = event.header
+                self._sequence = max(self._sequence, header.sequence)
+                if header.complete and header.sequence > after:
+                    found.append((header.sequence, volume, event.offset, header))
+                volume.tail = event.end
+            elif event.kind == DAMAGED:
+                self.counters["damaged_records"] += 1
+                self.log.error(
+                    "damaged record in volume {volume_id} at {offset}"
+                    " ({size} bytes skipped)", volume_id=volume.volume_id,
+                    offset=event.offset, size=event.end - event.offset)
+                volume.tail = event.end
+            elif event.kind == TORN:
+                self.counters["torn_records"] += 1
+                self.log.info(
+                    "truncated a torn record in volume {volume_id} at {offset}",
+                    volume_id=volume.volume_id, offset=event.offset)
+                volume.tail = event.offset
+        return found
+
+    def _apply(self, volume, offset, header):
+        """Apply one replayed record to the index and the accounting."""
+        file_id = header.file_id
+        if header.tombstone:
+            current = self._index.get(file_id)
+            if current is not None and current[0] == volume.volume_id:
+                self._index.remove(file_id)
+                volume.live_bytes -= record_span(current[2])
+                volume.live_count -= 1
+            return
+        previous = self._index.set(file_id, volume.volume_id, offset,
+                                   header.size, header.crc32c)
+        volume.live_bytes += header.span
+        volume.live_count += 1
+        if previous is not None:
+            self._forget_location(previous)
+
+    def _forget_location(self, location):
+        volume_id, _, size, _ = location
+        volume = self._volumes.get(volume_id)
+        if volume is not None:
+            volume.live_bytes -= record_span(size)
+            volume.live_count -= 1
+
+    # --- timers --------------------------------------------------------
+
+    def start(self):
+        """Start the periodic checkpoint, compaction and free-space checks."""
+        checkpoint_interval, compact_interval, space_interval = self._intervals
+        loops = [
+            (self._periodic_checkpoint, checkpoint_interval),
+            (self._periodic_compaction, compact_interval),
+            (self._check_space, space_interval),
+        ]
+        if self.sync == "batch":
+            loops.append((self._periodic_sync, 1.0))
+        for function, interval in loops:
+            loop = LoopingCall(function)
+            loop.clock = self._reactor
+            loop.start(interval, now=False).addErrback(
+                self._log_failure, "storage timer stopped")
+            self._loops.append(loop)
+
+    def _log_failure(self, failure, what):
+        self.log.failure(what, failure)
+
+    def _periodic_checkpoint(self):
+        if self._changes:
+            self.checkpoint().addErrback(self._log_failure, "checkpoint failed")
+
+    def _periodic_compaction(self):
+        self.compact().addErrback(self._log_failure, "compaction failed")
+
+    def _periodic_sync(self):
+        self._group_commit.flush().addErrback(self._log_failure, "batch sync failed")
+
+    def _check_space(self):
+        """Turn read-only below the free-space reserve, and back above it."""
+        try:
+            total, available = self._disk.space(self.data_dir)
+        except OSError as e:
+            self.log.error("cannot check free space: {e}", e=e)
+            return
+        reserve = self._reserve_bytes(total)
+        read_only = available < reserve
+        if read_only != self.read_only:
+            self.log.warn(
+                "{available} bytes free, reserve {reserve}: {state}",
+                available=available, reserve=reserve,
+                state="read-only" if read_only else "writable again")
+            self.read_only = read_only
+
+    def _reserve_bytes(self, total):
+        return int(self.reserve * total) if self.reserve < 1 else int(self.reserve)
+
+    # --- writes --------------------------------------------------------
+
+    def put(self, file_id, size):
+        if self._closed:
+            raise Busy("the store is closing")
+        if self.read_only:
+            raise ReadOnly("below the free-space reserve")
+        if not 0 <= file_id < 2**64 or size < 0:
+            raise BadRequest(f"bad file id {file_id} or size {size}")
+        if size > self.max_chunk_size:
+            raise TooLarge(f"{size} bytes exceeds the {self.max_chunk_size}-byte limit")
+        if self._index.get(file_id) is not None:
+            return _RepeatedWrite(self, file_id, size)
+        span = record_span(size)
+        volume = self._writable_volume(span)
+        offset = volume.append(span)
+        try:
+            self._disk.pwrite(volume.fd, RecordHeader(0, file_id, 0, size, 0).pack(), offset)
+        except OSError as e:
+            volume.tail = offset
+            raise self._no_space(e)
+        volume.reservations.add(offset)
+        return _ChunkWrite(self, volume, offset, file_id, size)
+
+    def _writable_volume(self, span):
+        """
+        @return: the first volume with room for C{span} more bytes, creating
+            one if none has.
+        @raise NoSpace: when no volume can be made.
+        """
+        for volume_id in sorted(self._volumes):
+            volume = self._volumes[volume_id]
+            if not volume.compacting and volume.room() >= span:
+                return volume
+        try:
+            total, available = self._disk.space(self.data_dir)
+            if available - self.volume_size < self._reserve_bytes(total):
+                raise NoSpace("no room for another volume above the reserve")
+            volume_id = self._next_volume_id
+            path = os.path.join(self.data_dir, volume_file_name(volume_id))
+            volume = Volume.create(self._disk, path, volume_id, self.volume_size)
+        except OSError as e:
+            raise self._no_space(e)
+        except NoSpace:
+            self.counters["nospace_errors"] += 1
+            raise
+        self._next_volume_id += 1
+        self._volumes[volume_id] = volume
+        self.log.info("created volume {volume_id}", volume_id=volume_id)
+        return volume
+
+    def _no_space(self, error):
+        """Count and log a failed write.  @return: the L{NoSpace} to raise."""
+        self.counters["nospace_errors"] += 1
+        self.log.error("write failed: {error}", error=error)
+        return NoSpace(str(error))
+
+    def _next_sequence(self):
+        self._sequence += 1
+        self._changes += 1
+        return self._sequence
+
+    def _durable(self, volume):
+        """@return: a Deferred firing with None once C{volume}'s bytes are as
+        durable as the sync policy promises."""
+        if self.sync == "always":
+            d = self._group_commit.sync(volume)
+
+            def failed(failure):
+                failure.trap(OSError)
+                self.counters["sync_errors"] += 1
+                raise NoSpace(f"fdatasync failed: {failure.value}")
+
+            return d.addErrback(failed)
+        self._group_commit.mark_dirty(volume)
+        return succeed(None)
+
+    def _complete(self, write):
+        """Make a fully streamed put visible.  @return: Deferred of its ChunkInfo."""
+        try:
+            return self._publish(write)
+        finally:
+            # Last: a compaction waiting for this volume to drain may start now.
+            self._release_reservation(write.volume, write.offset)
+
+    def _publish(self, write):
+        volume, offset = write.volume, write.offset
+        info = ChunkInfo(write.file_id, write.size, write.crc)
+        existing = self._index.get(write.file_id)
+        if existing is not None:
+            # Another put of this id finished first; ours is garbage.
+            return self._compare(write.file_id, info)
+        header = RecordHeader(COMPLETE, write.file_id, self._next_sequence(),
+                              write.size, write.crc)
+        try:
+            self._disk.pwrite(volume.fd, header.pack(), offset)
+        except OSError as e:
+            return fail(self._no_space(e))
+        self._index.set(write.file_id, volume.volume_id, offset, write.size, write.crc)
+        volume.live_bytes += header.span
+        volume.live_count += 1
+        self.counters["writes"] += 1
+        self.counters["bytes_written"] += write.size
+        return self._durable(volume).addCallback(lambda _: info)
+
+    def _compare(self, file_id, info):
+        """
+        A put of an id that is already stored: succeed if the bytes are the
+        same (an idempotent retry), else fail with L{ChunkExists}.
+
+        @return: a Deferred of the stored L{ChunkInfo}.
+        """
+        existing = self._index.get(file_id)
+        if existing is None:
+            return fail(Busy(f"chunk {file_id} was deleted during a retry of its put"))
+        volume_id, _, size, crc = existing
+        if (size, crc) != (info.size, info.crc32c):
+            return fail(ChunkExists(f"a different chunk {file_id} is stored"))
+        return self._durable(self._volumes[volume_id]).addCallback(lambda _: info)
+
+    def _abandon(self, write):
+        self._release_reservation(write.volume, write.offset)
+
+    def _release_reservation(self, volume, offset):
+        volume.reservations.discard(offset)
+        if not volume.reservations:
+            for d in self._drain_waiters.pop(volume, []):
+                d.callback(None)
+
+    def _drained(self, volume):
+        """@return: a Deferred firing when no put is streaming into C{volume}."""
+        if not volume.reservations:
+            return succeed(None)
+        d = Deferred()
+        self._drain_waiters.setdefault(volume, []).append(d)
+        return d
+
+    def delete(self, file_id):
+        if self._closed:
+            return fail(Busy("the store is closing"))
+        location = self._index.get(file_id)
+        if location is None:
+            return fail(ChunkNotFound(f"no chunk {file_id}"))
+        volume_id, _, size, _ = location
+        volume = self._volumes[volume_id]
+        header = RecordHeader(COMPLETE | TOMBSTONE, file_id, self._next_sequence(), 0, 0)
+        offset = volume.append(TOMBSTONE_SPAN)
+        try:
+            self._disk.pwrite(volume.fd, header.pack(), offset)
+        except OSError as e:
+            volume.tail = offset
+            return fail(self._no_space(e))
+        self._index.remove(file_id)
+        volume.live_bytes -= record_span(size)
+        volume.live_count -= 1
+        self.counters["deletes"] += 1
+        return self._durable(volume)
+
+    # --- reads ---------------------------------------------------------
+
+    def get(self, file_id, offset=0, length=None):
+        if self._closed:
+            return fail(Busy("the store is closing"))
+        location = self._index.get(file_id)
+        if location is None:
+            return fail(ChunkNotFound(f"no chunk {file_id}"))
+        volume_id, record_offset, size, crc = location
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            return fail(RangeNotSatisfiable(
+                f"range {offset}+{length} outside chunk of {size} bytes"))
+        volume = self._volumes[volume_id]
+        volume.pin()
+        info = ChunkInfo(file_id, size, crc)
+
+        def checked(ok):
+            if not ok:
+                volume.unpin()
+                self.counters["checksum_errors"] += 1
+                self.log.error(
+                    "chunk {file_id} in volume {volume_id} at {offset} is damaged",
+                    file_id=file_id, volume_id=volume_id, offset=record_offset)
+                raise ChecksumMismatch(f"chunk {file_id} is damaged")
+            self.counters["reads"] += 1
+            self.counters["bytes_read"] += length
+            return _ChunkRead(self._disk, volume, info,
+                              record_offset + HEADER_SIZE, offset, length)
+
+        def unreadable(failure):
+            failure.trap(OSError)
+            volume.unpin()
+            self.counters["checksum_errors"] += 1
+            self.log.error("cannot read chunk {file_id}: {e}",
+                           file_id=file_id, e=failure.value)
+            raise ChecksumMismatch(f"chunk {file_id} is unreadable: {failure.value}")
+
+        d = self._run_in_thread(read_record, self._disk, volume.fd,
+                                record_offset, file_id, size, crc)
+        return d.addCallbacks(checked, unreadable)
+
+    def stat(self, file_id):
+        location = self._index.get(file_id)
+        if location is None:
+            return None
+        _, _, size, crc = location
+        return ChunkInfo(file_id, size, crc)
+
+    def file_ids(self):
+        return iter(self._index)
+
+    # --- status --------------------------------------------------------
+
+    def status(self):
+        total, available = self._disk.space(self.data_dir)
+        volumes = [
+            {"volume_id": v.volume_id, "size": v.size,
+             "used": v.tail - DATA_START, "live": v.live_bytes,
+             "garbage": v.garbage, "chunks": v.live_count,
+             "compacting": v.compacting}
+            for _, v in sorted(self._volumes.items())]
+        room = sum(v.room() for v in self._volumes.values() if not v.compacting)
+        free = room + max(0, available - self._reserve_bytes(total))
+        counters = dict(self.counters, sync_rounds=self._group_commit.rounds)
+        return {
+            "capacity": total,
+            "used": sum(v["used"] for v in volumes),
+            "free": 0 if self.read_only else free,
+            "read_only": self.read_only,
+            "chunks": len(self._index),
+            "volumes": volumes,
+            "counters": counters,
+        }
+
+    # --- checkpoints ---------------------------------------------------
+
+    def checkpoint(self):
+        """
+        Write an index checkpoint (after syncing every volume, so that it
+        never points at bytes that are not on disk).
+
+        @return: a Deferred firing with None when it is durable.
+        """
+        return self._checkpoint_lock.run(
+            lambda: Deferred.fromCoroutine(self._checkpoint()))
+
+    def _snapshot(self):
+        """@return: a L{Checkpoint} of the store as it is now."""
+        return Checkpoint(
+            self._sequence,
+            tuple(VolumeState(v.volume_id, v.generation, v.replay_start(),
+                              v.live_bytes, v.live_count)
+                  for v in self._volumes.values()),
+            self._index.runs())
+
+    async def _checkpoint(self):
+        volumes = list(self._volumes.values())
+        snapshot = self._snapshot()
+        changes = self._changes
+        for volume in volumes:
+            volume.pin()
+        try:
+            await self._run_in_thread(self._write_checkpoint, volumes, snapshot)
+        finally:
+            for volume in volumes:
+                volume.unpin()
+        self._changes -= changes
+
+    def _write_checkpoint(self, volumes, snapshot):
+        for volume in volumes:
+            self._disk.fdatasync(volume.fd)
+        write_checkpoint(self._disk, self.data_dir, snapshot)
+
+    # --- compaction ----------------------------------------------------
+
+    def compact(self, volume_id=None):
+        return Deferred.fromCoroutine(self._compact(volume_id))
+
+    async def _compact(self, volume_id):
+        if volume_id is None:
+            targets = sorted(
+                v.volume_id for v in self._volumes.values()
+                if v.garbage and v.garbage_ratio >= self.compact_threshold)
+        elif volume_id in self._volumes:
+            targets = [volume_id]
+        else:
+            raise BadRequest(f"no volume {volume_id}")
+        freed = 0
+        for target in targets:
+            freed += await self._compaction_lock.run(
+                lambda target=target: Deferred.fromCoroutine(self._compact_volume(target)))
+        return freed
+
+    async def _compact_volume(self, volume_id):
+        """Compact one volume while reads and writes go on.  @return: bytes freed."""
+        volume = self._volumes.get(volume_id)
+        if volume is None or self._closed:
+            return 0
+        volume.compacting = True
+        try:
+            await self._drained(volume)
+            copy = await compaction.copy_live(
+                self._run_in_thread, self._disk, volume, self._is_live,
+                self._max_span)
+        except OSError as e:
+            self.log.error("compaction of volume {volume_id} failed: {e}",
+                           volume_id=volume_id, e=e)
+            raise NoSpace(f"compaction of volume {volume_id} failed: {e}")
+        finally:
+            volume.compacting = False
+        freed = volume.tail - copy.tail
+        self._swap(volume, copy)
+        self.counters["compactions"] += 1
+        self.counters["bytes_compacted_away"] += freed
+        self.log.info("compacted volume {volume_id}: {freed} bytes freed",
+                      volume_id=volume_id, freed=freed)
+        await self.checkpoint()
+        return freed
+
+    def _swap(self, volume, copy):
+        """
+        Put the compacted copy in the place of C{volume} in one reactor turn:
+        rename it over the old file, point the index at the new offsets, and
+        retire the old file (it closes when its last read is released).
+        """
+        volume_id = volume.volume_id
+        try:
+            self._disk.rename(copy.path, volume.path)
+        except OSError as e:
+            self._disk.close(copy.fd)
+            self._disk.unlink(copy.path)
+            raise NoSpace(f"compaction of volume {volume_id} failed: {e}")
+        replacement = Volume(
+            self._disk, volume.path, copy.fd, volume_id,
+            volume.generation + 1, volume.size, tail=copy.tail,
+            needs_directory_sync=True)
+        kept = set()
+        for file_id, old_offset, new_offset in copy.moved:
+            location = self._index.get(file_id)
+            if location is not None and location[:2] == (volume_id, old_offset):
+                self._index.set(file_id, volume_id, new_offset, location[2], location[3])
+                replacement.live_bytes += record_span(location[2])
+                replacement.live_count += 1
+                kept.add(file_id)
+        if replacement.live_count != volume.live_count:
+            # Live chunks the copy could not carry over (damaged bytes).
+            for file_id, location_volume, offset, _, _ in list(self._index.items()):
+                if location_volume == volume_id and file_id not in kept:
+                    self._index.remove(file_id)
+                    self.counters["damaged_records"] += 1
+                    self.log.error(
+                        "chunk {file_id} in volume {volume_id} at {offset} is"
+                        " damaged; compaction dropped it", file_id=file_id,
+                        volume_id=volume_id, offset=offset)
+        self._volumes[volume_id] = replacement
+        self._group_commit.mark_dirty(replacement)
+        volume.retire()
+
+    def _is_live(self, volume, offset, header):
+        """@return: whether the index still points C{header}'s id at
+        C{offset} of C{volume}."""
+        location = self._index.get(header.file_id)
+        return location is not None and location[:2] == (volume.volume_id, offset)
+
+    # --- closing -------------------------------------------------------
+
+    def close(self):
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        await self._compaction_lock.acquire()
+        try:
+            await self._group_commit.flush()
+            await self.checkpoint()
+        finally:
+            self._compaction_lock.release()
+            for volume in self._volumes.values():
+                volume.retire()
+
+
+@implementer(IChunkWrite)
+class _ChunkWrite:
+    """
+    A put streaming into its reserved place in a volume.
+
+    Arriving pieces are checksummed on the reactor thread and written by
+    one thread job at a time (a job takes every piece that arrived while the
+    previous one ran), so a disk that throttles writers stalls this chunk,
+    not the reactor.  C{buffered} says how many bytes wait in memory.  A
+    failed write is reported by the next C{write} or by C{finish}.
+    """
+
+    def __init__(self, store, volume, offset, file_id, size):
+        self._store = store
+        self.volume = volume
+        self.offset = offset
+        self.file_id = file_id
+        self.size = size
+        self.crc = 0
+        self.buffered = 0
+        self._written = 0
+        self._done = False
+        self._pending = []
+        self._position = offset + HEADER_SIZE
+        self._flushing = False
+        self._error = None
+        self._idle = []
+
+    def write(self, data):
+        if self._error is not None:
+            raise NoSpace(self._error)
+        if self._done:
+            raise BadRequest("write after finish or abort")
+        piece = bytes(data)
+        if self._written + len(piece) > self.size:
+            self.abort()
+            raise TooLarge(f"more than the announced {self.size} bytes")
+        self.crc = crc32c(piece, self.crc)
+        self._written += len(piece)
+        self.buffered += len(piece)
+        self._pending.append(piece)
+        if not self._flushing:
+            self._flush()
+        if self._error is not None:
+            raise NoSpace(self._error)
+
+    def _flush(self):
+        pieces, self._pending = self._pending, []
+        position = self._position
+        self._position += sum(len(piece) for piece in pieces)
+        self._flushing = True
+        self.volume.pin()
+        d = self._store._run_in_thread(
+            _write_pieces, self._store._disk, self.volume.fd, pieces, position)
+        d.addBoth(self._flushed, sum(len(piece) for piece in pieces))
+
+    def _flushed(self, result, size):
+        self.volume.unpin()
+        self._flushing = False
+        self.buffered -= size
+        if isinstance(result, Failure):
+            if self._error is None:
+                self._error = str(self._store._no_space(result.value))
+            self._pending = []
+            self.buffered = 0
+            self.abort()
+        elif self._pending:
+            self._flush()
+            return
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    def _written_out(self):
+        """@return: a Deferred firing when every piece is in the file."""
+        if not self._flushing:
+            return succeed(None)
+        d = Deferred()
+        self._idle.append(d)
+        return d
+
+    def finish(self):
+        if self._error is not None:
+            return fail(NoSpace(self._error))
+        if self._done:
+            return fail(BadRequest("finish after finish or abort"))
+        if self._written != self.size:
+            self.abort()
+            return fail(BadRequest(
+                f"{self._written} of the announced {self.size} bytes written"))
+        self._done = True
+
+        def complete(_):
+            if self._error is not None:
+                raise NoSpace(self._error)
+            return self._store._complete(self)
+
+        return self._written_out().addCallback(complete)
+
+    def abort(self):
+        if not self._done:
+            self._done = True
+            self._store._abandon(self)
+
+
+def _write_pieces(disk, fd, pieces, position):
+    """Write C{pieces} one after another from C{position} (in a thread)."""
+    for piece in pieces:
+        disk.pwrite(fd, piece, position)
+        position += len(piece)
+
+
+@implementer(IChunkWrite)
+class _RepeatedWrite:
+    """A put of an id that is already stored: the bytes are only checksummed,
+    to tell an idempotent retry from a conflict; nothing is written."""
+
+    def __init__(self, store, file_id, size):
+        self._store = store
+        self.file_id = file_id
+        self.size = size
+        self.crc = 0
+        self._written = 0
+        self._done = False
+
+    def write(self, data):
+        if self._done:
+            raise BadRequest("write after finish or abort")
+        view = memoryview(data).cast("B")
+        if self._written + len(view) > self.size:
+            self.abort()
+            raise TooLarge(f"more than the announced {self.size} bytes")
+        self.crc = crc32c(view, self.crc)
+        self._written += len(view)
+
+    def finish(self):
+        if self._done:
+            return fail(BadRequest("finish after finish or abort"))
+        self._done = True
+        if self._written != self.size:
+            return fail(BadRequest(
+                f"{self._written} of the announced {self.size} bytes written"))
+        return self._store._compare(self.file_id, ChunkInfo(self.file_id, self.size, self.crc))
+
+    def abort(self):
+        self._done = True
+
+
+@implementer(IChunkRead)
+class _ChunkRead:
+    """A verified byte range of a chunk; its volume stays open until released."""
+
+    def __init__(self, disk, volume, info, data_offset, offset, length):
+        self._disk = disk
+        self._volume = volume
+        self._data_offset = data_offset
+        self.info = info
+        self.offset = offset
+        self.length = length
+        self._released = False
+
+    def fileno(self):
+        return self._volume.fd
+
+    def file_offset(self):
+        return self._data_offset + self.offset
+
+    def read(self, position, size):
+        size = min(size, self.length - position)
+        if size <= 0:
+            return b""
+        return self._disk.pread(self._volume.fd, size, self.file_offset() + position)
+
+    def release(self):
+        if not self._released:
+            self._released = True
+            self._volume.unpin()
