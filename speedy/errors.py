@@ -96,6 +96,12 @@ class NoWritableGroup(Unavailable):
     code = 13
 
 
+class NotFound(SpeedyError):
+    """A named thing (a server, a group, a file) does not exist."""
+
+    code = 14
+
+
 class Internal(SpeedyError):
     """A bug or an unexpected failure: logged, and answered as such."""
 
@@ -119,6 +125,7 @@ BY_CODE = {
         ConnectionFailed,
         Unavailable,
         NoWritableGroup,
+        NotFound,
         Internal,
     )
 }

@@ -46,3 +46,9 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(status_for(errors.NoWritableGroup()), (503, "NO_WRITABLE_GROUP"))
         self.assertEqual(status_for(errors.BadRequest()), (400, "BAD_REQUEST"))
         self.assertEqual(status_for(ValueError()), (500, "INTERNAL"))
+
+    def test_error_code_attribute_names_a_subclass(self):
+        class FileNotFound(errors.ChunkNotFound):
+            error_code = "FILE_NOT_FOUND"
+
+        self.assertEqual(status_for(FileNotFound()), (404, "FILE_NOT_FOUND"))

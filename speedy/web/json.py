@@ -14,6 +14,7 @@ from speedy import errors
 #: HTTP status for each Speedy error, when a REST handler lets one escape.
 STATUS_FOR_ERROR = {
     errors.ChunkNotFound: 404,
+    errors.NotFound: 404,
     errors.ChunkExists: 409,
     errors.ChecksumMismatch: 502,
     errors.ReadOnly: 503,
@@ -53,11 +54,15 @@ def write_error(request, status, code, message):
 
 
 def status_for(exc):
-    """The HTTP status and error code name for an exception (500 INTERNAL for
-    anything that is not a Speedy error)."""
+    """
+    The HTTP status and error code name for an exception (500 INTERNAL for
+    anything that is not a Speedy error).  An exception's C{error_code}
+    attribute, when it has one, names it more precisely than the listed
+    class it derives from (C{FileNotFound(ChunkNotFound)} is FILE_NOT_FOUND).
+    """
     for cls in type(exc).__mro__:
         if cls in STATUS_FOR_ERROR:
-            return STATUS_FOR_ERROR[cls], _code_name(cls)
+            return STATUS_FOR_ERROR[cls], getattr(exc, "error_code", None) or _code_name(cls)
     return 500, "INTERNAL"
 
 

@@ -1,0 +1,451 @@
+# -*- test-case-name: speedy.test.test_chunkmaster_cluster -*-
+"""
+The chunkmaster's model of the cluster: which chunkservers exist, what state
+each is in, which replica groups can take writes, and a versioned view of
+all that for the imageservers.
+
+Membership (which server, in which group, at which address; a group's
+read-only flag; a drained server) lives in the metadata store and is written
+there I{before} it changes in memory, so a failed write changes nothing.
+Liveness (INIT, RW, RO, DOWN) lives in memory, rebuilt from heartbeats after
+a restart; its changes are copied to the store best-effort, for operators.
+
+The view's version increases on every change that matters to an
+imageserver: a server's state, membership, a group's writability.  Capacity
+and load numbers change with nearly every heartbeat; they are published by
+a version increase at most every C{publish_interval} seconds.
+"""
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.logger import Logger
+
+from speedy.chunkmaster.states import DRAIN, TIMEOUT, next_state, report_event
+from speedy.errors import BadRequest, NotFound
+from speedy.records import DRAINING, INIT, RW, GroupRecord, ServerRecord
+
+
+class UnknownServer(NotFound):
+    """An admin call named a server the chunkmaster does not know."""
+
+
+class Cluster:
+    """
+    Servers, groups, heartbeat timers and the versioned view.
+
+    Mutating methods are C{async} and must not be cancelled by callers: a
+    store write, once started, is always followed by the matching change in
+    memory.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, clock, heartbeat_timeout=15.0, group_size=3,
+                 reserve=16 << 20, publish_interval=5.0):
+        """
+        @param store: the L{speedy.interfaces.IMetadataStore}.
+        @param clock: an L{twisted.internet.interfaces.IReactorTime}.
+        @param heartbeat_timeout: seconds of silence after which a server
+            is DOWN.
+        @param group_size: members a group needs to be writable, and the
+            most it may have.
+        @param reserve: a server with this many free bytes or fewer is RO.
+        @param publish_interval: changed capacity and load numbers alone
+            increase the version at most once every this many seconds.
+        """
+        self._store = store
+        self._clock = clock
+        self.heartbeat_timeout = heartbeat_timeout
+        self.group_size = group_size
+        self.reserve = reserve
+        self.publish_interval = publish_interval
+        self._servers = {}  # server_id -> ServerRecord
+        self._groups = {}  # group_id -> GroupRecord
+        self._addresses = {}  # address -> server_id
+        self._members = {}  # group_id -> set of server ids
+        self._timers = {}  # server_id -> DelayedCall marking it DOWN
+        self._waiters = {}  # Deferred -> DelayedCall of its wait timeout
+        #: serialises membership changes with their store writes
+        self._lock = DeferredLock()
+        self._unsaved = set()  # server ids whose liveness is not in the store yet
+        self._saving = False
+        self._version = 0
+        self._version_time = 0.0
+        self._view = None
+        #: pending while numbers changed that no version published yet
+        self._publish_call = None
+
+    @property
+    def version(self):
+        """The current view version: increases on every change, and is at
+        least the clock's time in milliseconds, so it keeps increasing
+        across restarts."""
+        return self._version
+
+    def server(self, server_id):
+        """@return: the L{ServerRecord} of C{server_id}, or None."""
+        return self._servers.get(server_id)
+
+    def group(self, group_id):
+        """@return: the L{GroupRecord} of C{group_id}, or None."""
+        return self._groups.get(group_id)
+
+    async def load(self):
+        """
+        Read servers and groups from the store.  Drained servers stay
+        DRAINING; every other one starts INIT and turns DOWN unless it
+        heartbeats within the heartbeat timeout.
+        """
+        groups = await self._store.list_groups()
+        servers = await self._store.list_servers()
+        for group in groups:
+            self._groups[group.group_id] = group
+        for server in servers:
+            if server.state != DRAINING:
+                server = evolve(server, state=INIT)
+            self._put(server)
+        self._changed()
+
+    def stop(self):
+        """
+        Cancel every timer and answer every long-poll waiter with the
+        current version.
+        """
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._cancel_publish()
+        self._wake_waiters()
+
+    # --- heartbeats ---------------------------------------------------------
+
+    async def heartbeat(self, report):
+        """
+        Take a L{speedy.chunkmaster.messages.Heartbeat}.  A server heard of
+        for the first time, or moved to a new address, is recorded in the
+        store first.
+
+        @return: the server's state after the report.
+        @raise BadRequest: the server belongs to another group, its address
+            is another server's, or its group is full.
+        @raise Unavailable: the store could not record a new server.
+        """
+        current = self._servers.get(report.server_id)
+        if current is not None and (current.group_id, current.address) == (report.group_id, report.address):
+            return self._apply_report(current, report)
+        async with self._lock:
+            return await self._register_reporting(report)
+
+    def _reported(self, current, report):
+        """@return: C{current} as C{report} changes it."""
+        return evolve(
+            current, address=report.address,
+            state=next_state(current.state, report_event(report.read_only, report.free, self.reserve)),
+            capacity=report.capacity, used=report.used, free=report.free,
+            read_only=report.read_only, load=report.load, last_heartbeat=self._clock.seconds())
+
+    def _apply_report(self, current, report):
+        server = self._reported(current, report)
+        self._put(server)
+        if server.state != current.state:
+            self.log.info("server {server_id} is {state} (was {previous})",
+                          server_id=server.server_id, state=server.state, previous=current.state)
+            self._changed()
+            self._save_later(server.server_id)
+        else:
+            self._publish_later()
+        return server.state
+
+    async def _register_reporting(self, report):
+        current = self._servers.get(report.server_id)
+        if current is None:
+            self._check_room(report.group_id)
+            current = ServerRecord(report.server_id, report.group_id, report.address)
+        elif current.group_id != report.group_id:
+            raise BadRequest(
+                f"server {report.server_id} belongs to group {current.group_id}, not {report.group_id}")
+        elif current.address == report.address:
+            # registered while this report waited for the lock
+            return self._apply_report(current, report)
+        self._check_address(report.server_id, report.address)
+        await self._ensure_group(report.group_id)
+        server = self._reported(current, report)
+        await self._store.upsert_server(server)
+        self.log.info("server {server_id} of group {group_id} at {address} is {state}",
+                      server_id=server.server_id, group_id=server.group_id,
+                      address=server.address, state=server.state)
+        self._put(server, replaced=self._servers.get(server.server_id))
+        self._changed()
+        return server.state
+
+    def _timed_out(self, server_id):
+        del self._timers[server_id]
+        current = self._servers[server_id]
+        state = next_state(current.state, TIMEOUT)
+        if state != current.state:
+            self.log.warn("server {server_id} missed heartbeats for {timeout}s: {state}",
+                          server_id=server_id, timeout=self.heartbeat_timeout, state=state)
+            self._servers[server_id] = evolve(current, state=state)
+            self._changed()
+            self._save_later(server_id)
+
+    # --- admin calls --------------------------------------------------------
+
+    async def add_server(self, server_id, group_id, address):
+        """
+        Register a server by hand, in state INIT until it heartbeats.
+
+        @return: C{(record, created)}; registering an identical server again
+            returns it with C{created} False.
+        @raise BadRequest: the id is registered with another group or
+            address, the address is taken, or the group is full.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            current = self._servers.get(server_id)
+            if current is not None:
+                if (current.group_id, current.address) != (group_id, address):
+                    raise BadRequest(
+                        f"server {server_id} is registered in group {current.group_id} at "
+                        f"{current.address}; remove it first")
+                return current, False
+            self._check_address(server_id, address)
+            self._check_room(group_id)
+            await self._ensure_group(group_id)
+            server = ServerRecord(server_id, group_id, address)
+            await self._store.upsert_server(server)
+            self.log.info("server {server_id} added to group {group_id} at {address}",
+                          server_id=server_id, group_id=group_id, address=address)
+            self._put(server)
+            self._changed()
+            return server, True
+
+    async def remove_server(self, server_id):
+        """
+        Forget a server (from the store first).
+
+        @raise UnknownServer: no such server.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            self._known(server_id)
+            await self._store.remove_server(server_id)
+            server = self._servers.pop(server_id)
+            del self._addresses[server.address]
+            self._members[server.group_id].discard(server_id)
+            timer = self._timers.pop(server_id, None)
+            if timer is not None:
+                timer.cancel()
+            self.log.info("server {server_id} removed from group {group_id}",
+                          server_id=server_id, group_id=server.group_id)
+            self._changed()
+
+    async def drain_server(self, server_id):
+        """
+        Mark a server DRAINING: its group takes no more writes, and it stays
+        DRAINING until removed.
+
+        @return: the server's new L{ServerRecord}.
+        @raise UnknownServer: no such server.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            current = self._known(server_id)
+            state = next_state(current.state, DRAIN)
+            if state == current.state:
+                return current
+            await self._store.upsert_server(evolve(current, state=state))
+            server = evolve(self._servers[server_id], state=state)
+            self._put(server)
+            self.log.info("server {server_id} is draining", server_id=server_id)
+            self._changed()
+            return server
+
+    async def set_group_read_only(self, group_id, read_only):
+        """
+        Create group C{group_id} if it is new, and set its admin read-only
+        flag.
+
+        @return: the group's new L{GroupRecord}.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            current = self._groups.get(group_id)
+            if current is not None and current.read_only == read_only:
+                return current
+            group = evolve(current or self._new_group(group_id), read_only=read_only)
+            await self._store.upsert_group(group)
+            self._groups[group_id] = group
+            self.log.info("group {group_id} read_only={read_only}", group_id=group_id, read_only=read_only)
+            self._changed()
+            return group
+
+    # --- the view -----------------------------------------------------------
+
+    def writable(self, group_id):
+        """
+        @return: True if group C{group_id} can take writes: it has
+            C{group_size} members, all RW (so each above the reserve), and
+            an admin has not set it read-only.
+        """
+        group = self._groups.get(group_id)
+        members = self._members.get(group_id, ())
+        return (
+            not (group and group.read_only)
+            and len(members) == self.group_size
+            and all(self._servers[server_id].state == RW for server_id in members))
+
+    def view(self):
+        """
+        @return: the JSON-ready cluster view of the current version, the same
+            object until the version changes: C{{"version", "groups": [{"group_id",
+            "writable", "read_only", "servers": [...]}]}}, ordered by ids.
+        """
+        if self._view is None:
+            groups = []
+            for group_id in sorted(self._groups.keys() | self._members.keys()):
+                group = self._groups.get(group_id)
+                groups.append({
+                    "group_id": group_id,
+                    "writable": self.writable(group_id),
+                    "read_only": bool(group and group.read_only),
+                    "servers": [_server_json(self._servers[server_id])
+                                for server_id in sorted(self._members.get(group_id, ()))],
+                })
+            self._view = {"version": self._version, "groups": groups}
+        return self._view
+
+    def wait_for_change(self, version, timeout):
+        """
+        @return: a Deferred firing with the current version once it differs
+            from C{version}, or after C{timeout} seconds, or when the cluster
+            stops; at once if it already differs.  Cancelling it removes the
+            waiter and its timer.
+        """
+        if version != self._version or timeout <= 0:
+            return succeed(self._version)
+
+        def cancel(waiter):
+            self._waiters.pop(waiter).cancel()
+
+        def expire():
+            del self._waiters[waiter]
+            waiter.callback(self._version)
+
+        waiter = Deferred(cancel)
+        self._waiters[waiter] = self._clock.callLater(timeout, expire)
+        return waiter
+
+    # --- internals ------------------------------------------------------------
+
+    def _known(self, server_id):
+        try:
+            return self._servers[server_id]
+        except KeyError:
+            raise UnknownServer(f"no server {server_id!r}") from None
+
+    def _check_address(self, server_id, address):
+        owner = self._addresses.get(address)
+        if owner is not None and owner != server_id:
+            raise BadRequest(f"address {address} belongs to server {owner}")
+
+    def _check_room(self, group_id):
+        members = len(self._members.get(group_id, ()))
+        if members >= self.group_size:
+            raise BadRequest(f"group {group_id} already has {members} members")
+
+    def _new_group(self, group_id):
+        return GroupRecord(group_id, created=self._clock.seconds())
+
+    async def _ensure_group(self, group_id):
+        if group_id not in self._groups:
+            group = self._new_group(group_id)
+            await self._store.upsert_group(group)
+            self._groups[group_id] = group
+
+    def _put(self, server, replaced=None):
+        """Keep C{server} in memory (replacing C{replaced}, if its address
+        moved) and arm its heartbeat timer unless it is DRAINING."""
+        if replaced is not None and replaced.address != server.address:
+            del self._addresses[replaced.address]
+        self._servers[server.server_id] = server
+        self._addresses[server.address] = server.server_id
+        self._members.setdefault(server.group_id, set()).add(server.server_id)
+        timer = self._timers.get(server.server_id)
+        if server.state == DRAINING:
+            if timer is not None:
+                del self._timers[server.server_id]
+                timer.cancel()
+        elif timer is not None:
+            timer.reset(self.heartbeat_timeout)
+        else:
+            self._timers[server.server_id] = self._clock.callLater(
+                self.heartbeat_timeout, self._timed_out, server.server_id)
+
+    def _changed(self):
+        """Increase the version, drop the cached view, wake long-polls."""
+        now = self._clock.seconds()
+        self._version = max(self._version + 1, int(now * 1000))
+        self._version_time = now
+        self._view = None
+        self._cancel_publish()
+        self._wake_waiters()
+
+    def _wake_waiters(self):
+        waiters, self._waiters = self._waiters, {}
+        for waiter, timer in waiters.items():
+            timer.cancel()
+            waiter.callback(self._version)
+
+    def _publish_later(self):
+        """Numbers changed: publish them by a version increase once
+        C{publish_interval} has passed since the last one."""
+        if self._publish_call is None:
+            delay = max(0.0, self._version_time + self.publish_interval - self._clock.seconds())
+            self._publish_call = self._clock.callLater(delay, self._publish_numbers)
+
+    def _publish_numbers(self):
+        self._publish_call = None
+        self._changed()
+
+    def _cancel_publish(self):
+        if self._publish_call is not None:
+            self._publish_call.cancel()
+            self._publish_call = None
+
+    def _save_later(self, server_id):
+        """Copy a liveness change to the store, best-effort, coalescing the
+        changes that pile up while a write is running."""
+        self._unsaved.add(server_id)
+        if not self._saving:
+            self._saving = True
+            self._lock.run(self._save_states).addErrback(self._save_failed)
+
+    async def _save_states(self):
+        try:
+            while self._unsaved:
+                server = self._servers.get(self._unsaved.pop())
+                if server is not None:
+                    await self._store.upsert_server(server)
+        finally:
+            self._saving = False
+
+    def _save_failed(self, failure):
+        self._unsaved.clear()
+        self.log.failure(
+            "could not record server states in the store; heartbeats rebuild them", failure)
+        return None
+
+
+def _server_json(server):
+    return {
+        "server_id": server.server_id,
+        "address": server.address,
+        "state": server.state,
+        "capacity": server.capacity,
+        "used": server.used,
+        "free": server.free,
+        "read_only": server.read_only,
+        "load": server.load,
+        "last_heartbeat": server.last_heartbeat,
+    }

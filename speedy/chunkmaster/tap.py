@@ -1,0 +1,98 @@
+# -*- test-case-name: speedy.test.test_chunkmaster_tap -*-
+"""
+C{twistd speedy-chunkmaster}: options and service.
+
+    twistd -n speedy-chunkmaster --listen tcp:8099 --db sqlite:meta.db \\
+        --config etc/chunkmaster.ini --admin-token T --cluster-secret S
+
+An option given on the command line wins over the C{--config} file, which
+wins over the defaults.
+"""
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.server import Site
+
+from speedy.chunkmaster.api import build_api
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.config import read_config
+from speedy.chunkmaster.service import ChunkmasterService
+from speedy.metadata import open_store
+from speedy.metadata.schema import GROUP_SIZE
+from speedy.units import parse_size
+
+#: option -> default, applied after the command line and the config file.
+DEFAULTS = {
+    "listen": "tcp:8099",
+    "db": "sqlite:meta.db",
+    "cluster-secret": None,
+    "admin-token": None,
+    "heartbeat-timeout": "15",
+    "group-size": "3",
+    "file-id-range": "10000",
+    "reserve": "16MiB",
+}
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["listen", None, None, "Endpoint string of the REST API [default: tcp:8099]."],
+        ["db", None, None, "Metadata store URL: sqlite:PATH or mysql://... [default: sqlite:meta.db]."],
+        ["config", None, None, "INI file with a [chunkmaster] section (see etc/chunkmaster.ini)."],
+        ["cluster-secret", None, None, "Bearer token of heartbeats, view and file-id calls [default: none]."],
+        ["admin-token", None, None, "Bearer token of admin calls; without one they are refused."],
+        ["heartbeat-timeout", None, None, "Seconds of silence before a chunkserver is DOWN [default: 15]."],
+        ["group-size", None, None, "Members of a full replica group, at most 3 [default: 3]."],
+        ["file-id-range", None, None, "The most file ids one allocation hands out [default: 10000]."],
+        ["reserve", None, None, "Free space at or below which a chunkserver is RO [default: 16MiB]."],
+    ]
+
+    def postOptions(self):
+        config = {}
+        if self["config"]:
+            try:
+                config = read_config(self["config"])
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        for name, default in DEFAULTS.items():
+            if self[name] is None:
+                self[name] = config.get(name, default)
+        self["heartbeat-timeout"] = _positive(self, "heartbeat-timeout", float)
+        self["group-size"] = _positive(self, "group-size", int)
+        if self["group-size"] > GROUP_SIZE:
+            raise usage.UsageError(
+                f"--group-size must be at most {GROUP_SIZE}: the metadata store keeps no more members")
+        self["file-id-range"] = _positive(self, "file-id-range", int)
+        try:
+            self["reserve"] = parse_size(self["reserve"])
+        except ValueError as e:
+            raise usage.UsageError(f"--reserve: {e}")
+
+
+def _positive(options, name, kind):
+    try:
+        value = kind(options[name])
+    except ValueError:
+        value = 0
+    if not 0 < value < float("inf"):
+        raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
+    return value
+
+
+def makeService(options, reactor=None):
+    """
+    @return: a L{ChunkmasterService} that opens the store named by
+        C{--db}, loads the cluster and serves the API on C{--listen}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    store = open_store(options["db"], reactor)
+    cluster = Cluster(
+        store, reactor, heartbeat_timeout=options["heartbeat-timeout"],
+        group_size=options["group-size"], reserve=options["reserve"])
+    api = build_api(
+        cluster, store, cluster_secret=options["cluster-secret"],
+        admin_token=options["admin-token"], max_file_ids=options["file-id-range"])
+    return ChunkmasterService(
+        reactor, store, cluster, serverFromString(reactor, options["listen"]),
+        Site(api, reactor=reactor))

@@ -1,0 +1,145 @@
+"""
+Tests for L{speedy.chunkmaster.tap}, L{speedy.chunkmaster.config} and
+L{speedy.chunkmaster.service}: the twistd plugin, its options and config
+file, and a service that loads the cluster before it listens.
+"""
+
+from pathlib import Path
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from zope.interface.verify import verifyObject
+
+import speedy
+from speedy.chunkmaster import tap
+from speedy.chunkmaster.api import build_api
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.messages import Heartbeat
+from speedy.chunkmaster.service import ChunkmasterService
+from speedy.chunkmaster.testing import OutageStore
+
+
+def parse(*args):
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin(self):
+        """twistd finds speedy-chunkmaster, served by this module."""
+        [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "speedy-chunkmaster"]
+        verifyObject(IServiceMaker, maker)
+        self.assertIs(maker.options, tap.Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def write_config(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(
+            {k: options[k] for k in tap.DEFAULTS},
+            {"listen": "tcp:8099", "db": "sqlite:meta.db", "cluster-secret": None,
+             "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
+             "file-id-range": 10000, "reserve": 16 << 20})
+
+    def test_config_file(self):
+        """The [chunkmaster] section sets options; the command line wins."""
+        path = self.write_config(
+            "[chunkmaster]\nadmin_token = a1\ncluster_secret = c1\nheartbeat_timeout = 4.5\n"
+            "group_size = 2\nfile_id_range = 50\nreserve = 1GiB\n")
+        options = parse("--config", path, "--cluster-secret", "c2", "--group-size", "3")
+        self.assertEqual(
+            (options["admin-token"], options["cluster-secret"], options["heartbeat-timeout"],
+             options["group-size"], options["file-id-range"], options["reserve"]),
+            ("a1", "c2", 4.5, 3, 50, 1 << 30))
+
+    def test_sample_config(self):
+        """The sample etc/chunkmaster.ini parses."""
+        sample = Path(speedy.__file__).parent.parent / "etc" / "chunkmaster.ini"
+        self.assertEqual(parse("--config", str(sample))["heartbeat-timeout"], 15.0)
+
+    def test_bad_config(self):
+        """A missing file, a missing section, an unknown key or garbage is a usage error."""
+        for text in ("[other]\nx = 1\n", "[chunkmaster]\nheartbeat_timout = 3\n", "\x00garbage ["):
+            self.assertRaises(UsageError, parse, "--config", self.write_config(text))
+        self.assertRaises(UsageError, parse, "--config", self.mktemp())
+
+    def test_bad_numbers(self):
+        for args in (["--heartbeat-timeout", "0"], ["--heartbeat-timeout", "nan"],
+                     ["--heartbeat-timeout", "inf"], ["--group-size", "0"],
+                     ["--group-size", "2.5"], ["--group-size", "4"], ["--file-id-range", "-1"],
+                     ["--reserve", "lots"]):
+            self.assertRaises(UsageError, parse, *args)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_listens(self):
+        """
+        The service opens the store, and then listens where --listen says,
+        with the API behind it; stopping it stops listening.
+        """
+        reactor = MemoryReactorClock()
+        service = tap.makeService(
+            parse("--db", "memory:", "--listen", "tcp:8123:interface=127.0.0.1"), reactor=reactor)
+        service.startService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (8123, "127.0.0.1"))
+        self.assertIsInstance(factory, Site)
+        self.successResultOf(service.stopService())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.store = OutageStore(self.reactor)
+        self.cluster = Cluster(self.store, self.reactor)
+        self.service = ChunkmasterService(
+            self.reactor, self.store, self.cluster,
+            TCP4ServerEndpoint(self.reactor, 8099, interface="127.0.0.1"),
+            Site(build_api(self.cluster, self.store)), retry_interval=5)
+
+    def test_store_down_at_start(self):
+        """
+        With the database down at start, the service retries, and listens
+        only once it has loaded the cluster.
+        """
+        self.store.down = True
+        self.service.startService()
+        self.reactor.pump([5, 5])
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(self.store.calls, ["start"] * 3)
+        self.store.down = False
+        self.reactor.advance(5)
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.assertEqual(self.store.calls[-3:], ["start", "list_groups", "list_servers"])
+        self.successResultOf(self.service.stopService())
+
+    def test_stop_while_retrying(self):
+        """Stopping while the store is still down never listens and leaves no timer."""
+        self.store.down = True
+        self.service.startService()
+        self.successResultOf(self.service.stopService())
+        self.reactor.advance(60)
+        self.assertEqual((self.reactor.tcpServers, self.reactor.getDelayedCalls()), ([], []))
+
+    def test_stop_cancels_timers(self):
+        """Stopping cancels the cluster's timers."""
+        self.service.startService()
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.heartbeat(Heartbeat(
+            "s1", 1, "h:1", 10, 0, 10 << 30, False, {}))))
+        self.assertNotEqual(self.reactor.getDelayedCalls(), [])
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
