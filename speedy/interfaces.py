@@ -78,12 +78,15 @@ class IChunkStore(Interface):
         @return: a JSON-ready dict with at least C{capacity}, C{used}, C{free}
             (bytes), C{read_only}, C{chunks}, C{volumes} (a list of dicts with
             C{volume_id}, C{size}, C{used}, C{garbage}) and C{counters}
-            (checksum_errors, damaged_records, reads, writes, deletes, ...).
+            (checksum_errors, damaged_records, torn_records, damaged_volumes,
+            corrupt_checkpoints, nospace_errors, sync_errors, compactions,
+            bytes_compacted_away, sync_rounds, reads, writes, deletes).
         """
 
     def close():
         """
-        Write an index checkpoint and close every volume.
+        Write an index checkpoint and close every volume.  Calls after
+        C{close()} fail with L{Busy}.
 
         @return: a Deferred firing with None when done.
         """
@@ -97,7 +100,8 @@ class IChunkWrite(Interface):
         Append the next piece of the chunk's bytes (bytes or memoryview).
         Writing more than the announced size raises L{TooLarge}.
 
-        @raise NoSpace: the disk filled; the write is aborted, nothing lost.
+        @raise NoSpace: this or an earlier piece (written in a thread)
+            failed; the write is aborted, nothing else lost.
         """
 
     def finish():
@@ -110,12 +114,17 @@ class IChunkWrite(Interface):
             stored under that id.  An identical one is an idempotent retry
             and succeeds.
         @raise BadRequest: fewer bytes than announced were written.
+        @raise NoSpace: (errback) a piece or the sync failed.
         """
 
     def abort():
         """
         Give up on this write; nothing becomes visible, the space is garbage.
         """
+
+    buffered = Attribute(
+        "Bytes accepted by write() and not yet in the volume file; the "
+        "protocol pauses its transport while this is above its limit.")
 
 
 class IChunkRead(Interface):
@@ -205,10 +214,24 @@ class IMetadataStore(Interface):
     database errbacks with L{speedy.errors.Unavailable}; service resumes by
     itself when the database returns.  Lookups of missing things fire with
     None rather than failing, unless said otherwise.
+
+    Rules every method keeps:
+
+      - a record written with a zero C{created}, C{updated} or C{recorded}
+        time is stored with the store's clock's time instead;
+      - C{limit=None} means no limit; a negative limit (or one that is not
+        an integer) raises L{speedy.errors.BadRequest};
+      - invalid arguments raise L{speedy.errors.BadRequest} before anything
+        is written.
     """
 
     def start():
-        """Connect and apply pending schema migrations.  @return: Deferred."""
+        """
+        Connect and apply pending schema migrations.  May be called again
+        after it failed with L{Unavailable} (the database was unreachable).
+
+        @return: Deferred firing with None.
+        """
 
     def close():
         """@return: a Deferred firing when every connection is closed."""
@@ -280,11 +303,32 @@ class IMetadataStore(Interface):
         """@return: Deferred firing with a L{BlobRecord} or None."""
 
     def delete_blob(digest):
-        """Remove the blob itself (once nothing links it).
-        @return: Deferred firing with the removed record or None."""
+        """
+        Remove the blob and every repository's link to it, unconditionally
+        (an admin's or garbage collector's delete; the registry uses
+        L{delete_blob_if_unlinked}).
+
+        @return: Deferred firing with the removed L{BlobRecord} or None.
+        """
+
+    def delete_blob_if_unlinked(digest):
+        """
+        Delete the blob in the same transaction as the check that no
+        repository links it, so that a concurrent L{link_blob} either links
+        it first (and it stays) or fails (it is gone).
+
+        @return: Deferred firing with the removed L{BlobRecord}, or None if
+            some repository still links it or it is gone.
+        """
 
     def link_blob(repository, digest):
-        """Make a blob visible in C{repository} (idempotent).  @return: Deferred."""
+        """
+        Make a blob visible in C{repository} (idempotent).
+
+        @raise BadRequest: no blob has that digest (never stored, or
+            deleted meanwhile).
+        @return: Deferred firing with None.
+        """
 
     def unlink_blob(repository, digest):
         """@return: Deferred firing with True if the link existed."""
@@ -332,7 +376,13 @@ class IMetadataStore(Interface):
     # uploads -------------------------------------------------------------
 
     def create_upload(record):
-        """Insert a new L{UploadRecord}.  @return: Deferred."""
+        """
+        Insert a new L{UploadRecord}; a zero C{updated} becomes its
+        C{created} time.
+
+        @raise BadRequest: an upload with that id exists.
+        @return: Deferred firing with None.
+        """
 
     def get_upload(upload_id):
         """@return: Deferred firing with an L{UploadRecord} or None."""
@@ -341,14 +391,22 @@ class IMetadataStore(Interface):
         """
         Replace an upload's state only if its stored offset is still
         C{expected_offset} (compare-and-set, so two imageservers cannot both
-        append at one offset).
+        append at one offset).  The stored C{repository} and C{created}
+        are kept: C{record}'s are ignored.
 
         @return: Deferred firing with True on success, False if the offset
             moved or the upload is gone.
         """
 
-    def delete_upload(upload_id):
-        """@return: Deferred firing with the deleted L{UploadRecord} or None."""
+    def delete_upload(upload_id, expected_offset=None):
+        """
+        Delete an upload; when C{expected_offset} is given, only while its
+        stored offset is still C{expected_offset} (compare-and-delete, so a
+        session that another imageserver appended to meanwhile survives).
+
+        @return: Deferred firing with the deleted L{UploadRecord}, or None
+            if it is gone or its offset moved.
+        """
 
     def stale_uploads(updated_before, limit=100):
         """@return: Deferred firing with uploads last touched before the
@@ -357,8 +415,13 @@ class IMetadataStore(Interface):
     # garbage and repair --------------------------------------------------
 
     def record_garbage(chunks, reason):
-        """Record L{ChunkRef}s that nothing owns any more, for collection.
-        @return: Deferred."""
+        """
+        Record L{ChunkRef}s that nothing owns any more, for collection,
+        stamped with the store's clock.  A chunk already recorded (same
+        C{group_id} and C{file_id}) keeps its first record.
+
+        @return: Deferred firing with None.
+        """
 
     def list_garbage(limit=1000):
         """@return: Deferred firing with a list of L{GarbageChunk}."""
@@ -367,7 +430,12 @@ class IMetadataStore(Interface):
         """Remove collected chunks from the garbage list.  @return: Deferred."""
 
     def record_bad_replica(bad):
-        """Record a L{BadReplica} for repair.  @return: Deferred."""
+        """
+        Record a L{BadReplica} for repair, replacing any earlier record for
+        the same C{server_id} and C{file_id}.
+
+        @return: Deferred firing with None.
+        """
 
     def list_bad_replicas(limit=1000):
         """@return: Deferred firing with a list of L{BadReplica}."""
@@ -396,7 +464,8 @@ class IChunkedStorage(Interface):
 
         @return: a Deferred firing with None when every byte was written, or
             failing with L{Unavailable} when no replica of some chunk could
-            serve it.  Cancelling it stops the work upstream.
+            serve it, or with L{RangeNotSatisfiable} when the range lies
+            outside the file.  Cancelling it stops the work upstream.
         """
 
     def delete(chunks):

@@ -1,0 +1,314 @@
+# -*- test-case-name: speedy.test.test_imageserver_replication -*-
+"""
+The imageserver's storage path (L{IChunkedStorage}): streams cut into
+chunks, each chunk written to every member of one replica group at once and
+counted as stored only when all of them acknowledged it durable.  A chunk
+that some member failed is retried on another group under a new file id,
+and the copies of the failed attempt are deleted best-effort and recorded
+as garbage: never "two of three is enough".
+"""
+
+import random
+from collections import Counter, deque
+
+import google_crc32c
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from speedy import errors
+from speedy.imageserver.placement import choose_group
+from speedy.imageserver.reader import FileReader, ReplicaReader
+from speedy.interfaces import IChunkedStorage, IChunkedWriter
+from speedy.records import ChunkRef
+
+log = Logger()
+
+DEFAULT_CHUNK_SIZE = 16 << 20
+
+
+def _log_failure(failure, what):
+    log.failure("{what} failed", failure, what=what)
+
+
+@implementer(IChunkedStorage)
+class ReplicatedStorage:
+    """
+    L{IChunkedStorage} over replica groups.
+
+    @param client: an L{IChunkClient}.
+    @param view: an L{IClusterView}.
+    @param file_ids: a L{FileIdRange}.
+    @param metadata: where garbage and bad replicas are recorded (the
+        C{record_garbage} and C{record_bad_replica} of an L{IMetadataStore}).
+    @param clock: an L{IReactorTime}, for the times in those records.
+    @param chunk_size: the size streams are cut at.
+    @param parallelism: chunks in flight per writer, and chunks fetched
+        ahead per reader.
+    @param tries: groups a chunk is tried on before the write fails.
+    """
+
+    def __init__(self, client, view, file_ids, metadata, clock,
+                 chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None):
+        self.client = client
+        self.view = view
+        self.file_ids = file_ids
+        self.metadata = metadata
+        self.clock = clock
+        self.chunk_size = chunk_size
+        self.parallelism = parallelism
+        self.tries = tries
+        self.rng = rng or random.Random()
+        #: writes in flight from here, by group id (a placement tie-breaker)
+        self.pending = Counter()
+        #: counts for status pages and tests
+        self.counters = Counter()
+        self.replicas = ReplicaReader(self)
+
+    # IChunkedStorage
+
+    def writer(self):
+        return ReplicatedWriter(self)
+
+    def read(self, chunks, offset, length, consumer):
+        try:
+            reader = FileReader(self.replicas, chunks, offset, length, consumer,
+                                read_ahead=self.parallelism)
+        except errors.RangeNotSatisfiable as e:
+            return fail(e)
+        return reader.start()
+
+    def delete(self, chunks):
+        return Deferred.fromCoroutine(self._delete(tuple(chunks)))
+
+    async def _delete(self, chunks):
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self._delete_one(c)) for c in chunks], consumeErrors=True)
+        undeleted = [chunk for chunk, (ok, deleted) in zip(chunks, results)
+                     if not (ok and deleted)]
+        if undeleted:
+            await self.record_garbage(undeleted, "delete failed on a member")
+
+    async def _delete_one(self, chunk):
+        """@return: True if every member of the chunk's group deleted it (or
+        never had it)."""
+        group = self._group(chunk.group_id)
+        if group is None:
+            return False
+        results = await DeferredList(
+            [self.client.delete(s.address, chunk.file_id) for s in group.servers],
+            consumeErrors=True)
+        return all(ok or r.check(errors.ChunkNotFound) for ok, r in results)
+
+    # the chunk-level path, shared by writers and the chunk API
+
+    def store_chunk(self, data, crc32c=None):
+        """
+        Store one chunk (bytes) on every member of a group, retrying on
+        other groups.
+
+        @return: a Deferred firing with its L{ChunkRef}; failing with
+            L{NoWritableGroup} when no group can take it, with
+            L{Unavailable} when every group tried failed.
+        """
+        if crc32c is None:
+            crc32c = google_crc32c.value(data)
+        return Deferred.fromCoroutine(self._store_chunk(data, crc32c))
+
+    async def _store_chunk(self, data, crc32c):
+        tried = []
+        reasons = []
+        for _ in range(self.tries):
+            try:
+                group = choose_group(self.view.current, len(data), self.pending,
+                                     self.rng, exclude=tried)
+            except errors.NoWritableGroup:
+                if not tried:
+                    raise
+                break
+            tried.append(group.group_id)
+            file_id = await self.file_ids.next()
+            ref = ChunkRef(group.group_id, file_id, len(data), crc32c)
+            self.pending[group.group_id] += 1
+            try:
+                results = await DeferredList(
+                    [self.client.put(s.address, file_id, data) for s in group.servers],
+                    consumeErrors=True)
+            finally:
+                self.pending[group.group_id] -= 1
+            problems = [(server, _put_problem(ok, result, ref))
+                        for server, (ok, result) in zip(group.servers, results)]
+            failed = [(server, problem) for server, problem in problems if problem is not None]
+            if not failed:
+                self.counters["chunks_written"] += 1
+                return ref
+            why = "; ".join(f"{s.server_id} ({s.address}): {p}" for s, p in failed)
+            log.warn("chunk {file_id} not stored on all of group {group_id}, "
+                     "retrying elsewhere: {why}",
+                     file_id=file_id, group_id=group.group_id, why=why)
+            self.counters["chunk_write_retries"] += 1
+            reasons.append(f"group {group.group_id}: {why}")
+            self.discard(ref, "partial write: " + why).addErrback(
+                _log_failure, "discarding a partial write")
+        self.counters["chunk_writes_failed"] += 1
+        raise errors.Unavailable(
+            f"a chunk of {len(data)} bytes could not be stored on all members of any "
+            f"group: {' | '.join(reasons)}")
+
+    def discard(self, ref, reason):
+        """
+        Record C{ref} as garbage, then delete its copies best-effort.
+
+        @return: a Deferred firing when both were tried.
+        """
+        return Deferred.fromCoroutine(self._discard(ref, reason))
+
+    async def _discard(self, ref, reason):
+        await self.record_garbage([ref], reason)
+        await self._delete_one(ref)
+
+    def record_garbage(self, chunks, reason):
+        """Record C{chunks} as garbage; a failure is logged, not raised.
+        @return: a Deferred firing with None."""
+        self.counters["garbage_recorded"] += len(chunks)
+        d = self.metadata.record_garbage(tuple(chunks), reason)
+        d.addErrback(_log_failure, f"recording {len(chunks)} garbage chunks ({reason})")
+        return d.addCallback(lambda _: None)
+
+    def _group(self, group_id):
+        view = self.view.current
+        return None if view is None else view.groups.get(group_id)
+
+
+def _put_problem(ok, result, ref):
+    """@return: why one member's put did not store C{ref}, or None."""
+    if not ok:
+        return result.getErrorMessage() or result.type.__name__
+    if result.size != ref.size or result.crc32c != ref.crc32c:
+        return f"acknowledged size {result.size} crc32c {result.crc32c:#x}, not {ref.size} {ref.crc32c:#x}"
+    return None
+
+
+@implementer(IChunkedWriter)
+class ReplicatedWriter:
+    """
+    One stream cut into chunks of C{storage.chunk_size}; at most
+    C{storage.parallelism} chunks are being stored at once, and C{write}
+    makes its caller wait while a full chunk is queued behind them.  So a
+    writer holds at most about C{chunk_size * (parallelism + 2)} bytes.
+    """
+
+    def __init__(self, storage):
+        self._storage = storage
+        self._chunk_size = storage.chunk_size
+        self._pieces = []  # of memoryview: the chunk being filled
+        self._filled = 0
+        self._refs = []  # ChunkRef or None (in flight / queued), by position
+        self._queued = deque()  # (position, bytes) sealed, not yet sent
+        self._in_flight = {}  # position -> Deferred
+        self._room = []  # Deferreds of write() calls waiting for room
+        self._finished = None  # the Deferred finish() returned
+        self._failure = None
+        self._closed = False
+        self.bytes_written = 0
+
+    def write(self, data):
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._closed:
+            return fail(errors.BadRequest("write after finish or abort"))
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self.bytes_written += len(data)
+        view = memoryview(data)
+        while view:
+            piece = view[: self._chunk_size - self._filled]
+            view = view[len(piece):]
+            self._pieces.append(piece)
+            self._filled += len(piece)
+            if self._filled == self._chunk_size:
+                self._seal()
+        self._pump()
+        if not self._queued:
+            return succeed(None)
+        d = Deferred()
+        self._room.append(d)
+        return d
+
+    def finish(self):
+        if self._closed:
+            return fail(errors.BadRequest("finish after finish or abort"))
+        self._closed = True
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._filled:
+            self._seal()
+        self._finished = finished = Deferred()
+        self._pump()
+        return finished
+
+    def abort(self):
+        self._closed = True
+        if self._failure is None:
+            self._failure = errors.BadRequest("the write was aborted")
+        self._queued.clear()
+        self._pieces = []
+        self._wake(self._failure)
+        if self._finished is not None:
+            finished, self._finished = self._finished, None
+            finished.errback(self._failure)
+        return Deferred.fromCoroutine(self._abort())
+
+    async def _abort(self):
+        await DeferredList(list(self._in_flight.values()), consumeErrors=True)
+        stored = [ref for ref in self._refs if ref is not None]
+        if stored:
+            await self._storage.delete(stored)
+
+    def _seal(self):
+        data = b"".join(self._pieces)
+        self._pieces = []
+        self._filled = 0
+        self._refs.append(None)
+        self._queued.append((len(self._refs) - 1, data))
+
+    def _pump(self):
+        """Start queued chunks while fewer than C{parallelism} are in flight;
+        wake waiting writers when the queue empties; fire C{finish} when all
+        is stored."""
+        while self._queued and len(self._in_flight) < self._storage.parallelism:
+            position, data = self._queued.popleft()
+            d = self._storage.store_chunk(data)
+            self._in_flight[position] = d
+            d.addCallbacks(self._stored, self._failed, (position,), None, (position,))
+            d.addErrback(_log_failure, "a chunk write's bookkeeping")
+        if not self._queued:
+            self._wake(None)
+        if self._finished is not None and not self._in_flight and self._failure is None:
+            finished, self._finished = self._finished, None
+            finished.callback(tuple(self._refs))
+
+    def _stored(self, ref, position):
+        del self._in_flight[position]
+        self._refs[position] = ref
+        if self._failure is None:
+            self._pump()
+
+    def _failed(self, failure, position):
+        del self._in_flight[position]
+        if self._failure is not None:
+            return
+        self._failure = failure
+        self._queued.clear()
+        self._wake(failure)
+        if self._finished is not None:
+            finished, self._finished = self._finished, None
+            finished.errback(failure)
+
+    def _wake(self, failure):
+        room, self._room = self._room, []
+        for d in room:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)

@@ -1,0 +1,171 @@
+# -*- test-case-name: speedy.test.test_imageserver_tap -*-
+"""
+C{twistd speedy-imageserver}: options and service.
+
+    twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
+        --master http://127.0.0.1:8099 --cluster-secret S --db sqlite:meta.db \\
+        [--chunk-size 16MiB] [--parallelism 4] [--config etc/imageserver.ini]
+
+An option given on the command line wins over the C{--config} file (section
+C{[imageserver]}, keys spelt with C{_} or C{-}), which wins over the
+defaults.  The registry API is mounted at C{/v2} when
+L{speedy.registry.api} can be imported.
+"""
+
+import configparser
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from speedy.imageserver.clusterview import ClusterViewPoller
+from speedy.imageserver.fileids import FileIdRange
+from speedy.imageserver.master import HTTPMasterClient
+from speedy.imageserver.replication import ReplicatedStorage
+from speedy.imageserver.root import ImageServerRoot
+from speedy.metadata import open_store
+from speedy.units import parse_size
+from speedy.web.streaming import StreamingSite
+from speedy.wire.client import ChunkClient
+
+try:
+    from speedy.registry.api import RegistryAPI
+except ImportError:  # the registry is optional: /v2 stays unmounted
+    RegistryAPI = None
+
+log = Logger()
+
+#: option -> default, applied after the command line and the config file.
+DEFAULTS = {
+    "listen": "tcp:5000:interface=127.0.0.1",
+    "master": "http://127.0.0.1:8099",
+    "cluster-secret": "",
+    "db": "sqlite:meta.db",
+    "chunk-size": "16MiB",
+    "parallelism": "4",
+    "request-timeout": "30",
+    "file-id-batch": "1000",
+}
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["listen", None, None, "Endpoint string of the HTTP listener "
+         "[default: tcp:5000:interface=127.0.0.1]."],
+        ["master", None, None, "URL of the chunkmaster [default: http://127.0.0.1:8099]."],
+        ["cluster-secret", None, None, "Bearer token for the chunkmaster [default: none]."],
+        ["db", None, None, "Metadata store URL: sqlite:PATH or mysql://... [default: sqlite:meta.db]."],
+        ["chunk-size", None, None, "Size streams are cut into chunks at [default: 16MiB]."],
+        ["parallelism", None, None, "Chunks in flight per upload and fetched ahead per "
+         "download [default: 4]."],
+        ["request-timeout", None, None, "Seconds a chunkserver has to answer [default: 30]."],
+        ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
+         "[default: 1000]."],
+        ["config", None, None, "INI file with an [imageserver] section (see etc/imageserver.ini)."],
+    ]
+
+    def postOptions(self):
+        config = read_config(self["config"]) if self["config"] else {}
+        for name, default in DEFAULTS.items():
+            if self[name] is None:
+                self[name] = config.get(name, default)
+        try:
+            self["chunk-size"] = parse_size(self["chunk-size"])
+        except ValueError as e:
+            raise usage.UsageError(f"--chunk-size: {e}")
+        if not 0 < self["chunk-size"] <= 1 << 30:
+            raise usage.UsageError("--chunk-size must be between 1 byte and 1GiB")
+        self["parallelism"] = _positive(self, "parallelism", int)
+        self["request-timeout"] = _positive(self, "request-timeout", float)
+        self["file-id-batch"] = _positive(self, "file-id-batch", int)
+        if not self["master"].startswith(("http://", "https://")):
+            raise usage.UsageError(f"--master must be an http(s) URL, not {self['master']!r}")
+
+
+def read_config(path):
+    """
+    @return: the C{[imageserver]} section of the INI file at C{path} as
+        {option name: value}, C{_} in key names read as C{-}.
+    @raise usage.UsageError: the file is unreadable, malformed, lacks the
+        section or names an unknown option.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path) as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as e:
+        raise usage.UsageError(f"--config {path}: {e}")
+    if not parser.has_section("imageserver"):
+        raise usage.UsageError(f"--config {path}: no [imageserver] section")
+    config = {key.replace("_", "-"): value for key, value in parser.items("imageserver")}
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise usage.UsageError(f"--config {path}: unknown options {', '.join(unknown)}")
+    return config
+
+
+def _positive(options, name, kind):
+    try:
+        value = kind(options[name])
+    except ValueError:
+        value = 0
+    if not 0 < value < float("inf"):
+        raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
+    return value
+
+
+class Resources(Service):
+    """
+    Starts what the imageserver holds open (the metadata store, the
+    registry's timers) and closes it, with the connection pools, on stop.
+    """
+
+    def __init__(self, metadata, closables, registry=None):
+        self._metadata = metadata
+        self._closables = closables
+        self._registry = registry
+
+    def startService(self):
+        Service.startService(self)
+        self._metadata.start().addErrback(
+            lambda f: log.failure("the metadata store did not start", f))
+        if self._registry is not None:
+            self._registry.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._registry is not None:
+            self._registry.stop()
+        closing = [c.close() for c in self._closables] + [self._metadata.close()]
+        return DeferredList(closing, consumeErrors=True)
+
+
+def makeService(options, reactor=None):
+    """
+    @return: a L{MultiService} that polls the cluster view, keeps file ids
+        at hand and serves the file, chunk and (when available) registry
+        APIs on C{--listen}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    metadata = open_store(options["db"], reactor)
+    client = ChunkClient(reactor, request_timeout=options["request-timeout"])
+    master = HTTPMasterClient(reactor, options["master"], options["cluster-secret"])
+    poller = ClusterViewPoller(master, reactor)
+    storage = ReplicatedStorage(
+        client, poller, FileIdRange(master, batch=options["file-id-batch"],
+                                    low_water=max(1, options["file-id-batch"] // 4)),
+        metadata, reactor, chunk_size=options["chunk-size"],
+        parallelism=options["parallelism"])
+    registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
+    root = ImageServerRoot(storage, metadata, reactor, registry)
+    site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)
+    service = MultiService()
+    Resources(metadata, [client, master], registry).setServiceParent(service)
+    poller.setServiceParent(service)
+    StreamServerEndpointService(
+        serverFromString(reactor, options["listen"]), site).setServiceParent(service)
+    return service

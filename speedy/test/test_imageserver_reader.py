@@ -1,0 +1,184 @@
+"""
+Tests for L{speedy.imageserver.reader}: failover reads with bad-replica
+reports, read-ahead in order, byte ranges, back-pressure and cancellation.
+"""
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy import errors
+from speedy.imageserver.fakes import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
+from speedy.imageserver.reader import WRITE_PIECE, segments
+from speedy.records import ChunkRef
+
+G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
+DATA = bytes(range(256)) * 4  # 1024 bytes: 8 chunks of 128
+
+
+class Consumer(StringTransport):
+    """A consumer that records whether its producer was unregistered."""
+
+    unregistered = False
+
+    def unregisterProducer(self):
+        self.unregistered = True
+        StringTransport.unregisterProducer(self)
+
+
+class ReaderTests(SynchronousTestCase):
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1}, chunk_size=128, parallelism=3)
+        self.storage = self.cluster.storage
+        writer = self.storage.writer()
+        writer.write(DATA)
+        self.refs = self.successResultOf(writer.finish())
+        self.client = self.cluster.client
+
+    def read(self, offset=0, length=len(DATA)):
+        consumer = Consumer()
+        d = self.storage.read(self.refs, offset, length, consumer)
+        return d, consumer
+
+    def bad_replicas(self):
+        return self.successResultOf(self.cluster.metadata.list_bad_replicas())
+
+    def test_whole_file(self):
+        d, consumer = self.read()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(consumer.value(), DATA)
+        self.assertTrue(consumer.unregistered)
+
+    def test_ranges(self):
+        """A range that starts and ends inside chunks reads just those
+        bytes, with range GETs for the partial chunks."""
+        for offset, length in [(0, 1), (100, 200), (128, 128), (1000, 24), (5, 0)]:
+            d, consumer = self.read(offset, length)
+            self.successResultOf(d)
+            self.assertEqual(consumer.value(), DATA[offset:offset + length])
+
+    def test_segments(self):
+        refs = [ChunkRef(1, i, 10, 0) for i in range(3)]
+        self.assertEqual(segments(refs, 5, 10), [(refs[0], 5, 5), (refs[1], 0, 5)])
+        self.assertEqual(segments(refs, 0, 30), [(r, 0, 10) for r in refs])
+        self.assertEqual(segments(refs, 30, 0), [])
+        with self.assertRaises(errors.RangeNotSatisfiable):
+            segments(refs, 25, 6)
+
+    def test_failover_on_down_and_slow(self):
+        """A replica that is down or times out is skipped; it is not reported
+        as bad (it is unreachable, not damaged)."""
+        self.client.server(G1[0]).mode = DOWN
+        self.client.server(G1[1]).mode = SLOW
+        d, consumer = self.read()
+        self.cluster.clock.pump([30] * 9)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA)
+        self.assertEqual(self.bad_replicas(), [])
+
+    def test_corrupt_replica_reported(self):
+        """A replica answering CHECKSUM_MISMATCH: the read comes from another,
+        and the bad replica is recorded for repair."""
+        self.client.server(G1[0]).mode = CORRUPT
+        self.client.server(G1[1]).mode = CORRUPT
+        self.storage.replicas.reading[G1[2]] = 5  # the good one looks busiest: tried last
+        d, consumer = self.read()
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA)
+        bad = self.bad_replicas()
+        self.assertEqual({(b.server_id, b.file_id) for b in bad},
+                         {(f"cs-{a}", r.file_id) for a in G1[:2] for r in self.refs})
+        self.assertIn("ChecksumMismatch", bad[0].reason)
+
+    def test_damaged_bytes_caught(self):
+        """Stored bytes damaged after the write: the read comes from the
+        intact replica, and both damaged ones are reported."""
+        ref = self.refs[0]
+        for address in G1[:2]:
+            copy = bytearray(self.client.server(address).chunks[ref.file_id])
+            copy[7] ^= 0xFF
+            self.client.server(address).chunks[ref.file_id] = bytes(copy)
+        self.storage.replicas.reading[G1[2]] = 5  # the good one looks busiest: tried last
+        d, consumer = self.read(0, 128)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[:128])
+        self.assertEqual(len(self.bad_replicas()), 2)
+        self.assertIn("ChecksumMismatch", self.bad_replicas()[0].reason)
+
+    def test_truncated_answer(self):
+        self.client.server(G1[0]).mode = PARTIAL
+        self.client.server(G1[1]).mode = PARTIAL
+        d, consumer = self.read(3, 100)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[3:103])
+
+    def test_missing_chunk_reported(self):
+        ref = self.refs[2]
+        del self.client.server(G1[2]).chunks[ref.file_id]
+        self.client.server(G1[0]).mode = DOWN
+        self.client.server(G1[1]).mode = DOWN
+        d, consumer = self.read()
+        self.assertIsInstance(self.failureResultOf(d).value, errors.Unavailable)
+        [bad] = self.bad_replicas()
+        self.assertEqual((bad.server_id, bad.file_id), (f"cs-{G1[2]}", ref.file_id))
+        self.assertTrue(consumer.unregistered)
+        self.assertEqual(consumer.value(), DATA[:256], "the chunks before it were sent")
+
+    def test_read_ahead_in_order(self):
+        """
+        Up to `parallelism` chunks are fetched at once; they reach the
+        consumer in file order whatever order they arrive in.
+        """
+        self.client.hold = {"get"}
+        d, consumer = self.read()
+        self.assertEqual(self.client.in_flight, 3)
+        while self.client.held:
+            self.client.release(reverse=True)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA)
+        self.assertEqual(self.client.max_in_flight, 3)
+
+    def test_back_pressure(self):
+        """
+        A paused consumer gets nothing more, and no fetch beyond the
+        read-ahead window (the chunk being written and two ahead) starts;
+        on resume the rest follows.
+        """
+        cluster = FakeCluster({1: G1}, chunk_size=WRITE_PIECE * 2, parallelism=2)
+        writer = cluster.storage.writer()
+        data = b"".join(bytes([i]) * WRITE_PIECE for i in range(10))
+        writer.write(data)
+        refs = self.successResultOf(writer.finish())
+        consumer = Consumer()
+        consumer.write = lambda piece: (
+            StringTransport.write(consumer, piece), consumer.producer.pauseProducing())
+        d = cluster.storage.read(refs, 0, len(data), consumer)
+        self.assertEqual(len(consumer.value()), WRITE_PIECE)
+        gets = sum(n for (op, _), n in cluster.client.calls.items() if op == "get")
+        self.assertEqual(gets, 3)
+        while not d.called:
+            consumer.producer.resumeProducing()
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), data)
+
+    def test_cancel_stops_upstream(self):
+        self.client.hold = {"get"}
+        d, consumer = self.read()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.client.held, [])
+        self.assertEqual(self.client.in_flight, 0)
+        self.assertTrue(consumer.unregistered)
+
+    def test_consumer_goes_away(self):
+        self.client.hold = {"get"}
+        d, consumer = self.read()
+        consumer.producer.stopProducing()
+        self.failureResultOf(d, ConnectionLost)
+        self.assertEqual(self.client.held, [])
+
+    def test_group_missing_from_view(self):
+        consumer = Consumer()
+        d = self.storage.read([ChunkRef(9, 1, 10, 0)], 0, 10, consumer)
+        self.assertIsInstance(self.failureResultOf(d).value, errors.Unavailable)

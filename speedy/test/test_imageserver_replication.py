@@ -1,0 +1,292 @@
+"""
+Tests for the imageserver's write path: group choice
+(L{speedy.imageserver.placement}), prefetched file ids
+(L{speedy.imageserver.fileids}) and the all-or-nothing replicated writer
+(L{speedy.imageserver.replication}).
+"""
+
+import random
+
+import google_crc32c
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from speedy import errors
+from speedy.imageserver.clusterview import ClusterView, GroupView, ServerView
+from speedy.imageserver.fakes import DOWN, PARTIAL, SLOW, FakeCluster, FakeMaster
+from speedy.imageserver.fileids import FileIdRange
+from speedy.imageserver.placement import choose_group
+from speedy.interfaces import IChunkedStorage, IChunkedWriter
+from speedy.records import DOWN as STATE_DOWN, RW
+
+G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
+G2 = ["10.0.0.4:8001", "10.0.0.5:8001", "10.0.0.6:8001"]
+
+
+def group(group_id, free, state=RW, writable=True, n=3):
+    return GroupView(group_id, writable, tuple(
+        ServerView(f"s{group_id}-{i}", f"h{group_id}:{i}", state, free=free) for i in range(n)))
+
+
+class PlacementTests(SynchronousTestCase):
+    def view(self, *groups):
+        return ClusterView(1, {g.group_id: g for g in groups})
+
+    def test_only_groups_that_can_take_the_chunk(self):
+        """Groups with a member not RW, too little room, or not writable are
+        never chosen."""
+        view = self.view(group(1, 100), group(2, 10**9, state=STATE_DOWN),
+                         group(3, 10**9, writable=False), group(4, 1000))
+        for seed in range(20):
+            self.assertEqual(choose_group(view, 500, {}, random.Random(seed)).group_id, 4)
+
+    def test_one_member_short_of_room_disqualifies(self):
+        g = GroupView(1, True, (ServerView("a", "a:1", RW, free=10**9),
+                                ServerView("b", "b:1", RW, free=10)))
+        with self.assertRaises(errors.NoWritableGroup):
+            choose_group(self.view(g), 100, {}, random.Random(0))
+
+    def test_most_free_then_least_pending(self):
+        """Of 4 groups the 3 with most room qualify (4 // 10 + 3); among
+        them the least busy wins."""
+        view = self.view(group(1, 400), group(2, 300), group(3, 200), group(4, 100))
+        pending = {1: 2, 2: 0, 3: 0, 4: 0}
+        chosen = {choose_group(view, 1, pending, random.Random(s)).group_id for s in range(50)}
+        self.assertEqual(chosen, {2, 3})
+
+    def test_random_among_the_best(self):
+        view = self.view(*(group(i, 1000) for i in range(1, 6)))
+        chosen = {choose_group(view, 1, {}, random.Random(s)).group_id for s in range(100)}
+        self.assertEqual(len(chosen), 3)
+
+    def test_exclude(self):
+        view = self.view(group(1, 1000), group(2, 1000))
+        self.assertEqual(choose_group(view, 1, {}, random.Random(0), exclude=[1]).group_id, 2)
+        with self.assertRaises(errors.NoWritableGroup):
+            choose_group(view, 1, {}, random.Random(0), exclude=[1, 2])
+
+    def test_no_view(self):
+        with self.assertRaises(errors.NoWritableGroup):
+            choose_group(None, 1, {}, random.Random(0))
+
+
+class FileIdRangeTests(SynchronousTestCase):
+    def setUp(self):
+        self.master = FakeMaster(Clock())
+        self.ids = FileIdRange(self.master, batch=10, low_water=3)
+
+    def take(self, n):
+        return [self.successResultOf(self.ids.next()) for _ in range(n)]
+
+    def test_unique_and_prefetched(self):
+        """
+        Ids are never repeated; the next range is fetched when fewer than
+        the low watermark are left, not when they run out.
+        """
+        ids = self.take(25)
+        self.assertEqual(len(set(ids)), 25)
+        self.assertEqual(self.master.allocations, [(1, 11), (11, 21), (21, 31)])
+        self.assertGreaterEqual(self.ids.available, 3)
+
+    def test_master_outage(self):
+        """
+        While the master is down, ids keep coming from the range held; when
+        it is used up callers get Unavailable; once the master is back, ids
+        flow again.
+        """
+        self.take(1)
+        self.master.down = True
+        held = self.ids.available
+        self.assertEqual(len(self.take(held)), held)
+        self.assertIsInstance(self.failureResultOf(self.ids.next()).value, errors.Unavailable)
+        self.master.down = False
+        self.assertGreater(self.successResultOf(self.ids.next()), 0)
+
+    def test_one_fetch_at_a_time(self):
+        """Callers waiting on an empty range share one fetch."""
+        calls = []
+        pending = []
+
+        def allocate(count):
+            calls.append(count)
+            d = Deferred()
+            pending.append(d)
+            return d
+
+        self.master.allocate_file_ids = allocate
+        waiting = [self.ids.next() for _ in range(3)]
+        self.assertEqual(calls, [10])
+        pending[0].callback((100, 110))
+        self.assertEqual([self.successResultOf(d) for d in waiting], [100, 101, 102])
+
+
+class WriterTests(SynchronousTestCase):
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1, 2: G2}, chunk_size=8, parallelism=2)
+        self.storage = self.cluster.storage
+
+    def write(self, *pieces):
+        writer = self.storage.writer()
+        for piece in pieces:
+            self.successResultOf(writer.write(piece))
+        return writer, self.successResultOf(writer.finish())
+
+    def test_interfaces(self):
+        verifyObject(IChunkedStorage, self.storage)
+        verifyObject(IChunkedWriter, self.storage.writer())
+
+    def test_cut_into_chunks_on_every_member(self):
+        """
+        A stream is cut at the chunk size whatever the write sizes; each
+        chunk is on all three members of its group, with its CRC32C.
+        """
+        data = bytes(range(30))
+        writer, refs = self.write(data[:5], data[5:19], data[19:])
+        self.assertEqual(writer.bytes_written, 30)
+        self.assertEqual([r.size for r in refs], [8, 8, 8, 6])
+        self.assertEqual(len({r.file_id for r in refs}), 4)
+        pos = 0
+        for ref in refs:
+            piece = data[pos:pos + ref.size]
+            pos += ref.size
+            self.assertEqual(ref.crc32c, google_crc32c.value(piece))
+            self.assertEqual(list(self.cluster.copies(ref).values()), [piece] * 3)
+
+    def test_empty_stream(self):
+        _, refs = self.write()
+        self.assertEqual(refs, ())
+
+    def assert_retried_elsewhere(self, broken_address):
+        _, refs = self.write(b"abcdefgh")
+        [ref] = refs
+        self.assertEqual(ref.group_id, 2)
+        self.assertEqual(list(self.cluster.copies(ref).values()), [b"abcdefgh"] * 3)
+        garbage = self.successResultOf(self.cluster.metadata.list_garbage())
+        self.assertEqual(len(garbage), 1)
+        self.assertEqual(garbage[0].chunk.group_id, 1)
+        self.assertNotEqual(garbage[0].chunk.file_id, ref.file_id)
+        self.assertIn(broken_address, garbage[0].reason)
+        for address in G1:
+            if address != broken_address:
+                self.assertEqual(self.cluster.client.server(address).chunks, {})
+        return garbage[0].chunk
+
+    def test_member_down_retries_on_another_group(self):
+        """
+        One member of the chosen group is down: the chunk is not counted as
+        stored on the other two; it is written again to another group under
+        a new file id, the two copies are deleted and recorded as garbage.
+        """
+        self.cluster.client.server(G1[1]).mode = DOWN
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        self.assert_retried_elsewhere(G1[1])
+
+    def test_lost_acknowledgement_retries(self):
+        """A member that stored the chunk but whose acknowledgement was lost
+        counts as a failure too; its copy is deleted and recorded."""
+        self.cluster.client.server(G1[2]).mode = PARTIAL
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        self.assert_retried_elsewhere(G1[2])
+        self.assertEqual(self.cluster.client.server(G1[2]).chunks, {})
+
+    def test_slow_member_times_out_and_retries(self):
+        self.cluster.client.server(G1[0]).mode = SLOW
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        writer = self.storage.writer()
+        writer.write(b"abcdefgh")
+        finished = writer.finish()
+        self.assertNoResult(finished)
+        self.cluster.clock.advance(30)
+        [ref] = self.successResultOf(finished)
+        self.assertEqual(ref.group_id, 2)
+
+    def test_every_group_fails(self):
+        """
+        When no group stores a chunk on all members, the writer fails with
+        Unavailable; abort() deletes the chunks it did store.
+        """
+        writer = self.storage.writer()
+        self.successResultOf(writer.write(b"12345678"))
+        self.cluster.client.server(G1[0]).mode = DOWN
+        self.cluster.client.server(G2[0]).mode = DOWN
+        writer.write(b"abcdefgh")
+        failure = self.failureResultOf(writer.finish())
+        self.assertIsInstance(failure.value, errors.Unavailable)
+        self.assertIsInstance(self.failureResultOf(writer.write(b"x")).value, errors.Unavailable)
+        self.cluster.client.server(G1[0]).mode = None
+        self.cluster.client.server(G2[0]).mode = None
+        self.successResultOf(writer.abort())
+        for address in G1 + G2:
+            self.assertNotIn(b"12345678", self.cluster.client.server(address).chunks.values())
+
+    def test_no_writable_group(self):
+        self.storage.view.current = ClusterView(2, {})
+        writer = self.storage.writer()
+        writer.write(b"abcdefgh")
+        self.assertIsInstance(self.failureResultOf(writer.finish()).value, errors.NoWritableGroup)
+
+    def test_back_pressure(self):
+        """
+        With puts held, at most `parallelism` chunks are in flight; a write
+        that leaves a full chunk queued behind them waits, and goes on when
+        puts complete.
+        """
+        self.cluster.client.hold = {"put"}
+        writer = self.storage.writer()
+        self.successResultOf(writer.write(b"a" * 16))  # two chunks, both in flight
+        waiting = writer.write(b"b" * 8)  # a third, queued
+        self.assertNoResult(waiting)
+        self.assertEqual(self.cluster.client.in_flight, 2 * 3)
+        self.cluster.client.release()
+        self.successResultOf(waiting)
+        self.cluster.client.hold = set()
+        self.cluster.client.release()
+        self.assertEqual(len(self.successResultOf(writer.finish())), 3)
+        self.assertEqual(self.cluster.client.max_in_flight, 2 * 3)
+
+    def test_chunk_order_kept(self):
+        """Chunks that complete out of order still come back in stream order."""
+        self.cluster.client.hold = {"put"}
+        writer = self.storage.writer()
+        writer.write(b"11111111" + b"22222222")
+        finished = writer.finish()
+        self.cluster.client.release(reverse=True)
+        refs = self.successResultOf(finished)
+        self.assertEqual([self.cluster.copies(r)[self.group_members(r)[0]] for r in refs],
+                         [b"11111111", b"22222222"])
+
+    def group_members(self, ref):
+        return [s.address for s in self.storage.view.current.groups[ref.group_id].servers]
+
+    def test_abort_deletes(self):
+        writer = self.storage.writer()
+        writer.write(b"x" * 20)
+        self.successResultOf(writer.abort())
+        for server in self.cluster.client.servers.values():
+            self.assertEqual(server.chunks, {})
+        self.assertIsInstance(self.failureResultOf(writer.write(b"y")).value, errors.BadRequest)
+
+    def test_delete_records_what_it_could_not_delete(self):
+        _, refs = self.write(b"x" * 16)
+        down = self.group_members(refs[0])[0]
+        self.cluster.client.server(down).mode = DOWN
+        self.successResultOf(self.storage.delete(refs))
+        garbage = self.successResultOf(self.cluster.metadata.list_garbage())
+        self.assertEqual([g.chunk for g in garbage],
+                         [r for r in refs if down in self.group_members(r)])
+        for ref in refs:
+            for address, copy in self.cluster.copies(ref).items():
+                self.assertEqual(copy is None, address != down)
+
+    def test_master_outage_does_not_stop_writes(self):
+        """While the prefetched range lasts, writes go on without the master."""
+        self.write(b"x" * 8)
+        self.cluster.master.down = True
+        left = self.cluster.file_ids.available
+        _, refs = self.write(b"y" * 8 * left)
+        self.assertEqual(len(refs), left)
+        writer = self.storage.writer()
+        writer.write(b"z" * 8)
+        self.assertIsInstance(self.failureResultOf(writer.finish()).value, errors.Unavailable)

@@ -1,0 +1,71 @@
+"""
+Tests for L{speedy.imageserver.tap}: the twistd plugin, its options and the
+service it builds.
+"""
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from speedy.imageserver import tap
+
+ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "imageserver.ini")
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args):
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_plugin(self):
+        [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "speedy-imageserver"]
+        verifyObject(IServiceMaker, maker)
+        self.assertIs(maker.options, tap.Options)
+
+    def test_defaults(self):
+        options = self.parse()
+        self.assertEqual(options["listen"], "tcp:5000:interface=127.0.0.1")
+        self.assertEqual(options["chunk-size"], 16 << 20)
+        self.assertEqual(options["parallelism"], 4)
+
+    def test_command_line_wins_over_config(self):
+        """The sample config parses; the command line overrides it."""
+        options = self.parse("--config", ETC, "--chunk-size", "1MiB")
+        self.assertEqual(options["chunk-size"], 1 << 20)
+        self.assertEqual(options["cluster-secret"], "change-me-cluster")
+        self.assertEqual(options["file-id-batch"], 1000)
+
+    def test_bad_values(self):
+        for args in (["--chunk-size", "lots"], ["--chunk-size", "0"], ["--parallelism", "-1"],
+                     ["--master", "127.0.0.1:8099"], ["--config", "/nonexistent.ini"]):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_config_unknown_key(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[imageserver]\nchunk_sise = 1MiB\n")
+        self.assertRaises(usage.UsageError, self.parse, "--config", path)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_make_service(self):
+        """
+        The service listens where told, polls the master once started,
+        and stops cleanly.
+        """
+        reactor = MemoryReactorClock()
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:5123:interface=127.0.0.1", "--db", "memory:"])
+        service = tap.makeService(options, reactor=reactor)
+        service.startService()
+        self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
+                         [(5123, "127.0.0.1")])
+        self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients],
+                         [("127.0.0.1", 8099)])
+        self.successResultOf(service.stopService())

@@ -1,0 +1,232 @@
+# -*- test-case-name: speedy.test.test_streaming -*-
+"""
+Request bodies streamed to the application as they arrive, with back-pressure.
+
+Twisted Web spools a whole request body into memory or a temporary file and
+calls C{render} only once it is complete.  A L{StreamingSite} asks
+C{body_sink_for(request)} as soon as a request's headers have arrived; a
+request that gets an L{IBodySink} hands every piece of its body to the sink
+instead of spooling it, and stops reading the client's socket while the sink
+is busy.  The resource renders after the whole body went to the sink, and
+finds the sink as C{request.body_sink}.
+
+The order of calls on a sink is::
+
+    write(data)*  then  finish()              the body arrived whole
+    write(data)*  then  connection_lost(why)  the client went away first
+
+A sink's C{write} that fails ends the writes: the rest of the body is read
+and discarded, C{finish} is not called, and the failure waits in
+C{request.body_failure} for the resource to answer (it still gets
+C{connection_lost} if the client goes away before that).
+"""
+
+from collections import deque
+from io import BytesIO
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, parse_qs
+from twisted.web.server import Request, Site
+from zope.interface import Interface
+
+log = Logger()
+
+
+class IBodySink(Interface):
+    """Where a streamed request body goes."""
+
+    def write(data):
+        """
+        Take the next piece of the body (bytes).
+
+        @return: None when the sink can take more at once, or a Deferred:
+            until it fires the request reads no more from the client's
+            socket.  If it fails, the rest of the body is discarded and the
+            failure is kept as C{request.body_failure}.
+        """
+
+    def finish():
+        """The whole body has arrived; called before the resource renders."""
+
+    def connection_lost(reason):
+        """
+        The client went away before the whole body arrived (a L{Failure});
+        cancel the work upstream.  Nothing is rendered for this request.
+        """
+
+
+class StreamingRequest(Request):
+    """
+    A L{twisted.web.server.Request} that hands its body to an L{IBodySink}
+    chosen when its headers arrive.
+
+    @ivar body_sink: the L{IBodySink} of this request, or None when its body
+        was spooled as usual (C{request.content}).
+    @ivar body_failure: the L{Failure} of the sink's C{write} (or of
+        choosing the sink), or None.
+    """
+
+    body_sink = None
+    body_failure = None
+
+    _streaming = False  # the body goes to the sink (or, after a failure, nowhere)
+    _pending = None  # the unfired Deferred of the sink's last write
+    _received_args = None  # requestReceived's arguments, held while writes are pending
+    _body_done = False  # requestReceived went ahead: the resource owns the sink now
+    _paused = False
+    _idle_timeout = None  # the channel's, while _paused
+
+    def gotLength(self, length):
+        """
+        The headers have arrived: take the method and URI from the channel's
+        request line and ask the site for a sink.
+
+        twisted.web sets C{method} and C{uri} only in C{requestReceived},
+        after the body; until then the request line is in the channel's
+        C{_command} and C{_path} (private, read-only here; checked against
+        Twisted 26.10 by the tests).
+        """
+        channel = self.channel
+        self.method = channel._command
+        self.uri = channel._path
+        self.path, _, query = self.uri.partition(b"?")
+        self.args = parse_qs(query, 1)
+        try:
+            sink = channel.site.body_sink_for(self)
+        except Exception:
+            log.failure("choosing the body sink of {uri!r} failed", uri=self.uri)
+            self.body_failure = Failure()
+            sink = None
+        if sink is None and self.body_failure is None:
+            Request.gotLength(self, length)
+            return
+        self.body_sink = sink
+        self._streaming = True
+        self._queue = deque()
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        if not self._streaming:
+            Request.handleContentChunk(self, data)
+        elif self.body_failure is None:
+            self._queue.append(data)
+            self._drain()
+
+    def requestReceived(self, command, path, version):
+        if not self._streaming:
+            Request.requestReceived(self, command, path, version)
+            return
+        self._received_args = (command, path, version)
+        self._drain()
+
+    def connectionLost(self, reason):
+        unfinished = self._streaming and not self._body_done
+        self._body_done = True
+        if self._streaming:
+            self._queue.clear()
+        Request.connectionLost(self, reason)
+        if unfinished and self.body_sink is not None:
+            self.body_sink.connection_lost(reason)
+
+    def _drain(self):
+        """
+        Feed queued pieces to the sink until a write is pending; once the
+        queue is empty and the body complete, call C{finish} and render.
+        """
+        while self._pending is None and self._queue and self.body_failure is None:
+            try:
+                result = self.body_sink.write(self._queue.popleft())
+            except Exception:
+                self.body_failure = Failure()
+                break
+            if not isinstance(result, Deferred):
+                continue
+            if result.called:
+                result.addErrback(self._sink_failed)
+            else:
+                self._pending = result
+                result.addCallbacks(self._written, self._sink_failed)
+        if self._pending is not None:
+            self._pause()
+            return
+        if self.body_failure is not None:
+            self._queue.clear()
+        self._resume()
+        if self._received_args is not None and not self._queue and not self._body_done:
+            args, self._received_args = self._received_args, None
+            self._body_done = True
+            if self.body_failure is None:
+                self.body_sink.finish()
+            Request.requestReceived(self, *args)
+
+    def _written(self, _):
+        self._pending = None
+        if not self._disconnected:
+            self._drain()
+
+    def _sink_failed(self, failure):
+        was_pending, self._pending = self._pending, None
+        self.body_failure = failure
+        if was_pending is not None and not self._disconnected:
+            self._drain()
+
+    def _pause(self):
+        """
+        Stop reading the client's socket.  The channel's idle timeout is off
+        meanwhile: the client is not idle, the sink is (and the sink's own
+        upstream timeouts bound the wait).
+        """
+        if not self._paused:
+            self._paused = True
+            self._idle_timeout = self.channel.setTimeout(None)
+            self.channel.transport.pauseProducing()
+
+    def _resume(self):
+        if self._paused:
+            self._paused = False
+            if self._received_args is None:
+                self.channel.setTimeout(self._idle_timeout)
+            else:
+                # The body is complete and the channel keeps its idle timeout
+                # off until the answer is sent; it restores this one then
+                # (allContentReceived saved none: it found the timeout off).
+                self.channel._savedTimeOut = self._idle_timeout
+            self.channel.transport.resumeProducing()
+
+
+class PlainHTTPChannel(HTTPChannel):
+    """
+    HTTP/1.1 only, and a connection that opens with a TLS handshake record
+    (first byte 0x16, which no HTTP method starts with) is closed at once, as
+    Go servers do: registry clients such as skopeo, podman and containerd try
+    HTTPS first even with TLS verification off, and would otherwise wait for
+    a handshake a plain HTTP listener never answers.
+    """
+
+    _first_data = True
+
+    def dataReceived(self, data):
+        if self._first_data and data:
+            self._first_data = False
+            if data[:1] == b"\x16":
+                self.transport.abortConnection()
+                return
+        HTTPChannel.dataReceived(self, data)
+
+
+class StreamingSite(Site):
+    """
+    A L{Site} whose requests stream their bodies into the sink that
+    C{body_sink_for(request)} returns (an L{IBodySink}, or None to spool the
+    body as usual).  When it is called, C{request.method}, C{uri}, C{path},
+    C{args} and C{requestHeaders} are set; nothing else is.
+    """
+
+    requestFactory = StreamingRequest
+    protocol = PlainHTTPChannel
+
+    def __init__(self, resource, body_sink_for, reactor=None, **kw):
+        Site.__init__(self, resource, reactor=reactor, **kw)
+        self.body_sink_for = body_sink_for
