@@ -195,6 +195,12 @@ class MemoryMetadataStore:
         return self._blobs.pop(digest, None)
 
     @_deferred
+    def delete_blob_if_unlinked(self, digest):
+        if any(d == digest for _, d in self._links):
+            return None
+        return self._blobs.pop(digest, None)
+
+    @_deferred
     def link_blob(self, repository, digest):
         schema.check_repository(repository)
         if digest not in self._blobs:
@@ -311,8 +317,11 @@ class MemoryMetadataStore:
         return True
 
     @_deferred
-    def delete_upload(self, upload_id):
-        return self._uploads.pop(upload_id, None)
+    def delete_upload(self, upload_id, expected_offset=None):
+        stored = self._uploads.get(upload_id)
+        if stored is None or (expected_offset is not None and stored.offset != expected_offset):
+            return None
+        return self._uploads.pop(upload_id)
 
     @_deferred
     def stale_uploads(self, updated_before, limit=100):

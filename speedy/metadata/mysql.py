@@ -5,8 +5,10 @@ The metadata store in MySQL or MariaDB, through PyMySQL.
 InnoDB tables, utf8mb4, names in C{VARBINARY} columns (exact, byte-wise)
 and bytes in C{LONGBLOB}s (see L{speedy.metadata.schema}).  Each
 connection runs in strict mode at C{REPEATABLE READ}; transactions that
-read before they write lock what they read (C{SELECT ... FOR UPDATE}), so
-two chunkmasters or imageservers on one database never interleave.  The
+read before they write lock what they read (C{SELECT ... FOR UPDATE}, or
+C{LOCK IN SHARE MODE} where several may go on side by side: links of one
+blob), so two chunkmasters or imageservers on one database never
+interleave.  The
 pool reconnects (C{cp_reconnect}); while the server is unreachable calls
 fail with L{speedy.errors.Unavailable}.
 """
@@ -98,6 +100,7 @@ class MySQLDialect:
     migrations = schema.MYSQL_MIGRATIONS
     table_options = " ENGINE=InnoDB"
     for_update = " FOR UPDATE"
+    for_share = " LOCK IN SHARE MODE"
 
     def connection_pool(self, reactor):
         """@return: a new reconnecting adbapi pool."""

@@ -409,7 +409,7 @@ class SQLMetadataStore:
 
     def _put_blob(self, db, record, now):
         schema.check_blob(record)
-        existing = self._get_blob(db, record.digest, lock=True)
+        existing = self._get_blob(db, record.digest, self.dialect.for_update)
         if existing is not None:
             return existing
         stored = BlobRecord(
@@ -422,27 +422,53 @@ class SQLMetadataStore:
     def get_blob(self, digest):
         return self._read(self._get_blob, digest)
 
-    def _get_blob(self, db, digest, lock=False):
-        row = db.one(f"SELECT {_BLOB} FROM blobs WHERE digest = ?"
-                     + (self.dialect.for_update if lock else ""), digest)
+    def _get_blob(self, db, digest, lock=""):
+        """
+        @param lock: the dialect's C{for_update} or C{for_share} to lock the
+            blob's row until the transaction ends, or nothing.
+        @return: the L{BlobRecord} of C{digest}, or None.
+        """
+        row = db.one(f"SELECT {_BLOB} FROM blobs WHERE digest = ?" + lock, digest)
         return None if row is None else _blob(row)
 
     def delete_blob(self, digest):
         return self._write(self._delete_blob, digest)
 
     def _delete_blob(self, db, digest):
-        deleted = self._get_blob(db, digest, lock=True)
+        deleted = self._get_blob(db, digest, self.dialect.for_update)
         if deleted is not None:
             db.execute("DELETE FROM blob_links WHERE digest = ?", digest)
             db.execute("DELETE FROM blobs WHERE digest = ?", digest)
         return deleted
+
+    def delete_blob_if_unlinked(self, digest):
+        return self._write(self._delete_blob_if_unlinked, digest)
+
+    def _delete_blob_if_unlinked(self, db, digest):
+        """
+        The blob's row is the lock that orders this against L{_link_blob}:
+        held exclusively here from before the look for links until the
+        commit, and shared by every link in the making.  Whichever comes
+        second sees what the first committed (the links are read with a
+        locking read, which sees the latest commit, not a snapshot).
+        """
+        blob = self._get_blob(db, digest, self.dialect.for_update)
+        if blob is None:
+            return None
+        if db.one("SELECT 1 FROM blob_links WHERE digest = ? LIMIT 1" + self.dialect.for_share,
+                  digest) is not None:
+            return None
+        db.execute("DELETE FROM blobs WHERE digest = ?", digest)
+        return blob
 
     def link_blob(self, repository, digest):
         return self._write(self._link_blob, repository, digest)
 
     def _link_blob(self, db, repository, digest):
         schema.check_repository(repository)
-        if self._get_blob(db, digest, lock=True) is None:
+        # A shared lock: links of one blob into many repositories go on
+        # side by side, a delete of it waits (see _delete_blob_if_unlinked).
+        if self._get_blob(db, digest, self.dialect.for_share) is None:
             raise BadRequest(f"no blob {digest!r} to link")
         db.execute(
             self.dialect.insert_new("blob_links", "repository, digest", ["repository", "digest"]),
@@ -588,13 +614,14 @@ class SQLMetadataStore:
             record.offset, _dump_chunks(record.chunks), record.hash_algorithm,
             record.hash_state, record.updated or now, record.upload_id, expected_offset) == 1
 
-    def delete_upload(self, upload_id):
-        return self._write(self._delete_upload, upload_id)
+    def delete_upload(self, upload_id, expected_offset=None):
+        return self._write(self._delete_upload, upload_id, expected_offset)
 
-    def _delete_upload(self, db, upload_id):
+    def _delete_upload(self, db, upload_id, expected_offset):
         deleted = self._get_upload(db, upload_id, lock=True)
-        if deleted is not None:
-            db.execute("DELETE FROM uploads WHERE upload_id = ?", upload_id)
+        if deleted is None or (expected_offset is not None and deleted.offset != expected_offset):
+            return None
+        db.execute("DELETE FROM uploads WHERE upload_id = ?", upload_id)
         return deleted
 
     def stale_uploads(self, updated_before, limit=100):

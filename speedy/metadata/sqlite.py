@@ -55,6 +55,7 @@ class SQLiteDialect:
     migrations = schema.SQLITE_MIGRATIONS
     table_options = ""
     for_update = ""
+    for_share = ""
 
     def connection_pool(self, reactor):
         """@return: a new adbapi pool of one connection to the file."""

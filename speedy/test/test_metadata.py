@@ -270,6 +270,32 @@ class MetadataStoreTestsMixin:
         await failure_of(self.store.link_blob("r", SHA), BadRequest)
         self.assertEqual(await self.store.list_repositories(), [])
 
+    async def test_delete_blob_if_unlinked(self):
+        """A blob some repository links stays; once none does, it is
+        deleted (once), and can no longer be linked."""
+        record = BlobRecord(SHA, 1, chunks(1), created=1.0)
+        await self.store.put_blob(record)
+        await self.store.link_blob("r", SHA)
+        await self.store.link_blob("s", SHA)
+        await self.store.unlink_blob("r", SHA)
+        self.assertIsNone(await self.store.delete_blob_if_unlinked(SHA))
+        self.assertEqual(await self.store.blob_linked("s", SHA), record)
+        await self.store.unlink_blob("s", SHA)
+        self.assertEqual(await self.store.delete_blob_if_unlinked(SHA), record)
+        self.assertIsNone(await self.store.delete_blob_if_unlinked(SHA))
+        self.assertIsNone(await self.store.get_blob(SHA))
+        await failure_of(self.store.link_blob("r", SHA), BadRequest)
+        self.assertIsNone(await self.store.blob_linked("r", SHA))
+
+    async def test_delete_blob_if_unlinked_other_digests(self):
+        """Links of other blobs do not keep a blob."""
+        await self.store.put_blob(BlobRecord(SHA, 1, chunks(1)))
+        await self.store.put_blob(BlobRecord(SHA2, 1, chunks(2)))
+        await self.store.link_blob("r", SHA2)
+        self.assertEqual((await self.store.delete_blob_if_unlinked(SHA)).digest, SHA)
+        self.assertIsNone(await self.store.delete_blob_if_unlinked(SHA2))
+        self.assertIsNotNone(await self.store.blob_linked("r", SHA2))
+
     # manifests and tags -------------------------------------------------------
 
     async def test_manifest_round_trip(self):
@@ -425,6 +451,25 @@ class MetadataStoreTestsMixin:
         self.assertIsNone(await self.store.delete_upload("u1"))
         self.assertFalse(await self.store.update_upload(record, 0))
 
+    async def test_delete_upload_at_offset(self):
+        """With an expected offset, an upload is deleted only while it
+        still stands there."""
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0, updated=1.0))
+        moved = UploadRecord("u1", "r", 1001, chunks(1), created=1.0, updated=2.0)
+        await self.store.update_upload(moved, 0)
+        self.assertIsNone(await self.store.delete_upload("u1", expected_offset=0))
+        self.assertEqual(await self.store.get_upload("u1"), moved)
+        self.assertEqual(await self.store.delete_upload("u1", expected_offset=1001), moved)
+        self.assertIsNone(await self.store.get_upload("u1"))
+        self.assertIsNone(await self.store.delete_upload("u1", expected_offset=1001))
+
+    async def test_update_upload_keeps_repository_and_created(self):
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0, updated=1.0))
+        other = UploadRecord("u1", "elsewhere", 1001, chunks(1), created=9.0, updated=2.0)
+        self.assertTrue(await self.store.update_upload(other, 0))
+        self.assertEqual(
+            await self.store.get_upload("u1"), attrs.evolve(other, repository="r", created=1.0))
+
     async def test_stale_uploads(self):
         for name, updated in (("u1", 30.0), ("u2", 10.0), ("u3", 20.0), ("u4", 40.0)):
             await self.store.create_upload(UploadRecord(name, "r", created=1.0, updated=updated))
@@ -564,6 +609,59 @@ class SQLStoreTestsMixin:
         self.assertEqual(won.count(True), 1)
         winner = won.index(True)
         self.assertEqual((await other.get_upload("u")).chunks, chunks(winner))
+
+    async def test_two_stores_race_link_and_delete(self):
+        """
+        Links and deletes of one blob by two processes at once serialise:
+        either the link comes first and the blob stays, or the delete does
+        and the link fails.  No link is ever left to a deleted blob.
+        """
+        other = await self.make_store(self.clock)
+        digests = ["sha256:%064x" % n for n in range(12)]
+        for digest in digests:
+            await self.store.put_blob(BlobRecord(digest, 1, ()))
+
+        async def link(store, digest):
+            try:
+                await store.link_blob("r", digest)
+            except BadRequest:
+                return False
+            return True
+
+        outcomes = await gatherResults([
+            gatherResults([
+                linker.delete_blob_if_unlinked(digest),
+                Deferred.fromCoroutine(link(deleter, digest)),
+            ])
+            for n, digest in enumerate(digests)
+            for linker, deleter in [(self.store, other) if n % 2 else (other, self.store)]
+        ])
+        for digest, (deleted, linked) in zip(digests, outcomes):
+            self.assertEqual(deleted is None, linked, digest)
+            self.assertEqual(await self.store.get_blob(digest) is None, deleted is not None)
+            self.assertEqual(await other.blob_linked("r", digest) is not None, linked)
+        self.assertEqual(
+            self.run_sql("SELECT COUNT(*) FROM blob_links l LEFT JOIN blobs b"
+                         " ON b.digest = l.digest WHERE b.digest IS NULL")[0][0], 0)
+
+    async def test_two_stores_race_delete_and_append(self):
+        """An upload appended to by one process while another deletes it at
+        the old offset: exactly one of them wins."""
+        other = await self.make_store(self.clock)
+        for n in range(6):
+            await self.store.create_upload(UploadRecord(f"u{n}", "r", created=1.0))
+        outcomes = await gatherResults([
+            gatherResults([
+                deleter.delete_upload(f"u{n}", expected_offset=0),
+                appender.update_upload(UploadRecord(f"u{n}", "r", 1001, chunks(n)), 0),
+            ])
+            for n in range(6)
+            for deleter, appender in [(self.store, other) if n % 2 else (other, self.store)]
+        ])
+        for n, (deleted, appended) in enumerate(outcomes):
+            self.assertNotEqual(deleted is not None, appended)
+            stored = await self.store.get_upload(f"u{n}")
+            self.assertEqual(stored is not None and stored.offset == 1001, appended)
 
     async def test_migrations_upgrade_old_database(self):
         """A database at an old version is brought up to date, keeping its

@@ -45,7 +45,8 @@ def require_mysql():
     from speedy.test._mysqlurl import connect_kwargs
 
     try:
-        pymysql.connect(connect_timeout=2, **connect_kwargs(MYSQL_URL)).close()
+        pymysql.connect(
+            connect_timeout=2, ssl_disabled=True, **connect_kwargs(MYSQL_URL)).close()
     except Exception as e:
         skip_or_fail(f"MariaDB at {MYSQL_URL} is unreachable: {e}")
     return MYSQL_URL

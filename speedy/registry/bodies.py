@@ -1,0 +1,172 @@
+# -*- test-case-name: speedy.test.test_registry_uploads,speedy.test.test_registry_api -*-
+"""
+Request bodies as they arrive: L{BlobBody} hashes a blob body and writes it
+through an L{IChunkedWriter} piece by piece (never whole in memory);
+L{BoundedBody} collects a small body (a manifest) up to a limit.
+
+Both are C{IBodySink}s of C{speedy.web.streaming}: the site calls C{write}
+for each piece (holding back the client's socket while a returned Deferred
+is unfired), then C{finish}, then renders; the resource asks C{outcome()}
+for the result.  L{feed} drives a sink from a body a plain C{Site} already
+buffered in C{request.content}.
+"""
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from speedy.registry.errors import MANIFEST_TOO_LARGE, SIZE_INVALID, RegistryError
+
+_log = Logger()
+
+#: How much of a buffered C{request.content} L{feed} hands a sink at once.
+FEED_PIECE = 64 << 10
+
+
+@frozen
+class ReceivedBlob:
+    """A blob body that arrived whole and is stored as chunks."""
+
+    context: object  # what the preparation produced (e.g. the upload record)
+    hash: object  # the ResumableHash, fed every byte of the body
+    chunks: tuple  # ChunkRefs of the body alone, in order
+    length: int
+
+
+class BlobBody:
+    """
+    A blob body streamed into storage while it is hashed.
+
+    @param prepared: a Deferred firing with C{(context, hash)} once the
+        request was checked (the upload session found, its hash state
+        restored), or failing with the L{RegistryError} to answer; the body
+        is then discarded.  Pieces arriving before it fired wait for it (the
+        client's socket is held back meanwhile).
+    @param storage: the L{IChunkedStorage} whose writer takes the bytes.
+    @param expected_length: the length the request announced (from
+        C{Content-Range}), or None.
+    """
+
+    def __init__(self, prepared, storage, expected_length=None):
+        self._storage = storage
+        self._expected_length = expected_length
+        self._writer = None
+        self._length = 0
+        self._chain = prepared.addCallback(self._start)
+
+    def _start(self, prepared):
+        self._context, self._hash = prepared
+        self._writer = self._storage.writer()
+
+    def write(self, data):
+        """Hash and store C{data}; @return: a Deferred firing when the next
+        piece may come."""
+        self._chain.addCallback(self._absorb, data)
+        ready = Deferred()
+
+        def release(result):
+            ready.callback(None)
+            return result
+        self._chain.addBoth(release)
+        return ready
+
+    def _absorb(self, _, data):
+        self._length += len(data)
+        self._hash.update(data)
+        return self._writer.write(data)
+
+    def finish(self):
+        """The whole body arrived: flush the writer."""
+        self._chain.addCallback(self._complete)
+        self._chain.addErrback(self._abort)
+
+    def _complete(self, _):
+        if self._expected_length is not None and self._length != self._expected_length:
+            raise RegistryError(
+                SIZE_INVALID, "body length differs from Content-Range",
+                detail={"expected": self._expected_length, "received": self._length})
+        return self._writer.finish().addCallback(
+            lambda chunks: ReceivedBlob(self._context, self._hash, tuple(chunks), self._length))
+
+    def _abort(self, failure):
+        """Delete whatever was written, then pass C{failure} on."""
+        if self._writer is None:
+            return failure
+        writer, self._writer = self._writer, None
+        return writer.abort().addBoth(lambda _: failure)
+
+    def connection_lost(self, reason):
+        """The client went away mid-body: nothing is committed, what was
+        written is deleted."""
+        self._chain.addBoth(self._drop)
+        self._chain.addErrback(
+            lambda f: _log.failure("deleting the chunks of an abandoned body failed", f))
+
+    def _drop(self, _):
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            return writer.abort()
+
+    def outcome(self):
+        """
+        @return: a Deferred firing with the L{ReceivedBlob} once C{finish}
+            was called and every chunk is stored, or failing with why not
+            (nothing of the body is then left in storage).  Call once.
+        """
+        result = Deferred()
+
+        def hand_over(value):
+            result.callback(value)
+        self._chain.addBoth(hand_over)
+        return result
+
+
+class BoundedBody:
+    """
+    A small body kept in memory up to C{limit} bytes; a longer one is
+    dropped as it arrives and answered with 413 C{SIZE_INVALID}.
+    """
+
+    def __init__(self, limit):
+        self._limit = limit
+        self._parts = []
+        self._length = 0
+
+    def write(self, data):
+        self._length += len(data)
+        if self._length <= self._limit:
+            self._parts.append(bytes(data))
+        else:
+            self._parts = []
+
+    def finish(self):
+        """The body is complete; L{outcome} tells what it was."""
+
+    def connection_lost(self, reason):
+        """Forget what arrived."""
+        self._parts = []
+
+    def outcome(self):
+        """@return: a Deferred firing with the body's bytes, or failing with
+        a 413 L{RegistryError} when it was longer than the limit."""
+        if self._length > self._limit:
+            return fail(RegistryError(
+                MANIFEST_TOO_LARGE, f"body over the {self._limit} byte limit",
+                detail={"limit": self._limit, "size": self._length}))
+        return succeed(b"".join(self._parts))
+
+
+async def feed(sink, content):
+    """
+    Hand a sink a body that a plain C{Site} buffered in C{content} (a file),
+    piece by piece, waiting whenever the sink asks to, then finish it.
+    """
+    content.seek(0)
+    while True:
+        piece = content.read(FEED_PIECE)
+        if not piece:
+            break
+        waiting = sink.write(piece)
+        if waiting is not None:
+            await waiting
+    sink.finish()

@@ -1,0 +1,84 @@
+# -*- test-case-name: speedy.test.test_registry_names -*-
+"""
+The distribution-spec's error codes and the JSON body every failed answer
+carries::
+
+    {"errors": [{"code": "BLOB_UNKNOWN", "message": "...", "detail": {...}}]}
+
+A handler raises L{RegistryError}; L{speedy.registry.api} turns it into the
+status and body.  Besides the spec's codes we use three that Distribution
+uses (C{RANGE_INVALID}, C{PAGINATION_NUMBER_INVALID}, C{TAG_INVALID}) and
+C{UNAVAILABLE} (503) for a metadata store or storage that cannot be reached.
+"""
+
+import json
+
+from attrs import frozen
+
+
+@frozen
+class ErrorCode:
+    """One error code: its name, HTTP status and default message."""
+
+    name: str
+    status: int
+    message: str
+
+
+BLOB_UNKNOWN = ErrorCode("BLOB_UNKNOWN", 404, "blob unknown to registry")
+BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
+BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
+DIGEST_INVALID = ErrorCode("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+MANIFEST_BLOB_UNKNOWN = ErrorCode(
+    "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry")
+MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
+MANIFEST_UNKNOWN = ErrorCode("MANIFEST_UNKNOWN", 404, "manifest unknown to registry")
+NAME_INVALID = ErrorCode("NAME_INVALID", 400, "invalid repository name")
+NAME_UNKNOWN = ErrorCode("NAME_UNKNOWN", 404, "repository name not known to registry")
+SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest too large")
+UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
+NOT_FOUND = ErrorCode("UNSUPPORTED", 404, "no such endpoint")
+TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
+RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "invalid content range")
+PAGINATION_NUMBER_INVALID = ErrorCode(
+    "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
+TAG_INVALID = ErrorCode("TAG_INVALID", 400, "invalid tag")
+UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable, retry later")
+UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
+
+
+class RegistryError(Exception):
+    """
+    A failed registry request, answered with C{code.status} and the spec's
+    error body.  C{headers} are added to the answer (a 416 carries the
+    upload's current C{Range}).
+    """
+
+    def __init__(self, code, message=None, detail=None, headers=None, more=()):
+        super().__init__(message or code.message)
+        self.code = code
+        self.message = message or code.message
+        self.detail = detail
+        self.headers = dict(headers or {})
+        #: further errors of the same answer (one per missing blob)
+        self.more = tuple(more)
+
+    @property
+    def status(self):
+        return self.code.status
+
+    def body(self):
+        """@return: the JSON error body as bytes."""
+        return error_body([self] + list(self.more))
+
+
+def error_body(errors):
+    """
+    @param errors: L{RegistryError}s.
+    @return: the UTF-8 JSON C{{"errors": [...]}} body listing them.
+    """
+    return json.dumps({"errors": [
+        {"code": e.code.name, "message": e.message, "detail": e.detail if e.detail is not None else {}}
+        for e in errors
+    ]}, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,272 @@
+"""
+Upload sessions and blob bodies without HTTP: L{UploadSessions} and
+L{BlobBody} over L{MemoryMetadataStore} and L{MemoryChunkedStorage}, on a
+L{Clock}.
+"""
+
+import hashlib
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy.errors import Busy, NoWritableGroup
+from speedy.metadata.memory import MemoryMetadataStore
+from speedy.registry.api import RegistryAPI
+from speedy.registry.blobs import Blobs
+from speedy.registry.bodies import BoundedBody
+from speedy.registry.errors import RegistryError
+from speedy.registry.fakes import MemoryChunkedStorage
+from speedy.registry.uploads import UploadSessions, parse_content_range
+
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class UploadSessionTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.metadata = MemoryMetadataStore(self.clock)
+        self.storage = MemoryChunkedStorage(chunk_size=100)
+        self.uploads = UploadSessions(
+            self.metadata, self.storage, Blobs(self.metadata, self.storage, self.clock),
+            self.clock, expiry=3600, expiry_interval=60)
+
+    def result_of(self, coroutine):
+        """@return: the result of a coroutine that completes at once."""
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def send(self, body, *pieces):
+        """Feed C{body} the pieces and finish it; @return: its outcome Deferred."""
+        for piece in pieces:
+            self.assertIsNone(self.successResultOf(body.write(piece)))
+        body.finish()
+        return body.outcome()
+
+    def patch_upload(self, record, data, start=None):
+        content_range = None if start is None else f"{start}-{start + len(data) - 1}"
+        body = self.uploads.receive_chunk(record.repository, record.upload_id, content_range, len(data))
+        received = self.successResultOf(self.send(body, data))
+        return Deferred.fromCoroutine(self.uploads.append(received))
+
+    def test_concurrent_appends(self):
+        """Two bodies prepared at the same offset (two imageservers): the
+        first to commit wins; the second is 416 at the new offset and its
+        chunks are deleted."""
+        record = self.result_of(self.uploads.create("repo"))
+        first = self.uploads.receive_chunk("repo", record.upload_id, "0-149", 150)
+        second = self.uploads.receive_chunk("repo", record.upload_id, "0-149", 150)
+        first = self.successResultOf(self.send(first, b"a" * 150))
+        second = self.successResultOf(self.send(second, b"b" * 150))
+        self.result_of(self.uploads.append(first))
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(self.uploads.append(second)), RegistryError)
+        self.assertEqual(failure.value.status, 416)
+        self.assertEqual(failure.value.headers["Range"], "0-149")
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in first.chunks})
+        blob = self.result_of(self.uploads.complete("repo", record.upload_id, sha256(b"a" * 150)))
+        self.assertEqual(self.storage.contents(blob.chunks), b"a" * 150)
+
+    def test_hash_state_saved(self):
+        """Each append saves the running hash so that another imageserver
+        does not need to read the chunks back."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"x" * 250, start=0))
+        self.assertEqual((record.offset, record.hash_algorithm), (250, "sha256"))
+        self.storage.read_failure = AssertionError("the chunks were read back")
+        record = self.successResultOf(self.patch_upload(record, b"y" * 10))
+        blob = self.result_of(self.uploads.complete("repo", record.upload_id, sha256(b"x" * 250 + b"y" * 10)))
+        self.assertEqual(blob.size, 260)
+
+    def test_stale_uploads_expire(self):
+        """A session untouched for the expiry time is deleted by the timer,
+        with its chunks; a recently touched one stays; stop() leaves no
+        timer behind."""
+        old = self.result_of(self.uploads.create("repo"))
+        self.successResultOf(self.patch_upload(old, b"o" * 150))
+        self.uploads.start()
+        self.clock.advance(1800)
+        fresh = self.result_of(self.uploads.create("repo"))
+        self.successResultOf(self.patch_upload(fresh, b"f" * 50))
+        self.clock.advance(1801)
+        self.assertIsNone(self.successResultOf(self.metadata.get_upload(old.upload_id)))
+        self.assertIsNotNone(self.successResultOf(self.metadata.get_upload(fresh.upload_id)))
+        fresh = self.successResultOf(self.metadata.get_upload(fresh.upload_id))
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in fresh.chunks})
+        self.uploads.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_expiry_spares_a_session_revived_meanwhile(self):
+        """A stale session that a PATCH moves on after the expiry found it
+        is kept, with every chunk."""
+        record = self.result_of(self.uploads.create("repo"))
+        self.clock.advance(3601)
+        stale_uploads = self.metadata.stale_uploads
+
+        def found_then_appended(*args, **kwargs):
+            found = stale_uploads(*args, **kwargs)
+            self.successResultOf(self.patch_upload(record, b"p" * 150))
+            return found
+        self.patch(self.metadata, "stale_uploads", found_then_appended)
+        self.assertEqual(self.result_of(self.uploads.expire()), 0)
+        kept = self.successResultOf(self.metadata.get_upload(record.upload_id))
+        self.assertEqual(kept.offset, 150)
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in kept.chunks})
+
+    def test_api_timers(self):
+        """RegistryAPI.start() runs the expiry timer on the given clock;
+        stop() leaves none behind."""
+        api = RegistryAPI(self.metadata, self.storage, self.clock, upload_expiry=10, expiry_interval=5)
+        record = self.result_of(api.uploads.create("repo"))
+        api.start()
+        self.clock.advance(5)
+        self.assertIsNotNone(self.successResultOf(self.metadata.get_upload(record.upload_id)))
+        self.clock.advance(10)
+        self.assertIsNone(self.successResultOf(self.metadata.get_upload(record.upload_id)))
+        api.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_body_waits_for_storage(self):
+        """While the storage writer holds back, each write's Deferred stays
+        unfired (so the site stops reading the socket), and fires once the
+        writer can take more."""
+        self.storage.write_gate = Deferred()
+        body = self.uploads.receive_blob("sha256")
+        waiting = body.write(b"a" * 10)
+        self.assertNoResult(waiting)
+        gate, self.storage.write_gate = self.storage.write_gate, None
+        gate.callback(None)
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertIsNone(self.successResultOf(body.write(b"b")))
+        body.finish()
+        received = self.successResultOf(body.outcome())
+        self.assertEqual((received.length, received.hash.digest()), (11, sha256(b"a" * 10 + b"b")))
+
+    def test_body_failure_deletes_chunks(self):
+        """A writer failing mid-body fails the outcome and deletes what was written."""
+        body = self.uploads.receive_blob("sha256")
+        body.write(b"a" * 250)
+        self.storage.write_failure = NoWritableGroup("full")
+        body.write(b"b" * 10)
+        body.write(b"c" * 10)
+        body.finish()
+        self.failureResultOf(body.outcome(), NoWritableGroup)
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_connection_lost_deletes_chunks(self):
+        """A client gone mid-body leaves no chunk behind."""
+        body = self.uploads.receive_blob("sha256")
+        body.write(b"a" * 250)
+        self.assertEqual(len(self.storage.chunks), 2)
+        body.connection_lost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_bounded_body(self):
+        """A bounded body gives its bytes back, or 413 past its limit."""
+        body = BoundedBody(5)
+        body.write(b"abc")
+        body.write(b"de")
+        body.finish()
+        self.assertEqual(self.successResultOf(body.outcome()), b"abcde")
+        body.write(b"f")
+        self.assertEqual(self.failureResultOf(body.outcome(), RegistryError).value.status, 413)
+
+    def test_content_range(self):
+        """Content-Range is <start>-<end>, inclusive."""
+        self.assertEqual(parse_content_range("0-0"), (0, 1))
+        self.assertEqual(parse_content_range("100-199"), (100, 100))
+        self.assertEqual(parse_content_range("bytes 5-9/10"), (5, 5))
+        for bad in ["", "5", "9-5", "a-b", "-5", "1-2-3"]:
+            self.assertRaises(ValueError, parse_content_range, bad)
+
+    def test_other_algorithm_on_completion(self):
+        """Completing a sha256 session with a sha512 digest hashes the
+        stored chunks again with sha512."""
+        record = self.result_of(self.uploads.create("repo"))
+        self.successResultOf(self.patch_upload(record, b"z" * 120))
+        digest = "sha512:" + hashlib.sha512(b"z" * 120).hexdigest()
+        blob = self.result_of(self.uploads.complete("repo", record.upload_id, digest))
+        self.assertEqual(blob.digest, digest)
+
+    def test_unreadable_chunks_when_rehashing(self):
+        """If the hash must be recomputed and storage cannot serve the
+        chunks, completion fails and the session is kept for a retry."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"z" * 120))
+        self.successResultOf(self.metadata.update_upload(attrs.evolve(record, hash_state=None), 120))
+        self.storage.read_failure = NoWritableGroup("no replica")
+        self.failureResultOf(Deferred.fromCoroutine(
+            self.uploads.complete("repo", record.upload_id, sha256(b"z" * 120))), NoWritableGroup)
+        self.assertIsNotNone(self.successResultOf(self.metadata.get_upload(record.upload_id)))
+
+
+class BlobCommitTests(SynchronousTestCase):
+    """L{Blobs.commit} against blobs deleted under it."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.metadata = MemoryMetadataStore(self.clock)
+        self.storage = MemoryChunkedStorage(chunk_size=100)
+        self.blobs = Blobs(self.metadata, self.storage, self.clock)
+
+    def delete_before_each_link(self):
+        """Make every link find its blob just deleted, chunks and all, as
+        a concurrent DELETE of its last link elsewhere does."""
+        link = self.metadata.link_blob
+
+        def deleted_then_link(repository, digest):
+            removed = self.successResultOf(self.metadata.delete_blob(digest))
+            if removed is not None:
+                self.storage.delete(removed.chunks)
+            return link(repository, digest)
+        self.patch(self.metadata, "link_blob", deleted_then_link)
+
+    def commit(self, repository, data):
+        chunks = (self.storage.store(data),)
+        return Deferred.fromCoroutine(
+            self.blobs.commit(repository, sha256(data), len(data), chunks)), chunks
+
+    def test_own_copy_deleted(self):
+        """When the copy stored from the commit's own chunks is deleted
+        before it is linked, those chunks may be gone: the commit fails
+        with Busy (503, push again), and leaves no blob and no chunk."""
+        self.delete_before_each_link()
+        committing, _ = self.commit("repo", b"data")
+        self.failureResultOf(committing, Busy)
+        self.assertIsNone(self.successResultOf(self.metadata.get_blob(sha256(b"data"))))
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_copies_of_others_keep_vanishing(self):
+        """When every copy the commit finds is deleted before it is
+        linked, it gives up with Busy after a few rounds and deletes its
+        own chunks."""
+        attempts = []
+        put_blob = self.metadata.put_blob
+
+        def put_theirs(record):
+            attempts.append(record)
+            theirs = (self.storage.store(b"data"),)
+            self.successResultOf(put_blob(attrs.evolve(record, chunks=theirs)))
+            return put_blob(record)
+        self.patch(self.metadata, "put_blob", put_theirs)
+        self.delete_before_each_link()
+        committing, _ = self.commit("repo", b"data")
+        self.failureResultOf(committing, Busy)
+        self.assertEqual(len(attempts), 3)
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_duplicate_linked(self):
+        """A blob committed twice keeps the first copy and deletes the
+        second's chunks; both repositories link it."""
+        first, first_chunks = self.commit("one", b"data")
+        second, _ = self.commit("two", b"data")
+        self.assertEqual(self.successResultOf(second).chunks, first_chunks)
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in first_chunks})
+        for repository in ("one", "two"):
+            self.assertIsNotNone(
+                self.successResultOf(self.metadata.blob_linked(repository, sha256(b"data"))))
