@@ -177,7 +177,8 @@ class IChunkClient(Interface):
 
     def get(address, file_id, offset=0, length=None):
         """
-        @return: a Deferred firing with the bytes of the range.  A whole-chunk
+        @return: a Deferred firing with a bytes-like object (a bytearray)
+            holding the range.  A whole-chunk
             read is verified against the chunkserver's CRC32C on arrival
             (L{ChecksumMismatch} on a difference).
         """

@@ -1,6 +1,282 @@
+# -*- test-case-name: speedy.test.test_chunkserver_tap -*-
+"""
+C{twistd speedy-chunkserver}: options and the service tree of a chunkserver.
+
+    twistd -n speedy-chunkserver --data-dir DIR --listen tcp:8000 --group-id 1
+
+The service tree (L{makeService}) is a L{MultiService} of:
+  - a L{ChunkStoreService} that opens the store on start and closes it on
+    stop (until it is open, requests are answered L{Unavailable});
+  - the wire protocol listener on C{--listen};
+  - with C{--master}, the heartbeat to the chunkmaster.
+"""
+
+import configparser
+import os
+import uuid
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
+
+from speedy.chunkserver.protocol import ChunkServerFactory
+from speedy.errors import Unavailable
+from speedy.units import parse_size
+
+#: Every option, its default (None: none), and its help.  The same names
+#: are the keys of the [chunkserver] section of a --config file.
+_OPTIONS = [
+    ("data-dir", None, "Directory holding the volume files (required)."),
+    ("listen", "tcp:8000", "Endpoint to serve the wire protocol on."),
+    ("group-id", None, "Replica group of this server, a positive integer (required)."),
+    ("volume-size", "2GiB", "Size of each volume file."),
+    ("sync", "always", "When writes reach the disk: always, batch or none."),
+    ("reserve", "1GiB", "Free disk space to keep, or a fraction of the disk (0.05); "
+                        "below it the store turns read-only."),
+    ("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction."),
+    ("server-id", None, "Stable id of this server [default: a uuid kept in DATA_DIR/server-id]."),
+    ("advertise", None, "host:port others reach this server at [default: from --listen]."),
+    ("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it)."),
+    ("cluster-secret", None, "Bearer secret for the chunkmaster."),
+    ("heartbeat-interval", "5", "Seconds between heartbeats."),
+]
+_DEFAULTS = {name: default for name, default, _ in _OPTIONS}
+SYNC_POLICIES = ("always", "batch", "none")
+
+
 class Options(usage.Options):
-    pass
+    """Command line (and C{--config} file) of the chunkserver."""
+
+    synopsis = "--data-dir DIR --group-id N [--listen tcp:8000] [options]"
+    optParameters = [
+        [name, None, None, text + (f" [default: {default}]" if default else "")]
+        for name, default, text in _OPTIONS
+    ] + [["config", "c", None, "INI file with a [chunkserver] section of the same keys; "
+                               "the command line wins."]]
+
+    def postOptions(self):
+        if self["config"]:
+            self._read_config(self["config"])
+        for name, default in _DEFAULTS.items():
+            if self[name] is None:
+                self[name] = default
+        if not self["data-dir"]:
+            raise usage.UsageError("--data-dir is required")
+        self["group-id"] = self._number("group-id", int, minimum=1)
+        self["volume-size"] = self._size("volume-size")
+        self["reserve"] = self._reserve()
+        if self["volume-size"] < 1 << 20:
+            raise usage.UsageError("--volume-size must be at least 1MiB")
+        if self["sync"] not in SYNC_POLICIES:
+            raise usage.UsageError(f"--sync must be one of {', '.join(SYNC_POLICIES)}")
+        self["compact-threshold"] = self._number("compact-threshold", float, minimum=0.0)
+        if not 0 < self["compact-threshold"] <= 1:
+            raise usage.UsageError("--compact-threshold is a ratio above 0 and at most 1")
+        self["heartbeat-interval"] = self._number("heartbeat-interval", float, minimum=0.1)
+        try:
+            serverFromString(None, self["listen"])
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            raise usage.UsageError(f"--listen {self['listen']!r}: {e}")
+        if self["advertise"] is None:
+            self["advertise"] = advertised_address(self["listen"])
+        if self["advertise"] is None or not _is_address(self["advertise"]):
+            raise usage.UsageError(
+                "--advertise host:port is needed (it cannot be derived from --listen "
+                f"{self['listen']!r})")
+        if self["master"] and not self["master"].startswith(("http://", "https://")):
+            raise usage.UsageError("--master is an http:// or https:// URL")
+
+    def _read_config(self, path):
+        parser = configparser.ConfigParser()
+        try:
+            with open(path) as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error) as e:
+            raise usage.UsageError(f"--config {path}: {e}")
+        if not parser.has_section("chunkserver"):
+            raise usage.UsageError(f"--config {path}: no [chunkserver] section")
+        for key, value in parser.items("chunkserver"):
+            if key not in _DEFAULTS:
+                raise usage.UsageError(f"--config {path}: unknown key {key!r}")
+            if self[key] is None:
+                self[key] = value
+
+    def _size(self, name):
+        try:
+            return parse_size(self[name])
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}")
+
+    def _reserve(self):
+        """@return: --reserve as a fraction of the disk (below 1) or bytes."""
+        try:
+            fraction = float(self["reserve"])
+        except ValueError:
+            fraction = None
+        if fraction is not None and 0 < fraction < 1:
+            return fraction
+        return self._size("reserve")
+
+    def _number(self, name, kind, minimum):
+        try:
+            value = kind(self[name])
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"--{name} must be a number, not {self[name]!r}")
+        if value < minimum:
+            raise usage.UsageError(f"--{name} must be at least {minimum}")
+        return value
+
+
+def _is_address(text):
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def advertised_address(listen):
+    """
+    @return: the "host:port" a C{tcp:}/C{ssl:} endpoint string C{listen} can
+        be reached at: its interface if it names one other than a wildcard,
+        else 127.0.0.1; None for other endpoint types.
+    """
+    kind, _, rest = listen.partition(":")
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return None
+    port, interface = None, None
+    for part in rest.split(":"):
+        key, eq, value = part.partition("=")
+        if not eq and port is None:
+            port = key
+        elif key == "port":
+            port = value
+        elif key == "interface":
+            interface = value
+    if port is None or not port.isdigit():
+        return None
+    if not interface or interface in ("0.0.0.0", "::"):
+        interface = "127.0.0.1"
+    return f"{interface}:{port}"
+
+
+def server_id(data_dir):
+    """
+    @return: the id kept in C{data_dir}/server-id, written (a new uuid) on
+        first start.
+    """
+    path = os.path.join(data_dir, "server-id")
+    try:
+        with open(path) as f:
+            existing = f.read().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    new = uuid.uuid4().hex
+    os.makedirs(data_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(new + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return new
+
+
+class ChunkStoreService(Service):
+    """
+    Opens the chunk store when started and closes it when stopped, and hands
+    it to the wire protocol's factory once open.
+
+    @ivar store: the open L{IChunkStore}, or None.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, open_store, factory):
+        """
+        @param reactor: stopped if the store cannot be opened.
+        @param open_store: callable returning the store, or a Deferred of it.
+        @param factory: the L{ChunkServerFactory} to serve it.
+        """
+        self._reactor = reactor
+        self._open_store = open_store
+        self._factory = factory
+        self._opening = None
+        self.store = None
+
+    def startService(self):
+        super().startService()
+        self._opening = maybeDeferred(self._open_store)
+        self._opening.addCallback(self._opened)
+        self._opening.addErrback(self._failed)
+
+    def _opened(self, store):
+        self.store = store
+        self._factory.store = store
+        self._log.info("chunk store open: {chunks} chunks", chunks=store.status().get("chunks"))
+
+    def _failed(self, reason):
+        if reason.check(CancelledError):
+            return  # stopped while opening
+        self._log.failure("could not open the chunk store; stopping", reason)
+        self._reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        self._factory.store = None
+        store, self.store = self.store, None
+        if store is None:
+            if self._opening is not None:
+                self._opening.cancel()
+            return None
+        return store.close()
+
+    # What the heartbeat reads of the store (it is built before it opens).
+
+    @property
+    def read_only(self):
+        return self.store is None or self.store.read_only
+
+    def status(self):
+        """@return: the store's status dict.  @raise Unavailable: not open yet."""
+        if self.store is None:
+            raise Unavailable("the chunk store is not open")
+        return self.store.status()
+
+
+def open_chunk_store(reactor, options):
+    """@return: a Deferred firing with the started L{speedy.chunkserver.store.ChunkStore}."""
+    from speedy.chunkserver.store import ChunkStore
+
+    async def open_and_start():
+        store = await maybeDeferred(
+            ChunkStore.open, reactor, options["data-dir"],
+            volume_size=options["volume-size"], sync=options["sync"],
+            reserve=options["reserve"], compact_threshold=options["compact-threshold"])
+        await maybeDeferred(store.start)
+        return store
+
+    return Deferred.fromCoroutine(open_and_start())
+
+
 def makeService(options, reactor=None):
-    from twisted.application.service import MultiService
-    return MultiService()
+    """@return: the chunkserver's L{MultiService} (see the module docstring)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    if not options["server-id"]:
+        options["server-id"] = server_id(options["data-dir"])
+    top = MultiService()
+    factory = ChunkServerFactory(reactor)
+    stores = ChunkStoreService(reactor, lambda: open_chunk_store(reactor, options), factory)
+    stores.setServiceParent(top)
+    listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)
+    listener.setServiceParent(top)
+    if options["master"]:
+        from speedy.chunkserver.heartbeat import HeartbeatService
+        HeartbeatService(
+            reactor, options["master"], options["cluster-secret"],
+            options["server-id"], options["group-id"],
+            options["advertise"], stores, options["heartbeat-interval"],
+        ).setServiceParent(top)
+    return top

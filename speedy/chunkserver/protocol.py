@@ -1,0 +1,498 @@
+# -*- test-case-name: speedy.test.test_chunkserver_protocol -*-
+"""
+The chunkserver's side of the wire protocol (``protocol.md``): frames in,
+the L{IChunkStore} driven, answers out, many requests in flight per
+connection and answered in whatever order the store finishes them.
+
+Bodies are never gathered whole: a PUT body goes into the store's
+L{IChunkWrite} piece by piece as it arrives, a GET body leaves through
+C{sendfile} (or a pull producer under TLS).  A peer that sends garbage, lies
+about lengths, stalls or vanishes costs its own connection at most: a bad
+frame gets an error frame or a closed connection, a half-sent PUT is
+aborted, and every pinned read is released.
+"""
+
+import json
+import sys
+from array import array
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from speedy.errors import (
+    BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unavailable)
+from speedy.wire.frames import (
+    ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
+    FILE_ID, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
+    HEADER_SIZE, LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
+    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES,
+    REQUEST_BODY_SIZES, BadFrame, Header, error_frame, frame)
+from speedy.wire.outbox import Outbox, no_delay
+from speedy.wire.sendfile import range_body
+
+
+#: Reasons to stop reading a connection: too many requests in flight, or the
+#: store has too much of a PUT body in memory.
+IN_FLIGHT, STORE_LAGS = "in-flight", "store-lags"
+
+#: Bytes of a PUT body the store may hold in memory (L{IChunkWrite.buffered})
+#: before the connection stops reading; it reads on below half of it.
+WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+#: Seconds between looks at a lagging store's buffer.
+STORE_POLL_INTERVAL = 0.005
+
+#: GET answers up to this size are read and written in one piece: one
+#: write, no producer, no separate segment for the header.
+SMALL_BODY = 64 * 1024
+
+
+def _read_all(read):
+    """@return: all the bytes of the L{IChunkRead} C{read}, which is released."""
+    try:
+        pieces, position = [], 0
+        while position < read.length:
+            piece = read.read(position, read.length - position)
+            if not piece:
+                raise Internal(f"chunk {read.info.file_id} ended {read.length - position} bytes early")
+            pieces.append(piece)
+            position += len(piece)
+        return b"".join(pieces)
+    finally:
+        read.release()
+
+
+class ChunkServerFactory(Factory):
+    """
+    Builds one L{ChunkServerProtocol} per connection.
+
+    @ivar store: the L{IChunkStore} to serve, or None while it is being
+        opened (requests that need it are answered L{Unavailable}).
+    @ivar counters: connection and request counts, reported by STATUS.
+    """
+
+    def __init__(self, clock, store=None, max_in_flight=64, idle_timeout=120.0,
+                 max_chunk=MAX_CHUNK, use_sendfile=True):
+        self.clock = clock
+        self.store = store
+        self.max_in_flight = max_in_flight
+        self.idle_timeout = idle_timeout
+        self.max_chunk = max_chunk
+        self.use_sendfile = use_sendfile
+        self.counters = dict(connections=0, open_connections=0, requests=0,
+                             error_frames=0, bad_frames=0, idle_timeouts=0)
+
+    def buildProtocol(self, addr):
+        return ChunkServerProtocol(self)
+
+
+class ChunkServerProtocol(Protocol):
+    """One client connection to the chunkserver."""
+
+    _log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self._header_bytes = bytearray()
+        self._body = None  # receives the current frame's body (_SmallBody, ...)
+        self._in_flight = 0  # requests received and not yet answered whole
+        self._store_calls = 0  # of those, waiting for the store
+        self._paused = set()  # why reading is paused: IN_FLIGHT, STORE_LAGS
+        self._held = b""  # bytes received after pausing, for when we resume
+        self._store_poll = None
+        self._closing = False
+        self._idle = None
+        self._outbox = None
+
+    # --- connection ------------------------------------------------------
+
+    def connectionMade(self):
+        counters = self.factory.counters
+        counters["connections"] += 1
+        counters["open_connections"] += 1
+        no_delay(self.transport)
+        self._outbox = Outbox(self.transport, on_sent=self._touch)
+        self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
+
+    def connectionLost(self, reason):
+        self.factory.counters["open_connections"] -= 1
+        self._closing = True
+        for timer in (self._idle, self._store_poll):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self._body is not None:
+            self._body.abandon()
+            self._body = None
+        self._outbox.close()
+
+    def _touch(self):
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.factory.idle_timeout)
+
+    def _idle_expired(self):
+        if self._store_calls:
+            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
+            return
+        self.factory.counters["idle_timeouts"] += 1
+        self._log.info("closing connection from {peer}: idle or stalled for {seconds}s",
+                       peer=self.transport.getPeer(), seconds=self.factory.idle_timeout)
+        self._closing = True
+        self.transport.abortConnection()
+
+    # --- frames in -------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        self._touch()
+        view = memoryview(data)
+        while view and not self._closing:
+            if self._paused:
+                self._held += bytes(view)
+                return
+            if self._body is None:
+                need = HEADER_SIZE - len(self._header_bytes)
+                self._header_bytes += view[:need]
+                view = view[need:]
+                if len(self._header_bytes) == HEADER_SIZE:
+                    raw, self._header_bytes = bytes(self._header_bytes), bytearray()
+                    self._frame_started(raw)
+            else:
+                take = min(len(view), self._body.remaining)
+                piece, view = view[:take], view[take:]
+                self._body.feed(piece)
+                if self._body.remaining == 0:
+                    self._frame_ended()
+
+    def _frame_started(self, raw):
+        try:
+            header = Header.unpack(raw, max_body=self.factory.max_chunk + FILE_ID.size)
+        except BadFrame as e:
+            return self._bad_stream(0, 0, e)
+        except TooLarge as e:
+            opcode, request_id = raw[5], int.from_bytes(raw[8:12], "big")
+            return self._bad_stream(opcode, request_id, e)
+        self.factory.counters["requests"] += 1
+        self._in_flight += 1
+        self._body = self._body_for(header)
+        if self._body.remaining == 0:
+            self._frame_ended()
+
+    def _frame_ended(self):
+        body, self._body = self._body, None
+        body.complete()
+        if self._in_flight >= self.factory.max_in_flight:
+            self._pause(IN_FLIGHT)
+
+    def _pause(self, reason):
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def _resume(self, reason):
+        self._paused.discard(reason)
+        if not self._paused and not self._closing:
+            self.transport.resumeProducing()
+            held, self._held = self._held, b""
+            if held:
+                self.dataReceived(held)
+
+    def _store_lags(self, write):
+        """
+        The store has more of a PUT body in memory than it should: stop
+        reading until it has written most of it out.  (L{IChunkWrite} only
+        reports C{buffered}, so it is polled.)
+        """
+        self._pause(STORE_LAGS)
+        self._store_calls += 1
+
+        def poll():
+            if getattr(write, "buffered", 0) > WRITE_BUFFER_LIMIT // 2:
+                self._store_poll = self.factory.clock.callLater(STORE_POLL_INTERVAL, poll)
+            else:
+                self._store_poll = None
+                self._store_calls -= 1
+                self._resume(STORE_LAGS)
+        self._store_poll = self.factory.clock.callLater(STORE_POLL_INTERVAL, poll)
+
+    def _body_for(self, header):
+        opcode, request_id = header.opcode, header.request_id
+        if header.flags:
+            return self._refuse(header, BadRequest(f"request flags must be 0, not {header.flags:#x}"))
+        if opcode == OP_PUT:
+            if header.body_length < FILE_ID.size:
+                return self._refuse(header, BadRequest("a PUT body starts with the file id"))
+            return _PutBody(self, request_id, header.body_length)
+        expected = REQUEST_BODY_SIZES.get(opcode)
+        if expected is None:
+            return self._refuse(header, BadRequest(f"unknown opcode {opcode}"))
+        if header.body_length != expected:
+            return self._refuse(header, BadRequest(
+                f"a {OPCODES[opcode]} body is {expected} bytes, not {header.body_length}"))
+        return _SmallBody(expected, lambda body: self._dispatch(opcode, request_id, body))
+
+    def _refuse(self, header, error):
+        """Answer C{error} now and skip the frame's body."""
+        self._answer_error(header.opcode, header.request_id, error)
+        self._request_done()
+        return _SkippedBody(header.body_length)
+
+    def _bad_stream(self, opcode, request_id, error):
+        """The byte stream cannot be trusted any more: say why, then close."""
+        self.factory.counters["bad_frames"] += 1
+        self._closing = True
+        self._log.info("closing connection from {peer}: {error}",
+                       peer=self.transport.getPeer(), error=error)
+        if self._outbox.idle:
+            self._answer_error(opcode, request_id, error)
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+    # --- requests --------------------------------------------------------
+
+    def _dispatch(self, opcode, request_id, body):
+        handler = self._handlers[opcode]
+        self._respond(opcode, request_id, Deferred.fromCoroutine(handler(self, request_id, body)))
+
+    def _respond(self, opcode, request_id, result):
+        """
+        Answer a request once C{result} (a Deferred) fires: with its bytes as
+        the response body, with nothing when the handler answered itself
+        (None), or with an error frame.
+        """
+        def answered(response):
+            if response is not None:
+                self._outbox.send(frame(opcode, request_id, response, FLAG_RESPONSE))
+
+        def failed(reason):
+            if self._closing:
+                return
+            if reason.check(SpeedyError):
+                error = reason.value
+            else:
+                self._log.failure("{op} request {request_id} failed", reason,
+                                  op=OPCODES.get(opcode, opcode), request_id=request_id)
+                error = Internal(f"{reason.type.__name__}: {reason.value}")
+            self._answer_error(opcode, request_id, error)
+
+        result.addCallbacks(answered, failed)
+        result.addErrback(lambda reason: self._log.failure("answering request failed", reason))
+        result.addBoth(lambda _: self._request_done())
+
+    def _answer_error(self, opcode, request_id, error):
+        self.factory.counters["error_frames"] += 1
+        self._outbox.send(error_frame(opcode, request_id, error))
+
+    def _request_done(self):
+        self._in_flight -= 1
+        if IN_FLIGHT in self._paused and self._in_flight < self.factory.max_in_flight:
+            self._resume(IN_FLIGHT)
+
+    def _store(self):
+        store = self.factory.store
+        if store is None:
+            raise Unavailable("the chunk store is not open")
+        return store
+
+    async def _store_call(self, method, *args):
+        """@return: the result of C{method(*args)}, counted as waiting on the store."""
+        self._store_calls += 1
+        try:
+            return await maybeDeferred(method, *args)
+        finally:
+            self._store_calls -= 1
+
+    async def _get(self, request_id, body):
+        file_id, offset, length = GET_REQUEST.unpack(body)
+        read = await self._store_call(self._store().get, file_id, offset,
+                                      None if length == ALL_BYTES else length)
+        head = (Header(OP_GET, request_id, GET_RESPONSE.size + read.length, FLAG_RESPONSE).pack()
+                + GET_RESPONSE.pack(read.info.size, read.info.crc32c, read.offset))
+        if read.length <= SMALL_BODY:
+            self._outbox.send(head + _read_all(read))
+        else:
+            await self._outbox.stream(head, range_body(read, self.transport, self.factory.use_sendfile))
+
+    async def _stat(self, request_id, body):
+        (file_id,) = FILE_ID.unpack(body)
+        info = self._store().stat(file_id)
+        if info is None:
+            raise ChunkNotFound(f"no chunk {file_id}")
+        return CHUNK_INFO.pack(info.size, info.crc32c)
+
+    async def _delete(self, request_id, body):
+        (file_id,) = FILE_ID.unpack(body)
+        await self._store_call(self._store().delete, file_id)
+        return b""
+
+    async def _ping(self, request_id, body):
+        return b""
+
+    async def _status(self, request_id, body):
+        status = dict(self._store().status(), wire=dict(self.factory.counters))
+        return json.dumps(status).encode("utf-8")
+
+    async def _list(self, request_id, body):
+        await self._outbox.stream(b"", _FileIdFrames(request_id, self._store().file_ids()))
+
+    async def _compact(self, request_id, body):
+        (volume_id,) = COMPACT_REQUEST.unpack(body)
+        freed = await self._store_call(self._store().compact,
+                                       None if volume_id == ALL_VOLUMES else volume_id)
+        return COMPACT_RESPONSE.pack(freed)
+
+    _handlers = {
+        OP_GET: _get, OP_STAT: _stat, OP_DELETE: _delete, OP_PING: _ping,
+        OP_STATUS: _status, OP_LIST: _list, OP_COMPACT: _compact,
+    }
+
+    def _put_received(self, request_id, write):
+        async def finish():
+            info = await self._store_call(write.finish)
+            return CHUNK_INFO.pack(info.size, info.crc32c)
+        self._respond(OP_PUT, request_id, Deferred.fromCoroutine(finish()))
+
+    def _put_refused(self, request_id, error):
+        """The store refused a PUT whose body is still arriving: answer now."""
+        if not isinstance(error, SpeedyError):
+            self._log.failure("PUT {request_id} failed", Failure(error), request_id=request_id)
+            error = Internal(f"{type(error).__name__}: {error}")
+        self._answer_error(OP_PUT, request_id, error)
+        self._request_done()
+
+
+# --- frame bodies as they arrive --------------------------------------------
+
+
+class _SmallBody:
+    """A fixed-size request body (at most a few dozen bytes), gathered."""
+
+    def __init__(self, size, received):
+        self.remaining = size
+        self._data = bytearray()
+        self._received = received
+
+    def feed(self, piece):
+        self._data += piece
+        self.remaining -= len(piece)
+
+    def complete(self):
+        self._received(bytes(self._data))
+
+    def abandon(self):
+        pass
+
+
+class _SkippedBody:
+    """The body of a refused request: counted off and dropped."""
+
+    def __init__(self, size):
+        self.remaining = size
+
+    def feed(self, piece):
+        self.remaining -= len(piece)
+
+    def complete(self):
+        pass
+
+    def abandon(self):
+        pass
+
+
+class _PutBody:
+    """
+    A PUT body: the file id, then the chunk's bytes handed to the store's
+    L{IChunkWrite} as they arrive.  If the store refuses, the rest is
+    skipped and an error frame answers at once; if the connection dies
+    first, the write is aborted.
+    """
+
+    def __init__(self, server, request_id, body_length):
+        self.remaining = body_length
+        self._server = server
+        self._request_id = request_id
+        self._file_id = bytearray()
+        self._write = None
+        self._refused = False
+
+    def feed(self, piece):
+        self.remaining -= len(piece)
+        if self._refused:
+            return
+        if self._write is None:
+            need = FILE_ID.size - len(self._file_id)
+            self._file_id += piece[:need]
+            piece = piece[need:]
+            if len(self._file_id) < FILE_ID.size:
+                return
+            (file_id,) = FILE_ID.unpack(self._file_id)
+            try:
+                self._write = self._server._store().put(file_id, len(piece) + self.remaining)
+            except Exception as e:
+                return self._refuse(e)
+        if piece:
+            try:
+                self._write.write(piece)
+            except Exception as e:
+                self._write.abort()
+                return self._refuse(e)
+            if getattr(self._write, "buffered", 0) > WRITE_BUFFER_LIMIT:
+                self._server._store_lags(self._write)
+
+    def _refuse(self, error):
+        self._refused = True
+        self._server._put_refused(self._request_id, error)
+
+    def complete(self):
+        if not self._refused:
+            self._server._put_received(self._request_id, self._write)
+
+    def abandon(self):
+        if self._write is not None and not self._refused:
+            self._write.abort()
+
+
+@implementer(IPullProducer)
+class _FileIdFrames:
+    """
+    The LIST answer: frames of up to L{LIST_BATCH} file ids, each flagged
+    MORE but the last, produced as the transport drains.  The ids are a
+    snapshot taken when the request arrived (8 bytes each), so the store's
+    iterator is never held open across reactor turns.
+    """
+
+    def __init__(self, request_id, file_ids):
+        self._request_id = request_id
+        self._file_ids = array("Q", file_ids)
+        self._position = 0
+        self._consumer = None
+        self._done = None
+
+    def start(self, consumer):
+        self._consumer = consumer
+        self._done = Deferred()
+        consumer.registerProducer(self, False)
+        return self._done
+
+    def resumeProducing(self):
+        if self._done is None or self._done.called:
+            return
+        batch = self._file_ids[self._position:self._position + LIST_BATCH]
+        self._position += len(batch)
+        last = self._position == len(self._file_ids)
+        if sys.byteorder == "little":
+            batch.byteswap()
+        self._consumer.write(frame(OP_LIST, self._request_id, batch.tobytes(),
+                                   FLAG_RESPONSE | (0 if last else FLAG_MORE)))
+        if last:
+            self._consumer.unregisterProducer()
+            self._done.callback(None)
+
+    def stopProducing(self):
+        if self._done is not None and not self._done.called:
+            self._done.errback(ConnectionLost("LIST stopped: connection closed"))

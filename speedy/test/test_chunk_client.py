@@ -1,0 +1,299 @@
+"""
+Tests for L{speedy.wire.client.ChunkClient} and its connections: every
+request against the real server protocol through L{iosim}, and timeouts,
+reconnect backoff and dead peers on a L{MemoryReactorClock}.
+"""
+
+import os
+
+import google_crc32c
+from twisted.internet.defer import CancelledError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import ConnectionCompleter
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from speedy.chunkserver.memorystore import MemoryChunkStore
+from speedy.chunkserver.protocol import ChunkServerFactory
+from speedy.errors import (
+    BadRequest, ChecksumMismatch, ChunkNotFound, ConnectionFailed,
+    RangeNotSatisfiable, ReadOnly, Timeout)
+from speedy.interfaces import IChunkClient
+from speedy.records import ChunkInfo
+from speedy.test.test_chunkserver_protocol import GatedStore
+from speedy.wire.client import ChunkClient, parse_address
+from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
+from speedy.wire.frames import (
+    CHUNK_INFO, FLAG_RESPONSE, GET_RESPONSE, OP_GET, OP_PING, OP_STAT, frame)
+
+ADDRESS = "127.0.0.1:8000"
+
+
+class ClientTestsMixin:
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.completer = ConnectionCompleter(self.reactor)
+        self.pumps = []
+        self.client = ChunkClient(self.reactor, connect_timeout=5.0, request_timeout=30.0,
+                                  max_connections_per_server=4)
+        self.addCleanup(self.close_client)
+
+    def serve(self, store=None):
+        self.store = MemoryChunkStore() if store is None else store
+        self.factory = ChunkServerFactory(self.reactor, self.store)
+        self.reactor.listenTCP(8000, self.factory)
+
+    def close_client(self):
+        d = self.client.close()
+        self.flush()
+        self.successResultOf(d)
+
+    def flush(self):
+        """Complete pending connects and move every byte both ways."""
+        while self.reactor.tcpClients and self.reactor.tcpServers:
+            self.pumps.append(self.completer.succeedOnce())
+        for pump in self.pumps:
+            pump.flush()
+
+    def answer(self, d):
+        self.flush()
+        return self.successResultOf(d)
+
+    def fails(self, d, *errors):
+        self.flush()
+        return self.failureResultOf(d, *errors).value
+
+
+class RequestTests(ClientTestsMixin, SynchronousTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.serve()
+
+    def test_interface(self):
+        verifyObject(IChunkClient, self.client)
+
+    def test_put_get_stat_delete(self):
+        data = os.urandom(100_000)
+        info = self.answer(self.client.put(ADDRESS, 42, data))
+        self.assertEqual(info, ChunkInfo(42, len(data), google_crc32c.value(data)))
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 42)), data)
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 42, 10, 20)), data[10:30])
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 42, 99_990)), data[99_990:])
+        self.assertEqual(self.answer(self.client.stat(ADDRESS, 42)), info)
+        self.assertIsNone(self.answer(self.client.delete(ADDRESS, 42)))
+        self.fails(self.client.stat(ADDRESS, 42), ChunkNotFound)
+
+    def test_big_chunk(self):
+        """A 16 MiB chunk goes out and comes back whole."""
+        data = os.urandom(1 << 20) * 16
+        self.answer(self.client.put(ADDRESS, 1, data))
+        self.assertTrue(self.answer(self.client.get(ADDRESS, 1)) == data)
+
+    def test_errors_map_to_classes(self):
+        self.fails(self.client.get(ADDRESS, 5), ChunkNotFound)
+        self.answer(self.client.put(ADDRESS, 5, b"abc"))
+        self.fails(self.client.get(ADDRESS, 5, 2, 5), RangeNotSatisfiable)
+        self.store.damage(5)
+        self.fails(self.client.get(ADDRESS, 5), ChecksumMismatch)
+        self.store.read_only = True
+        self.fails(self.client.put(ADDRESS, 6, b"abc"), ReadOnly)
+
+    def test_list_status_ping_compact(self):
+        for file_id in (3, 1, 2):
+            self.answer(self.client.put(ADDRESS, file_id, b"x" * file_id))
+        self.assertEqual(self.answer(self.client.list(ADDRESS)), [1, 2, 3])
+        status = self.answer(self.client.status(ADDRESS))
+        self.assertEqual((status["chunks"], status["used"]), (3, 6))
+        self.assertIsInstance(self.answer(self.client.ping(ADDRESS)), float)
+        self.answer(self.client.delete(ADDRESS, 3))
+        self.assertEqual(self.answer(self.client.compact(ADDRESS)), 3)
+        self.assertEqual(self.answer(self.client.compact(ADDRESS, 0)), 0)
+
+    def test_many_in_flight(self):
+        """Concurrent requests share up to max_connections_per_server
+        connections, and all get their own answers."""
+        datas = {i: os.urandom(1000 + i) for i in range(1, 21)}
+        puts = [self.client.put(ADDRESS, i, d) for i, d in datas.items()]
+        self.flush()
+        for d in puts:
+            self.successResultOf(d)
+        self.assertEqual(len(self.pumps), 4)
+        gets = {i: self.client.get(ADDRESS, i) for i in datas}
+        self.flush()
+        for i, d in gets.items():
+            self.assertEqual(self.successResultOf(d), datas[i])
+        self.assertEqual(len(self.pumps), 4)
+
+    def test_corrupted_in_transit(self):
+        """A whole chunk whose bytes differ from the CRC32C the server sent
+        fails with ChecksumMismatch; a range is not checked."""
+        self.store.add(7, b"evil bytes")
+        self.store.stat = lambda file_id: ChunkInfo(7, 10, google_crc32c.value(b"good bytes"))
+        self.fails(self.client.get(ADDRESS, 7), ChecksumMismatch)
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 7, 0, 4)), b"evil")
+
+    def test_close_fails_pending(self):
+        """close() fails what is pending and closes every connection."""
+        self.answer(self.client.ping(ADDRESS))
+        self.store.__class__ = GatedStore
+        self.store.gates = []
+        self.answer(self.client.put(ADDRESS, 1, b"x"))
+        pending = self.client.get(ADDRESS, 1)
+        self.flush()
+        closed = self.client.close()
+        self.flush()
+        self.successResultOf(closed)
+        self.failureResultOf(pending, ConnectionFailed)
+        self.assertEqual(self.factory.counters["open_connections"], 0)
+        self.fails(self.client.ping(ADDRESS), ConnectionFailed)
+
+
+class FailureTests(ClientTestsMixin, SynchronousTestCase):
+
+    def test_request_timeout(self):
+        """A server that does not answer: Timeout after request_timeout, and
+        its late answer is dropped while the connection goes on."""
+        self.serve(GatedStore())
+        self.store.add(1, b"late")
+        d = self.client.get(ADDRESS, 1)
+        self.flush()
+        self.reactor.advance(29)
+        self.assertNoResult(d)
+        self.reactor.advance(1)
+        self.failureResultOf(d, Timeout)
+        self.store.gates[0].callback(None)
+        self.flush()
+        self.answer(self.client.ping(ADDRESS))
+        self.assertEqual(len(self.pumps), 1)
+        self.assertEqual([c.func.__name__ for c in self.reactor.getDelayedCalls()], ["_idle_expired"])
+
+    def test_cancel(self):
+        """A cancelled request's timer is gone and its answer dropped."""
+        self.serve(GatedStore())
+        self.store.add(1, b"late")
+        d = self.client.get(ADDRESS, 1)
+        self.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.store.gates[0].callback(None)
+        self.flush()
+        self.assertEqual([c.func.__name__ for c in self.reactor.getDelayedCalls()], ["_idle_expired"])
+
+    def test_refused_then_backoff(self):
+        """A refused connection fails the request; further requests fail at
+        once without connecting until the backoff has passed, and the
+        backoff doubles."""
+        d = self.client.ping(ADDRESS)
+        self.completer.failOnce()
+        self.assertIsInstance(self.failureResultOf(d, ConnectionFailed).value, ConnectionFailed)
+        self.failureResultOf(self.client.ping(ADDRESS), ConnectionFailed)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.reactor.advance(self.client.backoff_initial)
+        d = self.client.ping(ADDRESS)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.completer.failOnce()
+        self.failureResultOf(d, ConnectionFailed)
+        self.reactor.advance(self.client.backoff_initial)
+        self.failureResultOf(self.client.ping(ADDRESS), ConnectionFailed)
+        self.reactor.advance(self.client.backoff_initial)
+        self.serve()
+        self.answer(self.client.ping(ADDRESS))
+
+    def test_connect_timeout(self):
+        """A peer that never completes the handshake: ConnectionFailed after
+        connect_timeout."""
+        d = self.client.ping(ADDRESS)
+        self.reactor.advance(4.9)
+        self.assertNoResult(d)
+        self.reactor.advance(0.1)
+        self.failureResultOf(d, ConnectionFailed)
+
+    def test_connection_dropped(self):
+        """Requests pending on a connection that dies fail with
+        ConnectionFailed; the next request reconnects."""
+        self.serve(GatedStore())
+        self.store.add(1, b"x")
+        pending = [self.client.get(ADDRESS, 1), self.client.delete(ADDRESS, 1)]
+        self.flush()
+        self.pumps[0].serverIO.abortConnection()
+        self.flush()
+        for d in pending:
+            self.failureResultOf(d, ConnectionFailed)
+        self.answer(self.client.ping(ADDRESS))
+        self.assertEqual(len(self.pumps), 2)
+
+    def test_bad_address(self):
+        self.failureResultOf(self.client.ping("nonsense"), BadRequest)
+        self.assertEqual(parse_address("[::1]:80"), ("::1", 80))
+        self.assertRaises(BadRequest, parse_address, "host:99999")
+
+
+class ConnectionTests(SynchronousTestCase):
+    """The client end of one connection, byte by byte."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.connection = ChunkClientProtocol(self.clock, 30.0, "test:1")
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+
+    def tearDown(self):
+        if self.connection.connected:
+            self.connection.connectionLost(Failure(ConnectionError("over")))
+
+    def feed(self, data):
+        for i in range(len(data)):
+            self.connection.dataReceived(data[i:i + 1])
+
+    def test_get_byte_at_a_time(self):
+        data = b"some chunk bytes"
+        d = self.connection.request(OP_GET, b"\0" * 24)
+        self.feed(frame(OP_GET, 1, GET_RESPONSE.pack(len(data), google_crc32c.value(data), 0)
+                        + data, FLAG_RESPONSE))
+        result = self.successResultOf(d)
+        self.assertEqual((result.data, result.size), (bytearray(data), len(data)))
+
+    def test_out_of_order(self):
+        first = self.connection.request(OP_STAT, b"\0" * 8)
+        second = self.connection.request(OP_PING)
+        self.feed(frame(OP_PING, 2, b"", FLAG_RESPONSE))
+        self.assertNoResult(first)
+        self.assertEqual(self.successResultOf(second), b"")
+        self.feed(frame(OP_STAT, 1, CHUNK_INFO.pack(1, 2), FLAG_RESPONSE))
+        self.assertEqual(self.successResultOf(first), CHUNK_INFO.pack(1, 2))
+
+    def test_garbage_from_server(self):
+        """Garbage instead of an answer: every pending request fails and the
+        connection is aborted."""
+        d = self.connection.request(OP_PING)
+        self.feed(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_wrong_opcode(self):
+        d = self.connection.request(OP_PING)
+        self.feed(frame(OP_STAT, 1, CHUNK_INFO.pack(1, 2), FLAG_RESPONSE))
+        self.failureResultOf(d, ProtocolViolation)
+
+    def test_not_a_response(self):
+        d = self.connection.request(OP_PING)
+        self.feed(frame(OP_PING, 1))
+        self.failureResultOf(d, ProtocolViolation)
+
+    def test_oversized_answer(self):
+        """An answer longer than its opcode allows is refused before its body."""
+        d = self.connection.request(OP_STAT, b"\0" * 8)
+        self.connection.dataReceived(frame(OP_STAT, 1, b"x" * 1000, FLAG_RESPONSE)[:16])
+        self.failureResultOf(d, ProtocolViolation)
+
+    def test_truncated_answer(self):
+        """The connection dies mid-answer: ConnectionFailed, not a hang."""
+        d = self.connection.request(OP_GET, b"\0" * 24)
+        self.feed(frame(OP_GET, 1, GET_RESPONSE.pack(100, 0, 0) + b"x" * 100, FLAG_RESPONSE)[:60])
+        self.assertNoResult(d)
+        self.connection.connectionLost(Failure(ConnectionError("gone")))
+        self.failureResultOf(d, ConnectionFailed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -1,0 +1,516 @@
+"""
+Tests for L{speedy.chunkserver.protocol}: the chunkserver's side of the
+wire, fed byte by byte through a L{StringTransport}, against
+L{MemoryChunkStore}.
+"""
+
+import json
+import os
+
+import google_crc32c
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from speedy.chunkserver.memorystore import MemoryChunkStore
+from speedy.chunkserver.protocol import (
+    STORE_POLL_INTERVAL, WRITE_BUFFER_LIMIT, ChunkServerFactory)
+from speedy.errors import (
+    BadRequest, ChecksumMismatch, ChunkExists, ChunkNotFound, Internal, NoSpace,
+    RangeNotSatisfiable, ReadOnly, TooLarge, Unavailable)
+from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
+from speedy.wire.frames import (
+    ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
+    ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,
+    GET_RESPONSE, HEADER_SIZE, LIST_BATCH, OP_COMPACT, OP_DELETE, OP_GET,
+    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, Header, frame)
+
+
+def put_request(request_id, file_id, data):
+    return frame(OP_PUT, request_id, FILE_ID.pack(file_id) + data)
+
+
+def get_request(request_id, file_id, offset=0, length=ALL_BYTES):
+    return frame(OP_GET, request_id, GET_REQUEST.pack(file_id, offset, length))
+
+
+def parse_frames(data):
+    """@return: the (Header, body) of every whole frame in C{data}, and the rest."""
+    frames = []
+    while len(data) >= HEADER_SIZE:
+        header = Header.unpack(data[:HEADER_SIZE])
+        end = HEADER_SIZE + header.body_length
+        if len(data) < end:
+            break
+        frames.append((header, data[HEADER_SIZE:end]))
+        data = data[end:]
+    return frames, data
+
+
+def error_code(body):
+    return ERROR_BODY.unpack_from(body)[0]
+
+
+class GatedStore(MemoryChunkStore):
+    """A memory store whose get(), delete() and finish() wait for the test
+    to open their gate: the store lagging."""
+
+    def __init__(self):
+        super().__init__()
+        self.gates = []
+
+    def _gated(self, result):
+        gate = Deferred()
+        self.gates.append(gate)
+        return gate.addCallback(lambda _: result)
+
+    def get(self, file_id, offset=0, length=None):
+        return self._gated(super().get(file_id, offset, length))
+
+    def delete(self, file_id):
+        return self._gated(super().delete(file_id))
+
+
+@implementer(ISSLTransport)
+class TLSStringTransport(StringTransport):
+    """A StringTransport that says it is TLS."""
+
+    def getPeerCertificate(self):
+        return None
+
+
+class ServerTestsMixin:
+    transport_type = StringTransport
+
+    def connect(self, store=None, **options):
+        """Connect a server protocol to a fresh transport; remember both."""
+        self.clock = Clock()
+        self.store = MemoryChunkStore() if store is None else store
+        self.factory = ChunkServerFactory(self.clock, self.store, **options)
+        self.server = self.factory.buildProtocol(None)
+        self.transport = self.transport_type()
+        self.server.makeConnection(self.transport)
+        self.addCleanup(self.disconnect)
+
+    def disconnect(self):
+        if self.server.transport is not None and self.factory.counters["open_connections"]:
+            self.server.connectionLost(Failure(ConnectionError("test over")))
+
+    def send(self, data, piece=1):
+        """Deliver C{data} to the server C{piece} bytes at a time."""
+        for i in range(0, len(data), piece):
+            self.server.dataReceived(data[i:i + piece])
+
+    def responses(self):
+        """Let streamed bodies finish; @return: the frames written so far."""
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        frames, rest = parse_frames(self.transport.value())
+        self.assertEqual(rest, b"", "a partial frame was written")
+        self.transport.clear()
+        return frames
+
+    def only_response(self):
+        frames = self.responses()
+        self.assertEqual(len(frames), 1, frames)
+        return frames[0]
+
+    def assertError(self, response, error, request_id):
+        header, body = response
+        self.assertEqual((header.flags, header.request_id), (FLAG_RESPONSE | FLAG_ERROR, request_id))
+        self.assertEqual(error_code(body), error.code, body)
+
+
+class RequestTests(ServerTestsMixin, SynchronousTestCase):
+
+    def test_memory_store_provides_interfaces(self):
+        store = MemoryChunkStore()
+        verifyObject(IChunkStore, store)
+        verifyObject(IChunkWrite, store.put(1, 0))
+        store.put(2, 3).write(b"abc")
+        w = store.put(2, 3)
+        w.write(b"abc")
+        w.finish()
+        verifyObject(IChunkRead, self.successResultOf(store.get(2)))
+
+    def test_put_then_get_byte_at_a_time(self):
+        """A chunk fed one byte per dataReceived is stored and read back whole."""
+        self.connect()
+        data = bytes(range(256)) * 40
+        self.send(put_request(1, 42, data))
+        header, body = self.only_response()
+        self.assertEqual((header.opcode, header.request_id, header.flags), (OP_PUT, 1, FLAG_RESPONSE))
+        self.assertEqual(CHUNK_INFO.unpack(body), (len(data), google_crc32c.value(data)))
+        self.send(get_request(2, 42))
+        header, body = self.only_response()
+        self.assertEqual((header.opcode, header.request_id), (OP_GET, 2))
+        size, crc, offset = GET_RESPONSE.unpack_from(body)
+        self.assertEqual((size, crc, offset), (len(data), google_crc32c.value(data), 0))
+        self.assertEqual(body[GET_RESPONSE.size:], data)
+        self.assertEqual(self.store.pinned, 0)
+
+    def test_get_range(self):
+        self.connect()
+        self.send(put_request(1, 7, b"0123456789"), piece=1000)
+        self.responses()
+        self.send(get_request(2, 7, 3, 4), piece=1000)
+        header, body = self.only_response()
+        self.assertEqual(GET_RESPONSE.unpack_from(body)[2], 3)
+        self.assertEqual(body[GET_RESPONSE.size:], b"3456")
+
+    def test_get_outside_chunk(self):
+        self.connect()
+        self.send(put_request(1, 7, b"0123456789"))
+        self.responses()
+        self.send(get_request(2, 7, 8, 4))
+        self.assertError(self.only_response(), RangeNotSatisfiable, 2)
+
+    def test_get_missing(self):
+        self.connect()
+        self.send(get_request(5, 99))
+        self.assertError(self.only_response(), ChunkNotFound, 5)
+
+    def test_damaged_chunk(self):
+        """A damaged record answers CHECKSUM_MISMATCH before any body byte."""
+        self.connect()
+        self.send(put_request(1, 7, b"data"))
+        self.responses()
+        self.store.damage(7)
+        self.send(get_request(2, 7))
+        header, body = self.only_response()
+        self.assertError((header, body), ChecksumMismatch, 2)
+        self.assertEqual(self.store.counters["checksum_errors"], 1)
+
+    def test_stat(self):
+        self.connect()
+        self.send(put_request(1, 7, b"data") + frame(OP_STAT, 2, FILE_ID.pack(7))
+                  + frame(OP_STAT, 3, FILE_ID.pack(8)))
+        put, stat, missing = self.responses()
+        self.assertEqual(CHUNK_INFO.unpack(stat[1]), (4, google_crc32c.value(b"data")))
+        self.assertError(missing, ChunkNotFound, 3)
+
+    def test_delete(self):
+        self.connect()
+        self.send(put_request(1, 7, b"data") + frame(OP_DELETE, 2, FILE_ID.pack(7))
+                  + frame(OP_DELETE, 3, FILE_ID.pack(7)))
+        put, deleted, again = self.responses()
+        self.assertEqual((deleted[0].flags, deleted[1]), (FLAG_RESPONSE, b""))
+        self.assertError(again, ChunkNotFound, 3)
+        self.assertIsNone(self.store.stat(7))
+
+    def test_ping(self):
+        self.connect()
+        self.send(frame(OP_PING, 77))
+        header, body = self.only_response()
+        self.assertEqual((header.opcode, header.request_id, header.flags, body),
+                         (OP_PING, 77, FLAG_RESPONSE, b""))
+
+    def test_status(self):
+        """STATUS answers the store's status and the server's counters."""
+        self.connect()
+        self.send(put_request(1, 7, b"data"))
+        self.send(frame(OP_STATUS, 2))
+        header, body = self.responses()[-1]
+        status = json.loads(body)
+        self.assertEqual((status["used"], status["chunks"], status["read_only"]), (4, 1, False))
+        self.assertEqual(status["wire"]["requests"], 2)
+
+    def test_list(self):
+        """LIST streams every id, ascending, in frames flagged MORE but the last."""
+        self.connect()
+        ids = list(range(1, LIST_BATCH + 11))
+        for file_id in reversed(ids):
+            self.store.add(file_id, b"x")
+        self.send(frame(OP_LIST, 4))
+        frames = self.responses()
+        self.assertEqual([h.flags for h, _ in frames], [FLAG_RESPONSE | FLAG_MORE, FLAG_RESPONSE])
+        listed = [FILE_ID.unpack_from(b, i)[0] for _, b in frames for i in range(0, len(b), 8)]
+        self.assertEqual(listed, ids)
+
+    def test_list_empty(self):
+        self.connect()
+        self.send(frame(OP_LIST, 4))
+        header, body = self.only_response()
+        self.assertEqual((header.flags, body), (FLAG_RESPONSE, b""))
+
+    def test_compact(self):
+        self.connect()
+        self.send(put_request(1, 7, b"data") + frame(OP_DELETE, 2, FILE_ID.pack(7))
+                  + frame(OP_COMPACT, 3, COMPACT_REQUEST.pack(ALL_VOLUMES)))
+        header, body = self.responses()[-1]
+        self.assertEqual(COMPACT_RESPONSE.unpack(body), (4,))
+
+    def test_put_idempotent_and_conflict(self):
+        self.connect()
+        self.send(put_request(1, 7, b"data") + put_request(2, 7, b"data") + put_request(3, 7, b"DATA"))
+        first, again, other = self.responses()
+        self.assertEqual(first[1], again[1])
+        self.assertError(other, ChunkExists, 3)
+
+    def test_empty_chunk(self):
+        self.connect()
+        self.send(put_request(1, 7, b"") + get_request(2, 7))
+        put, get = self.responses()
+        self.assertEqual(CHUNK_INFO.unpack(put[1]), (0, 0))
+        self.assertEqual(get[1], GET_RESPONSE.pack(0, 0, 0))
+
+    def test_answers_out_of_order(self):
+        """A request the store is slow on does not hold up later ones."""
+        self.connect(GatedStore())
+        self.send(put_request(1, 7, b"data"))
+        self.responses()
+        self.send(get_request(2, 7) + frame(OP_PING, 3))
+        self.assertEqual([h.request_id for h, _ in self.responses()], [3])
+        self.store.gates[0].callback(None)
+        header, body = self.only_response()
+        self.assertEqual((header.request_id, body[GET_RESPONSE.size:]), (2, b"data"))
+
+    def test_unavailable_while_opening(self):
+        """Until the store is open every store request answers UNAVAILABLE."""
+        self.connect()
+        self.factory.store = None
+        self.send(put_request(1, 7, b"data") + get_request(2, 7) + frame(OP_PING, 3))
+        put, get, ping = self.responses()
+        self.assertError(put, Unavailable, 1)
+        self.assertError(get, Unavailable, 2)
+        self.assertEqual(ping[0].flags, FLAG_RESPONSE)
+
+
+class BadInputTests(ServerTestsMixin, SynchronousTestCase):
+
+    def test_unknown_opcode(self):
+        """An unknown opcode answers BAD_REQUEST, skips its body, and the
+        connection goes on."""
+        self.connect()
+        self.send(frame(99, 1, b"whatever body") + frame(OP_PING, 2))
+        bad, ping = self.responses()
+        self.assertError(bad, BadRequest, 1)
+        self.assertEqual(ping[0].request_id, 2)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_wrong_body_length(self):
+        self.connect()
+        self.send(frame(OP_STAT, 1, b"short") + frame(OP_PING, 2, b"x") + frame(OP_PING, 3))
+        stat, ping, ok = self.responses()
+        self.assertError(stat, BadRequest, 1)
+        self.assertError(ping, BadRequest, 2)
+        self.assertEqual(ok[0].flags, FLAG_RESPONSE)
+
+    def test_put_without_file_id(self):
+        self.connect()
+        self.send(frame(OP_PUT, 1, b"abc") + frame(OP_PING, 2))
+        bad, ping = self.responses()
+        self.assertError(bad, BadRequest, 1)
+        self.assertEqual(self.store.open_writes, 0)
+
+    def test_flags_in_request(self):
+        self.connect()
+        self.send(frame(OP_PING, 1, flags=FLAG_RESPONSE) + frame(OP_PING, 2))
+        bad, ping = self.responses()
+        self.assertError(bad, BadRequest, 1)
+
+    def test_bad_magic(self):
+        """Garbage where a header should be: an error frame, then close."""
+        self.connect()
+        self.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        header, body = self.only_response()
+        self.assertEqual(header.request_id, 0)
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.factory.counters["bad_frames"], 1)
+
+    def test_bad_version(self):
+        self.connect()
+        raw = bytearray(frame(OP_PING, 1))
+        raw[4] = 2
+        self.send(bytes(raw))
+        self.assertError(self.only_response(), BadRequest, 0)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_oversized_body(self):
+        """A body longer than the server takes: TOO_LARGE, then close, and
+        nothing is stored."""
+        self.connect(max_chunk=1000)
+        self.send(put_request(3, 7, b"x" * 1001))
+        self.assertError(self.only_response(), TooLarge, 3)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual((self.store.open_writes, list(self.store.file_ids())), (0, []))
+
+    def test_half_sent_put_is_aborted(self):
+        """The connection dies mid-body: the write is aborted, nothing stored."""
+        self.connect()
+        self.send(put_request(1, 7, b"x" * 1000)[:500])
+        self.assertEqual(self.store.open_writes, 1)
+        self.disconnect()
+        self.assertEqual(self.store.open_writes, 0)
+        self.assertEqual(self.store.counters["aborts"], 1)
+        self.assertEqual(list(self.store.file_ids()), [])
+
+    def test_put_refused(self):
+        """A store that refuses a PUT: the error is answered at once, the
+        rest of the body skipped, and the connection goes on."""
+        self.connect()
+        self.store.read_only = True
+        self.send(put_request(1, 7, b"x" * 100)[:HEADER_SIZE + 20])
+        self.assertError(self.only_response(), ReadOnly, 1)
+        self.send(put_request(1, 7, b"x" * 100)[HEADER_SIZE + 20:] + frame(OP_PING, 2))
+        self.assertEqual([h.request_id for h, _ in self.responses()], [2])
+        self.assertEqual(self.store.open_writes, 0)
+
+    def test_store_write_fails_midway(self):
+        """The store fails during the body (disk full): aborted, answered,
+        and the next request works."""
+        self.connect()
+        real_put = self.store.put
+
+        def put(file_id, size):
+            write = real_put(file_id, size)
+            real_write = write.write
+
+            def failing_write(data):
+                if len(write._data) + len(data) > 50:
+                    raise NoSpace("disk full")
+                real_write(data)
+            write.write = failing_write
+            return write
+        self.store.put = put
+        self.send(put_request(1, 7, b"x" * 100) + frame(OP_PING, 2), piece=10)
+        nospace, ping = self.responses()
+        self.assertError(nospace, NoSpace, 1)
+        self.assertEqual((self.store.open_writes, self.store.counters["aborts"]), (0, 1))
+        self.assertEqual(list(self.store.file_ids()), [])
+
+    def test_store_bug(self):
+        """An unexpected exception in the store is answered INTERNAL and
+        logged; the server goes on."""
+        self.connect()
+        self.store.delete = lambda file_id: fail(ZeroDivisionError("bug"))
+        self.send(frame(OP_DELETE, 1, FILE_ID.pack(1)) + frame(OP_PING, 2))
+        bug, ping = self.responses()
+        self.assertError(bug, Internal, 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_connection_lost_mid_get_releases(self):
+        """A GET whose connection dies before its body went out releases its read."""
+        self.connect()
+        self.send(put_request(1, 7, b"x" * 1_000_000))
+        self.responses()
+        self.send(get_request(2, 7))
+        self.assertEqual(self.store.pinned, 1)
+        self.disconnect()
+        self.assertEqual(self.store.pinned, 0)
+
+    def test_connection_lost_while_store_works(self):
+        """A read the store hands over after the connection died is released."""
+        self.connect(GatedStore())
+        self.send(put_request(1, 7, b"data"))
+        self.responses()
+        self.send(get_request(2, 7) + get_request(3, 7))
+        self.disconnect()
+        for gate in self.store.gates:
+            gate.callback(None)
+        self.assertEqual(self.store.pinned, 0)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_idle_timeout(self):
+        self.connect(idle_timeout=60)
+        self.clock.advance(59)
+        self.send(frame(OP_PING, 1))
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.factory.counters["idle_timeouts"], 1)
+
+    def test_slow_body_times_out(self):
+        """A peer that stops sending mid-body is cut off, and its write aborted."""
+        self.connect(idle_timeout=60)
+        self.send(put_request(1, 7, b"x" * 100)[:30])
+        self.clock.advance(60)
+        self.assertTrue(self.transport.disconnected)
+        self.disconnect()
+        self.assertEqual(self.store.open_writes, 0)
+
+    def test_no_idle_timeout_while_store_works(self):
+        """A slow store does not make the server drop its client."""
+        self.connect(GatedStore(), idle_timeout=60)
+        self.store.add(7, b"data")
+        self.send(frame(OP_DELETE, 1, FILE_ID.pack(7)))
+        self.clock.advance(600)
+        self.assertFalse(self.transport.disconnecting)
+        self.store.gates[0].callback(None)
+        self.assertEqual(self.only_response()[0].request_id, 1)
+
+    def test_max_in_flight(self):
+        """At the in-flight limit the server stops reading, and reads on
+        once an answer went out."""
+        self.connect(GatedStore(), max_in_flight=2)
+        self.store.add(7, b"data")
+        self.send(get_request(1, 7) + get_request(2, 7) + frame(OP_PING, 3), piece=1000)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.responses(), [])
+        self.store.gates[0].callback(None)
+        self.assertEqual([h.request_id for h, _ in self.responses()], [1, 3])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.store.gates[1].callback(None)
+        self.assertEqual([h.request_id for h, _ in self.responses()], [2])
+
+
+class TLSTests(ServerTestsMixin, SynchronousTestCase):
+    """Under TLS the body goes out through read(), never sendfile."""
+
+    transport_type = TLSStringTransport
+
+    def test_get(self):
+        self.connect()
+        data = b"y" * 700_000
+        self.send(put_request(1, 7, data), piece=65536)
+        self.responses()
+        self.send(get_request(2, 7))
+        header, body = self.only_response()
+        self.assertEqual(body[GET_RESPONSE.size:], data)
+        self.assertEqual(self.store.pinned, 0)
+
+
+class BackPressureTests(ServerTestsMixin, SynchronousTestCase):
+
+    def test_lagging_store_pauses_reading(self):
+        """While the store holds more than WRITE_BUFFER_LIMIT of a PUT body
+        in memory the server stops reading; it reads on once the store
+        caught up, and the chunk is stored whole."""
+        self.connect()
+        self.store.lagging = True
+        data = os.urandom(WRITE_BUFFER_LIMIT + 300_000)
+        request = put_request(1, 7, data)
+        sent = WRITE_BUFFER_LIMIT + 100_000
+        self.send(request[:sent], piece=65536)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(1)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.send(request[sent:], piece=65536)  # held, not handed to the store
+        self.assertEqual(self.responses(), [])
+        self.store.catch_up()
+        self.clock.advance(STORE_POLL_INTERVAL)
+        self.assertEqual(self.transport.producerState, "producing")
+        header, body = self.only_response()
+        self.assertEqual(CHUNK_INFO.unpack(body), (len(data), google_crc32c.value(data)))
+        self.assertEqual(self.store.contents(7), data)
+        self.assertEqual(self.clock.getDelayedCalls()[0].func.__name__, "_idle_expired")
+
+    def test_lagging_store_no_idle_timeout(self):
+        """A client waiting on a lagging store is not cut off as idle, and a
+        connection lost meanwhile leaves no timer behind."""
+        self.connect(idle_timeout=60)
+        self.store.lagging = True
+        self.send(put_request(1, 7, b"x" * (WRITE_BUFFER_LIMIT + 10))[:WRITE_BUFFER_LIMIT + 30],
+                  piece=1 << 20)
+        self.clock.advance(120)
+        self.assertFalse(self.transport.disconnecting)
+        self.disconnect()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.store.open_writes, 0)

@@ -1,0 +1,242 @@
+# -*- test-case-name: speedy.test.test_chunk_client -*-
+"""
+L{ChunkClient}: the L{IChunkClient} every imageserver and tool uses to talk
+to chunkservers.
+
+Per chunkserver address it keeps a pool of up to
+C{max_connections_per_server} connections, each carrying many requests at
+once; a request goes to an idle connection, else a new one while the pool
+has room, else the least loaded.  A chunkserver that cannot be reached is
+not retried before a backoff delay (doubling per failure, capped) has
+passed; requests meanwhile fail at once with L{ConnectionFailed}, so
+callers fail over to another replica instead of waiting.  Every request has
+a timeout (L{Timeout}); a dropped connection fails its requests.
+"""
+
+import json
+
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+from speedy.errors import BadRequest, ConnectionFailed
+from speedy.interfaces import IChunkClient
+from speedy.records import ChunkInfo
+from speedy.wire.connection import ChunkClientProtocol
+from speedy.wire.frames import (
+    ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
+    FILE_ID, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
+    OP_PUT, OP_STAT, OP_STATUS)
+
+
+def parse_address(address):
+    """
+    @param address: C{"host:port"} or C{"[v6]:port"}.
+    @return: (host, port).
+    @raise BadRequest: it is not such a string.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRequest(f"not a host:port address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+@implementer(IChunkClient)
+class ChunkClient:
+    """
+    Pooled, timed, reconnecting wire-protocol client.
+
+    @ivar backoff_initial: seconds to wait after the first failed connect.
+    @ivar backoff_max: the longest wait between connect attempts.
+    """
+
+    backoff_initial = 0.25
+    backoff_max = 10.0
+
+    def __init__(self, reactor, connect_timeout=5.0, request_timeout=30.0,
+                 max_connections_per_server=8):
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._max_connections = max_connections_per_server
+        self._pools = {}
+        self._closed = False
+
+    def _pool(self, address):
+        if self._closed:
+            raise ConnectionFailed("the client is closed")
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = _ServerPool(self, address)
+        return pool
+
+    def _request(self, address, opcode, body=b"", data=None):
+        try:
+            pool = self._pool(address)
+        except ConnectionFailed as e:
+            return fail(e)
+        return pool.request(opcode, body, data)
+
+    def put(self, address, file_id, data):
+        d = self._request(address, OP_PUT, FILE_ID.pack(file_id), data)
+        return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
+
+    def get(self, address, file_id, offset=0, length=None):
+        """
+        @return: a Deferred firing with a bytearray of the range's bytes
+            (filled in place as they arrived: one copy).
+        """
+        body = GET_REQUEST.pack(file_id, offset, ALL_BYTES if length is None else length)
+        return self._request(address, OP_GET, body).addCallback(lambda result: result.data)
+
+    def stat(self, address, file_id):
+        d = self._request(address, OP_STAT, FILE_ID.pack(file_id))
+        return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
+
+    def delete(self, address, file_id):
+        return self._request(address, OP_DELETE, FILE_ID.pack(file_id)).addCallback(lambda _: None)
+
+    def ping(self, address):
+        started = self._reactor.seconds()
+        return self._request(address, OP_PING).addCallback(
+            lambda _: self._reactor.seconds() - started)
+
+    def status(self, address):
+        return self._request(address, OP_STATUS).addCallback(
+            lambda body: json.loads(body.decode("utf-8")))
+
+    def list(self, address):
+        return self._request(address, OP_LIST)
+
+    def compact(self, address, volume_id=None):
+        body = COMPACT_REQUEST.pack(ALL_VOLUMES if volume_id is None else volume_id)
+        return self._request(address, OP_COMPACT, body).addCallback(
+            lambda body: COMPACT_RESPONSE.unpack(body)[0])
+
+    def close(self):
+        """
+        Fail pending requests, stop connecting and close every connection.
+
+        @return: a Deferred firing with None once every connection is closed.
+        """
+        self._closed = True
+        pools, self._pools = self._pools, {}
+        closing = [pool.close() for pool in pools.values()]
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+class _ServerPool:
+    """The connections to one chunkserver, and its reconnect backoff."""
+
+    def __init__(self, client, address):
+        self._client = client
+        self._address = address
+        self._connections = []
+        self._connecting = []  # Deferreds of connection attempts in progress
+        self._waiters = []  # requests waiting for an attempt to finish
+        self._failures = 0
+        self._retry_at = 0.0
+
+    def request(self, opcode, body, data):
+        """@return: the Deferred of the request, sent on a pooled connection."""
+        connection = self._choose()
+        if connection is not None:
+            return connection.request(opcode, body, data)
+        sent = []  # the request, once a connection was found for it
+
+        def send(connection):
+            if not answer.called:  # else cancelled meanwhile
+                sent.append(connection.request(opcode, body, data))
+                sent[0].chainDeferred(answer)
+
+        def no_connection(reason):
+            if not answer.called:
+                answer.errback(reason)
+
+        answer = Deferred(lambda _: [request.cancel() for request in sent])
+        self._acquire().addCallbacks(send, no_connection)
+        return answer
+
+    def _choose(self):
+        """@return: the connection to use now, or None to open another."""
+        live = [c for c in self._connections if c.connected]
+        best = min(live, key=lambda c: c.in_flight, default=None)
+        if best is not None and best.in_flight == 0:
+            return best
+        room = len(live) + len(self._connecting) < self._client._max_connections
+        if best is not None and (not room or self._backing_off()):
+            return best
+        return None
+
+    def _backing_off(self):
+        return self._client._reactor.seconds() < self._retry_at
+
+    def _acquire(self):
+        """@return: a Deferred firing with a connected L{ChunkClientProtocol}."""
+        if self._backing_off():
+            wait = self._retry_at - self._client._reactor.seconds()
+            return fail(ConnectionFailed(
+                f"{self._address} is unreachable; next attempt in {wait:.2f}s"))
+        waiter = Deferred()
+        self._waiters.append(waiter)
+        if len(self._connections) + len(self._connecting) < self._client._max_connections:
+            self._connect()
+        return waiter
+
+    def _connect(self):
+        client = self._client
+        reactor = client._reactor
+        try:
+            host, port = parse_address(self._address)
+        except BadRequest as e:
+            return self._wake(None, e)
+        endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = endpoint_type(reactor, host, port, timeout=client._connect_timeout)
+        factory = Factory.forProtocol(
+            lambda: ChunkClientProtocol(reactor, client._request_timeout, self._address))
+        factory.noisy = False
+        attempt = endpoint.connect(factory)
+        attempt.addTimeout(client._connect_timeout, reactor)
+        self._connecting.append(attempt)
+
+        def connected(connection):
+            self._connecting.remove(attempt)
+            self._failures = 0
+            self._retry_at = 0.0
+            self._connections.append(connection)
+            connection.when_lost().addCallback(lambda _: self._connections.remove(connection))
+            self._wake(connection, None)
+
+        def failed(reason):
+            self._connecting.remove(attempt)
+            if client._closed:
+                return self._wake(None, ConnectionFailed("the client is closed"))
+            self._failures += 1
+            delay = min(client.backoff_max, client.backoff_initial * 2 ** (self._failures - 1))
+            self._retry_at = reactor.seconds() + delay
+            self._wake(None, ConnectionFailed(
+                f"cannot connect to {self._address}: {reason.getErrorMessage()}"))
+
+        attempt.addCallbacks(connected, failed)
+
+    def _wake(self, connection, error):
+        """Hand a new connection to every waiting request, or fail them all."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(connection)
+            else:
+                waiter.errback(error)
+
+    def close(self):
+        """@return: a Deferred firing once every connection is closed."""
+        for attempt in list(self._connecting):
+            attempt.cancel()
+        self._wake(None, ConnectionFailed("the client is closed"))
+        closing = []
+        for connection in self._connections:
+            if connection.connected:
+                closing.append(connection.when_lost())
+                connection.close()
+        return DeferredList(closing, consumeErrors=True)

@@ -1,0 +1,343 @@
+# -*- test-case-name: speedy.test.test_chunk_client -*-
+"""
+One client connection to a chunkserver: requests tagged with ids, many in
+flight, answers matched back by id in whatever order they come, each with
+its own timeout (from the moment it is sent; a LIST's timer restarts with
+each of its frames).  L{speedy.wire.client.ChunkClient} pools these.
+
+Answers are read as they arrive: a GET's bytes go straight into one buffer
+of their final size, the CRC32C of a whole chunk is computed on the way.
+"""
+
+import sys
+from array import array
+
+import google_crc32c
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from speedy.errors import (
+    BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
+from speedy.wire.frames import (
+    CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
+    FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, LIST_BATCH, MAX_BODY,
+    MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
+    OP_PUT, OP_STAT, OP_STATUS, OPCODES, ERROR_BODY, Header, decode_error)
+from speedy.wire.outbox import Outbox, no_delay
+from speedy.wire.producers import BytesBody
+
+#: Largest response body accepted per opcode (GET is bounded by MAX_BODY).
+RESPONSE_LIMITS = {
+    OP_PUT: CHUNK_INFO.size,
+    OP_GET: MAX_BODY,
+    OP_STAT: CHUNK_INFO.size,
+    OP_DELETE: 0,
+    OP_PING: 0,
+    OP_STATUS: 4 << 20,
+    OP_LIST: LIST_BATCH * FILE_ID.size,
+    OP_COMPACT: COMPACT_RESPONSE.size,
+}
+
+
+class ProtocolViolation(ConnectionFailed):
+    """The chunkserver sent something the protocol forbids; the connection
+    is closed."""
+
+
+class ChunkClientProtocol(Protocol):
+    """
+    The client end of one connection.
+
+    @ivar in_flight: requests sent and not yet answered.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock, request_timeout, address="?"):
+        self._clock = clock
+        self._request_timeout = request_timeout
+        self._address = address
+        self._next_id = 1
+        self._calls = {}  # request id -> _Call
+        self._header_bytes = bytearray()
+        self._response = None  # the _Response receiving the current body
+        self._outbox = None
+        self._lost = []
+        self.connected = False
+
+    @property
+    def in_flight(self):
+        return len(self._calls)
+
+    def connectionMade(self):
+        self.connected = True
+        no_delay(self.transport)
+        self._outbox = Outbox(self.transport)
+
+    def when_lost(self):
+        """@return: a Deferred firing with None once the connection is closed."""
+        d = Deferred()
+        if self.connected or self._outbox is None:
+            self._lost.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self._fail_all(ConnectionFailed(f"connection to {self._address} lost: "
+                                        f"{reason.getErrorMessage()}"))
+        self._outbox.close()
+        lost, self._lost = self._lost, []
+        for d in lost:
+            d.callback(None)
+
+    def close(self):
+        """Fail what is pending and close the connection (at once if a
+        request body is still going out)."""
+        self._fail_all(ConnectionFailed("client closed"))
+        if self._outbox.idle:
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+    def _fail_all(self, error):
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call.fail(error)
+
+    # --- requests out ----------------------------------------------------
+
+    def request(self, opcode, body=b"", data=None):
+        """
+        Send a request: C{body} and, for a PUT, the chunk C{data} streamed
+        after it.
+
+        @return: a Deferred firing with the response body (bytes; for GET
+            the L{GetResult}; for LIST the list of file ids), or failing
+            with the L{speedy.errors} class of the error frame, L{Timeout},
+            or L{ConnectionFailed}.  Cancelling it forgets the request.
+        """
+        if not self.connected:
+            return fail(ConnectionFailed(f"connection to {self._address} is closed"))
+        request_id = self._next_id
+        self._next_id = self._next_id % (2**32 - 1) + 1
+        chunk = None if data is None else BytesBody(data)
+        length = len(body) + (0 if chunk is None else chunk.length)
+        if length > MAX_BODY:
+            return fail(TooLarge(f"a body of {length} bytes exceeds the limit of {MAX_BODY}"))
+        head = Header(opcode, request_id, length).pack() + body
+        call = _Call(self, request_id, opcode)
+        self._calls[request_id] = call
+        call.timer = self._clock.callLater(self._request_timeout, self._timed_out, call)
+        if chunk is None:
+            self._outbox.send(head)
+        else:
+            # Its failure is the connection's, which fails the call.
+            self._outbox.stream(head, chunk).addErrback(lambda _: None)
+        return call.deferred
+
+    def _forget(self, call):
+        self._calls.pop(call.request_id, None)
+
+    def _timed_out(self, call):
+        self._forget(call)
+        call.fail(Timeout(f"{OPCODES[call.opcode]} to {self._address} got no answer "
+                          f"in {self._request_timeout}s"))
+
+    # --- responses in ----------------------------------------------------
+
+    def dataReceived(self, data):
+        view = memoryview(data)
+        while view and self.connected:
+            if self._response is None:
+                need = HEADER_SIZE - len(self._header_bytes)
+                self._header_bytes += view[:need]
+                view = view[need:]
+                if len(self._header_bytes) == HEADER_SIZE:
+                    raw, self._header_bytes = bytes(self._header_bytes), bytearray()
+                    try:
+                        self._response_started(raw)
+                    except SpeedyError as e:
+                        return self._violation(str(e))
+            else:
+                take = min(len(view), self._response.remaining)
+                # Body-only reads (most of a big answer) are passed on as the
+                # bytes they are, sparing the CRC a copy.
+                piece = data if take == len(data) else view[:take]
+                view = view[take:]
+                try:
+                    self._response.feed(piece)
+                except SpeedyError as e:
+                    return self._violation(str(e))
+                if self._response.remaining == 0:
+                    self._response_ended()
+
+    def _response_started(self, raw):
+        header = Header.unpack(raw)
+        if not header.flags & FLAG_RESPONSE:
+            raise BadRequest("a frame without the RESPONSE flag")
+        call = self._calls.get(header.request_id)
+        if call is None:  # timed out or cancelled: drop the answer
+            self._response = _Response(header, None, header.body_length)
+        elif header.opcode != call.opcode:
+            raise BadRequest(f"answer to request {header.request_id} has opcode "
+                             f"{header.opcode}, not {call.opcode}")
+        elif header.flags & FLAG_ERROR:
+            self._response = _Response(header, call, ERROR_BODY.size + MAX_ERROR_MESSAGE)
+        elif header.opcode == OP_GET:
+            self._response = _GetResponse(header, call)
+        else:
+            self._response = _Response(header, call, RESPONSE_LIMITS[header.opcode])
+        if self._response.remaining == 0:
+            self._response_ended()
+
+    def _response_ended(self):
+        response, self._response = self._response, None
+        call = response.call
+        if call is None or call.request_id not in self._calls:
+            return
+        if response.header.flags & FLAG_ERROR:
+            self._forget(call)
+            return call.fail(decode_error(response.body()))
+        if call.opcode == OP_LIST:
+            call.collect(response.body())
+            if response.header.flags & FLAG_MORE:
+                call.timer.reset(self._request_timeout)
+                return
+        self._forget(call)
+        try:
+            call.succeed(response.result())
+        except ChecksumMismatch as e:
+            call.fail(e)
+
+    def _violation(self, why):
+        self._log.warn("closing connection to {address}: {why}", address=self._address, why=why)
+        self._fail_all(ProtocolViolation(f"{self._address} broke the protocol: {why}"))
+        self.transport.abortConnection()
+
+
+class _Call:
+    """One request waiting for its answer."""
+
+    def __init__(self, protocol, request_id, opcode):
+        self.request_id = request_id
+        self.opcode = opcode
+        self.timer = None
+        self.deferred = Deferred(lambda d: protocol._forget(self))
+        self.deferred.addBoth(self._stop_timer)
+        self._file_ids = []
+
+    def _stop_timer(self, result):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        return result
+
+    def collect(self, body):
+        """Add the file ids of one LIST frame."""
+        ids = array("Q", body)
+        if sys.byteorder == "little":
+            ids.byteswap()
+        self._file_ids.extend(ids.tolist())
+
+    def succeed(self, result):
+        if not self.deferred.called:
+            self.deferred.callback(self._file_ids if self.opcode == OP_LIST else result)
+
+    def fail(self, error):
+        if not self.deferred.called:
+            self.deferred.errback(error)
+
+
+class _Response:
+    """A small response body, gathered (at most C{limit} bytes)."""
+
+    def __init__(self, header, call, limit):
+        self.header = header
+        self.call = call
+        self.remaining = header.body_length
+        self._data = bytearray() if call is not None else None
+        if header.body_length > limit:
+            raise BadRequest(f"{OPCODES.get(header.opcode, header.opcode)} answer of "
+                             f"{header.body_length} bytes exceeds {limit}")
+        if header.opcode == OP_LIST and header.body_length % FILE_ID.size:
+            raise BadRequest("a LIST frame holds whole 8-byte file ids")
+
+    def feed(self, piece):
+        self.remaining -= len(piece)
+        if self._data is not None:
+            self._data += piece
+
+    def body(self):
+        return bytes(self._data)
+
+    def result(self):
+        return self.body()
+
+
+class GetResult:
+    """
+    A GET answer: C{data} (a bytearray of the range's bytes), C{size} and
+    C{crc32c} of the whole chunk, C{offset} of the range.
+    """
+
+    def __init__(self, size, crc32c, offset, data):
+        self.size = size
+        self.crc32c = crc32c
+        self.offset = offset
+        self.data = data
+
+
+class _GetResponse:
+    """
+    A GET answer streamed into one buffer allocated at its final size; the
+    CRC32C of a whole-chunk answer is computed as the pieces arrive.
+    """
+
+    def __init__(self, header, call):
+        self.header = header
+        self.call = call
+        self.remaining = header.body_length
+        if header.body_length < GET_RESPONSE.size:
+            raise BadRequest("a GET answer starts with size, crc32c and offset")
+        self._prefix = bytearray()
+        self._data = None
+        self._filled = 0
+        self._crc = 0
+        self._whole = False
+
+    def feed(self, piece):
+        self.remaining -= len(piece)
+        if self._data is None:
+            need = GET_RESPONSE.size - len(self._prefix)
+            self._prefix += piece[:need]
+            piece = piece[need:]
+            if len(self._prefix) < GET_RESPONSE.size:
+                return
+            self.size, self.crc32c, self.offset = GET_RESPONSE.unpack(self._prefix)
+            length = len(piece) + self.remaining
+            if self.offset + length > self.size:
+                raise BadRequest(f"range {self.offset}+{length} exceeds the chunk's {self.size} bytes")
+            self._data = bytearray(length)
+            self._whole = self.offset == 0 and length == self.size
+        end = self._filled + len(piece)
+        self._data[self._filled:end] = piece
+        self._filled = end
+        if self._whole and piece:
+            self._crc = google_crc32c.extend(
+                self._crc, piece if isinstance(piece, bytes) else bytes(piece))
+
+    def body(self):
+        return b""
+
+    def result(self):
+        """
+        @return: the L{GetResult}.
+        @raise ChecksumMismatch: a whole chunk arrived with other bytes than
+            its checksum says.
+        """
+        if self._whole and self._crc != self.crc32c:
+            raise ChecksumMismatch(
+                f"chunk arrived with CRC32C {self._crc:08x}, the server said {self.crc32c:08x}")
+        return GetResult(self.size, self.crc32c, self.offset, self._data)

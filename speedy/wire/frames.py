@@ -1,0 +1,164 @@
+# -*- test-case-name: speedy.test.test_frames -*-
+"""
+The frames of the chunkserver wire protocol (``protocol.md`` is the full
+spec; this module is its code).
+
+Every frame is a 16-byte header followed by C{body_length} body bytes::
+
+    offset size field
+    0      4    magic        b"SPCK"
+    4      1    version      1
+    5      1    opcode       OP_* below
+    6      1    flags        FLAG_* below
+    7      1    reserved     0
+    8      4    request_id   chosen by the client, echoed by the server
+    12     4    body_length  bytes following the header
+
+All integers are unsigned big-endian.  The fixed parts of the bodies are
+described by the C{*_BODY} structs below.
+"""
+
+import struct
+
+from attrs import frozen
+
+from speedy.errors import BadRequest, TooLarge, error_for_code
+
+MAGIC = b"SPCK"
+VERSION = 1
+
+HEADER = struct.Struct(">4sBBBBII")
+HEADER_SIZE = HEADER.size  # 16
+
+OP_PUT = 1
+OP_GET = 2
+OP_STAT = 3
+OP_DELETE = 4
+OP_PING = 5
+OP_STATUS = 6
+OP_LIST = 7
+OP_COMPACT = 8
+OPCODES = {
+    OP_PUT: "PUT", OP_GET: "GET", OP_STAT: "STAT", OP_DELETE: "DELETE",
+    OP_PING: "PING", OP_STATUS: "STATUS", OP_LIST: "LIST", OP_COMPACT: "COMPACT",
+}
+
+#: Set on every frame the server sends.
+FLAG_RESPONSE = 0x01
+#: The body is an error: ERROR_BODY then a UTF-8 message.
+FLAG_ERROR = 0x02
+#: More response frames follow for this request id (LIST).
+FLAG_MORE = 0x04
+KNOWN_FLAGS = FLAG_RESPONSE | FLAG_ERROR | FLAG_MORE
+
+#: The largest chunk a PUT may carry, and the largest body of any frame.
+MAX_CHUNK = 64 * 1024 * 1024
+MAX_BODY = MAX_CHUNK + 64
+#: Error messages are cut to this many bytes.
+MAX_ERROR_MESSAGE = 1024
+#: File ids per LIST response frame.
+LIST_BATCH = 8192
+
+#: "To the end of the chunk" in a GET's length, "every volume" in COMPACT.
+ALL_BYTES = 2**64 - 1
+ALL_VOLUMES = 2**32 - 1
+
+FILE_ID = struct.Struct(">Q")  # PUT (then the data), STAT, DELETE requests
+GET_REQUEST = struct.Struct(">QQQ")  # file_id, offset, length
+GET_RESPONSE = struct.Struct(">QIQ")  # chunk size, crc32c, offset; then data
+CHUNK_INFO = struct.Struct(">QI")  # PUT and STAT responses: size, crc32c
+COMPACT_REQUEST = struct.Struct(">I")  # volume_id
+COMPACT_RESPONSE = struct.Struct(">Q")  # bytes freed
+ERROR_BODY = struct.Struct(">B")  # error code; then the message
+
+#: Exact request body lengths of every opcode but PUT (FILE_ID + data).
+REQUEST_BODY_SIZES = {
+    OP_GET: GET_REQUEST.size,
+    OP_STAT: FILE_ID.size,
+    OP_DELETE: FILE_ID.size,
+    OP_PING: 0,
+    OP_STATUS: 0,
+    OP_LIST: 0,
+    OP_COMPACT: COMPACT_REQUEST.size,
+}
+
+
+class BadFrame(BadRequest):
+    """A header that cannot be trusted (magic, version, reserved byte); the
+    stream cannot be resynchronised, so the connection is closed."""
+
+
+def _u8(value):
+    return 0 <= value < 2**8
+
+
+@frozen
+class Header:
+    """One frame header.  C{pack} and C{unpack} refuse what the wire forbids."""
+
+    opcode: int
+    request_id: int
+    body_length: int
+    flags: int = 0
+    version: int = VERSION
+
+    def pack(self):
+        """
+        @return: the 16 header bytes.
+        @raise ValueError: a field does not fit its width.
+        """
+        if not (_u8(self.opcode) and _u8(self.flags) and _u8(self.version)
+                and 0 <= self.request_id < 2**32 and 0 <= self.body_length < 2**32):
+            raise ValueError(f"header field out of range: {self!r}")
+        return HEADER.pack(MAGIC, self.version, self.opcode, self.flags, 0,
+                           self.request_id, self.body_length)
+
+    @classmethod
+    def unpack(cls, data, max_body=MAX_BODY):
+        """
+        Decode and validate exactly L{HEADER_SIZE} bytes.
+
+        @return: a L{Header}.
+        @raise BadFrame: wrong size, magic, version, reserved byte or unknown
+            flag bits.
+        @raise TooLarge: C{body_length} exceeds C{max_body}.
+        """
+        if len(data) != HEADER_SIZE:
+            raise BadFrame(f"a header is {HEADER_SIZE} bytes, not {len(data)}")
+        magic, version, opcode, flags, reserved, request_id, body_length = HEADER.unpack(data)
+        if magic != MAGIC:
+            raise BadFrame(f"bad magic {bytes(magic)!r}")
+        if version != VERSION:
+            raise BadFrame(f"unsupported protocol version {version}")
+        if reserved != 0 or flags & ~KNOWN_FLAGS:
+            raise BadFrame(f"reserved bits set (flags {flags:#x}, reserved {reserved:#x})")
+        if body_length > max_body:
+            raise TooLarge(f"body of {body_length} bytes exceeds the limit of {max_body}")
+        return cls(opcode=opcode, request_id=request_id, body_length=body_length,
+                   flags=flags, version=version)
+
+
+def frame(opcode, request_id, body=b"", flags=0):
+    """
+    @return: the bytes of a whole frame carrying C{body}.
+    @raise struct.error: a field does not fit its width.
+    """
+    return HEADER.pack(MAGIC, VERSION, opcode, flags, 0, request_id, len(body)) + body
+
+
+def error_frame(opcode, request_id, error):
+    """
+    @param error: a L{speedy.errors.SpeedyError} (its C{code} and message).
+    @return: the bytes of an error response frame.
+    """
+    message = str(error).encode("utf-8", "replace")[:MAX_ERROR_MESSAGE]
+    return frame(opcode, request_id, ERROR_BODY.pack(error.code) + message,
+                 FLAG_RESPONSE | FLAG_ERROR)
+
+
+def decode_error(body):
+    """@return: the L{speedy.errors.SpeedyError} an error frame's body names."""
+    if len(body) < ERROR_BODY.size:
+        return BadRequest("empty error frame")
+    (code,) = ERROR_BODY.unpack_from(body)
+    return error_for_code(code, bytes(body[ERROR_BODY.size:]).decode("utf-8", "replace"))
