@@ -1,0 +1,291 @@
+"""
+End-to-end: a chunkmaster, two groups of three chunkservers and two
+imageservers as real processes on loopback.  A file written through one
+imageserver is read through the other; a chunkserver killed during an
+upload or a download costs nothing; a damaged replica is read around and
+reported.
+
+Starting a cluster is most of the cost, so each test starts one and runs a
+few scenarios on it.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from speedy.metadata import open_store
+from speedy.test.processes import Daemon, free_port
+
+MiB = 1 << 20
+SECRET = "e2e-secret"
+
+
+class Cluster:
+    """The processes, started once for the module."""
+
+    def __init__(self):
+        self.workdir = tempfile.mkdtemp(prefix="speedy-imageserver-e2e-")
+        self.db = "sqlite:" + os.path.join(self.workdir, "meta.db")
+        self.daemons = []
+        master_port = free_port()
+        self.master_url = f"http://127.0.0.1:{master_port}"
+        self._start("speedy-chunkmaster", master_port, "master", [
+            "--db", self.db, "--cluster-secret", SECRET, "--heartbeat-timeout", "3"])
+        self.chunkservers = []
+        for i in range(6):
+            port = free_port()
+            self.chunkservers.append(self._start("speedy-chunkserver", port, f"cs{i}", [
+                "--data-dir", os.path.join(self.workdir, f"cs{i}"), "--group-id", str(i // 3 + 1),
+                "--master", self.master_url, "--cluster-secret", SECRET,
+                "--volume-size", "64MiB", "--reserve", "1MiB", "--heartbeat-interval", "0.5"]))
+        self.imageservers = []
+        self.imageserver_daemons = []
+        for i in range(2):
+            port = free_port()
+            self.imageserver_daemons.append(self._start("speedy-imageserver", port, f"is{i}", [
+                "--master", self.master_url, "--cluster-secret", SECRET, "--db", self.db,
+                "--chunk-size", "1MiB", "--request-timeout", "5"]))
+            self.imageservers.append(f"http://127.0.0.1:{port}")
+        self.wait_writable(2)
+
+    def _start(self, plugin, port, name, args):
+        daemon = Daemon(plugin, ["--listen", f"tcp:{port}:interface=127.0.0.1"] + args,
+                        port=port, workdir=self.workdir, name=name)
+        self.daemons.append(daemon)
+        try:
+            daemon.start()
+        except Exception:
+            self.stop()
+            raise
+        return daemon
+
+    def wait_writable(self, groups, timeout=60.0):
+        """Block until every imageserver sees C{groups} writable groups."""
+        deadline = time.monotonic() + timeout
+        for base in self.imageservers:
+            while True:
+                try:
+                    with urllib.request.urlopen(base + "/v1/health", timeout=2) as r:
+                        if json.loads(r.read())["writable_groups"] >= groups:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{base} never saw {groups} writable groups:\n"
+                                       + self.daemons[-1].log())
+                time.sleep(0.1)
+
+    def stop(self):
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@implementer(IBodyProducer)
+class SteppedBody:
+    """A request body written in 1 MiB pieces, one per reactor turn, calling
+    C{at_piece(n)} before piece n."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data, at_piece=lambda n: None):
+        self._data = data
+        self._at_piece = at_piece
+        self._paused = False
+        self._call = None
+
+    def startProducing(self, consumer):
+        self._consumer = consumer
+        self._done = Deferred()
+        self._n = 0
+        self._next()
+        return self._done
+
+    def _next(self):
+        self._call = None
+        if self._paused:
+            return
+        if self._n * MiB >= len(self._data):
+            self._done.callback(None)
+            return
+        self._at_piece(self._n)
+        self._consumer.write(self._data[self._n * MiB:(self._n + 1) * MiB])
+        self._n += 1
+        self._call = reactor.callLater(0, self._next)
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        if self._call is None:
+            self._next()
+
+    def stopProducing(self):
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+
+class Collect(Protocol):
+    """Collects a response body, calling C{at_bytes(received)} as it grows."""
+
+    def __init__(self, at_bytes=lambda n: None):
+        self.pieces = []
+        self.received = 0
+        self.at_bytes = at_bytes
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.pieces.append(data)
+        self.received += len(data)
+        self.at_bytes(self.received)
+
+    def connectionLost(self, reason):
+        self.done.callback(b"".join(self.pieces))
+
+
+class EndToEndTests(TestCase):
+    def setUp(self):
+        self.cluster = Cluster()
+        self.addCleanup(self.cluster.stop)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.agent = Agent(reactor, pool=pool)
+
+    async def put(self, base, path, data, at_piece=lambda n: None):
+        response = await self.agent.request(
+            b"PUT", f"{base}/v1/files/{path}".encode(), None, SteppedBody(data, at_piece))
+        body = Collect()
+        response.deliverBody(body)
+        return response.code, await body.done
+
+    async def get(self, base, path, at_bytes=lambda n: None):
+        response = await self.agent.request(b"GET", f"{base}/v1/files/{path}".encode())
+        body = Collect(at_bytes)
+        response.deliverBody(body)
+        return response.code, await body.done
+
+    async def test_write_here_read_there_and_damage(self):
+        """
+        A file written through one imageserver reads back through the other;
+        then a damaged replica is read around and reported.
+        """
+        await self.write_here_read_there()
+        await self.damaged_replica()
+
+    async def test_chunkservers_killed(self):
+        """Chunkservers die during an upload and during a download; neither
+        notices."""
+        await self.killed_mid_upload()
+        await self.killed_mid_download()
+
+    async def write_here_read_there(self):
+        data = os.urandom(5 * MiB + 12345)
+        a, b = self.cluster.imageservers
+        code, answer = await self.put(a, "e2e/one", data)
+        self.assertEqual(code, 201, answer)
+        self.assertEqual(json.loads(answer)["sha256"], hashlib.sha256(data).hexdigest())
+        code, body = await self.get(b, "e2e/one")
+        self.assertEqual(code, 200)
+        self.assertTrue(body == data, "the file read back differs")
+
+    async def killed_mid_upload(self):
+        """
+        A member of group 1 dies while a 12 MiB upload is under way: the
+        upload still succeeds (its chunks go to group 2) and reads back.
+        """
+        data = os.urandom(12 * MiB)
+        a, b = self.cluster.imageservers
+        victim = self.cluster.chunkservers[0]
+
+        def at_piece(n):
+            if n == 4:
+                victim.kill()
+
+        code, answer = await self.put(a, "e2e/kill-up", data, at_piece)
+        self.assertEqual(code, 201, answer)
+        self.assertFalse(victim.running)
+        self.assertIn("not stored on all of group 1", self.cluster.imageserver_daemons[0].log(),
+                      "no chunk met the dead server")
+        code, body = await self.get(b, "e2e/kill-up")
+        self.assertTrue(code == 200 and body == data, "the file read back differs")
+
+    async def killed_mid_download(self):
+        """
+        A member of group 2 dies while a file on it is being downloaded:
+        the download completes from the other replicas.
+        """
+        self.cluster.wait_writable(1)
+        data = os.urandom(10 * MiB)
+        a, b = self.cluster.imageservers
+        code, _ = await self.put(a, "e2e/kill-down", data)
+        self.assertEqual(code, 201)
+        victim = self.cluster.chunkservers[3]
+
+        def at_bytes(n):
+            if n >= 2 * MiB and victim.running:
+                victim.kill()
+
+        code, body = await self.get(b, "e2e/kill-down", at_bytes)
+        self.assertFalse(victim.running)
+        self.assertTrue(code == 200 and body == data, "the file read back differs")
+
+    async def damaged_replica(self):
+        """
+        A byte flipped in two of the three replicas of a chunk: every read
+        is still correct (from the third), and the damage is recorded for
+        repair.
+        """
+        marker = b"speedy-e2e-marker!" * 64
+        data = (marker + os.urandom(100)) * 100
+        a, b = self.cluster.imageservers
+        code, _ = await self.put(a, "e2e/damaged", data)
+        self.assertEqual(code, 201)
+        flipped = 0
+        for i, daemon in enumerate(self.cluster.chunkservers):
+            if flipped == 2:
+                break
+            for path in glob.glob(os.path.join(self.cluster.workdir, f"cs{i}", "*")):
+                if os.path.isfile(path) and _flip_after(path, marker):
+                    flipped += 1
+                    break
+        self.assertEqual(flipped, 2)
+        for _ in range(10):
+            code, body = await self.get(b, "e2e/damaged")
+            self.assertTrue(code == 200 and body == data, "a damaged read got through")
+        store = open_store(self.cluster.db, reactor)
+        await store.start()
+        try:
+            bad = await store.list_bad_replicas()
+        finally:
+            await store.close()
+        self.assertTrue(bad, "no bad replica was recorded")
+
+
+def _flip_after(path, marker):
+    """Flip the byte after the first C{marker} in the file at C{path}.
+    @return: True if the marker was found."""
+    with open(path, "r+b") as f:
+        content = f.read()
+        at = content.find(marker)
+        if at < 0:
+            return False
+        f.seek(at + len(marker))
+        byte = content[at + len(marker)]
+        f.write(bytes([byte ^ 0xFF]))
+    return True
+
