@@ -2,14 +2,24 @@
 Benchmark one chunkserver process on loopback, driven by ChunkClient.
 
     .venv/bin/python bench/bench_chunkserver.py [--sync always] [--small-ops 20000]
+        [--procs 2] [--small-only] [--server-path DIR]
 
 Measures 16 MiB PUT and GET throughput (MiB/s) at concurrency 1 and 16,
 4 KiB PUT and GET operations per second at concurrency 16, and 16 MiB GET
 with sendfile against GET through read() (the daemon restarted with
 SPEEDY_NO_SENDFILE=1).  Client and server share the machine's cores.
+
+One Python client process tops out below what the chunkserver can answer
+on 4 KiB chunks, so the small-chunk phase runs in --procs client processes
+(this script again, with --client), the concurrency split between them;
+ops/s is all their operations over the time from the first one's start to
+the last one's end.  --server-path runs the daemon from another checkout
+(e.g. C{git archive HEAD | tar -x -C DIR}), to compare before and after a
+change with the same client.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -18,6 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 
 from speedy.errors import ConnectionFailed, Unavailable  # noqa: E402
 from speedy.test.processes import Daemon, free_port  # noqa: E402
@@ -33,7 +44,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_daemon(workdir, sync, env=None):
+def start_daemon(workdir, sync, env=None, server_path=None):
     port = free_port()
     daemon = Daemon(
         "speedy-chunkserver",
@@ -41,6 +52,8 @@ def start_daemon(workdir, sync, env=None):
          "--listen", f"tcp:{port}:interface=127.0.0.1", "--group-id", "1",
          "--volume-size", "1GiB", "--reserve", "0", "--sync", sync],
         port=port, workdir=workdir, env=env)
+    if server_path is not None:
+        daemon.env["PYTHONPATH"] = server_path
     return daemon.start(), f"127.0.0.1:{port}"
 
 
@@ -81,23 +94,66 @@ async def big_chunks(daemon, client, address, concurrency, count, first_id, data
           f"   server CPU {cpu * 1000 / count:5.1f} ms per GET", flush=True)
 
 
-async def small_chunks(daemon, client, address, concurrency, count, first_id):
+async def client_process(reactor, args):
+    """
+    The --client side: C{args.count} 4 KiB C{args.op}s from id
+    C{args.first_id} on, C{args.concurrency} at a time.
+
+    @return: a dict of the operations done and their first start and last
+        end (wall-clock seconds, comparable across processes).
+    """
     data = os.urandom(4096)
+    client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16)
+    try:
+        await wait_ready(reactor, client, args.client)
+        if args.op == "put":
+            operation = lambda i: client.put(args.client, args.first_id + i, data)  # noqa: E731
+        else:
+            operation = lambda i: client.get(args.client, args.first_id + i)  # noqa: E731
+        start = time.time()
+        await run_concurrently(args.concurrency, args.count, operation)
+        return {"ops": args.count, "start": start, "end": time.time()}
+    finally:
+        await client.close()
+
+
+async def in_processes(reactor, address, op, procs, concurrency, count, first_id):
+    """
+    Run C{count} 4 KiB C{op}s in C{procs} client processes.
+
+    @return: operations per second over all of them.
+    """
+    share = count // procs
+    runs = [
+        getProcessOutputAndValue(sys.executable, [
+            os.path.abspath(__file__), "--client", address, "--op", op,
+            "--first-id", str(first_id + n * share), "--count", str(share),
+            "--concurrency", str(max(1, concurrency // procs))], env=os.environ)
+        for n in range(procs)]
+    results = []
+    for out, err, code in await defer.gatherResults(runs, consumeErrors=True):
+        if code != 0:
+            raise RuntimeError(f"client process failed ({code}):\n{err.decode(errors='replace')}")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return sum(r["ops"] for r in results) / elapsed
+
+
+async def small_chunks(reactor, daemon, address, concurrency, count, first_id, procs):
     cpu = cpu_seconds(daemon.process.pid)
-    elapsed = await run_concurrently(
-        concurrency, count, lambda i: client.put(address, first_id + i, data))
-    put, put_cpu = count / elapsed, cpu_seconds(daemon.process.pid) - cpu
+    put = await in_processes(reactor, address, "put", procs, concurrency, count, first_id)
+    put_cpu = cpu_seconds(daemon.process.pid) - cpu
     cpu = cpu_seconds(daemon.process.pid)
-    elapsed = await run_concurrently(
-        concurrency, count, lambda i: client.get(address, first_id + i))
-    get, get_cpu = count / elapsed, cpu_seconds(daemon.process.pid) - cpu
-    print(f"{'4 KiB chunks':<44} c={concurrency:<3} PUT {put:7.0f} ops/s    GET {get:7.0f} ops/s"
+    get = await in_processes(reactor, address, "get", procs, concurrency, count, first_id)
+    get_cpu = cpu_seconds(daemon.process.pid) - cpu
+    print(f"{'4 KiB chunks, ' + str(procs) + ' client process(es)':<44} c={concurrency:<3}"
+          f" PUT {put:7.0f} ops/s    GET {get:7.0f} ops/s"
           f"   server CPU {put_cpu * 1e6 / count:4.0f} us per PUT, {get_cpu * 1e6 / count:4.0f} us per GET",
           flush=True)
 
 
-async def session(reactor, workdir, sync, env, body):
-    daemon, address = start_daemon(workdir, sync, env)
+async def session(reactor, workdir, sync, env, server_path, body):
+    daemon, address = start_daemon(workdir, sync, env, server_path)
     client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16)
     try:
         await wait_ready(reactor, client, address)
@@ -108,15 +164,22 @@ async def session(reactor, workdir, sync, env, body):
 
 
 def main(reactor, args):
+    if args.client:
+        async def report():
+            print(json.dumps(await client_process(reactor, args)), flush=True)
+        return defer.Deferred.fromCoroutine(report())
+
     async def run():
         data = os.urandom(16 * MiB)
-        print(f"chunkserver benchmark: sync={args.sync}, {os.cpu_count()} cores, loopback")
+        print(f"chunkserver benchmark: sync={args.sync}, {os.cpu_count()} cores, loopback"
+              + (f", server from {args.server_path}" if args.server_path else ""))
 
         async def everything(daemon, client, address):
             label = "16 MiB chunks (sendfile)"
-            await big_chunks(daemon, client, address, 1, args.big, 1_000_000, data, label)
-            await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
-            await small_chunks(daemon, client, address, 16, args.small_ops, 3_000_000)
+            if not args.small_only:
+                await big_chunks(daemon, client, address, 1, args.big, 1_000_000, data, label)
+                await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
+            await small_chunks(reactor, daemon, address, 16, args.small_ops, 3_000_000, args.procs)
 
         async def without_sendfile(daemon, client, address):
             label = "16 MiB chunks (read, SPEEDY_NO_SENDFILE=1)"
@@ -124,9 +187,11 @@ def main(reactor, args):
             await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
 
         with tempfile.TemporaryDirectory(prefix="speedy-bench-") as workdir:
-            await session(reactor, os.path.join(workdir, "a"), args.sync, None, everything)
-            await session(reactor, os.path.join(workdir, "b"), args.sync,
-                          {"SPEEDY_NO_SENDFILE": "1"}, without_sendfile)
+            await session(reactor, os.path.join(workdir, "a"), args.sync, None,
+                          args.server_path, everything)
+            if not args.small_only:
+                await session(reactor, os.path.join(workdir, "b"), args.sync,
+                              {"SPEEDY_NO_SENDFILE": "1"}, args.server_path, without_sendfile)
 
     return defer.Deferred.fromCoroutine(run())
 
@@ -136,5 +201,14 @@ if __name__ == "__main__":
     parser.add_argument("--sync", default="always", choices=["always", "batch", "none"])
     parser.add_argument("--big", type=int, default=16, help="16 MiB chunks per run at c=1 (twice at c=16)")
     parser.add_argument("--small-ops", type=int, default=20000, help="4 KiB PUTs (then GETs) at c=16")
+    parser.add_argument("--procs", type=int, default=1, help="client processes for the 4 KiB phase")
+    parser.add_argument("--small-only", action="store_true", help="run only the 4 KiB phase")
+    parser.add_argument("--server-path", help="run the daemon from this checkout instead")
+    # The client processes of --procs: this script again, with these.
+    parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--op", choices=["put", "get"], help=argparse.SUPPRESS)
+    parser.add_argument("--first-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     task.react(main, (arguments,))

@@ -11,9 +11,13 @@ The chunkserver storage engine measured directly, without the network:
     for each sync policy, with --concurrency requests in flight;
   - how long the reactor thread is held: the longest gap of a 1 ms timer
     while 16 MiB chunks are written and verified, and the cost of one
-    64 KiB page-cache pwrite on the reactor thread.
+    64 KiB page-cache pwrite on the reactor thread;
+  - "GET verify": the reactor thread's CPU time per GET of a cached record
+    of each size, checked inline against handed to the thread pool (16 in
+    flight): where the two cross is where INLINE_VERIFY_LIMIT belongs.
 
     .venv/bin/python bench/bench_store.py [--chunks 1000000] [--dir DIR]
+        [--verify-only]
 
 The data directory (a temporary one under --dir, default the system's) is
 removed at the end.  Figures go to stdout, one per line.
@@ -30,10 +34,13 @@ import tracemalloc
 from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.threads import deferToThreadPool
 
 from speedy.chunkserver.disk import Disk
 from speedy.chunkserver.needle_index import NeedleIndex
 from speedy.chunkserver.store import ChunkStore
+from speedy.chunkserver.volume import (
+    COMPLETE, HEADER_SIZE, RecordHeader, check_record, crc32c, read_record)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -262,22 +269,59 @@ async def reactor_stalls(reactor, directory):
     shutil.rmtree(path)
 
 
+async def verify_crossover(reactor, directory):
+    """GET verify: reactor-thread CPU per cached record, inline or in a thread."""
+    disk = Disk()
+    path = os.path.join(directory, "verify")
+    fd = disk.open(path, create=True)
+    pool = reactor.getThreadPool()
+    try:
+        for size in (4 * KiB, 16 * KiB, 64 * KiB, 128 * KiB, 256 * KiB, 1 * MiB):
+            data = os.urandom(size)
+            crc = crc32c(data)
+            disk.pwrite(fd, RecordHeader(COMPLETE, 1, 1, size, crc).pack() + data, 0)
+            rounds = max(20, 2 * MiB // size)
+            started = time.thread_time()
+            for _ in range(rounds * 16):
+                raw = disk.pread_cached(fd, HEADER_SIZE + size, 0)
+                assert raw is not None and check_record(raw, 1, size, crc)
+            inline = (time.thread_time() - started) / (rounds * 16)
+            started = time.thread_time()
+            for _ in range(rounds):
+                await DeferredList([
+                    deferToThreadPool(reactor, pool, read_record, disk, fd, 0, 1, size, crc)
+                    for _ in range(16)], fireOnOneErrback=True, consumeErrors=True)
+            threaded = (time.thread_time() - started) / (rounds * 16)
+            figure(f"GET verify {size // KiB:>4} KiB inline: reactor CPU per GET",
+                   inline * 1e6, "us")
+            figure(f"GET verify {size // KiB:>4} KiB via a thread: reactor CPU per GET",
+                   threaded * 1e6, "us")
+    finally:
+        disk.close(fd)
+        os.unlink(path)
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=1_000_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="measure only the GET verify crossover")
     args = parser.parse_args(argv)
     directory = tempfile.mkdtemp(prefix="bench-store-", dir=args.dir)
     try:
-        index_memory(args.chunks)
-        if not args.skip_restart:
-            restart(args.chunks, directory)
+        if not args.verify_only:
+            index_memory(args.chunks)
+            if not args.skip_restart:
+                restart(args.chunks, directory)
 
         async def measure(reactor):
-            await throughput(reactor, directory, args.concurrency)
-            await reactor_stalls(reactor, directory)
+            await verify_crossover(reactor, directory)
+            if not args.verify_only:
+                await throughput(reactor, directory, args.concurrency)
+                await reactor_stalls(reactor, directory)
 
         task.react(lambda reactor: Deferred.fromCoroutine(measure(reactor)))
     finally:

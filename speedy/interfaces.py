@@ -102,6 +102,8 @@ class IChunkWrite(Interface):
 
         @raise NoSpace: this or an earlier piece (written in a thread)
             failed; the write is aborted, nothing else lost.
+        @raise Busy: the store was closed meanwhile; the write is aborted.
+        @raise BadRequest: the write was finished or aborted.
         """
 
     def finish():
@@ -113,8 +115,10 @@ class IChunkWrite(Interface):
         @raise ChunkExists: (errback) another chunk with different bytes is
             stored under that id.  An identical one is an idempotent retry
             and succeeds.
-        @raise BadRequest: fewer bytes than announced were written.
+        @raise BadRequest: fewer bytes than announced were written, or
+            the write was finished or aborted already.
         @raise NoSpace: (errback) a piece or the sync failed.
+        @raise Busy: (errback) the store was closed meanwhile.
         """
 
     def abort():
@@ -122,9 +126,20 @@ class IChunkWrite(Interface):
         Give up on this write; nothing becomes visible, the space is garbage.
         """
 
+    def drained(limit):
+        """
+        Wait for the store to catch up with the writes: the protocol stops
+        reading its connection while C{buffered} is above its limit, and
+        reads on when this fires.
+
+        @return: a Deferred firing with None once C{buffered} <= C{limit}
+            (at once if it is already).  It also fires when the write
+            fails or ends, as nothing is buffered then.  Cancelling it
+            forgets the wait.
+        """
+
     buffered = Attribute(
-        "Bytes accepted by write() and not yet in the volume file; the "
-        "protocol pauses its transport while this is above its limit.")
+        "Bytes accepted by write() and not yet in the volume file.")
 
 
 class IChunkRead(Interface):
@@ -138,12 +153,15 @@ class IChunkRead(Interface):
         """
         @return: a file descriptor of the volume file, valid until
             L{release}, for C{os.sendfile}.
+        @raise OSError: the bytes are in no file (a store in memory); the
+            protocol then sends them through L{read}.
         """
 
     def file_offset():
         """
         @return: the absolute position of the range's first byte in that
             volume file.
+        @raise OSError: as for L{fileno}.
         """
 
     def read(position, size):

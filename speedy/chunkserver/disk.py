@@ -7,7 +7,12 @@ Every method may raise L{OSError}; the engine turns that into a clean error
 for the one request that hit it.
 """
 
+import errno
 import os
+
+#: Errors by which C{preadv(..., RWF_NOWAIT)} says it cannot promise not to
+#: block (a file system without support for it).
+_NOWAIT_UNSUPPORTED = (errno.EOPNOTSUPP, errno.EINVAL)
 
 
 class Disk:
@@ -32,6 +37,27 @@ class Disk:
     def pread(self, fd, size, offset):
         """@return: up to C{size} bytes at C{offset}."""
         return os.pread(fd, size, offset)
+
+    def pread_cached(self, fd, size, offset):
+        """
+        Read without waiting for the disk (C{preadv2} with C{RWF_NOWAIT}),
+        so that it is safe on the reactor thread.
+
+        @return: the C{size} bytes at C{offset} if all of them are in the
+            page cache, else None (the caller then reads in a thread).
+        """
+        if not hasattr(os, "RWF_NOWAIT"):
+            return None
+        buffer = bytearray(size)
+        try:
+            got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in _NOWAIT_UNSUPPORTED:
+                return None
+            raise
+        return bytes(buffer) if got == size else None
 
     def pwrite(self, fd, data, offset):
         """Write all of C{data} at C{offset} (looping over short writes)."""

@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_chunkserver_protocol -*-
+# -*- test-case-name: speedy.test.test_testing,speedy.test.test_chunkserver_protocol -*-
 """
 L{MemoryChunkStore}: an L{IChunkStore} held in a dict, for tests of
 everything that drives a chunk store (the wire protocol, the daemon, the
@@ -8,11 +8,11 @@ imageserver's storage path).  It keeps the contract, not the disk format.
 import errno
 
 import google_crc32c
-from twisted.internet.defer import fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
 from speedy.errors import (
-    BadRequest, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
+    BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
     RangeNotSatisfiable, ReadOnly, TooLarge)
 from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
 from speedy.records import ChunkInfo
@@ -44,12 +44,14 @@ class MemoryChunkStore:
         self._chunks = {}
         self._damaged = set()
         self._garbage = 0
+        self._closed = False
         self.counters = dict(checksum_errors=0, reads=0, writes=0, deletes=0, aborts=0)
 
     def add(self, file_id, data):
         """
         Store C{data} under C{file_id} at once, as a finished PUT does (also
-        for setting up tests).
+        for setting up tests).  Storing the same bytes again is an
+        idempotent retry: it changes nothing.
 
         @return: its L{ChunkInfo}.
         @raise ChunkExists: other bytes are stored under that id.
@@ -61,7 +63,7 @@ class MemoryChunkStore:
         if existing is None:
             self._chunks[file_id] = data
             self.used += len(data)
-        self.counters["writes"] += 1
+            self.counters["writes"] += 1
         return ChunkInfo(file_id, len(data), google_crc32c.value(data))
 
     def contents(self, file_id):
@@ -70,16 +72,20 @@ class MemoryChunkStore:
 
     def catch_up(self):
         """The slow disk caught up: nothing is buffered any more."""
-        for write in self._writes:
-            write.buffered = 0
+        for write in list(self._writes):
+            write.catch_up()
 
     def damage(self, file_id):
         """Make the stored bytes of C{file_id} fail their checksum on read."""
         self._damaged.add(file_id)
 
     def put(self, file_id, size):
+        if self._closed:
+            raise Busy("the store is closed")
         if self.read_only:
             raise ReadOnly("the store is read-only")
+        if not 0 <= file_id < 2**64 or size < 0:
+            raise BadRequest(f"bad file id {file_id} or size {size}")
         if size > self.max_chunk:
             raise TooLarge(f"a chunk holds at most {self.max_chunk} bytes, not {size}")
         if self.used + size > self.capacity:
@@ -90,17 +96,19 @@ class MemoryChunkStore:
         return write
 
     def get(self, file_id, offset=0, length=None):
+        if self._closed:
+            return fail(Busy("the store is closed"))
         data = self._chunks.get(file_id)
         if data is None:
             return fail(ChunkNotFound(f"no chunk {file_id}"))
-        if file_id in self._damaged:
-            self.counters["checksum_errors"] += 1
-            return fail(ChecksumMismatch(f"chunk {file_id} is damaged"))
         if length is None:
             length = len(data) - offset
         if offset < 0 or length < 0 or offset + length > len(data):
             return fail(RangeNotSatisfiable(
                 f"bytes {offset}+{length} lie outside chunk {file_id} of {len(data)}"))
+        if file_id in self._damaged:
+            self.counters["checksum_errors"] += 1
+            return fail(ChecksumMismatch(f"chunk {file_id} is damaged"))
         self.counters["reads"] += 1
         self.pinned += 1
         return succeed(_MemoryChunkRead(self, self.stat(file_id), data, offset, length))
@@ -112,6 +120,8 @@ class MemoryChunkStore:
         return ChunkInfo(file_id, len(data), google_crc32c.value(data))
 
     def delete(self, file_id):
+        if self._closed:
+            return fail(Busy("the store is closed"))
         data = self._chunks.pop(file_id, None)
         if data is None:
             return fail(ChunkNotFound(f"no chunk {file_id}"))
@@ -133,7 +143,7 @@ class MemoryChunkStore:
         return {
             "capacity": self.capacity,
             "used": used,
-            "free": self.capacity - used,
+            "free": 0 if self.read_only else self.capacity - used,
             "read_only": self.read_only,
             "chunks": len(self._chunks),
             "volumes": [{"volume_id": 0, "size": used + self._garbage,
@@ -142,20 +152,31 @@ class MemoryChunkStore:
         }
 
     def close(self):
+        self._closed = True
         return succeed(None)
 
 
 @implementer(IChunkWrite)
 class _MemoryChunkWrite:
+    """A put gathered in memory; with the store C{lagging}, what is written
+    stays C{buffered} until the store catches up."""
+
     def __init__(self, store, file_id, size):
         self._store = store
         self._file_id = file_id
         self._size = size
         self._data = bytearray()
         self._open = True
+        self._drain_waiters = []
         self.buffered = 0
 
     def write(self, data):
+        if not self._open:
+            raise BadRequest("write after finish or abort")
+        if self._store._closed:
+            self.abort()
+            raise Busy("the store is closed")
+        data = bytes(data)
         if len(self._data) + len(data) > self._size:
             self.abort()
             raise TooLarge(f"more than the announced {self._size} bytes")
@@ -163,9 +184,29 @@ class _MemoryChunkWrite:
         if self._store.lagging:
             self.buffered += len(data)
 
+    def drained(self, limit):
+        if self.buffered <= limit:
+            return succeed(None)
+        d = Deferred(lambda d: self._drain_waiters.remove((limit, d)))
+        self._drain_waiters.append((limit, d))
+        return d
+
+    def catch_up(self):
+        """Nothing is buffered any more: wake every L{drained} waiter."""
+        self.buffered = 0
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for _, d in waiters:
+            d.callback(None)
+
     def finish(self):
+        if not self._open:
+            return fail(BadRequest("finish after finish or abort"))
+        if self._store._closed:
+            self.abort()
+            return fail(Busy("the store is closed"))
         self._close()
         if len(self._data) != self._size:
+            self._store.counters["aborts"] += 1
             return fail(BadRequest(f"{len(self._data)} of {self._size} bytes written"))
         return maybeDeferred(self._store.add, self._file_id, self._data)
 
@@ -180,6 +221,7 @@ class _MemoryChunkWrite:
             self._open = False
             self._store.open_writes -= 1
             self._store._writes.discard(self)
+            self.catch_up()
 
 
 @implementer(IChunkRead)

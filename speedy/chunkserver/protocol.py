@@ -16,7 +16,7 @@ import json
 import sys
 from array import array
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -41,10 +41,9 @@ from speedy.wire.sendfile import range_body
 IN_FLIGHT, STORE_LAGS = "in-flight", "store-lags"
 
 #: Bytes of a PUT body the store may hold in memory (L{IChunkWrite.buffered})
-#: before the connection stops reading; it reads on below half of it.
+#: before the connection stops reading; it reads on once
+#: L{IChunkWrite.drained} says the store is down to half of it.
 WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
-#: Seconds between looks at a lagging store's buffer.
-STORE_POLL_INTERVAL = 0.005
 
 #: GET answers up to this size are read and written in one piece: one
 #: write, no producer, no separate segment for the header.
@@ -103,7 +102,7 @@ class ChunkServerProtocol(Protocol):
         self._store_calls = 0  # of those, waiting for the store
         self._paused = set()  # why reading is paused: IN_FLIGHT, STORE_LAGS
         self._held = b""  # bytes received after pausing, for when we resume
-        self._store_poll = None
+        self._drain = None  # IChunkWrite.drained() while the store lags
         self._closing = False
         self._idle = None
         self._outbox = None
@@ -121,9 +120,10 @@ class ChunkServerProtocol(Protocol):
     def connectionLost(self, reason):
         self.factory.counters["open_connections"] -= 1
         self._closing = True
-        for timer in (self._idle, self._store_poll):
-            if timer is not None and timer.active():
-                timer.cancel()
+        if self._idle.active():
+            self._idle.cancel()
+        if self._drain is not None:
+            self._drain.cancel()
         if self._body is not None:
             self._body.abandon()
             self._body = None
@@ -204,20 +204,21 @@ class ChunkServerProtocol(Protocol):
     def _store_lags(self, write):
         """
         The store has more of a PUT body in memory than it should: stop
-        reading until it has written most of it out.  (L{IChunkWrite} only
-        reports C{buffered}, so it is polled.)
+        reading until it has written most of it out.
         """
         self._pause(STORE_LAGS)
         self._store_calls += 1
+        self._drain = write.drained(WRITE_BUFFER_LIMIT // 2)
+        self._drain.addBoth(self._store_caught_up)
 
-        def poll():
-            if getattr(write, "buffered", 0) > WRITE_BUFFER_LIMIT // 2:
-                self._store_poll = self.factory.clock.callLater(STORE_POLL_INTERVAL, poll)
-            else:
-                self._store_poll = None
-                self._store_calls -= 1
-                self._resume(STORE_LAGS)
-        self._store_poll = self.factory.clock.callLater(STORE_POLL_INTERVAL, poll)
+    def _store_caught_up(self, result):
+        """The store drained its write buffer, or the connection was lost
+        meanwhile (C{result} is then the wait's cancellation)."""
+        self._drain = None
+        self._store_calls -= 1
+        self._resume(STORE_LAGS)
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            self._log.failure("waiting for the store to drain failed", result)
 
     def _body_for(self, header):
         opcode, request_id = header.opcode, header.request_id
@@ -311,12 +312,19 @@ class ChunkServerProtocol(Protocol):
         file_id, offset, length = GET_REQUEST.unpack(body)
         read = await self._store_call(self._store().get, file_id, offset,
                                       None if length == ALL_BYTES else length)
-        head = (Header(OP_GET, request_id, GET_RESPONSE.size + read.length, FLAG_RESPONSE).pack()
-                + GET_RESPONSE.pack(read.info.size, read.info.crc32c, read.offset))
+        try:
+            head = (Header(OP_GET, request_id, GET_RESPONSE.size + read.length,
+                           FLAG_RESPONSE).pack()
+                    + GET_RESPONSE.pack(read.info.size, read.info.crc32c, read.offset))
+            if read.length > SMALL_BODY:
+                body = range_body(read, self.transport, self.factory.use_sendfile)
+        except BaseException:
+            read.release()  # nothing took it over
+            raise
         if read.length <= SMALL_BODY:
             self._outbox.send(head + _read_all(read))
         else:
-            await self._outbox.stream(head, range_body(read, self.transport, self.factory.use_sendfile))
+            await self._outbox.stream(head, body)
 
     async def _stat(self, request_id, body):
         (file_id,) = FILE_ID.unpack(body)
@@ -441,7 +449,7 @@ class _PutBody:
             except Exception as e:
                 self._write.abort()
                 return self._refuse(e)
-            if getattr(self._write, "buffered", 0) > WRITE_BUFFER_LIMIT:
+            if self._write.buffered > WRITE_BUFFER_LIMIT:
                 self._server._store_lags(self._write)
 
     def _refuse(self, error):

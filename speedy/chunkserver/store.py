@@ -9,13 +9,17 @@ compacted online (L{speedy.chunkserver.compaction}).
 
 Threads: the pieces of a PUT (a writer throttled by the kernel's dirty-page
 limits must not stall the reactor), C{fdatasync}, checkpoint writes, the
-CRC32C check of every GET and the copying of a compaction run through
+CRC32C check of a GET of more than L{INLINE_VERIFY_LIMIT} bytes (or of one
+not in the page cache) and the copying of a compaction run through
 C{run_in_thread} (by default the reactor's thread pool; tests pass one that
-runs inline).  The 40-byte record headers are written on the reactor thread,
+runs inline).  A small GET whose record is in the page cache is read with
+C{RWF_NOWAIT} and checked on the reactor thread, which costs it less than a
+thread hop.  The 40-byte record headers are written on the reactor thread,
 in order, so the log never has a hole (see C{bench/bench_store.py} for the
 costs).  C{IChunkRead.read}, the fallback for transports that cannot
-sendfile, is a C{pread} of bytes the GET just verified, so in the page
-cache.  All in-memory state is touched on the reactor thread only.
+sendfile, serves the bytes a small GET was checked with, or is a C{pread}
+of bytes a large GET just verified, so in the page cache.  All in-memory
+state is touched on the reactor thread only.
 """
 
 import os
@@ -37,7 +41,7 @@ from speedy.chunkserver.needle_index import NeedleIndex
 from speedy.chunkserver.volume import (
     COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, MAX_VOLUME_SIZE, RECORD,
     TOMBSTONE, TOMBSTONE_SPAN, TORN, DamagedVolume, RecordHeader, Volume,
-    crc32c, parse_volume_file_name, read_record, record_span, scan_records,
+    check_record, crc32c, parse_volume_file_name, read_record, record_span, scan_records,
     volume_file_name)
 from speedy.errors import (
     BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
@@ -53,6 +57,12 @@ DEFAULT_RESERVE = 2**30
 
 #: Default largest chunk (the imageservers cut 16 MiB chunks).
 DEFAULT_MAX_CHUNK_SIZE = 64 * 2**20
+
+#: Records (header and data) up to this size are read and checked on the
+#: reactor thread when the page cache holds them.  Below it the check costs
+#: the reactor less than a thread hop does (~20 us); above it the cost grows
+#: with the size (C{bench/bench_store.py}, "GET verify").
+INLINE_VERIFY_LIMIT = 128 * 1024
 
 COUNTERS = (
     "reads", "writes", "deletes", "bytes_read", "bytes_written",
@@ -556,8 +566,10 @@ class ChunkStore:
         volume = self._volumes[volume_id]
         volume.pin()
         info = ChunkInfo(file_id, size, crc)
+        d = self._verify(volume, record_offset, file_id, size, crc)
 
-        def checked(ok):
+        def checked(result):
+            ok, raw = result
             if not ok:
                 volume.unpin()
                 self.counters["checksum_errors"] += 1
@@ -567,20 +579,44 @@ class ChunkStore:
                 raise ChecksumMismatch(f"chunk {file_id} is damaged")
             self.counters["reads"] += 1
             self.counters["bytes_read"] += length
-            return _ChunkRead(self._disk, volume, info,
-                              record_offset + HEADER_SIZE, offset, length)
+            cached = None
+            if raw is not None:
+                start = HEADER_SIZE + offset
+                cached = memoryview(raw)[start:start + length]
+            return _ChunkRead(self._disk, volume, info, record_offset + HEADER_SIZE,
+                              offset, length, cached)
 
         def unreadable(failure):
-            failure.trap(OSError)
             volume.unpin()
+            failure.trap(OSError)
             self.counters["checksum_errors"] += 1
             self.log.error("cannot read chunk {file_id}: {e}",
                            file_id=file_id, e=failure.value)
             raise ChecksumMismatch(f"chunk {file_id} is unreadable: {failure.value}")
 
+        return d.addCallbacks(checked, unreadable)
+
+    def _verify(self, volume, record_offset, file_id, size, crc):
+        """
+        Read and check one record: on the reactor thread when it is small
+        and wholly in the page cache (a thread hop costs the reactor more
+        than the check), else in a thread, so a 16 MiB verify never stalls
+        the reactor.
+
+        @return: a Deferred firing with C{(ok, raw)}: whether the record
+            checks out, and its bytes when they were read inline (else None).
+        """
+        span = HEADER_SIZE + size
+        if span <= INLINE_VERIFY_LIMIT:
+            try:
+                raw = self._disk.pread_cached(volume.fd, span, record_offset)
+            except Exception:
+                return fail()
+            if raw is not None:
+                return succeed((check_record(raw, file_id, size, crc), raw))
         d = self._run_in_thread(read_record, self._disk, volume.fd,
                                 record_offset, file_id, size, crc)
-        return d.addCallbacks(checked, unreadable)
+        return d.addCallback(lambda ok: (ok, None))
 
     def stat(self, file_id):
         location = self._index.get(file_id)
@@ -776,8 +812,10 @@ class _ChunkWrite:
     Arriving pieces are checksummed on the reactor thread and written by
     one thread job at a time (a job takes every piece that arrived while the
     previous one ran), so a disk that throttles writers stalls this chunk,
-    not the reactor.  C{buffered} says how many bytes wait in memory.  A
-    failed write is reported by the next C{write} or by C{finish}.
+    not the reactor.  C{buffered} says how many bytes wait in memory;
+    C{drained} waits for it to fall.  A failed write is reported by the next
+    C{write} or by C{finish}.  The volume's reservation is given back
+    exactly once, however the write ends.
     """
 
     def __init__(self, store, volume, offset, file_id, size):
@@ -790,17 +828,23 @@ class _ChunkWrite:
         self.buffered = 0
         self._written = 0
         self._done = False
+        self._reserved = True
         self._pending = []
         self._position = offset + HEADER_SIZE
         self._flushing = False
         self._error = None
         self._idle = []
+        self._drain_waiters = []
 
     def write(self, data):
         if self._error is not None:
             raise NoSpace(self._error)
         if self._done:
             raise BadRequest("write after finish or abort")
+        if self._store._closed:
+            # Its volume's descriptor may be closed (and its number reused).
+            self.abort()
+            raise Busy("the store is closing")
         piece = bytes(data)
         if self._written + len(piece) > self.size:
             self.abort()
@@ -814,15 +858,26 @@ class _ChunkWrite:
         if self._error is not None:
             raise NoSpace(self._error)
 
+    def drained(self, limit):
+        if self.buffered <= limit:
+            return succeed(None)
+        d = Deferred(self._forget_drain_waiter)
+        self._drain_waiters.append((limit, d))
+        return d
+
+    def _forget_drain_waiter(self, d):
+        self._drain_waiters = [w for w in self._drain_waiters if w[1] is not d]
+
     def _flush(self):
         pieces, self._pending = self._pending, []
         position = self._position
-        self._position += sum(len(piece) for piece in pieces)
+        size = sum(len(piece) for piece in pieces)
+        self._position += size
         self._flushing = True
         self.volume.pin()
         d = self._store._run_in_thread(
             _write_pieces, self._store._disk, self.volume.fd, pieces, position)
-        d.addBoth(self._flushed, sum(len(piece) for piece in pieces))
+        d.addBoth(self._flushed, size)
 
     def _flushed(self, result, size):
         self.volume.unpin()
@@ -833,13 +888,21 @@ class _ChunkWrite:
                 self._error = str(self._store._no_space(result.value))
             self._pending = []
             self.buffered = 0
-            self.abort()
+            self._done = True
+            self._release()
         elif self._pending:
             self._flush()
-            return
-        idle, self._idle = self._idle, []
-        for d in idle:
-            d.callback(None)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            limit, d = waiter
+            if self.buffered <= limit:
+                d.callback(None)
+            else:
+                self._drain_waiters.append(waiter)
+        if not self._flushing:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
 
     def _written_out(self):
         """@return: a Deferred firing when every piece is in the file."""
@@ -863,6 +926,10 @@ class _ChunkWrite:
         def complete(_):
             if self._error is not None:
                 raise NoSpace(self._error)
+            if self._store._closed:
+                self._release()
+                raise Busy("the store is closing")
+            self._reserved = False
             return self._store._complete(self)
 
         return self._written_out().addCallback(complete)
@@ -870,6 +937,12 @@ class _ChunkWrite:
     def abort(self):
         if not self._done:
             self._done = True
+            self._release()
+
+    def _release(self):
+        """Give the reservation back (the space becomes garbage).  Idempotent."""
+        if self._reserved:
+            self._reserved = False
             self._store._abandon(self)
 
 
@@ -883,7 +956,10 @@ def _write_pieces(disk, fd, pieces, position):
 @implementer(IChunkWrite)
 class _RepeatedWrite:
     """A put of an id that is already stored: the bytes are only checksummed,
-    to tell an idempotent retry from a conflict; nothing is written."""
+    to tell an idempotent retry from a conflict; nothing is written, so
+    nothing is ever C{buffered}."""
+
+    buffered = 0
 
     def __init__(self, store, file_id, size):
         self._store = store
@@ -903,6 +979,9 @@ class _RepeatedWrite:
         self.crc = crc32c(view, self.crc)
         self._written += len(view)
 
+    def drained(self, limit):
+        return succeed(None)
+
     def finish(self):
         if self._done:
             return fail(BadRequest("finish after finish or abort"))
@@ -918,12 +997,18 @@ class _RepeatedWrite:
 
 @implementer(IChunkRead)
 class _ChunkRead:
-    """A verified byte range of a chunk; its volume stays open until released."""
+    """
+    A verified byte range of a chunk; its volume stays open until released.
+    A range verified on the reactor thread keeps the bytes it was checked
+    with (C{cached}, at most L{INLINE_VERIFY_LIMIT}), so C{read} does not
+    read them again.
+    """
 
-    def __init__(self, disk, volume, info, data_offset, offset, length):
+    def __init__(self, disk, volume, info, data_offset, offset, length, cached=None):
         self._disk = disk
         self._volume = volume
         self._data_offset = data_offset
+        self._cached = cached
         self.info = info
         self.offset = offset
         self.length = length
@@ -939,9 +1024,12 @@ class _ChunkRead:
         size = min(size, self.length - position)
         if size <= 0:
             return b""
+        if self._cached is not None:
+            return bytes(self._cached[position:position + size])
         return self._disk.pread(self._volume.fd, size, self.file_offset() + position)
 
     def release(self):
         if not self._released:
             self._released = True
+            self._cached = None
             self._volume.unpin()

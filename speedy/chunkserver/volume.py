@@ -307,21 +307,30 @@ def scan_records(disk, fd, start, limit, max_span, verify=None):
         position = resume
 
 
-def read_record(disk, fd, offset, file_id, size, expected_crc):
+def check_record(raw, file_id, size, expected_crc):
     """
-    Read one whole record and check it: the header must name C{file_id} and
-    C{size}, and the data must match C{expected_crc}.  This is the one disk
-    read a GET costs; it runs in a thread.
+    Check one whole record read from disk (header and data): the header must
+    name C{file_id} and C{size}, and the data must match C{expected_crc}.
 
     @return: True when the record checks out, False when it is damaged.
     """
-    raw = disk.pread(fd, HEADER_SIZE + size, offset)
-    header = RecordHeader.unpack(raw[:HEADER_SIZE])
+    header = RecordHeader.unpack(bytes(raw[:HEADER_SIZE]))
     return (
         header is not None and header.complete and not header.tombstone
         and header.file_id == file_id and header.size == size
-        and header.crc32c == expected_crc
+        and header.crc32c == expected_crc and len(raw) == HEADER_SIZE + size
         and crc32c(memoryview(raw)[HEADER_SIZE:]) == expected_crc)
+
+
+def read_record(disk, fd, offset, file_id, size, expected_crc):
+    """
+    Read one whole record and L{check_record} it.  This is the one disk
+    read a GET of a large chunk costs; it runs in a thread.
+
+    @return: True when the record checks out, False when it is damaged.
+    """
+    return check_record(disk.pread(fd, HEADER_SIZE + size, offset),
+                        file_id, size, expected_crc)
 
 
 def volume_file_name(volume_id):

@@ -8,7 +8,7 @@ import json
 import os
 
 import google_crc32c
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 
 from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import (
-    STORE_POLL_INTERVAL, WRITE_BUFFER_LIMIT, ChunkServerFactory)
+    WRITE_BUFFER_LIMIT, ChunkServerFactory)
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ChunkExists, ChunkNotFound, Internal, NoSpace,
     RangeNotSatisfiable, ReadOnly, TooLarge, Unavailable)
@@ -405,6 +405,24 @@ class BadInputTests(ServerTestsMixin, SynchronousTestCase):
         self.disconnect()
         self.assertEqual(self.store.pinned, 0)
 
+    def test_unanswerable_read_is_released(self):
+        """A read the server cannot frame (longer than a frame can say) is
+        answered INTERNAL and released, not left pinning its volume."""
+        self.connect()
+        self.store.add(7, b"data")
+        get = self.store.get
+
+        def huge(file_id, offset=0, length=None):
+            read = self.successResultOf(get(file_id, offset, length))
+            read.length = 2**32
+            return succeed(read)
+
+        self.store.get = huge
+        self.send(get_request(1, 7))
+        self.assertError(self.only_response(), Internal, 1)
+        self.assertEqual(self.store.pinned, 0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_connection_lost_while_store_works(self):
         """A read the store hands over after the connection died is released."""
         self.connect(GatedStore())
@@ -495,12 +513,12 @@ class BackPressureTests(ServerTestsMixin, SynchronousTestCase):
         self.send(request[sent:], piece=65536)  # held, not handed to the store
         self.assertEqual(self.responses(), [])
         self.store.catch_up()
-        self.clock.advance(STORE_POLL_INTERVAL)
         self.assertEqual(self.transport.producerState, "producing")
         header, body = self.only_response()
         self.assertEqual(CHUNK_INFO.unpack(body), (len(data), google_crc32c.value(data)))
         self.assertEqual(self.store.contents(7), data)
-        self.assertEqual(self.clock.getDelayedCalls()[0].func.__name__, "_idle_expired")
+        self.assertEqual([call.func.__name__ for call in self.clock.getDelayedCalls()],
+                         ["_idle_expired"])
 
     def test_lagging_store_no_idle_timeout(self):
         """A client waiting on a lagging store is not cut off as idle, and a
@@ -514,3 +532,6 @@ class BackPressureTests(ServerTestsMixin, SynchronousTestCase):
         self.disconnect()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.store.open_writes, 0)
+        self.store.catch_up()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.store.contents(7), None)

@@ -1,6 +1,8 @@
 """
-Tests for L{speedy.chunkserver.store.ChunkStore}: the IChunkStore contract,
-durability policies and group commit, full disks and failing system calls.
+Tests for L{speedy.chunkserver.store.ChunkStore}: the IChunkStore contract
+(L{speedy.testing.ChunkStoreTestsMixin}, shared with the memory store, and
+what only a store on disk promises), durability policies and group commit,
+full disks and failing system calls.
 
 The helpers at the top (L{inline}, L{ManualThreads}, L{FaultyDisk},
 L{StoreTestMixin}) are shared by the other C{test_store_*} modules.
@@ -9,19 +11,16 @@ L{StoreTestMixin}) are shared by the other C{test_store_*} modules.
 import errno
 import os
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
 
 from speedy.chunkserver.disk import Disk
-from speedy.chunkserver.store import ChunkStore
-from speedy.chunkserver.volume import volume_file_name
-from speedy.errors import (
-    BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
-    RangeNotSatisfiable, ReadOnly, TooLarge)
-from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
+from speedy.chunkserver.store import INLINE_VERIFY_LIMIT, ChunkStore
+from speedy.chunkserver.volume import HEADER_SIZE, volume_file_name
+from speedy.errors import ChecksumMismatch, NoSpace, ReadOnly
 from speedy.records import ChunkInfo
+from speedy.testing import ChunkStoreTestsMixin
 
 MiB = 1 << 20
 
@@ -54,14 +53,15 @@ class ManualThreads:
 class FaultyDisk(Disk):
     """
     A L{Disk} whose calls can be made to fail, whose free space can be set,
-    and that can "crash": close every descriptor the way a killed process
-    does.  A killed process's writes survive in the page cache, so syncs
+    whose page cache can be made to miss (C{cached}), and that can "crash":
+    close every descriptor the way a killed process does.  A killed process's writes survive in the page cache, so syncs
     are counted and not performed (which keeps the tests fast).
     """
 
     def __init__(self):
         self.failing = {}
         self.available = None
+        self.cached = True
         self.fdatasyncs = 0
         self.open_fds = set()
 
@@ -92,6 +92,12 @@ class FaultyDisk(Disk):
     def pread(self, fd, size, offset):
         self._check("pread")
         return super().pread(fd, size, offset)
+
+    def pread_cached(self, fd, size, offset):
+        self._check("pread")
+        if not self.cached:
+            return None
+        return super().pread_cached(fd, size, offset)
 
     def fdatasync(self, fd):
         self._check("fdatasync")
@@ -182,34 +188,18 @@ def corrupt(path, offset, data):
         os.close(fd)
 
 
-class ContractTests(StoreTestMixin, SynchronousTestCase):
-    """What the wire protocol relies on."""
+class ContractTests(ChunkStoreTestsMixin, StoreTestMixin, SynchronousTestCase):
+    """
+    What the wire protocol relies on: the conformance tests shared with
+    L{MemoryChunkStore}, and what only a store on disk promises.
+    """
 
-    def setUp(self):
-        super().setUp()
-        self.store = self.open_store()
+    def make_store(self):
+        return self.open_store(max_chunk_size=self.max_chunk)
 
-    def test_interfaces(self):
-        verifyObject(IChunkStore, self.store)
-        write = self.store.put(1, 3)
-        verifyObject(IChunkWrite, write)
-        write.write(b"abc")
-        self.successResultOf(write.finish())
-        chunk = self.successResultOf(self.store.get(1))
-        verifyObject(IChunkRead, chunk)
-        chunk.release()
-
-    def test_round_trip(self):
-        """Bytes written in pieces (bytes, bytearray, memoryview) read back whole."""
-        data = os.urandom(100_000)
-        write = self.store.put(7, len(data))
-        write.write(data[:10])
-        write.write(bytearray(data[10:5000]))
-        write.write(memoryview(data)[5000:])
-        info = self.successResultOf(write.finish())
-        self.assertEqual(info.file_id, 7)
-        self.assertEqual(info.size, len(data))
-        self.assertEqual(self.read(self.store, 7), data)
+    def damage(self, store, file_id):
+        path, offset = self.chunk_position(store, file_id)
+        corrupt(path, offset + 1, b"X")
 
     def test_fileno_and_offset_for_sendfile(self):
         """fileno() and file_offset() locate the range's bytes in the volume file."""
@@ -224,122 +214,11 @@ class ContractTests(StoreTestMixin, SynchronousTestCase):
         finally:
             chunk.release()
 
-    def test_range(self):
-        data = bytes(range(256)) * 10
-        self.put(self.store, 1, data)
-        self.assertEqual(self.read(self.store, 1, 250, 20), data[250:270])
-        self.assertEqual(self.read(self.store, 1, 2500), data[2500:])
-        self.assertEqual(self.read(self.store, 1, 2560, 0), b"")
-        for offset, length in [(-1, 5), (2550, 11), (2561, None), (0, -1)]:
-            self.failureResultOf(self.store.get(1, offset, length), RangeNotSatisfiable)
-
-    def test_read_stays_inside_range(self):
-        """IChunkRead.read never returns bytes past the range."""
-        self.put(self.store, 1, b"0123456789")
-        chunk = self.successResultOf(self.store.get(1, 2, 5))
-        self.assertEqual(chunk.read(3, 100), b"56")
-        self.assertEqual(chunk.read(5, 100), b"")
-        chunk.release()
-        chunk.release()
-
-    def test_missing(self):
-        self.failureResultOf(self.store.get(99), ChunkNotFound)
-        self.failureResultOf(self.store.delete(99), ChunkNotFound)
-        self.assertIsNone(self.store.stat(99))
-
     def test_stat_from_memory(self):
         """stat() answers without touching the disk."""
         info = self.put(self.store, 5, b"hello")
         self.disk.fail("pread", errno.EIO)
         self.assertEqual(self.store.stat(5), info)
-
-    def test_delete(self):
-        self.put(self.store, 1, b"one")
-        self.put(self.store, 2, b"two")
-        self.assertIsNone(self.successResultOf(self.store.delete(1)))
-        self.failureResultOf(self.store.get(1), ChunkNotFound)
-        self.assertIsNone(self.store.stat(1))
-        self.failureResultOf(self.store.delete(1), ChunkNotFound)
-        self.assertEqual(list(self.store.file_ids()), [2])
-        self.assertEqual(self.store.status()["counters"]["deletes"], 1)
-
-    def test_file_ids_ascending(self):
-        """Interleaved id ranges (several imageservers) list in order."""
-        for n in range(5):
-            self.put(self.store, 2000 + n, b"b")
-            self.put(self.store, 1000 + n, b"a")
-        self.assertEqual(list(self.store.file_ids()),
-                         [1000, 1001, 1002, 1003, 1004, 2000, 2001, 2002, 2003, 2004])
-
-    def test_empty_chunk(self):
-        info = self.put(self.store, 4, b"")
-        self.assertEqual(info.size, 0)
-        self.assertEqual(self.read(self.store, 4), b"")
-
-    def test_too_large(self):
-        self.assertRaises(TooLarge, self.store.put, 1, MiB)
-        write = self.store.put(1, 10)
-        self.assertRaises(TooLarge, write.write, b"x" * 11)
-        self.assertIsNone(self.store.stat(1))
-
-    def test_short_write(self):
-        """finish() before every announced byte arrived fails; nothing is stored."""
-        write = self.store.put(1, 10)
-        write.write(b"12345")
-        self.failureResultOf(write.finish(), BadRequest)
-        self.assertIsNone(self.store.stat(1))
-        self.failureResultOf(self.store.get(1), ChunkNotFound)
-
-    def test_abort(self):
-        write = self.store.put(1, 10)
-        write.write(b"12345")
-        write.abort()
-        write.abort()
-        self.assertRaises(BadRequest, write.write, b"6")
-        self.failureResultOf(write.finish(), BadRequest)
-        self.assertIsNone(self.store.stat(1))
-        self.assertEqual(self.store.status()["volumes"][0]["live"], 0)
-
-    def test_different_chunk_exists(self):
-        self.put(self.store, 1, b"first")
-        write = self.store.put(1, 6)
-        write.write(b"second")
-        self.failureResultOf(write.finish(), ChunkExists)
-        write = self.store.put(1, 5)
-        write.write(b"FIRST")
-        self.failureResultOf(write.finish(), ChunkExists)
-        self.assertEqual(self.read(self.store, 1), b"first")
-
-    def test_idempotent_retry(self):
-        """A retried put of identical bytes succeeds and stores nothing new."""
-        info = self.put(self.store, 1, b"same bytes")
-        used = self.store.status()["used"]
-        self.assertEqual(self.put(self.store, 1, b"same bytes", pieces=3), info)
-        self.assertEqual(self.store.status()["used"], used)
-        self.assertEqual(self.store.status()["counters"]["writes"], 1)
-
-    def test_concurrent_puts_of_one_id(self):
-        """Two puts of one id streaming at once: the second to finish is
-        a retry if identical, a conflict if not."""
-        first, second, third = (self.store.put(9, 3) for _ in range(3))
-        first.write(b"abc")
-        second.write(b"abc")
-        third.write(b"xyz")
-        info = self.successResultOf(first.finish())
-        self.assertEqual(self.successResultOf(second.finish()), info)
-        self.failureResultOf(third.finish(), ChunkExists)
-        self.assertEqual(self.read(self.store, 9), b"abc")
-
-    def test_checksum_mismatch(self):
-        """Damaged bytes fail the get before anything is sent, and are counted."""
-        self.put(self.store, 1, b"a" * 1000)
-        self.put(self.store, 2, b"b" * 1000)
-        path, offset = self.chunk_position(self.store, 1)
-        corrupt(path, offset + 500, b"X")
-        self.failureResultOf(self.store.get(1), ChecksumMismatch)
-        self.failureResultOf(self.store.get(1, 0, 10), ChecksumMismatch)
-        self.assertEqual(self.store.status()["counters"]["checksum_errors"], 2)
-        self.assertEqual(self.read(self.store, 2), b"b" * 1000)
 
     def test_read_error_is_a_bad_replica(self):
         """An I/O error reading a chunk answers ChecksumMismatch, so the
@@ -348,15 +227,48 @@ class ContractTests(StoreTestMixin, SynchronousTestCase):
         self.disk.fail("pread", errno.EIO)
         self.failureResultOf(self.store.get(1), ChecksumMismatch)
 
+    def test_failed_get_unpins(self):
+        """A get that fails unexpectedly (a bug, not an I/O error), inline
+        or in a thread, fails with that error and still unpins its volume,
+        so a compaction closes the old file at once."""
+        self.put(self.store, 1, b"a")
+        self.put(self.store, 2, b"b")
+        self.successResultOf(self.store.delete(2))
+
+        def bug(fd, size, offset):
+            raise ZeroDivisionError("bug")
+
+        for cached in (True, False):
+            self.disk.cached = cached
+            self.disk.pread_cached = self.disk.pread = bug
+            self.failureResultOf(self.store.get(1), ZeroDivisionError)
+            del self.disk.pread_cached, self.disk.pread
+        open_files = len(self.disk.open_fds)
+        self.successResultOf(self.store.compact(1))
+        self.assertEqual(len(self.disk.open_fds), open_files)
+        self.assertEqual(self.read(self.store, 1), b"a")
+
     def test_new_volume_when_full(self):
         """A volume that cannot take a chunk leaves it to a new volume."""
+        self.successResultOf(self.store.close())
+        store = self.open_store()
         for n in range(5):
-            self.put(self.store, n, bytes([n]) * 400_000)
-        volumes = self.store.status()["volumes"]
+            self.put(store, n, bytes([n]) * 400_000)
+        volumes = store.status()["volumes"]
         self.assertEqual([v["volume_id"] for v in volumes], [1, 2, 3])
         self.assertTrue(all(v["used"] <= v["size"] for v in volumes))
         for n in range(5):
-            self.assertEqual(self.read(self.store, n), bytes([n]) * 400_000)
+            self.assertEqual(self.read(store, n), bytes([n]) * 400_000)
+
+    def test_abort_leaves_garbage(self):
+        """An aborted write's space is garbage, and its reservation is
+        given back (a compaction does not wait for it)."""
+        write = self.store.put(1, 10)
+        write.write(b"12345")
+        write.abort()
+        [volume] = self.store.status()["volumes"]
+        self.assertEqual((volume["live"], volume["garbage"]), (0, 56))
+        self.assertEqual(self.successResultOf(self.store.compact(1)), 56)
 
     def test_status(self):
         self.put(self.store, 1, b"x" * 1000)
@@ -381,16 +293,6 @@ class ContractTests(StoreTestMixin, SynchronousTestCase):
         self.assertTrue(self.clock.getDelayedCalls())
         self.successResultOf(self.store.close())
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_closed_store_refuses_work(self):
-        """After close() every call fails cleanly instead of touching a
-        closed file."""
-        self.put(self.store, 1, b"x")
-        self.successResultOf(self.store.close())
-        self.assertRaises(Busy, self.store.put, 2, 1)
-        self.failureResultOf(self.store.get(1), Busy)
-        self.failureResultOf(self.store.delete(1), Busy)
-        self.successResultOf(self.store.close())
 
     def test_periodic_checkpoint(self):
         """Changes are checkpointed by the timer, so a crash replays little."""
@@ -442,6 +344,64 @@ class DurabilityTests(StoreTestMixin, SynchronousTestCase):
         self.assertEqual(chunk.read(0, 6), b"abcdef")
         chunk.release()
 
+    def test_drained(self):
+        """drained(limit) fires once the writing thread brought buffered
+        down to the limit; a cancelled wait is forgotten."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        write = store.put(1, 6)
+        write.write(b"ab")
+        write.write(b"cd")
+        write.write(b"ef")
+        self.assertEqual(write.buffered, 6)
+        two, none, cancelled = write.drained(4), write.drained(0), write.drained(0)
+        self.assertIsNone(self.successResultOf(write.drained(6)))
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        threads.run_next()  # "ab"; "cd" and "ef" go in the next job
+        self.assertEqual(write.buffered, 4)
+        self.assertIsNone(self.successResultOf(two))
+        self.assertNoResult(none)
+        threads.run_next()
+        self.assertIsNone(self.successResultOf(none))
+        finished = write.finish()
+        threads.run_all()
+        self.successResultOf(finished)
+
+    def test_drained_when_the_write_fails(self):
+        """A piece failing in the thread wakes drained() waiters: nothing
+        is buffered any more, and the next write says why."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        write = store.put(1, 4)
+        write.write(b"ab")
+        waiting = write.drained(0)
+        self.disk.fail("pwrite")
+        threads.run_all()
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertEqual(write.buffered, 0)
+        self.assertRaises(NoSpace, write.write, b"cd")
+
+    def test_failed_last_piece_after_finish(self):
+        """When the last piece fails after finish() was called, the put
+        fails and its reservation is given back: a compaction of the
+        volume does not wait for it forever, nor does close()."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        write = store.put(1, 4)
+        write.write(b"abcd")
+        finished = write.finish()
+        self.disk.fail("pwrite")
+        threads.run_all()
+        self.disk.heal("pwrite")
+        self.failureResultOf(finished, NoSpace)
+        compacted = store.compact(1)
+        threads.run_all()
+        self.assertEqual(self.successResultOf(compacted), 48)
+        closed = store.close()
+        threads.run_all()
+        self.successResultOf(closed)
+
     def test_failed_piece_in_a_thread(self):
         """A piece that fails in the writing thread fails the chunk at the
         next write and at finish(); the space becomes garbage."""
@@ -458,20 +418,57 @@ class DurabilityTests(StoreTestMixin, SynchronousTestCase):
         self.assertEqual(store.status()["volumes"][0]["live"], 0)
         self.assertEqual(store.status()["counters"]["nospace_errors"], 1)
 
-    def test_get_verifies_in_a_thread(self):
-        """The CRC32C check of a GET runs off the reactor thread."""
-        threads = ManualThreads()
-        store = self.open_store(run_in_thread=threads)
-        write = store.put(1, 3)
-        write.write(b"abc")
+    def stored(self, store, threads, file_id, data):
+        """Store a chunk through C{store}, whose thread jobs wait in C{threads}."""
+        write = store.put(file_id, len(data))
+        write.write(data)
         finished = write.finish()
         threads.run_all()
         self.successResultOf(finished)
+
+    def test_small_get_verifies_inline(self):
+        """A small record in the page cache is checked on the reactor
+        thread (cheaper than a thread hop), and read() serves the bytes it
+        was checked with."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        data = os.urandom(INLINE_VERIFY_LIMIT - HEADER_SIZE)
+        self.stored(store, threads, 1, data)
+        chunk = self.successResultOf(store.get(1, 10, 100))
+        self.assertEqual(threads.calls, [])
+        self.disk.fail("pread")
+        self.assertEqual(chunk.read(0, 100), data[10:110])
+        chunk.release()
+
+    def test_large_get_verifies_in_a_thread(self):
+        """The CRC32C check of a larger record runs off the reactor thread,
+        so a 16 MiB verify never stalls it."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        data = os.urandom(INLINE_VERIFY_LIMIT - HEADER_SIZE + 1)
+        self.stored(store, threads, 1, data)
         d = store.get(1)
         self.assertNoResult(d)
         self.assertEqual([f.__name__ for f, _, _ in threads.calls], ["read_record"])
         threads.run_all()
-        self.successResultOf(d).release()
+        chunk = self.successResultOf(d)
+        self.assertEqual(chunk.read(0, chunk.length), data)
+        chunk.release()
+
+    def test_uncached_get_verifies_in_a_thread(self):
+        """A small record that is not in the page cache is read in a
+        thread: the reactor never waits for the disk."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        self.stored(store, threads, 1, b"abc")
+        self.disk.cached = False
+        d = store.get(1)
+        self.assertNoResult(d)
+        self.assertEqual([f.__name__ for f, _, _ in threads.calls], ["read_record"])
+        threads.run_all()
+        chunk = self.successResultOf(d)
+        self.assertEqual(chunk.read(0, 3), b"abc")
+        chunk.release()
 
     def test_group_commit(self):
         """Finishes arriving while a sync runs share the next one."""

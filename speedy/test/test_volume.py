@@ -10,8 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from speedy.chunkserver.disk import Disk
 from speedy.chunkserver.volume import (
     COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, RECORD, SUPERBLOCK_SLOTS,
-    TOMBSTONE, TORN, DamagedVolume, RecordHeader, Superblock, Volume, crc32c,
-    parse_volume_file_name, read_record, read_superblock, record_span,
+    TOMBSTONE, TORN, DamagedVolume, RecordHeader, Superblock, Volume,
+    check_record, crc32c, parse_volume_file_name, read_record, read_superblock, record_span,
     scan_records, volume_file_name)
 
 MAX_SPAN = record_span(64 * 1024)
@@ -166,3 +166,21 @@ class ScanTests(SynchronousTestCase):
         os.pwrite(self.volume.fd, b"\x00", offset + HEADER_SIZE + 2999)
         if data[-1] != 0:
             self.assertFalse(read_record(self.disk, self.volume.fd, offset, 9, 3000, crc))
+
+    def test_check_record(self):
+        """check_record refuses a record cut short, or one whose header
+        is a tombstone or not yet complete."""
+        data = os.urandom(100)
+        raw = RecordHeader(COMPLETE, 9, 1, 100, crc32c(data)).pack() + data
+        self.assertTrue(check_record(raw, 9, 100, crc32c(data)))
+        self.assertFalse(check_record(raw[:-1], 9, 100, crc32c(data)))
+        for flags in (0, COMPLETE | TOMBSTONE):
+            raw = RecordHeader(flags, 9, 1, 100, crc32c(data)).pack() + data
+            self.assertFalse(check_record(raw, 9, 100, crc32c(data)))
+
+    def test_pread_cached(self):
+        """Bytes in the page cache are read without waiting; a read the
+        file cannot fill says None (the caller then reads in a thread)."""
+        os.pwrite(self.volume.fd, b"cached", DATA_START)
+        self.assertEqual(self.disk.pread_cached(self.volume.fd, 6, DATA_START), b"cached")
+        self.assertIsNone(self.disk.pread_cached(self.volume.fd, 10, (1 << 20) - 4))
