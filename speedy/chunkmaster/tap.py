@@ -15,8 +15,8 @@ from twisted.web.server import Site
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
-from speedy.chunkmaster.config import read_config
 from speedy.chunkmaster.service import ChunkmasterService
+from speedy.config import fill_options, positive
 from speedy.metadata import open_store
 from speedy.metadata.schema import GROUP_SIZE
 from speedy.units import parse_size
@@ -48,35 +48,17 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        config = {}
-        if self["config"]:
-            try:
-                config = read_config(self["config"])
-            except ValueError as e:
-                raise usage.UsageError(str(e))
-        for name, default in DEFAULTS.items():
-            if self[name] is None:
-                self[name] = config.get(name, default)
-        self["heartbeat-timeout"] = _positive(self, "heartbeat-timeout", float)
-        self["group-size"] = _positive(self, "group-size", int)
+        fill_options(self, "chunkmaster", DEFAULTS)
+        self["heartbeat-timeout"] = positive(self, "heartbeat-timeout", float)
+        self["group-size"] = positive(self, "group-size", int)
         if self["group-size"] > GROUP_SIZE:
             raise usage.UsageError(
                 f"--group-size must be at most {GROUP_SIZE}: the metadata store keeps no more members")
-        self["file-id-range"] = _positive(self, "file-id-range", int)
+        self["file-id-range"] = positive(self, "file-id-range", int)
         try:
             self["reserve"] = parse_size(self["reserve"])
         except ValueError as e:
             raise usage.UsageError(f"--reserve: {e}")
-
-
-def _positive(options, name, kind):
-    try:
-        value = kind(options[name])
-    except ValueError:
-        value = 0
-    if not 0 < value < float("inf"):
-        raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
-    return value
 
 
 def makeService(options, reactor=None):

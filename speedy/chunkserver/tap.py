@@ -11,7 +11,6 @@ The service tree (L{makeService}) is a L{MultiService} of:
   - with C{--master}, the heartbeat to the chunkmaster.
 """
 
-import configparser
 import os
 import uuid
 
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from speedy.chunkserver.protocol import ChunkServerFactory
+from speedy.config import fill_options
 from speedy.errors import Unavailable
 from speedy.units import parse_size
 
@@ -58,11 +58,7 @@ class Options(usage.Options):
                                "the command line wins."]]
 
     def postOptions(self):
-        if self["config"]:
-            self._read_config(self["config"])
-        for name, default in _DEFAULTS.items():
-            if self[name] is None:
-                self[name] = default
+        fill_options(self, "chunkserver", _DEFAULTS)
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         self["group-id"] = self._number("group-id", int, minimum=1)
@@ -88,21 +84,6 @@ class Options(usage.Options):
                 f"{self['listen']!r})")
         if self["master"] and not self["master"].startswith(("http://", "https://")):
             raise usage.UsageError("--master is an http:// or https:// URL")
-
-    def _read_config(self, path):
-        parser = configparser.ConfigParser()
-        try:
-            with open(path) as f:
-                parser.read_file(f)
-        except (OSError, configparser.Error) as e:
-            raise usage.UsageError(f"--config {path}: {e}")
-        if not parser.has_section("chunkserver"):
-            raise usage.UsageError(f"--config {path}: no [chunkserver] section")
-        for key, value in parser.items("chunkserver"):
-            if key not in _DEFAULTS:
-                raise usage.UsageError(f"--config {path}: unknown key {key!r}")
-            if self[key] is None:
-                self[key] = value
 
     def _size(self, name):
         try:

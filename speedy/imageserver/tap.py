@@ -12,7 +12,6 @@ defaults.  The registry API is mounted at C{/v2} when
 L{speedy.registry.api} can be imported.
 """
 
-import configparser
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -27,6 +26,7 @@ from speedy.imageserver.master import HTTPMasterClient
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
+from speedy.config import fill_options, positive
 from speedy.units import parse_size
 from speedy.web.streaming import StreamingSite
 from speedy.wire.client import ChunkClient
@@ -68,53 +68,18 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        config = read_config(self["config"]) if self["config"] else {}
-        for name, default in DEFAULTS.items():
-            if self[name] is None:
-                self[name] = config.get(name, default)
+        fill_options(self, "imageserver", DEFAULTS)
         try:
             self["chunk-size"] = parse_size(self["chunk-size"])
         except ValueError as e:
             raise usage.UsageError(f"--chunk-size: {e}")
         if not 0 < self["chunk-size"] <= 1 << 30:
             raise usage.UsageError("--chunk-size must be between 1 byte and 1GiB")
-        self["parallelism"] = _positive(self, "parallelism", int)
-        self["request-timeout"] = _positive(self, "request-timeout", float)
-        self["file-id-batch"] = _positive(self, "file-id-batch", int)
+        self["parallelism"] = positive(self, "parallelism", int)
+        self["request-timeout"] = positive(self, "request-timeout", float)
+        self["file-id-batch"] = positive(self, "file-id-batch", int)
         if not self["master"].startswith(("http://", "https://")):
             raise usage.UsageError(f"--master must be an http(s) URL, not {self['master']!r}")
-
-
-def read_config(path):
-    """
-    @return: the C{[imageserver]} section of the INI file at C{path} as
-        {option name: value}, C{_} in key names read as C{-}.
-    @raise usage.UsageError: the file is unreadable, malformed, lacks the
-        section or names an unknown option.
-    """
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path) as f:
-            parser.read_file(f)
-    except (OSError, configparser.Error) as e:
-        raise usage.UsageError(f"--config {path}: {e}")
-    if not parser.has_section("imageserver"):
-        raise usage.UsageError(f"--config {path}: no [imageserver] section")
-    config = {key.replace("_", "-"): value for key, value in parser.items("imageserver")}
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise usage.UsageError(f"--config {path}: unknown options {', '.join(unknown)}")
-    return config
-
-
-def _positive(options, name, kind):
-    try:
-        value = kind(options[name])
-    except ValueError:
-        value = 0
-    if not 0 < value < float("inf"):
-        raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
-    return value
 
 
 class Resources(Service):
