@@ -7,8 +7,9 @@ writes, and file-id ranges.  It is never on the data path.
     and long-poll waiters;
   - L{speedy.chunkmaster.messages}: the JSON bodies it accepts, validated;
   - L{speedy.chunkmaster.api}: the REST API (C{docs/chunkmaster-api.yaml});
-  - L{speedy.chunkmaster.service}, L{speedy.chunkmaster.tap},
-    L{speedy.chunkmaster.config}: C{twistd speedy-chunkmaster}.
+  - L{speedy.chunkmaster.service}, L{speedy.chunkmaster.tap}:
+    C{twistd speedy-chunkmaster} (its C{--config} file is read by
+    L{speedy.config}).
 
 The chunkserver's side of the heartbeat is L{speedy.chunkserver.heartbeat}.
 """

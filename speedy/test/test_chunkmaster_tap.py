@@ -1,6 +1,5 @@
 """
-Tests for L{speedy.chunkmaster.tap}, L{speedy.chunkmaster.config} and
-L{speedy.chunkmaster.service}: the twistd plugin, its options and config
+Tests for L{speedy.chunkmaster.tap} and L{speedy.chunkmaster.service}: the twistd plugin, its options and config
 file, and a service that loads the cluster before it listens.
 """
 
