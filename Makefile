@@ -21,7 +21,7 @@ run: install
 	$(BIN)/python tools/speedy-cluster up --var $(VAR)
 
 test: install
-	$(BIN)/python .ci/trial-summary $(BIN)/trial -j$(JOBS) speedy
+	$(BIN)/python .ci/trial-summary $(BIN)/trial -j$(JOBS) speedy bench._test_loadgen
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]' --config-settings editable_mode=compat

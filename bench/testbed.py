@@ -1,0 +1,309 @@
+# -*- test-case-name: bench._test_loadgen -*-
+"""
+The emulated 1 GbE testbed of the original Speedy README, on this machine.
+
+Five network namespaces hang off a bridge that lives in a sixth:
+
+    speedybench-client  198.18.0.10   the load generator
+    speedybench-node1   198.18.0.11   imageserver + chunkmaster (or nginx)
+    speedybench-node2   198.18.0.12   chunkserver, replica group 1
+    speedybench-node3   198.18.0.13   chunkserver, replica group 1
+    speedybench-node4   198.18.0.14   chunkserver, replica group 1
+    speedybench-bridge                bridge br0 joining the veth pairs
+
+Every veth end is shaped with C{tc tbf} to C{--rate} (1 Gbit/s), so each
+link is 1 Gbit/s in both directions, as the original's NICs were.  The
+addresses are from the benchmarking range 198.18.0.0/15 and no namespace
+has a default route, so no packet can leave; nothing is added to the host's
+own namespace.  Everything is removed on exit, on SIGINT/SIGTERM/SIGHUP, and
+by C{--cleanup} after a crash.  Needs root (C{ip netns}, C{tc}).
+
+    sudo python bench/testbed.py --server nginx --counts 20 --concurrency 10
+        the plumbing check: nginx (sendfile, PUTs stored) in node1, the
+        load generator in client; upload and download should each sit
+        just under the link rate (~112 MiB/s of payload at 1 Gbit/s)
+    sudo python bench/testbed.py [--counts 100,500,1000] [--concurrency 10,50,100]
+        the original's table against a Speedy cluster (file API, 16 MiB
+        files), a fresh cluster for each row
+    sudo python bench/testbed.py --cleanup
+
+It prints every phase as a JSON line, then the table in the original
+README's columns.  C{--iperf} adds a raw TCP measurement (iperf3) of the
+client-node1 link in each direction.
+"""
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import attrs
+from _servers import ServerProcess, http_healthy, netns_prefix, nginx, probe
+from _stats import json_line
+
+from speedy.units import parse_size
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PREFIX = "speedybench-"
+BRIDGE_NS = PREFIX + "bridge"
+HOSTS = {"client": "198.18.0.10", "node1": "198.18.0.11", "node2": "198.18.0.12",
+         "node3": "198.18.0.13", "node4": "198.18.0.14"}
+CHUNKSERVER_NODES = ("node2", "node3", "node4")
+HTTP_PORT = 8080
+MASTER_PORT = 8099
+CHUNKSERVER_PORT = 8001
+
+ORIGINAL_COLUMNS = ("concurrent", "fileSize(M)", "file count", "upload time(seconds)",
+                    "download time(seconds)", "upload speed(M/s)", "download speed(M/s)")
+
+
+def netns(name):
+    return PREFIX + name
+
+
+def _run(*argv):
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+
+
+def our_namespaces():
+    """@return: the names of the testbed's network namespaces that exist now."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+
+
+def cleanup():
+    """
+    Kill every process still running inside a testbed namespace (they are
+    the testbed's own) and delete the namespaces, which removes the veths,
+    the bridge and the qdiscs with them.
+
+    @return: the names of the namespaces removed.
+    """
+    removed = our_namespaces()
+    for name in removed:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+        for pid in pids.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
+    return removed
+
+
+def shape(namespace, device, rate):
+    """Limit C{device}'s egress in C{namespace} to C{rate} with a token bucket."""
+    _run("ip", "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", device, "root",
+         "tbf", "rate", rate, "burst", "256kb", "latency", "20ms")
+
+
+def build(rate):
+    """
+    Create the namespaces, the bridge and one shaped veth pair per host.
+
+    @param rate: a tc rate such as C{"1gbit"}, or None for unshaped links.
+    """
+    _run("ip", "netns", "add", BRIDGE_NS)
+    _run("ip", "-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
+    _run("ip", "-n", BRIDGE_NS, "link", "set", "br0", "up")
+    for host, address in HOSTS.items():
+        ns, port = netns(host), f"v-{host}"
+        _run("ip", "netns", "add", ns)
+        _run("ip", "-n", BRIDGE_NS, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+             "netns", ns)
+        _run("ip", "-n", BRIDGE_NS, "link", "set", port, "master", "br0", "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        _run("ip", "-n", ns, "link", "set", "eth0", "up")
+        if rate:
+            shape(ns, "eth0", rate)
+            shape(BRIDGE_NS, port, rate)
+
+
+def speedy_cluster(workdir):
+    """
+    @return: unstarted L{ServerProcess}es, in start order, for a Speedy
+        cluster laid out like the original's: chunkmaster and imageserver
+        in node1, one chunkserver in each of node2-node4 (one replica group).
+        The roles and their flags are L{speedy.localcluster}'s; only the
+        chunkservers' listen addresses move to their own nodes.
+    """
+    from speedy.localcluster import ClusterPlan
+
+    plan = ClusterPlan.build(var=os.path.join(workdir, "var"), registry=f"{HOSTS['node1']}:{HTTP_PORT}",
+                             master_port=MASTER_PORT, chunkserver_port=CHUNKSERVER_PORT,
+                             chunkservers=len(CHUNKSERVER_NODES))
+    logs = os.path.join(plan.var, "logs")
+    os.makedirs(logs, exist_ok=True)
+    servers = []
+    chunkserver_nodes = iter(CHUNKSERVER_NODES)
+    for role in plan.roles():
+        node = "node1"
+        if role.plugin == "speedy-chunkserver":
+            node = next(chunkserver_nodes)
+            args = list(role.args)
+            args[args.index("--listen") + 1] = f"tcp:{role.port}:interface={HOSTS[node]}"
+            role = attrs.evolve(role, args=tuple(args), host=HOSTS[node])
+        ready = None
+        if role.health_url:
+            ready = functools.partial(probe, netns(node), http_healthy, role.health_url,
+                                      role.needs_writable_group)
+        servers.append(ServerProcess(role.name, role.command(sys.executable, os.path.join(
+            logs, role.name + ".log")), role.host, role.port, workdir, netns=netns(node), ready=ready,
+            new_session=False))
+    return servers
+
+
+def load(url, *, count, size, concurrency, label, phase_timeout):
+    """
+    Run the file API workload (PUT then GET, verified) from the client
+    namespace.
+
+    @return: the (put, get) phase summaries.
+    @raise RuntimeError: the load generator failed.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
+        argv = netns_prefix(netns("client")) + [
+            sys.executable, os.path.join(HERE, "loadgen.py"), url, "--api", "files",
+            "--count", str(count), "--size", str(size), "--concurrency", str(concurrency),
+            "--label", label, "--phase-timeout", str(phase_timeout), "--jsonl", out.name]
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=2 * phase_timeout + 120)
+        rows = {row["op"]: row for row in map(json.loads, out.read().splitlines())}
+    if "put" not in rows or "get" not in rows:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
+    return rows["put"], rows["get"]
+
+
+def iperf(seconds=5):
+    """
+    @return: iperf3's received bit rate client->node1 and node1->client,
+        in Mbit/s, or None when iperf3 is not installed.
+    """
+    if shutil.which("iperf3") is None:
+        return None
+    rates = {}
+    for direction, extra in (("client->node1", []), ("node1->client", ["-R"])):
+        server = subprocess.Popen(netns_prefix(netns("node1")) + ["iperf3", "-s", "-1", "-B", HOSTS["node1"]],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            out = subprocess.run(netns_prefix(netns("client")) + [
+                "iperf3", "-c", HOSTS["node1"], "-t", str(seconds), "-J", *extra],
+                capture_output=True, text=True, timeout=seconds + 30).stdout
+            rates[direction] = round(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
+        finally:
+            server.kill()
+            server.wait()
+    return rates
+
+
+def original_row(put, get, size):
+    """@return: one row of the original README table from a put and a get phase."""
+    return {
+        "concurrent": put["concurrency"], "fileSize(M)": size >> 20, "file count": put["requests"],
+        "upload time(seconds)": round(put["wall_s"], 2), "download time(seconds)": round(get["wall_s"], 2),
+        "upload speed(M/s)": put["MiB_s"], "download speed(M/s)": get["MiB_s"],
+        "errors": put["errors"] + get["errors"],
+        "error_kinds": {**put["error_kinds"], **get["error_kinds"]},
+    }
+
+
+def print_original_table(rows):
+    """Print C{rows} in the original README's columns, then a note for each row with errors."""
+    print(" ".join(ORIGINAL_COLUMNS))
+    for row in rows:
+        print(" ".join(str(row[c]) for c in ORIGINAL_COLUMNS))
+    for row in rows:
+        if row["errors"]:
+            print(f"# {row['file count']} files at concurrency {row['concurrent']}: "
+                  f"{row['errors']} errors ({row['error_kinds']}); speeds count only the "
+                  "files that succeeded")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args):
+    """Build the testbed, run the table, tear it all down.  @return: the exit code."""
+    rows = []
+    build(None if args.no_shape else args.rate)
+    if args.iperf:
+        print(json_line({"iperf_mbit_s": iperf(), "rate": None if args.no_shape else args.rate}),
+              flush=True)
+    for count in args.counts:
+        for concurrency in args.concurrency:
+            with tempfile.TemporaryDirectory(prefix="speedy-testbed-") as workdir:
+                need = count * args.size * (1 if args.server == "nginx" else 3)
+                if shutil.disk_usage(workdir).free < need * 1.1:
+                    print(f"testbed: skipping {count} files at {concurrency}: needs "
+                          f"{need >> 30} GiB of disk", file=sys.stderr)
+                    continue
+                if args.server == "nginx":
+                    servers = [nginx(workdir, HTTP_PORT, host=HOSTS["node1"], netns=netns("node1"),
+                                     store_puts=True)]
+                else:
+                    servers = speedy_cluster(workdir)
+                started = []
+                try:
+                    for server in servers:
+                        started.append(server.start(timeout=120))
+                    put, get = load(f"http://{HOSTS['node1']}:{HTTP_PORT}", count=count, size=args.size,
+                                    concurrency=concurrency, label=f"testbed-{args.server}",
+                                    phase_timeout=args.phase_timeout)
+                finally:
+                    for server in reversed(started):
+                        server.stop()
+            for phase in (put, get):
+                print(json_line(phase), flush=True)
+            rows.append(original_row(put, get, args.size))
+    print()
+    print_original_table(rows)
+    return 1 if any(row["errors"] for row in rows) else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("speedy", "nginx"), default="speedy")
+    parser.add_argument("--counts", default="100,500,1000",
+                        type=lambda s: [int(c) for c in s.split(",")])
+    parser.add_argument("--concurrency", default="10,50,100",
+                        type=lambda s: [int(c) for c in s.split(",")])
+    parser.add_argument("--size", type=parse_size, default="16MiB")
+    parser.add_argument("--rate", default="1gbit", help="tc rate of every link")
+    parser.add_argument("--no-shape", action="store_true", help="leave the links unshaped (for comparison)")
+    parser.add_argument("--iperf", action="store_true", help="measure the raw TCP rate with iperf3 first")
+    parser.add_argument("--phase-timeout", type=float, default=1800.0)
+    parser.add_argument("--cleanup", action="store_true", help="remove a testbed left behind, and exit")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("testbed.py needs root: it creates network namespaces and tc qdiscs", file=sys.stderr)
+        return 2
+    if args.cleanup:
+        for name in cleanup():
+            print(f"removed {name}")
+        return 0
+    if our_namespaces():
+        print(f"testbed: namespaces {PREFIX}* exist already (another run, or a crash): "
+              "run with --cleanup first", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupt)
+    try:
+        return run(args)
+    except KeyboardInterrupt as e:
+        print(f"testbed: interrupted ({e}); removing the testbed", file=sys.stderr)
+        return 130
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
