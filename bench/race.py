@@ -4,7 +4,8 @@ The race: Speedy against CNCF Distribution (Debian's C{docker-registry},
 filesystem storage), same machine, same load generator, same workload.
 
 Both sides start fresh in a temp dir: C{docker-registry serve} and a local
-Speedy cluster (C{tools/speedy-cluster up --var DIR} on free ports).  Each
+Speedy cluster (C{tools/speedy-cluster up --var DIR} on free ports, with
+C{--imageserver-workers} imageserver processes sharing the registry port).  Each
 round runs the registry workload (L{loadgen.registry_suite}: push C{--count}
 fresh blobs, pull them verified, HEAD blob and GET manifest C{--requests}
 times) at every concurrency on Distribution, then on Speedy, with the same
@@ -13,7 +14,8 @@ medians over the rounds, the Speedy/Distribution ratios, and each side's CPU
 seconds and peak RSS (summed over its processes, from /proc).
 
     python bench/race.py [--count 100] [--size 16MiB] [--concurrency 10,50]
-                         [--requests 2000] [--rounds 2] [--out DIR]
+                         [--requests 2000] [--rounds 2] [--imageserver-workers N]
+                         [--out DIR]
 
 The defaults are the issue-5 workload and finish in a few minutes; C{make
 bench} runs them.  Results (C{race.jsonl}, C{race.md}, PNGs) go to C{--out},
@@ -29,11 +31,12 @@ import tempfile
 import time
 
 from _dataset import Dataset
-from _servers import ServerProcess, distribution, free_port, http_healthy
+from _servers import ServerProcess, distribution, free_port
 from _stats import human_size, json_line, markdown_table, median
 from loadgen import TABLE_COLUMNS, add_small_engine_options, registry_suite, small_engine
 from plot import plot_rows
 
+from speedy.localcluster import DEFAULT_IMAGESERVER_WORKERS, read_state
 from speedy.units import parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,18 +54,20 @@ FIGURES = [
 ]
 
 
-def speedy_cluster(workdir, port):
+def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS):
     """
     @return: an unstarted L{ServerProcess} running C{tools/speedy-cluster
-        up} with its var dir in C{workdir} and every role on a free port,
-        ready when its imageserver is healthy with a writable group.
+        up} with its var dir in C{workdir}, C{workers} imageservers sharing
+        the registry C{port} and every other role on a free port, ready once
+        C{up} says every role is healthy (the first imageserver answering
+        on the port is not enough: a load generator that connected before
+        the last worker listened would never reach it).
     """
     var = os.path.join(workdir, "var")
     argv = [sys.executable, SPEEDY_CLUSTER, "up", "--var", var, "--registry", f"127.0.0.1:{port}",
-            "--master-port", "0", "--chunkserver-port", "0"]
-    url = f"http://127.0.0.1:{port}"
+            "--master-port", "0", "--chunkserver-port", "0", "--imageserver-workers", str(workers)]
     return ServerProcess("speedy-cluster", argv, "127.0.0.1", port, workdir,
-                         ready=lambda: http_healthy(url + "/v1/health", writable_group=True))
+                         ready=lambda: bool((read_state(var) or {}).get("ready")))
 
 
 def compare(rows, sides, concurrency_levels):
@@ -96,6 +101,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--upload", choices=("monolithic", "chunked"), default="monolithic")
     parser.add_argument("--processes", type=int, default=None, help="load generator processes")
+    parser.add_argument("--imageserver-workers", type=int, default=DEFAULT_IMAGESERVER_WORKERS,
+                        help="Speedy imageserver processes sharing the registry port")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       time.strftime("race-%Y%m%d-%H%M%S")))
     args = parser.parse_args(argv)
@@ -112,8 +119,8 @@ def main(argv=None):
             servers["distribution"] = distribution(os.path.join(workdir, "distribution"),
                                                    free_port()).start()
             try:
-                servers["speedy"] = speedy_cluster(os.path.join(workdir, "speedy"),
-                                                   free_port()).start(timeout=120)
+                servers["speedy"] = speedy_cluster(os.path.join(workdir, "speedy"), free_port(),
+                                                   args.imageserver_workers).start(timeout=120)
             except (RuntimeError, OSError) as e:
                 missing = f"the Speedy cluster did not start: {e}"
                 print(f"race: {missing}\nrace: measuring Distribution alone", file=sys.stderr)
@@ -147,7 +154,8 @@ def main(argv=None):
         f"# Race: {args.count} blobs of {human_size(args.size)}, concurrency {args.concurrency}, "
         f"{args.requests} HEAD requests, GET manifest for "
         + (f"{args.small_seconds:g} s (wrk)" if engine == "wrk" else f"{args.requests} requests")
-        + f"; medians of {args.rounds} rounds",
+        + f"; medians of {args.rounds} rounds; Speedy with {args.imageserver_workers} imageserver "
+        "worker(s) on its registry port",
         markdown_table(compare(rows, sides, levels),
                        [("figure", "figure"), ("conc", "concurrency")]
                        + [(side, side) for side in sides] + [("speedy/distribution", "ratio")]),

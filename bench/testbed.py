@@ -5,7 +5,7 @@ The emulated 1 GbE testbed of the original Speedy README, on this machine.
 Five network namespaces hang off a bridge that lives in a sixth:
 
     speedybench-client  198.18.0.10   the load generator
-    speedybench-node1   198.18.0.11   imageserver + chunkmaster (or nginx)
+    speedybench-node1   198.18.0.11   imageserver workers + chunkmaster (or nginx)
     speedybench-node2   198.18.0.12   chunkserver, replica group 1
     speedybench-node3   198.18.0.13   chunkserver, replica group 1
     speedybench-node4   198.18.0.14   chunkserver, replica group 1
@@ -47,6 +47,7 @@ import attrs
 from _servers import ServerProcess, http_healthy, netns_prefix, nginx, probe
 from _stats import json_line
 
+from speedy.localcluster import DEFAULT_IMAGESERVER_WORKERS, ClusterPlan, listening_ports
 from speedy.units import parse_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -126,19 +127,27 @@ def build(rate):
             shape(BRIDGE_NS, port, rate)
 
 
-def speedy_cluster(workdir):
+def _worker_ready(servers, index, port, healthy):
+    """
+    @return: whether C{servers[index]}, an imageserver worker sharing
+        C{port}, listens on it itself and C{healthy()} (the port answers
+        healthy: whichever worker the kernel picked).
+    """
+    return port in listening_ports(servers[index].process.pid) and healthy()
+
+
+def speedy_cluster(workdir, workers):
     """
     @return: unstarted L{ServerProcess}es, in start order, for a Speedy
-        cluster laid out like the original's: chunkmaster and imageserver
-        in node1, one chunkserver in each of node2-node4 (one replica group).
-        The roles and their flags are L{speedy.localcluster}'s; only the
-        chunkservers' listen addresses move to their own nodes.
+        cluster laid out like the original's: chunkmaster and C{workers}
+        imageserver processes sharing the HTTP port in node1, one
+        chunkserver in each of node2-node4 (one replica group).  The roles
+        and their flags are L{speedy.localcluster}'s; only the chunkservers'
+        listen addresses move to their own nodes.
     """
-    from speedy.localcluster import ClusterPlan
-
     plan = ClusterPlan.build(var=os.path.join(workdir, "var"), registry=f"{HOSTS['node1']}:{HTTP_PORT}",
                              master_port=MASTER_PORT, chunkserver_port=CHUNKSERVER_PORT,
-                             chunkservers=len(CHUNKSERVER_NODES))
+                             chunkservers=len(CHUNKSERVER_NODES), imageserver_workers=workers)
     logs = os.path.join(plan.var, "logs")
     os.makedirs(logs, exist_ok=True)
     servers = []
@@ -154,6 +163,8 @@ def speedy_cluster(workdir):
         if role.health_url:
             ready = functools.partial(probe, netns(node), http_healthy, role.health_url,
                                       role.needs_writable_group)
+        if role.shares_port:
+            ready = functools.partial(_worker_ready, servers, len(servers), role.port, ready)
         servers.append(ServerProcess(role.name, role.command(sys.executable, os.path.join(
             logs, role.name + ".log")), role.host, role.port, workdir, netns=netns(node), ready=ready,
             new_session=False))
@@ -250,7 +261,7 @@ def run(args):
                     servers = [nginx(workdir, HTTP_PORT, host=HOSTS["node1"], netns=netns("node1"),
                                      store_puts=True)]
                 else:
-                    servers = speedy_cluster(workdir)
+                    servers = speedy_cluster(workdir, args.imageserver_workers)
                 started = []
                 try:
                     for server in servers:
@@ -277,6 +288,8 @@ def main(argv=None):
     parser.add_argument("--concurrency", default="10,50,100",
                         type=lambda s: [int(c) for c in s.split(",")])
     parser.add_argument("--size", type=parse_size, default="16MiB")
+    parser.add_argument("--imageserver-workers", type=int, default=DEFAULT_IMAGESERVER_WORKERS,
+                        help="imageserver processes sharing the HTTP port")
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link")
     parser.add_argument("--no-shape", action="store_true", help="leave the links unshaped (for comparison)")
     parser.add_argument("--iperf", action="store_true", help="measure the raw TCP rate with iperf3 first")

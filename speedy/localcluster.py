@@ -9,7 +9,8 @@ is healthy:
     1. the chunkmaster         healthy: C{GET /v1/health} answers C{{"ok": true}}
     2. every chunkserver       healthy: its wire-protocol port accepts connections
     3. every imageserver       healthy: C{GET /v1/health} answers C{{"ok": true}}
-                               with C{writable_groups} >= 1
+                               with C{writable_groups} >= 1 (a worker sharing
+                               its port: and it listens on that port)
 
 then prints the registry address and runs until Ctrl-C or SIGTERM, when it
 stops the roles in reverse order (SIGTERM, then SIGKILL after a grace
@@ -24,6 +25,13 @@ Everything lives under the var directory (C{./var} by default)::
     chunkserver-N/        each chunkserver's data dir
     logs/ROLE.log         each role's twistd log (ROLE.stderr beside it)
 
+With C{--imageserver-workers N} above 1, each registry port is served by N
+imageserver processes (C{imageserver-1.1}, C{imageserver-1.2}, ...) that all
+listen on it with the C{reuseport:} endpoint (L{speedy.endpoints}): the
+kernel spreads the clients' connections over them, so a registry uses up to
+N cores.  Clients see one registry; any worker continues any upload, since
+upload sessions live in the metadata store.  Linux only.
+
 Each role runs as C{python -c "...; twistd.run()" -n --pidfile= --logfile
 LOG PLUGIN ...} in a process group of its own, so a Ctrl-C in the terminal
 reaches only the supervisor, which then stops the roles in order.
@@ -37,7 +45,7 @@ import socket
 import sys
 
 from attrs import field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -55,6 +63,10 @@ _log = Logger()
 
 STATE_FILE = "cluster.json"
 METADATA_FILE = "metadata.sqlite"
+
+#: Imageserver processes per registry port that C{up} starts unless told:
+#: measured on a 2-core machine (see docs/quickstart.md).
+DEFAULT_IMAGESERVER_WORKERS = 2
 
 
 class ClusterError(Exception):
@@ -81,7 +93,8 @@ class Role:
     """
     One daemon of the cluster: its twistd plugin and arguments, where it
     listens, and how to tell it is healthy (an HTTP health URL, or None to
-    wait for its port to accept connections).
+    wait for its port to accept connections).  A role that C{shares_port}
+    with others (an imageserver worker) must also be seen listening on it.
     """
 
     name: str
@@ -91,6 +104,7 @@ class Role:
     port: int
     health_url: str | None = None
     needs_writable_group: bool = False
+    shares_port: bool = False
 
     @property
     def address(self):
@@ -116,6 +130,7 @@ class ClusterPlan:
     chunkserver_ports: tuple
     imageserver_ports: tuple
     group_size: int = 3
+    imageserver_workers: int = 1
     chunk_size: int | None = None
     volume_size: int | None = None
     heartbeat_interval: float | None = None
@@ -124,10 +139,11 @@ class ClusterPlan:
 
     @classmethod
     def build(cls, var="var", registry="127.0.0.1:5000", master_port=8099, chunkserver_port=8001,
-              chunkservers=3, imageservers=1, group_size=3, **options):
+              chunkservers=3, imageservers=1, group_size=3, imageserver_workers=1, **options):
         """
         Lay out a cluster: imageservers on the registry port and the ones
-        after it, chunkservers on C{chunkserver_port} and the ones after it.
+        after it, C{imageserver_workers} processes sharing each of those
+        ports, chunkservers on C{chunkserver_port} and the ones after it.
         A port of 0 gives every role of that kind a free port of its own.
 
         @param options: C{chunk_size}, C{volume_size}, C{heartbeat_interval},
@@ -140,6 +156,8 @@ class ClusterPlan:
             raise ClusterError(f"registry address must be HOST:PORT, not {registry!r}")
         if imageservers < 1:
             raise ClusterError("a cluster needs at least one imageserver")
+        if imageserver_workers < 1:
+            raise ClusterError("an imageserver needs at least one worker")
         if group_size < 1 or chunkservers < group_size or chunkservers % group_size:
             raise ClusterError(
                 f"{chunkservers} chunkservers cannot form replica groups of {group_size}: "
@@ -155,7 +173,7 @@ class ClusterPlan:
             master_port=ports(int(master_port), 1)[0],
             chunkserver_ports=ports(int(chunkserver_port), chunkservers),
             imageserver_ports=ports(int(port), imageservers),
-            group_size=group_size, **options)
+            group_size=group_size, imageserver_workers=imageserver_workers, **options)
 
     @property
     def master_url(self):
@@ -166,8 +184,8 @@ class ClusterPlan:
         """@return: the C{host:port} of every imageserver's registry."""
         return tuple(_address(self.host, p) for p in self.imageserver_ports)
 
-    def _listen(self, port):
-        return f"tcp:{port}:interface={self.host}"
+    def _listen(self, port, shared=False):
+        return f"{'reuseport' if shared else 'tcp'}:{port}:interface={self.host}"
 
     def roles(self):
         """@return: every L{Role} of the cluster, in the order they start."""
@@ -189,19 +207,57 @@ class ClusterPlan:
                 args += ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
             chunkservers.append(Role(f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args),
                                      self.host, port))
+        shared = self.imageserver_workers > 1
         imageservers = []
         for i, port in enumerate(self.imageserver_ports):
-            args = ["--listen", self._listen(port), "--master", self.master_url,
+            args = ["--listen", self._listen(port, shared), "--master", self.master_url,
                     "--cluster-secret", self.cluster_secret, "--db", db]
             if self.chunk_size is not None:
                 args += ["--chunk-size", str(self.chunk_size)]
-            imageservers.append(Role(
-                f"imageserver-{i + 1}", "speedy-imageserver", tuple(args), self.host, port,
-                health_url=f"http://{self.host}:{port}/v1/health", needs_writable_group=True))
+            for w in range(self.imageserver_workers):
+                imageservers.append(Role(
+                    f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",
+                    "speedy-imageserver", tuple(args), self.host, port,
+                    health_url=f"http://{self.host}:{port}/v1/health", needs_writable_group=True,
+                    shares_port=shared))
         return (master, *chunkservers, *imageservers)
 
 
 # --- health -----------------------------------------------------------------
+
+
+def listening_ports(pid):
+    """
+    @return: the set of TCP ports process C{pid} listens on, read from
+        C{/proc} (its sockets' inodes, found in its network namespace's
+        C{tcp} and C{tcp6} tables in the LISTEN state); empty when it is
+        gone or C{/proc} does not tell.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            # sl local_address rem_address st ... inode: st 0A is LISTEN
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 @frozen
@@ -217,7 +273,10 @@ class HealthProbe:
     Checks roles the way C{up} and C{status} need: an HTTP health URL must
     answer 200 with a JSON object whose C{ok} is true (and, for an
     imageserver, C{writable_groups} >= 1); a role without one must accept a
-    TCP connection on its port.
+    TCP connection on its port.  A role that shares its port with others
+    must in addition be seen listening on it, as only then does the
+    answer on that port tell anything about it (the kernel picks which of
+    them answers).
     """
 
     def __init__(self, reactor, http_client, timeout=2.0):
@@ -229,8 +288,13 @@ class HealthProbe:
         self._http = http_client
         self._timeout = timeout
 
-    def check(self, role):
-        """@return: a Deferred firing with a L{Health}; it never fails."""
+    def check(self, role, pid=None):
+        """
+        @param pid: the role's process, for a role that C{shares_port}.
+        @return: a Deferred firing with a L{Health}; it never fails.
+        """
+        if role.shares_port and pid is not None and role.port not in listening_ports(pid):
+            return succeed(Health(False, f"pid {pid} does not listen on port {role.port} yet"))
         if role.health_url is None:
             return self._check_port(role)
         return Deferred.fromCoroutine(self._check_http(role))
@@ -304,7 +368,7 @@ def role_from_state(entry):
     """@return: the L{Role} a state file entry describes (for health checks)."""
     host, _, port = entry["address"].rpartition(":")
     return Role(entry["name"], entry["plugin"], (), host, int(port), entry.get("health_url"),
-                bool(entry.get("needs_writable_group")))
+                bool(entry.get("needs_writable_group")), bool(entry.get("shares_port")))
 
 
 # --- processes ------------------------------------------------------------------
@@ -472,7 +536,7 @@ class LocalCluster:
             if self._reactor.seconds() >= deadline:
                 raise RoleFailed(f"{role.name} was not healthy after {self._start_timeout:g}s "
                                  f"({health.detail}):\n{_log_tail(self._log_path(role))}")
-            health = await self._probe.check(role)
+            health = await self._probe.check(role, process.pid)
             if health.healthy:
                 return
             await deferLater(self._reactor, self._poll_interval, lambda: None)
@@ -520,7 +584,7 @@ class LocalCluster:
                 {"name": p.role.name, "plugin": p.role.plugin, "pid": p.pid,
                  "address": p.role.address, "health_url": p.role.health_url,
                  "needs_writable_group": p.role.needs_writable_group,
-                 "log": self._log_path(p.role)}
+                 "shares_port": p.role.shares_port, "log": self._log_path(p.role)}
                 for p in self.processes
             ],
         })
@@ -616,12 +680,12 @@ async def report_status(var, probe, out):
     for entry in state["roles"]:
         role = role_from_state(entry)
         if process_matches(int(entry["pid"]), entry["plugin"]):
-            health = await probe.check(role)
+            health = await probe.check(role, int(entry["pid"]))
             detail = "healthy" if health.healthy else f"UNHEALTHY: {health.detail}"
         else:
             health, detail = Health(False), "NOT RUNNING"
         code = code if health.healthy else 1
-        out(f"{role.name:<14} pid {entry['pid']:<7} {role.address:<21} {detail}  log {entry['log']}")
+        out(f"{role.name:<16} pid {entry['pid']:<7} {role.address:<21} {detail}  log {entry['log']}")
     if state.get("ready"):
         for address in state["registries"]:
             out(f"registry at http://{address}/v2/")
@@ -647,6 +711,8 @@ class UpOptions(_ClusterOptions):
                                               "more imageservers take the following ports"],
         ["chunkservers", None, 3, "number of chunkservers", int],
         ["imageservers", None, 1, "number of imageservers", int],
+        ["imageserver-workers", None, DEFAULT_IMAGESERVER_WORKERS,
+         "imageserver processes sharing each registry port (SO_REUSEPORT; Linux)", int],
         ["group-size", None, 3, "chunkservers per replica group", int],
         ["master-port", None, 8099, "chunkmaster port", int],
         ["chunkserver-port", None, 8001, "first chunkserver port", int],
@@ -686,7 +752,8 @@ async def _run_up(reactor, var, options):
     plan = ClusterPlan.build(
         var=var, registry=options["registry"], master_port=options["master-port"],
         chunkserver_port=options["chunkserver-port"], chunkservers=options["chunkservers"],
-        imageservers=options["imageservers"], group_size=options["group-size"],
+        imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
+        group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
         heartbeat_interval=options["heartbeat-interval"])
     existing = read_state(var)

@@ -5,9 +5,12 @@ scripted probe), the health checks themselves, the state file, and one real
 C{up}/C{status}/C{down} run of C{tools/speedy-cluster}.
 """
 
+import hashlib
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +98,24 @@ class ClusterPlanTests(SynchronousTestCase):
         self.assertEqual([(r.health_url, r.needs_writable_group) for r in images],
                          [("http://127.0.0.1:6000/v1/health", True), ("http://127.0.0.1:6001/v1/health", True)])
 
+    def test_imageserver_workers(self):
+        """
+        With workers, every registry port is served by that many
+        imageservers, all listening on it with C{reuseport:} and started one
+        after another; the registries stay one per port.
+        """
+        var = os.path.abspath("v")
+        images = [r for r in plan(var, registry="127.0.0.1:6000", imageservers=2,
+                                  imageserver_workers=3).roles() if r.plugin == "speedy-imageserver"]
+        self.assertEqual(
+            [(r.name, r.port, option_after(r.args, "--listen"), r.shares_port) for r in images],
+            [(f"imageserver-{i}.{w}", 5999 + i, f"reuseport:{5999 + i}:interface=127.0.0.1", True)
+             for i in (1, 2) for w in (1, 2, 3)])
+        self.assertEqual([r.health_url for r in images[:3]], ["http://127.0.0.1:6000/v1/health"] * 3)
+        self.assertEqual(plan(var, registry="127.0.0.1:6000", imageservers=2,
+                              imageserver_workers=3).registries, ("127.0.0.1:6000", "127.0.0.1:6001"))
+        self.assertFalse(any(r.shares_port for r in plan(var).roles()))
+
     def test_role_command(self):
         """A role runs as twistd in the foreground, logging to its file."""
         role = Role("chunkmaster", "speedy-chunkmaster", ("--listen", "tcp:1"), "127.0.0.1", 1)
@@ -116,6 +137,7 @@ class ClusterPlanTests(SynchronousTestCase):
 
     def test_impossible_layouts(self):
         for kwargs in ({"chunkservers": 4}, {"chunkservers": 2}, {"imageservers": 0},
+                       {"imageserver_workers": 0},
                        {"registry": "5000"}, {"registry": "localhost:http"}):
             self.assertRaises(ClusterError, plan, "v", **kwargs)
 
@@ -125,6 +147,10 @@ class ClusterPlanTests(SynchronousTestCase):
         self.assertEqual((options.subCommand, options.subOptions["var"]), ("up", "x"))
         self.assertEqual(options.subOptions["chunk-size"], 4 << 20)
         self.assertEqual(options.subOptions["registry"], "127.0.0.1:5000")
+        self.assertEqual(options.subOptions["imageserver-workers"], localcluster.DEFAULT_IMAGESERVER_WORKERS)
+        options = Options()
+        options.parseOptions(["up", "--imageserver-workers", "3"])
+        self.assertEqual(options.subOptions["imageserver-workers"], 3)
         options = Options()
         options.parseOptions(["status"])
         self.assertEqual(options.subOptions["var"], "var")
@@ -196,6 +222,41 @@ class HealthProbeTests(SynchronousTestCase):
         health = self.successResultOf(d)
         self.assertFalse(health.healthy)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_worker_must_listen_itself(self):
+        """
+        A worker sharing its port is unhealthy while its own process does
+        not listen on it, whatever the port answers (another worker may be
+        answering), and the port is not even asked; once it listens, the
+        port's health answer counts.
+        """
+        worker = Role("imageserver-1.2", "speedy-imageserver", (), "127.0.0.1", free_port(),
+                      health_url="http://127.0.0.1:5000/v1/health", needs_writable_group=True,
+                      shares_port=True)
+        stub = StubTreq(JSONResource(b'{"ok": true, "writable_groups": 1}'))
+        health = self.successResultOf(HealthProbe(MemoryReactorClock(), stub).check(worker, os.getpid()))
+        self.assertFalse(health.healthy)
+        self.assertIn(f"does not listen on port {worker.port}", health.detail)
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", worker.port))
+            listening.listen()
+            d = HealthProbe(MemoryReactorClock(), stub).check(worker, os.getpid())
+            stub.flush()
+            self.assertEqual(self.successResultOf(d), Health(True))
+
+    def test_listening_ports(self):
+        """C{listening_ports} finds a process's listening TCP sockets, and
+        nothing for a process that is gone."""
+        with socket.socket() as listening, socket.socket() as bound:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            bound.bind(("127.0.0.1", 0))
+            ports = localcluster.listening_ports(os.getpid())
+            self.assertIn(listening.getsockname()[1], ports)
+            self.assertNotIn(bound.getsockname()[1], ports)
+        child = subprocess.Popen([sys.executable, "-c", ""])
+        child.wait()
+        self.assertEqual(localcluster.listening_ports(child.pid), set())
 
     def test_port_open(self):
         """A role without a health URL is healthy once its port accepts a
@@ -281,9 +342,11 @@ class ScriptedProbe:
     def __init__(self):
         self.healthy = set()
         self.checks = []
+        self.pids = []
 
-    def check(self, role):
+    def check(self, role, pid=None):
         self.checks.append(role.name)
+        self.pids.append(pid)
         if role.name in self.healthy:
             return succeed(Health(True))
         return succeed(Health(False, f"{role.name} says not yet"))
@@ -334,6 +397,30 @@ class LocalClusterTests(SynchronousTestCase):
                           for name, role in zip(ROLES, self.plan.roles())])
         self.assertEqual(localcluster.role_from_state(state["roles"][4]).health_url,
                          "http://127.0.0.1:5000/v1/health")
+
+    def test_workers_are_checked_each_by_its_own_pid(self):
+        """
+        Workers start one at a time, each checked with its own process id
+        (so the probe can see it listen), and the state file says they
+        share their port, for C{status}.
+        """
+        cluster = LocalCluster(self.reactor, plan(self.mktemp(), imageserver_workers=2), self.probe,
+                               self.lines.append, python="/venv/bin/python", poll_interval=0.5)
+        workers = ["imageserver-1.1", "imageserver-1.2"]
+        self.probe.healthy.update(ROLES[:-1] + workers[:1])
+        d = cluster.up()
+        self.reactor.advance(0.5)
+        self.assertNoResult(d)
+        self.assertEqual(self.probe.checks[-2:], ["imageserver-1.2"] * 2)
+        self.assertEqual(self.probe.pids[-1], self.reactor.spawned["imageserver-1.2"].pid)
+        self.probe.healthy.add(workers[1])
+        self.reactor.advance(0.5)
+        self.successResultOf(d)
+        state = localcluster.read_state(cluster.plan.var)
+        self.assertEqual([(r["name"], r["address"], r["shares_port"]) for r in state["roles"][-2:]],
+                         [(w, "127.0.0.1:5000", True) for w in workers])
+        self.assertTrue(localcluster.role_from_state(state["roles"][-1]).shares_port)
+        self.assertEqual(self.lines[-1], "registry at http://127.0.0.1:5000/v2/")
 
     def test_state_file_says_not_ready_while_starting(self):
         d = self.cluster.up()
@@ -549,9 +636,26 @@ class RecordedProcessTests(SynchronousTestCase):
 # --- one real run --------------------------------------------------------------------
 
 
+WORKER_ROLES = ROLES[:-1] + ["imageserver-1.1", "imageserver-1.2"]
+
+
+def registry_request(address, method, path, body=b"", headers=()):
+    """@return: (status, headers, body) of one request on a connection of
+    its own (so the kernel picks a worker for each)."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body, dict(headers))
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
 class RealClusterTests(SynchronousTestCase):
     """C{tools/speedy-cluster up}, C{status} and C{down} with the real
-    daemons, on free ports."""
+    daemons, on free ports, two imageserver workers sharing the registry
+    port."""
 
     def run_tool(self, *args):
         return subprocess.run([sys.executable, TOOL, *args], capture_output=True, timeout=120,
@@ -570,7 +674,8 @@ class RealClusterTests(SynchronousTestCase):
         registry = f"127.0.0.1:{free_port()}"
         up = subprocess.Popen(
             [sys.executable, TOOL, "up", "--var", var, "--registry", registry, "--master-port", "0",
-             "--chunkserver-port", "0", "--volume-size", "64MiB", "--heartbeat-interval", "0.5"],
+             "--chunkserver-port", "0", "--volume-size", "64MiB", "--heartbeat-interval", "0.5",
+             "--imageserver-workers", "2"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.addCleanup(self.stop_anyway, up, var)
         deadline = time.monotonic() + 90
@@ -587,8 +692,14 @@ class RealClusterTests(SynchronousTestCase):
         status = self.run_tool("status", "--var", var)
         self.assertEqual(status.returncode, 0, status.stdout + status.stderr)
         report = status.stdout.decode()
-        for name in ROLES:
+        for name in WORKER_ROLES:
             self.assertRegex(report, f"{name} .* healthy")
+        workers = state["roles"][-2:]
+        self.assertEqual({w["address"] for w in workers}, {registry})
+        for worker in workers:
+            self.assertIn(int(registry.rsplit(":", 1)[1]), localcluster.listening_ports(worker["pid"]))
+
+        self.upload_across_workers(registry, [w["log"] for w in workers])
 
         down = self.run_tool("down", "--var", var)
         self.assertEqual(down.returncode, 0, down.stdout + down.stderr)
@@ -596,7 +707,36 @@ class RealClusterTests(SynchronousTestCase):
         output = up.stdout.read().decode()
         self.assertIn(f"registry at http://{registry}/v2/", output)
         stopped = [line.split()[0] for line in output.splitlines() if line.endswith(" stopped (SIGTERM)")]
-        self.assertEqual(stopped, list(reversed(ROLES)))
+        self.assertEqual(stopped, list(reversed(WORKER_ROLES)))
         for role in state["roles"]:
             self.assertFalse(localcluster.process_matches(role["pid"], role["plugin"]), role["name"])
         self.assertIsNone(localcluster.read_state(var))
+
+    def upload_across_workers(self, registry, logs):
+        """
+        A chunked upload whose requests each open a connection of their own
+        lands on both workers (24 pieces all on one of two would happen once
+        in 2**23 runs) and still comes back whole.
+        """
+        pieces = [os.urandom(10_000 + i) for i in range(24)]
+        data = b"".join(pieces)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        status, headers, body = registry_request(registry, "POST", "/v2/e2e/workers/blobs/uploads/")
+        self.assertEqual(status, 202, body)
+        location = headers["Location"]
+        for piece in pieces:
+            status, headers, body = registry_request(
+                registry, "PATCH", location, piece, {"Content-Type": "application/octet-stream"})
+            self.assertEqual(status, 202, body)
+            location = headers["Location"]
+        separator = "&" if "?" in location else "?"
+        status, _, body = registry_request(registry, "PUT", f"{location}{separator}digest={digest}")
+        self.assertEqual(status, 201, body)
+        patches_seen = []
+        for log in logs:
+            with open(log, errors="replace") as f:
+                patches_seen.append(f.read().count('"PATCH /v2/e2e/workers/blobs/uploads/'))
+        self.assertEqual(sum(patches_seen), len(pieces))
+        self.assertNotIn(0, patches_seen)
+        status, _, body = registry_request(registry, "GET", f"/v2/e2e/workers/blobs/{digest}")
+        self.assertEqual((status, body), (200, data))
