@@ -180,7 +180,9 @@ class IChunkRead(Interface):
 class IChunkClient(Interface):
     """
     Speaks the wire protocol to any chunkserver, with a connection pool per
-    address ("host:port"), a timeout on every request and reconnect with
+    address ("host:port"), a timeout on every request (it fails once no byte
+    moved on its connection for that long, so big transfers queued behind
+    others survive; connecting has its own timeout) and reconnect with
     backoff.  Error frames come back as the matching L{speedy.errors} class;
     timeouts as L{Timeout}; unreachable peers as L{ConnectionFailed}.
     """
@@ -195,10 +197,19 @@ class IChunkClient(Interface):
 
     def get(address, file_id, offset=0, length=None):
         """
-        @return: a Deferred firing with a bytes-like object (a bytearray)
-            holding the range.  A whole-chunk
-            read is verified against the chunkserver's CRC32C on arrival
-            (L{ChecksumMismatch} on a difference).
+        @return: a Deferred firing with a bytearray holding the range (joined
+            from the pieces it arrived in).  A whole-chunk read is verified
+            against the chunkserver's CRC32C on arrival (L{ChecksumMismatch}
+            on a difference).
+        """
+
+    def get_pieces(address, file_id, offset=0, length=None):
+        """
+        Like L{get}, without joining the range's bytes into one buffer.
+
+        @return: a Deferred firing with a list of bytes objects holding the
+            range in order, as they came off the connection; verified as
+            L{get} is.
         """
 
     def stat(address, file_id):

@@ -142,6 +142,9 @@ class FakeChunkClient:
 
         return self._answer(address, "get", file_id, read)
 
+    def get_pieces(self, address, file_id, offset=0, length=None):
+        return self.get(address, file_id, offset, length).addCallback(lambda data: [bytes(data)])
+
     def stat(self, address, file_id):
         def info(server):
             data = _stored(server, file_id)

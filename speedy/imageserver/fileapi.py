@@ -27,6 +27,7 @@ from speedy import errors
 from speedy.imageserver.rest import JSONLeaf, respond
 from speedy.metadata.schema import check_path
 from speedy.records import FileRecord
+from speedy.web.downloads import send_in_large_pieces
 from speedy.web.json import write_json
 from speedy.web.streaming import IBodySink
 
@@ -231,6 +232,7 @@ class FileAPI(JSONLeaf):
         request.setHeader(b"content-length", b"%d" % (length,))
         if request.method == b"HEAD" or length == 0:
             return b""
+        send_in_large_pieces(request)
         reading = self._storage.read(record.chunks, offset, length, request)
         request.notifyFinish().addErrback(lambda _: reading.cancel())
         try:

@@ -21,8 +21,10 @@ from speedy.records import DOWN, BadReplica
 log = Logger()
 
 #: The most bytes handed to a consumer in one C{write}, so that a pause takes
-#: effect within a chunk.
-WRITE_PIECE = 256 << 10
+#: effect within a chunk.  As large as the chunk client's reads
+#: (L{speedy.wire.connection.RECEIVE_SIZE}), so the pieces it fetched are
+#: written as they are, without a copy.
+WRITE_PIECE = 1 << 20
 
 
 class ReplicaReader:
@@ -60,7 +62,21 @@ class ReplicaReader:
         return Deferred.fromCoroutine(self._ask(
             group_id, file_id,
             lambda address: client.get(address, file_id, offset, length),
-            lambda data: _check(data, length), known))
+            lambda data: _check(len(data), length), known))
+
+    def fetch_pieces(self, group_id, file_id, offset=0, length=None, known=True):
+        """
+        Like L{fetch}, for a caller that passes the bytes on in pieces: the
+        client's C{get_pieces} spares joining them (a copy of the chunk).
+
+        @return: a Deferred firing with a list of bytes-like pieces, the
+            bytes in order; failing as L{fetch} does.
+        """
+        client = self._storage.client
+        return Deferred.fromCoroutine(self._ask(
+            group_id, file_id,
+            lambda address: client.get_pieces(address, file_id, offset, length),
+            lambda pieces: _check(sum(map(len, pieces)), length), known))
 
     def stat(self, group_id, file_id, known=False):
         """
@@ -134,11 +150,26 @@ class ReplicaReader:
             lambda f: log.failure("recording a bad replica failed", f))
 
 
-def _check(data, length):
-    """@return: what is wrong with fetched bytes, or None."""
-    if length is not None and len(data) != length:
-        return f"answered {len(data)} bytes, not {length}"
+def _check(size, length):
+    """@return: what is wrong with C{size} fetched bytes, or None."""
+    if length is not None and size != length:
+        return f"answered {size} bytes, not {length}"
     return None
+
+
+def _writes(pieces):
+    """
+    @return: an iterator over the bytes to write for C{pieces}: each bytes
+        piece of at most L{WRITE_PIECE} as it is, anything larger or not
+        bytes cut into copies of at most L{WRITE_PIECE}.
+    """
+    for piece in pieces:
+        if isinstance(piece, bytes) and len(piece) <= WRITE_PIECE:
+            yield piece
+            continue
+        view = memoryview(piece).cast("B")
+        for start in range(0, len(view), WRITE_PIECE):
+            yield bytes(view[start:start + WRITE_PIECE])
 
 
 def segments(chunks, offset, length):
@@ -188,8 +219,7 @@ class FileReader:
         self._consumer = consumer
         self._read_ahead = max(1, read_ahead)
         self._fetches = deque()
-        self._current = None  # memoryview of the chunk being written
-        self._position = 0
+        self._current = None  # iterator over the bytes of the chunk being written
         self._paused = False
         self._done = None
 
@@ -228,7 +258,7 @@ class FileReader:
         while self._segments and len(self._fetches) < self._read_ahead:
             chunk, offset, length = self._segments.popleft()
             whole = offset == 0 and length == chunk.size
-            d = self._replicas.fetch(
+            d = self._replicas.fetch_pieces(
                 chunk.group_id, chunk.file_id, offset, None if whole else length)
             fetch = _Fetch(d)
             d.addBoth(self._fetched, fetch)
@@ -243,11 +273,11 @@ class FileReader:
     def _advance(self):
         while not self._paused and self._done is not None and not self._done.called:
             if self._current is not None:
-                piece = self._current[self._position:self._position + WRITE_PIECE]
-                self._position += len(piece)
-                if self._position >= len(self._current):
+                piece = next(self._current, None)
+                if piece is None:
                     self._current = None
-                self._consumer.write(bytes(piece))
+                else:
+                    self._consumer.write(piece)
                 continue
             if not self._fetches:
                 self._finish()
@@ -256,14 +286,13 @@ class FileReader:
             if not head.done:
                 return
             self._fetches.popleft()
-            if not isinstance(head.result, (bytes, bytearray, memoryview)):
+            if not isinstance(head.result, list):
                 failure, head.result = head.result, None
                 done = self._done
                 self._stop()
                 done.errback(failure)
                 return
-            self._current, head.result = memoryview(head.result), None
-            self._position = 0
+            self._current, head.result = _writes(head.result), None
             self._fill()
 
     def _finish(self):

@@ -61,7 +61,8 @@ class Options(usage.Options):
         ["chunk-size", None, None, "Size streams are cut into chunks at [default: 16MiB]."],
         ["parallelism", None, None, "Chunks in flight per upload and fetched ahead per "
          "download [default: 4]."],
-        ["request-timeout", None, None, "Seconds a chunkserver has to answer [default: 30]."],
+        ["request-timeout", None, None, "Seconds a chunkserver request may go without any byte "
+         "moving [default: 30]."],
         ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
          "[default: 1000]."],
         ["config", None, None, "INI file with an [imageserver] section (see etc/imageserver.ini)."],

@@ -56,6 +56,7 @@ from speedy.registry.manifests import OCI_INDEX, Manifests
 from speedy.registry.names import check_digest, check_name
 from speedy.registry.referrers import referrers_index
 from speedy.registry.uploads import UploadSessions, session_headers
+from speedy.web.downloads import send_in_large_pieces
 
 _log = Logger()
 
@@ -424,6 +425,7 @@ class RegistryAPI:
             request.setHeader(key, value)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(length))
+        send_in_large_pieces(request)
         reading = self._storage.read(blob.chunks, offset, length, request)
         exchange.on_gone(reading.cancel)
         try:

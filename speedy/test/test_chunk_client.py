@@ -25,7 +25,8 @@ from speedy.test.test_chunkserver_protocol import GatedStore
 from speedy.wire.client import ChunkClient, parse_address
 from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
 from speedy.wire.frames import (
-    CHUNK_INFO, FLAG_RESPONSE, GET_RESPONSE, OP_GET, OP_PING, OP_STAT, frame)
+    CHUNK_INFO, FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, OP_GET, OP_PING, OP_PUT, OP_STAT,
+    Header, frame)
 
 ADDRESS = "127.0.0.1:8000"
 
@@ -91,6 +92,17 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         data = os.urandom(1 << 20) * 16
         self.answer(self.client.put(ADDRESS, 1, data))
         self.assertTrue(self.answer(self.client.get(ADDRESS, 1)) == data)
+
+    def test_get_pieces(self):
+        """get_pieces answers a whole chunk or a range as bytes pieces that
+        join up to exactly its bytes."""
+        data = os.urandom(3 << 20)
+        self.answer(self.client.put(ADDRESS, 1, data))
+        pieces = self.answer(self.client.get_pieces(ADDRESS, 1))
+        self.assertTrue(all(isinstance(piece, bytes) for piece in pieces))
+        self.assertTrue(b"".join(pieces) == data)
+        pieces = self.answer(self.client.get_pieces(ADDRESS, 1, 1000, 2 << 20))
+        self.assertTrue(b"".join(pieces) == data[1000:1000 + (2 << 20)])
 
     def test_errors_map_to_classes(self):
         self.fails(self.client.get(ADDRESS, 5), ChunkNotFound)
@@ -256,6 +268,22 @@ class ConnectionTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual((result.data, result.size), (bytearray(data), len(data)))
 
+    def test_get_body_kept_as_received(self):
+        """A GET answer's body reads are kept as the bytes objects they
+        arrived as (no copy), and checked against the chunk's CRC32C."""
+        body = [os.urandom(1000), os.urandom(2000)]
+        d = self.connection.request(OP_GET, b"\0" * 24)
+        data = b"".join(body)
+        answer = frame(OP_GET, 1, GET_RESPONSE.pack(len(data), google_crc32c.value(data), 0)
+                       + data, FLAG_RESPONSE)
+        self.connection.dataReceived(answer[:HEADER_SIZE + GET_RESPONSE.size])
+        for piece in body:
+            self.connection.dataReceived(piece)
+        result = self.successResultOf(d)
+        self.assertEqual(len(result.pieces), 2)
+        self.assertTrue(all(kept is sent for kept, sent in zip(result.pieces, body)))
+        self.assertEqual(result.data, bytearray(data))
+
     def test_out_of_order(self):
         first = self.connection.request(OP_STAT, b"\0" * 8)
         second = self.connection.request(OP_PING)
@@ -297,3 +325,121 @@ class ConnectionTests(SynchronousTestCase):
         self.connection.connectionLost(Failure(ConnectionError("gone")))
         self.failureResultOf(d, ConnectionFailed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class StallTimeoutTests(SynchronousTestCase):
+    """
+    Timeouts count time without progress: a 16 MiB transfer that takes
+    far longer than the timeout but keeps moving succeeds, one that stops
+    moving fails the timeout after its last byte.
+    """
+
+    SIZE = 16 << 20
+    PIECE = 256 << 10
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.connection = ChunkClientProtocol(self.clock, 30.0, "test:1")
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+        self.data = os.urandom(self.SIZE)
+
+    def tearDown(self):
+        if self.connection.connected:
+            self.connection.connectionLost(Failure(ConnectionError("over")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def get_answer(self):
+        return frame(OP_GET, 1, GET_RESPONSE.pack(self.SIZE, google_crc32c.value(self.data), 0)
+                     + self.data, FLAG_RESPONSE)
+
+    def send_put_body(self, seconds_per_piece):
+        """Let the transport take the PUT body piece by piece, one every
+        C{seconds_per_piece}; @return: the bytes sent."""
+        while self.transport.producer is not None:
+            self.clock.advance(seconds_per_piece)
+            self.transport.producer.resumeProducing()
+        return self.transport.value()
+
+    def test_slow_get_survives(self):
+        """A GET answer arriving a piece every 20s is
+        delivered whole (over 20 minutes in all)."""
+        d = self.connection.request(OP_GET, b"\0" * 24)
+        answer = self.get_answer()
+        for start in range(0, len(answer), self.PIECE):
+            self.clock.advance(20)
+            self.assertNoResult(d)
+            self.connection.dataReceived(answer[start:start + self.PIECE])
+        self.assertGreater(self.clock.seconds(), 20 * 60)
+        self.assertEqual(self.successResultOf(d).data, self.data)
+
+    def test_stalled_get_fails(self):
+        """A GET answer that stops halfway fails 30s after its last byte;
+        the rest of it, should it come late, is dropped and the connection
+        goes on."""
+        d = self.connection.request(OP_GET, b"\0" * 24)
+        answer = self.get_answer()
+        half = len(answer) // 2
+        self.clock.advance(25)
+        self.connection.dataReceived(answer[:half])
+        self.clock.advance(29.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("nothing moved for 30.0s", str(self.failureResultOf(d, Timeout).value))
+        self.connection.dataReceived(answer[half:])
+        ping = self.connection.request(OP_PING)
+        self.connection.dataReceived(frame(OP_PING, 2, b"", FLAG_RESPONSE))
+        self.assertEqual(self.successResultOf(ping), b"")
+
+    def test_slow_put_survives(self):
+        """A 16 MiB PUT whose body the transport takes a piece every 20s,
+        then 25s of silence while the server stores it: it succeeds."""
+        d = self.connection.request(OP_PUT, b"\0" * 8, self.data)
+        sent = self.send_put_body(20)
+        self.assertEqual(sent[HEADER_SIZE + 8:], self.data)
+        self.assertEqual(Header.unpack(sent[:HEADER_SIZE]).body_length, 8 + self.SIZE)
+        self.assertGreater(self.clock.seconds(), 20 * 60)
+        self.clock.advance(25)
+        self.assertNoResult(d)
+        self.connection.dataReceived(frame(OP_PUT, 1, CHUNK_INFO.pack(self.SIZE, 7), FLAG_RESPONSE))
+        self.assertEqual(self.successResultOf(d), CHUNK_INFO.pack(self.SIZE, 7))
+
+    def test_stalled_put_fails(self):
+        """A PUT whose body stops going out fails 30s after the last piece."""
+        d = self.connection.request(OP_PUT, b"\0" * 8, self.data)
+        for _ in range(3):
+            self.clock.advance(20)
+            self.transport.producer.resumeProducing()
+        self.clock.advance(29.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.failureResultOf(d, Timeout)
+
+    def test_queued_behind_a_moving_transfer(self):
+        """Requests waiting behind a slow PUT on the same connection live as
+        long as its bytes move, then get their own 30s."""
+        put = self.connection.request(OP_PUT, b"\0" * 8, self.data)
+        self.clock.advance(10)
+        ping = self.connection.request(OP_PING)
+        self.send_put_body(15)
+        self.assertGreater(self.clock.seconds(), 15 * 60)
+        self.assertNoResult(ping)
+        self.connection.dataReceived(frame(OP_PUT, 1, CHUNK_INFO.pack(self.SIZE, 7), FLAG_RESPONSE))
+        self.successResultOf(put)
+        self.clock.advance(29.9)
+        self.assertNoResult(ping)
+        self.clock.advance(0.1)
+        self.failureResultOf(ping, Timeout)
+
+    def test_new_request_gets_its_own_time(self):
+        """A request sent on a connection that has been silent for 25s,
+        with another still waiting, has the full 30s of its own."""
+        first = self.connection.request(OP_PING)
+        self.clock.advance(25)
+        second = self.connection.request(OP_STAT, b"\0" * 8)
+        self.clock.advance(5)
+        self.failureResultOf(first, Timeout)
+        self.clock.advance(24.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, Timeout)

@@ -113,6 +113,47 @@ class ReaderTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(consumer.value(), DATA[3:103])
 
+    def give_client_pieces(self):
+        """
+        Give the fake client a C{get_pieces} that answers each range in two
+        bytes pieces, as the real client does with what its socket reads
+        return.  @return: the list every piece answered is appended to.
+        """
+        answered = []
+
+        def get_pieces(address, file_id, offset=0, length=None):
+            def cut(data):
+                pieces = [bytes(data[:50]), bytes(data[50:])]
+                answered.extend(pieces)
+                return pieces
+            return self.client.get(address, file_id, offset, length).addCallback(cut)
+
+        self.client.get_pieces = get_pieces
+        return answered
+
+    def test_pieces_written_as_they_are(self):
+        """With a client that answers pieces, the consumer is handed those
+        very bytes objects, in order: no copy on the way."""
+        answered = self.give_client_pieces()
+        consumer = Consumer()
+        written = []
+        consumer.write = lambda piece: (
+            written.append(piece), StringTransport.write(consumer, piece))
+        self.successResultOf(self.storage.read(self.refs, 0, len(DATA), consumer))
+        self.assertEqual(consumer.value(), DATA)
+        self.assertEqual(len(written), 2 * len(self.refs))
+        self.assertTrue(all(w is a for w, a in zip(written, answered)))
+
+    def test_pieces_truncated_answer(self):
+        """Pieces adding up to fewer bytes than asked for are refused and
+        the next replica is tried."""
+        self.give_client_pieces()
+        self.client.server(G1[0]).mode = PARTIAL
+        self.client.server(G1[1]).mode = PARTIAL
+        d, consumer = self.read(3, 100)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[3:103])
+
     def test_missing_chunk_reported(self):
         ref = self.refs[2]
         del self.client.server(G1[2]).chunks[ref.file_id]

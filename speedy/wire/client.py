@@ -9,8 +9,11 @@ once; a request goes to an idle connection, else a new one while the pool
 has room, else the least loaded.  A chunkserver that cannot be reached is
 not retried before a backoff delay (doubling per failure, capped) has
 passed; requests meanwhile fail at once with L{ConnectionFailed}, so
-callers fail over to another replica instead of waiting.  Every request has
-a timeout (L{Timeout}); a dropped connection fails its requests.
+callers fail over to another replica instead of waiting.  A request fails
+with L{Timeout} once nothing has moved on its connection for
+C{request_timeout} seconds (a slow transfer that keeps moving is never cut
+short; see L{speedy.wire.connection}); connecting has its own
+C{connect_timeout}; a dropped connection fails its requests.
 """
 
 import json
@@ -46,6 +49,10 @@ def parse_address(address):
 class ChunkClient:
     """
     Pooled, timed, reconnecting wire-protocol client.
+
+    @param connect_timeout: seconds a connection attempt may take.
+    @param request_timeout: seconds a request may wait without any byte
+        moving on its connection.
 
     @ivar backoff_initial: seconds to wait after the first failed connect.
     @ivar backoff_max: the longest wait between connect attempts.
@@ -85,10 +92,25 @@ class ChunkClient:
     def get(self, address, file_id, offset=0, length=None):
         """
         @return: a Deferred firing with a bytearray of the range's bytes
-            (filled in place as they arrived: one copy).
+            (joined from the pieces they arrived in: one copy).
         """
+        return self._get(address, file_id, offset, length).addCallback(
+            lambda result: result.data)
+
+    def get_pieces(self, address, file_id, offset=0, length=None):
+        """
+        Like L{get}, without joining the bytes: for a caller that passes
+        them on in pieces anyway (a streamed download).
+
+        @return: a Deferred firing with a list of bytes objects, the range's
+            bytes in order as they came off the socket.
+        """
+        return self._get(address, file_id, offset, length).addCallback(
+            lambda result: result.pieces)
+
+    def _get(self, address, file_id, offset, length):
         body = GET_REQUEST.pack(file_id, offset, ALL_BYTES if length is None else length)
-        return self._request(address, OP_GET, body).addCallback(lambda result: result.data)
+        return self._request(address, OP_GET, body)
 
     def stat(self, address, file_id):
         d = self._request(address, OP_STAT, FILE_ID.pack(file_id))

@@ -1,12 +1,20 @@
 # -*- test-case-name: speedy.test.test_chunk_client -*-
 """
 One client connection to a chunkserver: requests tagged with ids, many in
-flight, answers matched back by id in whatever order they come, each with
-its own timeout (from the moment it is sent; a LIST's timer restarts with
-each of its frames).  L{speedy.wire.client.ChunkClient} pools these.
+flight, answers matched back by id in whatever order they come.
+L{speedy.wire.client.ChunkClient} pools these.
 
-Answers are read as they arrive: a GET's bytes go straight into one buffer
-of their final size, the CRC32C of a whole chunk is computed on the way.
+Timeouts count stalls, not durations: a request fails with L{Timeout} once
+C{request_timeout} seconds have passed both since it was sent and since
+bytes last moved on its connection (any answer's bytes arriving, or the
+transport taking the next piece of a PUT body, which it does only once the
+last one went out).  A 16 MiB transfer that crawls, or a request queued
+behind others that are still flowing, lives on; a dead or wedged peer is
+given up on after the timeout.
+
+Answers are read as they arrive, C{RECEIVE_SIZE} bytes per read: a GET's
+body is kept as the bytes objects the socket returned (no copy), the CRC32C
+of a whole chunk is computed on the way.
 """
 
 import sys
@@ -14,8 +22,10 @@ from array import array
 
 import google_crc32c
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
@@ -38,6 +48,13 @@ RESPONSE_LIMITS = {
     OP_LIST: LIST_BATCH * FILE_ID.size,
     OP_COMPACT: COMPACT_RESPONSE.size,
 }
+
+
+#: Bytes read from the socket per call (the transport's C{bufferSize}): a
+#: GET answer is megabytes, and Twisted's default of 64 KiB costs a Python
+#: call chain per 64 KiB.  C{bufferSize} is also where a transport pauses a
+#: streaming producer; the PUT bodies sent here are pull producers.
+RECEIVE_SIZE = 1 << 20
 
 
 class ProtocolViolation(ConnectionFailed):
@@ -64,6 +81,8 @@ class ChunkClientProtocol(Protocol):
         self._response = None  # the _Response receiving the current body
         self._outbox = None
         self._lost = []
+        self._last_moved = 0.0  # when bytes last moved either way
+        self._stall_check = None  # DelayedCall of _check_stalls
         self.connected = False
 
     @property
@@ -73,6 +92,8 @@ class ChunkClientProtocol(Protocol):
     def connectionMade(self):
         self.connected = True
         no_delay(self.transport)
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = RECEIVE_SIZE
         self._outbox = Outbox(self.transport)
 
     def when_lost(self):
@@ -104,6 +125,7 @@ class ChunkClientProtocol(Protocol):
 
     def _fail_all(self, error):
         calls, self._calls = self._calls, {}
+        self._unwatch()
         for call in calls.values():
             call.fail(error)
 
@@ -128,27 +150,60 @@ class ChunkClientProtocol(Protocol):
         if length > MAX_BODY:
             return fail(TooLarge(f"a body of {length} bytes exceeds the limit of {MAX_BODY}"))
         head = Header(opcode, request_id, length).pack() + body
-        call = _Call(self, request_id, opcode)
+        call = _Call(self, request_id, opcode, self._clock.seconds())
         self._calls[request_id] = call
-        call.timer = self._clock.callLater(self._request_timeout, self._timed_out, call)
+        self._watch()
         if chunk is None:
             self._outbox.send(head)
         else:
             # Its failure is the connection's, which fails the call.
-            self._outbox.stream(head, chunk).addErrback(lambda _: None)
+            self._outbox.stream(head, _CountedBody(chunk, self._moved)).addErrback(lambda _: None)
         return call.deferred
 
     def _forget(self, call):
         self._calls.pop(call.request_id, None)
+        if not self._calls:
+            self._unwatch()
 
-    def _timed_out(self, call):
-        self._forget(call)
-        call.fail(Timeout(f"{OPCODES[call.opcode]} to {self._address} got no answer "
-                          f"in {self._request_timeout}s"))
+    # --- stalls ----------------------------------------------------------
+
+    def _moved(self):
+        """Bytes moved: every waiting request gets C{request_timeout} more."""
+        self._last_moved = self._clock.seconds()
+
+    def _deadline(self, call):
+        return max(call.sent_at, self._last_moved) + self._request_timeout
+
+    def _watch(self):
+        """Schedule the stall check for the earliest deadline, the oldest
+        request's (requests are kept in the order they were sent)."""
+        if self._stall_check is None and self._calls:
+            oldest = next(iter(self._calls.values()))
+            delay = max(0.0, self._deadline(oldest) - self._clock.seconds())
+            self._stall_check = self._clock.callLater(delay, self._check_stalls)
+
+    def _unwatch(self):
+        if self._stall_check is not None:
+            if self._stall_check.active():
+                self._stall_check.cancel()
+            self._stall_check = None
+
+    def _check_stalls(self):
+        """Fail the requests past their deadline; look again at the next."""
+        self._stall_check = None
+        now = self._clock.seconds()
+        for call in list(self._calls.values()):
+            if self._deadline(call) > now:
+                break
+            self._forget(call)
+            call.fail(Timeout(f"{OPCODES[call.opcode]} to {self._address}: nothing moved "
+                              f"for {self._request_timeout}s"))
+        self._watch()
 
     # --- responses in ----------------------------------------------------
 
     def dataReceived(self, data):
+        self._last_moved = self._clock.seconds()
         view = memoryview(data)
         while view and self.connected:
             if self._response is None:
@@ -204,7 +259,6 @@ class ChunkClientProtocol(Protocol):
         if call.opcode == OP_LIST:
             call.collect(response.body())
             if response.header.flags & FLAG_MORE:
-                call.timer.reset(self._request_timeout)
                 return
         self._forget(call)
         try:
@@ -219,20 +273,14 @@ class ChunkClientProtocol(Protocol):
 
 
 class _Call:
-    """One request waiting for its answer."""
+    """One request waiting for its answer, sent at C{sent_at}."""
 
-    def __init__(self, protocol, request_id, opcode):
+    def __init__(self, protocol, request_id, opcode, sent_at):
         self.request_id = request_id
         self.opcode = opcode
-        self.timer = None
+        self.sent_at = sent_at
         self.deferred = Deferred(lambda d: protocol._forget(self))
-        self.deferred.addBoth(self._stop_timer)
         self._file_ids = []
-
-    def _stop_timer(self, result):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        return result
 
     def collect(self, body):
         """Add the file ids of one LIST frame."""
@@ -248,6 +296,44 @@ class _Call:
     def fail(self, error):
         if not self.deferred.called:
             self.deferred.errback(error)
+
+
+class _CountedBody:
+    """
+    A request body (see L{speedy.wire.outbox}) that reports each piece the
+    transport takes from it to C{moved}: a transport asks its producer for
+    more only once it has sent what it held, so each piece is progress.
+    """
+
+    def __init__(self, body, moved):
+        self._body = body
+        self._moved = moved
+
+    def start(self, consumer):
+        """@return: the wrapped body's Deferred (see L{Outbox.stream})."""
+        return self._body.start(_CountingConsumer(consumer, self._moved))
+
+    def stopProducing(self):
+        self._body.stopProducing()
+
+
+@implementer(IConsumer)
+class _CountingConsumer:
+    """The transport, as the body sees it: C{moved} is called on each write."""
+
+    def __init__(self, transport, moved):
+        self._transport = transport
+        self._moved = moved
+
+    def registerProducer(self, producer, streaming):
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self._transport.unregisterProducer()
+
+    def write(self, data):
+        self._moved()
+        self._transport.write(data)
 
 
 class _Response:
@@ -278,21 +364,27 @@ class _Response:
 
 class GetResult:
     """
-    A GET answer: C{data} (a bytearray of the range's bytes), C{size} and
-    C{crc32c} of the whole chunk, C{offset} of the range.
+    A GET answer: C{pieces} (the range's bytes as the list of bytes objects
+    they arrived in), C{size} and C{crc32c} of the whole chunk, C{offset} of
+    the range.
     """
 
-    def __init__(self, size, crc32c, offset, data):
+    def __init__(self, size, crc32c, offset, pieces):
         self.size = size
         self.crc32c = crc32c
         self.offset = offset
-        self.data = data
+        self.pieces = pieces
+
+    @property
+    def data(self):
+        """The range's bytes joined into one bytearray (a copy)."""
+        return bytearray().join(self.pieces)
 
 
 class _GetResponse:
     """
-    A GET answer streamed into one buffer allocated at its final size; the
-    CRC32C of a whole-chunk answer is computed as the pieces arrive.
+    A GET answer, kept as the pieces it arrives in; the CRC32C of a
+    whole-chunk answer is computed as they arrive.
     """
 
     def __init__(self, header, call):
@@ -302,14 +394,13 @@ class _GetResponse:
         if header.body_length < GET_RESPONSE.size:
             raise BadRequest("a GET answer starts with size, crc32c and offset")
         self._prefix = bytearray()
-        self._data = None
-        self._filled = 0
+        self._pieces = None
         self._crc = 0
         self._whole = False
 
     def feed(self, piece):
         self.remaining -= len(piece)
-        if self._data is None:
+        if self._pieces is None:
             need = GET_RESPONSE.size - len(self._prefix)
             self._prefix += piece[:need]
             piece = piece[need:]
@@ -319,14 +410,13 @@ class _GetResponse:
             length = len(piece) + self.remaining
             if self.offset + length > self.size:
                 raise BadRequest(f"range {self.offset}+{length} exceeds the chunk's {self.size} bytes")
-            self._data = bytearray(length)
+            self._pieces = []
             self._whole = self.offset == 0 and length == self.size
-        end = self._filled + len(piece)
-        self._data[self._filled:end] = piece
-        self._filled = end
-        if self._whole and piece:
-            self._crc = google_crc32c.extend(
-                self._crc, piece if isinstance(piece, bytes) else bytes(piece))
+        if piece:
+            piece = piece if isinstance(piece, bytes) else bytes(piece)
+            self._pieces.append(piece)
+            if self._whole:
+                self._crc = google_crc32c.extend(self._crc, piece)
 
     def body(self):
         return b""
@@ -340,4 +430,4 @@ class _GetResponse:
         if self._whole and self._crc != self.crc32c:
             raise ChecksumMismatch(
                 f"chunk arrived with CRC32C {self._crc:08x}, the server said {self.crc32c:08x}")
-        return GetResult(self.size, self.crc32c, self.offset, self._data)
+        return GetResult(self.size, self.crc32c, self.offset, self._pieces)
