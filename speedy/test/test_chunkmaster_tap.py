@@ -3,6 +3,7 @@ Tests for L{speedy.chunkmaster.tap} and L{speedy.chunkmaster.service}: the twist
 file, and a service that loads the cluster before it listens.
 """
 
+from io import StringIO
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
@@ -13,6 +14,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
 import speedy
@@ -142,3 +144,25 @@ class ServiceTests(SynchronousTestCase):
         self.assertNotEqual(self.reactor.getDelayedCalls(), [])
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class AccessLogTests(SynchronousTestCase):
+    """Routine heartbeats and view polls stay out of the access log; their
+    failures and everything else go in."""
+
+    def logged(self, path, code):
+        site = tap.ChunkmasterSite(build_api(None, None), reactor=MemoryReactorClock())
+        site._logFile = StringIO()
+        request = DummyRequest(path.lstrip(b"/").split(b"/"))
+        request.path, request.uri, request.code = path, path, code
+        request.sentLength = 0
+        site.log(request)
+        return site._logFile.getvalue()
+
+    def test_routine_success_is_not_logged(self):
+        self.assertEqual(self.logged(b"/v1/heartbeat", 200), "")
+        self.assertEqual(self.logged(b"/v1/cluster", 304), "")
+
+    def test_failures_and_other_calls_are_logged(self):
+        self.assertIn("/v1/heartbeat", self.logged(b"/v1/heartbeat", 401))
+        self.assertIn("/v1/file-ids", self.logged(b"/v1/file-ids", 200))
