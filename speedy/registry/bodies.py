@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_registry_uploads,speedy.test.test_registry_api -*-
+# -*- test-case-name: speedy.test.test_registry_uploads,speedy.test.test_registry_hashing,speedy.test.test_registry_api -*-
 """
 Request bodies as they arrive: L{BlobBody} hashes a blob body and writes it
 through an L{IChunkedWriter} piece by piece (never whole in memory);
@@ -9,18 +9,29 @@ for each piece (holding back the client's socket while a returned Deferred
 is unfired), then C{finish}, then renders; the resource asks C{outcome()}
 for the result.  L{feed} drives a sink from a body a plain C{Site} already
 buffered in C{request.content}.
+
+A L{BlobBody} given C{run_in_thread} hashes through a L{HashFeed}: the
+pieces are stored as they come and hashed in a worker thread, in order,
+and the body is complete once both the writer and the hash are done.  The
+client's socket is held back when more than L{HASH_BACKLOG} bytes wait for
+the hash, so a slow hash bounds memory like slow storage does.
 """
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
+from speedy.registry.digests import HashFeed
 from speedy.registry.errors import MANIFEST_TOO_LARGE, SIZE_INVALID, RegistryError
 
 _log = Logger()
 
 #: How much of a buffered C{request.content} L{feed} hands a sink at once.
 FEED_PIECE = 64 << 10
+
+#: Bytes of a body waiting for the hashing thread beyond which the body's
+#: next piece waits.
+HASH_BACKLOG = 8 << 20
 
 
 @frozen
@@ -45,17 +56,25 @@ class BlobBody:
     @param storage: the L{IChunkedStorage} whose writer takes the bytes.
     @param expected_length: the length the request announced (from
         C{Content-Range}), or None.
+    @param run_in_thread: C{run_in_thread(f, *args)} runs C{f(*args)} in a
+        worker thread and returns a Deferred of its result; the body is
+        then hashed there (a L{HashFeed}).  None: hashed inline, on the
+        reactor thread.
     """
 
-    def __init__(self, prepared, storage, expected_length=None):
+    def __init__(self, prepared, storage, expected_length=None, run_in_thread=None):
         self._storage = storage
         self._expected_length = expected_length
+        self._run_in_thread = run_in_thread
         self._writer = None
+        self._feed = None
         self._length = 0
         self._chain = prepared.addCallback(self._start)
 
     def _start(self, prepared):
         self._context, self._hash = prepared
+        if self._run_in_thread is not None:
+            self._feed = HashFeed(self._hash, self._run_in_thread)
         self._writer = self._storage.writer()
 
     def write(self, data):
@@ -72,8 +91,16 @@ class BlobBody:
 
     def _absorb(self, _, data):
         self._length += len(data)
-        self._hash.update(data)
-        return self._writer.write(data)
+        if self._feed is None:
+            self._hash.update(data)
+            return self._writer.write(data)
+        if type(data) is not bytes:
+            data = bytes(data)  # the hashing thread must see these bytes unchanged
+        self._feed.update(data)
+        stored = self._writer.write(data)
+        if self._feed.backlog > HASH_BACKLOG:
+            stored.addCallback(lambda _: self._feed.caught_up(HASH_BACKLOG))
+        return stored
 
     def finish(self):
         """The whole body arrived: flush the writer."""
@@ -85,11 +112,16 @@ class BlobBody:
             raise RegistryError(
                 SIZE_INVALID, "body length differs from Content-Range",
                 detail={"expected": self._expected_length, "received": self._length})
-        return self._writer.finish().addCallback(
+        stored = self._writer.finish()
+        if self._feed is not None:
+            stored.addCallback(lambda chunks: self._feed.caught_up().addCallback(lambda _: chunks))
+        return stored.addCallback(
             lambda chunks: ReceivedBlob(self._context, self._hash, tuple(chunks), self._length))
 
     def _abort(self, failure):
         """Delete whatever was written, then pass C{failure} on."""
+        if self._feed is not None:
+            self._feed.stop()
         if self._writer is None:
             return failure
         writer, self._writer = self._writer, None
@@ -103,6 +135,8 @@ class BlobBody:
             lambda f: _log.failure("deleting the chunks of an abandoned body failed", f))
 
     def _drop(self, _):
+        if self._feed is not None:
+            self._feed.stop()
         if self._writer is not None:
             writer, self._writer = self._writer, None
             return writer.abort()

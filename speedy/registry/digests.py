@@ -1,24 +1,26 @@
-# -*- test-case-name: speedy.test.test_registry_names -*-
+# -*- test-case-name: speedy.test.test_registry_names,speedy.test.test_registry_hashing -*-
 """
 Running sha256/sha512 hashes whose state can be saved in the metadata store
 and restored by another imageserver (PyPI C{rehashes}; C{hashlib} objects
 cannot be serialised).
 
-Hashing happens on the reactor thread, one body piece at a time as it comes
-off the socket (Twisted reads at most 64 KiB at once; anything bigger is fed
-in L{SLICE} pieces), never a whole 16 MiB chunk at once.  Measured here
-(rehashes 0.3.0, 2 cores): sha256 ~1.4 GB/s like C{hashlib} (SHA-NI),
-sha512 ~450 MB/s, so a 64 KiB piece holds the reactor 0.05 ms (sha256) or
-0.15 ms (sha512) and a slice at most ~2.3 ms.  Both C{hashlib} and
-C{rehashes} 0.3.0 release the GIL while hashing, so a thread pool could take
-the work off the reactor thread; per 64 KiB piece the thread hop costs about
-as much as the hash, so it would only pay with batching, and is left for
-when profiles of real pushes show the reactor thread saturated.
+Measured here (rehashes 0.3.0, 2 cores): sha256 ~1.1-1.4 GB/s like
+C{hashlib} (SHA-NI), sha512 ~300-450 MB/s: a 16 MiB chunk costs 12-15 ms of
+sha256, about a fifth of what pushing it costs the imageserver's reactor
+thread.  Both C{hashlib} and C{rehashes} release the GIL while hashing, so
+L{HashFeed} does it in a worker thread, one batch of body pieces at a time
+(the pieces of a streamed body are up to 1 MiB, so a batch costs one thread
+hop per megabyte or more), and L{hashing_lane} runs the batches of all
+bodies one at a time; without a thread pool (tests on a L{Clock}) a body is
+hashed inline, piece by piece as it comes off the socket, never more than
+L{SLICE} at once.
 """
 
 import hashlib
 
 import rehashes
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 
 from speedy.registry.names import HEX_LENGTHS
 
@@ -55,6 +57,9 @@ class ResumableHash:
 
     def update(self, data):
         """Feed C{data} (bytes-like)."""
+        if type(data) is bytes and len(data) <= SLICE:
+            self._hasher.update(data)  # as it is: rehashes takes bytes only
+            return
         view = memoryview(data)
         for start in range(0, len(view), SLICE):
             self._hasher.update(bytes(view[start:start + SLICE]))
@@ -67,6 +72,104 @@ class ResumableHash:
         """@return: the digest of everything fed so far, C{"<algorithm>:<hex>"}.
         Feeding may continue afterwards."""
         return f"{self.algorithm}:{self._hasher.finalize()}"
+
+
+class HashFeed:
+    """
+    Feeds a L{ResumableHash} off the reactor thread, in the order the bytes
+    came: one batch at a time, a batch being every piece queued while the
+    previous one was hashed.  Until L{caught_up} fires, the hash belongs to
+    the worker: its C{state} and C{digest} are not to be read.
+
+    @param hash: the L{ResumableHash} to feed.
+    @param run_in_thread: C{run_in_thread(f, *args)} runs C{f(*args)} in a
+        worker thread and returns a Deferred firing with its result
+        (L{hashing_lane}).
+    @ivar backlog: bytes queued or being hashed.
+    """
+
+    def __init__(self, hash, run_in_thread):
+        self.hash = hash
+        self._run_in_thread = run_in_thread
+        self._queue = []
+        self.backlog = 0
+        self._busy = False
+        self._waiting = []  # (backlog, Deferred) of caught_up() calls
+        self._failure = None
+
+    def update(self, data):
+        """Queue C{data} (bytes; not to be changed afterwards) for hashing."""
+        if self._failure is None:
+            self._queue.append(data)
+            self.backlog += len(data)
+            self._next()
+
+    def caught_up(self, backlog=0):
+        """
+        @return: a Deferred firing with the hash once at most C{backlog}
+            bytes wait to be hashed (with C{backlog=0}: everything fed is
+            hashed and the hash may be read), or failing with why hashing
+            stopped.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        if self.backlog <= backlog:
+            return succeed(self.hash)
+        d = Deferred()
+        self._waiting.append((backlog, d))
+        return d
+
+    def stop(self):
+        """Drop what was not hashed yet: the body was abandoned."""
+        self._queue = []
+
+    def _next(self):
+        if self._busy or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self._run_in_thread(_update_all, self.hash, batch).addCallbacks(
+            self._hashed, self._stopped, callbackArgs=(sum(map(len, batch)),))
+
+    def _hashed(self, _, size):
+        self._busy = False
+        self.backlog -= size
+        waiting, self._waiting = self._waiting, []
+        for backlog, d in waiting:
+            if self.backlog <= backlog:
+                d.callback(self.hash)
+            else:
+                self._waiting.append((backlog, d))
+        self._next()
+
+    def _stopped(self, failure):
+        self._busy = False
+        self._failure = failure
+        self._queue = []
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(failure)
+
+
+def hashing_lane(reactor):
+    """
+    @param reactor: an L{IReactorThreads}.
+    @return: a C{run_in_thread} for L{HashFeed}s that runs their batches in
+        C{reactor}'s thread pool one at a time, whichever body they are of:
+        one thread hashes faster than an imageserver receives, and more
+        only contend with the reactor thread for the GIL.
+    """
+    lane = DeferredSemaphore(1)
+
+    def run_in_thread(f, *args):
+        return lane.run(deferToThreadPool, reactor, reactor.getThreadPool(), f, *args)
+    return run_in_thread
+
+
+def _update_all(hash, pieces):
+    """Feed C{hash} the C{pieces} (in a worker thread)."""
+    for piece in pieces:
+        hash.update(piece)
 
 
 def digest_of(algorithm, data):

@@ -19,14 +19,14 @@ import uuid
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorThreads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedy.records import UploadRecord
 from speedy.registry.bodies import BlobBody
-from speedy.registry.digests import ResumableHash
+from speedy.registry.digests import ResumableHash, hashing_lane
 from speedy.registry.errors import (
     BLOB_UPLOAD_UNKNOWN,
     DIGEST_INVALID,
@@ -86,6 +86,8 @@ class UploadSessions:
         self.expiry = expiry
         self._expiry_interval = expiry_interval
         self._expiry_loop = None
+        # Bodies are hashed off the reactor thread when it has a thread pool.
+        self._run_in_thread = hashing_lane(clock) if IReactorThreads.providedBy(clock) else None
 
     def start(self):
         """Start expiring stale sessions."""
@@ -161,7 +163,7 @@ class UploadSessions:
         length = declared[1] if isinstance(declared, tuple) else content_length
         return BlobBody(
             Deferred.fromCoroutine(self._prepare_chunk(repository, upload_id, declared, content_length)),
-            self._storage, expected_length=length)
+            self._storage, expected_length=length, run_in_thread=self._run_in_thread)
 
     async def _prepare_chunk(self, repository, upload_id, declared, content_length):
         record = await self.find(repository, upload_id)
@@ -177,7 +179,8 @@ class UploadSessions:
 
     def receive_blob(self, algorithm):
         """@return: a L{BlobBody} for a whole blob in one request (no session)."""
-        return BlobBody(succeed((None, ResumableHash(algorithm))), self._storage)
+        return BlobBody(succeed((None, ResumableHash(algorithm))), self._storage,
+                        run_in_thread=self._run_in_thread)
 
     async def _hash_of(self, record, algorithm):
         """

@@ -6,14 +6,16 @@ L{StringTransport}.
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from speedy.web.streaming import IBodySink, StreamingSite
+from speedy.web.streaming import BODY_READ_SIZE, IBodySink, StreamingSite
 
 
 @implementer(IBodySink)
@@ -263,6 +265,39 @@ class BackPressureTests(SynchronousTestCase):
         self.assertTrue(sink.finished)
         self.assertEqual(len(self.resource.rendered), 1)
         self.assertIn(b"streamed 6 finished=1", transport.value())
+
+    def test_large_reads_while_streaming(self):
+        """
+        While a body streams into a sink the client's socket is read
+        L{BODY_READ_SIZE} bytes at a time; once the body is in, and for a
+        spooled body, the transport's own size holds.
+        """
+        sink = RecordingSink(hold=True)
+        channel, transport = self.connect(sink)
+        transport.bufferSize = 65536
+        channel.dataReceived(b"PUT /stream/r HTTP/1.1\r\nHost: t\r\n"
+                             b"Content-Length: 6\r\n\r\nabc")
+        self.assertEqual(transport.bufferSize, BODY_READ_SIZE)
+        sink.pending[0].callback(None)
+        channel.dataReceived(b"def")
+        self.assertEqual(transport.bufferSize, BODY_READ_SIZE)
+        sink.pending[1].callback(None)
+        self.assertIn(b"streamed 6 finished=1", transport.value())
+        self.assertEqual(transport.bufferSize, 65536)
+        channel.dataReceived(b"PUT /spooled HTTP/1.1\r\nHost: t\r\n"
+                             b"Content-Length: 3\r\n\r\nab")
+        self.assertEqual(transport.bufferSize, 65536)
+
+    def test_large_reads_end_with_the_connection(self):
+        """A client gone mid-body leaves the transport its own read size."""
+        sink = RecordingSink(hold=True)
+        channel, transport = self.connect(sink)
+        transport.bufferSize = 65536
+        channel.dataReceived(b"PUT /stream/l HTTP/1.1\r\nHost: t\r\n"
+                             b"Content-Length: 6\r\n\r\nabc")
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(transport.bufferSize, 65536)
+        self.successResultOf(sink.lost)
 
     def test_idle_timeout_off_while_pending(self):
         """

@@ -19,6 +19,11 @@ A sink's C{write} that fails ends the writes: the rest of the body is read
 and discarded, C{finish} is not called, and the failure waits in
 C{request.body_failure} for the resource to answer (it still gets
 C{connection_lost} if the client goes away before that).
+
+While a body streams into a sink, the client's socket is read
+L{BODY_READ_SIZE} bytes at a time instead of Twisted's 64 KiB: a pushed blob
+then reaches the sink in pieces of up to 1 MiB, and the per-piece work of
+the HTTP parser, the request and the sink is paid 16 times less often.
 """
 
 from collections import deque
@@ -32,6 +37,10 @@ from twisted.web.server import Request, Site
 from zope.interface import Interface
 
 log = Logger()
+
+#: The most read from a client's socket at once while its body streams into
+#: a sink (C{bufferSize} of the TCP transport; Twisted's default is 64 KiB).
+BODY_READ_SIZE = 1 << 20
 
 
 class IBodySink(Interface):
@@ -77,6 +86,7 @@ class StreamingRequest(Request):
     _body_done = False  # requestReceived went ahead: the resource owns the sink now
     _paused = False
     _idle_timeout = None  # the channel's, while _paused
+    _read_size = None  # the transport's own bufferSize, while the body streams
 
     def gotLength(self, length):
         """
@@ -106,6 +116,10 @@ class StreamingRequest(Request):
         self._streaming = True
         self._queue = deque()
         self.content = BytesIO()
+        transport = channel.transport
+        self._read_size = getattr(transport, "bufferSize", None)
+        if self._read_size is not None:
+            transport.bufferSize = BODY_READ_SIZE
 
     def handleContentChunk(self, data):
         if not self._streaming:
@@ -126,6 +140,7 @@ class StreamingRequest(Request):
         self._body_done = True
         if self._streaming:
             self._queue.clear()
+            self._restore_read_size()
         Request.connectionLost(self, reason)
         if unfinished and self.body_sink is not None:
             self.body_sink.connection_lost(reason)
@@ -157,9 +172,16 @@ class StreamingRequest(Request):
         if self._received_args is not None and not self._queue and not self._body_done:
             args, self._received_args = self._received_args, None
             self._body_done = True
+            self._restore_read_size()
             if self.body_failure is None:
                 self.body_sink.finish()
             Request.requestReceived(self, *args)
+
+    def _restore_read_size(self):
+        """The body is over: read the socket (and pause a producer of the
+        answer) at the transport's own size again."""
+        if self._read_size is not None:
+            self.channel.transport.bufferSize, self._read_size = self._read_size, None
 
     def _written(self, _):
         self._pending = None
