@@ -24,11 +24,10 @@ import tempfile
 
 from _dataset import Dataset, Item, sha256_digest
 from _servers import free_port, nginx
-from _stats import json_line, markdown_table
+from _stats import json_line
 from _wrk import available as wrk_available
 from _wrk import wrk_phase
-from loadgen import TABLE_COLUMNS, measure_server, run_phase, tag
-from plot import plot_rows
+from loadgen import TABLE_COLUMNS, measure_server, report, run_phase, tag
 
 from speedy.units import parse_size
 
@@ -125,15 +124,7 @@ def main(argv=None):
                          concurrency_levels=[int(c) for c in args.concurrency.split(",")],
                          requests=args.requests, small_size=args.small_size,
                          processes=args.processes, wrk_seconds=args.wrk_seconds)
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            f.writelines(json_line(row) + "\n" for row in rows)
-    print()
-    print(markdown_table(rows, CALIBRATION_COLUMNS))
-    if args.plot:
-        for path in plot_rows(rows, args.plot):
-            print(f"wrote {path}")
-    return 1 if any(row["errors"] for row in rows) else 0
+    return report(rows, CALIBRATION_COLUMNS, args.jsonl, args.plot)
 
 
 if __name__ == "__main__":

@@ -550,13 +550,23 @@ def main(argv=None):
         for row in phase_rows:
             print(json_line(row), flush=True)
         rows.extend(phase_rows)
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
+    return report(rows, TABLE_COLUMNS, args.jsonl, args.plot)
+
+
+def report(rows, columns, jsonl=None, plot_dir=None):
+    """
+    Append C{rows} to the JSON-lines file C{jsonl}, print them as a markdown
+    table of C{columns}, and plot them into C{plot_dir}, each when given.
+
+    @return: the exit status: 1 if any row counted errors, else 0.
+    """
+    if jsonl:
+        with open(jsonl, "a") as f:
             f.writelines(json_line(row) + "\n" for row in rows)
     print()
-    print(markdown_table(rows, TABLE_COLUMNS))
-    if args.plot:
-        for path in plot_rows(rows, args.plot):
+    print(markdown_table(rows, columns))
+    if plot_dir:
+        for path in plot_rows(rows, plot_dir):
             print(f"wrote {path}")
     return 1 if any(row["errors"] for row in rows) else 0
 
