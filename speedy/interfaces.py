@@ -189,7 +189,12 @@ class IChunkClient(Interface):
 
     def put(address, file_id, data):
         """
-        Store C{data} (bytes-like, the whole chunk) under C{file_id}.
+        Store a whole chunk under C{file_id}.
+
+        @param data: the chunk: a bytes-like object, or a list or tuple of
+            bytes-like pieces holding it in order (sent one after the
+            other, never joined).  Leave it unchanged until the Deferred
+            fired.
 
         @return: a Deferred firing with the L{speedy.records.ChunkInfo} once
             the chunkserver acknowledged it durable.

@@ -114,17 +114,20 @@ class FakeChunkClient:
             return fail(e)
 
     def put(self, address, file_id, data):
-        data = bytes(data)
+        """Store C{data} (bytes-like, or a list or tuple of bytes-like
+        pieces), read when the put is carried out (a held one on release),
+        as a connection reads a body only as it sends it."""
 
         def store(server):
+            chunk = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
             existing = server.chunks.get(file_id)
-            if existing is not None and existing != data:
+            if existing is not None and existing != chunk:
                 raise errors.ChunkExists(f"{file_id} on {address}")
-            server.chunks[file_id] = data
-            server.crcs[file_id] = google_crc32c.value(data)
+            server.chunks[file_id] = chunk
+            server.crcs[file_id] = google_crc32c.value(chunk)
             if server.mode == PARTIAL:
                 raise errors.ConnectionFailed(f"{address} dropped the acknowledgement")
-            return ChunkInfo(file_id, len(data), google_crc32c.value(data))
+            return ChunkInfo(file_id, len(chunk), server.crcs[file_id])
 
         return self._answer(address, "put", file_id, store)
 

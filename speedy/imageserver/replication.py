@@ -21,6 +21,7 @@ from speedy.imageserver.placement import choose_group
 from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import ChunkRef
+from speedy.wire.producers import frozen_pieces
 
 log = Logger()
 
@@ -104,23 +105,31 @@ class ReplicatedStorage:
 
     def store_chunk(self, data, crc32c=None):
         """
-        Store one chunk (bytes) on every member of a group, retrying on
-        other groups.
+        Store one chunk on every member of a group, retrying on other
+        groups.
 
+        @param data: the chunk: bytes-like, or a list or tuple of bytes-like
+            pieces (handed to L{IChunkClient.put} as they are, never joined;
+            pieces other than C{bytes} are copied first, so the caller may
+            reuse them).
         @return: a Deferred firing with its L{ChunkRef}; failing with
             L{NoWritableGroup} when no group can take it, with
             L{Unavailable} when every group tried failed.
         """
+        pieces = frozen_pieces(data)
         if crc32c is None:
-            crc32c = google_crc32c.value(data)
-        return Deferred.fromCoroutine(self._store_chunk(data, crc32c))
+            crc32c = 0
+            for piece in pieces:
+                crc32c = google_crc32c.extend(crc32c, piece)
+        return Deferred.fromCoroutine(self._store_chunk(pieces, crc32c))
 
-    async def _store_chunk(self, data, crc32c):
+    async def _store_chunk(self, pieces, crc32c):
+        size = sum(len(piece) for piece in pieces)
         tried = []
         reasons = []
         for _ in range(self.tries):
             try:
-                group = choose_group(self.view.current, len(data), self.pending,
+                group = choose_group(self.view.current, size, self.pending,
                                      self.rng, exclude=tried)
             except errors.NoWritableGroup:
                 if not tried:
@@ -128,11 +137,11 @@ class ReplicatedStorage:
                 break
             tried.append(group.group_id)
             file_id = await self.file_ids.next()
-            ref = ChunkRef(group.group_id, file_id, len(data), crc32c)
+            ref = ChunkRef(group.group_id, file_id, size, crc32c)
             self.pending[group.group_id] += 1
             try:
                 results = await DeferredList(
-                    [self.client.put(s.address, file_id, data) for s in group.servers],
+                    [self.client.put(s.address, file_id, pieces) for s in group.servers],
                     consumeErrors=True)
             finally:
                 self.pending[group.group_id] -= 1
@@ -152,7 +161,7 @@ class ReplicatedStorage:
                 _log_failure, "discarding a partial write")
         self.counters["chunk_writes_failed"] += 1
         raise errors.Unavailable(
-            f"a chunk of {len(data)} bytes could not be stored on all members of any "
+            f"a chunk of {size} bytes could not be stored on all members of any "
             f"group: {' | '.join(reasons)}")
 
     def discard(self, ref, reason):
@@ -201,10 +210,10 @@ class ReplicatedWriter:
     def __init__(self, storage):
         self._storage = storage
         self._chunk_size = storage.chunk_size
-        self._pieces = []  # of memoryview: the chunk being filled
+        self._pieces = []  # of bytes: the chunk being filled
         self._filled = 0
         self._refs = []  # ChunkRef or None (in flight / queued), by position
-        self._queued = deque()  # (position, bytes) sealed, not yet sent
+        self._queued = deque()  # (position, pieces) sealed, not yet sent
         self._in_flight = {}  # position -> Deferred
         self._room = []  # Deferreds of write() calls waiting for room
         self._finished = None  # the Deferred finish() returned
@@ -217,17 +226,17 @@ class ReplicatedWriter:
             return fail(self._failure)
         if self._closed:
             return fail(errors.BadRequest("write after finish or abort"))
-        if not isinstance(data, bytes):
-            data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)  # a chunk's pieces must not change once handed on
         self.bytes_written += len(data)
-        view = memoryview(data)
-        while view:
-            piece = view[: self._chunk_size - self._filled]
-            view = view[len(piece):]
-            self._pieces.append(piece)
-            self._filled += len(piece)
-            if self._filled == self._chunk_size:
-                self._seal()
+        if len(data) <= self._chunk_size - self._filled:
+            self._add(data)
+        else:  # it straddles chunks: only then are pieces of it copied
+            view = memoryview(data)
+            while view:
+                piece = view[: self._chunk_size - self._filled]
+                view = view[len(piece):]
+                self._add(bytes(piece))
         self._pump()
         if not self._queued:
             return succeed(None)
@@ -265,20 +274,27 @@ class ReplicatedWriter:
         if stored:
             await self._storage.delete(stored)
 
+    def _add(self, piece):
+        if piece:
+            self._pieces.append(piece)
+            self._filled += len(piece)
+            if self._filled == self._chunk_size:
+                self._seal()
+
     def _seal(self):
-        data = b"".join(self._pieces)
-        self._pieces = []
+        """Queue the chunk filled so far, as the pieces it arrived in."""
+        pieces, self._pieces = tuple(self._pieces), []
         self._filled = 0
         self._refs.append(None)
-        self._queued.append((len(self._refs) - 1, data))
+        self._queued.append((len(self._refs) - 1, pieces))
 
     def _pump(self):
         """Start queued chunks while fewer than C{parallelism} are in flight;
         wake waiting writers when the queue empties; fire C{finish} when all
         is stored."""
         while self._queued and len(self._in_flight) < self._storage.parallelism:
-            position, data = self._queued.popleft()
-            d = self._storage.store_chunk(data)
+            position, pieces = self._queued.popleft()
+            d = self._storage.store_chunk(pieces)
             self._in_flight[position] = d
             d.addCallbacks(self._stored, self._failed, (position,), None, (position,))
             d.addErrback(_log_failure, "a chunk write's bookkeeping")

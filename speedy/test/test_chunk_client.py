@@ -87,6 +87,15 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         self.assertIsNone(self.answer(self.client.delete(ADDRESS, 42)))
         self.fails(self.client.stat(ADDRESS, 42), ChunkNotFound)
 
+    def test_put_pieces(self):
+        """A chunk given as a list of bytes-like pieces is stored as the
+        pieces joined, with that CRC32C."""
+        pieces = [os.urandom(300_000), bytearray(os.urandom(5)), memoryview(os.urandom(70_000))]
+        chunk = b"".join(pieces)
+        info = self.answer(self.client.put(ADDRESS, 9, pieces))
+        self.assertEqual(info, ChunkInfo(9, len(chunk), google_crc32c.value(chunk)))
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 9)), chunk)
+
     def test_big_chunk(self):
         """A 16 MiB chunk goes out and comes back whole."""
         data = os.urandom(1 << 20) * 16

@@ -158,6 +158,67 @@ class WriterTests(SynchronousTestCase):
         _, refs = self.write()
         self.assertEqual(refs, ())
 
+    def record_puts(self):
+        """@return: the list the C{data} of each put is appended to."""
+        received = []
+        put = self.cluster.client.put
+
+        def recording_put(address, file_id, data):
+            received.append(data)
+            return put(address, file_id, data)
+        self.patch(self.cluster.client, "put", recording_put)
+        return received
+
+    def test_chunk_handed_on_as_the_pieces_written(self):
+        """
+        A chunk reaches every member as the pieces it was written in, never
+        joined: a write that fits in the chunk is passed on as the very
+        object, one straddling two chunks as its two parts; the CRC32C is
+        that of the whole chunk.
+        """
+        received = self.record_puts()
+        first, second, third = b"abc", b"defgh", b"ijklmnopq"
+        _, refs = self.write(first, second, third)
+        self.assertEqual(received, [(first, second)] * 3 + [(b"ijklmnop",)] * 3 + [(b"q",)] * 3)
+        for pieces in received[:3]:
+            self.assertIs(pieces[0], first)
+            self.assertIs(pieces[1], second)
+        self.assertEqual([r.crc32c for r in refs],
+                         [google_crc32c.value(c) for c in (b"abcdefgh", b"ijklmnop", b"q")])
+        self.assertEqual(list(self.cluster.copies(refs[0]).values()), [b"abcdefgh"] * 3)
+
+    def test_mutable_write_changed_while_stored(self):
+        """
+        A bytearray written and changed by its owner while its chunk is
+        still being stored (as a reused read buffer would be): what is
+        stored, on every member, is what was written.
+        """
+        self.cluster.client.hold = {"put"}
+        writer = self.storage.writer()
+        data = bytearray(b"abcdefgh")
+        self.successResultOf(writer.write(data))
+        data[:] = b"XXXXXXXX"
+        finished = writer.finish()
+        self.cluster.client.release()
+        [ref] = self.successResultOf(finished)
+        self.assertEqual(ref.crc32c, google_crc32c.value(b"abcdefgh"))
+        self.assertEqual(list(self.cluster.copies(ref).values()), [b"abcdefgh"] * 3)
+
+    def test_store_chunk_of_pieces(self):
+        """
+        store_chunk takes a chunk as a list of bytes-like pieces: its size
+        and CRC32C are those of the pieces joined, and a mutable piece is
+        copied before it is handed on.
+        """
+        self.cluster.client.hold = {"put"}
+        piece = bytearray(b"defgh")
+        stored = self.storage.store_chunk([b"abc", piece, memoryview(b"ij")])
+        piece[:] = b"XXXXX"
+        self.cluster.client.release()
+        ref = self.successResultOf(stored)
+        self.assertEqual((ref.size, ref.crc32c), (10, google_crc32c.value(b"abcdefghij")))
+        self.assertEqual(list(self.cluster.copies(ref).values()), [b"abcdefghij"] * 3)
+
     def assert_retried_elsewhere(self, broken_address):
         _, refs = self.write(b"abcdefgh")
         [ref] = refs

@@ -20,7 +20,7 @@ from speedy.interfaces import IChunkRead
 from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import TLSStringTransport
 from speedy.wire.outbox import Outbox
-from speedy.wire.producers import BytesBody, ReadBody
+from speedy.wire.producers import PIECE, BytesBody, ReadBody
 from speedy.wire.sendfile import SendfileBody, can_sendfile, range_body
 
 
@@ -201,6 +201,24 @@ class BytesBodyTests(SynchronousTestCase):
             writes += 1
         self.assertEqual(transport.value(), data)
         self.assertEqual(writes, 3)
+        self.assertIsNone(self.successResultOf(done))
+
+    def test_pieces_in_bounded_copies(self):
+        """
+        A body given as pieces goes out in order, on a transport whose
+        buffer cannot be seen, in copies of at most L{PIECE} bytes that
+        never span two pieces; progress is reported as each is taken.
+        """
+        pieces = [os.urandom(300_000), b"", os.urandom(10), bytearray(os.urandom(600_000))]
+        transport = StringTransport()
+        progress = []
+        body = BytesBody(pieces, progress=lambda: progress.append(len(transport.value())))
+        done = body.start(transport)
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), b"".join(pieces))
+        self.assertEqual(PIECE, 262_144)
+        self.assertEqual(progress, [0, 262_144, 300_000, 300_010, 562_154, 824_298])
         self.assertIsNone(self.successResultOf(done))
 
     def test_stopped(self):

@@ -86,6 +86,12 @@ class ChunkClient:
         return pool.request(opcode, body, data)
 
     def put(self, address, file_id, data):
+        """
+        Send C{data} (bytes-like, or a list or tuple of bytes-like pieces)
+        without joining or copying its C{bytes} on plain TCP.
+
+        @return: see L{IChunkClient.put}.
+        """
         d = self._request(address, OP_PUT, FILE_ID.pack(file_id), data)
         return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
 

@@ -22,10 +22,8 @@ from array import array
 
 import google_crc32c
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
@@ -134,7 +132,8 @@ class ChunkClientProtocol(Protocol):
     def request(self, opcode, body=b"", data=None):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
-        after it.
+        after it (bytes-like, or a list or tuple of bytes-like pieces: see
+        L{BytesBody}).
 
         @return: a Deferred firing with the response body (bytes; for GET
             the L{GetResult}; for LIST the list of file ids), or failing
@@ -145,7 +144,7 @@ class ChunkClientProtocol(Protocol):
             return fail(ConnectionFailed(f"connection to {self._address} is closed"))
         request_id = self._next_id
         self._next_id = self._next_id % (2**32 - 1) + 1
-        chunk = None if data is None else BytesBody(data)
+        chunk = None if data is None else BytesBody(data, progress=self._moved)
         length = len(body) + (0 if chunk is None else chunk.length)
         if length > MAX_BODY:
             return fail(TooLarge(f"a body of {length} bytes exceeds the limit of {MAX_BODY}"))
@@ -157,7 +156,7 @@ class ChunkClientProtocol(Protocol):
             self._outbox.send(head)
         else:
             # Its failure is the connection's, which fails the call.
-            self._outbox.stream(head, _CountedBody(chunk, self._moved)).addErrback(lambda _: None)
+            self._outbox.stream(head, chunk).addErrback(lambda _: None)
         return call.deferred
 
     def _forget(self, call):
@@ -296,44 +295,6 @@ class _Call:
     def fail(self, error):
         if not self.deferred.called:
             self.deferred.errback(error)
-
-
-class _CountedBody:
-    """
-    A request body (see L{speedy.wire.outbox}) that reports each piece the
-    transport takes from it to C{moved}: a transport asks its producer for
-    more only once it has sent what it held, so each piece is progress.
-    """
-
-    def __init__(self, body, moved):
-        self._body = body
-        self._moved = moved
-
-    def start(self, consumer):
-        """@return: the wrapped body's Deferred (see L{Outbox.stream})."""
-        return self._body.start(_CountingConsumer(consumer, self._moved))
-
-    def stopProducing(self):
-        self._body.stopProducing()
-
-
-@implementer(IConsumer)
-class _CountingConsumer:
-    """The transport, as the body sees it: C{moved} is called on each write."""
-
-    def __init__(self, transport, moved):
-        self._transport = transport
-        self._moved = moved
-
-    def registerProducer(self, producer, streaming):
-        self._transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self):
-        self._transport.unregisterProducer()
-
-    def write(self, data):
-        self._moved()
-        self._transport.write(data)
 
 
 class _Response:

@@ -1,10 +1,13 @@
 # -*- test-case-name: speedy.test.test_sendfile,speedy.test.test_wire_producers -*-
 """
 Frame bodies written as the transport drains (pull producers): piece by
-piece, or, for a C{bytes} chunk on plain TCP, handed over whole without a
-copy (L{BytesBody}); a chunk is never copied whole into a transport's buffer.
+piece, or, for a chunk in memory on plain TCP, handed over in the pieces it
+is held in without a copy (L{BytesBody}); a chunk is never copied whole into
+a transport's buffer.
 See L{speedy.wire.outbox} for the body protocol they follow.
 """
+
+from collections import deque
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -98,50 +101,81 @@ class PullBody:
 
 class BytesBody(PullBody):
     """
-    A body from a bytes-like object already in memory (a client's PUT).
+    A body from memory (a client's PUT): a bytes-like object, or a list or
+    tuple of bytes-like pieces sent one after the other (see
+    L{frozen_pieces}).
 
-    A C{bytes} body bound for a plain TCP transport is handed over in one
-    write once the transport's buffer is empty (the frame's header sent):
-    C{tcp.Connection} then keeps the object itself as its buffer and sends
-    from memoryview slices of it, so not a byte is copied in Python (a
-    16 MiB chunk written to three replicas in L{PIECE} copies costs the
-    reactor thread 48 MiB of C{memcpy}).  Anything else in the buffer would
-    be joined with it into a new C{bytes}, hence the wait for the header to
-    drain, and the body ends only once the transport drained it too (its
-    next C{resumeProducing}), so the next frame is never written behind it.
-    Under TLS, and for other bytes-like objects and transports, it goes out
-    in L{PIECE} copies.
+    On a plain TCP transport each piece is handed over in one write once
+    the transport's buffer is empty (the frame's header, or the piece
+    before, sent): C{tcp.Connection} then keeps the C{bytes} object itself
+    as its buffer and sends from memoryview slices of it, so not a byte is
+    copied in Python (a 16 MiB chunk written to three replicas in L{PIECE}
+    copies costs the reactor thread 48 MiB of C{memcpy}).  Anything else in
+    the buffer would be joined with it into a new C{bytes}, hence the wait
+    for the buffer to drain, and the body ends only once the transport
+    drained its last piece too (its next C{resumeProducing}), so the next
+    frame is never written behind it.  Under TLS, and for other transports,
+    it goes out in copies of at most L{PIECE} bytes.
+
+    @param progress: called with no argument each time the transport takes
+        a piece (it asks for more only once it sent what it held, so each
+        call is progress on the wire).
     """
 
-    def __init__(self, data):
-        self._view = memoryview(data).cast("B")
-        self._whole = data if type(data) is bytes else None
-        super().__init__(len(self._view))
+    def __init__(self, data, progress=lambda: None):
+        self._pieces = deque(frozen_pieces(data))
+        self._offset = 0  # of the next byte to send in self._pieces[0]
+        self._whole = False  # pieces go to the transport whole
+        self._progress = progress
+        super().__init__(sum(len(piece) for piece in self._pieces))
 
     def start(self, consumer):
-        if not _buffer_visible(consumer):
-            self._whole = None
+        self._whole = buffer_visible(consumer)
         return super().start(consumer)
 
     def _produce(self):
-        if self._whole is None:
+        if not self._whole:
+            self._progress()
             super()._produce()
-        elif not _buffer_empty(self._consumer):
-            return  # the transport is writing and calls us when drained
-        elif self._position == 0:
-            self._position = self.length
-            self._consumer.write(self._whole)
-        else:
-            self._finish()
+        elif buffer_empty(self._consumer):
+            self._progress()
+            if self._pieces:
+                piece = self._pieces.popleft()
+                self._position += len(piece)
+                self._consumer.write(piece)
+            else:
+                self._finish()
+        # else the transport is writing and calls us when drained
 
     def _piece(self, position, size):
-        return bytes(self._view[position:position + size])
+        """@return: up to C{size} bytes from the next piece (C{position} is
+        where it starts: pieces are taken in order)."""
+        piece = self._pieces[0]
+        data = piece[self._offset:self._offset + size]
+        self._offset += len(data)
+        if self._offset == len(piece):
+            self._pieces.popleft()
+            self._offset = 0
+        return data
 
     def _release(self):
-        self._view = self._whole = None
+        self._pieces.clear()
 
 
-def _buffer_visible(transport):
+def frozen_pieces(data):
+    """
+    @param data: a bytes-like object, or a list or tuple of them.
+    @return: a tuple of C{bytes} holding C{data}'s bytes in order: its
+        C{bytes} pieces themselves, copies of the others (a C{bytearray} or
+        C{memoryview} could change under a body still being sent), and no
+        empty ones.
+    """
+    pieces = data if isinstance(data, (list, tuple)) else (data,)
+    return tuple(piece if type(piece) is bytes else bytes(piece)
+                 for piece in pieces if len(piece))
+
+
+def buffer_visible(transport):
     """@return: True for a plain TCP transport whose write buffer we can see
     (attributes of L{tcp.Connection} that are not public API)."""
     return (isinstance(transport, tcp.Connection)
@@ -149,7 +183,8 @@ def _buffer_visible(transport):
             and all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")))
 
 
-def _buffer_empty(transport):
+def buffer_empty(transport):
+    """@return: True if a transport L{buffer_visible} holds nothing unsent."""
     return transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset
 
 

@@ -18,11 +18,9 @@ providing L{ISSLTransport} gets L{ReadBody} too.
 
 import os
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import ISSLTransport
 
-from speedy.wire.producers import PullBody, ReadBody
+from speedy.wire.producers import PullBody, ReadBody, buffer_empty, buffer_visible
 
 #: Set SPEEDY_NO_SENDFILE=1 to send every body with read() (benchmarks).
 SENDFILE_DISABLED = os.environ.get("SPEEDY_NO_SENDFILE", "") not in ("", "0")
@@ -36,15 +34,7 @@ def can_sendfile(transport):
     @return: True if C{os.sendfile} may write to C{transport}'s socket: a
         plain TCP connection whose write buffer we can see.
     """
-    return (hasattr(os, "sendfile")
-            and not ISSLTransport.providedBy(transport)
-            and isinstance(transport, tcp.Connection)
-            and all(hasattr(transport, name)
-                    for name in ("dataBuffer", "offset", "_tempDataLen")))
-
-
-def _write_buffer_empty(transport):
-    return transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset
+    return hasattr(os, "sendfile") and buffer_visible(transport)
 
 
 class SendfileBody(PullBody):
@@ -61,7 +51,7 @@ class SendfileBody(PullBody):
 
     def _produce(self):
         transport = self._consumer
-        if not _write_buffer_empty(transport):
+        if not buffer_empty(transport):
             return  # the transport is writing and calls us when drained
         try:
             sent = os.sendfile(transport.fileno(), self._fd,
