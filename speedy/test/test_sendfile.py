@@ -5,6 +5,7 @@ never overtakes bytes already buffered, and its read is always released.
 """
 
 import os
+import socket
 import tempfile
 
 from twisted.internet import reactor
@@ -53,6 +54,8 @@ class Sender(Protocol):
     """Writes C{head} then streams C{make_body(transport)}, then closes."""
 
     def connectionMade(self):
+        if self.factory.small_buffers:
+            _shrink_buffer(self.transport, socket.SO_SNDBUF)
         self.factory.connected.callback(self)
         self.outbox = Outbox(self.transport)
         self.outbox.send(self.factory.head)
@@ -69,11 +72,21 @@ class Sender(Protocol):
         self.factory.lost.callback(None)
 
 
+def _shrink_buffer(transport, option):
+    """Keep the kernel from buffering the whole body on loopback, so a peer
+    that hangs up mid-body really finds the sender still sending."""
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, option, 64 * 1024)
+
+
 class Receiver(Protocol):
     def __init__(self, stop_after=None):
         self.data = bytearray()
         self.stop_after = stop_after
         self.done = Deferred()
+
+    def connectionMade(self):
+        if self.stop_after is not None:
+            _shrink_buffer(self.transport, socket.SO_RCVBUF)
 
     def dataReceived(self, data):
         self.data += data
@@ -98,6 +111,7 @@ class LoopbackTests(TestCase):
         factory = Factory.forProtocol(Sender)
         factory.head = head
         factory.make_body = make_body
+        factory.small_buffers = stop_after is not None
         factory.connected, factory.sent, factory.lost = Deferred(), Deferred(), Deferred()
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
