@@ -217,6 +217,22 @@ class IChunkClient(Interface):
             L{get} is.
         """
 
+    def get_stream(address, file_id, offset, length, sink):
+        """
+        Stream C{length} bytes at C{offset} of a chunk to C{sink}, a
+        callable given each piece (bytes) in order as it arrives.  An
+        answer of another length is refused before any byte reaches
+        C{sink}; the chunkserver checks its record's CRC32C before it
+        answers, and a whole-chunk range is checked again against it at its
+        end, after its bytes went to C{sink}.
+
+        @return: a Deferred firing with None once all C{length} bytes went
+            to C{sink}; failing with L{ChecksumMismatch} when the bytes of a
+            whole chunk did not match its CRC32C, or as L{get} does.  C{sink}
+            is not called once it failed or was cancelled; a failure may
+            come after some bytes went to C{sink}.
+        """
+
     def stat(address, file_id):
         """@return: a Deferred firing with a L{speedy.records.ChunkInfo}."""
 

@@ -29,7 +29,8 @@ from speedy.records import RW, ChunkInfo
 #: corrupt: reads fail with ChecksumMismatch, as they do for a chunk whose
 #:     stored bytes no longer match the CRC32C they were stored with.
 #: partial: puts store the chunk but the acknowledgement is lost
-#:     (ConnectionFailed); reads answer only the first half of the bytes.
+#:     (ConnectionFailed); reads answer only the first half of the bytes
+#:     (streamed reads then fail with ConnectionFailed).
 DOWN, SLOW, CORRUPT, PARTIAL = "down", "slow", "corrupt", "partial"
 
 
@@ -147,6 +148,18 @@ class FakeChunkClient:
 
     def get_pieces(self, address, file_id, offset=0, length=None):
         return self.get(address, file_id, offset, length).addCallback(lambda data: [bytes(data)])
+
+    def get_stream(self, address, file_id, offset, length, sink):
+        """Answer as L{get} does, handing the bytes to C{sink} as one piece;
+        a partial server hands over the first half, then its connection is
+        lost."""
+
+        def stream(data):
+            sink(bytes(data))
+            if len(data) < length:
+                raise errors.ConnectionFailed(f"{address} went away mid-answer")
+
+        return self.get(address, file_id, offset, length).addCallback(stream)
 
     def stat(self, address, file_id):
         def info(server):

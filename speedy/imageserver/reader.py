@@ -2,9 +2,10 @@
 """
 Reading chunks back: L{ReplicaReader} fetches one chunk (or a range of it)
 from the least-loaded replica and fails over to the next on an error, a
-timeout or damaged bytes, reporting the bad replicas it meets;
-L{FileReader} streams a byte range of a file into a consumer in order while
-it fetches the next chunks ahead.
+timeout or damaged bytes, reporting the bad replicas it meets, or streams
+it, resuming from the next replica where one broke off; L{FileReader}
+streams a byte range of a file into a consumer in order as the bytes
+arrive, while it fetches the next chunks ahead.
 """
 
 from collections import Counter, deque
@@ -64,19 +65,31 @@ class ReplicaReader:
             lambda address: client.get(address, file_id, offset, length),
             lambda data: _check(len(data), length), known))
 
-    def fetch_pieces(self, group_id, file_id, offset=0, length=None, known=True):
+    def stream(self, group_id, file_id, offset, length, sink):
         """
-        Like L{fetch}, for a caller that passes the bytes on in pieces: the
-        client's C{get_pieces} spares joining them (a copy of the chunk).
+        Stream C{length} bytes at C{offset} of a chunk that is known to
+        exist into C{sink} (a callable given each piece of bytes, in order)
+        as they arrive, from its replicas least-loaded first.
 
-        @return: a Deferred firing with a list of bytes-like pieces, the
-            bytes in order; failing as L{fetch} does.
+        A replica that fails before sending a byte is skipped as L{fetch}
+        skips it.  One that fails after some bytes went to C{sink} is
+        resumed from: the rest of the range is asked of the next replica,
+        so C{sink} sees every byte once and in order.  The chunkserver
+        checks its record's CRC32C before it answers, so damage is mostly
+        found before a byte moved; but the client's check of a whole chunk
+        against that CRC32C can only come at its end, once its bytes went
+        to C{sink}.  They cannot be taken back, so the stream then fails
+        with L{ChecksumMismatch} (the replica is reported bad) and the
+        caller must break off what it sent: its client sees a truncated
+        body, never a wrong one.
+
+        @return: a Deferred firing with None once every byte went to
+            C{sink}; failing with L{Unavailable} when no replica could
+            serve the rest, or with L{ChecksumMismatch} as above.
+            Cancelling it cancels the request in flight; C{sink} is not
+            called afterwards.
         """
-        client = self._storage.client
-        return Deferred.fromCoroutine(self._ask(
-            group_id, file_id,
-            lambda address: client.get_pieces(address, file_id, offset, length),
-            lambda pieces: _check(sum(map(len, pieces)), length), known))
+        return Deferred.fromCoroutine(self._stream(group_id, file_id, offset, length, sink))
 
     def stat(self, group_id, file_id, known=False):
         """
@@ -88,6 +101,67 @@ class ReplicaReader:
             group_id, file_id, lambda address: client.stat(address, file_id),
             lambda info: None, known))
 
+    def _by_load(self, group_id):
+        """
+        @return: the servers of a group, the ones not down first, then the
+            least busy reading from here, ties in random order.
+        @raise Unavailable: the group is not in the cluster view.
+        """
+        storage = self._storage
+        view = storage.view.current
+        group = None if view is None else view.groups.get(group_id)
+        if group is None:
+            raise errors.Unavailable(f"group {group_id} is not in the cluster view")
+        return sorted(
+            group.servers,
+            key=lambda s: (s.state == DOWN, self.reading[s.address], storage.rng.random()))
+
+    async def _stream(self, group_id, file_id, offset, length, sink):
+        storage = self._storage
+        reached = 0  # bytes of the range that went to sink
+
+        def forward(piece):
+            nonlocal reached
+            reached += len(piece)
+            sink(piece)
+
+        reasons = []
+        for server in self._by_load(group_id):
+            self.reading[server.address] += 1
+            try:
+                await storage.client.get_stream(
+                    server.address, file_id, offset + reached, length - reached, forward)
+            except CancelledError:
+                raise
+            except errors.ChecksumMismatch as e:
+                self._bad(server, group_id, file_id, f"ChecksumMismatch: {e}")
+                if reached:
+                    storage.counters["reads_failed"] += 1
+                    raise errors.ChecksumMismatch(
+                        f"chunk {group_id}/{file_id} from {server.address} failed its CRC32C "
+                        f"check after its {reached} bytes were passed on")
+                reasons.append(f"{server.address}: ChecksumMismatch")
+                continue
+            except errors.ChunkNotFound as e:
+                self._bad(server, group_id, file_id, f"ChunkNotFound: {e}")
+                reasons.append(f"{server.address}: ChunkNotFound")
+                continue
+            except Exception as e:
+                log.info("streaming chunk {file_id} from {address} failed at byte {reached} "
+                         "of {length}, going on from the next replica: {why!r}",
+                         file_id=file_id, address=server.address, reached=reached,
+                         length=length, why=e)
+                storage.counters["read_failovers"] += 1
+                reasons.append(f"{server.address}: {type(e).__name__}")
+                continue
+            finally:
+                self.reading[server.address] -= 1
+            return
+        storage.counters["reads_failed"] += 1
+        raise errors.Unavailable(
+            f"no replica of chunk {group_id}/{file_id} could serve bytes {offset + reached}-"
+            f"{offset + length} ({'; '.join(reasons)})")
+
     async def _ask(self, group_id, file_id, request, check, known):
         """
         Send C{request(address)} to each replica of the chunk's group in
@@ -95,13 +169,7 @@ class ReplicaReader:
         finds nothing wrong with (it returns the problem, or None).
         """
         storage = self._storage
-        view = storage.view.current
-        group = None if view is None else view.groups.get(group_id)
-        if group is None:
-            raise errors.Unavailable(f"group {group_id} is not in the cluster view")
-        servers = sorted(
-            group.servers,
-            key=lambda s: (s.state == DOWN, self.reading[s.address], storage.rng.random()))
+        servers = self._by_load(group_id)
         reasons = []
         missing = 0
         for server in servers:
@@ -157,19 +225,15 @@ def _check(size, length):
     return None
 
 
-def _writes(pieces):
+def _writes(piece):
     """
-    @return: an iterator over the bytes to write for C{pieces}: each bytes
-        piece of at most L{WRITE_PIECE} as it is, anything larger or not
-        bytes cut into copies of at most L{WRITE_PIECE}.
+    @return: the bytes to write for C{piece}: itself if it is bytes of at
+        most L{WRITE_PIECE}, else copies of at most L{WRITE_PIECE} of it.
     """
-    for piece in pieces:
-        if isinstance(piece, bytes) and len(piece) <= WRITE_PIECE:
-            yield piece
-            continue
-        view = memoryview(piece).cast("B")
-        for start in range(0, len(view), WRITE_PIECE):
-            yield bytes(view[start:start + WRITE_PIECE])
+    if isinstance(piece, bytes) and len(piece) <= WRITE_PIECE:
+        return [piece]
+    view = memoryview(piece).cast("B")
+    return [bytes(view[start:start + WRITE_PIECE]) for start in range(0, len(view), WRITE_PIECE)]
 
 
 def segments(chunks, offset, length):
@@ -195,12 +259,18 @@ def segments(chunks, offset, length):
 
 
 class _Fetch:
-    """One chunk segment being fetched ahead."""
+    """
+    One chunk segment being streamed in: its C{pieces} not yet written,
+    whether any C{started} arriving, and once C{done}, its C{failure} (a
+    Failure, or None on success).
+    """
 
-    def __init__(self, deferred):
-        self.deferred = deferred
+    def __init__(self):
+        self.deferred = None
+        self.pieces = deque()
+        self.started = False
         self.done = False
-        self.result = None  # the bytes, or a Failure
+        self.failure = None
 
 
 @implementer(IPushProducer)
@@ -208,9 +278,14 @@ class FileReader:
     """
     Streams a byte range of a file into an C{IConsumer}: registers as its
     push producer, keeps up to C{read_ahead} chunk fetches going beyond the
-    chunk being written (so it holds at most C{read_ahead + 1} chunks), and writes
-    the chunks in order in pieces of at most L{WRITE_PIECE} bytes while the
-    consumer is not paused.
+    chunk being written (so it holds at most C{read_ahead + 1} chunks), and
+    writes the bytes of the chunks in order, in pieces of at most
+    L{WRITE_PIECE} bytes, as they arrive and while the consumer is not
+    paused.
+
+    A chunk that fails after some of its bytes were written fails the
+    whole read (see L{ReplicaReader.stream}): the caller must then break
+    off the response, which its client sees truncated.
     """
 
     def __init__(self, replicas, chunks, offset, length, consumer, read_ahead=4):
@@ -219,7 +294,6 @@ class FileReader:
         self._consumer = consumer
         self._read_ahead = max(1, read_ahead)
         self._fetches = deque()
-        self._current = None  # iterator over the bytes of the chunk being written
         self._paused = False
         self._done = None
 
@@ -227,9 +301,10 @@ class FileReader:
         """
         @return: a Deferred firing with None once every byte was written
             (the consumer is unregistered first), failing with
-            L{Unavailable} when a chunk could not be fetched, or with
-            L{ConnectionLost} when the consumer stopped the producer.
-            Cancelling it stops every fetch.
+            L{Unavailable} when a chunk could not be fetched (or
+            L{ChecksumMismatch}, see above), or with L{ConnectionLost}
+            when the consumer stopped the producer.  Cancelling it stops
+            every fetch.
         """
         self._done = done = Deferred(lambda _: self._stop())
         self._consumer.registerProducer(self, True)
@@ -255,44 +330,54 @@ class FileReader:
     # the pipeline
 
     def _fill(self):
-        while self._segments and len(self._fetches) < self._read_ahead:
+        """Start fetches until C{read_ahead} are going beyond the chunk
+        being written (the first, once its bytes started arriving)."""
+        while self._segments:
+            writing = bool(self._fetches) and self._fetches[0].started
+            if len(self._fetches) >= self._read_ahead + writing:
+                return
             chunk, offset, length = self._segments.popleft()
-            whole = offset == 0 and length == chunk.size
-            d = self._replicas.fetch_pieces(
-                chunk.group_id, chunk.file_id, offset, None if whole else length)
-            fetch = _Fetch(d)
-            d.addBoth(self._fetched, fetch)
+            fetch = _Fetch()
             self._fetches.append(fetch)
+            fetch.deferred = self._replicas.stream(
+                chunk.group_id, chunk.file_id, offset, length,
+                lambda piece, fetch=fetch: self._arrived(fetch, piece))
+            fetch.deferred.addBoth(self._fetched, fetch)
+
+    def _is_head(self, fetch):
+        return bool(self._fetches) and self._fetches[0] is fetch
+
+    def _arrived(self, fetch, piece):
+        first, fetch.started = not fetch.started, True
+        fetch.pieces.extend(_writes(piece))
+        if self._is_head(fetch):
+            if first:
+                self._fill()
+            self._advance()
 
     def _fetched(self, result, fetch):
         fetch.done = True
-        fetch.result = result
-        if self._fetches and self._fetches[0] is fetch:
+        fetch.failure = result
+        if self._is_head(fetch):
             self._advance()
 
     def _advance(self):
         while not self._paused and self._done is not None and not self._done.called:
-            if self._current is not None:
-                piece = next(self._current, None)
-                if piece is None:
-                    self._current = None
-                else:
-                    self._consumer.write(piece)
-                continue
             if not self._fetches:
                 self._finish()
                 return
             head = self._fetches[0]
+            if head.pieces:
+                self._consumer.write(head.pieces.popleft())
+                continue
             if not head.done:
                 return
             self._fetches.popleft()
-            if not isinstance(head.result, list):
-                failure, head.result = head.result, None
+            if head.failure is not None:
                 done = self._done
                 self._stop()
-                done.errback(failure)
+                done.errback(head.failure)
                 return
-            self._current, head.result = _writes(head.result), None
             self._fill()
 
     def _finish(self):
@@ -305,7 +390,7 @@ class FileReader:
         self._segments.clear()
         fetches, self._fetches = self._fetches, deque()
         for fetch in fetches:
-            if not fetch.done:
+            # A fetch stopped from its own first piece has no Deferred yet.
+            if not fetch.done and fetch.deferred is not None:
                 fetch.deferred.cancel()
-        self._current = None
         self._consumer.unregisterProducer()

@@ -156,6 +156,28 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         self.fails(self.client.get(ADDRESS, 7), ChecksumMismatch)
         self.assertEqual(self.answer(self.client.get(ADDRESS, 7, 0, 4)), b"evil")
 
+    def test_get_stream(self):
+        """get_stream hands a whole chunk or a range to its sink, in order,
+        and fires with None; a range of a missing chunk fails as get does."""
+        data = os.urandom(3 << 20)
+        self.answer(self.client.put(ADDRESS, 1, data))
+        for offset, length in [(0, len(data)), (1000, 2 << 20)]:
+            pieces = []
+            self.assertIsNone(self.answer(
+                self.client.get_stream(ADDRESS, 1, offset, length, pieces.append)))
+            self.assertTrue(b"".join(pieces) == data[offset:offset + length])
+        self.fails(self.client.get_stream(ADDRESS, 2, 0, 10, pieces.append), ChunkNotFound)
+
+    def test_get_stream_corrupted_in_transit(self):
+        """A whole chunk streamed with other bytes than its CRC32C fails
+        with ChecksumMismatch once its end arrived, after its bytes went to
+        the sink (they cannot be held back while streaming)."""
+        self.store.add(7, b"evil bytes")
+        self.store.stat = lambda file_id: ChunkInfo(7, 10, google_crc32c.value(b"good bytes"))
+        pieces = []
+        self.fails(self.client.get_stream(ADDRESS, 7, 0, 10, pieces.append), ChecksumMismatch)
+        self.assertEqual(b"".join(pieces), b"evil bytes")
+
     def test_close_fails_pending(self):
         """close() fails what is pending and closes every connection."""
         self.answer(self.client.ping(ADDRESS))
@@ -292,6 +314,88 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(len(result.pieces), 2)
         self.assertTrue(all(kept is sent for kept, sent in zip(result.pieces, body)))
         self.assertEqual(result.data, bytearray(data))
+
+    def get_answer(self, data, request_id=1):
+        """@return: the frame answering GET C{request_id} with the whole
+        chunk C{data}."""
+        return frame(OP_GET, request_id, GET_RESPONSE.pack(
+            len(data), google_crc32c.value(data), 0) + data, FLAG_RESPONSE)
+
+    def test_stream_as_it_arrives(self):
+        """A streamed GET hands each read to the sink the moment it arrives,
+        the very bytes objects read; the request fires with the GetResult,
+        holding no pieces, once the last byte came."""
+        body = [os.urandom(1000), os.urandom(2000)]
+        pieces = []
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=pieces.append, length=3000)
+        answer = self.get_answer(b"".join(body))
+        self.connection.dataReceived(answer[:HEADER_SIZE + GET_RESPONSE.size])
+        self.connection.dataReceived(body[0])
+        self.assertEqual(pieces, [body[0]])
+        self.assertIs(pieces[0], body[0])
+        self.assertNoResult(d)
+        self.connection.dataReceived(body[1])
+        self.assertIs(pieces[1], body[1])
+        self.assertEqual(self.successResultOf(d).pieces, [])
+
+    def test_stream_byte_at_a_time(self):
+        data = b"some chunk bytes"
+        pieces = []
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=pieces.append, length=len(data))
+        self.feed(self.get_answer(data))
+        self.successResultOf(d)
+        self.assertEqual(b"".join(pieces), data)
+
+    def test_stream_wrong_length(self):
+        """An answer of another length than the range asked for breaks the
+        protocol before a byte reaches the sink."""
+        pieces = []
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=pieces.append, length=10)
+        self.feed(self.get_answer(b"x" * 20))
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertEqual(pieces, [])
+        self.assertTrue(self.transport.disconnected)
+
+    def test_stream_corrupt(self):
+        """A whole chunk that arrives with other bytes than its CRC32C: the
+        bytes went to the sink, then the request fails ChecksumMismatch and
+        the connection lives on."""
+        data = b"good bytes"
+        answer = frame(OP_GET, 1, GET_RESPONSE.pack(len(data), google_crc32c.value(data), 0)
+                       + b"evil bytes", FLAG_RESPONSE)
+        pieces = []
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=pieces.append, length=len(data))
+        self.feed(answer)
+        self.failureResultOf(d, ChecksumMismatch)
+        self.assertEqual(b"".join(pieces), b"evil bytes")
+        self.assertFalse(self.transport.disconnected)
+
+    def test_stream_cancelled_midway(self):
+        """A streamed GET cancelled mid-answer: its sink gets nothing more,
+        the rest of the answer is skipped and the next one is read."""
+        pieces = []
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=pieces.append, length=100)
+        ping = self.connection.request(OP_PING)
+        answer = self.get_answer(b"x" * 100)
+        self.connection.dataReceived(answer[:HEADER_SIZE + GET_RESPONSE.size + 40])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.connection.dataReceived(answer[HEADER_SIZE + GET_RESPONSE.size + 40:])
+        self.feed(frame(OP_PING, 2, b"", FLAG_RESPONSE))
+        self.assertEqual(b"".join(pieces), b"x" * 40)
+        self.assertEqual(self.successResultOf(ping), b"")
+
+    def test_stream_sink_fails(self):
+        """A sink that raises fails its own request only: the answer's rest
+        is skipped and the connection serves the next answer."""
+        def sink(piece):
+            raise ValueError("the consumer broke")
+        d = self.connection.request(OP_GET, b"\0" * 24, sink=sink, length=5)
+        ping = self.connection.request(OP_PING)
+        self.feed(self.get_answer(b"bytes") + frame(OP_PING, 2, b"", FLAG_RESPONSE))
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(self.successResultOf(ping), b"")
+        self.assertFalse(self.transport.disconnected)
 
     def test_out_of_order(self):
         first = self.connection.request(OP_STAT, b"\0" * 8)

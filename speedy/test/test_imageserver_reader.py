@@ -3,7 +3,7 @@ Tests for L{speedy.imageserver.reader}: failover reads with bad-replica
 reports, read-ahead in order, byte ranges, back-pressure and cancellation.
 """
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -115,20 +115,23 @@ class ReaderTests(SynchronousTestCase):
 
     def give_client_pieces(self):
         """
-        Give the fake client a C{get_pieces} that answers each range in two
+        Give the fake client a C{get_stream} that answers each range in two
         bytes pieces, as the real client does with what its socket reads
         return.  @return: the list every piece answered is appended to.
         """
         answered = []
 
-        def get_pieces(address, file_id, offset=0, length=None):
+        def get_stream(address, file_id, offset, length, sink):
             def cut(data):
                 pieces = [bytes(data[:50]), bytes(data[50:])]
                 answered.extend(pieces)
-                return pieces
+                for piece in pieces:
+                    sink(piece)
+                if len(data) < length:
+                    raise errors.ConnectionFailed(f"{address} went away mid-answer")
             return self.client.get(address, file_id, offset, length).addCallback(cut)
 
-        self.client.get_pieces = get_pieces
+        self.client.get_stream = get_stream
         return answered
 
     def test_pieces_written_as_they_are(self):
@@ -153,6 +156,79 @@ class ReaderTests(SynchronousTestCase):
         d, consumer = self.read(3, 100)
         self.successResultOf(d)
         self.assertEqual(consumer.value(), DATA[3:103])
+
+    def hold_streams(self):
+        """
+        Give the fake client a C{get_stream} that waits for the test to
+        feed its sink and fire its Deferred.  @return: the list each
+        request is appended to, as (address, offset, length, sink,
+        Deferred).
+        """
+        streams = []
+
+        def get_stream(address, file_id, offset, length, sink):
+            d = Deferred(lambda d: streams.remove(entry))
+            entry = (address, offset, length, sink, d)
+            streams.append(entry)
+            return d
+
+        self.client.get_stream = get_stream
+        return streams
+
+    def test_bytes_flow_as_they_arrive(self):
+        """A chunk's bytes reach the consumer as they arrive from the
+        replica, before the chunk's end; while the consumer is paused they
+        are held, and follow on resume."""
+        streams = self.hold_streams()
+        d, consumer = self.read(0, 128)
+        [(_, offset, length, sink, answer)] = streams
+        self.assertEqual((offset, length), (0, 128))
+        sink(DATA[:50])
+        self.assertEqual(consumer.value(), DATA[:50])
+        consumer.producer.pauseProducing()
+        sink(DATA[50:128])
+        answer.callback(None)
+        self.assertEqual(consumer.value(), DATA[:50])
+        consumer.producer.resumeProducing()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(consumer.value(), DATA[:128])
+
+    def test_resume_after_mid_stream_failure(self):
+        """A replica that breaks off mid-chunk: the rest of the chunk, from
+        the byte reached, is asked of another replica; the consumer gets
+        every byte once, and the unreachable replica is not reported."""
+        streams = self.hold_streams()
+        d, consumer = self.read(3, 100)
+        first, _, _, sink, answer = streams[0]
+        sink(DATA[3:40])
+        answer.errback(errors.ConnectionFailed("the chunkserver died"))
+        [(second, offset, length, sink, answer)] = streams[1:]
+        self.assertNotEqual(second, first)
+        self.assertEqual((offset, length), (40, 63))
+        sink(DATA[40:103])
+        answer.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[3:103])
+        self.assertEqual(self.bad_replicas(), [])
+
+    def test_damage_found_after_bytes_went_out(self):
+        """
+        The whole-chunk CRC32C check fails at the chunk's end, after its
+        bytes were written: they cannot be taken back, so the read fails
+        with ChecksumMismatch (the HTTP layer then cuts the response short)
+        instead of sending the chunk again, and the replica is reported.
+        """
+        streams = self.hold_streams()
+        d, consumer = self.read(0, 128)
+        address, _, _, sink, answer = streams[0]
+        sink(b"x" * 128)
+        answer.errback(errors.ChecksumMismatch("chunk arrived with another CRC32C"))
+        self.failureResultOf(d, errors.ChecksumMismatch)
+        self.assertEqual(len(streams), 1, "no other replica was asked")
+        self.assertEqual(consumer.value(), b"x" * 128)
+        self.assertTrue(consumer.unregistered)
+        [bad] = self.bad_replicas()
+        self.assertEqual(bad.server_id, f"cs-{address}")
 
     def test_missing_chunk_reported(self):
         ref = self.refs[2]

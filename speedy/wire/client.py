@@ -78,12 +78,12 @@ class ChunkClient:
             pool = self._pools[address] = _ServerPool(self, address)
         return pool
 
-    def _request(self, address, opcode, body=b"", data=None):
+    def _request(self, address, opcode, body=b"", data=None, sink=None, length=None):
         try:
             pool = self._pool(address)
         except ConnectionFailed as e:
             return fail(e)
-        return pool.request(opcode, body, data)
+        return pool.request(opcode, body, data, sink, length)
 
     def put(self, address, file_id, data):
         """
@@ -113,6 +113,17 @@ class ChunkClient:
         """
         return self._get(address, file_id, offset, length).addCallback(
             lambda result: result.pieces)
+
+    def get_stream(self, address, file_id, offset, length, sink):
+        """
+        Stream C{length} bytes at C{offset} of a chunk into C{sink} as they
+        arrive, without holding them.
+
+        @return: see L{IChunkClient.get_stream}.
+        """
+        body = GET_REQUEST.pack(file_id, offset, length)
+        return self._request(address, OP_GET, body, sink=sink, length=length).addCallback(
+            lambda result: None)
 
     def _get(self, address, file_id, offset, length):
         body = GET_REQUEST.pack(file_id, offset, ALL_BYTES if length is None else length)
@@ -166,16 +177,19 @@ class _ServerPool:
         self._failures = 0
         self._retry_at = 0.0
 
-    def request(self, opcode, body, data):
-        """@return: the Deferred of the request, sent on a pooled connection."""
+    def request(self, opcode, body, data, sink=None, length=None):
+        """
+        @return: the Deferred of the request, sent on a pooled connection
+            (see L{ChunkClientProtocol.request} for the arguments).
+        """
         connection = self._choose()
         if connection is not None:
-            return connection.request(opcode, body, data)
+            return connection.request(opcode, body, data, sink, length)
         sent = []  # the request, once a connection was found for it
 
         def send(connection):
             if not answer.called:  # else cancelled meanwhile
-                sent.append(connection.request(opcode, body, data))
+                sent.append(connection.request(opcode, body, data, sink, length))
                 sent[0].chainDeferred(answer)
 
         def no_connection(reason):

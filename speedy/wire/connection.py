@@ -13,8 +13,10 @@ behind others that are still flowing, lives on; a dead or wedged peer is
 given up on after the timeout.
 
 Answers are read as they arrive, C{RECEIVE_SIZE} bytes per read: a GET's
-body is kept as the bytes objects the socket returned (no copy), the CRC32C
-of a whole chunk is computed on the way.
+body is kept as the bytes objects the socket returned (no copy), or handed
+to the request's sink piece by piece as it arrives (L{request} with a
+C{sink}); the CRC32C of a whole chunk is computed on the way and compared
+at its end.
 """
 
 import sys
@@ -129,27 +131,34 @@ class ChunkClientProtocol(Protocol):
 
     # --- requests out ----------------------------------------------------
 
-    def request(self, opcode, body=b"", data=None):
+    def request(self, opcode, body=b"", data=None, sink=None, length=None):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
         after it (bytes-like, or a list or tuple of bytes-like pieces: see
         L{BytesBody}).
 
+        @param sink: for a GET, a callable given each piece of the answer's
+            range (bytes) as it arrives, instead of gathering them; never
+            called once the request failed or was cancelled.
+        @param length: for a GET with a C{sink}, the range's length: an
+            answer of another length breaks the protocol (the connection is
+            closed) before any byte reaches the sink.
         @return: a Deferred firing with the response body (bytes; for GET
-            the L{GetResult}; for LIST the list of file ids), or failing
-            with the L{speedy.errors} class of the error frame, L{Timeout},
-            or L{ConnectionFailed}.  Cancelling it forgets the request.
+            the L{GetResult}, its C{pieces} empty with a C{sink}; for LIST
+            the list of file ids), or failing with the L{speedy.errors}
+            class of the error frame, L{Timeout}, or L{ConnectionFailed}.
+            Cancelling it forgets the request.
         """
         if not self.connected:
             return fail(ConnectionFailed(f"connection to {self._address} is closed"))
         request_id = self._next_id
         self._next_id = self._next_id % (2**32 - 1) + 1
         chunk = None if data is None else BytesBody(data, progress=self._moved)
-        length = len(body) + (0 if chunk is None else chunk.length)
-        if length > MAX_BODY:
-            return fail(TooLarge(f"a body of {length} bytes exceeds the limit of {MAX_BODY}"))
-        head = Header(opcode, request_id, length).pack() + body
-        call = _Call(self, request_id, opcode, self._clock.seconds())
+        body_length = len(body) + (0 if chunk is None else chunk.length)
+        if body_length > MAX_BODY:
+            return fail(TooLarge(f"a body of {body_length} bytes exceeds the limit of {MAX_BODY}"))
+        head = Header(opcode, request_id, body_length).pack() + body
+        call = _Call(self, request_id, opcode, self._clock.seconds(), sink, length)
         self._calls[request_id] = call
         self._watch()
         if chunk is None:
@@ -272,14 +281,24 @@ class ChunkClientProtocol(Protocol):
 
 
 class _Call:
-    """One request waiting for its answer, sent at C{sent_at}."""
+    """
+    One request waiting for its answer, sent at C{sent_at}; a streamed GET's
+    C{sink} and expected C{length} (see L{ChunkClientProtocol.request}).
+    """
 
-    def __init__(self, protocol, request_id, opcode, sent_at):
+    def __init__(self, protocol, request_id, opcode, sent_at, sink=None, length=None):
         self.request_id = request_id
         self.opcode = opcode
         self.sent_at = sent_at
-        self.deferred = Deferred(lambda d: protocol._forget(self))
+        self.streamed = sink is not None
+        self.sink = sink
+        self.length = length
+        self.deferred = Deferred(lambda d: self._cancel(protocol))
         self._file_ids = []
+
+    def _cancel(self, protocol):
+        self.sink = None
+        protocol._forget(self)
 
     def collect(self, body):
         """Add the file ids of one LIST frame."""
@@ -293,6 +312,7 @@ class _Call:
             self.deferred.callback(self._file_ids if self.opcode == OP_LIST else result)
 
     def fail(self, error):
+        self.sink = None
         if not self.deferred.called:
             self.deferred.errback(error)
 
@@ -344,8 +364,9 @@ class GetResult:
 
 class _GetResponse:
     """
-    A GET answer, kept as the pieces it arrives in; the CRC32C of a
-    whole-chunk answer is computed as they arrive.
+    A GET answer, kept as the pieces it arrives in or handed to its call's
+    sink as they arrive; the CRC32C of a whole-chunk answer is computed on
+    the way.
     """
 
     def __init__(self, header, call):
@@ -371,13 +392,25 @@ class _GetResponse:
             length = len(piece) + self.remaining
             if self.offset + length > self.size:
                 raise BadRequest(f"range {self.offset}+{length} exceeds the chunk's {self.size} bytes")
+            expected = None if self.call is None else self.call.length
+            if expected is not None and length != expected:
+                raise BadRequest(f"answered {length} bytes, not the {expected} asked for")
             self._pieces = []
             self._whole = self.offset == 0 and length == self.size
-        if piece:
-            piece = piece if isinstance(piece, bytes) else bytes(piece)
+        call = self.call
+        if not piece or call is None:
+            return
+        piece = piece if isinstance(piece, bytes) else bytes(piece)
+        if self._whole:
+            self._crc = google_crc32c.extend(self._crc, piece)
+        if not call.streamed:
             self._pieces.append(piece)
-            if self._whole:
-                self._crc = google_crc32c.extend(self._crc, piece)
+        elif call.sink is not None:
+            try:
+                call.sink(piece)
+            except Exception as e:
+                # The sink's trouble is its request's, not the connection's.
+                call.fail(e)
 
     def body(self):
         return b""
