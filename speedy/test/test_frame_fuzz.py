@@ -16,7 +16,7 @@ from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.test.test_chunkserver_protocol import get_request, parse_frames, put_request
 from speedy.wire.frames import (
     COMPACT_REQUEST, FILE_ID, FLAG_RESPONSE, OP_COMPACT, OP_DELETE, OP_LIST,
-    OP_PING, OP_STAT, OP_STATUS, Header)
+    OP_PING, OP_PUT, OP_STAT, OP_STATUS, Header)
 
 file_ids = st.integers(0, 4)
 request_ids = st.integers(0, 2**32 - 1)
@@ -35,15 +35,27 @@ valid_requests = st.one_of(
     st.builds(lambda rid, v: Header(OP_COMPACT, rid, 4).pack() + COMPACT_REQUEST.pack(v),
               request_ids, st.integers(0, 2**32 - 1)),
 )
+def _random_frame(op, flags, rid, body):
+    """
+    A frame with any opcode, flags and body.  One that happens to be a
+    well-formed PUT (opcode PUT, no flags, a file id and some bytes) may
+    store its bytes, so it is classified as a put for the oracle.
+    """
+    raw = Header(op, rid, len(body), flags).pack() + body
+    if op == OP_PUT and flags == 0 and len(body) >= FILE_ID.size:
+        (file_id,) = FILE_ID.unpack(body[:FILE_ID.size])
+        return ("put", file_id, body[FILE_ID.size:], raw)
+    return ("other", None, None, raw)
+
+
 random_headers = st.builds(
-    lambda op, flags, rid, body: Header(op, rid, len(body), flags).pack() + body,
-    st.integers(0, 255), st.integers(0, 7), request_ids, st.binary(max_size=40))
+    _random_frame, st.integers(0, 255), st.integers(0, 7), request_ids, st.binary(max_size=40))
 garbage = st.binary(min_size=1, max_size=40)
 
 pieces = st.one_of(
     valid_puts,
     valid_requests.map(lambda raw: ("other", None, None, raw)),
-    random_headers.map(lambda raw: ("other", None, None, raw)),
+    random_headers,
     garbage.map(lambda raw: ("other", None, None, raw)),
 )
 
