@@ -102,6 +102,34 @@ class NotFound(SpeedyError):
     code = 14
 
 
+class ReferencesMissing(NotFound):
+    """
+    A record names things that are not there: a manifest's blobs not
+    linked in its repository, or its child manifests not stored there.
+
+    @ivar digests: the missing digests, each once, in the order named.
+    """
+
+    def __init__(self, digests):
+        self.digests = tuple(dict.fromkeys(digests))
+        super().__init__("not found: " + ", ".join(self.digests))
+
+
+class SizeMismatch(BadRequest):
+    """
+    A record gives a size for a stored thing that differs from its stored
+    size.
+
+    @ivar digest: the thing's digest.
+    @ivar given: the size the record gives.
+    @ivar stored: the size stored.
+    """
+
+    def __init__(self, digest, given, stored):
+        self.digest, self.given, self.stored = digest, given, stored
+        super().__init__(f"{digest} has size {stored}, not {given}")
+
+
 class Internal(SpeedyError):
     """A bug or an unexpected failure: logged, and answered as such."""
 

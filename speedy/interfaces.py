@@ -390,11 +390,25 @@ class IMetadataStore(Interface):
 
     # manifests and tags --------------------------------------------------
 
-    def put_manifest(record, tags=()):
+    def put_manifest(record, tags=(), required_blobs=(), required_manifests=()):
         """
         Store a L{ManifestRecord} (replacing one with the same repository and
-        digest) and point each of C{tags} at it, in one transaction.
-        @return: Deferred.
+        digest) and point each of C{tags} at it, in one transaction, which
+        first checks what the manifest references.
+
+        @param required_blobs: C{(digest, size)} pairs of blobs that must be
+            linked in the record's repository with that size.  The check
+            locks each blob as L{link_blob} does, so a concurrent
+            L{delete_blob_if_unlinked} either comes first (and the put
+            fails) or waits for the put to commit.
+        @param required_manifests: C{(digest, size)} pairs of manifests
+            that must be stored in the record's repository, with content of
+            that many bytes.
+        @raise ReferencesMissing: naming every required blob not linked and
+            every required manifest not stored; nothing is stored.
+        @raise SizeMismatch: a required blob or manifest is there with
+            another size; nothing is stored.
+        @return: Deferred firing with None.
         """
 
     def get_manifest(repository, digest):

@@ -224,9 +224,12 @@ class MemoryMetadataStore:
     # manifests and tags ----------------------------------------------------
 
     @_deferred
-    def put_manifest(self, record, tags=()):
+    def put_manifest(self, record, tags=(), required_blobs=(), required_manifests=()):
         tags = list(tags)
         schema.check_manifest(record, tags)
+        schema.check_references(
+            required_blobs, functools.partial(self._linked_size, record.repository),
+            required_manifests, functools.partial(self._manifest_size, record.repository))
         self._manifests[record.repository, record.digest] = attrs.evolve(
             record,
             content=bytes(record.content),
@@ -235,6 +238,19 @@ class MemoryMetadataStore:
             references=tuple(record.references))
         for tag in tags:
             self._tags[record.repository, tag] = record.digest
+
+    def _linked_size(self, repository, digest):
+        """@return: the size of the blob C{digest} if C{repository} links
+        it, else None."""
+        if (repository, digest) in self._links:
+            return self._blobs[digest].size
+        return None
+
+    def _manifest_size(self, repository, digest):
+        """@return: the length of the manifest C{digest} of C{repository},
+        or None if it is not there."""
+        manifest = self._manifests.get((repository, digest))
+        return None if manifest is None else len(manifest.content)
 
     @_deferred
     def get_manifest(self, repository, digest):

@@ -34,7 +34,7 @@ where DDL is transactional; C{GET_LOCK} on MySQL, where DDL commits by
 itself and every statement is written to be re-run safely).
 """
 
-from speedy.errors import BadRequest, Internal
+from speedy.errors import BadRequest, Internal, ReferencesMissing, SizeMismatch
 from speedy.records import SERVER_STATES, ChunkRef
 
 MAX_REPOSITORY = 255
@@ -195,6 +195,34 @@ def check_manifest(record, tags):
         check_digest(digest, "reference")
     for tag in tags:
         check_text(tag, "tag", MAX_TAG)
+
+
+def check_references(required_blobs, blob_size, required_manifests, manifest_size):
+    """
+    Check a manifest's references against what is stored.
+
+    @param required_blobs: C{(digest, size)} pairs of blobs it needs.
+    @param blob_size: called with a blob's digest; returns its stored size,
+        or None if it is not there.
+    @param required_manifests: C{(digest, size)} pairs of manifests it needs.
+    @param manifest_size: the same as C{blob_size}, for a manifest.
+    @raise ReferencesMissing: naming every digest not there.
+    @raise SizeMismatch: for the first reference there with another size.
+    """
+    missing, mismatch = [], None
+    for required, stored_size in [(required_blobs, blob_size),
+                                  (required_manifests, manifest_size)]:
+        for digest, size in dict.fromkeys(required):
+            check_digest(digest, "reference")
+            stored = stored_size(digest)
+            if stored is None:
+                missing.append(digest)
+            elif stored != size and mismatch is None:
+                mismatch = SizeMismatch(digest, size, stored)
+    if missing:
+        raise ReferencesMissing(missing)
+    if mismatch is not None:
+        raise mismatch
 
 
 def check_upload(record):

@@ -493,11 +493,16 @@ class SQLMetadataStore:
 
     # manifests and tags ------------------------------------------------------------
 
-    def put_manifest(self, record, tags=()):
-        return self._write(self._put_manifest, record, list(tags), self._now())
+    def put_manifest(self, record, tags=(), required_blobs=(), required_manifests=()):
+        return self._write(
+            self._put_manifest, record, list(tags), list(required_blobs),
+            list(required_manifests), self._now())
 
-    def _put_manifest(self, db, record, tags, now):
+    def _put_manifest(self, db, record, tags, required_blobs, required_manifests, now):
         schema.check_manifest(record, tags)
+        schema.check_references(
+            required_blobs, lambda digest: self._linked_size(db, record.repository, digest),
+            required_manifests, lambda digest: self._manifest_size(db, record.repository, digest))
         db.execute(
             self.dialect.upsert("manifests", _MANIFEST, ["repository", "digest"]),
             record.repository, record.digest, record.media_type, bytes(record.content),
@@ -507,6 +512,30 @@ class SQLMetadataStore:
             db.execute(
                 self.dialect.upsert("tags", "repository, tag, digest", ["repository", "tag"]),
                 record.repository, tag, record.digest)
+
+    def _linked_size(self, db, repository, digest):
+        """
+        Lock the blob's row shared, as L{_link_blob} does, so that a
+        L{_delete_blob_if_unlinked} of it waits for this transaction; read
+        its link with a locking read (the latest commit, not a snapshot),
+        which holds off an unlink until then too.
+
+        @return: the blob's size if C{repository} links it, else None.
+        """
+        blob = self._get_blob(db, digest, self.dialect.for_share)
+        if blob is None or db.one(
+                "SELECT 1 FROM blob_links WHERE repository = ? AND digest = ?"
+                + self.dialect.for_share, repository, digest) is None:
+            return None
+        return blob.size
+
+    def _manifest_size(self, db, repository, digest):
+        """@return: the length of the manifest C{digest} of C{repository},
+        locked shared until the transaction ends, or None."""
+        row = db.one(
+            "SELECT LENGTH(content) FROM manifests WHERE repository = ? AND digest = ?"
+            + self.dialect.for_share, repository, digest)
+        return None if row is None else row[0]
 
     def get_manifest(self, repository, digest):
         return self._read(self._get_manifest, repository, digest)

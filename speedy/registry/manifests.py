@@ -11,6 +11,7 @@ import re
 
 from attrs import field, frozen
 
+from speedy.errors import ReferencesMissing, SizeMismatch
 from speedy.records import ManifestRecord
 from speedy.registry.digests import digest_of
 from speedy.registry.errors import (
@@ -184,10 +185,15 @@ class Manifests:
         """
         Validate and store a manifest under C{reference} (a tag or a digest)
         and the extra C{tags}.  Every blob and manifest it references must
-        be in the repository, except a C{subject} and layers with C{urls}.
+        be in the repository with the size its descriptor gives, except a
+        C{subject} and layers with C{urls}.  The metadata store checks that
+        in the transaction that stores the manifest, so a blob deleted at
+        the same time either comes first (and the manifest is refused) or
+        after the manifest is stored, never in between.
 
         @return: the stored L{ManifestRecord}.
-        @raise RegistryError: C{MANIFEST_INVALID}, C{DIGEST_INVALID},
+        @raise RegistryError: C{MANIFEST_INVALID} (also for a descriptor
+            whose size is not the stored size), C{DIGEST_INVALID},
             C{TAG_INVALID}, C{MANIFEST_BLOB_UNKNOWN} (one error per missing
             digest).
         """
@@ -203,28 +209,26 @@ class Manifests:
             digest = digest_of("sha256", body)
             tags = [check_tag(reference)] + [check_tag(t) for t in tags]
         parsed = parse_manifest(body, content_type)
-        await self._check_references(repository, parsed)
         record = ManifestRecord(
             repository=repository, digest=digest, media_type=parsed.media_type,
             content=bytes(body), created=self._clock.seconds(), subject=parsed.subject,
             artifact_type=parsed.artifact_type, annotations=parsed.annotations,
             references=parsed.references)
-        await self._metadata.put_manifest(record, tags=list(dict.fromkeys(tags)))
-        return record
-
-    async def _check_references(self, repository, parsed):
-        missing = []
-        for blob in parsed.blobs:
-            if await self._metadata.blob_linked(repository, blob.digest) is None:
-                missing.append(blob.digest)
-        for manifest in parsed.manifests:
-            if await self._metadata.get_manifest(repository, manifest.digest) is None:
-                missing.append(manifest.digest)
-        if missing:
+        try:
+            await self._metadata.put_manifest(
+                record, tags=list(dict.fromkeys(tags)),
+                required_blobs=[(d.digest, d.size) for d in parsed.blobs],
+                required_manifests=[(d.digest, d.size) for d in parsed.manifests])
+        except ReferencesMissing as e:
             errors = [RegistryError(MANIFEST_BLOB_UNKNOWN, detail={"digest": d})
-                      for d in dict.fromkeys(missing)]
+                      for d in e.digests]
             raise RegistryError(
                 MANIFEST_BLOB_UNKNOWN, detail=errors[0].detail, more=errors[1:])
+        except SizeMismatch as e:
+            raise _invalid(
+                "a descriptor's size differs from the size of what it names",
+                digest=e.digest, size=e.given, stored=e.stored)
+        return record
 
     async def resolve(self, repository, reference):
         """

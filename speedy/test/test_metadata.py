@@ -13,12 +13,12 @@ import pymysql
 from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from speedy.errors import BadRequest, Internal, Unavailable
+from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
 from speedy.interfaces import IMetadataStore
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store
@@ -342,6 +342,67 @@ class MetadataStoreTestsMixin:
         self.assertIsNone(await self.store.get_manifest("library/app", SHA))
         self.assertEqual(await self.store.list_tags("library/app"), ["c"])
         self.assertEqual(await self.store.resolve_tag("other/app", "a"), SHA)
+
+    async def test_manifest_required_references(self):
+        """A manifest whose blobs are linked in its repository and whose
+        child manifests are stored there, each with the size given, is
+        stored."""
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1)))
+        await self.store.link_blob("library/app", SHA2)
+        await self.store.put_manifest(manifest(digest=SHA3, content=b"abc"))
+        record = manifest(references=(SHA2, SHA3))
+        await self.store.put_manifest(
+            record, tags=["v1"], required_blobs=[(SHA2, 5), (SHA2, 5)],
+            required_manifests=[(SHA3, 3)])
+        self.assertEqual(await self.store.get_manifest("library/app", SHA),
+                         attrs.evolve(record, created=START))
+        self.assertEqual(await self.store.resolve_tag("library/app", "v1"), SHA)
+
+    async def test_manifest_references_missing(self):
+        """
+        Blobs not linked in the manifest's repository (unknown, or linked
+        in another only) and child manifests not stored there are named,
+        each once, in one error; nothing is stored.
+        """
+        unknown = "sha256:" + "01" * 32
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1)))
+        await self.store.link_blob("other/app", SHA2)
+        await self.store.put_manifest(manifest("other/app", SHA3, content=b"abc"))
+        error = await failure_of(self.store.put_manifest(
+            manifest(), tags=["v1"], required_blobs=[(SHA2, 5), (unknown, 1), (SHA2, 5)],
+            required_manifests=[(SHA3, 3)]), ReferencesMissing)
+        self.assertEqual(error.digests, (SHA2, unknown, SHA3))
+        self.assertIsInstance(error, NotFound)
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA))
+        self.assertIsNone(await self.store.resolve_tag("library/app", "v1"))
+
+    async def test_manifest_reference_sizes(self):
+        """A blob or child manifest there with another size than the one
+        given refuses the manifest; nothing is stored."""
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1)))
+        await self.store.link_blob("library/app", SHA2)
+        await self.store.put_manifest(manifest(digest=SHA3, content=b"abc"))
+        for blobs, manifests, wrong in [([(SHA2, 6)], [(SHA3, 3)], (SHA2, 6, 5)),
+                                        ([(SHA2, 5)], [(SHA3, 0)], (SHA3, 0, 3))]:
+            error = await failure_of(self.store.put_manifest(
+                manifest(), tags=["v1"], required_blobs=blobs, required_manifests=manifests),
+                SizeMismatch)
+            self.assertEqual((error.digest, error.given, error.stored), wrong)
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA))
+        self.assertIsNone(await self.store.resolve_tag("library/app", "v1"))
+
+    async def test_manifest_after_its_blob_is_unlinked(self):
+        """Once a blob is unlinked from the repository (and deleted), a
+        manifest needing it is refused."""
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1)))
+        await self.store.link_blob("library/app", SHA2)
+        await self.store.unlink_blob("library/app", SHA2)
+        await failure_of(self.store.put_manifest(
+            manifest(), required_blobs=[(SHA2, 5)]), ReferencesMissing)
+        await self.store.delete_blob_if_unlinked(SHA2)
+        await failure_of(self.store.put_manifest(
+            manifest(), required_blobs=[(SHA2, 5)]), ReferencesMissing)
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA))
 
     async def test_list_tags(self):
         names = ["v10", "v2", "latest", "V1", "1.0", "a_b", "a-b", "a.b"]
@@ -935,6 +996,32 @@ class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestC
                 "SELECT DISTINCT engine, table_collation FROM information_schema.tables"
                 " WHERE table_schema = DATABASE()")
             self.assertEqual(cursor.fetchall(), (("InnoDB", "utf8mb4_general_ci"),))
+
+    async def test_put_manifest_waits_for_a_delete_under_way(self):
+        """
+        A manifest put while another process's transaction is deleting one
+        of its blobs waits for that transaction, then sees the blob gone and
+        is refused: its check reads the blob and link with locks, never
+        from a snapshot taken before the delete committed.
+        """
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1)))
+        await self.store.link_blob("library/app", SHA2)
+        deleter = self.admin()
+        deleter.begin()
+        with deleter.cursor() as cursor:
+            cursor.execute("SELECT digest FROM blobs WHERE digest = %s FOR UPDATE", (SHA2,))
+            cursor.execute("DELETE FROM blob_links WHERE digest = %s", (SHA2,))
+        putting = self.store.put_manifest(manifest(), required_blobs=[(SHA2, 5)])
+        while not putting.called and not self.run_sql(
+                "SELECT 1 FROM information_schema.innodb_trx t"
+                " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+                " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"):
+            await deferLater(reactor, 0.001, lambda: None)
+        with deleter.cursor() as cursor:
+            cursor.execute("DELETE FROM blobs WHERE digest = %s", (SHA2,))
+        deleter.commit()
+        await failure_of(putting, ReferencesMissing)
+        self.assertIsNone(await self.store.get_manifest("library/app", SHA))
 
     async def test_unreachable_server(self):
         store = self.new_store(url=f"mysql://root@127.0.0.1:{free_port()}/test")

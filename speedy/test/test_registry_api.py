@@ -618,6 +618,26 @@ class UploadRaceTests(RegistryTestCase):
         response, body = await self.request("GET", f"/v2/one/blobs/{d}")
         self.assertError(response, body, 404, "BLOB_UNKNOWN")
 
+    async def test_manifest_put_while_its_blob_is_deleted(self):
+        """A layer deleted (through another imageserver) while a manifest
+        naming it is being stored: the manifest is refused with
+        MANIFEST_BLOB_UNKNOWN naming the layer, and is not stored."""
+        config, layer = b"{}", b"layer" * 10
+        await self.push_blob("repo", config)
+        d = await self.push_blob("repo", layer)
+        held = HeldCall(self, self.metadata, "put_manifest")
+        putting = Deferred.fromCoroutine(
+            self.put_manifest("repo", "v1", image_manifest(config, [layer])))
+        await held.reached
+        response, body = await self.request("DELETE", f"/v2/repo/blobs/{d}", port=self.other_port)
+        self.assertEqual(response.code, 202, body)
+        held.release()
+        response, body = await putting
+        errors = self.assertError(response, body, 400, "MANIFEST_BLOB_UNKNOWN")
+        self.assertEqual([e["detail"] for e in errors], [{"digest": d}])
+        response, body = await self.request("GET", "/v2/repo/manifests/v1")
+        self.assertError(response, body, 404, "MANIFEST_UNKNOWN")
+
     async def test_mount_while_the_blob_is_deleted(self):
         """A blob deleted (through another imageserver) between a mount's
         lookup and its link: the mount falls back to a plain upload (202),
@@ -880,6 +900,35 @@ class ManifestTests(RegistryTestCase):
             self.assertEqual(response.code, 201, body)
             response, body = await self.request("GET", "/v2/repo/manifests/multi")
             self.assertEqual(self.header(response, "Content-Type"), media_type)
+
+    async def test_descriptor_sizes(self):
+        """A config, layer or child manifest whose descriptor gives another
+        size than the stored one is 400 MANIFEST_INVALID naming it, and
+        nothing is stored; layers with `urls` and the subject are not
+        checked."""
+        good = json.loads(await self.push_image("repo"))
+        image = json.dumps(good).encode()
+        await self.put_manifest("repo", sha256(image), image)
+        layer = good["layers"][0]
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                 "manifests": [descriptor(image, OCI_MANIFEST, size=len(image) + 1)]}
+        for case, wrong in [
+                (dict(good, config=dict(good["config"], size=good["config"]["size"] + 1)),
+                 good["config"]),
+                (dict(good, layers=[layer, dict(layer, size=0)]), layer),
+                (index, index["manifests"][0])]:
+            response, body = await self.put_manifest(
+                "repo", "bad", json.dumps(case).encode(), case["mediaType"])
+            errors = self.assertError(response, body, 400, "MANIFEST_INVALID")
+            self.assertEqual(errors[0]["detail"]["digest"], wrong["digest"])
+        response, body = await self.request("GET", "/v2/repo/manifests/bad")
+        self.assertError(response, body, 404, "MANIFEST_UNKNOWN")
+        foreign = descriptor(b"foreign", "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                             urls=["https://example.com/layer"])
+        unchecked = dict(good, layers=good["layers"] + [dict(foreign, size=1)],
+                         subject=descriptor(image, OCI_MANIFEST, size=1))
+        response, body = await self.put_manifest("repo", "v1", json.dumps(unchecked).encode())
+        self.assertEqual(response.code, 201, body)
 
     async def test_invalid_manifests(self):
         """Bodies that are no valid manifest are 400 MANIFEST_INVALID."""
