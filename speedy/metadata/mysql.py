@@ -129,6 +129,14 @@ class MySQLDialect:
             raise Unavailable("another process is migrating the metadata schema")
 
     def unlock_schema(self, db):
+        """
+        Commit, then release the schema lock: released first, the next
+        process to take it could read the version before the last step's
+        update is committed and run that step again.  (MySQL commits each
+        DDL statement anyway, so what committing here covers is the last
+        version update, and on a failure the steps already applied.)
+        """
+        db.execute("COMMIT")
         db.one("SELECT RELEASE_LOCK(CONCAT('speedy-schema:', DATABASE()))")
 
     def upsert(self, table, columns, keys):
