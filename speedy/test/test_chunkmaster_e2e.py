@@ -162,10 +162,10 @@ class MariaDBTests(ChunkmasterEndToEnd, SynchronousTestCase):
     def setUp(self):
         import pymysql
 
-        from speedy.test._mysqlurl import connect_kwargs
+        from speedy.metadata.mysql import parse_url
 
         require_mysql()
-        server = connect_kwargs(MYSQL_URL)
+        server = parse_url(MYSQL_URL)
         database = server.pop("database") + "_cm_" + uuid.uuid4().hex[:8]
         self.url = MYSQL_URL.rsplit("/", 1)[0] + "/" + database
 

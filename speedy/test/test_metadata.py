@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
 from speedy.interfaces import IMetadataStore
 from speedy.metadata.memory import MemoryMetadataStore
-from speedy.metadata.mysql import mysql_store
+from speedy.metadata.mysql import mysql_store, parse_url
 from speedy.metadata.sqlite import sqlite_store
 from speedy.records import (
     DOWN,
@@ -36,7 +36,6 @@ from speedy.records import (
     ServerRecord,
     UploadRecord,
 )
-from speedy.test._mysqlurl import connect_kwargs
 from speedy.test.processes import free_port
 from speedy.test.util import require_mysql
 
@@ -912,7 +911,7 @@ class DatabaseRelay:
 
 def _mysql_admin(url):
     """@return: an autocommitting PyMySQL connection for C{url}'s server."""
-    return pymysql.connect(autocommit=True, ssl_disabled=True, **connect_kwargs(url))
+    return pymysql.connect(autocommit=True, **dict(parse_url(url), ssl_disabled=True))
 
 
 _test_database = None
@@ -1054,7 +1053,7 @@ class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestC
         connection cut, then connections refused); when it comes back,
         service resumes by itself with nothing lost.
         """
-        server = connect_kwargs(self.url)
+        server = parse_url(self.url)
         relay = DatabaseRelay(server["host"], server["port"])
         relay.up()
         self.addCleanup(relay.down)

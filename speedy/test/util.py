@@ -42,11 +42,11 @@ def require_mysql():
     """
     import pymysql
 
-    from speedy.test._mysqlurl import connect_kwargs
+    from speedy.metadata.mysql import parse_url
 
     try:
         pymysql.connect(
-            connect_timeout=2, ssl_disabled=True, **connect_kwargs(MYSQL_URL)).close()
+            connect_timeout=2, **dict(parse_url(MYSQL_URL), ssl_disabled=True)).close()
     except Exception as e:
         skip_or_fail(f"MariaDB at {MYSQL_URL} is unreachable: {e}")
     return MYSQL_URL
