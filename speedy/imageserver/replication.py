@@ -13,15 +13,18 @@ from collections import Counter, deque
 
 import google_crc32c
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedy import errors
 from speedy.imageserver.placement import choose_group
 from speedy.imageserver.reader import FileReader, ReplicaReader
+from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import ChunkRef
 from speedy.wire.producers import frozen_pieces
+from speedy.wire.splice import SourcePool, splice_transport
 
 log = Logger()
 
@@ -65,6 +68,7 @@ class ReplicatedStorage:
         #: counts for status pages and tests
         self.counters = Counter()
         self.replicas = ReplicaReader(self)
+        self._splice_sources = None
 
     # IChunkedStorage
 
@@ -72,12 +76,55 @@ class ReplicatedStorage:
         return ReplicatedWriter(self)
 
     def read(self, chunks, offset, length, consumer):
+        """
+        See L{IChunkedStorage.read}.  A C{twisted.web} request on plain TCP
+        gets the bytes spliced from chunkserver sockets into its socket
+        (L{SpliceFileReader}); any other consumer (TLS, HTTP/2, a hashing
+        consumer, C{SPEEDY_NO_SPLICE=1}) gets them through Python
+        (L{FileReader}).
+        """
         try:
-            reader = FileReader(self.replicas, chunks, offset, length, consumer,
-                                read_ahead=self.parallelism)
+            if self.reader_type(consumer) is SpliceFileReader:
+                reader = SpliceFileReader(self.replicas, self.splice_sources(), chunks, offset,
+                                          length, consumer, read_ahead=self.parallelism,
+                                          counters=self.counters)
+                self.counters["reads_spliced"] += 1
+            else:
+                reader = FileReader(self.replicas, chunks, offset, length, consumer,
+                                    read_ahead=self.parallelism)
+                self.counters["reads_copied"] += 1
         except errors.RangeNotSatisfiable as e:
             return fail(e)
         return reader.start()
+
+    def reader_type(self, consumer):
+        """@return: the reader class L{read} uses for C{consumer}: splicing
+        needs a consumer L{splice_transport} accepts and a reactor with file
+        descriptors as the clock."""
+        if IReactorFDSet.providedBy(self.clock) and splice_transport(consumer) is not None:
+            return SpliceFileReader
+        return FileReader
+
+    def splice_sources(self):
+        """@return: the L{SourcePool} of spliced reads (made on first use,
+        with the chunk client's timeouts)."""
+        if self._splice_sources is None:
+            self._splice_sources = SourcePool(
+                self.clock,
+                connect_timeout=getattr(self.client, "_connect_timeout", 5.0),
+                request_timeout=getattr(self.client, "_request_timeout", 30.0))
+        return self._splice_sources
+
+    def close(self):
+        """
+        Close the idle sockets and pipes of spliced reads (reads in flight
+        close theirs when they end).
+
+        @return: a Deferred firing when done.
+        """
+        if self._splice_sources is not None:
+            self._splice_sources.close()
+        return succeed(None)
 
     def delete(self, chunks):
         return Deferred.fromCoroutine(self._delete(tuple(chunks)))
