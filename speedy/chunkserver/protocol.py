@@ -17,7 +17,7 @@ import sys
 from array import array
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -83,7 +83,8 @@ class ChunkServerFactory(Factory):
         self.max_chunk = max_chunk
         self.use_sendfile = use_sendfile
         self.counters = dict(connections=0, open_connections=0, requests=0,
-                             error_frames=0, bad_frames=0, idle_timeouts=0)
+                             error_frames=0, bad_frames=0, idle_timeouts=0,
+                             answers_abandoned=0)
 
     def buildProtocol(self, addr):
         return ChunkServerProtocol(self)
@@ -272,6 +273,11 @@ class ChunkServerProtocol(Protocol):
 
         def failed(reason):
             if self._closing:
+                return
+            if reason.check(ConnectionLost, ConnectionDone):
+                # The client hung up mid-answer (an imageserver whose HTTP
+                # client left drops its spliced socket): nobody to answer.
+                self.factory.counters["answers_abandoned"] += 1
                 return
             if reason.check(SpeedyError):
                 error = reason.value

@@ -130,7 +130,7 @@ def makeService(options, reactor=None):
     root = ImageServerRoot(storage, metadata, reactor, registry)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)
     service = MultiService()
-    Resources(metadata, [client, master], registry).setServiceParent(service)
+    Resources(metadata, [storage, client, master], registry).setServiceParent(service)
     poller.setServiceParent(service)
     StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), site).setServiceParent(service)

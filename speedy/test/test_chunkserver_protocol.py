@@ -405,6 +405,20 @@ class BadInputTests(ServerTestsMixin, SynchronousTestCase):
         self.disconnect()
         self.assertEqual(self.store.pinned, 0)
 
+    def test_client_gone_mid_body_is_not_an_error(self):
+        """A client that hangs up while a GET's body streams (the transport
+        stops the body's producer before the protocol hears of the loss, as
+        Twisted does) is counted, not logged as a failed request."""
+        self.connect()
+        self.send(put_request(1, 7, b"x" * 1_000_000))
+        self.responses()
+        self.send(get_request(2, 7))
+        self.transport.producer.stopProducing()
+        self.disconnect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.factory.counters["answers_abandoned"], 1)
+        self.assertEqual(self.store.pinned, 0)
+
     def test_unanswerable_read_is_released(self):
         """A read the server cannot frame (longer than a frame can say) is
         answered INTERNAL and released, not left pinning its volume."""
