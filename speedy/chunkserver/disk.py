@@ -1,10 +1,16 @@
-# -*- test-case-name: speedy.test.test_store -*-
+# -*- test-case-name: speedy.test.test_store,speedy.test.test_direct_io -*-
 """
 The operating-system calls the storage engine makes, gathered in one object so
 tests can replace any of them (a disk that fills up, a sync that fails).
 
 Every method may raise L{OSError}; the engine turns that into a clean error
 for the one request that hit it.
+
+Direct I/O (C{O_DIRECT}): L{Disk.open_direct} opens a second descriptor of
+a volume file that bypasses the page cache.  Its reads and writes must start
+at an offset, and use a memory address and a length, that are multiples of
+the file system's block (L{Disk.block_size}); the store's staging buffers
+(anonymous C{mmap}s, so page-aligned) and its block arithmetic see to that.
 """
 
 import errno
@@ -31,12 +37,37 @@ class Disk:
             flags |= os.O_CREAT | os.O_EXCL
         return os.open(path, flags, 0o644)
 
+    def open_direct(self, path):
+        """
+        @return: a second, read-write descriptor of the existing file
+            C{path} that bypasses the page cache (C{O_DIRECT}).
+        @raise OSError: C{EINVAL} (or C{EOPNOTSUPP}) when the file system
+            refuses direct I/O (tmpfs), or any error of C{open}.
+        """
+        direct = getattr(os, "O_DIRECT", None)
+        if direct is None:
+            raise OSError(errno.EINVAL, "O_DIRECT is not available here")
+        return os.open(path, os.O_RDWR | direct | getattr(os, "O_CLOEXEC", 0))
+
+    def block_size(self, path):
+        """@return: the block size of the file system holding C{path}."""
+        return os.statvfs(path).f_bsize
+
     def close(self, fd):
         os.close(fd)
 
     def pread(self, fd, size, offset):
         """@return: up to C{size} bytes at C{offset}."""
         return os.pread(fd, size, offset)
+
+    def pread_into(self, fd, buffer, offset):
+        """
+        Read into C{buffer} (a writable buffer; page-aligned for a direct
+        descriptor) from C{offset}.
+
+        @return: the number of bytes read (fewer only at the end of the file).
+        """
+        return os.preadv(fd, [buffer], offset)
 
     def pread_cached(self, fd, size, offset):
         """

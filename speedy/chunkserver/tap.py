@@ -37,6 +37,8 @@ _OPTIONS = [
     ("reserve", "1GiB", "Free disk space to keep, or a fraction of the disk (0.05); "
                         "below it the store turns read-only."),
     ("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction."),
+    ("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the page "
+                          "cache: auto (where the file system allows it) or off."),
     ("server-id", None, "Stable id of this server [default: a uuid kept in DATA_DIR/server-id]."),
     ("advertise", None, "host:port others reach this server at [default: from --listen]."),
     ("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it)."),
@@ -45,6 +47,7 @@ _OPTIONS = [
 ]
 _DEFAULTS = {name: default for name, default, _ in _OPTIONS}
 SYNC_POLICIES = ("always", "batch", "none")
+DIRECT_IO_MODES = ("auto", "off")
 
 
 class Options(usage.Options):
@@ -66,6 +69,8 @@ class Options(usage.Options):
         self["reserve"] = self._reserve()
         if self["volume-size"] < 1 << 20:
             raise usage.UsageError("--volume-size must be at least 1MiB")
+        if self["direct-io"] not in DIRECT_IO_MODES:
+            raise usage.UsageError(f"--direct-io must be one of {', '.join(DIRECT_IO_MODES)}")
         if self["sync"] not in SYNC_POLICIES:
             raise usage.UsageError(f"--sync must be one of {', '.join(SYNC_POLICIES)}")
         self["compact-threshold"] = self._number("compact-threshold", float, minimum=0.0)
@@ -234,7 +239,8 @@ def open_chunk_store(reactor, options):
         store = await maybeDeferred(
             ChunkStore.open, reactor, options["data-dir"],
             volume_size=options["volume-size"], sync=options["sync"],
-            reserve=options["reserve"], compact_threshold=options["compact-threshold"])
+            reserve=options["reserve"], compact_threshold=options["compact-threshold"],
+            direct_io=options.get("direct-io") or "auto")
         await maybeDeferred(store.start)
         return store
 

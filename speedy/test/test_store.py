@@ -56,6 +56,10 @@ class FaultyDisk(Disk):
     whose page cache can be made to miss (C{cached}), and that can "crash":
     close every descriptor the way a killed process does.  A killed process's writes survive in the page cache, so syncs
     are counted and not performed (which keeps the tests fast).
+
+    Direct (C{O_DIRECT}) descriptors are real too; C{"open_direct"},
+    C{"pwrite_direct"} and C{"pread_direct"} fail only direct I/O, and
+    C{writes} logs C{(direct, offset, length)} of every C{pwrite}.
     """
 
     def __init__(self):
@@ -64,6 +68,9 @@ class FaultyDisk(Disk):
         self.cached = True
         self.fdatasyncs = 0
         self.open_fds = set()
+        self.direct_fds = set()
+        self.direct_opens = 0
+        self.writes = []
 
     def fail(self, name, code=errno.ENOSPC):
         self.failing[name] = code
@@ -81,13 +88,32 @@ class FaultyDisk(Disk):
         self.open_fds.add(fd)
         return fd
 
+    def open_direct(self, path):
+        self.direct_opens += 1
+        self._check("open_direct")
+        fd = super().open_direct(path)
+        self.open_fds.add(fd)
+        self.direct_fds.add(fd)
+        return fd
+
     def close(self, fd):
         self.open_fds.discard(fd)
+        self.direct_fds.discard(fd)
         super().close(fd)
 
     def pwrite(self, fd, data, offset):
         self._check("pwrite")
+        direct = fd in self.direct_fds
+        if direct:
+            self._check("pwrite_direct")
+        self.writes.append((direct, offset, len(data)))
         super().pwrite(fd, data, offset)
+
+    def pread_into(self, fd, buffer, offset):
+        self._check("pread")
+        if fd in self.direct_fds:
+            self._check("pread_direct")
+        return super().pread_into(fd, buffer, offset)
 
     def pread(self, fd, size, offset):
         self._check("pread")
