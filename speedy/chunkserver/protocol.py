@@ -5,8 +5,10 @@ the L{IChunkStore} driven, answers out, many requests in flight per
 connection and answered in whatever order the store finishes them.
 
 Bodies are never gathered whole: a PUT body goes into the store's
-L{IChunkWrite} piece by piece as it arrives, a GET body leaves through
-C{sendfile} (or a pull producer under TLS).  A peer that sends garbage, lies
+L{IChunkWrite} piece by piece as it arrives, a GET body leaves from the
+buffers its verify read the record into (a large record read with direct
+I/O), else through C{sendfile} (or a pull producer under TLS): see
+L{speedy.wire.sendfile.range_body}.  A peer that sends garbage, lies
 about lengths, stalls or vanishes costs its own connection at most: a bad
 frame gets an error frame or a closed connection, a half-sent PUT is
 aborted, and every pinned read is released.

@@ -17,8 +17,9 @@ C{RWF_NOWAIT} and checked on the reactor thread, which costs it less than a
 thread hop.  The 40-byte record headers are written on the reactor thread,
 in order, so the log never has a hole (see C{bench/bench_store.py} for the
 costs).  C{IChunkRead.read}, the fallback for transports that cannot
-sendfile, serves the bytes a small GET was checked with, or is a C{pread}
-of the bytes a large GET just verified.  All in-memory state is touched on
+sendfile, serves the bytes a small GET was checked with, those a large GET
+kept from its direct verify (a staged read, below), or is a C{pread} of the
+bytes a large GET just verified.  All in-memory state is touched on
 the reactor thread only.
 
 Direct I/O (C{direct_io="auto"}, where the file system allows C{O_DIRECT}):
@@ -26,10 +27,20 @@ copying chunk bodies into fresh page-cache pages is most of a chunkserver's
 CPU in a VM (C{perf}: 46% in C{copy_folio_from_iter_atomic}), so the body of
 a record of at least C{direct_io_threshold} bytes is copied into reused,
 page-aligned staging buffers (L{_StagingPool}) and written with C{pwrite} on
-a second, C{O_DIRECT} descriptor of the volume (L{_DirectRegion}); a large
-GET verifies its record with direct reads into such a buffer
-(L{read_record_direct}).  Only whole blocks strictly inside a record's data
-go direct; see L{_DirectRegion} for why the page cache stays coherent.
+a second, C{O_DIRECT} descriptor of the volume (L{_DirectRegion}).  Only
+whole blocks strictly inside a record's data go direct; see
+L{_DirectRegion} for why the page cache stays coherent.
+
+A large GET verifies its record with direct reads (L{read_record_direct})
+into staging buffers, one per 1 MiB window, and keeps them: the read is
+then "staged" (L{_StagedSpan}), its bytes are sent from those buffers
+(L{speedy.wire.sendfile.StagedBody}) and the record is read from the disk
+once per GET.  Sending it with C{sendfile} instead would read it a second
+time: its direct-written blocks are never in the page cache.  The staged
+bytes of all GETs in flight are capped (C{staged_read_limit}); a GET that
+would pass the cap verifies with one reused buffer and is sent with
+C{sendfile}, as is every GET with direct I/O off.  Every buffer goes back
+to the pool once, when the read is released.
 """
 
 import errno
@@ -53,7 +64,7 @@ from speedy.chunkserver.needle_index import NeedleIndex
 from speedy.chunkserver.volume import (
     COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, MAX_VOLUME_SIZE, RECORD,
     TOMBSTONE, TOMBSTONE_SPAN, TORN, DamagedVolume, RecordHeader, Volume,
-    check_record, crc32c, parse_volume_file_name, read_record,
+    check_record, crc32c, direct_windows, parse_volume_file_name, read_record,
     read_record_direct, record_span, scan_records, volume_file_name)
 from speedy.errors import (
     BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
@@ -97,6 +108,12 @@ STAGING_SIZE = 1 << 20
 #: and dropped when given back (their memory is touched only once).
 STAGING_POOL_SIZE = 32
 
+#: Default cap on the staging-buffer bytes that all staged GETs of one store
+#: hold at once (their records' bytes, kept from the verify until the body
+#: is sent).  The pool keeps that many buffers idle too, on top of
+#: L{STAGING_POOL_SIZE}.
+STAGED_READ_LIMIT = 64 * 2**20
+
 COUNTERS = (
     "reads", "writes", "deletes", "bytes_read", "bytes_written",
     "checksum_errors", "damaged_records", "torn_records", "damaged_volumes",
@@ -129,7 +146,8 @@ class ChunkStore:
     def __init__(self, reactor, data_dir, disk, run_in_thread, volume_size,
                  sync, reserve, compact_threshold, max_chunk_size,
                  checkpoint_interval, compact_interval, space_check_interval,
-                 direct_io="off", direct_io_threshold=DIRECT_IO_THRESHOLD):
+                 direct_io="off", direct_io_threshold=DIRECT_IO_THRESHOLD,
+                 staged_read_limit=STAGED_READ_LIMIT):
         self._reactor = reactor
         self.data_dir = data_dir
         self._disk = disk
@@ -159,6 +177,8 @@ class ChunkStore:
         self.direct_io_threshold = direct_io_threshold
         self._block = DIRECT_IO_BLOCK
         self._staging = None
+        self.staged_read_limit = staged_read_limit
+        self._staged_bytes = 0
 
     @classmethod
     def open(cls, reactor, data_dir, volume_size=2 * 2**30, sync="always",
@@ -166,7 +186,8 @@ class ChunkStore:
              max_chunk_size=DEFAULT_MAX_CHUNK_SIZE, run_in_thread=None,
              disk=None, checkpoint_interval=60.0, compact_interval=15 * 60.0,
              space_check_interval=10.0, direct_io="auto",
-             direct_io_threshold=DIRECT_IO_THRESHOLD):
+             direct_io_threshold=DIRECT_IO_THRESHOLD,
+             staged_read_limit=STAGED_READ_LIMIT):
         """
         Open (creating if needed) the store in C{data_dir}: load the index
         checkpoint and replay the journal that follows it, or scan every
@@ -187,6 +208,11 @@ class ChunkStore:
         @param direct_io: "auto" (write and verify records of at least
             C{direct_io_threshold} data bytes with C{O_DIRECT} when the file
             system allows it) or "off".
+        @param staged_read_limit: the staging-buffer bytes that GETs
+            verified with direct reads may keep, all together, to send the
+            records from (a GET beyond it is verified with one reused buffer
+            and sent with C{sendfile}, reading the record twice); 0 keeps
+            none.
         @return: a ready L{ChunkStore}.
         @raise ValueError: for impossible settings.
         """
@@ -198,6 +224,8 @@ class ChunkStore:
             raise ValueError("compact_threshold must be in (0, 1]")
         if reserve < 0:
             raise ValueError("reserve must not be negative")
+        if staged_read_limit < 0:
+            raise ValueError("staged_read_limit must not be negative")
         if direct_io not in DIRECT_IO_MODES:
             raise ValueError(f"direct_io must be one of {DIRECT_IO_MODES}, not {direct_io!r}")
         largest = volume_size - DATA_START - HEADER_SIZE - 2 * TOMBSTONE_SPAN
@@ -207,7 +235,8 @@ class ChunkStore:
         store = cls(reactor, data_dir, disk or Disk(), run_in_thread,
                     volume_size, sync, reserve, compact_threshold,
                     max_chunk_size, checkpoint_interval, compact_interval,
-                    space_check_interval, direct_io, direct_io_threshold)
+                    space_check_interval, direct_io, direct_io_threshold,
+                    staged_read_limit)
         store._recover()
         store._setup_direct_io()
         store._check_space()
@@ -399,7 +428,9 @@ class ChunkStore:
                           " assuming {block}", path=self.data_dir, e=e,
                           block=self._block)
         size = max(STAGING_SIZE, 2 * self._block)
-        self._staging = _StagingPool(size - size % self._block, STAGING_POOL_SIZE)
+        size -= size % self._block
+        self._staging = _StagingPool(
+            size, STAGING_POOL_SIZE + self.staged_read_limit // size)
 
     def _direct_fd(self, volume):
         """
@@ -688,22 +719,31 @@ class ChunkStore:
         d = self._verify(volume, record_offset, file_id, size, crc)
 
         def checked(result):
-            ok, raw = result
+            ok, raw, staged = result
             if not ok:
+                if staged is not None:
+                    staged.release()
                 volume.unpin()
                 self.counters["checksum_errors"] += 1
                 self.log.error(
                     "chunk {file_id} in volume {volume_id} at {offset} is damaged",
                     file_id=file_id, volume_id=volume_id, offset=record_offset)
                 raise ChecksumMismatch(f"chunk {file_id} is damaged")
+            if staged is not None and self._closed:
+                staged.release()
+                volume.unpin()
+                raise Busy("the store is closing")
             self.counters["reads"] += 1
             self.counters["bytes_read"] += length
             cached = None
             if raw is not None:
                 start = HEADER_SIZE + offset
                 cached = memoryview(raw)[start:start + length]
+            if staged is not None:
+                # Only the windows holding the range are needed any more.
+                staged.keep(HEADER_SIZE + offset, length)
             return _ChunkRead(self._disk, volume, info, record_offset + HEADER_SIZE,
-                              offset, length, cached)
+                              offset, length, cached, staged)
 
         def unreadable(failure):
             volume.unpin()
@@ -720,10 +760,15 @@ class ChunkStore:
         Read and check one record: on the reactor thread when it is small
         and wholly in the page cache (a thread hop costs the reactor more
         than the check), else in a thread, so a 16 MiB verify never stalls
-        the reactor.
+        the reactor.  A record of at least C{direct_io_threshold} bytes is
+        read with direct I/O, into staging buffers it keeps (a
+        L{_StagedSpan}) while the store's C{staged_read_limit} allows, else
+        into one reused buffer.
 
-        @return: a Deferred firing with C{(ok, raw)}: whether the record
-            checks out, and its bytes when they were read inline (else None).
+        @return: a Deferred firing with C{(ok, raw, staged)}: whether the
+            record checks out, its bytes when they were read inline (else
+            None), and the L{_StagedSpan} holding them when they were
+            staged (else None; the caller releases it).
         """
         span = HEADER_SIZE + size
         if span <= INLINE_VERIFY_LIMIT:
@@ -732,28 +777,44 @@ class ChunkStore:
             except Exception:
                 return fail()
             if raw is not None:
-                return succeed((check_record(raw, file_id, size, crc), raw))
+                return succeed((check_record(raw, file_id, size, crc), raw, None))
         fd = None
         if size >= self.direct_io_threshold:
             fd = self._direct_fd(volume)
         if fd is None:
             d = self._run_in_thread(read_record, self._disk, volume.fd,
                                     record_offset, file_id, size, crc)
+            return d.addCallback(lambda ok: (ok, None, None))
+        # A large record is read past the page cache, so a cold GET costs
+        # no fresh page-cache pages for the check.
+        pool = self._staging
+        windows = direct_windows(record_offset, size, pool.size, self._block)
+        staged = None
+        if self._staged_bytes + windows * pool.size <= self.staged_read_limit:
+            # Each window into a buffer of its own, kept for the body.
+            staged = _StagedSpan(self, [pool.take() for _ in range(windows)],
+                                 record_offset % self._block)
+            buffers = staged.buffers
         else:
-            # A large record is read past the page cache, into a reused
-            # buffer: a cold GET then costs no fresh page-cache pages for
-            # the check (the body then goes out by sendfile).
-            buffer = self._staging.take()
-            d = self._run_in_thread(read_record_direct, self._disk, fd,
-                                    record_offset, file_id, size, crc,
-                                    buffer, self._block)
+            # Over the cap: one reused buffer; the body goes by sendfile.
+            buffers = [pool.take()]
+        d = self._run_in_thread(read_record_direct, self._disk, fd,
+                                record_offset, file_id, size, crc,
+                                buffers, self._block)
 
-            def give_back(result):
-                self._staging.give(buffer)
-                return result
+        def verified(ok):
+            if staged is None:
+                pool.give(buffers[0])
+            return ok, None, staged
 
-            d.addBoth(give_back)
-        return d.addCallback(lambda ok: (ok, None))
+        def failed(failure):
+            if staged is None:
+                pool.give(buffers[0])
+            else:
+                staged.release()
+            return failure
+
+        return d.addCallbacks(verified, failed)
 
     def stat(self, file_id):
         location = self._index.get(file_id)
@@ -946,24 +1007,81 @@ class _StagingPool:
     Page-aligned buffers (anonymous C{mmap}s) for direct I/O, reused: memory
     a VM touches for the first time is expensive, memory it reuses is not.
     At most C{keep} idle buffers are kept; beyond that a buffer given back is
-    dropped (freed once nothing refers to it any more).
+    dropped (freed once nothing refers to it any more).  C{lent} counts the
+    buffers taken and not given back yet.
     """
 
     def __init__(self, size, keep):
         self.size = size
         self._keep = keep
         self._idle = []
+        self.lent = 0
 
     def take(self):
         """@return: a buffer of C{size} bytes."""
+        self.lent += 1
         if self._idle:
             return self._idle.pop()
         return mmap.mmap(-1, self.size)
 
     def give(self, buffer):
         """Take back a buffer no thread uses any more."""
+        self.lent -= 1
         if len(self._idle) < self._keep:
             self._idle.append(buffer)
+
+
+class _StagedSpan:
+    """
+    The block-aligned span of one record, read directly into staging
+    buffers of the store's pool (one per window of L{read_record_direct})
+    and kept to send the record's bytes from.  Positions are counted from
+    the record's first header byte, which is byte C{skip} of the first
+    window.  Its buffers count against the store's C{staged_read_limit}
+    until they go back to the pool, each exactly once: those outside the
+    range a GET sends when it is verified (L{keep}), the others when its
+    read is released (L{release}).
+    """
+
+    def __init__(self, store, buffers, skip):
+        self._store = store
+        self._pool = store._staging
+        self.buffers = buffers
+        self._origin = -skip  # record position of buffers[0][0]
+        store._staged_bytes += len(buffers) * self._pool.size
+
+    def _give(self, buffers):
+        for buffer in buffers:
+            self._pool.give(buffer)
+        self._store._staged_bytes -= len(buffers) * self._pool.size
+
+    def keep(self, start, length):
+        """Give back the buffers holding no byte of C{[start, start + length)}."""
+        size = self._pool.size
+        first = (start - self._origin) // size
+        last = -(-(start + length - self._origin) // size) if length else first
+        self._give(self.buffers[:first] + self.buffers[last:])
+        self.buffers = self.buffers[first:last]
+        self._origin += first * size
+
+    def views(self, start, length):
+        """@return: memoryviews of the bytes C{[start, start + length)}, in
+        order, no empty one."""
+        size = self._pool.size
+        views = []
+        at = start - self._origin
+        while length > 0:
+            index, low = divmod(at, size)
+            high = min(size, low + length)
+            views.append(memoryview(self.buffers[index])[low:high])
+            length -= high - low
+            at += high - low
+        return views
+
+    def release(self):
+        """Give every buffer still held back to the pool.  Idempotent."""
+        buffers, self.buffers = self.buffers, []
+        self._give(buffers)
 
 
 class _DirectRegion:
@@ -1309,24 +1427,41 @@ class _ChunkRead:
     A verified byte range of a chunk; its volume stays open until released.
     A range verified on the reactor thread keeps the bytes it was checked
     with (C{cached}, at most L{INLINE_VERIFY_LIMIT}), so C{read} does not
-    read them again.
+    read them again.  A staged read (C{staged}, a L{_StagedSpan}) keeps the
+    staging buffers its direct verify read the record into: C{read} copies
+    from them, L{staged} hands them over for sending without a copy, and
+    C{fileno} raises C{OSError} (a C{sendfile} would read the disk again).
     """
 
-    def __init__(self, disk, volume, info, data_offset, offset, length, cached=None):
+    def __init__(self, disk, volume, info, data_offset, offset, length,
+                 cached=None, staged=None):
         self._disk = disk
         self._volume = volume
         self._data_offset = data_offset
         self._cached = cached
+        self._staged = staged
         self.info = info
         self.offset = offset
         self.length = length
         self._released = False
 
     def fileno(self):
+        if self._staged is not None:
+            raise OSError("the range is in staging buffers; send it from there")
         return self._volume.fd
 
     def file_offset(self):
         return self._data_offset + self.offset
+
+    def staged(self):
+        """
+        @return: None, or for a staged read, memoryviews of the range's
+            bytes in order (valid until L{release}; send them, don't keep
+            them).
+        """
+        if self._staged is None or self._released:
+            return None
+        return self._staged.views(HEADER_SIZE + self.offset, self.length)
 
     def read(self, position, size):
         size = min(size, self.length - position)
@@ -1334,10 +1469,17 @@ class _ChunkRead:
             return b""
         if self._cached is not None:
             return bytes(self._cached[position:position + size])
+        if self._staged is not None:
+            if self._released:
+                raise OSError("read of a released range")
+            views = self._staged.views(HEADER_SIZE + self.offset + position, size)
+            return b"".join(views)
         return self._disk.pread(self._volume.fd, size, self.file_offset() + position)
 
     def release(self):
         if not self._released:
             self._released = True
             self._cached = None
+            if self._staged is not None:
+                self._staged.release()
             self._volume.unpin()

@@ -333,33 +333,41 @@ def read_record(disk, fd, offset, file_id, size, expected_crc):
                         file_id, size, expected_crc)
 
 
-def read_record_direct(disk, fd, offset, file_id, size, expected_crc, buffer, block):
+def read_record_direct(disk, fd, offset, file_id, size, expected_crc, buffers, block):
     """
     L{read_record} through a direct (C{O_DIRECT}) descriptor: read the
-    block-aligned span covering the record a window of C{buffer} at a time
-    and CRC the record's slice of each window, so that a GET of a cold
-    record costs no fresh page-cache pages.  Runs in a thread.
+    block-aligned span covering the record one window at a time and CRC the
+    record's slice of each window, so that a GET of a cold record costs no
+    fresh page-cache pages.  Runs in a thread.
 
-    @param buffer: a writable, page-aligned buffer (an anonymous C{mmap})
-        whose length is a multiple of C{block} and at least two blocks, so
-        the first window holds the whole header.
+    Window M{i} is read into C{buffers[i % len(buffers)]}: with one buffer
+    (reused for every window) only the check is left; with
+    L{direct_windows} buffers each keeps its window, and the record's bytes
+    stay in memory for sending (a "staged" read): the record's first header
+    byte is then byte C{offset % block} of C{buffers[0]}, and the span
+    continues through the buffers in order.
+
+    @param buffers: a list of writable, page-aligned buffers (anonymous
+        C{mmap}s) of one length, a multiple of C{block} and at least two
+        blocks, so the first window holds the whole header.
     @param block: the file system's block size; the alignment of every read.
     @return: True when the record checks out, False when it is damaged.
     """
-    window = len(buffer) - len(buffer) % block
+    window = len(buffers[0]) - len(buffers[0]) % block
     end = offset + HEADER_SIZE + size
     data_start = offset + HEADER_SIZE
-    view = memoryview(buffer)
+    views = [memoryview(buffer) for buffer in buffers]
     position = offset - offset % block
     crc = 0
-    first = True
+    n = 0
     while position < end:
+        view = views[n % len(views)]
+        n += 1
         want = min(window, -(-(end - position) // block) * block)
         got = disk.pread_into(fd, view[:want], position)
         if got < min(want, end - position):
             return False
-        if first:
-            first = False
+        if n == 1:
             at = offset - position
             header = RecordHeader.unpack(bytes(view[at:at + HEADER_SIZE]))
             if (header is None or not header.complete or header.tombstone
@@ -372,6 +380,16 @@ def read_record_direct(disk, fd, offset, file_id, size, expected_crc, buffer, bl
             crc = crc32c(view[low:high], crc)
         position += want
     return crc == expected_crc
+
+
+def direct_windows(offset, size, window, block):
+    """
+    @return: how many windows of C{window} bytes L{read_record_direct} reads
+        for the record of C{size} data bytes at C{offset}.
+    """
+    start = offset - offset % block
+    end = -(-(offset + HEADER_SIZE + size) // block) * block
+    return -(-(end - start) // window)
 
 
 def volume_file_name(volume_id):

@@ -77,8 +77,13 @@ class DirectTestMixin(StoreTestMixin):
         return self.successResultOf(finished)
 
     def sendfile(self, store, file_id):
-        """@return: the chunk's bytes as the sendfile path sends them."""
-        chunk = self.successResultOf(store.get(file_id))
+        """@return: the chunk's bytes as the sendfile path sends them (with
+        staged reads off, so that a large GET takes that path too)."""
+        limit, store.staged_read_limit = store.staged_read_limit, 0
+        try:
+            chunk = self.successResultOf(store.get(file_id))
+        finally:
+            store.staged_read_limit = limit
         out = os.open(self.mktemp(), os.O_RDWR | os.O_CREAT)
         try:
             sent = 0
@@ -149,6 +154,19 @@ class BoundaryTests(DirectTestMixin, SynchronousTestCase):
         for file_id, data in chunks.items():
             self.assertEqual(self.read(store, file_id), data, file_id)
             self.assertEqual(self.sendfile(store, file_id), data, file_id)
+            self.assertEqual(self.staged(store, file_id), data, file_id)
+        self.assertEqual(store._staging.lent, 0)
+
+    def staged(self, store, file_id):
+        """@return: the chunk's bytes as a staged GET holds them (a
+        record under the threshold is not staged: read())."""
+        chunk = self.successResultOf(store.get(file_id))
+        try:
+            views = chunk.staged()
+            self.assertEqual(views is not None, chunk.length >= T)
+            return chunk.read(0, chunk.length) if views is None else b"".join(views)
+        finally:
+            chunk.release()
 
     def test_sizes_and_pieces(self):
         """Every size, in odd pieces, through get (pread and sendfile), a
@@ -391,7 +409,9 @@ class StagingTests(DirectTestMixin, SynchronousTestCase):
         self.assert_no_shared_block()
 
     def test_buffers_reused_and_bounded(self):
-        store = self.open_store()
+        # Without staged GETs the pool keeps STAGING_POOL_SIZE idle buffers
+        # (and their cap's worth more with them).
+        store = self.open_store(staged_read_limit=0)
         writes = [store.put(n, 3 * MiB) for n in range(STAGING_POOL_SIZE + 4)]
         for write in writes:
             write.write(b"x" * (MiB // 2))

@@ -22,7 +22,8 @@ from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import TLSStringTransport
 from speedy.wire.outbox import Outbox
 from speedy.wire.producers import PIECE, BytesBody, ReadBody
-from speedy.wire.sendfile import SendfileBody, can_sendfile, range_body
+from speedy.wire.sendfile import (
+    SendfileBody, StagedBody, can_send_staged, can_sendfile, range_body)
 
 
 @implementer(IChunkRead)
@@ -48,6 +49,30 @@ class FileRead:
 
     def release(self):
         self.released += 1
+
+
+class StagedRead(FileRead):
+    """A FileRead whose bytes are also held in memory, in pieces of
+    C{sizes} (cycling): a staged read, as the chunk store makes."""
+
+    def __init__(self, f, offset, length, sizes):
+        super().__init__(f, offset, length)
+        self._memory = bytearray(os.pread(f.fileno(), length, offset))
+        self._sizes = sizes
+
+    def fileno(self):
+        raise OSError("staged")
+
+    def staged(self):
+        if self.released:
+            return None
+        views, at, n = [], 0, 0
+        view = memoryview(self._memory)
+        while at < self.length:
+            size = self._sizes[n % len(self._sizes)]
+            views.append(view[at:at + size])
+            at, n = at + size, n + 1
+        return views
 
 
 class Sender(Protocol):
@@ -144,6 +169,49 @@ class LoopbackTests(TestCase):
         self.assertEqual(read.released, 1)
 
     @inlineCallbacks
+    def test_staged_bytes_match(self):
+        """A staged read goes out from its buffers (more of them than one
+        sendmsg takes, of odd sizes) byte for byte, after 2 MiB that were
+        already in the transport's buffer."""
+        read = StagedRead(self.file, 1000, len(self.content) - 2000,
+                          (1, 4095, 65_539, 3, 7_000))
+        self.assertGreater(len(read.staged()), 64)
+        head = b"h" * (2 << 20)
+        bodies = []
+
+        def make_body(transport):
+            self.assertTrue(can_send_staged(transport))
+            bodies.append(range_body(read, transport))
+            return bodies[0]
+        sender, data, sent = yield self.stream(make_body, head)
+        self.assertIsInstance(bodies[0], StagedBody)
+        self.assertTrue(data == head + self.content[1000:-1000], "bytes differ")
+        self.assertIsNone(sent)
+        self.assertEqual(read.released, 1)
+
+    @inlineCallbacks
+    def test_staged_peer_gone(self):
+        """The receiver of a staged body vanishes after 1 MiB: the body
+        fails with ConnectionLost and its read is released."""
+        read = StagedRead(self.file, 0, len(self.content), (1 << 20,))
+        sender, data, sent = yield self.stream(lambda t: range_body(read, t), stop_after=1 << 20)
+        self.assertLess(len(data), len(self.content))
+        self.assertEqual(read.released, 1)
+        sent.trap(ConnectionLost)
+
+    @inlineCallbacks
+    def test_staged_shorter_than_promised(self):
+        """Staged buffers holding less than the read's length fail the
+        body instead of spinning; the read is released."""
+        read = StagedRead(self.file, 0, 1000, (100,))
+        read.length = 5000
+        sender, data, sent = yield self.stream(lambda t: range_body(read, t))
+        self.assertEqual(len(data), 1000)
+        self.assertEqual(read.released, 1)
+        sent.trap(OSError)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    @inlineCallbacks
     def test_read_body_bytes_match(self):
         """The fallback (TLS) path sends the same bytes."""
         read = FileRead(self.file, 0, len(self.content))
@@ -188,6 +256,15 @@ class ChoiceTests(SynchronousTestCase):
 
     def test_not_without_a_socket(self):
         self.assertIsInstance(range_body(self.read, StringTransport()), ReadBody)
+
+    def test_staged_copies_where_unsafe(self):
+        """A staged read is copied under TLS, without a visible socket and
+        when sendfile is not allowed."""
+        read = StagedRead(self.file, 0, 0, (1,))
+        self.assertFalse(can_send_staged(TLSStringTransport()))
+        self.assertFalse(can_send_staged(StringTransport()))
+        for transport in (TLSStringTransport(), StringTransport()):
+            self.assertIsInstance(range_body(read, transport), ReadBody)
 
     def test_not_without_a_file(self):
         """A read with no file descriptor (the memory store) is read()."""

@@ -14,9 +14,17 @@ checks for them and the server falls back to L{ReadBody} without them.
 
 Under TLS sendfile would put plaintext on the wire, so any transport
 providing L{ISSLTransport} gets L{ReadBody} too.
+
+A staged read (the chunk store kept the bytes its direct verify read, see
+L{speedy.chunkserver.store}) has no file to send from: L{StagedBody} hands
+its buffers to the socket with C{sendmsg}, the same way and under the same
+conditions (plus the transport's C{socket} attribute, L{can_send_staged}),
+so its bytes are neither read from the disk again nor copied in Python.
 """
 
 import os
+from collections import deque
+from itertools import islice
 
 from twisted.internet.error import ConnectionLost
 
@@ -74,12 +82,81 @@ class SendfileBody(PullBody):
         self._read.release()
 
 
+def can_send_staged(transport):
+    """
+    @return: True if L{StagedBody} may write to C{transport}'s socket: a
+        plain TCP connection whose write buffer and socket we can see.
+    """
+    return buffer_visible(transport) and hasattr(
+        getattr(transport, "socket", None), "sendmsg")
+
+
+#: Most buffers handed to one C{sendmsg} (Linux's C{IOV_MAX} is 1024).
+_MAX_VIEWS = 64
+
+
+class StagedBody(PullBody):
+    """
+    The bytes of a staged L{speedy.interfaces.IChunkRead} (one whose
+    C{staged()} returns memoryviews of buffers holding them), sent with
+    C{socket.sendmsg} straight from those buffers: the kernel copies them
+    into the socket, Python copies nothing.  Like L{SendfileBody}, it sends
+    only when the transport's buffer is empty and, when the socket takes
+    less than offered (or nothing: C{EAGAIN}), asks the transport to wait
+    for writability.  A peer gone mid-send fails it with C{ConnectionLost}.
+    The read is released when the body ends, whichever way, and only then
+    (the buffers go back to the store's pool on release).
+    """
+
+    def __init__(self, read, views):
+        super().__init__(read.length)
+        self._read = read
+        self._views = deque(view for view in views if len(view))
+
+    def _produce(self):
+        transport = self._consumer
+        if not buffer_empty(transport):
+            return  # the transport is writing and calls us when drained
+        views = self._views
+        if not views:
+            raise OSError(f"staged bytes ended {self.length - self._position} bytes early")
+        try:
+            sent = transport.socket.sendmsg(list(islice(views, _MAX_VIEWS)))
+        except BlockingIOError:
+            sent = 0
+        except ConnectionError as e:  # the peer is gone; connectionLost follows
+            raise ConnectionLost(str(e))
+        self._position += sent
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.popleft())
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+        if self._position == self.length:
+            self._finish()
+        else:
+            transport.startWriting()
+
+    def _release(self):
+        self._views.clear()
+        self._read.release()
+
+
 def range_body(read, transport, allow_sendfile=True):
     """
     @return: the body that sends C{read}'s bytes to C{transport} the fastest
-        safe way: L{SendfileBody} on plain TCP when the read has a file
-        descriptor, else L{ReadBody}.
+        safe way, on plain TCP: L{StagedBody} when the read is staged (its
+        optional C{staged()} returns its bytes' memoryviews), else
+        L{SendfileBody} when the read has a file descriptor; else
+        (TLS, other transports, C{allow_sendfile} false) L{ReadBody}.
     """
+    staged = getattr(read, "staged", None)
+    views = staged() if staged is not None else None
+    if views is not None:
+        if allow_sendfile and not SENDFILE_DISABLED and can_send_staged(transport):
+            return StagedBody(read, views)
+        return ReadBody(read)
     if allow_sendfile and not SENDFILE_DISABLED and can_sendfile(transport):
         try:
             fd, file_offset = read.fileno(), read.file_offset()
