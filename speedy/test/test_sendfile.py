@@ -122,6 +122,33 @@ class Receiver(Protocol):
         self.done.callback(bytes(self.data))
 
 
+@inlineCallbacks
+def stream_over_loopback(case, make_body, head=b"", stop_after=None):
+    """
+    Send C{head}, then the body C{make_body(transport)} makes, from a server
+    to a L{Receiver} over real loopback TCP; C{stop_after} bytes makes the
+    receiver hang up after that many.
+
+    @return: a Deferred firing with (the L{Sender}, the bytes received, the
+        body's result).
+    """
+    factory = Factory.forProtocol(Sender)
+    factory.head = head
+    factory.make_body = make_body
+    factory.small_buffers = stop_after is not None
+    factory.connected, factory.sent, factory.lost = Deferred(), Deferred(), Deferred()
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    case.addCleanup(port.stopListening)
+    receiver = Receiver(stop_after)
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+        Factory.forProtocol(lambda: receiver))
+    sender = yield factory.connected
+    data = yield receiver.done
+    yield factory.lost
+    [sent] = yield factory.sent
+    return sender, data, sent
+
+
 class LoopbackTests(TestCase):
 
     def setUp(self):
@@ -131,23 +158,8 @@ class LoopbackTests(TestCase):
         self.file.write(self.content)
         self.file.flush()
 
-    @inlineCallbacks
     def stream(self, make_body, head=b"", stop_after=None):
-        factory = Factory.forProtocol(Sender)
-        factory.head = head
-        factory.make_body = make_body
-        factory.small_buffers = stop_after is not None
-        factory.connected, factory.sent, factory.lost = Deferred(), Deferred(), Deferred()
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
-        receiver = Receiver(stop_after)
-        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(lambda: receiver))
-        sender = yield factory.connected
-        data = yield receiver.done
-        yield factory.lost
-        [sent] = yield factory.sent
-        return sender, data, sent
+        return stream_over_loopback(self, make_body, head, stop_after)
 
     @inlineCallbacks
     def test_sendfile_bytes_match(self):

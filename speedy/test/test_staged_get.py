@@ -28,7 +28,7 @@ from speedy.test.test_chunkserver_protocol import (
     TLSStringTransport, error_code, get_request, parse_frames)
 from speedy.wire.frames import ALL_BYTES
 from speedy.test.test_direct_io import BLOCK, SIZES, T, DirectTestMixin
-from speedy.test.test_sendfile import Receiver, Sender
+from speedy.test.test_sendfile import Receiver, stream_over_loopback
 from speedy.test.test_store import ManualThreads, MiB, corrupt
 from speedy.wire.frames import FLAG_ERROR, GET_RESPONSE
 from speedy.wire.producers import PIECE, ReadBody
@@ -252,20 +252,7 @@ class StagedLoopbackTests(StagedTestMixin, TestCase):
 
     @inlineCallbacks
     def stream(self, make_body, stop_after=None):
-        factory = Factory.forProtocol(Sender)
-        factory.head = b"h" * 1000
-        factory.make_body = make_body
-        factory.small_buffers = stop_after is not None
-        factory.connected, factory.sent, factory.lost = Deferred(), Deferred(), Deferred()
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
-        receiver = Receiver(stop_after)
-        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(lambda: receiver))
-        yield factory.connected
-        data = yield receiver.done
-        yield factory.lost
-        [sent] = yield factory.sent
+        _, data, sent = yield stream_over_loopback(self, make_body, b"h" * 1000, stop_after)
         return data[1000:], sent
 
     @inlineCallbacks

@@ -45,7 +45,35 @@ def can_sendfile(transport):
     return hasattr(os, "sendfile") and buffer_visible(transport)
 
 
-class SendfileBody(PullBody):
+class _SocketBody(PullBody):
+    """
+    Base of bodies written straight into a plain TCP transport's socket,
+    past its Twisted buffer: only when that buffer is empty (else bytes
+    would overtake buffered ones), re-armed on a partial send or C{EAGAIN}
+    by asking the transport to wait for writability (C{startWriting}); the
+    transport then drains, finds its buffer empty and calls
+    C{resumeProducing} again.  Subclasses implement C{_send(transport)},
+    returning the bytes the socket took (0 on C{EAGAIN}).
+    """
+
+    def _produce(self):
+        transport = self._consumer
+        if not buffer_empty(transport):
+            return  # the transport is writing and calls us when drained
+        try:
+            sent = self._send(transport)
+        except BlockingIOError:
+            sent = 0
+        except ConnectionError as e:  # the peer is gone; connectionLost follows
+            raise ConnectionLost(str(e))
+        self._position += sent
+        if self._position == self.length:
+            self._finish()
+        else:
+            transport.startWriting()
+
+
+class SendfileBody(_SocketBody):
     """
     The bytes of an L{speedy.interfaces.IChunkRead}, sent with C{os.sendfile}
     from its file descriptor.  Released when it ends, whichever way.
@@ -57,26 +85,12 @@ class SendfileBody(PullBody):
         self._fd = fd
         self._file_offset = file_offset
 
-    def _produce(self):
-        transport = self._consumer
-        if not buffer_empty(transport):
-            return  # the transport is writing and calls us when drained
-        try:
-            sent = os.sendfile(transport.fileno(), self._fd,
-                               self._file_offset + self._position,
-                               min(_MAX_SEND, self.length - self._position))
-        except BlockingIOError:
-            sent = None
-        except ConnectionError as e:  # the peer is gone; connectionLost follows
-            raise ConnectionLost(str(e))
+    def _send(self, transport):
+        sent = os.sendfile(transport.fileno(), self._fd, self._file_offset + self._position,
+                           min(_MAX_SEND, self.length - self._position))
         if sent == 0:
             raise OSError(f"volume file ended {self.length - self._position} bytes early")
-        if sent:
-            self._position += sent
-        if self._position == self.length:
-            self._finish()
-        else:
-            transport.startWriting()
+        return sent
 
     def _release(self):
         self._read.release()
@@ -95,7 +109,7 @@ def can_send_staged(transport):
 _MAX_VIEWS = 64
 
 
-class StagedBody(PullBody):
+class StagedBody(_SocketBody):
     """
     The bytes of a staged L{speedy.interfaces.IChunkRead} (one whose
     C{staged()} returns memoryviews of buffers holding them), sent with
@@ -113,30 +127,18 @@ class StagedBody(PullBody):
         self._read = read
         self._views = deque(view for view in views if len(view))
 
-    def _produce(self):
-        transport = self._consumer
-        if not buffer_empty(transport):
-            return  # the transport is writing and calls us when drained
+    def _send(self, transport):
         views = self._views
         if not views:
             raise OSError(f"staged bytes ended {self.length - self._position} bytes early")
-        try:
-            sent = transport.socket.sendmsg(list(islice(views, _MAX_VIEWS)))
-        except BlockingIOError:
-            sent = 0
-        except ConnectionError as e:  # the peer is gone; connectionLost follows
-            raise ConnectionLost(str(e))
-        self._position += sent
-        while sent:
-            if sent >= len(views[0]):
-                sent -= len(views.popleft())
+        sent = taken = transport.socket.sendmsg(list(islice(views, _MAX_VIEWS)))
+        while taken:
+            if taken >= len(views[0]):
+                taken -= len(views.popleft())
             else:
-                views[0] = views[0][sent:]
-                sent = 0
-        if self._position == self.length:
-            self._finish()
-        else:
-            transport.startWriting()
+                views[0] = views[0][taken:]
+                taken = 0
+        return sent
 
     def _release(self):
         self._views.clear()
