@@ -39,6 +39,9 @@ _OPTIONS = [
     ("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction."),
     ("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the page "
                           "cache: auto (where the file system allows it) or off."),
+    ("staged-read-limit", "64MiB", "Memory that large GETs verified with direct I/O may hold "
+                                   "to send from (one disk read per GET); GETs beyond it read "
+                                   "twice.  0 turns it off."),
     ("server-id", None, "Stable id of this server [default: a uuid kept in DATA_DIR/server-id]."),
     ("advertise", None, "host:port others reach this server at [default: from --listen]."),
     ("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it)."),
@@ -66,6 +69,7 @@ class Options(usage.Options):
             raise usage.UsageError("--data-dir is required")
         self["group-id"] = self._number("group-id", int, minimum=1)
         self["volume-size"] = self._size("volume-size")
+        self["staged-read-limit"] = self._size("staged-read-limit")
         self["reserve"] = self._reserve()
         if self["volume-size"] < 1 << 20:
             raise usage.UsageError("--volume-size must be at least 1MiB")
@@ -233,14 +237,15 @@ class ChunkStoreService(Service):
 
 def open_chunk_store(reactor, options):
     """@return: a Deferred firing with the started L{speedy.chunkserver.store.ChunkStore}."""
-    from speedy.chunkserver.store import ChunkStore
+    from speedy.chunkserver.store import STAGED_READ_LIMIT, ChunkStore
 
     async def open_and_start():
         store = await maybeDeferred(
             ChunkStore.open, reactor, options["data-dir"],
             volume_size=options["volume-size"], sync=options["sync"],
             reserve=options["reserve"], compact_threshold=options["compact-threshold"],
-            direct_io=options.get("direct-io") or "auto")
+            direct_io=options.get("direct-io") or "auto",
+            staged_read_limit=options.get("staged-read-limit", STAGED_READ_LIMIT))
         await maybeDeferred(store.start)
         return store
 

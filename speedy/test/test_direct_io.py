@@ -12,12 +12,13 @@ system that refuses C{O_DIRECT} is faked by L{FaultyDisk}.
 import errno
 import os
 
+from twisted.internet.defer import fail
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from speedy.chunkserver.store import (
-    DIRECT_IO_BLOCK, DIRECT_IO_THRESHOLD, STAGING_POOL_SIZE)
-from speedy.chunkserver.tap import Options
+    DIRECT_IO_BLOCK, DIRECT_IO_THRESHOLD, STAGED_READ_LIMIT, STAGING_POOL_SIZE, ChunkStore)
+from speedy.chunkserver.tap import Options, open_chunk_store
 from speedy.chunkserver.volume import DATA_START, HEADER_SIZE
 from speedy.errors import Busy, ChecksumMismatch, NoSpace
 from speedy.test import test_store
@@ -461,3 +462,20 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(options["direct-io"], "off")
         self.assertRaises(usage.UsageError, Options().parseOptions,
                           base + ["--direct-io", "on"])
+
+    def test_staged_read_limit_option(self):
+        """--staged-read-limit takes a size, 64 MiB by default, and reaches
+        the store the daemon opens."""
+        base = ["--data-dir", "d", "--group-id", "1"]
+        options = Options()
+        options.parseOptions(base)
+        self.assertEqual(options["staged-read-limit"], STAGED_READ_LIMIT)
+        options = Options()
+        options.parseOptions(base + ["--staged-read-limit", "192MiB"])
+        self.assertEqual(options["staged-read-limit"], 192 << 20)
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          base + ["--staged-read-limit", "lots"])
+        opened = []
+        self.patch(ChunkStore, "open", lambda *a, **kw: opened.append(kw) or fail(OSError("no")))
+        self.failureResultOf(open_chunk_store(None, options), OSError)
+        self.assertEqual(opened[0]["staged_read_limit"], 192 << 20)
