@@ -21,6 +21,9 @@ from speedy.records import DOWN, BadReplica
 
 log = Logger()
 
+#: Errors by which a replica says it is bad itself.
+_BAD_REPLICA = (errors.ChunkNotFound, errors.ChecksumMismatch)
+
 #: The most bytes handed to a consumer in one C{write}, so that a pause takes
 #: effect within a chunk.  As large as the chunk client's reads
 #: (L{speedy.wire.connection.RECEIVE_SIZE}), so the pieces it fetched are
@@ -101,7 +104,12 @@ class ReplicaReader:
             group_id, file_id, lambda address: client.stat(address, file_id),
             lambda info: None, known))
 
-    def _by_load(self, group_id):
+    @property
+    def counters(self):
+        """The storage's counters, where reads count their failovers and failures."""
+        return self._storage.counters
+
+    def by_load(self, group_id):
         """
         @return: the servers of a group, the ones not down first, then the
             least busy reading from here, ties in random order.
@@ -126,33 +134,20 @@ class ReplicaReader:
             sink(piece)
 
         reasons = []
-        for server in self._by_load(group_id):
+        for server in self.by_load(group_id):
             self.reading[server.address] += 1
             try:
                 await storage.client.get_stream(
                     server.address, file_id, offset + reached, length - reached, forward)
             except CancelledError:
                 raise
-            except errors.ChecksumMismatch as e:
-                self._bad(server, group_id, file_id, f"ChecksumMismatch: {e}")
-                if reached:
+            except Exception as e:
+                reasons.append(self.failed(server, group_id, file_id, e, at=(reached, length)))
+                if reached and isinstance(e, errors.ChecksumMismatch):
                     storage.counters["reads_failed"] += 1
                     raise errors.ChecksumMismatch(
                         f"chunk {group_id}/{file_id} from {server.address} failed its CRC32C "
                         f"check after its {reached} bytes were passed on")
-                reasons.append(f"{server.address}: ChecksumMismatch")
-                continue
-            except errors.ChunkNotFound as e:
-                self._bad(server, group_id, file_id, f"ChunkNotFound: {e}")
-                reasons.append(f"{server.address}: ChunkNotFound")
-                continue
-            except Exception as e:
-                log.info("streaming chunk {file_id} from {address} failed at byte {reached} "
-                         "of {length}, going on from the next replica: {why!r}",
-                         file_id=file_id, address=server.address, reached=reached,
-                         length=length, why=e)
-                storage.counters["read_failovers"] += 1
-                reasons.append(f"{server.address}: {type(e).__name__}")
                 continue
             finally:
                 self.reading[server.address] -= 1
@@ -169,7 +164,7 @@ class ReplicaReader:
         finds nothing wrong with (it returns the problem, or None).
         """
         storage = self._storage
-        servers = self._by_load(group_id)
+        servers = self.by_load(group_id)
         reasons = []
         missing = 0
         for server in servers:
@@ -178,28 +173,16 @@ class ReplicaReader:
                 answer = await request(server.address)
             except CancelledError:
                 raise
-            except errors.ChunkNotFound as e:
-                missing += 1
-                if known:
-                    self._bad(server, group_id, file_id, f"ChunkNotFound: {e}")
-                reasons.append(f"{server.address}: ChunkNotFound")
-                continue
-            except errors.ChecksumMismatch as e:
-                self._bad(server, group_id, file_id, f"ChecksumMismatch: {e}")
-                reasons.append(f"{server.address}: ChecksumMismatch")
-                continue
             except Exception as e:
-                log.info("reading chunk {file_id} from {address} failed, trying the next "
-                         "replica: {why!r}", file_id=file_id, address=server.address, why=e)
-                storage.counters["read_failovers"] += 1
-                reasons.append(f"{server.address}: {type(e).__name__}")
+                missing += isinstance(e, errors.ChunkNotFound)
+                reasons.append(self.failed(server, group_id, file_id, e, known=known))
                 continue
             finally:
                 self.reading[server.address] -= 1
             problem = check(answer)
             if problem is None:
                 return answer
-            self._bad(server, group_id, file_id, problem)
+            self.report_bad(server, group_id, file_id, problem)
             reasons.append(f"{server.address}: {problem}")
         if not known and missing == len(servers):
             raise errors.ChunkNotFound(f"no replica has chunk {group_id}/{file_id}")
@@ -207,7 +190,37 @@ class ReplicaReader:
         raise errors.Unavailable(
             f"no replica of chunk {group_id}/{file_id} could serve it ({'; '.join(reasons)})")
 
-    def _bad(self, server, group_id, file_id, reason):
+    @staticmethod
+    def is_bad_replica(error):
+        """@return: whether C{error} says the replica itself is bad (it
+            lacks the chunk, or its record failed its check), rather than
+            that reaching it failed."""
+        return isinstance(error, _BAD_REPLICA)
+
+    def failed(self, server, group_id, file_id, error, known=True, at=None):
+        """
+        Account for a replica that failed a read of a chunk with C{error}:
+        one without a chunk that is C{known} to exist, or whose record
+        failed its check, is reported bad; any other failure is logged (at
+        byte C{at[0]} of C{at[1]} of a streamed range, when given) and
+        counted as a failover to the next replica.
+
+        @return: the reason, for the message of the L{Unavailable} raised
+            when no replica could serve the read.
+        """
+        for kind in _BAD_REPLICA:
+            if isinstance(error, kind):
+                if known or kind is errors.ChecksumMismatch:
+                    self.report_bad(server, group_id, file_id, f"{kind.__name__}: {error}")
+                return f"{server.address}: {kind.__name__}"
+        where = "" if at is None else f" at byte {at[0]} of {at[1]}"
+        log.info("reading chunk {file_id} from {address} failed{where}, going on from the "
+                 "next replica: {why!r}", file_id=file_id, address=server.address,
+                 where=where, why=error)
+        self._storage.counters["read_failovers"] += 1
+        return f"{server.address}: {type(error).__name__}"
+
+    def report_bad(self, server, group_id, file_id, reason):
         storage = self._storage
         storage.counters["bad_replicas"] += 1
         log.warn("bad replica of chunk {group_id}/{file_id} on {server_id} ({address}): {reason}",

@@ -86,8 +86,7 @@ class ReplicatedStorage:
         try:
             if self.reader_type(consumer) is SpliceFileReader:
                 reader = SpliceFileReader(self.replicas, self.splice_sources(), chunks, offset,
-                                          length, consumer, read_ahead=self.parallelism,
-                                          counters=self.counters)
+                                          length, consumer, read_ahead=self.parallelism)
                 self.counters["reads_spliced"] += 1
             else:
                 reader = FileReader(self.replicas, chunks, offset, length, consumer,

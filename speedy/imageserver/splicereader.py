@@ -45,17 +45,14 @@ class SpliceFileReader:
 
     @param replicas: a L{ReplicaReader}.
     @param sources: a L{speedy.wire.splice.SourcePool}.
-    @param counters: where C{read_failovers} and C{reads_failed} are counted.
     """
 
-    def __init__(self, replicas, sources, chunks, offset, length, request, read_ahead=4,
-                 counters=None):
+    def __init__(self, replicas, sources, chunks, offset, length, request, read_ahead=4):
         self._replicas = replicas
         self._sources = sources
         self._segments = segments(chunks, offset, length)
         self._request = request
         self._read_ahead = max(1, read_ahead)
-        self._counters = replicas._storage.counters if counters is None else counters
         self._prefetched = {}  # segment index -> (servers in order, SpliceGet)
         self._relay = None
         self._current = None  # the Deferred being waited for
@@ -114,7 +111,7 @@ class SpliceFileReader:
                 continue
             chunk, offset, length = self._segments[index]
             try:
-                servers = self._replicas._by_load(chunk.group_id)
+                servers = self._replicas.by_load(chunk.group_id)
             except errors.Unavailable:
                 continue  # the segment fails at its turn
             address = servers[0].address
@@ -127,7 +124,7 @@ class SpliceFileReader:
         replicas = self._replicas
         servers, get = self._prefetched.pop(index, (None, None))
         if servers is None:
-            servers = replicas._by_load(chunk.group_id)
+            servers = replicas.by_load(chunk.group_id)
         reached = 0  # bytes of the segment that went into the pipe
         reasons = []
         for server in servers:
@@ -140,23 +137,11 @@ class SpliceFileReader:
                 await self._wait(self._relay.pump(get, length - reached))
             except CancelledError:
                 raise
-            except errors.ChunkNotFound as e:
-                replicas._bad(server, chunk.group_id, chunk.file_id, f"ChunkNotFound: {e}")
-                reasons.append(f"{server.address}: ChunkNotFound")
-                continue
-            except errors.ChecksumMismatch as e:
-                replicas._bad(server, chunk.group_id, chunk.file_id, f"ChecksumMismatch: {e}")
-                reasons.append(f"{server.address}: ChecksumMismatch")
-                continue
             except Exception as e:
-                if self._gone is not None:
+                if self._gone is not None and not replicas.is_bad_replica(e):
                     raise self._gone
-                log.info("splicing chunk {file_id} from {address} failed at byte {reached} "
-                         "of {length}, going on from the next replica: {why!r}",
-                         file_id=chunk.file_id, address=server.address,
-                         reached=reached + get.moved, length=length, why=e)
-                self._counters["read_failovers"] += 1
-                reasons.append(f"{server.address}: {type(e).__name__}")
+                reasons.append(replicas.failed(server, chunk.group_id, chunk.file_id, e,
+                                               at=(reached + get.moved, length)))
                 continue
             finally:
                 reached += get.moved
@@ -164,7 +149,7 @@ class SpliceFileReader:
                 replicas.reading[server.address] -= 1
                 get = None
             return
-        self._counters["reads_failed"] += 1
+        replicas.counters["reads_failed"] += 1
         raise errors.Unavailable(
             f"no replica of chunk {chunk.group_id}/{chunk.file_id} could serve bytes "
             f"{offset + reached}-{offset + length} ({'; '.join(reasons)})")
