@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 
+from bench.bench_store import concurrently  # noqa: E402
 from speedy.errors import ConnectionFailed, Unavailable  # noqa: E402
 from speedy.test.processes import Daemon, free_port  # noqa: E402
 from speedy.wire.client import ChunkClient  # noqa: E402
@@ -66,28 +67,13 @@ async def wait_ready(reactor, client, address):
     raise RuntimeError("chunkserver never became ready")
 
 
-async def run_concurrently(concurrency, count, operation):
-    """Run C{operation(i)} for i in range(count), C{concurrency} at a time.
-    @return: elapsed seconds."""
-    queue = iter(range(count))
-
-    async def worker():
-        for i in queue:
-            await operation(i)
-
-    started = time.perf_counter()
-    await defer.gatherResults([defer.Deferred.fromCoroutine(worker()) for _ in range(concurrency)],
-                              consumeErrors=True)
-    return time.perf_counter() - started
-
-
 async def big_chunks(daemon, client, address, concurrency, count, first_id, data, label):
-    elapsed = await run_concurrently(
-        concurrency, count, lambda i: client.put(address, first_id + i, data))
+    elapsed = await concurrently(
+        count, concurrency, lambda i: client.put(address, first_id + i, data))
     put = count * len(data) / MiB / elapsed
     cpu = cpu_seconds(daemon.process.pid)
-    elapsed = await run_concurrently(
-        concurrency, count, lambda i: client.get(address, first_id + i))
+    elapsed = await concurrently(
+        count, concurrency, lambda i: client.get(address, first_id + i))
     cpu = cpu_seconds(daemon.process.pid) - cpu
     get = count * len(data) / MiB / elapsed
     print(f"{label:<44} c={concurrency:<3} PUT {put:7.1f} MiB/s   GET {get:7.1f} MiB/s"
@@ -111,7 +97,7 @@ async def client_process(reactor, args):
         else:
             operation = lambda i: client.get(args.client, args.first_id + i)  # noqa: E731
         start = time.time()
-        await run_concurrently(args.concurrency, args.count, operation)
+        await concurrently(args.count, args.concurrency, operation)
         return {"ops": args.count, "start": start, "end": time.time()}
     finally:
         await client.close()
@@ -175,7 +161,7 @@ def main(reactor, args):
               + (f", server from {args.server_path}" if args.server_path else ""))
 
         async def everything(daemon, client, address):
-            label = "16 MiB chunks (sendfile)"
+            label = "16 MiB chunks (staged send or sendfile)"
             if not args.small_only:
                 await big_chunks(daemon, client, address, 1, args.big, 1_000_000, data, label)
                 await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
