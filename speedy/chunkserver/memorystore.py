@@ -7,10 +7,10 @@ imageserver's storage path).  It keeps the contract, not the disk format.
 
 import errno
 
-import google_crc32c
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
+from speedy.crc import crc32c
 from speedy.errors import (
     BadRequest, Busy, ChecksumMismatch, ChunkExists, ChunkNotFound, NoSpace,
     RangeNotSatisfiable, ReadOnly, TooLarge)
@@ -64,7 +64,7 @@ class MemoryChunkStore:
             self._chunks[file_id] = data
             self.used += len(data)
             self.counters["writes"] += 1
-        return ChunkInfo(file_id, len(data), google_crc32c.value(data))
+        return ChunkInfo(file_id, len(data), crc32c(data))
 
     def contents(self, file_id):
         """@return: the bytes stored under C{file_id}, or None."""
@@ -117,7 +117,7 @@ class MemoryChunkStore:
         data = self._chunks.get(file_id)
         if data is None:
             return None
-        return ChunkInfo(file_id, len(data), google_crc32c.value(data))
+        return ChunkInfo(file_id, len(data), crc32c(data))
 
     def delete(self, file_id):
         if self._closed:

@@ -47,8 +47,9 @@ ends the log at the damaged header (a torn tail, truncated).
 
 import struct
 
-import google_crc32c
 from attrs import define, field, frozen
+
+from speedy.crc import crc32c
 
 #: Byte offsets of the two superblock slots, and the size of each.
 SUPERBLOCK_SLOTS = (0, 512)
@@ -76,25 +77,6 @@ _ZERO_HEADER = bytes(HEADER_SIZE)
 
 #: Read-ahead of the scanner, in bytes.
 SCAN_WINDOW = 1 << 20
-
-
-#: C{google_crc32c} holds the GIL while it runs: checksum big buffers a
-#: piece at a time so that a verifying thread lets the reactor run between.
-CRC_PIECE = 1 << 20
-
-
-def crc32c(data, crc=0):
-    """
-    @return: the CRC32C of C{data} (any bytes-like object), continuing from
-        C{crc}.  C{google_crc32c} takes only C{bytes}, so other buffers are
-        copied first, a piece at a time.
-    """
-    if type(data) is bytes and len(data) <= CRC_PIECE:
-        return google_crc32c.extend(crc, data)
-    view = memoryview(data).cast("B")
-    for start in range(0, len(view), CRC_PIECE):
-        crc = google_crc32c.extend(crc, bytes(view[start:start + CRC_PIECE]))
-    return crc
 
 
 def record_span(size):

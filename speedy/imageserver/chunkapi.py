@@ -13,10 +13,10 @@ A ChunkRef is answered as C{{"group_id", "file_id", "size", "crc32c"}}; the
 GET and HEAD answers carry C{X-Chunk-CRC32C} (decimal).
 """
 
-import google_crc32c
 from zope.interface import implementer
 
 from speedy import errors
+from speedy.crc import crc32c
 from speedy.imageserver.rest import JSONLeaf, respond
 from speedy.records import ChunkRef
 from speedy.web.json import write_json
@@ -104,7 +104,7 @@ class ChunkAPI(JSONLeaf):
         data = await self._storage.replicas.fetch(group_id, file_id, known=False)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % (len(data),))
-        request.setHeader(b"x-chunk-crc32c", b"%d" % (google_crc32c.value(bytes(data)),))
+        request.setHeader(b"x-chunk-crc32c", b"%d" % (crc32c(data),))
         return data
 
     def render_HEAD(self, request):

@@ -9,12 +9,12 @@ L{speedy.metadata.memory.MemoryMetadataStore}.
 from collections import Counter
 from random import Random
 
-import google_crc32c
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from speedy import errors
+from speedy.crc import crc32c
 from speedy.imageserver.clusterview import ClusterView, GroupView, IClusterView, ServerView
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import IMasterClient
@@ -125,7 +125,7 @@ class FakeChunkClient:
             if existing is not None and existing != chunk:
                 raise errors.ChunkExists(f"{file_id} on {address}")
             server.chunks[file_id] = chunk
-            server.crcs[file_id] = google_crc32c.value(chunk)
+            server.crcs[file_id] = crc32c(chunk)
             if server.mode == PARTIAL:
                 raise errors.ConnectionFailed(f"{address} dropped the acknowledgement")
             return ChunkInfo(file_id, len(chunk), server.crcs[file_id])
@@ -135,7 +135,7 @@ class FakeChunkClient:
     def get(self, address, file_id, offset=0, length=None):
         def read(server):
             data = _stored(server, file_id)
-            if server.mode == CORRUPT or google_crc32c.value(data) != server.crcs[file_id]:
+            if server.mode == CORRUPT or crc32c(data) != server.crcs[file_id]:
                 raise errors.ChecksumMismatch(f"{file_id} on {address}")
             end = len(data) if length is None else offset + length
             if offset > len(data) or end > len(data):
@@ -164,7 +164,7 @@ class FakeChunkClient:
     def stat(self, address, file_id):
         def info(server):
             data = _stored(server, file_id)
-            return ChunkInfo(file_id, len(data), google_crc32c.value(data))
+            return ChunkInfo(file_id, len(data), crc32c(data))
 
         return self._answer(address, "stat", file_id, info)
 

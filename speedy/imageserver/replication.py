@@ -11,13 +11,13 @@ as garbage: never "two of three is enough".
 import random
 from collections import Counter, deque
 
-import google_crc32c
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedy import errors
+from speedy.crc import crc32c as crc32c_of
 from speedy.imageserver.placement import choose_group
 from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.imageserver.splicereader import SpliceFileReader
@@ -166,7 +166,7 @@ class ReplicatedStorage:
         if crc32c is None:
             crc32c = 0
             for piece in pieces:
-                crc32c = google_crc32c.extend(crc32c, piece)
+                crc32c = crc32c_of(piece, crc32c)
         return Deferred.fromCoroutine(self._store_chunk(pieces, crc32c))
 
     async def _store_chunk(self, pieces, crc32c):

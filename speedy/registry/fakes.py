@@ -6,12 +6,12 @@ consumer's back-pressure; writes and reads can be made to fail or to wait,
 so tests can drive the unhappy paths.
 """
 
-import google_crc32c
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from speedy.crc import crc32c
 from speedy.errors import Unavailable
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import ChunkRef
@@ -51,7 +51,7 @@ class MemoryChunkedStorage:
         file_id = self._next_file_id
         self._next_file_id += 1
         self.chunks[file_id] = bytes(data)
-        return ChunkRef(self.group_id, file_id, len(data), google_crc32c.value(bytes(data)))
+        return ChunkRef(self.group_id, file_id, len(data), crc32c(data))
 
     def contents(self, chunks):
         """@return: the bytes of the file made of C{chunks} (a test helper)."""

@@ -22,11 +22,11 @@ at its end.
 import sys
 from array import array
 
-import google_crc32c
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from speedy.crc import crc32c
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
 from speedy.wire.frames import (
@@ -402,7 +402,7 @@ class _GetResponse:
             return
         piece = piece if isinstance(piece, bytes) else bytes(piece)
         if self._whole:
-            self._crc = google_crc32c.extend(self._crc, piece)
+            self._crc = crc32c(piece, self._crc)
         if not call.streamed:
             self._pieces.append(piece)
         elif call.sink is not None:
