@@ -79,7 +79,9 @@ class MemoryChunkStore:
         """Make the stored bytes of C{file_id} fail their checksum on read."""
         self._damaged.add(file_id)
 
-    def put(self, file_id, size):
+    def put(self, file_id, size, keep=False):
+        """See L{IChunkStore.put}; C{keep} is ignored (every chunk is in
+        memory already)."""
         if self._closed:
             raise Busy("the store is closed")
         if self.read_only:

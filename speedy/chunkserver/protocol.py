@@ -12,6 +12,10 @@ L{speedy.wire.sendfile.range_body}.  A peer that sends garbage, lies
 about lengths, stalls or vanishes costs its own connection at most: a bad
 frame gets an error frame or a closed connection, a half-sent PUT is
 aborted, and every pinned read is released.
+
+The only request flag taken is C{KEEP}, on a PUT (C{REQUEST_FLAGS}): it is
+passed to L{IChunkStore.put} as C{keep}, asking the store to keep the chunk
+in its memory cache.  Any other flag of a request is answered BAD_REQUEST.
 """
 
 import json
@@ -30,10 +34,10 @@ from speedy.errors import (
     BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unavailable)
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
-    FILE_ID, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
+    FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
     HEADER_SIZE, LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES,
-    REQUEST_BODY_SIZES, BadFrame, Header, error_frame, frame)
+    REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.sendfile import range_body
 
@@ -225,12 +229,16 @@ class ChunkServerProtocol(Protocol):
 
     def _body_for(self, header):
         opcode, request_id = header.opcode, header.request_id
-        if header.flags:
-            return self._refuse(header, BadRequest(f"request flags must be 0, not {header.flags:#x}"))
+        allowed = REQUEST_FLAGS.get(opcode, 0)
+        if header.flags & ~allowed:
+            return self._refuse(header, BadRequest(
+                f"request flags {header.flags:#x} not allowed"
+                f" (a {OPCODES.get(opcode, opcode)} request may set {allowed:#x})"))
         if opcode == OP_PUT:
             if header.body_length < FILE_ID.size:
                 return self._refuse(header, BadRequest("a PUT body starts with the file id"))
-            return _PutBody(self, request_id, header.body_length)
+            return _PutBody(self, request_id, header.body_length,
+                            keep=bool(header.flags & FLAG_KEEP))
         expected = REQUEST_BODY_SIZES.get(opcode)
         if expected is None:
             return self._refuse(header, BadRequest(f"unknown opcode {opcode}"))
@@ -425,11 +433,13 @@ class _PutBody:
     A PUT body: the file id, then the chunk's bytes handed to the store's
     L{IChunkWrite} as they arrive.  If the store refuses, the rest is
     skipped and an error frame answers at once; if the connection dies
-    first, the write is aborted.
+    first, the write is aborted.  C{keep} (the request's C{KEEP} flag) asks
+    the store to keep the chunk in its memory cache.
     """
 
-    def __init__(self, server, request_id, body_length):
+    def __init__(self, server, request_id, body_length, keep=False):
         self.remaining = body_length
+        self._keep = keep
         self._server = server
         self._request_id = request_id
         self._file_id = bytearray()
@@ -448,7 +458,8 @@ class _PutBody:
                 return
             (file_id,) = FILE_ID.unpack(self._file_id)
             try:
-                self._write = self._server._store().put(file_id, len(piece) + self.remaining)
+                self._write = self._server._store().put(
+                    file_id, len(piece) + self.remaining, keep=self._keep)
             except Exception as e:
                 return self._refuse(e)
         if piece:

@@ -41,6 +41,24 @@ bytes of all GETs in flight are capped (C{staged_read_limit}); a GET that
 would pass the cap verifies with one reused buffer and is sent with
 C{sendfile}, as is every GET with direct I/O off.  Every buffer goes back
 to the pool once, when the read is released.
+
+The chunk cache (L{speedy.chunkserver.cache}, C{cache_size} bytes, 0 for
+none): a PUT asked to keep its chunk (C{put(..., keep=True)}, the wire's
+C{KEEP} flag) whose record has a direct region keeps the staging buffers
+its direct writes were made from, instead of giving them back, and copies
+of its few bytes before and after that region; once the record is
+published, they become the chunk's L{CachedChunk}.  A GET of a cached chunk
+is answered at once from those buffers, like a staged read (C{staged} is a
+lease of the entry): no disk read, no verify, since the bytes were checked
+against the client's CRC32C as they arrived.  Entries are evicted least
+recently used first, dropped when their chunk is deleted and cleared when
+the store closes; compaction moves records without changing their bytes,
+so it leaves them be.  A buffer evicted while a GET sends from it goes
+back to the pool when that GET's read is released.  A write that fails or
+is aborted gives every buffer it kept back, once.  Repeated puts and
+records written wholly buffered are never cached.  C{cache_hits} counts the
+GETs answered from the cache, C{cache_misses} the GETs of records of at
+least C{direct_io_threshold} bytes that were not, while the cache is on.
 """
 
 import errno
@@ -55,6 +73,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.chunkserver import compaction
+from speedy.chunkserver.cache import CachedChunk, ChunkCache
 from speedy.chunkserver.checkpoint import (
     Checkpoint, CorruptCheckpoint, VolumeState, read_checkpoint,
     write_checkpoint)
@@ -114,11 +133,15 @@ STAGING_POOL_SIZE = 32
 #: L{STAGING_POOL_SIZE}.
 STAGED_READ_LIMIT = 64 * 2**20
 
+#: Default budget of the chunk cache (L{ChunkCache}): the bytes of recently
+#: written chunks kept in memory to answer GETs from.
+CACHE_SIZE = 512 * 2**20
+
 COUNTERS = (
     "reads", "writes", "deletes", "bytes_read", "bytes_written",
     "checksum_errors", "damaged_records", "torn_records", "damaged_volumes",
     "corrupt_checkpoints", "nospace_errors", "sync_errors", "compactions",
-    "bytes_compacted_away")
+    "bytes_compacted_away", "cache_hits", "cache_misses")
 
 
 def thread_pool_runner(reactor):
@@ -147,7 +170,7 @@ class ChunkStore:
                  sync, reserve, compact_threshold, max_chunk_size,
                  checkpoint_interval, compact_interval, space_check_interval,
                  direct_io="off", direct_io_threshold=DIRECT_IO_THRESHOLD,
-                 staged_read_limit=STAGED_READ_LIMIT):
+                 staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE):
         self._reactor = reactor
         self.data_dir = data_dir
         self._disk = disk
@@ -179,6 +202,8 @@ class ChunkStore:
         self._staging = None
         self.staged_read_limit = staged_read_limit
         self._staged_bytes = 0
+        self.cache_size = cache_size
+        self._cache = None
 
     @classmethod
     def open(cls, reactor, data_dir, volume_size=2 * 2**30, sync="always",
@@ -187,7 +212,7 @@ class ChunkStore:
              disk=None, checkpoint_interval=60.0, compact_interval=15 * 60.0,
              space_check_interval=10.0, direct_io="auto",
              direct_io_threshold=DIRECT_IO_THRESHOLD,
-             staged_read_limit=STAGED_READ_LIMIT):
+             staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE):
         """
         Open (creating if needed) the store in C{data_dir}: load the index
         checkpoint and replay the journal that follows it, or scan every
@@ -213,6 +238,9 @@ class ChunkStore:
             records from (a GET beyond it is verified with one reused buffer
             and sent with C{sendfile}, reading the record twice); 0 keeps
             none.
+        @param cache_size: the bytes of recently written chunks (those put
+            with C{keep}) kept in memory to answer GETs from; 0 keeps none.
+            Only with direct I/O.
         @return: a ready L{ChunkStore}.
         @raise ValueError: for impossible settings.
         """
@@ -226,6 +254,8 @@ class ChunkStore:
             raise ValueError("reserve must not be negative")
         if staged_read_limit < 0:
             raise ValueError("staged_read_limit must not be negative")
+        if cache_size < 0:
+            raise ValueError("cache_size must not be negative")
         if direct_io not in DIRECT_IO_MODES:
             raise ValueError(f"direct_io must be one of {DIRECT_IO_MODES}, not {direct_io!r}")
         largest = volume_size - DATA_START - HEADER_SIZE - 2 * TOMBSTONE_SPAN
@@ -236,7 +266,7 @@ class ChunkStore:
                     volume_size, sync, reserve, compact_threshold,
                     max_chunk_size, checkpoint_interval, compact_interval,
                     space_check_interval, direct_io, direct_io_threshold,
-                    staged_read_limit)
+                    staged_read_limit, cache_size)
         store._recover()
         store._setup_direct_io()
         store._check_space()
@@ -431,6 +461,9 @@ class ChunkStore:
         size -= size % self._block
         self._staging = _StagingPool(
             size, STAGING_POOL_SIZE + self.staged_read_limit // size)
+        if self.cache_size:
+            self._cache = self._staging.cache = ChunkCache(
+                self.cache_size, self._staging.give)
 
     def _direct_fd(self, volume):
         """
@@ -531,7 +564,7 @@ class ChunkStore:
 
     # --- writes --------------------------------------------------------
 
-    def put(self, file_id, size):
+    def put(self, file_id, size, keep=False):
         if self._closed:
             raise Busy("the store is closing")
         if self.read_only:
@@ -551,8 +584,9 @@ class ChunkStore:
             volume.tail = offset
             raise self._no_space(e)
         volume.reservations.add(offset)
-        return _ChunkWrite(self, volume, offset, file_id, size,
-                           self._direct_region(volume, offset, size))
+        region = self._direct_region(volume, offset, size)
+        keep = keep and region is not None and self._cache is not None
+        return _ChunkWrite(self, volume, offset, file_id, size, region, keep)
 
     def _writable_volume(self, span):
         """
@@ -632,14 +666,19 @@ class ChunkStore:
         existing = self._index.get(write.file_id)
         if existing is not None:
             # Another put of this id finished first; ours is garbage.
+            write.drop_kept()
             return self._compare(write.file_id, info)
         header = RecordHeader(COMPLETE, write.file_id, self._next_sequence(),
                               write.size, write.crc)
         try:
             self._disk.pwrite(volume.fd, header.pack(), offset)
         except OSError as e:
+            write.drop_kept()
             return fail(self._no_space(e))
         self._index.set(write.file_id, volume.volume_id, offset, write.size, write.crc)
+        entry = write.take_kept()
+        if entry is not None:
+            self._cache.add(write.file_id, entry)
         volume.live_bytes += header.span
         volume.live_count += 1
         self.counters["writes"] += 1
@@ -694,6 +733,8 @@ class ChunkStore:
             volume.tail = offset
             return fail(self._no_space(e))
         self._index.remove(file_id)
+        if self._cache is not None:
+            self._cache.drop(file_id)
         volume.live_bytes -= record_span(size)
         volume.live_count -= 1
         self.counters["deletes"] += 1
@@ -716,6 +757,18 @@ class ChunkStore:
         volume = self._volumes[volume_id]
         volume.pin()
         info = ChunkInfo(file_id, size, crc)
+        if self._cache is not None:
+            lease = self._cache.lease(file_id)
+            if lease is not None:
+                # Checked against the client's CRC when it arrived.
+                self.counters["cache_hits"] += 1
+                self.counters["reads"] += 1
+                self.counters["bytes_read"] += length
+                return succeed(_ChunkRead(
+                    self._disk, volume, info, record_offset + HEADER_SIZE,
+                    offset, length, None, lease))
+            if size >= self.direct_io_threshold:
+                self.counters["cache_misses"] += 1
         d = self._verify(volume, record_offset, file_id, size, crc)
 
         def checked(result):
@@ -847,6 +900,11 @@ class ChunkStore:
             "chunks": len(self._index),
             "volumes": volumes,
             "counters": counters,
+            "cache": {
+                "size": self.cache_size if self._cache is not None else 0,
+                "bytes": self._cache.bytes if self._cache is not None else 0,
+                "chunks": self._cache.count if self._cache is not None else 0,
+            },
         }
 
     # --- checkpoints ---------------------------------------------------
@@ -964,6 +1022,8 @@ class ChunkStore:
             for file_id, location_volume, offset, _, _ in list(self._index.items()):
                 if location_volume == volume_id and file_id not in kept:
                     self._index.remove(file_id)
+                    if self._cache is not None:
+                        self._cache.drop(file_id)
                     self.counters["damaged_records"] += 1
                     self.log.error(
                         "chunk {file_id} in volume {volume_id} at {offset} is"
@@ -988,6 +1048,8 @@ class ChunkStore:
         if self._closed:
             return
         self._closed = True
+        if self._cache is not None:
+            self._cache.clear()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -1009,6 +1071,13 @@ class _StagingPool:
     At most C{keep} idle buffers are kept; beyond that a buffer given back is
     dropped (freed once nothing refers to it any more).  C{lent} counts the
     buffers taken and not given back yet.
+
+    With a chunk cache (C{cache}, a L{ChunkCache} whose buffers come from
+    this pool), up to as many more idle buffers are kept as the cache once
+    held and holds no more (its C{peak} less its C{buffer_bytes}): buffers
+    it evicts or drops are taken again by the next writes instead of being
+    unmapped and new memory touched, and the cache and the idle buffers
+    together never hold more than the cache's budget on top of C{keep}.
     """
 
     def __init__(self, size, keep):
@@ -1016,6 +1085,7 @@ class _StagingPool:
         self._keep = keep
         self._idle = []
         self.lent = 0
+        self.cache = None
 
     def take(self):
         """@return: a buffer of C{size} bytes."""
@@ -1027,7 +1097,10 @@ class _StagingPool:
     def give(self, buffer):
         """Take back a buffer no thread uses any more."""
         self.lent -= 1
-        if len(self._idle) < self._keep:
+        keep = self._keep
+        if self.cache is not None:
+            keep += max(0, self.cache.peak - self.cache.buffer_bytes) // self.size
+        if len(self._idle) < keep:
             self._idle.append(buffer)
 
 
@@ -1142,9 +1215,17 @@ class _ChunkWrite:
     for it to fall.  A failed write is reported by the next C{write} or by
     C{finish}.  The volume's reservation is given back exactly once, however
     the write ends.
+
+    With C{keep} (and a L{_DirectRegion}), each staging buffer is kept once
+    its bytes are complete, instead of going back to the pool, and so are
+    copies of the data outside the region (less than a block on each side):
+    L{take_kept} hands them over as a L{CachedChunk} when the record is
+    published.  However else the write ends, L{drop_kept} gives them back,
+    once, after any thread job that may still be writing from them.
     """
 
-    def __init__(self, store, volume, offset, file_id, size, direct=None):
+    def __init__(self, store, volume, offset, file_id, size, direct=None,
+                 keep=False):
         self._store = store
         self.volume = volume
         self.offset = offset
@@ -1164,6 +1245,11 @@ class _ChunkWrite:
         self._idle = []
         self._drain_waiters = []
         self._orphans = []
+        self._keep = keep and direct is not None
+        self._kept = []  # (buffer, bytes used) of each complete stage, in order
+        self._kept_head = []  # copies of the data before the region
+        self._kept_tail = []  # and after it
+        self._drop_kept_later = False
 
     @property
     def buffered(self):
@@ -1211,6 +1297,9 @@ class _ChunkWrite:
                 if position < region.start:
                     taken = min(taken, region.start - position)
                 self._queue(self.volume.fd, view[:taken], position)
+                if self._keep:
+                    kept = self._kept_head if position < region.start else self._kept_tail
+                    kept.append(bytes(view[:taken]))
             view = view[taken:]
             position += taken
         self._position = position
@@ -1236,16 +1325,21 @@ class _ChunkWrite:
 
     def _send_stage(self, upto, last):
         """Queue the staged bytes C{[sent, upto)} (whole blocks) for a
-        direct write; with C{last}, the buffer goes back to the pool after."""
+        direct write; with C{last}, the buffer goes back to the pool after
+        (or, when keeping, is kept once the stage is complete)."""
         stage = self._stage
+        # A kept buffer is this write's to give back, not its job's.
+        returned = last and not self._keep
         if upto > stage.sent:
             data = memoryview(stage.buffer)[stage.sent:upto]
             self._queue(self._direct.fd, data, stage.base + stage.sent,
-                        stage.buffer if last else None)
+                        stage.buffer if returned else None)
             stage.sent = upto
-        elif last:
+        elif returned:
             self._direct.pool.give(stage.buffer)
         if last:
+            if self._keep:
+                self._kept.append((stage.buffer, stage.limit - stage.base))
             self._stage = None
 
     def _queue(self, fd, data, position, buffer=None):
@@ -1291,6 +1385,9 @@ class _ChunkWrite:
         for buffer in self._orphans:
             self._direct.pool.give(buffer)
         self._orphans = []
+        if self._drop_kept_later:
+            self._drop_kept_later = False
+            self.drop_kept()
         if isinstance(result, Failure):
             if self._error is None:
                 self._error = str(self._store._no_space(result.value))
@@ -1327,6 +1424,41 @@ class _ChunkWrite:
             else:
                 self._direct.pool.give(self._stage.buffer)
             self._stage = None
+        self.drop_kept()
+
+    def drop_kept(self):
+        """Give back what the write kept for the cache: now, or once the
+        thread job that may be writing from it is done.  Idempotent."""
+        if self._flushing:
+            self._drop_kept_later = True
+            return
+        kept, self._kept = self._kept, []
+        self._kept_head = self._kept_tail = []
+        for buffer, _ in kept:
+            self._direct.pool.give(buffer)
+
+    def take_kept(self):
+        """
+        Hand over what the write kept (when its record is published, so
+        nothing writes from the buffers any more).
+
+        @return: a L{CachedChunk} of the chunk's data, or None when nothing
+            was kept.
+        """
+        if not self._keep or self._flushing:
+            self.drop_kept()
+            return None
+        kept, self._kept = self._kept, []
+        segments = list(self._kept_head)
+        segments.extend(memoryview(buffer)[:used] for buffer, used in kept)
+        segments.extend(self._kept_tail)
+        self._kept_head = self._kept_tail = []
+        entry = CachedChunk(segments, [buffer for buffer, _ in kept])
+        if entry.size != self.size:  # cannot happen; never serve a wrong entry
+            for buffer in entry.buffers:
+                self._direct.pool.give(buffer)
+            return None
+        return entry
 
     def _written_out(self):
         """@return: a Deferred firing when every piece is in the file."""
@@ -1351,6 +1483,7 @@ class _ChunkWrite:
             if self._error is not None:
                 raise NoSpace(self._error)
             if self._store._closed:
+                self.drop_kept()
                 self._release()
                 raise Busy("the store is closing")
             self._reserved = False

@@ -42,6 +42,8 @@ _OPTIONS = [
     ("staged-read-limit", "64MiB", "Memory that large GETs verified with direct I/O may hold "
                                    "to send from (one disk read per GET); GETs beyond it read "
                                    "twice.  0 turns it off."),
+    ("cache-size", "512MiB", "Memory for recently written chunks (PUTs flagged KEEP), to answer "
+                             "GETs of them without reading the disk.  0 turns it off."),
     ("server-id", None, "Stable id of this server [default: a uuid kept in DATA_DIR/server-id]."),
     ("advertise", None, "host:port others reach this server at [default: from --listen]."),
     ("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it)."),
@@ -70,6 +72,7 @@ class Options(usage.Options):
         self["group-id"] = self._number("group-id", int, minimum=1)
         self["volume-size"] = self._size("volume-size")
         self["staged-read-limit"] = self._size("staged-read-limit")
+        self["cache-size"] = self._size("cache-size")
         self["reserve"] = self._reserve()
         if self["volume-size"] < 1 << 20:
             raise usage.UsageError("--volume-size must be at least 1MiB")
@@ -237,7 +240,7 @@ class ChunkStoreService(Service):
 
 def open_chunk_store(reactor, options):
     """@return: a Deferred firing with the started L{speedy.chunkserver.store.ChunkStore}."""
-    from speedy.chunkserver.store import STAGED_READ_LIMIT, ChunkStore
+    from speedy.chunkserver.store import CACHE_SIZE, STAGED_READ_LIMIT, ChunkStore
 
     async def open_and_start():
         store = await maybeDeferred(
@@ -245,7 +248,8 @@ def open_chunk_store(reactor, options):
             volume_size=options["volume-size"], sync=options["sync"],
             reserve=options["reserve"], compact_threshold=options["compact-threshold"],
             direct_io=options.get("direct-io") or "auto",
-            staged_read_limit=options.get("staged-read-limit", STAGED_READ_LIMIT))
+            staged_read_limit=options.get("staged-read-limit", STAGED_READ_LIMIT),
+            cache_size=options.get("cache-size", CACHE_SIZE))
         await maybeDeferred(store.start)
         return store
 

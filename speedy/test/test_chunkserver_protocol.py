@@ -26,7 +26,7 @@ from speedy.errors import (
 from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
-    ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,
+    ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,
     GET_RESPONSE, HEADER_SIZE, LIST_BATCH, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, Header, frame)
 
@@ -368,8 +368,8 @@ class BadInputTests(ServerTestsMixin, SynchronousTestCase):
         self.connect()
         real_put = self.store.put
 
-        def put(file_id, size):
-            write = real_put(file_id, size)
+        def put(file_id, size, keep=False):
+            write = real_put(file_id, size, keep)
             real_write = write.write
 
             def failing_write(data):
@@ -491,6 +491,81 @@ class BadInputTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.transport.producerState, "producing")
         self.store.gates[1].callback(None)
         self.assertEqual([h.request_id for h, _ in self.responses()], [2])
+
+
+class KeepingStore(MemoryChunkStore):
+    """A memory store that records the C{keep} of every put."""
+
+    def __init__(self):
+        super().__init__()
+        self.keeps = []
+
+    def put(self, file_id, size, keep=False):
+        self.keeps.append((file_id, keep))
+        return super().put(file_id, size, keep)
+
+
+class FlagTests(ServerTestsMixin, SynchronousTestCase):
+    """Request flags: KEEP on a PUT reaches the store; any other flag, or
+    KEEP on another request, is refused."""
+
+    def test_keep_on_put(self):
+        self.connect(KeepingStore())
+        data = b"kept" * 100
+        self.send(frame(OP_PUT, 1, FILE_ID.pack(9) + data, FLAG_KEEP), piece=7)
+        header, body = self.only_response()
+        self.assertEqual((header.request_id, header.flags), (1, FLAG_RESPONSE))
+        self.assertEqual(CHUNK_INFO.unpack(body), (len(data), google_crc32c.value(data)))
+        self.send(put_request(2, 10, data))
+        self.only_response()
+        self.assertEqual(self.store.keeps, [(9, True), (10, False)])
+        self.assertEqual(self.store.contents(9), data)
+
+    def test_keep_refused_on_other_requests(self):
+        """KEEP on a GET, STAT, DELETE or PING: BAD_REQUEST, the body
+        skipped, nothing done, and the connection goes on."""
+        self.connect()
+        self.send(put_request(1, 7, b"abc"))
+        self.only_response()
+        requests = [
+            frame(OP_GET, 2, GET_REQUEST.pack(7, 0, ALL_BYTES), FLAG_KEEP),
+            frame(OP_STAT, 3, FILE_ID.pack(7), FLAG_KEEP),
+            frame(OP_DELETE, 4, FILE_ID.pack(7), FLAG_KEEP),
+            frame(OP_PING, 5, flags=FLAG_KEEP),
+        ]
+        self.send(b"".join(requests) + frame(OP_PING, 6))
+        responses = self.responses()
+        for response, request_id in zip(responses, [2, 3, 4, 5]):
+            self.assertError(response, BadRequest, request_id)
+        self.assertEqual(responses[4][0].flags, FLAG_RESPONSE)
+        self.assertEqual(self.store.contents(7), b"abc")
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_other_known_flags_refused_on_put(self):
+        """A PUT flagged RESPONSE (with or without KEEP): refused, its body
+        skipped, nothing stored."""
+        self.connect(KeepingStore())
+        self.send(frame(OP_PUT, 1, FILE_ID.pack(7) + b"abc", FLAG_RESPONSE)
+                  + frame(OP_PUT, 2, FILE_ID.pack(8) + b"abc", FLAG_RESPONSE | FLAG_KEEP)
+                  + frame(OP_PING, 3))
+        first, second, ping = self.responses()
+        self.assertError(first, BadRequest, 1)
+        self.assertError(second, BadRequest, 2)
+        self.assertEqual(ping[0].flags, FLAG_RESPONSE)
+        self.assertEqual((self.store.keeps, list(self.store.file_ids())), ([], []))
+
+    def test_unknown_flag_bits(self):
+        """Flag bits the protocol does not define: a bad frame, answered,
+        then the connection closes."""
+        self.connect()
+        raw = bytearray(put_request(1, 7, b"abc"))
+        raw[6] = FLAG_KEEP | 0x10
+        self.send(bytes(raw))
+        header, body = self.only_response()
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.factory.counters["bad_frames"], 1)
+        self.assertEqual(list(self.store.file_ids()), [])
 
 
 class TLSTests(ServerTestsMixin, SynchronousTestCase):

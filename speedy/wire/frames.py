@@ -49,7 +49,12 @@ FLAG_RESPONSE = 0x01
 FLAG_ERROR = 0x02
 #: More response frames follow for this request id (LIST).
 FLAG_MORE = 0x04
-KNOWN_FLAGS = FLAG_RESPONSE | FLAG_ERROR | FLAG_MORE
+#: On a PUT request: keep the chunk in the server's memory cache, this
+#: replica is the one reads of it go to first.
+FLAG_KEEP = 0x08
+KNOWN_FLAGS = FLAG_RESPONSE | FLAG_ERROR | FLAG_MORE | FLAG_KEEP
+#: The flags a request may carry, by opcode; every other request sends 0.
+REQUEST_FLAGS = {OP_PUT: FLAG_KEEP}
 
 #: The largest chunk a PUT may carry, and the largest body of any frame.
 MAX_CHUNK = 64 * 1024 * 1024
