@@ -23,10 +23,14 @@ class IChunkStore(Interface):
         "True while the store takes no writes (below its free-space reserve, "
         "or set read-only); reads and deletes still work.")
 
-    def put(file_id, size):
+    def put(file_id, size, keep=False):
         """
         Begin storing a chunk of exactly C{size} bytes under C{file_id}.
 
+        @param keep: a hint (the wire's C{KEEP} flag): keep the chunk in
+            the store's memory cache, reads of it are to come here first.  A
+            store without a cache, or a chunk it does not cache (too small,
+            a repeated put), ignores it.
         @return: an L{IChunkWrite} to stream the bytes into.
         @raise ReadOnly: the store takes no writes.
         @raise TooLarge: C{size} exceeds the largest chunk a volume can hold.
@@ -187,7 +191,7 @@ class IChunkClient(Interface):
     timeouts as L{Timeout}; unreachable peers as L{ConnectionFailed}.
     """
 
-    def put(address, file_id, data):
+    def put(address, file_id, data, keep=False):
         """
         Store a whole chunk under C{file_id}.
 
@@ -195,6 +199,9 @@ class IChunkClient(Interface):
             bytes-like pieces holding it in order (sent one after the
             other, never joined).  Leave it unchanged until the Deferred
             fired.
+        @param keep: ask the chunkserver to keep the chunk in its memory
+            cache: it is the replica reads of the chunk go to first
+            (L{speedy.imageserver.placement.preferred_replica}).
 
         @return: a Deferred firing with the L{speedy.records.ChunkInfo} once
             the chunkserver acknowledged it durable.

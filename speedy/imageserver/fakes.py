@@ -44,6 +44,7 @@ class FakeChunkServer:
         self.address = address
         self.chunks = {}
         self.crcs = {}
+        self.kept = set()  # file ids put with keep=True
         self.mode = None
 
 
@@ -114,10 +115,11 @@ class FakeChunkClient:
         except Exception as e:
             return fail(e)
 
-    def put(self, address, file_id, data):
+    def put(self, address, file_id, data, keep=False):
         """Store C{data} (bytes-like, or a list or tuple of bytes-like
         pieces), read when the put is carried out (a held one on release),
-        as a connection reads a body only as it sends it."""
+        as a connection reads a body only as it sends it; a kept put's id
+        goes in the server's C{kept}."""
 
         def store(server):
             chunk = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
@@ -126,6 +128,8 @@ class FakeChunkClient:
                 raise errors.ChunkExists(f"{file_id} on {address}")
             server.chunks[file_id] = chunk
             server.crcs[file_id] = crc32c(chunk)
+            if keep:
+                server.kept.add(file_id)
             if server.mode == PARTIAL:
                 raise errors.ConnectionFailed(f"{address} dropped the acknowledgement")
             return ChunkInfo(file_id, len(chunk), server.crcs[file_id])

@@ -1,7 +1,10 @@
 # -*- test-case-name: speedy.test.test_imageserver_replication -*-
 """
-Which replica group takes the next chunk.
+Which replica group takes the next chunk, and which replica of a group
+reads of a chunk go to first.
 """
+
+from hashlib import blake2b
 
 from speedy import errors
 
@@ -30,3 +33,21 @@ def choose_group(view, size, pending, rng, exclude=()):
     best = candidates[: len(candidates) // 10 + 3]
     least = min(pending.get(g.group_id, 0) for g in best)
     return rng.choice([g for g in best if pending.get(g.group_id, 0) == least])
+
+
+def preferred_replica(servers, file_id):
+    """
+    The replica that keeps chunk C{file_id} in its memory cache and serves
+    its reads first, chosen by rendezvous hashing: the server whose hash of
+    C{(file_id, server_id)} is highest.  Every imageserver picks the same
+    one with no coordination, chunks spread evenly over a group's members,
+    and a member leaving moves only the chunks it was preferred for.
+
+    @param servers: the group's L{ServerView}s.
+    @return: one of C{servers}, or None when there are none.
+    """
+    return max(servers, key=lambda s: _score(file_id, s.server_id), default=None)
+
+
+def _score(file_id, server_id):
+    return blake2b(b"%d/%s" % (file_id, str(server_id).encode()), digest_size=8).digest()

@@ -1,7 +1,8 @@
 # -*- test-case-name: speedy.test.test_imageserver_reader -*-
 """
 Reading chunks back: L{ReplicaReader} fetches one chunk (or a range of it)
-from the least-loaded replica and fails over to the next on an error, a
+from its preferred replica (the one keeping it in memory) or, when that
+one is busy, the least-loaded, and fails over to the next on an error, a
 timeout or damaged bytes, reporting the bad replicas it meets, or streams
 it, resuming from the next replica where one broke off; L{FileReader}
 streams a byte range of a file into a consumer in order as the bytes
@@ -23,6 +24,10 @@ log = Logger()
 
 #: Errors by which a replica says it is bad itself.
 _BAD_REPLICA = (errors.ChunkNotFound, errors.ChecksumMismatch)
+
+#: How many more reads in flight from here a chunk's preferred replica may
+#: have than the least busy member of its group and still be read first.
+AFFINITY_SLACK = 4
 
 #: The most bytes handed to a consumer in one C{write}, so that a pause takes
 #: effect within a chunk.  As large as the chunk client's reads
@@ -109,8 +114,12 @@ class ReplicaReader:
         """The storage's counters, where reads count their failovers and failures."""
         return self._storage.counters
 
-    def by_load(self, group_id):
+    def by_load(self, group_id, file_id=None):
         """
+        @param file_id: the chunk to be read, if any: its preferred replica
+            (the storage's C{preferred}, the one keeping it in memory) comes first
+            unless it is down or has more than C{AFFINITY_SLACK} reads in
+            flight from here beyond the least busy member's.
         @return: the servers of a group, the ones not down first, then the
             least busy reading from here, ties in random order.
         @raise Unavailable: the group is not in the cluster view.
@@ -120,9 +129,15 @@ class ReplicaReader:
         group = None if view is None else view.groups.get(group_id)
         if group is None:
             raise errors.Unavailable(f"group {group_id} is not in the cluster view")
-        return sorted(
-            group.servers,
-            key=lambda s: (s.state == DOWN, self.reading[s.address], storage.rng.random()))
+        keeper = None if file_id is None else storage.preferred(group.servers, file_id)
+
+        def key(server):
+            load = self.reading[server.address]
+            if server is keeper:
+                load -= AFFINITY_SLACK
+            return server.state == DOWN, load, server is not keeper, storage.rng.random()
+
+        return sorted(group.servers, key=key)
 
     async def _stream(self, group_id, file_id, offset, length, sink):
         storage = self._storage
@@ -134,7 +149,7 @@ class ReplicaReader:
             sink(piece)
 
         reasons = []
-        for server in self.by_load(group_id):
+        for server in self.by_load(group_id, file_id):
             self.reading[server.address] += 1
             try:
                 await storage.client.get_stream(
@@ -164,7 +179,7 @@ class ReplicaReader:
         finds nothing wrong with (it returns the problem, or None).
         """
         storage = self._storage
-        servers = self.by_load(group_id)
+        servers = self.by_load(group_id, file_id)
         reasons = []
         missing = 0
         for server in servers:

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from speedy import errors
 from speedy.crc import crc32c as crc32c_of
-from speedy.imageserver.placement import choose_group
+from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
@@ -50,10 +50,14 @@ class ReplicatedStorage:
     @param parallelism: chunks in flight per writer, and chunks fetched
         ahead per reader.
     @param tries: groups a chunk is tried on before the write fails.
+    @param preferred: C{preferred(servers, file_id)} picks the member of a
+        group that keeps chunk C{file_id} in memory (its put carries
+        C{keep}) and is read from first (L{ReplicaReader.by_load}).
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
-                 chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None):
+                 chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
+                 preferred=preferred_replica):
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -63,6 +67,7 @@ class ReplicatedStorage:
         self.parallelism = parallelism
         self.tries = tries
         self.rng = rng or random.Random()
+        self.preferred = preferred
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
         #: counts for status pages and tests
@@ -185,9 +190,11 @@ class ReplicatedStorage:
             file_id = await self.file_ids.next()
             ref = ChunkRef(group.group_id, file_id, size, crc32c)
             self.pending[group.group_id] += 1
+            keeper = self.preferred(group.servers, file_id)
             try:
                 results = await DeferredList(
-                    [self.client.put(s.address, file_id, pieces) for s in group.servers],
+                    [self.client.put(s.address, file_id, pieces, keep=s is keeper)
+                     for s in group.servers],
                     consumeErrors=True)
             finally:
                 self.pending[group.group_id] -= 1

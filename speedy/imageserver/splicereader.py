@@ -111,7 +111,7 @@ class SpliceFileReader:
                 continue
             chunk, offset, length = self._segments[index]
             try:
-                servers = self._replicas.by_load(chunk.group_id)
+                servers = self._replicas.by_load(chunk.group_id, chunk.file_id)
             except errors.Unavailable:
                 continue  # the segment fails at its turn
             address = servers[0].address
@@ -124,7 +124,7 @@ class SpliceFileReader:
         replicas = self._replicas
         servers, get = self._prefetched.pop(index, (None, None))
         if servers is None:
-            servers = replicas.by_load(chunk.group_id)
+            servers = replicas.by_load(chunk.group_id, chunk.file_id)
         reached = 0  # bytes of the segment that went into the pipe
         reasons = []
         for server in servers:

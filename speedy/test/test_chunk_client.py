@@ -25,7 +25,7 @@ from speedy.test.test_chunkserver_protocol import GatedStore
 from speedy.wire.client import ChunkClient, parse_address
 from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
 from speedy.wire.frames import (
-    CHUNK_INFO, FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, OP_GET, OP_PING, OP_PUT, OP_STAT,
+    CHUNK_INFO, FILE_ID, FLAG_KEEP, FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, OP_GET, OP_PING, OP_PUT, OP_STAT,
     Header, frame)
 
 ADDRESS = "127.0.0.1:8000"
@@ -290,6 +290,15 @@ class ConnectionTests(SynchronousTestCase):
     def feed(self, data):
         for i in range(len(data)):
             self.connection.dataReceived(data[i:i + 1])
+
+    def test_put_with_keep_carries_the_flag(self):
+        """C{ChunkClient.put(keep=True)} asks the server to keep the chunk
+        in memory: the PUT frame carries C{KEEP}, and only that flag."""
+        d = self.connection.request(OP_PUT, FILE_ID.pack(7), b"data", flags=FLAG_KEEP)
+        d.addErrback(lambda f: f.trap(ConnectionFailed))  # never answered
+        header = Header.unpack(self.transport.value()[:HEADER_SIZE])
+        self.assertEqual((header.opcode, header.flags, header.body_length),
+                         (OP_PUT, FLAG_KEEP, FILE_ID.size + 4))
 
     def test_get_byte_at_a_time(self):
         data = b"some chunk bytes"

@@ -3,6 +3,9 @@ Tests for L{speedy.imageserver.reader}: failover reads with bad-replica
 reports, read-ahead in order, byte ranges, back-pressure and cancellation.
 """
 
+from collections import Counter
+
+from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
@@ -10,8 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import errors
 from speedy.imageserver.fakes import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
-from speedy.imageserver.reader import WRITE_PIECE, segments
-from speedy.records import ChunkRef
+from speedy.imageserver.placement import preferred_replica
+from speedy.imageserver.reader import AFFINITY_SLACK, WRITE_PIECE, segments
+from speedy.records import DOWN as STATE_DOWN, ChunkRef
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
 DATA = bytes(range(256)) * 4  # 1024 bytes: 8 chunks of 128
@@ -65,6 +69,38 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(segments(refs, 30, 0), [])
         with self.assertRaises(errors.RangeNotSatisfiable):
             segments(refs, 25, 6)
+
+    def test_reads_go_to_the_preferred_replica(self):
+        """Each chunk is read from its preferred replica (the one that kept
+        it in memory), not spread over the group at random."""
+        d, consumer = self.read()
+        self.successResultOf(d)
+        servers = self.cluster.view.current.groups[1].servers
+        expected = Counter(preferred_replica(servers, r.file_id).address for r in self.refs)
+        got = Counter({address: n for (op, address), n in self.client.calls.items()
+                       if op.startswith("get")})
+        self.assertEqual(got, expected)
+
+    def test_busy_or_down_preferred_replica_is_passed_over(self):
+        """The preferred replica leads while it has at most
+        C{AFFINITY_SLACK} more reads in flight than the least busy member;
+        beyond that, or when it is down, the least busy goes first."""
+        replicas = self.storage.replicas
+        servers = self.cluster.view.current.groups[1].servers
+        file_id = self.refs[0].file_id
+        keeper = preferred_replica(servers, file_id)
+        self.assertIs(replicas.by_load(1, file_id)[0], keeper)
+        replicas.reading[keeper.address] = AFFINITY_SLACK
+        self.assertIs(replicas.by_load(1, file_id)[0], keeper)
+        replicas.reading[keeper.address] = AFFINITY_SLACK + 1
+        self.assertIsNot(replicas.by_load(1, file_id)[0], keeper)
+        replicas.reading[keeper.address] = 0
+        view = self.cluster.view.current
+        group = view.groups[1]
+        servers = tuple(evolve(s, state=STATE_DOWN) if s is keeper else s for s in group.servers)
+        self.cluster.view.current = evolve(
+            view, groups={1: evolve(group, servers=servers)})
+        self.assertEqual(replicas.by_load(1, file_id)[-1].server_id, keeper.server_id)
 
     def test_failover_on_down_and_slow(self):
         """A replica that is down or times out is skipped; it is not reported

@@ -6,6 +6,7 @@ Tests for the imageserver's write path: group choice
 """
 
 import random
+from collections import Counter
 
 import google_crc32c
 from twisted.internet.defer import Deferred
@@ -17,7 +18,7 @@ from speedy import errors
 from speedy.imageserver.clusterview import ClusterView, GroupView, ServerView
 from speedy.imageserver.fakes import DOWN, PARTIAL, SLOW, FakeCluster, FakeMaster
 from speedy.imageserver.fileids import FileIdRange
-from speedy.imageserver.placement import choose_group
+from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import DOWN as STATE_DOWN, RW
 
@@ -70,6 +71,32 @@ class PlacementTests(SynchronousTestCase):
     def test_no_view(self):
         with self.assertRaises(errors.NoWritableGroup):
             choose_group(None, 1, {}, random.Random(0))
+
+    def test_preferred_replica_is_agreed_and_spread(self):
+        """Every imageserver (whatever order its view lists a group in)
+        names the same preferred replica for a chunk, and the chunks of a
+        group spread evenly over its members."""
+        servers = group(1, 1000).servers
+        counts = Counter()
+        for file_id in range(3000):
+            keeper = preferred_replica(servers, file_id)
+            self.assertIs(preferred_replica(servers[::-1], file_id), keeper)
+            counts[keeper.server_id] += 1
+        self.assertEqual(len(counts), 3)
+        for n in counts.values():
+            self.assertTrue(850 <= n <= 1150, counts)
+
+    def test_preferred_replica_moves_only_from_a_member_gone(self):
+        """When a member leaves, the chunks it was preferred for move to the
+        others; no other chunk changes its preferred replica."""
+        servers = group(1, 1000, n=4).servers
+        gone = servers[1]
+        for file_id in range(1000):
+            before = preferred_replica(servers, file_id)
+            after = preferred_replica([s for s in servers if s is not gone], file_id)
+            if before is not gone:
+                self.assertIs(after, before)
+        self.assertIsNone(preferred_replica((), 1))
 
 
 class FileIdRangeTests(SynchronousTestCase):
@@ -158,14 +185,24 @@ class WriterTests(SynchronousTestCase):
         _, refs = self.write()
         self.assertEqual(refs, ())
 
+    def test_preferred_replica_keeps_the_chunk(self):
+        """Each chunk's put carries C{keep} to its preferred replica only:
+        the one its reads go to first keeps it in memory."""
+        _, refs = self.write(bytes(range(40)))
+        for ref in refs:
+            servers = self.cluster.view.current.groups[ref.group_id].servers
+            keepers = [s for s in servers
+                       if ref.file_id in self.cluster.client.server(s.address).kept]
+            self.assertEqual(keepers, [preferred_replica(servers, ref.file_id)])
+
     def record_puts(self):
         """@return: the list the C{data} of each put is appended to."""
         received = []
         put = self.cluster.client.put
 
-        def recording_put(address, file_id, data):
+        def recording_put(address, file_id, data, keep=False):
             received.append(data)
-            return put(address, file_id, data)
+            return put(address, file_id, data, keep)
         self.patch(self.cluster.client, "put", recording_put)
         return received
 

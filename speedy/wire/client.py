@@ -29,7 +29,7 @@ from speedy.records import ChunkInfo
 from speedy.wire.connection import ChunkClientProtocol
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
-    FILE_ID, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
+    FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS)
 
 
@@ -78,21 +78,22 @@ class ChunkClient:
             pool = self._pools[address] = _ServerPool(self, address)
         return pool
 
-    def _request(self, address, opcode, body=b"", data=None, sink=None, length=None):
+    def _request(self, address, opcode, body=b"", data=None, sink=None, length=None, flags=0):
         try:
             pool = self._pool(address)
         except ConnectionFailed as e:
             return fail(e)
-        return pool.request(opcode, body, data, sink, length)
+        return pool.request(opcode, body, data, sink, length, flags)
 
-    def put(self, address, file_id, data):
+    def put(self, address, file_id, data, keep=False):
         """
         Send C{data} (bytes-like, or a list or tuple of bytes-like pieces)
         without joining or copying its C{bytes} on plain TCP.
 
         @return: see L{IChunkClient.put}.
         """
-        d = self._request(address, OP_PUT, FILE_ID.pack(file_id), data)
+        d = self._request(address, OP_PUT, FILE_ID.pack(file_id), data,
+                          flags=FLAG_KEEP if keep else 0)
         return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
 
     def get(self, address, file_id, offset=0, length=None):
@@ -177,19 +178,19 @@ class _ServerPool:
         self._failures = 0
         self._retry_at = 0.0
 
-    def request(self, opcode, body, data, sink=None, length=None):
+    def request(self, opcode, body, data, sink=None, length=None, flags=0):
         """
         @return: the Deferred of the request, sent on a pooled connection
             (see L{ChunkClientProtocol.request} for the arguments).
         """
         connection = self._choose()
         if connection is not None:
-            return connection.request(opcode, body, data, sink, length)
+            return connection.request(opcode, body, data, sink, length, flags)
         sent = []  # the request, once a connection was found for it
 
         def send(connection):
             if not answer.called:  # else cancelled meanwhile
-                sent.append(connection.request(opcode, body, data, sink, length))
+                sent.append(connection.request(opcode, body, data, sink, length, flags))
                 sent[0].chainDeferred(answer)
 
         def no_connection(reason):

@@ -131,7 +131,7 @@ class ChunkClientProtocol(Protocol):
 
     # --- requests out ----------------------------------------------------
 
-    def request(self, opcode, body=b"", data=None, sink=None, length=None):
+    def request(self, opcode, body=b"", data=None, sink=None, length=None, flags=0):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
         after it (bytes-like, or a list or tuple of bytes-like pieces: see
@@ -157,7 +157,7 @@ class ChunkClientProtocol(Protocol):
         body_length = len(body) + (0 if chunk is None else chunk.length)
         if body_length > MAX_BODY:
             return fail(TooLarge(f"a body of {body_length} bytes exceeds the limit of {MAX_BODY}"))
-        head = Header(opcode, request_id, body_length).pack() + body
+        head = Header(opcode, request_id, body_length, flags=flags).pack() + body
         call = _Call(self, request_id, opcode, self._clock.seconds(), sink, length)
         self._calls[request_id] = call
         self._watch()
