@@ -133,6 +133,7 @@ class ClusterPlan:
     imageserver_workers: int = 1
     chunk_size: int | None = None
     volume_size: int | None = None
+    cache_size: int | None = None
     heartbeat_interval: float | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -146,7 +147,7 @@ class ClusterPlan:
         ports, chunkservers on C{chunkserver_port} and the ones after it.
         A port of 0 gives every role of that kind a free port of its own.
 
-        @param options: C{chunk_size}, C{volume_size}, C{heartbeat_interval},
+        @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{heartbeat_interval},
             C{cluster_secret}, C{admin_token}.
         @raise ClusterError: on counts that cannot make a cluster.
         @return: a L{ClusterPlan}.
@@ -203,6 +204,8 @@ class ClusterPlan:
                     "--master", self.master_url, "--cluster-secret", self.cluster_secret]
             if self.volume_size is not None:
                 args += ["--volume-size", str(self.volume_size)]
+            if self.cache_size is not None:
+                args += ["--cache-size", str(self.cache_size)]
             if self.heartbeat_interval is not None:
                 args += ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
             chunkservers.append(Role(f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args),
@@ -718,6 +721,8 @@ class UpOptions(_ClusterOptions):
         ["chunkserver-port", None, 8001, "first chunkserver port", int],
         ["chunk-size", None, None, "imageserver chunk size (e.g. 4MiB)", parse_size],
         ["volume-size", None, "256MiB", "size of each chunkserver volume file (preallocated)", parse_size],
+        ["cache-size", None, None, "memory cache of each chunkserver, reserved at its start "
+         "(default: the chunkserver's, 512MiB)", parse_size],
         ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
         ["start-timeout", None, 60.0, "seconds each role has to become healthy", float],
     ]
@@ -755,6 +760,7 @@ async def _run_up(reactor, var, options):
         imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
         group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
+        cache_size=options["cache-size"],
         heartbeat_interval=options["heartbeat-interval"])
     existing = read_state(var)
     if existing is not None and (

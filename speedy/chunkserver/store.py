@@ -740,6 +740,33 @@ class ChunkStore:
         self.counters["deletes"] += 1
         return self._durable(volume)
 
+    def reserve_cache(self):
+        """
+        Fault in the chunk cache's memory now, in a thread, and stock the
+        staging pool with it, so that the first writes kept for the cache
+        do not touch new memory on their way (in a VM, memory touched for
+        the first time costs far more than memory reused).  The chunkserver
+        calls this once it has started.
+
+        @return: a Deferred firing with the number of buffers stocked (0
+            without a cache, or when the store closed meanwhile).
+        """
+        cache, pool = self._cache, self._staging
+        if cache is None or self._closed:
+            return succeed(0)
+        count = cache.budget // pool.size
+        d = self._run_in_thread(populated_buffers, pool.size, count)
+
+        def stock(buffers):
+            if self._closed:
+                return 0
+            pool.reserved = max(pool.reserved, count * pool.size)
+            before = pool.idle
+            pool.stock(buffers)
+            return pool.idle - before
+
+        return d.addCallback(stock)
+
     # --- reads ---------------------------------------------------------
 
     def get(self, file_id, offset=0, length=None):
@@ -1078,6 +1105,9 @@ class _StagingPool:
     it evicts or drops are taken again by the next writes instead of being
     unmapped and new memory touched, and the cache and the idle buffers
     together never hold more than the cache's budget on top of C{keep}.
+    Once L{stock} was given the cache's budget in buffers (C{reserved}
+    bytes, L{ChunkStore.reserve_cache}), it is kept as if the cache had
+    held it already.
     """
 
     def __init__(self, size, keep):
@@ -1086,6 +1116,7 @@ class _StagingPool:
         self._idle = []
         self.lent = 0
         self.cache = None
+        self.reserved = 0
 
     def take(self):
         """@return: a buffer of C{size} bytes."""
@@ -1097,11 +1128,36 @@ class _StagingPool:
     def give(self, buffer):
         """Take back a buffer no thread uses any more."""
         self.lent -= 1
+        if len(self._idle) < self._most_idle():
+            self._idle.append(buffer)
+
+    def stock(self, buffers):
+        """Add new buffers, never lent, to the idle ones (as many as may
+        be kept)."""
+        room = max(0, self._most_idle() - len(self._idle))
+        self._idle.extend(buffers[:room])
+
+    @property
+    def idle(self):
+        """The number of idle buffers kept."""
+        return len(self._idle)
+
+    def _most_idle(self):
         keep = self._keep
         if self.cache is not None:
-            keep += max(0, self.cache.peak - self.cache.buffer_bytes) // self.size
-        if len(self._idle) < keep:
-            self._idle.append(buffer)
+            held = max(self.cache.peak, self.reserved)
+            keep += max(0, held - self.cache.buffer_bytes) // self.size
+        return keep
+
+
+def populated_buffers(size, count):
+    """
+    @return: C{count} staging buffers (shared anonymous C{mmap}s like the
+        pool's own) of C{size} bytes, their pages faulted in by the kernel
+        (C{MAP_POPULATE}).  Runs in a thread.
+    """
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return [mmap.mmap(-1, size, flags=flags) for _ in range(count)]
 
 
 class _StagedSpan:

@@ -26,6 +26,8 @@ from speedy.config import fill_options
 from speedy.errors import Unavailable
 from speedy.units import parse_size
 
+log = Logger()
+
 #: Every option, its default (None: none), and its help.  The same names
 #: are the keys of the [chunkserver] section of a --config file.
 _OPTIONS = [
@@ -251,6 +253,9 @@ def open_chunk_store(reactor, options):
             staged_read_limit=options.get("staged-read-limit", STAGED_READ_LIMIT),
             cache_size=options.get("cache-size", CACHE_SIZE))
         await maybeDeferred(store.start)
+        # In the background: the store serves meanwhile.
+        store.reserve_cache().addErrback(
+            lambda f: log.failure("reserving the chunk cache's memory failed", f))
         return store
 
     return Deferred.fromCoroutine(open_and_start())

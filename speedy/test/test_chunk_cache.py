@@ -387,6 +387,38 @@ class CachedPutTests(CacheStoreMixin, SynchronousTestCase):
         self.put_kept(store, 100, os.urandom(3 * MiB + 100))
         self.assertTrue({id(b) for b in store._cache._entries[100].buffers} <= idle)
 
+    def test_reserved_cache_memory_is_used_by_kept_puts(self):
+        """C{reserve_cache} stocks the pool with the cache's budget in
+        buffers, faulted in at once; kept puts take those buffers, and what
+        the cache evicts goes back to them: the cache and the idle buffers
+        stay within the budget on top of the pool's own allowance."""
+        store = self.open_store(cache_size=12 * MiB, staged_read_limit=0)
+        pool = store._staging
+        before = pool.idle
+        stocked = self.successResultOf(store.reserve_cache())
+        self.assertEqual(stocked, 12 * MiB // pool.size)
+        self.assertEqual(pool.idle, before + stocked)
+        reserved = {id(b) for b in pool._idle}
+        for n in range(8):  # 8 x 3 MiB through a 12 MiB cache: evictions
+            data = os.urandom(3 * MiB + 100)
+            self.put_kept(store, n, data)
+            held = {id(b) for e in store._cache._entries.values() for b in e.buffers}
+            self.assertTrue(held <= reserved, "a kept put touched new memory")
+            self.assertLessEqual(len(held) + pool.idle,
+                                 STAGING_POOL_SIZE + 12 * MiB // pool.size)
+        self.assertEqual(self.read(store, 7), data)
+        self.assertEqual(pool.lent - self.lent_at_start, self.held_by_cache(store))
+
+    def test_reserve_without_cache_or_after_close(self):
+        """Nothing is reserved without a cache, nor once the store closed."""
+        store = self.open_store(cache_size=0)
+        self.assertEqual(self.successResultOf(store.reserve_cache()), 0)
+        store = self.open_store(cache_size=4 * MiB)
+        idle = store._staging.idle
+        self.successResultOf(store.close())
+        self.assertEqual(self.successResultOf(store.reserve_cache()), 0)
+        self.assertEqual(store._staging.idle, idle)
+
     def test_pool_without_kept_puts(self):
         """A store whose cache never held anything keeps the pool's own
         allowance of idle buffers only."""

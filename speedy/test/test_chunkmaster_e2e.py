@@ -55,7 +55,8 @@ class ChunkmasterEndToEnd:
             "speedy-chunkserver",
             ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--group-id", "1", "--master", f"http://127.0.0.1:{self.master_port}",
-             "--cluster-secret", SECRET, "--heartbeat-interval", "0.5", "--volume-size", "16MiB"],
+             "--cluster-secret", SECRET, "--heartbeat-interval", "0.5", "--volume-size", "16MiB",
+             "--cache-size", "8MiB"],
             port=port, workdir=self.workdir, name=f"cs{n}")
         daemon.address = f"127.0.0.1:{port}"
         self.addCleanup(daemon.stop)

@@ -34,7 +34,8 @@ class ChunkserverProcessTests(TestCase):
             "speedy-chunkserver",
             ["--data-dir", os.path.join(self.workdir, "data"),
              "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--group-id", "1", "--volume-size", "64MiB", "--reserve", "0"],
+             "--group-id", "1", "--volume-size", "64MiB", "--reserve", "0",
+             "--cache-size", "32MiB"],
             port=self.port, workdir=self.workdir)
         self.daemon.start()
         self.addCleanup(self.daemon.stop)

@@ -26,6 +26,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from speedy.chunkserver.tap import server_id as chunkserver_id
+from speedy.chunkserver.volume import HEADER_SIZE, RecordHeader
+from speedy.imageserver.clusterview import ServerView
+from speedy.imageserver.placement import preferred_replica
 from speedy.metadata import open_store
 from speedy.test.processes import Daemon, free_port
 
@@ -50,7 +54,8 @@ class Cluster:
             self.chunkservers.append(self._start("speedy-chunkserver", port, f"cs{i}", [
                 "--data-dir", os.path.join(self.workdir, f"cs{i}"), "--group-id", str(i // 3 + 1),
                 "--master", self.master_url, "--cluster-secret", SECRET,
-                "--volume-size", "64MiB", "--reserve", "1MiB", "--heartbeat-interval", "0.5"]))
+                "--volume-size", "64MiB", "--reserve", "1MiB", "--heartbeat-interval", "0.5",
+                "--cache-size", "32MiB"]))
         self.imageservers = []
         self.imageserver_daemons = []
         for i in range(2):
@@ -246,24 +251,30 @@ class EndToEndTests(TestCase):
 
     async def damaged_replica(self):
         """
-        A byte flipped in two of the three replicas of a chunk: every read
-        is still correct (from the third), and the damage is recorded for
-        repair.
+        A byte flipped in two of the three replicas of a chunk, the one its
+        reads go to first among them: every read is still correct (from the
+        third), and the damage is recorded for repair.
         """
         marker = b"speedy-e2e-marker!" * 64
         data = (marker + os.urandom(100)) * 100
         a, b = self.cluster.imageservers
         code, _ = await self.put(a, "e2e/damaged", data)
         self.assertEqual(code, 201)
-        flipped = 0
+        replicas = {}  # server id -> the volume file holding the chunk
+        file_id = None
         for i, daemon in enumerate(self.cluster.chunkservers):
-            if flipped == 2:
-                break
-            for path in glob.glob(os.path.join(self.cluster.workdir, f"cs{i}", "*")):
-                if os.path.isfile(path) and _flip_after(path, marker):
-                    flipped += 1
-                    break
-        self.assertEqual(flipped, 2)
+            data_dir = os.path.join(self.cluster.workdir, f"cs{i}")
+            for path in glob.glob(os.path.join(data_dir, "volume-*")):
+                header = _header_before(path, marker)
+                if header is not None:
+                    replicas[chunkserver_id(data_dir)] = path
+                    file_id = header.file_id
+        self.assertEqual(len(replicas), 3)
+        keeper = preferred_replica(
+            [ServerView(sid, "", "RW") for sid in sorted(replicas)], file_id).server_id
+        other = min(sid for sid in replicas if sid != keeper)
+        for sid in (keeper, other):
+            self.assertTrue(_flip_after(replicas[sid], marker))
         for _ in range(10):
             code, body = await self.get(b, "e2e/damaged")
             self.assertTrue(code == 200 and body == data, "a damaged read got through")
@@ -274,6 +285,17 @@ class EndToEndTests(TestCase):
         finally:
             await store.close()
         self.assertTrue(bad, "no bad replica was recorded")
+
+
+def _header_before(path, marker):
+    """@return: the L{RecordHeader} of the record whose data starts with the
+    first C{marker} in the volume file at C{path}, or None."""
+    with open(path, "rb") as f:
+        content = f.read()
+    at = content.find(marker)
+    if at < HEADER_SIZE:
+        return None
+    return RecordHeader.unpack(content[at - HEADER_SIZE:at])
 
 
 def _flip_after(path, marker):

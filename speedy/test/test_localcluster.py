@@ -76,13 +76,14 @@ class ClusterPlanTests(SynchronousTestCase):
         """Chunkservers fill replica groups of three in order, each with its
         own data dir, and know the master and the secret."""
         var = os.path.abspath("v")
-        servers = [r for r in plan(var, chunkservers=6, volume_size=1 << 28,
+        servers = [r for r in plan(var, chunkservers=6, volume_size=1 << 28, cache_size=1 << 25,
                                    heartbeat_interval=0.5).roles() if r.plugin == "speedy-chunkserver"]
         self.assertEqual([option_after(r.args, "--group-id") for r in servers], ["1", "1", "1", "2", "2", "2"])
         self.assertEqual(servers[4].args, (
             "--data-dir", f"{var}/chunkserver-5", "--listen", "tcp:8005:interface=127.0.0.1",
             "--group-id", "2", "--master", "http://127.0.0.1:8099", "--cluster-secret", "S",
-            "--volume-size", str(1 << 28), "--heartbeat-interval", "0.5"))
+            "--volume-size", str(1 << 28), "--cache-size", str(1 << 25),
+            "--heartbeat-interval", "0.5"))
         self.assertEqual([r.health_url for r in servers], [None] * 6)
 
     def test_imageserver_command_lines(self):
@@ -674,7 +675,8 @@ class RealClusterTests(SynchronousTestCase):
         registry = f"127.0.0.1:{free_port()}"
         up = subprocess.Popen(
             [sys.executable, TOOL, "up", "--var", var, "--registry", registry, "--master-port", "0",
-             "--chunkserver-port", "0", "--volume-size", "64MiB", "--heartbeat-interval", "0.5",
+             "--chunkserver-port", "0", "--volume-size", "64MiB", "--cache-size", "16MiB",
+             "--heartbeat-interval", "0.5",
              "--imageserver-workers", "2"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.addCleanup(self.stop_anyway, up, var)

@@ -212,7 +212,7 @@ class SpeedyLocalCluster:
         self.supervisor = subprocess.Popen(
             [sys.executable, TOOL, "up", "--var", self.var, "--registry", "127.0.0.1:0",
              "--master-port", "0", "--chunkserver-port", "0", "--imageservers", "2",
-             "--chunk-size", str(CHUNK_SIZE), "--volume-size", "256MiB",
+             "--chunk-size", str(CHUNK_SIZE), "--volume-size", "256MiB", "--cache-size", "32MiB",
              "--heartbeat-interval", "0.5", "--start-timeout", "60"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
