@@ -1324,14 +1324,14 @@ class _ChunkWrite:
             # Its volume's descriptor may be closed (and its number reused).
             self.abort()
             raise Busy("the store is closing")
-        piece = data if type(data) is bytes else bytes(data)
+        piece = memoryview(data).cast("B")
         if self._written + len(piece) > self.size:
             self.abort()
             raise TooLarge(f"more than the announced {self.size} bytes")
         self.crc = crc32c(piece, self.crc)
         self._written += len(piece)
         if self._direct is None:
-            self._queue(self.volume.fd, piece, self._position)
+            self._queue(self.volume.fd, _owned(piece), self._position)
             self._position += len(piece)
         else:
             self._split(piece)
@@ -1341,9 +1341,10 @@ class _ChunkWrite:
             raise NoSpace(self._error)
 
     def _split(self, piece):
-        """Queue the buffered parts of C{piece}, stage its direct part."""
+        """Queue the buffered parts of C{piece} (a byte memoryview), copy
+        its direct part into staging buffers: its bytes are copied once."""
         region = self._direct
-        view = memoryview(piece)
+        view = piece
         position = self._position
         while view:
             if region.start <= position < region.end:
@@ -1352,7 +1353,7 @@ class _ChunkWrite:
                 taken = len(view)
                 if position < region.start:
                     taken = min(taken, region.start - position)
-                self._queue(self.volume.fd, view[:taken], position)
+                self._queue(self.volume.fd, _owned(view[:taken]), position)
                 if self._keep:
                     kept = self._kept_head if position < region.start else self._kept_tail
                     kept.append(bytes(view[:taken]))
@@ -1558,6 +1559,16 @@ class _ChunkWrite:
         if self._reserved:
             self._reserved = False
             self._store._abandon(self)
+
+
+def _owned(view):
+    """
+    @return: C{view} (a byte memoryview) itself when it is a slice of
+        C{bytes}, which cannot change while it waits to be written (a
+        protocol hands on slices of what its socket reads returned), else a
+        copy of it.
+    """
+    return view if type(view.obj) is bytes else bytes(view)
 
 
 def _write_pieces(disk, jobs):

@@ -123,6 +123,30 @@ class DirectContractTests(DirectTestMixin, test_store.ContractTests):
     def make_store(self):
         return self.open_store(max_chunk_size=self.max_chunk)
 
+    def test_pieces_of_mutable_buffers_are_stored_as_given(self):
+        """A piece given as a mutable buffer and changed before its thread
+        job ran is stored as it was when given; a slice of C{bytes} (what a
+        socket read returns) is not copied, nor needs to be."""
+        threads = ManualThreads()
+        store = self.open_store(max_chunk_size=self.max_chunk, run_in_thread=threads)
+        data = os.urandom(self.max_chunk - 5)
+        third = len(data) // 3
+        write = store.put(1, len(data))
+        pieces = [bytearray(data[:third + 7]), memoryview(data)[third + 7:2 * third],
+                  bytearray(data[2 * third:])]
+        for piece in pieces:
+            write.write(piece)
+        for piece in pieces:
+            if isinstance(piece, bytearray):
+                piece[:] = bytes(len(piece))  # scribbled on before any write ran
+        finished = write.finish()
+        threads.run_all()
+        self.assertEqual(self.successResultOf(finished).size, len(data))
+        store.close()
+        threads.run_all()
+        self.store = self.open_store(max_chunk_size=self.max_chunk)
+        self.assertEqual(self.read_chunk(1), data)
+
     def test_writes_went_direct(self):
         data = os.urandom(self.max_chunk)
         self.put(self.store, 1, data, pieces=7)
