@@ -191,6 +191,10 @@ class IChunkClient(Interface):
     timeouts as L{Timeout}; unreachable peers as L{ConnectionFailed}.
     """
 
+    connect_timeout = Attribute("Seconds a connection attempt may take.")
+    request_timeout = Attribute(
+        "Seconds a request may go without a byte moving on its connection.")
+
     def put(address, file_id, data, keep=False):
         """
         Store a whole chunk under C{file_id}.

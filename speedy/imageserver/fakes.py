@@ -56,9 +56,11 @@ class FakeChunkClient:
     L{release}, so tests can watch requests in flight.
     """
 
+    connect_timeout = 5.0
+
     def __init__(self, clock, request_timeout=30.0):
         self._clock = clock
-        self._timeout = request_timeout
+        self.request_timeout = request_timeout
         self.servers = {}
         self.calls = Counter()  # (operation, address) -> count
         self.hold = set()
@@ -107,7 +109,7 @@ class FakeChunkClient:
         if server.mode == SLOW:
             d = Deferred()
             call = self._clock.callLater(
-                self._timeout, lambda: d.errback(errors.Timeout(f"{address} timed out")))
+                self.request_timeout, lambda: d.errback(errors.Timeout(f"{address} timed out")))
             d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
             return d
         try:

@@ -115,8 +115,8 @@ class ReplicatedStorage:
         if self._splice_sources is None:
             self._splice_sources = SourcePool(
                 self.clock,
-                connect_timeout=getattr(self.client, "_connect_timeout", 5.0),
-                request_timeout=getattr(self.client, "_request_timeout", 30.0))
+                connect_timeout=self.client.connect_timeout,
+                request_timeout=self.client.request_timeout)
         return self._splice_sources
 
     def close(self):

@@ -392,7 +392,7 @@ class SpliceDownloadTests(TestCase):
         request timeout; the next one serves the chunk."""
         self.add_chunks([MiB])
         storage = self.make_storage(self.truncating(None) + self.addresses[1:])
-        storage.client._request_timeout = 0.3
+        storage.client.request_timeout = 0.3
         self.serve(storage)
         client = yield self.download(0, len(self.content))
         self.assertTrue(client.body() == self.content, "bytes differ")

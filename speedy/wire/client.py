@@ -64,8 +64,8 @@ class ChunkClient:
     def __init__(self, reactor, connect_timeout=5.0, request_timeout=30.0,
                  max_connections_per_server=8):
         self._reactor = reactor
-        self._connect_timeout = connect_timeout
-        self._request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
         self._max_connections = max_connections_per_server
         self._pools = {}
         self._closed = False
@@ -235,12 +235,12 @@ class _ServerPool:
         except BadRequest as e:
             return self._wake(None, e)
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = endpoint_type(reactor, host, port, timeout=client._connect_timeout)
+        endpoint = endpoint_type(reactor, host, port, timeout=client.connect_timeout)
         factory = Factory.forProtocol(
-            lambda: ChunkClientProtocol(reactor, client._request_timeout, self._address))
+            lambda: ChunkClientProtocol(reactor, client.request_timeout, self._address))
         factory.noisy = False
         attempt = endpoint.connect(factory)
-        attempt.addTimeout(client._connect_timeout, reactor)
+        attempt.addTimeout(client.connect_timeout, reactor)
         self._connecting.append(attempt)
 
         def connected(connection):
