@@ -599,6 +599,27 @@ class OptionTests(SynchronousTestCase):
         self.failureResultOf(open_chunk_store(None, options), OSError)
         self.assertEqual(opened[0]["cache_size"], 1 << 30)
 
+    def test_daemon_reserves_the_cache(self):
+        """The store the daemon opens is asked to reserve its cache once it
+        has started; a failure to is logged, and the store serves anyway."""
+        options = Options()
+        options.parseOptions(["--data-dir", "d", "--group-id", "1"])
+        calls = []
+
+        class Store:
+            def start(self):
+                calls.append("start")
+
+            def reserve_cache(self):
+                calls.append("reserve")
+                return fail(OSError(12, "Cannot allocate memory"))
+
+        store = Store()
+        self.patch(ChunkStore, "open", lambda *a, **kw: store)
+        self.assertIs(self.successResultOf(open_chunk_store(None, options)), store)
+        self.assertEqual(calls, ["start", "reserve"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_config_file(self):
         path = self.mktemp()
         with open(path, "w") as f:
