@@ -919,6 +919,7 @@ class ChunkStore:
         room = sum(v.room() for v in self._volumes.values() if not v.compacting)
         free = room + max(0, available - self._reserve_bytes(total))
         counters = dict(self.counters, sync_rounds=self._group_commit.rounds)
+        cache = self._cache
         return {
             "capacity": total,
             "used": sum(v["used"] for v in volumes),
@@ -927,11 +928,8 @@ class ChunkStore:
             "chunks": len(self._index),
             "volumes": volumes,
             "counters": counters,
-            "cache": {
-                "size": self.cache_size if self._cache is not None else 0,
-                "bytes": self._cache.bytes if self._cache is not None else 0,
-                "chunks": self._cache.count if self._cache is not None else 0,
-            },
+            "cache": ({"size": 0, "bytes": 0, "chunks": 0} if cache is None else
+                      {"size": cache.budget, "bytes": cache.bytes, "chunks": cache.count}),
         }
 
     # --- checkpoints ---------------------------------------------------

@@ -188,17 +188,8 @@ class CacheStoreMixin(DirectTestMixin):
 
     def put_kept(self, store, file_id, data, sizes=(MiB + 1, 3, 5000), keep=True,
                  threads=None):
-        """Store C{data} in pieces of C{sizes}, cycling.  @return: ChunkInfo."""
-        write = store.put(file_id, len(data), keep=keep)
-        view, n = memoryview(data), 0
-        while view:
-            size = sizes[n % len(sizes)]
-            write.write(view[:size])
-            view, n = view[size:], n + 1
-        finished = write.finish()
-        if threads is not None:
-            threads.run_all()
-        return self.successResultOf(finished)
+        """L{put_pieces}, kept by default, in pieces of other sizes."""
+        return self.put_pieces(store, file_id, data, sizes, threads, keep)
 
     def count_reads(self):
         """Count every read of the disk from now on.  @return: the list of

@@ -63,10 +63,12 @@ class DirectTestMixin(StoreTestMixin):
                 kwargs.setdefault(name, getattr(self, name))
         return super().open_store(**kwargs)
 
-    def put_pieces(self, store, file_id, data, sizes=(1, 7, 65536 + 5), threads=None):
+    def put_pieces(self, store, file_id, data, sizes=(1, 7, 65536 + 5), threads=None,
+                   keep=False):
         """Store C{data} in pieces of C{sizes}, cycling; with C{threads}
-        (L{ManualThreads}), run its jobs before finishing.  @return: ChunkInfo."""
-        write = store.put(file_id, len(data))
+        (L{ManualThreads}), run its jobs before finishing; C{keep} as
+        L{ChunkStore.put} takes it.  @return: ChunkInfo."""
+        write = store.put(file_id, len(data), keep=keep)
         view, n = memoryview(data), 0
         while view:
             size = sizes[n % len(sizes)]

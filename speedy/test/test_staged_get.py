@@ -255,11 +255,14 @@ class StagedLoopbackTests(StagedTestMixin, TestCase):
         _, data, sent = yield stream_over_loopback(self, make_body, b"h" * 1000, stop_after)
         return data[1000:], sent
 
-    @inlineCallbacks
-    def test_ranges_over_tcp(self):
-        """Whole records and ranges at buffer edges go out with
-        L{StagedBody}, byte for byte, every buffer back after each."""
-        store = self.open_store()
+    def sampled_ranges(self, store):
+        """
+        Store a record of each of L{SIZES}, one after the other.
+
+        @return: an iterator of C{(n, size, data, offset, length)}: for
+            each record C{n}, a dozen of its L{ranges} at buffer edges and
+            the whole record.
+        """
         for n, size in enumerate(SIZES):
             data = self.put_data(store, n, size)
             chunk = self.successResultOf(store.get(n))
@@ -267,18 +270,26 @@ class StagedLoopbackTests(StagedTestMixin, TestCase):
             chunk.release()
             chosen = ranges(size, skip)
             for offset, length in chosen[::max(1, len(chosen) // 12)] + [(0, size)]:
-                chunk = self.successResultOf(store.get(n, offset, length))
-                bodies = []
+                yield n, size, data, offset, length
 
-                def make_body(transport):
-                    bodies.append(range_body(chunk, transport))
-                    return bodies[0]
-                got, sent = yield self.stream(make_body)
-                self.assertIsNone(sent)
-                expected = SendfileBody if size < T else StagedBody
-                self.assertIsInstance(bodies[0], expected)
-                self.assertTrue(got == data[offset:offset + length], (size, offset, length))
-                self.assert_all_back(store)
+    @inlineCallbacks
+    def test_ranges_over_tcp(self):
+        """Whole records and ranges at buffer edges go out with
+        L{StagedBody}, byte for byte, every buffer back after each."""
+        store = self.open_store()
+        for n, size, data, offset, length in self.sampled_ranges(store):
+            chunk = self.successResultOf(store.get(n, offset, length))
+            bodies = []
+
+            def make_body(transport):
+                bodies.append(range_body(chunk, transport))
+                return bodies[0]
+            got, sent = yield self.stream(make_body)
+            self.assertIsNone(sent)
+            expected = SendfileBody if size < T else StagedBody
+            self.assertIsInstance(bodies[0], expected)
+            self.assertTrue(got == data[offset:offset + length], (size, offset, length))
+            self.assert_all_back(store)
 
     @inlineCallbacks
     def test_beyond_the_cap_over_tcp(self):
@@ -322,26 +333,20 @@ class StagedLoopbackTests(StagedTestMixin, TestCase):
         whole and in ranges at buffer edges."""
         store = self.open_store()
         transports = [TLSStringTransport, StringTransport]
-        for n, size in enumerate(SIZES):
-            data = self.put_data(store, n, size)
-            chunk = self.successResultOf(store.get(n))
-            skip = self.skip_of(chunk)
-            chunk.release()
-            chosen = ranges(size, skip)
-            for offset, length in chosen[::max(1, len(chosen) // 12)] + [(0, size)]:
-                chunk = self.successResultOf(store.get(n, offset, length))
-                self.assertEqual(chunk.staged() is not None, size >= T)
-                transports.reverse()
-                transport = transports[0]()
-                body = range_body(chunk, transport)
-                self.assertIsInstance(body, ReadBody)
-                done = body.start(transport)
-                while transport.producer is not None:
-                    transport.producer.resumeProducing()
-                self.successResultOf(done)
-                self.assertTrue(transport.value() == data[offset:offset + length],
-                                (size, offset, length))
-                self.assert_all_back(store)
+        for n, size, data, offset, length in self.sampled_ranges(store):
+            chunk = self.successResultOf(store.get(n, offset, length))
+            self.assertEqual(chunk.staged() is not None, size >= T)
+            transports.reverse()
+            transport = transports[0]()
+            body = range_body(chunk, transport)
+            self.assertIsInstance(body, ReadBody)
+            done = body.start(transport)
+            while transport.producer is not None:
+                transport.producer.resumeProducing()
+            self.successResultOf(done)
+            self.assertTrue(transport.value() == data[offset:offset + length],
+                            (size, offset, length))
+            self.assert_all_back(store)
         chunk = self.successResultOf(store.get(n))
         body = range_body(chunk, StringTransport(), allow_sendfile=False)
         self.assertIsInstance(body, ReadBody)
