@@ -66,6 +66,13 @@ HTTP_PORT = 8080
 #: 104.9 / 108.5 / 106.8, 5 ms 111.2 / 102.7 / 105.3; nginx, with no
 #: traffic of its own on that queue, ran at 114 with either.
 QUEUE_LATENCY = "20ms"
+#: The imageservers' --read-window, as for a deployment on 1 GbE: three
+#: chunkservers answer node1 through one 1 Gbit/s link, and with the
+#: kernel's own sizing their windows overran its queue (TCP incast).
+#: Measured (100 files; download M/s at concurrency 10 / 50 / 100): the
+#: kernel's sizing 101.5-104.9 / 108.5 / 106.8, 128 KiB 110.0 / 108.2 /
+#: 109.2, 64 KiB 111.1 / 107.9-108.1.
+READ_WINDOW = "64KiB"
 MASTER_PORT = 8099
 CHUNKSERVER_PORT = 8001
 
@@ -149,7 +156,7 @@ def _worker_ready(servers, index, port, healthy):
     return port in listening_ports(servers[index].process.pid) and healthy()
 
 
-def speedy_cluster(workdir, workers):
+def speedy_cluster(workdir, workers, read_window=None):
     """
     @return: unstarted L{ServerProcess}es, in start order, for a Speedy
         cluster laid out like the original's: chunkmaster and C{workers}
@@ -157,10 +164,13 @@ def speedy_cluster(workdir, workers):
         chunkserver in each of node2-node4 (one replica group).  The roles
         and their flags are L{speedy.localcluster}'s; only the chunkservers'
         listen addresses move to their own nodes.
+    @param read_window: the imageservers' C{--read-window} (None: their
+        default).
     """
     plan = ClusterPlan.build(var=os.path.join(workdir, "var"), registry=f"{HOSTS['node1']}:{HTTP_PORT}",
                              master_port=MASTER_PORT, chunkserver_port=CHUNKSERVER_PORT,
-                             chunkservers=len(CHUNKSERVER_NODES), imageserver_workers=workers)
+                             chunkservers=len(CHUNKSERVER_NODES), imageserver_workers=workers,
+                             read_window=read_window)
     logs = os.path.join(plan.var, "logs")
     os.makedirs(logs, exist_ok=True)
     servers = []
@@ -274,7 +284,7 @@ def run(args):
                     servers = [nginx(workdir, HTTP_PORT, host=HOSTS["node1"], netns=netns("node1"),
                                      store_puts=True)]
                 else:
-                    servers = speedy_cluster(workdir, args.imageserver_workers)
+                    servers = speedy_cluster(workdir, args.imageserver_workers, args.read_window)
                 started = []
                 try:
                     for server in servers:
@@ -286,6 +296,8 @@ def run(args):
                     for server in reversed(started):
                         server.stop()
             for phase in (put, get):
+                if args.server == "speedy":
+                    phase = {**phase, "read_window": args.read_window}
                 print(json_line(phase), flush=True)
             rows.append(original_row(put, get, args.size))
     print()
@@ -303,6 +315,9 @@ def main(argv=None):
     parser.add_argument("--size", type=parse_size, default="16MiB")
     parser.add_argument("--imageserver-workers", type=int, default=DEFAULT_IMAGESERVER_WORKERS,
                         help="imageserver processes sharing the HTTP port")
+    parser.add_argument("--read-window", type=parse_size, default=READ_WINDOW,
+                        help="the imageservers' --read-window: the receive buffer of their "
+                        "chunkserver sockets (0: the kernel sizes it)")
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link")
     parser.add_argument("--queue-latency", default=QUEUE_LATENCY,
                         help="depth of each link's queue, as time at the link rate (tc tbf latency)")

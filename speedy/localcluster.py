@@ -134,6 +134,7 @@ class ClusterPlan:
     chunk_size: int | None = None
     volume_size: int | None = None
     cache_size: int | None = None
+    read_window: int | None = None
     heartbeat_interval: float | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -147,8 +148,8 @@ class ClusterPlan:
         ports, chunkservers on C{chunkserver_port} and the ones after it.
         A port of 0 gives every role of that kind a free port of its own.
 
-        @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{heartbeat_interval},
-            C{cluster_secret}, C{admin_token}.
+        @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
+            C{heartbeat_interval}, C{cluster_secret}, C{admin_token}.
         @raise ClusterError: on counts that cannot make a cluster.
         @return: a L{ClusterPlan}.
         """
@@ -217,6 +218,8 @@ class ClusterPlan:
                     "--cluster-secret", self.cluster_secret, "--db", db]
             if self.chunk_size is not None:
                 args += ["--chunk-size", str(self.chunk_size)]
+            if self.read_window is not None:
+                args += ["--read-window", str(self.read_window)]
             for w in range(self.imageserver_workers):
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",

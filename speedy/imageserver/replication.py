@@ -53,11 +53,13 @@ class ReplicatedStorage:
     @param preferred: C{preferred(servers, file_id)} picks the member of a
         group that keeps chunk C{file_id} in memory (its put carries
         C{keep}) and is read from first (L{ReplicaReader.by_load}).
+    @param read_window: the receive buffer of each socket spliced reads
+        come in on, or 0 for the kernel's sizing (L{SourcePool}).
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
-                 preferred=preferred_replica):
+                 preferred=preferred_replica, read_window=0):
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -68,6 +70,7 @@ class ReplicatedStorage:
         self.tries = tries
         self.rng = rng or random.Random()
         self.preferred = preferred
+        self.read_window = read_window
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
         #: counts for status pages and tests
@@ -111,12 +114,13 @@ class ReplicatedStorage:
 
     def splice_sources(self):
         """@return: the L{SourcePool} of spliced reads (made on first use,
-        with the chunk client's timeouts)."""
+        with the chunk client's timeouts and the read window)."""
         if self._splice_sources is None:
             self._splice_sources = SourcePool(
                 self.clock,
                 connect_timeout=self.client.connect_timeout,
-                request_timeout=self.client.request_timeout)
+                request_timeout=self.client.request_timeout,
+                receive_buffer=self.read_window)
         return self._splice_sources
 
     def close(self):

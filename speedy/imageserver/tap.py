@@ -4,7 +4,8 @@ C{twistd speedy-imageserver}: options and service.
 
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
         --master http://127.0.0.1:8099 --cluster-secret S --db sqlite:meta.db \\
-        [--chunk-size 16MiB] [--parallelism 4] [--config etc/imageserver.ini]
+        [--chunk-size 16MiB] [--parallelism 4] [--read-window 0]
+        [--config etc/imageserver.ini]
 
 An option given on the command line wins over the C{--config} file (section
 C{[imageserver]}, keys spelt with C{_} or C{-}), which wins over the
@@ -48,7 +49,11 @@ DEFAULTS = {
     "parallelism": "4",
     "request-timeout": "30",
     "file-id-batch": "1000",
+    "read-window": "0",
 }
+
+#: The largest --read-window taken (the kernel caps it at net.core.rmem_max).
+MAX_READ_WINDOW = 64 << 20
 
 
 class Options(usage.Options):
@@ -65,6 +70,8 @@ class Options(usage.Options):
          "moving [default: 30]."],
         ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
          "[default: 1000]."],
+        ["read-window", None, None, "Receive buffer of each socket downloads are read from "
+         "chunkservers on, against TCP incast; 0 lets the kernel size it [default: 0]."],
         ["config", None, None, "INI file with an [imageserver] section (see etc/imageserver.ini)."],
     ]
 
@@ -76,6 +83,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--chunk-size: {e}")
         if not 0 < self["chunk-size"] <= 1 << 30:
             raise usage.UsageError("--chunk-size must be between 1 byte and 1GiB")
+        try:
+            self["read-window"] = parse_size(self["read-window"])
+        except ValueError as e:
+            raise usage.UsageError(f"--read-window: {e}")
+        if not 0 <= self["read-window"] <= MAX_READ_WINDOW:
+            raise usage.UsageError("--read-window must be between 0 and 64MiB")
         self["parallelism"] = positive(self, "parallelism", int)
         self["request-timeout"] = positive(self, "request-timeout", float)
         self["file-id-batch"] = positive(self, "file-id-batch", int)
@@ -125,7 +138,7 @@ def makeService(options, reactor=None):
         client, poller, FileIdRange(master, batch=options["file-id-batch"],
                                     low_water=max(1, options["file-id-batch"] // 4)),
         metadata, reactor, chunk_size=options["chunk-size"],
-        parallelism=options["parallelism"])
+        parallelism=options["parallelism"], read_window=options["read-window"])
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)

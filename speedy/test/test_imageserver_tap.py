@@ -33,6 +33,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["listen"], "tcp:5000:interface=127.0.0.1")
         self.assertEqual(options["chunk-size"], 16 << 20)
         self.assertEqual(options["parallelism"], 4)
+        self.assertEqual(options["read-window"], 0)
+
+    def test_read_window(self):
+        """--read-window takes a size, 0 included, and reaches the storage's
+        spliced reads."""
+        self.assertEqual(self.parse("--read-window", "64KiB")["read-window"], 64 << 10)
+        self.assertEqual(self.parse("--read-window", "0")["read-window"], 0)
+        options = self.parse("--read-window", "128KiB", "--db", "memory:")
+        service = tap.makeService(options, reactor=MemoryReactorClock())
+        [storage] = [c for c in service.services[0]._closables if hasattr(c, "read_window")]
+        self.assertEqual(storage.read_window, 128 << 10)
 
     def test_command_line_wins_over_config(self):
         """The sample config parses; the command line overrides it."""
@@ -43,7 +54,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_bad_values(self):
         for args in (["--chunk-size", "lots"], ["--chunk-size", "0"], ["--parallelism", "-1"],
-                     ["--master", "127.0.0.1:8099"], ["--config", "/nonexistent.ini"]):
+                     ["--master", "127.0.0.1:8099"], ["--config", "/nonexistent.ini"],
+                     ["--read-window", "-1"], ["--read-window", "wide"], ["--read-window", "1GiB"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_config_unknown_key(self):

@@ -201,11 +201,11 @@ class SpliceDownloadTests(TestCase):
         self.chunks = []
         self.content = b""
 
-    def make_storage(self, addresses, parallelism=2):
+    def make_storage(self, addresses, parallelism=2, read_window=0):
         storage = ReplicatedStorage(
             self.client, StaticClusterView(make_view({GROUP: addresses})), None,
             self.metadata, reactor, parallelism=parallelism, rng=OrderedRandom(),
-            preferred=first_in_view)
+            preferred=first_in_view, read_window=read_window)
         self.addCleanup(storage.close)
         return storage
 
@@ -501,6 +501,34 @@ class SpliceDownloadTests(TestCase):
         self.assertTrue(client.body() == self.content, "bytes differ")
         self.assertGreater(self.sources().counters["dropped_idle"], 0)
         self.assertEqual(self.storage.counters["read_failovers"], 0)
+
+    @inlineCallbacks
+    def test_read_window(self):
+        """
+        With a read window, every socket to a chunkserver has that receive
+        buffer (Linux doubles what it is given, for its bookkeeping), and
+        chunks many times its size still arrive whole; without one, the
+        kernel's sizing is left alone.
+        """
+        window = 16 * 1024
+        self.add_chunks([3 * MiB, MiB])
+        self.storage = self.make_storage(self.addresses, read_window=window)
+        self.serve()
+        client = yield self.download(0, len(self.content))
+        self.assertTrue(client.body() == self.content, "bytes differ")
+        self.assert_spliced()
+        sockets = [source.sock for idle in self.sources()._idle.values() for source, _ in idle]
+        self.assertTrue(sockets)
+        for sock in sockets:
+            self.assertIn(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), (window, 2 * window))
+
+        self.storage = self.make_storage(self.addresses)
+        self.serve()
+        yield self.download(0, len(self.content))
+        sockets = [source.sock for idle in self.sources()._idle.values() for source, _ in idle]
+        self.assertTrue(sockets)
+        for sock in sockets:
+            self.assertGreater(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 2 * window)
 
     # --- the choice --------------------------------------------------------
 

@@ -43,6 +43,14 @@ byte for C{request_timeout} seconds while the relay waits for it fails with
 L{Timeout} (time it spends not read, because the pipe is full or its turn
 has not come, does not count); connecting has C{connect_timeout}.
 
+The read window: by default the kernel sizes each source socket's receive
+buffer, and it grows it with the round trip it measures, queueing included.
+When many chunkservers answer one imageserver through one NIC (TCP
+incast), the windows grow until their sum overruns the queue in front of
+that NIC, and the drops stall the relays.  A C{receive_buffer} caps every
+source socket's C{SO_RCVBUF} (set before connecting, so the window scale
+fits it) and with it the bytes each chunkserver has in flight.
+
 Idle sockets are not watched by the reactor: one is checked with C{poll}
 when it is taken again, and dropped if it turned readable (the chunkserver
 closed it, or sent something unasked) or errored, or if it sat idle longer
@@ -280,14 +288,18 @@ class SourcePool:
 
     @param reactor: an C{IReactorFDSet} and C{IReactorTime} (and
         C{IReactorPluggableResolver} for addresses that are not IPs).
+    @param receive_buffer: the C{SO_RCVBUF} of every new socket (the read
+        window, see the module docstring), or 0 for the kernel's own
+        sizing.
     @ivar counters: C{connects}, C{reuses}, C{dropped_idle}.
     """
 
     def __init__(self, reactor, connect_timeout=5.0, request_timeout=30.0,
-                 max_idle=MAX_IDLE_SOCKETS, idle_limit=IDLE_LIMIT, pipes=None):
+                 max_idle=MAX_IDLE_SOCKETS, idle_limit=IDLE_LIMIT, pipes=None, receive_buffer=0):
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
+        self.receive_buffer = receive_buffer
         self._max_idle = max_idle
         self._idle_limit = idle_limit
         self._idle = {}  # address -> [(_SourceSocket, idle since)]
@@ -352,6 +364,8 @@ class SourcePool:
         self.counters["connects"] += 1
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
             err = sock.connect_ex((host, port))
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 err = await self._connected(source)
