@@ -25,7 +25,8 @@ by C{--cleanup} after a crash.  Needs root (C{ip netns}, C{tc}).
         just under the link rate (~112 MiB/s of payload at 1 Gbit/s)
     sudo python bench/testbed.py [--counts 100,500,1000] [--concurrency 10,50,100]
         the original's table against a Speedy cluster (file API, 16 MiB
-        files), a fresh cluster for each row
+        files; imageservers with --read-window 64KiB), a fresh cluster
+        for each row
     sudo python bench/testbed.py --cleanup
 
 It prints every phase as a JSON line, then the table in the original
@@ -58,13 +59,11 @@ HOSTS = {"client": "198.18.0.10", "node1": "198.18.0.11", "node2": "198.18.0.12"
          "node3": "198.18.0.13", "node4": "198.18.0.14"}
 CHUNKSERVER_NODES = ("node2", "node3", "node4")
 HTTP_PORT = 8080
-#: How deep each shaped link's FIFO is, as time at the link rate.  node1
-#: sends the imageserver's ACKs and GET requests to the chunkservers through
-#: the same queue as the client's data, which delays them behind it; a
-#: shallower queue drops more at high concurrency instead.  Measured (100
-#: files of 16 MiB; download M/s at concurrency 10 / 50 / 100): 20 ms
-#: 104.9 / 108.5 / 106.8, 5 ms 111.2 / 102.7 / 105.3; nginx, with no
-#: traffic of its own on that queue, ran at 114 with either.
+#: How deep each shaped link's FIFO is, as time at the link rate.  Measured
+#: with the kernel's sizing of the imageserver's chunkserver sockets (read
+#: window 0; 100 files of 16 MiB; download M/s at concurrency 10 / 50 /
+#: 100): 20 ms 104.9 / 108.5 / 106.8, 5 ms 111.2 / 102.7 / 105.3; nginx ran
+#: at 114 with either.
 QUEUE_LATENCY = "20ms"
 #: The imageservers' --read-window, as for a deployment on 1 GbE: three
 #: chunkservers answer node1 through one 1 Gbit/s link, and with the

@@ -70,8 +70,9 @@ class Options(usage.Options):
          "moving [default: 30]."],
         ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
          "[default: 1000]."],
-        ["read-window", None, None, "Receive buffer of each socket downloads are read from "
-         "chunkservers on, against TCP incast; 0 lets the kernel size it [default: 0]."],
+        ["read-window", None, None, "Receive buffer of each socket spliced downloads (plain "
+         "TCP) read chunkservers' answers on, against TCP incast; 0 lets the kernel size it "
+         "[default: 0]."],
         ["config", None, None, "INI file with an [imageserver] section (see etc/imageserver.ini)."],
     ]
 
