@@ -297,7 +297,8 @@ class FakeCluster:
     addresses.
     """
 
-    def __init__(self, groups, chunk_size=8, parallelism=2, tries=3, seed=0, id_batch=100):
+    def __init__(self, groups, chunk_size=8, parallelism=2, tries=3, seed=0, id_batch=100,
+                 fill_slots=0):
         self.clock = Clock()
         self.client = FakeChunkClient(self.clock)
         self.view = StaticClusterView(make_view(groups))
@@ -306,7 +307,8 @@ class FakeCluster:
         self.metadata = MemoryMetadataStore(self.clock)
         self.storage = ReplicatedStorage(
             self.client, self.view, self.file_ids, self.metadata, self.clock,
-            chunk_size=chunk_size, parallelism=parallelism, tries=tries, rng=Random(seed))
+            chunk_size=chunk_size, parallelism=parallelism, tries=tries, rng=Random(seed),
+            fill_slots=fill_slots)
 
     def copies(self, ref):
         """@return: {address: bytes} of the copies of C{ref} on its group's members."""

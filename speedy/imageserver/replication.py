@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from speedy import errors
 from speedy.crc import crc32c as crc32c_of
+from speedy.imageserver.fillgate import FillGate
 from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.imageserver.splicereader import SpliceFileReader
@@ -55,11 +56,13 @@ class ReplicatedStorage:
         C{keep}) and is read from first (L{ReplicaReader.by_load}).
     @param read_window: the receive buffer of each socket spliced reads
         come in on, or 0 for the kernel's sizing (L{SourcePool}).
+    @param fill_slots: writers that take client bytes into a chunk at once
+        (L{FillGate}), or 0 for no limit.
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
-                 preferred=preferred_replica, read_window=0):
+                 preferred=preferred_replica, read_window=0, fill_slots=0):
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -71,6 +74,8 @@ class ReplicatedStorage:
         self.rng = rng or random.Random()
         self.preferred = preferred
         self.read_window = read_window
+        #: admission of chunk fills, or None
+        self.fill_gate = FillGate(clock, fill_slots) if fill_slots else None
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
         #: counts for status pages and tests
@@ -262,6 +267,11 @@ class ReplicatedWriter:
     C{storage.parallelism} chunks are being stored at once, and C{write}
     makes its caller wait while a full chunk is queued behind them.  So a
     writer holds at most about C{chunk_size * (parallelism + 2)} bytes.
+
+    With a C{storage.fill_gate}, a write that finds the writer without a
+    L{Pass} waits for one first; the pass goes back when the chunk being
+    filled is sealed (a write that straddles chunks is taken whole), when
+    the stream ends, or when the gate's idle time passes between writes.
     """
 
     def __init__(self, storage):
@@ -276,6 +286,8 @@ class ReplicatedWriter:
         self._finished = None  # the Deferred finish() returned
         self._failure = None
         self._closed = False
+        self._pass = None  # the FillGate Pass held, if any
+        self._entering = None  # the Deferred of a FillGate.enter waited for
         self.bytes_written = 0
 
     def write(self, data):
@@ -283,6 +295,14 @@ class ReplicatedWriter:
             return fail(self._failure)
         if self._closed:
             return fail(errors.BadRequest("write after finish or abort"))
+        gate = self._storage.fill_gate
+        if gate is not None and not data:
+            return succeed(None)
+        if gate is not None and (self._pass is None or not self._pass.valid):
+            self._entering = gate.enter()
+            return self._entering.addCallback(self._admitted, data)
+        if self._pass is not None:
+            self._pass.touch()
         if type(data) is not bytes:
             data = bytes(data)  # a chunk's pieces must not change once handed on
         self.bytes_written += len(data)
@@ -301,10 +321,30 @@ class ReplicatedWriter:
         self._room.append(d)
         return d
 
+    def _admitted(self, granted, data):
+        self._entering = None
+        self._pass = granted
+        if self._failure is not None:  # a chunk failed meanwhile: write() says so
+            self._give_back_pass()
+        return self.write(data)
+
+    def _give_back_pass(self):
+        if self._pass is not None:
+            granted, self._pass = self._pass, None
+            granted.leave()
+
+    def _leave_gate(self):
+        """Give back the fill pass, and the place in the gate's queue."""
+        if self._entering is not None:
+            entering, self._entering = self._entering, None
+            entering.cancel()
+        self._give_back_pass()
+
     def finish(self):
         if self._closed:
             return fail(errors.BadRequest("finish after finish or abort"))
         self._closed = True
+        self._leave_gate()
         if self._failure is not None:
             return fail(self._failure)
         if self._filled:
@@ -315,6 +355,7 @@ class ReplicatedWriter:
 
     def abort(self):
         self._closed = True
+        self._leave_gate()
         if self._failure is None:
             self._failure = errors.BadRequest("the write was aborted")
         self._queued.clear()
@@ -339,7 +380,9 @@ class ReplicatedWriter:
                 self._seal()
 
     def _seal(self):
-        """Queue the chunk filled so far, as the pieces it arrived in."""
+        """Queue the chunk filled so far, as the pieces it arrived in, and
+        give back the fill pass."""
+        self._give_back_pass()
         pieces, self._pieces = tuple(self._pieces), []
         self._filled = 0
         self._refs.append(None)
@@ -373,6 +416,7 @@ class ReplicatedWriter:
             return
         self._failure = failure
         self._queued.clear()
+        self._give_back_pass()
         self._wake(failure)
         if self._finished is not None:
             finished, self._finished = self._finished, None

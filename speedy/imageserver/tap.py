@@ -4,7 +4,7 @@ C{twistd speedy-imageserver}: options and service.
 
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
         --master http://127.0.0.1:8099 --cluster-secret S --db sqlite:meta.db \\
-        [--chunk-size 16MiB] [--parallelism 4] [--read-window 0]
+        [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--read-window 0]
         [--config etc/imageserver.ini]
 
 An option given on the command line wins over the C{--config} file (section
@@ -50,6 +50,7 @@ DEFAULTS = {
     "request-timeout": "30",
     "file-id-batch": "1000",
     "read-window": "0",
+    "fill-slots": "8",
 }
 
 #: The largest --read-window taken (the kernel caps it at net.core.rmem_max).
@@ -70,6 +71,8 @@ class Options(usage.Options):
          "moving [default: 30]."],
         ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
          "[default: 1000]."],
+        ["fill-slots", None, None, "Uploads that take client bytes into a chunk at once; the "
+         "others wait their turn. 0 for no limit [default: 8]."],
         ["read-window", None, None, "Receive buffer of each socket spliced downloads (plain "
          "TCP) read chunkservers' answers on, against TCP incast; 0 lets the kernel size it "
          "[default: 0]."],
@@ -91,6 +94,12 @@ class Options(usage.Options):
         if not 0 <= self["read-window"] <= MAX_READ_WINDOW:
             raise usage.UsageError("--read-window must be between 0 and 64MiB")
         self["parallelism"] = positive(self, "parallelism", int)
+        try:
+            self["fill-slots"] = int(self["fill-slots"])
+        except ValueError:
+            raise usage.UsageError(f"--fill-slots must be a whole number, not {self['fill-slots']!r}")
+        if self["fill-slots"] < 0:
+            raise usage.UsageError("--fill-slots must be 0 (no limit) or more")
         self["request-timeout"] = positive(self, "request-timeout", float)
         self["file-id-batch"] = positive(self, "file-id-batch", int)
         if not self["master"].startswith(("http://", "https://")):
@@ -139,7 +148,8 @@ def makeService(options, reactor=None):
         client, poller, FileIdRange(master, batch=options["file-id-batch"],
                                     low_water=max(1, options["file-id-batch"] // 4)),
         metadata, reactor, chunk_size=options["chunk-size"],
-        parallelism=options["parallelism"], read_window=options["read-window"])
+        parallelism=options["parallelism"], read_window=options["read-window"],
+        fill_slots=options["fill-slots"])
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)

@@ -99,6 +99,75 @@ class PlacementTests(SynchronousTestCase):
         self.assertIsNone(preferred_replica((), 1))
 
 
+class FillGateWriterTests(SynchronousTestCase):
+    """Writers of a storage with one fill slot (chunks of 8 bytes)."""
+
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1}, chunk_size=8, parallelism=2, fill_slots=1)
+        self.storage = self.cluster.storage
+        self.gate = self.storage.fill_gate
+
+    def test_one_fills_at_a_time(self):
+        """A second writer's write waits while the first fills a chunk, and
+        goes on once that chunk is sealed; both streams are stored whole."""
+        first, second = self.storage.writer(), self.storage.writer()
+        self.successResultOf(first.write(b"aaaa"))
+        waiting = second.write(b"bbbb")
+        self.assertNoResult(waiting)
+        self.successResultOf(first.write(b"aaaa"))  # the chunk is whole: sealed
+        self.successResultOf(waiting)
+        self.successResultOf(second.write(b"bbbb"))
+        for writer, byte in ((first, b"a"), (second, b"b")):
+            [ref] = self.successResultOf(writer.finish())
+            self.assertEqual(list(self.cluster.copies(ref).values()), [byte * 8] * 3)
+        self.assertEqual((self.gate.holders, self.gate.waiting), (0, 0))
+
+    def test_finish_gives_the_pass_back(self):
+        """The last, partial chunk of a stream gives its pass back at finish."""
+        first, second = self.storage.writer(), self.storage.writer()
+        self.successResultOf(first.write(b"abc"))
+        waiting = second.write(b"x")
+        first.finish()
+        self.successResultOf(waiting)
+
+    def test_idle_client_loses_the_pass(self):
+        """A writer whose client sends nothing for the idle time lets the
+        next one in; its own next write queues behind."""
+        first, second = self.storage.writer(), self.storage.writer()
+        self.successResultOf(first.write(b"abc"))
+        waiting = second.write(b"x")
+        self.cluster.clock.advance(self.gate.idle)
+        self.successResultOf(waiting)
+        again = first.write(b"def")
+        self.assertNoResult(again)
+        self.successResultOf(second.finish())
+        self.successResultOf(again)
+        self.assertEqual([r.size for r in self.successResultOf(first.finish())], [6])
+
+    def test_abort_while_waiting(self):
+        """A writer aborted while it waits (its client went away) leaves the
+        queue, and its pending write fails."""
+        first, second, third = (self.storage.writer() for _ in range(3))
+        self.successResultOf(first.write(b"a"))
+        waiting, after = second.write(b"b"), third.write(b"c")
+        self.successResultOf(second.abort())
+        self.failureResultOf(waiting)
+        self.assertEqual(self.gate.waiting, 1)
+        self.successResultOf(first.abort())
+        self.successResultOf(after)
+        self.assertEqual(self.gate.holders, 1)
+
+    def test_failed_chunk_gives_the_pass_back(self):
+        """A writer whose chunk could not be stored holds no pass."""
+        for address in G1:
+            self.cluster.client.server(address).mode = DOWN
+        first, second = self.storage.writer(), self.storage.writer()
+        self.successResultOf(first.write(b"a" * 8))  # sealed; its put fails
+        self.failureResultOf(first.finish(), errors.Unavailable)
+        self.successResultOf(second.write(b"b"))
+        self.assertEqual(self.gate.holders, 1)
+
+
 class FileIdRangeTests(SynchronousTestCase):
     def setUp(self):
         self.master = FakeMaster(Clock())

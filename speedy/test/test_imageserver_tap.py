@@ -34,16 +34,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["chunk-size"], 16 << 20)
         self.assertEqual(options["parallelism"], 4)
         self.assertEqual(options["read-window"], 0)
+        self.assertEqual(options["fill-slots"], 8)
 
-    def test_read_window(self):
-        """--read-window takes a size, 0 included, and reaches the storage's
-        spliced reads."""
+    def test_storage_options(self):
+        """--read-window takes a size, 0 included, and --fill-slots a count,
+        0 for no gate; both reach the storage."""
         self.assertEqual(self.parse("--read-window", "64KiB")["read-window"], 64 << 10)
         self.assertEqual(self.parse("--read-window", "0")["read-window"], 0)
         options = self.parse("--read-window", "128KiB", "--db", "memory:")
         service = tap.makeService(options, reactor=MemoryReactorClock())
         [storage] = [c for c in service.services[0]._closables if hasattr(c, "read_window")]
         self.assertEqual(storage.read_window, 128 << 10)
+        self.assertEqual(storage.fill_gate.slots, 8)
+        storage = tap.makeService(self.parse("--fill-slots", "0", "--db", "memory:"),
+                                  reactor=MemoryReactorClock()).services[0]._closables[0]
+        self.assertIsNone(storage.fill_gate)
 
     def test_command_line_wins_over_config(self):
         """The sample config parses; the command line overrides it."""
@@ -55,7 +60,8 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_values(self):
         for args in (["--chunk-size", "lots"], ["--chunk-size", "0"], ["--parallelism", "-1"],
                      ["--master", "127.0.0.1:8099"], ["--config", "/nonexistent.ini"],
-                     ["--read-window", "-1"], ["--read-window", "wide"], ["--read-window", "1GiB"]):
+                     ["--read-window", "-1"], ["--read-window", "wide"], ["--read-window", "1GiB"],
+                     ["--fill-slots", "-1"], ["--fill-slots", "many"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_config_unknown_key(self):
