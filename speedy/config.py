@@ -9,6 +9,8 @@ import configparser
 
 from twisted.python import usage
 
+from speedy.units import parse_size
+
 
 def read_section(path, section, known):
     """
@@ -60,4 +62,29 @@ def positive(options, name, kind):
         value = 0
     if not 0 < value < float("inf"):
         raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
+    return value
+
+
+def size(options, name):
+    """
+    @return: C{options[name]} as a number of bytes (L{parse_size}).
+    @raise usage.UsageError: it is not a size.
+    """
+    try:
+        return parse_size(options[name])
+    except ValueError as e:
+        raise usage.UsageError(f"--{name}: {e}")
+
+
+def number(options, name, kind, minimum):
+    """
+    @return: C{options[name]} converted by C{kind} (C{int} or C{float}).
+    @raise usage.UsageError: it is not a number, or below C{minimum}.
+    """
+    try:
+        value = kind(options[name])
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{name} must be a number, not {options[name]!r}")
+    if value < minimum:
+        raise usage.UsageError(f"--{name} must be at least {minimum}")
     return value

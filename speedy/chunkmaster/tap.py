@@ -16,10 +16,9 @@ from twisted.web.server import Site
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.service import ChunkmasterService
-from speedy.config import fill_options, positive
+from speedy.config import fill_options, positive, size
 from speedy.metadata import open_store
 from speedy.metadata.schema import GROUP_SIZE
-from speedy.units import parse_size
 
 #: option -> default, applied after the command line and the config file.
 DEFAULTS = {
@@ -55,10 +54,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--group-size must be at most {GROUP_SIZE}: the metadata store keeps no more members")
         self["file-id-range"] = positive(self, "file-id-range", int)
-        try:
-            self["reserve"] = parse_size(self["reserve"])
-        except ValueError as e:
-            raise usage.UsageError(f"--reserve: {e}")
+        self["reserve"] = size(self, "reserve")
 
 
 class ChunkmasterSite(Site):

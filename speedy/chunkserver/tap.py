@@ -22,9 +22,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from speedy.chunkserver.protocol import ChunkServerFactory
-from speedy.config import fill_options
+from speedy.config import fill_options, number, size
 from speedy.errors import Unavailable
-from speedy.units import parse_size
 
 log = Logger()
 
@@ -71,10 +70,10 @@ class Options(usage.Options):
         fill_options(self, "chunkserver", _DEFAULTS)
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
-        self["group-id"] = self._number("group-id", int, minimum=1)
-        self["volume-size"] = self._size("volume-size")
-        self["staged-read-limit"] = self._size("staged-read-limit")
-        self["cache-size"] = self._size("cache-size")
+        self["group-id"] = number(self, "group-id", int, minimum=1)
+        self["volume-size"] = size(self, "volume-size")
+        self["staged-read-limit"] = size(self, "staged-read-limit")
+        self["cache-size"] = size(self, "cache-size")
         self["reserve"] = self._reserve()
         if self["volume-size"] < 1 << 20:
             raise usage.UsageError("--volume-size must be at least 1MiB")
@@ -82,10 +81,10 @@ class Options(usage.Options):
             raise usage.UsageError(f"--direct-io must be one of {', '.join(DIRECT_IO_MODES)}")
         if self["sync"] not in SYNC_POLICIES:
             raise usage.UsageError(f"--sync must be one of {', '.join(SYNC_POLICIES)}")
-        self["compact-threshold"] = self._number("compact-threshold", float, minimum=0.0)
+        self["compact-threshold"] = number(self, "compact-threshold", float, minimum=0.0)
         if not 0 < self["compact-threshold"] <= 1:
             raise usage.UsageError("--compact-threshold is a ratio above 0 and at most 1")
-        self["heartbeat-interval"] = self._number("heartbeat-interval", float, minimum=0.1)
+        self["heartbeat-interval"] = number(self, "heartbeat-interval", float, minimum=0.1)
         try:
             serverFromString(None, self["listen"])
         except (ValueError, TypeError, KeyError, OSError) as e:
@@ -99,12 +98,6 @@ class Options(usage.Options):
         if self["master"] and not self["master"].startswith(("http://", "https://")):
             raise usage.UsageError("--master is an http:// or https:// URL")
 
-    def _size(self, name):
-        try:
-            return parse_size(self[name])
-        except ValueError as e:
-            raise usage.UsageError(f"--{name}: {e}")
-
     def _reserve(self):
         """@return: --reserve as a fraction of the disk (below 1) or bytes."""
         try:
@@ -113,16 +106,7 @@ class Options(usage.Options):
             fraction = None
         if fraction is not None and 0 < fraction < 1:
             return fraction
-        return self._size("reserve")
-
-    def _number(self, name, kind, minimum):
-        try:
-            value = kind(self[name])
-        except (TypeError, ValueError):
-            raise usage.UsageError(f"--{name} must be a number, not {self[name]!r}")
-        if value < minimum:
-            raise usage.UsageError(f"--{name} must be at least {minimum}")
-        return value
+        return size(self, "reserve")
 
 
 def _is_address(text):

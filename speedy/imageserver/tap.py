@@ -27,8 +27,7 @@ from speedy.imageserver.master import HTTPMasterClient
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
-from speedy.config import fill_options, positive
-from speedy.units import parse_size
+from speedy.config import fill_options, number, positive, size
 from speedy.web.streaming import StreamingSite
 from speedy.wire.client import ChunkClient
 
@@ -81,25 +80,14 @@ class Options(usage.Options):
 
     def postOptions(self):
         fill_options(self, "imageserver", DEFAULTS)
-        try:
-            self["chunk-size"] = parse_size(self["chunk-size"])
-        except ValueError as e:
-            raise usage.UsageError(f"--chunk-size: {e}")
+        self["chunk-size"] = size(self, "chunk-size")
         if not 0 < self["chunk-size"] <= 1 << 30:
             raise usage.UsageError("--chunk-size must be between 1 byte and 1GiB")
-        try:
-            self["read-window"] = parse_size(self["read-window"])
-        except ValueError as e:
-            raise usage.UsageError(f"--read-window: {e}")
+        self["read-window"] = size(self, "read-window")
         if not 0 <= self["read-window"] <= MAX_READ_WINDOW:
             raise usage.UsageError("--read-window must be between 0 and 64MiB")
         self["parallelism"] = positive(self, "parallelism", int)
-        try:
-            self["fill-slots"] = int(self["fill-slots"])
-        except ValueError:
-            raise usage.UsageError(f"--fill-slots must be a whole number, not {self['fill-slots']!r}")
-        if self["fill-slots"] < 0:
-            raise usage.UsageError("--fill-slots must be 0 (no limit) or more")
+        self["fill-slots"] = number(self, "fill-slots", int, minimum=0)
         self["request-timeout"] = positive(self, "request-timeout", float)
         self["file-id-batch"] = positive(self, "file-id-batch", int)
         if not self["master"].startswith(("http://", "https://")):
