@@ -71,7 +71,7 @@ class FillGate:
         return waiter
 
     def _admit(self):
-        granted = Pass(self, self._clock)
+        granted = Pass(self)
         self._holders.add(granted)
         granted.touch()
         return granted
@@ -90,11 +90,10 @@ class Pass:
     @ivar valid: whether the slot is still held.
     """
 
-    def __init__(self, gate, clock):
+    def __init__(self, gate):
         self._gate = gate
-        self._clock = clock
         self._timer = None
-        self._expiry = clock.callLater(gate.hold, self.leave)
+        self._expiry = gate._clock.callLater(gate.hold, self.leave)
         self.valid = True
 
     def touch(self):
@@ -104,7 +103,7 @@ class Pass:
         if self._timer is not None and self._timer.active():
             self._timer.reset(self._gate.idle)
         else:
-            self._timer = self._clock.callLater(self._gate.idle, self.leave)
+            self._timer = self._gate._clock.callLater(self._gate.idle, self.leave)
 
     def leave(self):
         """Give the slot back (again is a no-op)."""

@@ -271,7 +271,7 @@ class ReplicatedWriter:
     With a C{storage.fill_gate}, a write that finds the writer without a
     L{Pass} waits for one first; the pass goes back when the chunk being
     filled is sealed (a write that straddles chunks is taken whole), when
-    the stream ends, or when the gate's idle time passes between writes.
+    the stream ends, or when the gate's idle or hold time runs out.
     """
 
     def __init__(self, storage):
@@ -296,9 +296,7 @@ class ReplicatedWriter:
         if self._closed:
             return fail(errors.BadRequest("write after finish or abort"))
         gate = self._storage.fill_gate
-        if gate is not None and not data:
-            return succeed(None)
-        if gate is not None and (self._pass is None or not self._pass.valid):
+        if gate is not None and data and (self._pass is None or not self._pass.valid):
             self._entering = gate.enter()
             return self._entering.addCallback(self._admitted, data)
         if self._pass is not None:

@@ -41,14 +41,16 @@ class OptionsTests(SynchronousTestCase):
         0 for no gate; both reach the storage."""
         self.assertEqual(self.parse("--read-window", "64KiB")["read-window"], 64 << 10)
         self.assertEqual(self.parse("--read-window", "0")["read-window"], 0)
-        options = self.parse("--read-window", "128KiB", "--db", "memory:")
-        service = tap.makeService(options, reactor=MemoryReactorClock())
-        [storage] = [c for c in service.services[0]._closables if hasattr(c, "read_window")]
+        storage = self.storage_of("--read-window", "128KiB")
         self.assertEqual(storage.read_window, 128 << 10)
         self.assertEqual(storage.fill_gate.slots, 8)
-        storage = tap.makeService(self.parse("--fill-slots", "0", "--db", "memory:"),
-                                  reactor=MemoryReactorClock()).services[0]._closables[0]
-        self.assertIsNone(storage.fill_gate)
+        self.assertIsNone(self.storage_of("--fill-slots", "0").fill_gate)
+
+    def storage_of(self, *args):
+        """@return: the storage of the service built from C{args}."""
+        service = tap.makeService(self.parse("--db", "memory:", *args), reactor=MemoryReactorClock())
+        [storage] = [c for c in service.services[0]._closables if hasattr(c, "read_window")]
+        return storage
 
     def test_command_line_wins_over_config(self):
         """The sample config parses; the command line overrides it."""

@@ -259,6 +259,12 @@ class SpliceDownloadTests(TestCase):
     def sources(self):
         return self.storage.splice_sources()
 
+    def pooled_sockets(self):
+        """@return: the idle sockets of the storage's source pool (at least one)."""
+        sockets = [source.sock for idle in self.sources()._idle.values() for source, _ in idle]
+        self.assertTrue(sockets)
+        return sockets
+
     def assert_spliced(self):
         self.assertEqual(self.resource.results[-1], SpliceFileReader)
         self.assertEqual(self.client._pools, {}, "the chunk client fetched bytes into Python")
@@ -517,16 +523,14 @@ class SpliceDownloadTests(TestCase):
         client = yield self.download(0, len(self.content))
         self.assertTrue(client.body() == self.content, "bytes differ")
         self.assert_spliced()
-        sockets = [source.sock for idle in self.sources()._idle.values() for source, _ in idle]
-        self.assertTrue(sockets)
+        sockets = self.pooled_sockets()
         for sock in sockets:
             self.assertIn(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), (window, 2 * window))
 
         self.storage = self.make_storage(self.addresses)
         self.serve()
         yield self.download(0, len(self.content))
-        sockets = [source.sock for idle in self.sources()._idle.values() for source, _ in idle]
-        self.assertTrue(sockets)
+        sockets = self.pooled_sockets()
         for sock in sockets:
             self.assertGreater(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 2 * window)
 
