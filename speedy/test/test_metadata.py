@@ -970,9 +970,16 @@ class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestC
         return store
 
     def run_sql(self, statement):
-        with self.admin().cursor() as cursor:
-            cursor.execute(statement)
-            return cursor.fetchall()
+        """Run C{statement} on a connection of its own, closed at once (a
+        polling loop must not pile up connections until the server refuses
+        more)."""
+        connection = _mysql_admin(self.url)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+                return cursor.fetchall()
+        finally:
+            connection.close()
 
     def drop_tables(self):
         for (table,) in self.run_sql("SHOW TABLES"):
