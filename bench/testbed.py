@@ -155,7 +155,7 @@ def _worker_ready(servers, index, port, healthy):
     return port in listening_ports(servers[index].process.pid) and healthy()
 
 
-def speedy_cluster(workdir, workers, read_window=None):
+def speedy_cluster(workdir, workers, read_window=None, cut_through=None):
     """
     @return: unstarted L{ServerProcess}es, in start order, for a Speedy
         cluster laid out like the original's: chunkmaster and C{workers}
@@ -165,11 +165,13 @@ def speedy_cluster(workdir, workers, read_window=None):
         listen addresses move to their own nodes.
     @param read_window: the imageservers' C{--read-window} (None: their
         default).
+    @param cut_through: the imageservers' C{--cut-through} (None: their
+        default).
     """
     plan = ClusterPlan.build(var=os.path.join(workdir, "var"), registry=f"{HOSTS['node1']}:{HTTP_PORT}",
                              master_port=MASTER_PORT, chunkserver_port=CHUNKSERVER_PORT,
                              chunkservers=len(CHUNKSERVER_NODES), imageserver_workers=workers,
-                             read_window=read_window)
+                             read_window=read_window, cut_through=cut_through)
     logs = os.path.join(plan.var, "logs")
     os.makedirs(logs, exist_ok=True)
     servers = []
@@ -283,7 +285,8 @@ def run(args):
                     servers = [nginx(workdir, HTTP_PORT, host=HOSTS["node1"], netns=netns("node1"),
                                      store_puts=True)]
                 else:
-                    servers = speedy_cluster(workdir, args.imageserver_workers, args.read_window)
+                    servers = speedy_cluster(workdir, args.imageserver_workers, args.read_window,
+                                             args.cut_through)
                 started = []
                 try:
                     for server in servers:
@@ -296,7 +299,8 @@ def run(args):
                         server.stop()
             for phase in (put, get):
                 if args.server == "speedy":
-                    phase = {**phase, "read_window": args.read_window}
+                    phase = {**phase, "read_window": args.read_window,
+                             "cut_through": args.cut_through}
                 print(json_line(phase), flush=True)
             rows.append(original_row(put, get, args.size))
     print()
@@ -317,6 +321,9 @@ def main(argv=None):
     parser.add_argument("--read-window", type=parse_size, default=READ_WINDOW,
                         help="the imageservers' --read-window: the receive buffer of their "
                         "chunkserver sockets (0: the kernel sizes it)")
+    parser.add_argument("--cut-through", type=int, default=None,
+                        help="the imageservers' --cut-through: chunks sent on while they "
+                        "arrive, at once (default: theirs; 0: every chunk once whole)")
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link")
     parser.add_argument("--queue-latency", default=QUEUE_LATENCY,
                         help="depth of each link's queue, as time at the link rate (tc tbf latency)")

@@ -527,8 +527,14 @@ class IChunkedStorage(Interface):
     failover.  Both the REST file API and the registry API sit on it.
     """
 
-    def writer():
-        """@return: a new L{IChunkedWriter}."""
+    def writer(length=None):
+        """
+        @param length: the number of bytes the stream will carry, when
+            known (a request's C{Content-Length}): chunks may then be sent
+            on while they arrive, and a stream that carries more or ends
+            short of it fails.
+        @return: a new L{IChunkedWriter}.
+        """
 
     def read(chunks, offset, length, consumer):
         """

@@ -135,6 +135,7 @@ class ClusterPlan:
     volume_size: int | None = None
     cache_size: int | None = None
     read_window: int | None = None
+    cut_through: int | None = None
     heartbeat_interval: float | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -149,7 +150,7 @@ class ClusterPlan:
         A port of 0 gives every role of that kind a free port of its own.
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
-            C{heartbeat_interval}, C{cluster_secret}, C{admin_token}.
+            C{cut_through}, C{heartbeat_interval}, C{cluster_secret}, C{admin_token}.
         @raise ClusterError: on counts that cannot make a cluster.
         @return: a L{ClusterPlan}.
         """
@@ -220,6 +221,8 @@ class ClusterPlan:
                 args += ["--chunk-size", str(self.chunk_size)]
             if self.read_window is not None:
                 args += ["--read-window", str(self.read_window)]
+            if self.cut_through is not None:
+                args += ["--cut-through", str(self.cut_through)]
             for w in range(self.imageserver_workers):
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",

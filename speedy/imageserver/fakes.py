@@ -22,6 +22,7 @@ from speedy.imageserver.replication import ReplicatedStorage
 from speedy.interfaces import IChunkClient
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import RW, ChunkInfo
+from speedy.wire.growing import GrowingChunk
 
 #: Failure modes of a L{FakeChunkServer}.
 #: down: every request fails with ConnectionFailed.
@@ -65,6 +66,7 @@ class FakeChunkClient:
         self.calls = Counter()  # (operation, address) -> count
         self.hold = set()
         self.held = []  # (operation, address, file_id, go)
+        self.growing_puts = []  # addresses of puts of GrowingChunks not yet whole
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -121,7 +123,23 @@ class FakeChunkClient:
         """Store C{data} (bytes-like, or a list or tuple of bytes-like
         pieces), read when the put is carried out (a held one on release),
         as a connection reads a body only as it sends it; a kept put's id
-        goes in the server's C{kept}."""
+        goes in the server's C{kept}.  A L{GrowingChunk} is put once it is
+        whole (the put fails as its connection would if it fails first);
+        its address is in C{growing_puts} meanwhile."""
+        if isinstance(data, GrowingChunk):
+            if self.server(address).mode == DOWN:
+                return fail(errors.ConnectionFailed(f"{address} is down"))
+            self.growing_puts.append(address)
+
+            def whole(pieces):
+                self.growing_puts.remove(address)
+                return self.put(address, file_id, pieces, keep)
+
+            def abandoned(failure):
+                self.growing_puts.remove(address)
+                raise errors.ConnectionFailed(
+                    f"connection to {address} aborted: {failure.getErrorMessage()}")
+            return data.whole().addCallbacks(whole, abandoned)
 
         def store(server):
             chunk = b"".join(data) if isinstance(data, (list, tuple)) else bytes(data)
@@ -298,7 +316,7 @@ class FakeCluster:
     """
 
     def __init__(self, groups, chunk_size=8, parallelism=2, tries=3, seed=0, id_batch=100,
-                 fill_slots=0):
+                 fill_slots=0, cut_through=0):
         self.clock = Clock()
         self.client = FakeChunkClient(self.clock)
         self.view = StaticClusterView(make_view(groups))
@@ -308,7 +326,7 @@ class FakeCluster:
         self.storage = ReplicatedStorage(
             self.client, self.view, self.file_ids, self.metadata, self.clock,
             chunk_size=chunk_size, parallelism=parallelism, tries=tries, rng=Random(seed),
-            fill_slots=fill_slots)
+            fill_slots=fill_slots, cut_through=cut_through)
 
     def copies(self, ref):
         """@return: {address: bytes} of the copies of C{ref} on its group's members."""

@@ -162,7 +162,7 @@ class FileAPI(JSONLeaf):
             upload_path(request)
         except errors.BadRequest as e:
             return RejectedBody(e)
-        return FileUpload(self._storage.writer())
+        return FileUpload(self._storage.writer(length=getattr(request, "body_length", None)))
 
     def render_PUT(self, request):
         return respond(request, self._put(request))

@@ -6,6 +6,11 @@ counted as stored only when all of them acknowledged it durable.  A chunk
 that some member failed is retried on another group under a new file id,
 and the copies of the failed attempt are deleted best-effort and recorded
 as garbage: never "two of three is enough".
+
+When a stream's length is known (a request's C{Content-Length}), its
+chunks are cut through: each chunk's PUTs start with its first byte and
+carry its bytes on as they arrive (L{GrowingChunk}), instead of waiting
+for the whole chunk; a retry on another group sends the bytes kept.
 """
 
 import random
@@ -14,6 +19,7 @@ from collections import Counter, deque
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy import errors
@@ -24,6 +30,7 @@ from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import ChunkRef
+from speedy.wire.growing import GrowingChunk
 from speedy.wire.producers import frozen_pieces
 from speedy.wire.splice import SourcePool, splice_transport
 
@@ -58,11 +65,15 @@ class ReplicatedStorage:
         come in on, or 0 for the kernel's sizing (L{SourcePool}).
     @param fill_slots: writers that take client bytes into a chunk at once
         (L{FillGate}), or 0 for no limit.
+    @param cut_through: chunks sent on while they arrive, at once (each
+        holds a connection to every member of its group to itself); more
+        wait to be whole, as does every chunk with 0.
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
-                 preferred=preferred_replica, read_window=0, fill_slots=0):
+                 preferred=preferred_replica, read_window=0, fill_slots=0,
+                 cut_through=0):
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -76,6 +87,9 @@ class ReplicatedStorage:
         self.read_window = read_window
         #: admission of chunk fills, or None
         self.fill_gate = FillGate(clock, fill_slots) if fill_slots else None
+        self.cut_through = cut_through
+        #: chunks being cut through now
+        self.cutting = 0
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
         #: counts for status pages and tests
@@ -85,8 +99,8 @@ class ReplicatedStorage:
 
     # IChunkedStorage
 
-    def writer(self):
-        return ReplicatedWriter(self)
+    def writer(self, length=None):
+        return ReplicatedWriter(self, length)
 
     def read(self, chunks, offset, length, consumer):
         """
@@ -183,11 +197,75 @@ class ReplicatedStorage:
                 crc32c = crc32c_of(piece, crc32c)
         return Deferred.fromCoroutine(self._store_chunk(pieces, crc32c))
 
-    async def _store_chunk(self, pieces, crc32c):
+    def can_cut_through(self):
+        """@return: True if one more chunk may be cut through now."""
+        return self.cutting < self.cut_through
+
+    def store_growing(self, chunk):
+        """
+        Store a L{GrowingChunk} as it fills: its PUTs go to every member of
+        a group at once and send its bytes as they are added.  If a member
+        fails, the chunk is stored whole elsewhere once complete, as
+        L{store_chunk} does.
+
+        @return: a Deferred firing with its L{ChunkRef}; failing with the
+            chunk's own failure when it was never completed (nothing of it
+            is stored), else as L{store_chunk}'s.
+        """
+        return Deferred.fromCoroutine(self._store_growing(chunk))
+
+    async def _store_growing(self, chunk):
+        self.cutting += 1
+        try:
+            group = choose_group(self.view.current, chunk.length, self.pending, self.rng)
+            file_id = await self.file_ids.next()
+            failed = await self._put_all(group, file_id, chunk)
+        finally:
+            self.cutting -= 1
+        if chunk.failure is not None:
+            chunk.failure.raiseException()  # never whole: no member stored it
+        ref = ChunkRef(group.group_id, file_id, chunk.length, chunk.crc32c)
+        failed = [(s, _put_problem(ok, result, ref)) for s, (ok, result) in failed]
+        failed = [(s, problem) for s, problem in failed if problem is not None]
+        if not failed:
+            self.counters["chunks_written"] += 1
+            self.counters["chunks_cut_through"] += 1
+            return ref
+        reasons = [self._retrying(ref, group, failed)]
+        pieces = await chunk.whole()
+        return await self._store_chunk(pieces, chunk.crc32c, [group.group_id], reasons)
+
+    async def _put_all(self, group, file_id, data):
+        """Put C{data} on every member of C{group} at once.
+        @return: a list of (server, (ok, result)), one per member."""
+        self.pending[group.group_id] += 1
+        keeper = self.preferred(group.servers, file_id)
+        try:
+            results = await DeferredList(
+                [self.client.put(s.address, file_id, data, keep=s is keeper)
+                 for s in group.servers],
+                consumeErrors=True)
+        finally:
+            self.pending[group.group_id] -= 1
+        return list(zip(group.servers, results))
+
+    def _retrying(self, ref, group, failed):
+        """Log and count a failed attempt, discard its copies.
+        @return: the reason, for the final error."""
+        why = "; ".join(f"{s.server_id} ({s.address}): {p}" for s, p in failed)
+        log.warn("chunk {file_id} not stored on all of group {group_id}, "
+                 "retrying elsewhere: {why}",
+                 file_id=ref.file_id, group_id=group.group_id, why=why)
+        self.counters["chunk_write_retries"] += 1
+        self.discard(ref, "partial write: " + why).addErrback(
+            _log_failure, "discarding a partial write")
+        return f"group {group.group_id}: {why}"
+
+    async def _store_chunk(self, pieces, crc32c, tried=(), reasons=()):
         size = sum(len(piece) for piece in pieces)
-        tried = []
-        reasons = []
-        for _ in range(self.tries):
+        tried = list(tried)
+        reasons = list(reasons)
+        for _ in range(self.tries - len(tried)):
             try:
                 group = choose_group(self.view.current, size, self.pending,
                                      self.rng, exclude=tried)
@@ -198,29 +276,13 @@ class ReplicatedStorage:
             tried.append(group.group_id)
             file_id = await self.file_ids.next()
             ref = ChunkRef(group.group_id, file_id, size, crc32c)
-            self.pending[group.group_id] += 1
-            keeper = self.preferred(group.servers, file_id)
-            try:
-                results = await DeferredList(
-                    [self.client.put(s.address, file_id, pieces, keep=s is keeper)
-                     for s in group.servers],
-                    consumeErrors=True)
-            finally:
-                self.pending[group.group_id] -= 1
-            problems = [(server, _put_problem(ok, result, ref))
-                        for server, (ok, result) in zip(group.servers, results)]
+            results = await self._put_all(group, file_id, pieces)
+            problems = [(server, _put_problem(ok, result, ref)) for server, (ok, result) in results]
             failed = [(server, problem) for server, problem in problems if problem is not None]
             if not failed:
                 self.counters["chunks_written"] += 1
                 return ref
-            why = "; ".join(f"{s.server_id} ({s.address}): {p}" for s, p in failed)
-            log.warn("chunk {file_id} not stored on all of group {group_id}, "
-                     "retrying elsewhere: {why}",
-                     file_id=file_id, group_id=group.group_id, why=why)
-            self.counters["chunk_write_retries"] += 1
-            reasons.append(f"group {group.group_id}: {why}")
-            self.discard(ref, "partial write: " + why).addErrback(
-                _log_failure, "discarding a partial write")
+            reasons.append(self._retrying(ref, group, failed))
         self.counters["chunk_writes_failed"] += 1
         raise errors.Unavailable(
             f"a chunk of {size} bytes could not be stored on all members of any "
@@ -272,11 +334,20 @@ class ReplicatedWriter:
     L{Pass} waits for one first; the pass goes back when the chunk being
     filled is sealed (a write that straddles chunks is taken whole), when
     the stream ends, or when the gate's idle or hold time runs out.
+
+    Given the stream's C{length}, a chunk that starts while fewer than
+    C{parallelism} are in flight, nothing is queued and the storage has
+    room (L{ReplicatedStorage.can_cut_through}) is cut through: its PUTs
+    start with its first byte (L{ReplicatedStorage.store_growing}).  A
+    stream that then carries more bytes than C{length}, or ends short of
+    it, fails.
     """
 
-    def __init__(self, storage):
+    def __init__(self, storage, length=None):
         self._storage = storage
         self._chunk_size = storage.chunk_size
+        self._length = length
+        self._growing = None  # the GrowingChunk being filled, when cut through
         self._pieces = []  # of bytes: the chunk being filled
         self._filled = 0
         self._refs = []  # ChunkRef or None (in flight / queued), by position
@@ -295,6 +366,9 @@ class ReplicatedWriter:
             return fail(self._failure)
         if self._closed:
             return fail(errors.BadRequest("write after finish or abort"))
+        if self._length is not None and self.bytes_written + len(data) > self._length:
+            return fail(errors.BadRequest(f"the stream carries more than the "
+                                          f"{self._length} bytes it declared"))
         gate = self._storage.fill_gate
         if gate is not None and data and (self._pass is None or not self._pass.valid):
             self._entering = gate.enter()
@@ -345,6 +419,11 @@ class ReplicatedWriter:
         self._leave_gate()
         if self._failure is not None:
             return fail(self._failure)
+        if self._length is not None and self.bytes_written != self._length:
+            short = errors.BadRequest(f"the stream ended after {self.bytes_written} "
+                                      f"of the {self._length} bytes it declared")
+            self._stop(Failure(short))
+            return fail(short)
         if self._filled:
             self._seal()
         self._finished = finished = Deferred()
@@ -355,9 +434,10 @@ class ReplicatedWriter:
         self._closed = True
         self._leave_gate()
         if self._failure is None:
-            self._failure = errors.BadRequest("the write was aborted")
+            self._failure = Failure(errors.BadRequest("the write was aborted"))
         self._queued.clear()
         self._pieces = []
+        self._fail_growing(self._failure)
         self._wake(self._failure)
         if self._finished is not None:
             finished, self._finished = self._finished, None
@@ -371,18 +451,54 @@ class ReplicatedWriter:
             await self._storage.delete(stored)
 
     def _add(self, piece):
-        if piece:
+        if not piece:
+            return
+        if self._filled == 0:
+            self._begin()
+        self._filled += len(piece)
+        if self._growing is None:
             self._pieces.append(piece)
-            self._filled += len(piece)
             if self._filled == self._chunk_size:
                 self._seal()
+        else:
+            self._growing.add(piece)
+            if self._growing.complete:
+                self._seal()
+
+    def _begin(self):
+        """A chunk starts: cut it through if the stream's length is known
+        and there is room for one more chunk in flight."""
+        storage = self._storage
+        if (self._length is None or self._queued or self._failure is not None
+                or len(self._in_flight) >= storage.parallelism
+                or not storage.can_cut_through()):
+            return
+        position = len(self._refs)
+        self._refs.append(None)
+        self._growing = GrowingChunk(
+            min(self._chunk_size, self._length - position * self._chunk_size))
+        self._send(position, storage.store_growing(self._growing))
+
+    def _send(self, position, stored):
+        self._in_flight[position] = stored
+        stored.addCallbacks(self._stored, self._failed, (position,), None, (position,))
+        stored.addErrback(_log_failure, "a chunk write's bookkeeping")
+
+    def _fail_growing(self, failure):
+        if self._growing is not None:
+            growing, self._growing = self._growing, None
+            growing.fail(failure)
 
     def _seal(self):
-        """Queue the chunk filled so far, as the pieces it arrived in, and
-        give back the fill pass."""
+        """Queue the chunk filled so far, as the pieces it arrived in (a
+        chunk cut through is on its way already), and give back the fill
+        pass."""
         self._give_back_pass()
-        pieces, self._pieces = tuple(self._pieces), []
         self._filled = 0
+        if self._growing is not None:
+            self._growing = None
+            return
+        pieces, self._pieces = tuple(self._pieces), []
         self._refs.append(None)
         self._queued.append((len(self._refs) - 1, pieces))
 
@@ -392,10 +508,7 @@ class ReplicatedWriter:
         is stored."""
         while self._queued and len(self._in_flight) < self._storage.parallelism:
             position, pieces = self._queued.popleft()
-            d = self._storage.store_chunk(pieces)
-            self._in_flight[position] = d
-            d.addCallbacks(self._stored, self._failed, (position,), None, (position,))
-            d.addErrback(_log_failure, "a chunk write's bookkeeping")
+            self._send(position, self._storage.store_chunk(pieces))
         if not self._queued:
             self._wake(None)
         if self._finished is not None and not self._in_flight and self._failure is None:
@@ -412,9 +525,14 @@ class ReplicatedWriter:
         del self._in_flight[position]
         if self._failure is not None:
             return
+        self._stop(failure)
+
+    def _stop(self, failure):
+        """Fail the stream: nothing more is taken or sent."""
         self._failure = failure
         self._queued.clear()
         self._give_back_pass()
+        self._fail_growing(failure)
         self._wake(failure)
         if self._finished is not None:
             finished, self._finished = self._finished, None

@@ -4,7 +4,8 @@ C{twistd speedy-imageserver}: options and service.
 
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
         --master http://127.0.0.1:8099 --cluster-secret S --db sqlite:meta.db \\
-        [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--read-window 0]
+        [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--cut-through 8]
+        [--read-window 0]
         [--config etc/imageserver.ini]
 
 An option given on the command line wins over the C{--config} file (section
@@ -50,6 +51,7 @@ DEFAULTS = {
     "file-id-batch": "1000",
     "read-window": "0",
     "fill-slots": "8",
+    "cut-through": "8",
 }
 
 #: The largest --read-window taken (the kernel caps it at net.core.rmem_max).
@@ -72,6 +74,9 @@ class Options(usage.Options):
          "[default: 1000]."],
         ["fill-slots", None, None, "Uploads that take client bytes into a chunk at once; the "
          "others wait their turn. 0 for no limit [default: 8]."],
+        ["cut-through", None, None, "Chunks of uploads with a Content-Length sent on to their "
+         "replicas while they arrive, at once; the others are sent once whole. 0 for none "
+         "[default: 8]."],
         ["read-window", None, None, "Receive buffer of each socket spliced downloads (plain "
          "TCP) read chunkservers' answers on, against TCP incast; 0 lets the kernel size it "
          "[default: 0]."],
@@ -88,6 +93,7 @@ class Options(usage.Options):
             raise usage.UsageError("--read-window must be between 0 and 64MiB")
         self["parallelism"] = positive(self, "parallelism", int)
         self["fill-slots"] = number(self, "fill-slots", int, minimum=0)
+        self["cut-through"] = number(self, "cut-through", int, minimum=0)
         self["request-timeout"] = positive(self, "request-timeout", float)
         self["file-id-batch"] = positive(self, "file-id-batch", int)
         if not self["master"].startswith(("http://", "https://")):
@@ -137,7 +143,7 @@ def makeService(options, reactor=None):
                                     low_water=max(1, options["file-id-batch"] // 4)),
         metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
-        fill_slots=options["fill-slots"])
+        fill_slots=options["fill-slots"], cut_through=options["cut-through"])
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)

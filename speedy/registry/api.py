@@ -155,6 +155,12 @@ def _content_length(request):
         return None
 
 
+def _body_length(request):
+    """@return: the length a streamed body is held to by the HTTP layer
+    (L{speedy.web.streaming.StreamingRequest.body_length}), or None."""
+    return getattr(request, "body_length", None)
+
+
 def _has_body(request):
     return request.getHeader(b"transfer-encoding") is not None or bool(_content_length(request))
 
@@ -288,7 +294,7 @@ class RegistryAPI:
             if route.kind == "uploads" and method == "POST" and _arg(request, "digest") is not None \
                     and _arg(request, "mount") is None:
                 algorithm = check_digest(_arg(request, "digest")).split(":", 1)[0]
-                return self.uploads.receive_blob(algorithm)
+                return self.uploads.receive_blob(algorithm, _body_length(request))
             if route.kind == "upload" and method == "PATCH":
                 return self._chunk_sink(request, route)
             if route.kind == "upload" and method == "PUT" and _has_body(request):
@@ -307,7 +313,8 @@ class RegistryAPI:
 
     def _chunk_sink(self, request, route):
         return self.uploads.receive_chunk(
-            route.name, route.argument, _header(request, b"content-range"), _content_length(request))
+            route.name, route.argument, _header(request, b"content-range"), _content_length(request),
+            _body_length(request))
 
     async def body(self, request):
         """

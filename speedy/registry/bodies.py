@@ -56,15 +56,20 @@ class BlobBody:
     @param storage: the L{IChunkedStorage} whose writer takes the bytes.
     @param expected_length: the length the request announced (from
         C{Content-Range}), or None.
+    @param body_length: the length the HTTP layer holds the body to (its
+        C{Content-Length}), or None: the writer is told, so it can send
+        chunks on as they arrive (see L{IChunkedStorage.writer}).
     @param run_in_thread: C{run_in_thread(f, *args)} runs C{f(*args)} in a
         worker thread and returns a Deferred of its result; the body is
         then hashed there (a L{HashFeed}).  None: hashed inline, on the
         reactor thread.
     """
 
-    def __init__(self, prepared, storage, expected_length=None, run_in_thread=None):
+    def __init__(self, prepared, storage, expected_length=None, run_in_thread=None,
+                 body_length=None):
         self._storage = storage
         self._expected_length = expected_length
+        self._body_length = body_length
         self._run_in_thread = run_in_thread
         self._writer = None
         self._feed = None
@@ -75,7 +80,7 @@ class BlobBody:
         self._context, self._hash = prepared
         if self._run_in_thread is not None:
             self._feed = HashFeed(self._hash, self._run_in_thread)
-        self._writer = self._storage.writer()
+        self._writer = self._storage.writer(length=self._body_length)
 
     def write(self, data):
         """Hash and store C{data}; @return: a Deferred firing when the next

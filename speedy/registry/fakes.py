@@ -38,12 +38,15 @@ class MemoryChunkedStorage:
         self.write_gate = None
         self.read_failure = None
         self.read_failure_after = 0
+        self.writer_lengths = []  # the length each writer() was given
         #: reads started and not yet over (done, failed or cancelled)
         self.reads_in_progress = 0
         self._next_file_id = 1
 
-    def writer(self):
-        """@return: a new L{MemoryChunkedWriter}."""
+    def writer(self, length=None):
+        """@return: a new L{MemoryChunkedWriter}; C{length} is recorded in
+        C{writer_lengths}."""
+        self.writer_lengths.append(length)
         return MemoryChunkedWriter(self)
 
     def store(self, data):

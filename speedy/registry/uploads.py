@@ -146,11 +146,14 @@ class UploadSessions:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, detail={"upload": upload_id})
         return record
 
-    def receive_chunk(self, repository, upload_id, content_range=None, content_length=None):
+    def receive_chunk(self, repository, upload_id, content_range=None, content_length=None,
+                      body_length=None):
         """
         @param content_range: the request's C{Content-Range} (where its
             bytes go), or None to append wherever the session stands.
         @param content_length: the request's C{Content-Length}, or None.
+        @param body_length: the length the HTTP layer holds the body to, or
+            None (see L{BlobBody}).
         @return: a L{BlobBody} for a PATCH or final PUT body; its context is
             the session's L{UploadRecord} as it was before the body.  It
             fails with 416 when the range is malformed, does not start where
@@ -163,7 +166,8 @@ class UploadSessions:
         length = declared[1] if isinstance(declared, tuple) else content_length
         return BlobBody(
             Deferred.fromCoroutine(self._prepare_chunk(repository, upload_id, declared, content_length)),
-            self._storage, expected_length=length, run_in_thread=self._run_in_thread)
+            self._storage, expected_length=length, run_in_thread=self._run_in_thread,
+            body_length=body_length)
 
     async def _prepare_chunk(self, repository, upload_id, declared, content_length):
         record = await self.find(repository, upload_id)
@@ -177,10 +181,11 @@ class UploadSessions:
                 raise out_of_order(record, "Content-Range and Content-Length disagree")
         return record, await self._hash_of(record, record.hash_algorithm)
 
-    def receive_blob(self, algorithm):
-        """@return: a L{BlobBody} for a whole blob in one request (no session)."""
+    def receive_blob(self, algorithm, body_length=None):
+        """@return: a L{BlobBody} for a whole blob in one request (no session),
+        of C{body_length} bytes if known (see L{BlobBody})."""
         return BlobBody(succeed((None, ResumableHash(algorithm))), self._storage,
-                        run_in_thread=self._run_in_thread)
+                        run_in_thread=self._run_in_thread, body_length=body_length)
 
     async def _hash_of(self, record, algorithm):
         """

@@ -24,6 +24,7 @@ from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import GatedStore
 from speedy.wire.client import ChunkClient, parse_address
 from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
+from speedy.wire.growing import GrowingChunk
 from speedy.wire.frames import (
     CHUNK_INFO, FILE_ID, FLAG_KEEP, FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, OP_GET, OP_PING, OP_PUT, OP_STAT,
     Header, frame)
@@ -192,6 +193,90 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         self.failureResultOf(pending, ConnectionFailed)
         self.assertEqual(self.factory.counters["open_connections"], 0)
         self.fails(self.client.ping(ADDRESS), ConnectionFailed)
+
+
+class GrowingPutTests(ClientTestsMixin, SynchronousTestCase):
+    """A PUT of a L{GrowingChunk} (cut-through replication) over the real
+    server protocol."""
+
+    def setUp(self):
+        super().setUp()
+        self.serve()
+
+    def received(self):
+        """@return: the bytes the server's open writes hold."""
+        return [bytes(write._data) for write in self.store._writes]
+
+    def test_bytes_go_out_as_they_arrive(self):
+        """The server gets each piece as it is added; the PUT is answered
+        once the chunk is whole, and the chunk reads back intact."""
+        data = os.urandom(300_000)
+        chunk = GrowingChunk(len(data))
+        chunk.add(data[:100_000])
+        d = self.client.put(ADDRESS, 7, chunk)
+        self.flush()
+        self.assertNoResult(d)
+        self.assertEqual(self.received(), [data[:100_000]])
+        chunk.add(data[100_000:250_000])
+        self.flush()
+        self.assertEqual(self.received(), [data[:250_000]])
+        chunk.add(data[250_000:])
+        self.assertEqual(self.answer(d), ChunkInfo(7, len(data), google_crc32c.value(data)))
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 7)), data)
+
+    def test_failed_chunk_stores_nothing(self):
+        """A chunk failed halfway fails its PUT; the connection is aborted,
+        the server keeps nothing of it, and the client goes on."""
+        chunk = GrowingChunk(1000)
+        chunk.add(b"x" * 400)
+        d = self.client.put(ADDRESS, 7, chunk)
+        self.flush()
+        chunk.fail(ConnectionError("the client went away"))
+        self.fails(d, ConnectionFailed)
+        self.assertEqual((self.received(), self.store.contents(7)), ([], None))
+        self.fails(self.client.stat(ADDRESS, 7), ChunkNotFound)
+
+    def test_connection_to_itself(self):
+        """While a growing PUT waits for bytes, other requests to the same
+        server are answered on another connection, and a second growing
+        PUT gets a connection of its own too, beyond the pool's size."""
+        self.store.add(1, b"one")
+        growing = [GrowingChunk(10) for _ in range(5)]
+        puts = [self.client.put(ADDRESS, 10 + i, chunk) for i, chunk in enumerate(growing)]
+        self.flush()
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 1)), b"one")
+        for d in puts:
+            self.assertNoResult(d)
+        self.assertEqual(len(self.pumps), 6)  # 5 puts, 1 shared for the get
+        for chunk in growing:
+            chunk.add(b"0123456789")
+        for i, d in enumerate(puts):
+            self.assertEqual(self.answer(d).size, 10)
+            self.assertEqual(self.store.contents(10 + i), b"0123456789")
+
+    def test_idle_connection_reused(self):
+        """A growing PUT takes an idle pooled connection when there is one."""
+        self.answer(self.client.ping(ADDRESS))
+        chunk = GrowingChunk(3)
+        chunk.add(b"abc")
+        self.answer(self.client.put(ADDRESS, 5, chunk))
+        self.assertEqual(len(self.pumps), 1)
+
+    def test_error_answer_mid_body_aborts(self):
+        """The server refusing the PUT before the body is whole fails it,
+        and the connection is dropped rather than left waiting on a body
+        nobody reads: the chunk's later bytes go nowhere."""
+        self.store.read_only = True
+        chunk = GrowingChunk(100)
+        chunk.add(b"a" * 10)
+        d = self.client.put(ADDRESS, 5, chunk)
+        self.fails(d, ReadOnly)
+        self.assertTrue(self.pumps[0].clientIO.disconnecting)
+        chunk.add(b"b" * 90)
+        self.store.read_only = False
+        self.answer(self.client.ping(ADDRESS))
+        self.assertEqual(len(self.pumps), 2)  # the ping needed a new connection
+        self.assertIsNone(self.store.contents(5))
 
 
 class FailureTests(ClientTestsMixin, SynchronousTestCase):

@@ -84,6 +84,17 @@ class APITests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"4352"])
 
+    async def test_put_cut_through(self):
+        """A PUT with a Content-Length has its chunks sent on to the
+        replicas as they arrive, and stores them whole."""
+        self.cluster.storage.cut_through = 4
+        data = bytes(range(256)) * 10  # 3 chunks
+        response, body = await self.put("cut", data)
+        self.assertEqual(response.code, 201, body)
+        self.assertEqual(self.cluster.storage.counters["chunks_cut_through"], 3)
+        response, body = await self.call("GET", "/v1/files/cut")
+        self.assertEqual(body, data)
+
     async def test_ranges(self):
         data = bytes(range(256)) * 10
         await self.put("r", data)

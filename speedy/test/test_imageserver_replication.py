@@ -168,6 +168,114 @@ class FillGateWriterTests(SynchronousTestCase):
         self.assertEqual(self.gate.holders, 1)
 
 
+class CutThroughWriterTests(SynchronousTestCase):
+    """Writers told their stream's length send each chunk on as it arrives
+    (chunks of 8 bytes, two in flight per writer)."""
+
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1, 2: G2}, chunk_size=8, parallelism=2, cut_through=4)
+        self.storage = self.cluster.storage
+        self.client = self.cluster.client
+
+    def test_puts_start_with_the_first_byte(self):
+        """A chunk's three puts are under way after its first bytes, and
+        every chunk ends up whole on all members of its group."""
+        data = bytes(range(20))
+        writer = self.storage.writer(length=len(data))
+        self.successResultOf(writer.write(data[:3]))
+        self.assertEqual(len(self.client.growing_puts), 3)
+        self.successResultOf(writer.write(data[3:]))
+        refs = self.successResultOf(writer.finish())
+        self.assertEqual([r.size for r in refs], [8, 8, 4])
+        for ref, piece in zip(refs, (data[:8], data[8:16], data[16:])):
+            self.assertEqual(ref.crc32c, google_crc32c.value(piece))
+            self.assertEqual(list(self.cluster.copies(ref).values()), [piece] * 3)
+        self.assertEqual(self.storage.counters["chunks_cut_through"], 3)
+        self.assertEqual((self.client.growing_puts, self.storage.cutting), ([], 0))
+
+    def test_unknown_length_waits_for_whole_chunks(self):
+        writer = self.storage.writer()
+        self.successResultOf(writer.write(b"abc"))
+        self.assertEqual((self.client.growing_puts, self.client.calls["put", G1[0]]), ([], 0))
+        [ref] = self.successResultOf(writer.finish())
+        self.assertEqual(ref.size, 3)
+        self.assertEqual(self.storage.counters["chunks_cut_through"], 0)
+
+    def test_limit(self):
+        """Past C{cut_through} chunks at once, chunks wait to be whole."""
+        self.storage.cut_through = 1
+        first, second = self.storage.writer(length=8), self.storage.writer(length=8)
+        self.successResultOf(first.write(b"a"))
+        self.successResultOf(second.write(b"b"))
+        self.assertEqual(len(self.client.growing_puts), 3)  # the first's only
+        self.successResultOf(second.write(b"b" * 7))
+        self.successResultOf(first.write(b"a" * 7))
+        for writer, byte in ((first, b"a"), (second, b"b")):
+            [ref] = self.successResultOf(writer.finish())
+            self.assertEqual(list(self.cluster.copies(ref).values()), [byte * 8] * 3)
+        self.assertEqual(self.storage.counters["chunks_cut_through"], 1)
+
+    def test_cut_through_chunks_count_against_parallelism(self):
+        """With puts held, a third chunk waits to be whole behind two cut
+        through, and the write that fills it waits too."""
+        self.client.hold = {"put"}
+        writer = self.storage.writer(length=24)
+        self.successResultOf(writer.write(b"a" * 16))
+        self.assertEqual(len(self.client.growing_puts), 0)  # whole, puts held
+        waiting = writer.write(b"b" * 8)
+        self.assertNoResult(waiting)
+        self.assertEqual(self.client.in_flight, 2 * 3)
+        self.client.hold = set()
+        self.client.release()
+        self.successResultOf(waiting)
+        self.assertEqual(len(self.successResultOf(writer.finish())), 3)
+        self.assertEqual(self.storage.counters["chunks_cut_through"], 2)
+
+    def test_member_down_sends_the_kept_bytes_elsewhere(self):
+        """A member failing a cut-through put: once the chunk is whole it
+        goes to another group; the partial copies are deleted and recorded
+        as garbage."""
+        self.client.server(G1[1]).mode = DOWN
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        writer = self.storage.writer(length=8)
+        self.successResultOf(writer.write(b"abcd"))
+        self.assertEqual(sorted(self.client.growing_puts), [G1[0], G1[2]])
+        self.successResultOf(writer.write(b"efgh"))
+        [ref] = self.successResultOf(writer.finish())
+        self.assertEqual(ref.group_id, 2)
+        self.assertEqual(list(self.cluster.copies(ref).values()), [b"abcdefgh"] * 3)
+        for address in G1:
+            self.assertEqual(self.client.server(address).chunks, {})
+        [garbage] = self.successResultOf(self.cluster.metadata.list_garbage())
+        self.assertEqual(garbage.chunk.group_id, 1)
+
+    def test_abort_mid_chunk_stores_nothing(self):
+        writer = self.storage.writer(length=16)
+        self.successResultOf(writer.write(b"x" * 10))
+        self.successResultOf(writer.abort())
+        self.assertEqual(self.client.growing_puts, [])
+        for server in self.client.servers.values():
+            self.assertEqual(server.chunks, {})
+        self.assertEqual(self.storage.cutting, 0)
+
+    def test_stream_ends_short(self):
+        """A stream that ends short of its length fails at finish, and
+        nothing of it stays stored once aborted."""
+        writer = self.storage.writer(length=12)
+        self.successResultOf(writer.write(b"x" * 10))
+        failure = self.failureResultOf(writer.finish(), errors.BadRequest)
+        self.assertIn("10 of the 12 bytes", str(failure.value))
+        self.successResultOf(writer.abort())
+        for server in self.client.servers.values():
+            self.assertEqual(server.chunks, {})
+
+    def test_stream_longer_than_declared(self):
+        writer = self.storage.writer(length=4)
+        self.failureResultOf(writer.write(b"abcde"), errors.BadRequest)
+        self.successResultOf(writer.write(b"abcd"))
+        self.assertEqual([r.size for r in self.successResultOf(writer.finish())], [4])
+
+
 class FileIdRangeTests(SynchronousTestCase):
     def setUp(self):
         self.master = FakeMaster(Clock())

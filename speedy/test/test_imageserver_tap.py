@@ -35,16 +35,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["parallelism"], 4)
         self.assertEqual(options["read-window"], 0)
         self.assertEqual(options["fill-slots"], 8)
+        self.assertEqual(options["cut-through"], 8)
 
     def test_storage_options(self):
-        """--read-window takes a size, 0 included, and --fill-slots a count,
-        0 for no gate; both reach the storage."""
+        """--read-window takes a size, 0 included, and --fill-slots and
+        --cut-through a count, 0 for none; they reach the storage."""
         self.assertEqual(self.parse("--read-window", "64KiB")["read-window"], 64 << 10)
         self.assertEqual(self.parse("--read-window", "0")["read-window"], 0)
         storage = self.storage_of("--read-window", "128KiB")
         self.assertEqual(storage.read_window, 128 << 10)
         self.assertEqual(storage.fill_gate.slots, 8)
         self.assertIsNone(self.storage_of("--fill-slots", "0").fill_gate)
+        self.assertEqual(storage.cut_through, 8)
+        self.assertEqual(self.storage_of("--cut-through", "0").cut_through, 0)
 
     def storage_of(self, *args):
         """@return: the storage of the service built from C{args}."""
@@ -63,7 +66,8 @@ class OptionsTests(SynchronousTestCase):
         for args in (["--chunk-size", "lots"], ["--chunk-size", "0"], ["--parallelism", "-1"],
                      ["--master", "127.0.0.1:8099"], ["--config", "/nonexistent.ini"],
                      ["--read-window", "-1"], ["--read-window", "wide"], ["--read-window", "1GiB"],
-                     ["--fill-slots", "-1"], ["--fill-slots", "many"]):
+                     ["--fill-slots", "-1"], ["--fill-slots", "many"],
+                     ["--cut-through", "-1"], ["--cut-through", "all"]):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
     def test_config_unknown_key(self):

@@ -92,12 +92,12 @@ class ClusterPlanTests(SynchronousTestCase):
         registry's."""
         var = os.path.abspath("v")
         images = [r for r in plan(var, registry="127.0.0.1:6000", imageservers=2,
-                                  chunk_size=4 << 20, read_window=1 << 16).roles()
+                                  chunk_size=4 << 20, read_window=1 << 16, cut_through=0).roles()
                   if r.plugin == "speedy-imageserver"]
         self.assertEqual(images[1].args, (
             "--listen", "tcp:6001:interface=127.0.0.1", "--master", "http://127.0.0.1:8099",
             "--cluster-secret", "S", "--db", f"sqlite:{var}/metadata.sqlite", "--chunk-size", str(4 << 20),
-            "--read-window", str(1 << 16)))
+            "--read-window", str(1 << 16), "--cut-through", "0"))
         self.assertEqual([(r.health_url, r.needs_writable_group) for r in images],
                          [("http://127.0.0.1:6000/v1/health", True), ("http://127.0.0.1:6001/v1/health", True)])
 

@@ -293,6 +293,8 @@ class BlobPushTests(RegistryTestCase):
         self.assertEqual(body, b"")
         response, body = await self.request("GET", f"/v2/library/ubuntu/blobs/{d}")
         self.assertEqual((response.code, body), (200, data))
+        # the writer knew the body's length, so it could send chunks on early
+        self.assertEqual(self.storage.writer_lengths, [len(data)])
 
     async def test_monolithic_digest_mismatch(self):
         """A body that does not match ?digest= is 400 DIGEST_INVALID and
@@ -369,6 +371,7 @@ class BlobPushTests(RegistryTestCase):
         self.assertEqual([c.size for c in blob.chunks], [1000, 500, 700, 1])
         response, body = await self.request("GET", f"/v2/repo/blobs/{blob.digest}")
         self.assertEqual(body, b"".join(pieces))
+        self.assertEqual(self.storage.writer_lengths, [1500, 700, 1])
 
     async def test_chunked_upload_sha512(self):
         """A chunked upload completed with a sha512 digest."""
@@ -449,6 +452,7 @@ class BlobPushTests(RegistryTestCase):
         ).encode() + chunked))
         self.assertEqual(answer.status, 202, answer.data)
         self.assertEqual(answer.headers["range"], "0-2099")
+        self.assertEqual(self.storage.writer_lengths, [None])  # no length to cut through with
         response, body = await self.request(
             "PUT", location, params={"digest": sha256(b"".join(pieces))})
         self.assertEqual(response.code, 201, body)

@@ -78,6 +78,9 @@ class StreamingRequest(Request):
     """
 
     body_sink = None
+    #: the body's length from C{Content-Length}, which the channel holds the
+    #: client to, or None (a chunked body)
+    body_length = None
     body_failure = None
 
     _streaming = False  # the body goes to the sink (or, after a failure, nowhere)
@@ -99,6 +102,7 @@ class StreamingRequest(Request):
         Twisted 26.10 by the tests).
         """
         channel = self.channel
+        self.body_length = length
         self.method = channel._command
         self.uri = channel._path
         self.path, _, query = self.uri.partition(b"?")

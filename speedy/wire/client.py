@@ -14,6 +14,10 @@ with L{Timeout} once nothing has moved on its connection for
 C{request_timeout} seconds (a slow transfer that keeps moving is never cut
 short; see L{speedy.wire.connection}); connecting has its own
 C{connect_timeout}; a dropped connection fails its requests.
+
+A PUT of a L{GrowingChunk} (cut-through replication) waits on a client's
+bytes as it goes out, so it gets a connection to itself: an idle one, or
+one opened for it; no other request is queued behind it.
 """
 
 import json
@@ -31,6 +35,7 @@ from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS)
+from speedy.wire.growing import GrowingChunk
 
 
 def parse_address(address):
@@ -83,12 +88,20 @@ class ChunkClient:
             pool = self._pool(address)
         except ConnectionFailed as e:
             return fail(e)
+        if isinstance(data, GrowingChunk):
+            return pool.request_alone(opcode, body, data, flags)
         return pool.request(opcode, body, data, sink, length, flags)
 
     def put(self, address, file_id, data, keep=False):
         """
         Send C{data} (bytes-like, or a list or tuple of bytes-like pieces)
         without joining or copying its C{bytes} on plain TCP.
+
+        C{data} may also be a L{GrowingChunk}: its bytes go out as they are
+        added, on a connection that carries nothing else until the body
+        went out whole (an idle pooled one, or a new one beyond
+        C{max_connections_per_server}: the caller bounds how many such puts
+        it has going).
 
         @return: see L{IChunkClient.put}.
         """
@@ -174,6 +187,7 @@ class _ServerPool:
         self._address = address
         self._connections = []
         self._connecting = []  # Deferreds of connection attempts in progress
+        self._connecting_alone = []  # those made for one request (request_alone)
         self._waiters = []  # requests waiting for an attempt to finish
         self._failures = 0
         self._retry_at = 0.0
@@ -201,9 +215,40 @@ class _ServerPool:
         self._acquire().addCallbacks(send, no_connection)
         return answer
 
+    def request_alone(self, opcode, body, data, flags=0):
+        """
+        @return: the Deferred of a request whose body (a L{GrowingChunk})
+            waits for bytes to arrive: sent on an idle connection, or on a
+            new one made for it, and no other request is sent there while
+            the body goes out.
+        """
+        idle = [c for c in self._connections
+                if c.connected and not c.streaming and c.in_flight == 0]
+        if idle:
+            return idle[0].request(opcode, body, data, flags=flags)
+        if self._backing_off():
+            return self._acquire()  # fails at once
+        sent = []
+
+        def send(connection):
+            if not answer.called:
+                sent.append(connection.request(opcode, body, data, flags=flags))
+                sent[0].chainDeferred(answer)
+
+        def no_connection(reason):
+            if not answer.called:
+                answer.errback(reason)
+
+        answer = Deferred(lambda _: [request.cancel() for request in sent])
+        dedicated = Deferred()
+        dedicated.addCallbacks(send, no_connection)
+        self._connect(dedicated)
+        return answer
+
     def _choose(self):
-        """@return: the connection to use now, or None to open another."""
-        live = [c for c in self._connections if c.connected]
+        """@return: the connection to use now, or None to open another.
+        Connections streaming a growing chunk are not used."""
+        live = [c for c in self._connections if c.connected and not c.streaming]
         best = min(live, key=lambda c: c.in_flight, default=None)
         if best is not None and best.in_flight == 0:
             return best
@@ -223,17 +268,25 @@ class _ServerPool:
                 f"{self._address} is unreachable; next attempt in {wait:.2f}s"))
         waiter = Deferred()
         self._waiters.append(waiter)
-        if len(self._connections) + len(self._connecting) < self._client._max_connections:
+        shared = [c for c in self._connections if not c.streaming]
+        if len(shared) + len(self._connecting) < self._client._max_connections:
             self._connect()
         return waiter
 
-    def _connect(self):
+    def _connect(self, dedicated=None):
+        """
+        Open a connection and hand it to every waiting request, or only to
+        C{dedicated} (a Deferred) when given.
+        """
         client = self._client
         reactor = client._reactor
+        wake = self._wake if dedicated is None else (
+            lambda connection, error: dedicated.errback(error) if error is not None
+            else dedicated.callback(connection))
         try:
             host, port = parse_address(self._address)
         except BadRequest as e:
-            return self._wake(None, e)
+            return wake(None, e)
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
         endpoint = endpoint_type(reactor, host, port, timeout=client.connect_timeout)
         factory = Factory.forProtocol(
@@ -241,24 +294,25 @@ class _ServerPool:
         factory.noisy = False
         attempt = endpoint.connect(factory)
         attempt.addTimeout(client.connect_timeout, reactor)
-        self._connecting.append(attempt)
+        attempts = self._connecting if dedicated is None else self._connecting_alone
+        attempts.append(attempt)
 
         def connected(connection):
-            self._connecting.remove(attempt)
+            attempts.remove(attempt)
             self._failures = 0
             self._retry_at = 0.0
             self._connections.append(connection)
             connection.when_lost().addCallback(lambda _: self._connections.remove(connection))
-            self._wake(connection, None)
+            wake(connection, None)
 
         def failed(reason):
-            self._connecting.remove(attempt)
+            attempts.remove(attempt)
             if client._closed:
-                return self._wake(None, ConnectionFailed("the client is closed"))
+                return wake(None, ConnectionFailed("the client is closed"))
             self._failures += 1
             delay = min(client.backoff_max, client.backoff_initial * 2 ** (self._failures - 1))
             self._retry_at = reactor.seconds() + delay
-            self._wake(None, ConnectionFailed(
+            wake(None, ConnectionFailed(
                 f"cannot connect to {self._address}: {reason.getErrorMessage()}"))
 
         attempt.addCallbacks(connected, failed)
@@ -274,7 +328,7 @@ class _ServerPool:
 
     def close(self):
         """@return: a Deferred firing once every connection is closed."""
-        for attempt in list(self._connecting):
+        for attempt in self._connecting + self._connecting_alone:
             attempt.cancel()
         self._wake(None, ConnectionFailed("the client is closed"))
         closing = []

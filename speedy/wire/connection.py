@@ -34,6 +34,7 @@ from speedy.wire.frames import (
     FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS, OPCODES, ERROR_BODY, Header, decode_error)
+from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
 
@@ -67,6 +68,9 @@ class ChunkClientProtocol(Protocol):
     The client end of one connection.
 
     @ivar in_flight: requests sent and not yet answered.
+    @ivar streaming: a PUT of a L{GrowingChunk} is queued or going out: the
+        connection's next frames wait for a client's bytes, so it is kept
+        for that PUT alone (L{speedy.wire.client.ChunkClient}).
     """
 
     _log = Logger()
@@ -84,6 +88,7 @@ class ChunkClientProtocol(Protocol):
         self._last_moved = 0.0  # when bytes last moved either way
         self._stall_check = None  # DelayedCall of _check_stalls
         self.connected = False
+        self.streaming = False
 
     @property
     def in_flight(self):
@@ -135,7 +140,9 @@ class ChunkClientProtocol(Protocol):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
         after it (bytes-like, or a list or tuple of bytes-like pieces: see
-        L{BytesBody}).
+        L{BytesBody}; or a L{GrowingChunk}, sent as its bytes arrive: see
+        L{GrowingBody}).  A PUT of a L{GrowingChunk} that fails before its
+        body went out whole aborts the connection.
 
         @param sink: for a GET, a callable given each piece of the answer's
             range (bytes) as it arrives, instead of gathering them; never
@@ -153,7 +160,13 @@ class ChunkClientProtocol(Protocol):
             return fail(ConnectionFailed(f"connection to {self._address} is closed"))
         request_id = self._next_id
         self._next_id = self._next_id % (2**32 - 1) + 1
-        chunk = None if data is None else BytesBody(data, progress=self._moved)
+        growing = isinstance(data, GrowingChunk)
+        if data is None:
+            chunk = None
+        elif growing:
+            chunk = GrowingBody(data, progress=self._moved)
+        else:
+            chunk = BytesBody(data, progress=self._moved)
         body_length = len(body) + (0 if chunk is None else chunk.length)
         if body_length > MAX_BODY:
             return fail(TooLarge(f"a body of {body_length} bytes exceeds the limit of {MAX_BODY}"))
@@ -163,10 +176,27 @@ class ChunkClientProtocol(Protocol):
         self._watch()
         if chunk is None:
             self._outbox.send(head)
-        else:
+        elif not growing:
             # Its failure is the connection's, which fails the call.
             self._outbox.stream(head, chunk).addErrback(lambda _: None)
+        else:
+            self.streaming = True
+            sent = self._outbox.stream(head, chunk)
+            sent.addBoth(self._stream_ended)
+            # An answer before the whole body went out (an error, a timeout,
+            # a cancel) leaves the frame unfinished: abort the connection.
+            call.deferred.addErrback(self._abandon, data, sent)
         return call.deferred
+
+    def _stream_ended(self, _):
+        self.streaming = False
+
+    def _abandon(self, failure, chunk, sent):
+        if not sent.called and self.connected:
+            self._log.info("abandoning the PUT body to {address}: {why}",
+                           address=self._address, why=failure.getErrorMessage())
+            self.transport.abortConnection()
+        return failure
 
     def _forget(self, call):
         self._calls.pop(call.request_id, None)

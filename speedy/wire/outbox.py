@@ -14,7 +14,9 @@ A streamed body is any object with::
                         before start()
 
 (L{speedy.wire.producers.BytesBody}, L{speedy.wire.producers.ReadBody},
-L{speedy.wire.sendfile.SendfileBody}).
+L{speedy.wire.sendfile.SendfileBody}, L{speedy.wire.growing.GrowingBody}).
+A body that fails with L{BodyAbandoned} aborts the connection quietly: the
+peer drops the frame it never got whole.
 """
 
 from collections import deque
@@ -23,6 +25,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from speedy.wire.growing import BodyAbandoned
 
 
 def no_delay(transport):
@@ -128,6 +132,9 @@ class Outbox:
     def _body_failed(self, reason, sent):
         self._active = None
         if reason.check(ConnectionLost):  # stopped: the connection went away
+            self.close()
+        elif reason.check(BodyAbandoned):  # its chunk will not be completed
+            self._transport.abortConnection()
             self.close()
         elif not self._closed:
             self._log.failure("streaming a frame body failed; aborting the connection",
