@@ -67,7 +67,9 @@ class ReplicatedStorage:
         (L{FillGate}), or 0 for no limit.
     @param cut_through: chunks sent on while they arrive, at once (each
         holds a connection to every member of its group to itself); more
-        wait to be whole, as does every chunk with 0.
+        wait to be whole, as does every chunk with 0.  No chunk is cut
+        through while a whole one is being stored: a chunk that arrives
+        later must not overtake chunks queued for the link.
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
@@ -90,6 +92,8 @@ class ReplicatedStorage:
         self.cut_through = cut_through
         #: chunks being cut through now
         self.cutting = 0
+        #: whole chunks being stored now (store_chunk, and retries)
+        self.storing_whole = 0
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
         #: counts for status pages and tests
@@ -198,8 +202,9 @@ class ReplicatedStorage:
         return Deferred.fromCoroutine(self._store_chunk(pieces, crc32c))
 
     def can_cut_through(self):
-        """@return: True if one more chunk may be cut through now."""
-        return self.cutting < self.cut_through
+        """@return: True if one more chunk may be cut through now: fewer
+        than C{cut_through} are, and no whole chunk waits for the link."""
+        return self.cutting < self.cut_through and not self.storing_whole
 
     def store_growing(self, chunk):
         """
@@ -262,6 +267,13 @@ class ReplicatedStorage:
         return f"group {group.group_id}: {why}"
 
     async def _store_chunk(self, pieces, crc32c, tried=(), reasons=()):
+        self.storing_whole += 1
+        try:
+            return await self._store_whole(pieces, crc32c, tried, reasons)
+        finally:
+            self.storing_whole -= 1
+
+    async def _store_whole(self, pieces, crc32c, tried, reasons):
         size = sum(len(piece) for piece in pieces)
         tried = list(tried)
         reasons = list(reasons)

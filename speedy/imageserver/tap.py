@@ -75,8 +75,8 @@ class Options(usage.Options):
         ["fill-slots", None, None, "Uploads that take client bytes into a chunk at once; the "
          "others wait their turn. 0 for no limit [default: 8]."],
         ["cut-through", None, None, "Chunks of uploads with a Content-Length sent on to their "
-         "replicas while they arrive, at once; the others are sent once whole. 0 for none "
-         "[default: 8]."],
+         "replicas while they arrive, at once, while no whole chunk is being stored; the "
+         "others are sent once whole. 0 for none [default: 8]."],
         ["read-window", None, None, "Receive buffer of each socket spliced downloads (plain "
          "TCP) read chunkservers' answers on, against TCP incast; 0 lets the kernel size it "
          "[default: 0]."],

@@ -215,6 +215,25 @@ class CutThroughWriterTests(SynchronousTestCase):
             self.assertEqual(list(self.cluster.copies(ref).values()), [byte * 8] * 3)
         self.assertEqual(self.storage.counters["chunks_cut_through"], 1)
 
+    def test_no_overtaking_whole_chunks(self):
+        """While a whole chunk is being stored, a chunk that starts later
+        waits to be whole too: it does not take the link ahead of it."""
+        self.client.hold = {"put"}
+        whole = self.storage.writer()
+        self.successResultOf(whole.write(b"w" * 8))  # sealed, its puts held
+        later = self.storage.writer(length=8)
+        self.successResultOf(later.write(b"l"))
+        self.assertEqual(self.client.growing_puts, [])
+        self.client.hold = set()
+        self.client.release()
+        self.successResultOf(whole.finish())
+        self.successResultOf(later.write(b"l" * 7))
+        self.successResultOf(later.finish())
+        self.assertEqual(self.storage.counters["chunks_cut_through"], 0)
+        after = self.storage.writer(length=8)
+        self.successResultOf(after.write(b"a"))
+        self.assertEqual(len(self.client.growing_puts), 3)
+
     def test_cut_through_chunks_count_against_parallelism(self):
         """With puts held, a third chunk waits to be whole behind two cut
         through, and the write that fills it waits too."""
