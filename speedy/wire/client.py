@@ -200,20 +200,7 @@ class _ServerPool:
         connection = self._choose()
         if connection is not None:
             return connection.request(opcode, body, data, sink, length, flags)
-        sent = []  # the request, once a connection was found for it
-
-        def send(connection):
-            if not answer.called:  # else cancelled meanwhile
-                sent.append(connection.request(opcode, body, data, sink, length, flags))
-                sent[0].chainDeferred(answer)
-
-        def no_connection(reason):
-            if not answer.called:
-                answer.errback(reason)
-
-        answer = Deferred(lambda _: [request.cancel() for request in sent])
-        self._acquire().addCallbacks(send, no_connection)
-        return answer
+        return _sent_on(self._acquire(), opcode, body, data, sink, length, flags)
 
     def request_alone(self, opcode, body, data, flags=0):
         """
@@ -227,21 +214,9 @@ class _ServerPool:
         if idle:
             return idle[0].request(opcode, body, data, flags=flags)
         if self._backing_off():
-            return self._acquire()  # fails at once
-        sent = []
-
-        def send(connection):
-            if not answer.called:
-                sent.append(connection.request(opcode, body, data, flags=flags))
-                sent[0].chainDeferred(answer)
-
-        def no_connection(reason):
-            if not answer.called:
-                answer.errback(reason)
-
-        answer = Deferred(lambda _: [request.cancel() for request in sent])
+            return fail(self._unreachable())
         dedicated = Deferred()
-        dedicated.addCallbacks(send, no_connection)
+        answer = _sent_on(dedicated, opcode, body, data, flags=flags)
         self._connect(dedicated)
         return answer
 
@@ -260,12 +235,14 @@ class _ServerPool:
     def _backing_off(self):
         return self._client._reactor.seconds() < self._retry_at
 
+    def _unreachable(self):
+        wait = self._retry_at - self._client._reactor.seconds()
+        return ConnectionFailed(f"{self._address} is unreachable; next attempt in {wait:.2f}s")
+
     def _acquire(self):
         """@return: a Deferred firing with a connected L{ChunkClientProtocol}."""
         if self._backing_off():
-            wait = self._retry_at - self._client._reactor.seconds()
-            return fail(ConnectionFailed(
-                f"{self._address} is unreachable; next attempt in {wait:.2f}s"))
+            return fail(self._unreachable())
         waiter = Deferred()
         self._waiters.append(waiter)
         shared = [c for c in self._connections if not c.streaming]
@@ -337,3 +314,26 @@ class _ServerPool:
                 closing.append(connection.when_lost())
                 connection.close()
         return DeferredList(closing, consumeErrors=True)
+
+
+def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0):
+    """
+    @param connecting: a Deferred firing with the L{ChunkClientProtocol} to
+        send the request on, or failing.
+    @return: the Deferred of the request, sent once C{connecting} fires
+        (failing as it does); cancelling it cancels the request.
+    """
+    sent = []  # the request, once a connection was found for it
+
+    def send(connection):
+        if not answer.called:  # else cancelled meanwhile
+            sent.append(connection.request(opcode, body, data, sink, length, flags))
+            sent[0].chainDeferred(answer)
+
+    def no_connection(reason):
+        if not answer.called:
+            answer.errback(reason)
+
+    answer = Deferred(lambda _: [request.cancel() for request in sent])
+    connecting.addCallbacks(send, no_connection)
+    return answer
