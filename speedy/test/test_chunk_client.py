@@ -254,13 +254,20 @@ class GrowingPutTests(ClientTestsMixin, SynchronousTestCase):
             self.assertEqual(self.answer(d).size, 10)
             self.assertEqual(self.store.contents(10 + i), b"0123456789")
 
-    def test_idle_connection_reused(self):
-        """A growing PUT takes an idle pooled connection when there is one."""
-        self.answer(self.client.ping(ADDRESS))
-        chunk = GrowingChunk(3)
-        chunk.add(b"abc")
-        self.answer(self.client.put(ADDRESS, 5, chunk))
+    def test_connections_kept_apart(self):
+        """A growing PUT's connection is kept for growing PUTs: the next
+        one reuses it once idle, while other requests keep to the shared
+        pool, which never grows past its size with them."""
+        for file_id in (5, 6):
+            chunk = GrowingChunk(3)
+            chunk.add(b"abc")
+            self.answer(self.client.put(ADDRESS, file_id, chunk))
         self.assertEqual(len(self.pumps), 1)
+        self.answer(self.client.ping(ADDRESS))
+        self.assertEqual(len(self.pumps), 2)
+        self.store.add(1, b"x")
+        self.assertEqual(self.answer(self.client.get(ADDRESS, 1)), b"x")
+        self.assertEqual(len(self.pumps), 2)  # the idle shared one, not the growing PUTs'
 
     def test_error_answer_mid_body_aborts(self):
         """The server refusing the PUT before the body is whole fails it,

@@ -17,7 +17,10 @@ C{connect_timeout}; a dropped connection fails its requests.
 
 A PUT of a L{GrowingChunk} (cut-through replication) waits on a client's
 bytes as it goes out, so it gets a connection to itself: an idle one, or
-one opened for it; no other request is queued behind it.
+one opened for it; no other request is queued behind it.  Those
+connections are kept apart for such PUTs, so the shared pool stays at
+C{max_connections_per_server}: more connections sharing one link would
+share it less fairly.
 """
 
 import json
@@ -98,10 +101,9 @@ class ChunkClient:
         without joining or copying its C{bytes} on plain TCP.
 
         C{data} may also be a L{GrowingChunk}: its bytes go out as they are
-        added, on a connection that carries nothing else until the body
-        went out whole (an idle pooled one, or a new one beyond
-        C{max_connections_per_server}: the caller bounds how many such puts
-        it has going).
+        added, on a connection of its own, kept for such puts only (an idle
+        one, or a new one beyond C{max_connections_per_server}: the caller
+        bounds how many such puts it has going).
 
         @return: see L{IChunkClient.put}.
         """
@@ -185,7 +187,8 @@ class _ServerPool:
     def __init__(self, client, address):
         self._client = client
         self._address = address
-        self._connections = []
+        self._connections = []  # shared by requests (at most max_connections)
+        self._alone = []  # made for growing PUTs, and kept for them only
         self._connecting = []  # Deferreds of connection attempts in progress
         self._connecting_alone = []  # those made for one request (request_alone)
         self._waiters = []  # requests waiting for an attempt to finish
@@ -205,11 +208,11 @@ class _ServerPool:
     def request_alone(self, opcode, body, data, flags=0):
         """
         @return: the Deferred of a request whose body (a L{GrowingChunk})
-            waits for bytes to arrive: sent on an idle connection, or on a
-            new one made for it, and no other request is sent there while
-            the body goes out.
+            waits for bytes to arrive: sent on an idle connection kept for
+            such requests, or on a new one, which is kept for them after;
+            no other request is sent there while the body goes out.
         """
-        idle = [c for c in self._connections
+        idle = [c for c in self._alone
                 if c.connected and not c.streaming and c.in_flight == 0]
         if idle:
             return idle[0].request(opcode, body, data, flags=flags)
@@ -221,9 +224,8 @@ class _ServerPool:
         return answer
 
     def _choose(self):
-        """@return: the connection to use now, or None to open another.
-        Connections streaming a growing chunk are not used."""
-        live = [c for c in self._connections if c.connected and not c.streaming]
+        """@return: the connection to use now, or None to open another."""
+        live = [c for c in self._connections if c.connected]
         best = min(live, key=lambda c: c.in_flight, default=None)
         if best is not None and best.in_flight == 0:
             return best
@@ -245,8 +247,7 @@ class _ServerPool:
             return fail(self._unreachable())
         waiter = Deferred()
         self._waiters.append(waiter)
-        shared = [c for c in self._connections if not c.streaming]
-        if len(shared) + len(self._connecting) < self._client._max_connections:
+        if len(self._connections) + len(self._connecting) < self._client._max_connections:
             self._connect()
         return waiter
 
@@ -278,8 +279,9 @@ class _ServerPool:
             attempts.remove(attempt)
             self._failures = 0
             self._retry_at = 0.0
-            self._connections.append(connection)
-            connection.when_lost().addCallback(lambda _: self._connections.remove(connection))
+            pool = self._connections if dedicated is None else self._alone
+            pool.append(connection)
+            connection.when_lost().addCallback(lambda _: pool.remove(connection))
             wake(connection, None)
 
         def failed(reason):
@@ -309,7 +311,7 @@ class _ServerPool:
             attempt.cancel()
         self._wake(None, ConnectionFailed("the client is closed"))
         closing = []
-        for connection in self._connections:
+        for connection in self._connections + self._alone:
             if connection.connected:
                 closing.append(connection.when_lost())
                 connection.close()
