@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from speedy.records import UploadRecord
 from speedy.registry.bodies import BlobBody
-from speedy.registry.digests import ResumableHash, hashing_lane
+from speedy.registry.digests import OneShotHash, ResumableHash, hashing_lane
 from speedy.registry.errors import (
     BLOB_UPLOAD_UNKNOWN,
     DIGEST_INVALID,
@@ -184,7 +184,7 @@ class UploadSessions:
     def receive_blob(self, algorithm, body_length=None):
         """@return: a L{BlobBody} for a whole blob in one request (no session),
         of C{body_length} bytes if known (see L{BlobBody})."""
-        return BlobBody(succeed((None, ResumableHash(algorithm))), self._storage,
+        return BlobBody(succeed((None, OneShotHash(algorithm))), self._storage,
                         run_in_thread=self._run_in_thread, body_length=body_length)
 
     async def _hash_of(self, record, algorithm):

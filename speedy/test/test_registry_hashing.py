@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from speedy.registry.bodies import HASH_BACKLOG, BlobBody
-from speedy.registry.digests import HashFeed, ResumableHash, hashing_lane
+from speedy.registry.digests import HashFeed, OneShotHash, ResumableHash, hashing_lane
 from speedy.registry.fakes import MemoryChunkedStorage
 
 
@@ -42,6 +42,22 @@ class ManualWorker:
     def fail_one(self, error):
         _, _, d = self.jobs.pop(0)
         d.errback(error)
+
+
+class OneShotHashTests(SynchronousTestCase):
+
+    def test_matches_the_resumable_hash(self):
+        """The hash of a blob pushed in one request gives the digest the
+        resumable one gives, for pieces of any kind and size."""
+        data = bytes(range(256)) * 9000
+        for algorithm in ("sha256", "sha512"):
+            one, resumable = OneShotHash(algorithm), ResumableHash(algorithm)
+            for piece in (data[:10], bytearray(data[10:5000]), memoryview(data)[5000:]):
+                one.update(piece)
+                resumable.update(piece)
+            self.assertEqual(one.digest(), resumable.digest())
+            self.assertEqual(one.digest(), f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
+        self.assertRaises(ValueError, OneShotHash, "md5")
 
 
 class HashFeedTests(SynchronousTestCase):
