@@ -25,7 +25,7 @@ by C{--cleanup} after a crash.  Needs root (C{ip netns}, C{tc}).
         just under the link rate (~112 MiB/s of payload at 1 Gbit/s)
     sudo python bench/testbed.py [--counts 100,500,1000] [--concurrency 10,50,100]
         the original's table against a Speedy cluster (file API, 16 MiB
-        files; imageservers with --read-window 64KiB), a fresh cluster
+        files; imageservers with --read-window 16KiB), a fresh cluster
         for each row
     sudo python bench/testbed.py --cleanup
 
@@ -67,11 +67,14 @@ HTTP_PORT = 8080
 QUEUE_LATENCY = "20ms"
 #: The imageservers' --read-window, as for a deployment on 1 GbE: three
 #: chunkservers answer node1 through one 1 Gbit/s link, and with the
-#: kernel's own sizing their windows overran its queue (TCP incast).
-#: Measured (100 files; download M/s at concurrency 10 / 50 / 100): the
-#: kernel's sizing 101.5-104.9 / 108.5 / 106.8, 128 KiB 110.0 / 108.2 /
-#: 109.2, 64 KiB 111.1 / 107.9-108.1.
-READ_WINDOW = "64KiB"
+#: kernel's own sizing their windows overran its queue (TCP incast).  The
+#: windows of all the reads in flight must fit the queue in front of node1
+#: (20 ms at 1 Gbit/s, 2.5 MB): 100 reads of 16 KiB do.  Measured (100
+#: files; download M/s at concurrency 10 / 50 / 100): the kernel's sizing
+#: 101.5-104.9 / 108.5 / 106.8, 128 KiB 110.0 / 108.2 / 109.2, 64 KiB
+#: 111.1 / 107.9-109.1 (drops into node1 at 50), 32 KiB - / 109.7 / -,
+#: 16 KiB 112.9 / 111.4 / 110.3 (no drops).
+READ_WINDOW = "16KiB"
 MASTER_PORT = 8099
 CHUNKSERVER_PORT = 8001
 
