@@ -296,10 +296,10 @@ class RegistryAPI:
                 algorithm = check_digest(_arg(request, "digest")).split(":", 1)[0]
                 return self.uploads.receive_blob(algorithm, _body_length(request))
             if route.kind == "upload" and method == "PATCH":
-                return self._chunk_sink(request, route)
+                return self._chunk_sink(request, route, final=False)
             if route.kind == "upload" and method == "PUT" and _has_body(request):
                 check_digest(_arg(request, "digest") or "")
-                return self._chunk_sink(request, route)
+                return self._chunk_sink(request, route, final=True)
             if route.kind == "manifest" and method == "PUT":
                 length = _content_length(request)
                 if length is not None and length > self.manifests.max_size:
@@ -311,10 +311,10 @@ class RegistryAPI:
             return DiscardedBody(e)
         return DiscardedBody() if _has_body(request) else None
 
-    def _chunk_sink(self, request, route):
+    def _chunk_sink(self, request, route, final):
         return self.uploads.receive_chunk(
             route.name, route.argument, _header(request, b"content-range"), _content_length(request),
-            _body_length(request))
+            _body_length(request), final)
 
     async def body(self, request):
         """

@@ -147,13 +147,15 @@ class UploadSessions:
         return record
 
     def receive_chunk(self, repository, upload_id, content_range=None, content_length=None,
-                      body_length=None):
+                      body_length=None, final=False):
         """
         @param content_range: the request's C{Content-Range} (where its
             bytes go), or None to append wherever the session stands.
         @param content_length: the request's C{Content-Length}, or None.
         @param body_length: the length the HTTP layer holds the body to, or
             None (see L{BlobBody}).
+        @param final: the body is the session's last (a PUT): if it is also
+            its first, its hash is never saved, so it is a L{OneShotHash}.
         @return: a L{BlobBody} for a PATCH or final PUT body; its context is
             the session's L{UploadRecord} as it was before the body.  It
             fails with 416 when the range is malformed, does not start where
@@ -165,11 +167,12 @@ class UploadSessions:
             declared = e
         length = declared[1] if isinstance(declared, tuple) else content_length
         return BlobBody(
-            Deferred.fromCoroutine(self._prepare_chunk(repository, upload_id, declared, content_length)),
+            Deferred.fromCoroutine(
+                self._prepare_chunk(repository, upload_id, declared, content_length, final)),
             self._storage, expected_length=length, run_in_thread=self._run_in_thread,
             body_length=body_length)
 
-    async def _prepare_chunk(self, repository, upload_id, declared, content_length):
+    async def _prepare_chunk(self, repository, upload_id, declared, content_length, final):
         record = await self.find(repository, upload_id)
         if isinstance(declared, ValueError):
             raise out_of_order(record, str(declared))
@@ -179,6 +182,8 @@ class UploadSessions:
                 raise out_of_order(record)
             if content_length is not None and content_length != length:
                 raise out_of_order(record, "Content-Range and Content-Length disagree")
+        if final and record.offset == 0:
+            return record, OneShotHash(record.hash_algorithm)
         return record, await self._hash_of(record, record.hash_algorithm)
 
     def receive_blob(self, algorithm, body_length=None):

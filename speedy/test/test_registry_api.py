@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from speedy.errors import NoWritableGroup, Unavailable
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.registry.api import RegistryAPI
+from speedy.registry.digests import OneShotHash, ResumableHash
 from speedy.registry.fakes import MemoryChunkedStorage
 from speedy.registry.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from speedy.web.streaming import StreamingSite
@@ -338,6 +339,23 @@ class BlobPushTests(RegistryTestCase):
         self.assertEqual(body, data)
         response, body = await self.request("GET", location)
         self.assertError(response, body, 404, "BLOB_UPLOAD_UNKNOWN")
+
+    async def test_only_a_first_body_that_ends_the_session_hashes_one_shot(self):
+        """A session's first body, when it is also its last (a PUT), is
+        hashed with hashlib (its state is never saved); a PATCH, or a PUT
+        after one, with the resumable hash."""
+        location = await self.start_upload("repo")
+        upload_id = location.rstrip("/").rsplit("/", 1)[1]
+        kinds = []
+        for final in (True, False):
+            body = self.api.uploads.receive_chunk("repo", upload_id, final=final)
+            await body._chain
+            kinds.append(type(body._hash))
+        self.assertEqual(kinds, [OneShotHash, ResumableHash])
+        await self.request("PATCH", location, data=b"a" * 10)
+        body = self.api.uploads.receive_chunk("repo", upload_id, final=True)
+        await body._chain
+        self.assertIs(type(body._hash), ResumableHash)
 
     async def chunked_push(self, name, pieces, digest=sha256, ports=None):
         """POST, one PATCH per piece with Content-Range, an empty PUT.
