@@ -224,14 +224,13 @@ class ReplicatedStorage:
         try:
             group = choose_group(self.view.current, chunk.length, self.pending, self.rng)
             file_id = await self.file_ids.next()
-            failed = await self._put_all(group, file_id, chunk)
+            results = await self._put_all(group, file_id, chunk)
         finally:
             self.cutting -= 1
         if chunk.failure is not None:
             chunk.failure.raiseException()  # never whole: no member stored it
         ref = ChunkRef(group.group_id, file_id, chunk.length, chunk.crc32c)
-        failed = [(s, _put_problem(ok, result, ref)) for s, (ok, result) in failed]
-        failed = [(s, problem) for s, problem in failed if problem is not None]
+        failed = _failures(results, ref)
         if not failed:
             self.counters["chunks_written"] += 1
             self.counters["chunks_cut_through"] += 1
@@ -288,9 +287,7 @@ class ReplicatedStorage:
             tried.append(group.group_id)
             file_id = await self.file_ids.next()
             ref = ChunkRef(group.group_id, file_id, size, crc32c)
-            results = await self._put_all(group, file_id, pieces)
-            problems = [(server, _put_problem(ok, result, ref)) for server, (ok, result) in results]
-            failed = [(server, problem) for server, problem in problems if problem is not None]
+            failed = _failures(await self._put_all(group, file_id, pieces), ref)
             if not failed:
                 self.counters["chunks_written"] += 1
                 return ref
@@ -323,6 +320,13 @@ class ReplicatedStorage:
     def _group(self, group_id):
         view = self.view.current
         return None if view is None else view.groups.get(group_id)
+
+
+def _failures(results, ref):
+    """@return: (server, why) for each member whose put (C{results} of
+    L{ReplicatedStorage._put_all}) did not store C{ref}."""
+    problems = [(server, _put_problem(ok, result, ref)) for server, (ok, result) in results]
+    return [(server, problem) for server, problem in problems if problem is not None]
 
 
 def _put_problem(ok, result, ref):

@@ -78,10 +78,11 @@ class OneShotHash:
     """
     A running hash whose state is never needed again (a blob pushed in
     one request, or an upload session's first body when it is also its
-    last), with L{ResumableHash}'s interface: C{hashlib}'s, which does not need C{rehashes}' serialisable
-    state and is faster where the CPU has no SHA extensions (measured on a
-    2-core VM without SHA-NI, sha256 on 1 MiB pieces: C{hashlib} 346 MB/s,
-    C{rehashes} 158 MB/s; with SHA-NI both ran at 1.1-1.4 GB/s).
+    last), with L{ResumableHash}'s interface: C{hashlib}'s, which does not
+    need C{rehashes}' serialisable state and is faster where the CPU has no
+    SHA extensions (measured on a 2-core VM without SHA-NI, sha256 on 1 MiB
+    pieces: C{hashlib} 346 MB/s, C{rehashes} 158 MB/s; with SHA-NI both ran
+    at 1.1-1.4 GB/s).
     """
 
     def __init__(self, algorithm):

@@ -212,8 +212,7 @@ class _ServerPool:
             such requests, or on a new one, which is kept for them after;
             no other request is sent there while the body goes out.
         """
-        idle = [c for c in self._alone
-                if c.connected and not c.streaming and c.in_flight == 0]
+        idle = [c for c in self._alone if c.connected and c.in_flight == 0]
         if idle:
             return idle[0].request(opcode, body, data, flags=flags)
         if self._backing_off():

@@ -68,9 +68,6 @@ class ChunkClientProtocol(Protocol):
     The client end of one connection.
 
     @ivar in_flight: requests sent and not yet answered.
-    @ivar streaming: a PUT of a L{GrowingChunk} is queued or going out: the
-        connection's next frames wait for a client's bytes, so it is kept
-        for that PUT alone (L{speedy.wire.client.ChunkClient}).
     """
 
     _log = Logger()
@@ -88,7 +85,6 @@ class ChunkClientProtocol(Protocol):
         self._last_moved = 0.0  # when bytes last moved either way
         self._stall_check = None  # DelayedCall of _check_stalls
         self.connected = False
-        self.streaming = False
 
     @property
     def in_flight(self):
@@ -180,18 +176,15 @@ class ChunkClientProtocol(Protocol):
             # Its failure is the connection's, which fails the call.
             self._outbox.stream(head, chunk).addErrback(lambda _: None)
         else:
-            self.streaming = True
             sent = self._outbox.stream(head, chunk)
-            sent.addBoth(self._stream_ended)
+            sent.addErrback(lambda _: None)  # the connection's failure fails the call
             # An answer before the whole body went out (an error, a timeout,
             # a cancel) leaves the frame unfinished: abort the connection.
-            call.deferred.addErrback(self._abandon, data, sent)
+            # So a connection with nothing in flight has no body pending.
+            call.deferred.addErrback(self._abandon, sent)
         return call.deferred
 
-    def _stream_ended(self, _):
-        self.streaming = False
-
-    def _abandon(self, failure, chunk, sent):
+    def _abandon(self, failure, sent):
         if not sent.called and self.connected:
             self._log.info("abandoning the PUT body to {address}: {why}",
                            address=self._address, why=failure.getErrorMessage())
