@@ -475,6 +475,18 @@ class BlobPushTests(RegistryTestCase):
             "PUT", location, params={"digest": sha256(b"".join(pieces))})
         self.assertEqual(response.code, 201, body)
 
+    async def test_whole_body_put_with_wrong_digest(self):
+        """POST, then one PUT carrying the whole blob (hashed one-shot)
+        under a digest it does not have: 400 DIGEST_INVALID, no blob, and
+        none of its chunks left."""
+        data = b"containerd" * 333
+        location = await self.start_upload("repo")
+        response, body = await self.request(
+            "PUT", location, data=data, params={"digest": sha256(b"something else")})
+        self.assertError(response, body, 400, "DIGEST_INVALID")
+        self.assertIsNone(await self.metadata.get_blob(sha256(data)))
+        self.assertEqual(self.storage.chunks, {})
+
     async def test_digest_mismatch_on_put(self):
         """A final PUT whose digest does not match is 400 DIGEST_INVALID:
         no blob is committed, the upload ends and its chunks are deleted."""
