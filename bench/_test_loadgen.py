@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _dataset import Dataset, Item, sha256_digest  # noqa: E402
 from _procstat import ProcessTree  # noqa: E402
+import _sysctl  # noqa: E402
 from _servers import distribution, free_port  # noqa: E402
 from _stats import markdown_table, percentile, summarize  # noqa: E402
 from _wrk import wrk_phase  # noqa: E402
@@ -234,6 +235,50 @@ class ProcessTreeTests(TestCase):
         tree.sample()
         self.assertEqual(tree.process_count(), 2)
         self.assertGreater(tree.peak_rss(), 64 << 20)
+
+
+class CongestionControlTests(TestCase):
+    """A race can run under another TCP congestion control and always puts the old one back."""
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(subprocess.run, ["rm", "-rf", self.root])
+        os.makedirs(os.path.join(self.root, "net", "ipv4"))
+        self.set(_sysctl.CONGESTION, "bbr\n")
+        self.set(_sysctl.AVAILABLE, "reno bbr cubic\n")
+
+    def set(self, name, value):
+        with open(os.path.join(self.root, name), "w") as f:
+            f.write(value)
+
+    def current(self):
+        return _sysctl.read(_sysctl.CONGESTION, self.root)
+
+    def test_sets_for_the_block_and_restores(self):
+        with _sysctl.congestion_control("cubic", self.root) as algorithm:
+            self.assertEqual((algorithm, self.current()), ("cubic", "cubic"))
+        self.assertEqual(self.current(), "bbr")
+
+    def test_restores_when_the_block_fails(self):
+        with self.assertRaises(KeyError):
+            with _sysctl.congestion_control("cubic", self.root):
+                raise KeyError("the race broke")
+        self.assertEqual(self.current(), "bbr")
+
+    def test_none_leaves_the_kernel_default(self):
+        with _sysctl.congestion_control(None, self.root) as algorithm:
+            self.assertEqual(algorithm, "bbr")
+        self.assertEqual(self.current(), "bbr")
+
+    def test_refuses_an_algorithm_the_kernel_lacks(self):
+        with self.assertRaises(ValueError) as caught:
+            with _sysctl.congestion_control("vegas", self.root):
+                self.fail("ran under an algorithm the kernel does not offer")
+        self.assertIn("reno bbr cubic", str(caught.exception))
+        self.assertEqual(self.current(), "bbr")
+
+    def test_missing_setting_reads_none(self):
+        self.assertIsNone(_sysctl.read("net/ipv4/no_such_setting", self.root))
 
 
 class ReportTests(TestCase):

@@ -15,7 +15,12 @@ seconds and peak RSS (summed over its processes, from /proc).
 
     python bench/race.py [--count 100] [--size 16MiB] [--concurrency 10,50]
                          [--requests 2000] [--rounds 2] [--imageserver-workers N]
-                         [--out DIR]
+                         [--congestion ALGORITHM] [--out DIR]
+
+Both sides' sockets use the kernel's default TCP congestion control, which
+the report names: the figures depend on it (L{_sysctl}).  C{--congestion}
+(root) makes another algorithm the default for the whole race, both sides
+alike, and puts the old one back afterwards.
 
 The defaults are the issue-5 workload and finish in a few minutes; C{make
 bench} runs them.  Results (C{race.jsonl}, C{race.md}, PNGs) go to C{--out},
@@ -24,12 +29,14 @@ start, the race says why, measures Distribution alone and exits 1.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import tempfile
 import time
 
+import _sysctl
 from _dataset import Dataset
 from _servers import ServerProcess, distribution, free_port
 from _stats import human_size, json_line, markdown_table, median
@@ -103,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=None, help="load generator processes")
     parser.add_argument("--imageserver-workers", type=int, default=DEFAULT_IMAGESERVER_WORKERS,
                         help="Speedy imageserver processes sharing the registry port")
+    parser.add_argument("--congestion", default=None,
+                        help="TCP congestion control for the race, both sides (root; default: "
+                             "the kernel's, left as it is)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       time.strftime("race-%Y%m%d-%H%M%S")))
     args = parser.parse_args(argv)
@@ -111,6 +121,21 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
+    with contextlib.ExitStack() as stack:
+        try:
+            congestion = stack.enter_context(_sysctl.congestion_control(args.congestion))
+        except (ValueError, PermissionError) as e:
+            parser.error(str(e))
+        return race(args, levels, engine, congestion)
+
+
+def race(args, levels, engine, congestion):
+    """
+    Run the race of C{args} and report it.
+
+    @param congestion: the TCP congestion control both sides' sockets use.
+    @return: the exit status.
+    """
     rows, servers, missing = [], {}, None
     with tempfile.TemporaryDirectory(prefix="speedy-race-") as workdir:
         try:
@@ -136,6 +161,7 @@ def main(argv=None):
                                     processes=args.processes, dataset=dataset, server=server.tree,
                                     small_engine=engine, small_seconds=args.small_seconds):
                                 row["round"] = round_number
+                                row["congestion"] = congestion
                                 print(json_line(row), flush=True)
                                 jsonl.write(json_line(row) + "\n")
                                 rows.append(row)
@@ -155,7 +181,7 @@ def main(argv=None):
         f"{args.requests} HEAD requests, GET manifest for "
         + (f"{args.small_seconds:g} s (wrk)" if engine == "wrk" else f"{args.requests} requests")
         + f"; medians of {args.rounds} rounds; Speedy with {args.imageserver_workers} imageserver "
-        "worker(s) on its registry port",
+        f"worker(s) on its registry port; TCP congestion control {congestion or 'unknown'}",
         markdown_table(compare(rows, sides, levels),
                        [("figure", "figure"), ("conc", "concurrency")]
                        + [(side, side) for side in sides] + [("speedy/distribution", "ratio")]),
