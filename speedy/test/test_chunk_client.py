@@ -8,6 +8,7 @@ import os
 
 import google_crc32c
 from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
@@ -193,6 +194,127 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         self.failureResultOf(pending, ConnectionFailed)
         self.assertEqual(self.factory.counters["open_connections"], 0)
         self.fails(self.client.ping(ADDRESS), ConnectionFailed)
+
+
+class QueuedPutTests(ClientTestsMixin, SynchronousTestCase):
+    """Whole PUTs wait in one queue per chunkserver and go out, oldest
+    first, on the first connection with no body going out."""
+
+    SIZE = 300_000
+
+    def setUp(self):
+        super().setUp()
+        self.serve()
+        self.datas = {i: os.urandom(self.SIZE) for i in range(1, 7)}
+
+    def put_all(self):
+        puts = {i: self.client.put(ADDRESS, i, data) for i, data in self.datas.items()}
+        for _ in range(4):  # the pool's size: the last two PUTs wait
+            self.pumps.append(self.completer.succeedOnce(greet=False))
+        return puts
+
+    def stored(self):
+        return {i for i in self.datas if self.store.contents(i) == self.datas[i]}
+
+    def drop(self, pump):
+        """The connection of C{pump} dies now, mid-body."""
+        for io in (pump.clientIO, pump.serverIO):
+            io.disconnecting = io.disconnected = True
+            io.protocol.connectionLost(Failure(ConnectionLost("dropped")))
+
+    def test_next_put_takes_the_first_connection_free(self):
+        """With four connections each sending a body, the waiting PUTs go
+        out, in order, on the one whose body finishes first, not on a busy
+        one."""
+        puts = self.put_all()
+        self.pumps[2].flush()  # only the third connection moves
+        self.assertEqual(self.stored(), {3, 5, 6})
+        for i in (3, 5, 6):
+            self.assertEqual(self.successResultOf(puts[i]).size, self.SIZE)
+        for i in (1, 2, 4):
+            self.assertNoResult(puts[i])
+        self.flush()
+        self.assertEqual(self.stored(), set(self.datas))
+        self.assertEqual(len(self.pumps), 4)
+
+    def test_one_body_per_connection(self):
+        """No connection has a second body queued behind the one it sends."""
+        self.put_all()
+        pool = self.client._pools[ADDRESS]
+        self.assertEqual([c.bodies_out for c in pool._connections], [1, 1, 1, 1])
+        self.assertEqual(self.store.contents(5), None)
+        self.flush()
+        self.assertEqual(self.stored(), set(self.datas))
+
+    def test_cancel_while_queued(self):
+        """A PUT cancelled while it waits never reaches the server."""
+        puts = self.put_all()
+        puts[5].cancel()
+        self.failureResultOf(puts[5], CancelledError)
+        self.flush()
+        self.assertEqual(self.stored(), set(self.datas) - {5})
+        self.fails(self.client.stat(ADDRESS, 5), ChunkNotFound)
+
+    def test_queued_puts_outlive_a_dropped_connection(self):
+        """The PUT on a connection that dies fails; the queued ones go out
+        on the others."""
+        puts = self.put_all()
+        self.drop(self.pumps[0])
+        self.failureResultOf(puts[1], ConnectionFailed)
+        self.flush()
+        for i in range(2, 7):
+            self.assertEqual(self.successResultOf(puts[i]).size, self.SIZE)
+        self.assertLessEqual(set(range(2, 7)), self.stored())
+
+    def test_last_connection_dropped_reconnects_for_the_queue(self):
+        """When the only connection dies, a new one is opened for the
+        PUTs still waiting."""
+        self.client = ChunkClient(self.reactor, max_connections_per_server=1)
+        puts = {i: self.client.put(ADDRESS, i, self.datas[i]) for i in (1, 2)}
+        self.pumps.append(self.completer.succeedOnce(greet=False))
+        self.drop(self.pumps[0])
+        self.failureResultOf(puts[1], ConnectionFailed)
+        self.assertEqual(self.answer(puts[2]).size, self.SIZE)
+        self.assertEqual(len(self.pumps), 2)
+
+    def test_queue_standing_still_times_out(self):
+        """PUTs waiting behind a body that stopped going out fail with
+        Timeout once nothing left the queue for request_timeout; while it
+        moves, they wait."""
+        self.client = ChunkClient(self.reactor, request_timeout=30.0,
+                                  max_connections_per_server=1)
+        puts = {i: self.client.put(ADDRESS, i, self.datas[i]) for i in (1, 2, 3)}
+        self.pumps.append(self.completer.succeedOnce(greet=False))
+        self.reactor.advance(20)
+        self.pumps[0].flush()  # PUT 1 done at 20s; PUT 2 and 3 go out on the same connection
+        self.assertEqual(self.stored(), {1, 2, 3})
+        puts.update({i: self.client.put(ADDRESS, i, self.datas[i]) for i in (4, 5)})
+        self.reactor.advance(29.9)  # PUT 4's body is stuck: nothing pumps it
+        self.assertNoResult(puts[5])
+        self.reactor.advance(0.1)
+        self.assertIn("no connection was free", str(self.failureResultOf(puts[5], Timeout).value))
+        self.failureResultOf(puts[4], Timeout)  # its connection's own stall check
+
+    def test_unreachable_fails_the_queue(self):
+        """A server that refuses connections fails every waiting PUT at
+        once, with ConnectionFailed."""
+        puts = [self.client.put(ADDRESS, i, data) for i, data in self.datas.items()]
+        while self.reactor.tcpClients:
+            self.completer.failOnce()
+        for d in puts:
+            self.failureResultOf(d, ConnectionFailed)
+        self.failureResultOf(self.client.put(ADDRESS, 9, b"x"), ConnectionFailed)
+
+    def test_close_fails_the_queue(self):
+        puts = self.put_all()
+        closed = self.client.close()
+        for i in (5, 6):
+            self.failureResultOf(puts[i], ConnectionFailed)
+        self.flush()
+        self.successResultOf(closed)
+        for i in range(1, 5):  # those going out fail with their connections
+            self.failureResultOf(puts[i], ConnectionFailed)
+        self.assertEqual(self.store.contents(5), None)
 
 
 class GrowingPutTests(ClientTestsMixin, SynchronousTestCase):
@@ -617,6 +739,19 @@ class StallTimeoutTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.connection.dataReceived(frame(OP_PUT, 1, CHUNK_INFO.pack(self.SIZE, 7), FLAG_RESPONSE))
         self.assertEqual(self.successResultOf(d), CHUNK_INFO.pack(self.SIZE, 7))
+
+    def test_bodies_out(self):
+        """A PUT counts in bodies_out until its body went out whole; then
+        body_sent is called."""
+        told = []
+        self.connection.body_sent = lambda: told.append(self.connection.bodies_out)
+        for d in (self.connection.request(OP_PUT, b"\0" * 8, self.data),
+                  self.connection.request(OP_PING)):
+            d.addErrback(lambda _: None)  # never answered: fail at teardown
+        self.assertEqual((self.connection.bodies_out, told), (1, []))
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        self.assertEqual((self.connection.bodies_out, told), (0, [0]))
 
     def test_stalled_put_fails(self):
         """A PUT whose body stops going out fails 30s after the last piece."""

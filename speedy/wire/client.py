@@ -15,6 +15,15 @@ C{request_timeout} seconds (a slow transfer that keeps moving is never cut
 short; see L{speedy.wire.connection}); connecting has its own
 C{connect_timeout}; a dropped connection fails its requests.
 
+A PUT of a whole chunk waits in one queue per chunkserver, first come first
+served, for a pooled connection with no PUT body going out (or a new one,
+while the pool has room), and goes out on the first that finishes its
+body: bodies on one connection go out one after another, and TCP shares a
+link unevenly between connections, so a PUT tied to a connection when it
+was asked for could wait behind a slow one while others sit idle.  A PUT
+waiting there fails with L{Timeout} once the queue has not moved for
+C{request_timeout} seconds.
+
 A PUT of a L{GrowingChunk} (cut-through replication) waits on a client's
 bytes as it goes out, so it gets a connection to itself: an idle one, or
 one opened for it; no other request is queued behind it.  Those
@@ -24,13 +33,14 @@ share it less fairly.
 """
 
 import json
+from collections import deque
 
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ConnectionFailed
+from speedy.errors import BadRequest, ConnectionFailed, Timeout
 from speedy.interfaces import IChunkClient
 from speedy.records import ChunkInfo
 from speedy.wire.connection import ChunkClientProtocol
@@ -192,6 +202,9 @@ class _ServerPool:
         self._connecting = []  # Deferreds of connection attempts in progress
         self._connecting_alone = []  # those made for one request (request_alone)
         self._waiters = []  # requests waiting for an attempt to finish
+        self._bodies = deque()  # _Put: whole PUTs waiting for a connection
+        self._queue_moved = 0.0  # when a queued PUT last went out
+        self._queue_check = None  # DelayedCall of _check_queue
         self._failures = 0
         self._retry_at = 0.0
 
@@ -200,10 +213,80 @@ class _ServerPool:
         @return: the Deferred of the request, sent on a pooled connection
             (see L{ChunkClientProtocol.request} for the arguments).
         """
+        if data is not None:
+            return self._queue_put(opcode, body, data, flags)
         connection = self._choose()
         if connection is not None:
             return connection.request(opcode, body, data, sink, length, flags)
         return _sent_on(self._acquire(), opcode, body, data, sink, length, flags)
+
+    def _queue_put(self, opcode, body, data, flags):
+        """
+        @return: the Deferred of a PUT with a whole body, sent in its turn
+            on the first pooled connection with no body going out
+            (L{_send_puts}); cancelling it before then takes it off the
+            queue.
+        """
+        if self._backing_off():
+            return fail(self._unreachable())
+        put = _Put(opcode, body, data, flags, self._client._reactor.seconds())
+        put.answer = Deferred(lambda _: self._cancel_put(put))
+        self._bodies.append(put)
+        self._send_puts()
+        return put.answer
+
+    def _cancel_put(self, put):
+        if put.sent is None:
+            self._bodies.remove(put)
+            self._watch_queue()
+        else:
+            put.sent.cancel()
+
+    def _watch_queue(self):
+        """Time the oldest queued PUT out once the queue has stood still
+        for C{request_timeout} seconds."""
+        if self._queue_check is not None and self._queue_check.active():
+            self._queue_check.cancel()
+        self._queue_check = None
+        if self._bodies:
+            reactor = self._client._reactor
+            deadline = max(self._bodies[0].queued_at, self._queue_moved) + \
+                self._client.request_timeout
+            self._queue_check = reactor.callLater(
+                max(0.0, deadline - reactor.seconds()), self._queue_stalled)
+
+    def _queue_stalled(self):
+        self._queue_check = None
+        self._fail_puts(Timeout(f"PUT to {self._address}: no connection was free "
+                                f"for {self._client.request_timeout}s"))
+
+    def _send_puts(self):
+        """Send queued PUTs, oldest first, on connections with no body
+        going out; open one more while the pool has room."""
+        while self._bodies:
+            free = [c for c in self._connections if c.connected and c.bodies_out == 0]
+            if not free:
+                break
+            put = self._bodies.popleft()
+            self._queue_moved = self._client._reactor.seconds()
+            connection = min(free, key=lambda c: c.in_flight)
+            put.sent = connection.request(put.opcode, put.body, put.data, flags=put.flags)
+            put.sent.chainDeferred(put.answer)
+        self._watch_queue()
+        if not self._bodies:
+            return
+        live = [c for c in self._connections if c.connected]
+        if len(live) + len(self._connecting) < self._client._max_connections:
+            if not self._backing_off():
+                return self._connect()
+        if not live and not self._connecting:  # nothing left to send them on
+            self._fail_puts(self._unreachable())
+
+    def _fail_puts(self, error):
+        puts, self._bodies = self._bodies, deque()
+        self._watch_queue()
+        for put in puts:
+            put.answer.errback(error)
 
     def request_alone(self, opcode, body, data, flags=0):
         """
@@ -282,6 +365,9 @@ class _ServerPool:
             pool.append(connection)
             connection.when_lost().addCallback(lambda _: pool.remove(connection))
             wake(connection, None)
+            if dedicated is None:
+                connection.body_sent = self._send_puts
+                self._send_puts()
 
         def failed(reason):
             attempts.remove(attempt)
@@ -296,25 +382,43 @@ class _ServerPool:
         attempt.addCallbacks(connected, failed)
 
     def _wake(self, connection, error):
-        """Hand a new connection to every waiting request, or fail them all."""
+        """Hand a new connection to every waiting request, or fail them all
+        (the queued PUTs too, when no connection is left to send them)."""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if error is None:
                 waiter.callback(connection)
             else:
                 waiter.errback(error)
+        if error is not None and not any(c.connected for c in self._connections):
+            self._fail_puts(error)
 
     def close(self):
         """@return: a Deferred firing once every connection is closed."""
+        closed = ConnectionFailed("the client is closed")
+        self._fail_puts(closed)
         for attempt in self._connecting + self._connecting_alone:
             attempt.cancel()
-        self._wake(None, ConnectionFailed("the client is closed"))
+        self._wake(None, closed)
         closing = []
         for connection in self._connections + self._alone:
             if connection.connected:
                 closing.append(connection.when_lost())
                 connection.close()
         return DeferredList(closing, consumeErrors=True)
+
+
+class _Put:
+    """A PUT with a whole body, queued until a connection is free for it."""
+
+    def __init__(self, opcode, body, data, flags, queued_at):
+        self.opcode = opcode
+        self.body = body
+        self.data = data
+        self.flags = flags
+        self.queued_at = queued_at
+        self.answer = None  # the Deferred the caller holds
+        self.sent = None  # the connection's Deferred, once sent
 
 
 def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0):

@@ -68,6 +68,9 @@ class ChunkClientProtocol(Protocol):
     The client end of one connection.
 
     @ivar in_flight: requests sent and not yet answered.
+    @ivar bodies_out: PUT bodies queued or going out, not yet written whole.
+    @ivar body_sent: called with no argument each time one of them has been
+        written whole, or dropped with the connection (set by the pool).
     """
 
     _log = Logger()
@@ -85,6 +88,8 @@ class ChunkClientProtocol(Protocol):
         self._last_moved = 0.0  # when bytes last moved either way
         self._stall_check = None  # DelayedCall of _check_stalls
         self.connected = False
+        self.bodies_out = 0
+        self.body_sent = lambda: None
 
     @property
     def in_flight(self):
@@ -172,17 +177,21 @@ class ChunkClientProtocol(Protocol):
         self._watch()
         if chunk is None:
             self._outbox.send(head)
-        elif not growing:
-            # Its failure is the connection's, which fails the call.
-            self._outbox.stream(head, chunk).addErrback(lambda _: None)
-        else:
-            sent = self._outbox.stream(head, chunk)
-            sent.addErrback(lambda _: None)  # the connection's failure fails the call
+            return call.deferred
+        self.bodies_out += 1
+        sent = self._outbox.stream(head, chunk)
+        # Its failure is the connection's, which fails the call.
+        sent.addErrback(lambda _: None).addCallback(self._body_out)
+        if growing:
             # An answer before the whole body went out (an error, a timeout,
             # a cancel) leaves the frame unfinished: abort the connection.
             # So a connection with nothing in flight has no body pending.
             call.deferred.addErrback(self._abandon, sent)
         return call.deferred
+
+    def _body_out(self, _):
+        self.bodies_out -= 1
+        self.body_sent()
 
     def _abandon(self, failure, sent):
         if not sent.called and self.connected:
