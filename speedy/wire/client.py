@@ -35,6 +35,7 @@ share it less fairly.
 import json
 from collections import deque
 
+import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
@@ -408,17 +409,17 @@ class _ServerPool:
         return DeferredList(closing, consumeErrors=True)
 
 
+@attrs.define(eq=False)
 class _Put:
     """A PUT with a whole body, queued until a connection is free for it."""
 
-    def __init__(self, opcode, body, data, flags, queued_at):
-        self.opcode = opcode
-        self.body = body
-        self.data = data
-        self.flags = flags
-        self.queued_at = queued_at
-        self.answer = None  # the Deferred the caller holds
-        self.sent = None  # the connection's Deferred, once sent
+    opcode: int
+    body: bytes
+    data: object
+    flags: int
+    queued_at: float
+    answer: Deferred = None  # the Deferred the caller holds
+    sent: Deferred = None  # the connection's Deferred, once sent
 
 
 def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0):
