@@ -26,6 +26,7 @@ from speedy.test.test_chunkserver_protocol import GatedStore
 from speedy.wire.client import ChunkClient, parse_address
 from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
 from speedy.wire.growing import GrowingChunk
+from speedy.wire.producers import PIECE
 from speedy.wire.frames import (
     CHUNK_INFO, FILE_ID, FLAG_KEEP, FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, OP_GET, OP_PING, OP_PUT, OP_STAT,
     Header, frame)
@@ -294,6 +295,22 @@ class QueuedPutTests(ClientTestsMixin, SynchronousTestCase):
         self.reactor.advance(0.1)
         self.assertIn("no connection was free", str(self.failureResultOf(puts[5], Timeout).value))
         self.failureResultOf(puts[4], Timeout)  # its connection's own stall check
+
+    def test_queue_behind_moving_bodies_waits(self):
+        """PUTs waiting behind bodies that go out slowly but keep moving
+        do not time out; they do once the bytes stop too."""
+        self.client = ChunkClient(self.reactor, request_timeout=30.0,
+                                  max_connections_per_server=1)
+        self.datas[1] = os.urandom(10 * PIECE)
+        puts = {i: self.client.put(ADDRESS, i, self.datas[i]) for i in (1, 2)}
+        self.pumps.append(self.completer.succeedOnce(greet=False))
+        for _ in range(3):
+            self.reactor.advance(20)
+            self.pumps[0].pump()  # a piece of PUT 1's body moves
+        self.assertNoResult(puts[2])
+        self.reactor.advance(30)
+        self.failureResultOf(puts[2], Timeout)
+        self.failureResultOf(puts[1], Timeout)
 
     def test_unreachable_fails_the_queue(self):
         """A server that refuses connections fails every waiting PUT at

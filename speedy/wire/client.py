@@ -21,8 +21,8 @@ while the pool has room), and goes out on the first that finishes its
 body: bodies on one connection go out one after another, and TCP shares a
 link unevenly between connections, so a PUT tied to a connection when it
 was asked for could wait behind a slow one while others sit idle.  A PUT
-waiting there fails with L{Timeout} once the queue has not moved for
-C{request_timeout} seconds.
+waiting there fails with L{Timeout} once neither the queue nor a byte on
+the pool's connections has moved for C{request_timeout} seconds.
 
 A PUT of a L{GrowingChunk} (cut-through replication) waits on a client's
 bytes as it goes out, so it gets a connection to itself: an idle one, or
@@ -251,13 +251,21 @@ class _ServerPool:
         self._queue_check = None
         if self._bodies:
             reactor = self._client._reactor
-            deadline = max(self._bodies[0].queued_at, self._queue_moved) + \
-                self._client.request_timeout
             self._queue_check = reactor.callLater(
-                max(0.0, deadline - reactor.seconds()), self._queue_stalled)
+                max(0.0, self._queue_deadline() - reactor.seconds()), self._queue_stalled)
+
+    def _queue_deadline(self):
+        """@return: when the queued PUTs time out: C{request_timeout} after
+        the oldest was queued, one went out, or bytes last moved on a
+        pooled connection, whichever is latest."""
+        moved = [c.last_moved for c in self._connections if c.connected]
+        return max([self._bodies[0].queued_at, self._queue_moved] + moved) + \
+            self._client.request_timeout
 
     def _queue_stalled(self):
         self._queue_check = None
+        if self._queue_deadline() > self._client._reactor.seconds():
+            return self._watch_queue()  # the bodies ahead are still moving
         self._fail_puts(Timeout(f"PUT to {self._address}: no connection was free "
                                 f"for {self._client.request_timeout}s"))
 

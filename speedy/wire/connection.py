@@ -95,6 +95,11 @@ class ChunkClientProtocol(Protocol):
     def in_flight(self):
         return len(self._calls)
 
+    @property
+    def last_moved(self):
+        """@return: when bytes last moved either way."""
+        return self._last_moved
+
     def connectionMade(self):
         self.connected = True
         no_delay(self.transport)
