@@ -205,7 +205,7 @@ class _ServerPool:
         self._waiters = []  # requests waiting for an attempt to finish
         self._bodies = deque()  # _Put: whole PUTs waiting for a connection
         self._queue_moved = 0.0  # when a queued PUT last went out
-        self._queue_check = None  # DelayedCall of _check_queue
+        self._queue_check = None  # DelayedCall of _queue_stalled
         self._failures = 0
         self._retry_at = 0.0
 
@@ -244,12 +244,14 @@ class _ServerPool:
             put.sent.cancel()
 
     def _watch_queue(self):
-        """Time the oldest queued PUT out once the queue has stood still
-        for C{request_timeout} seconds."""
-        if self._queue_check is not None and self._queue_check.active():
-            self._queue_check.cancel()
-        self._queue_check = None
-        if self._bodies:
+        """Look at the queue again at its deadline while PUTs wait in it
+        (the deadline only ever moves later: L{_queue_stalled} looks
+        again then), and not at all once it is empty."""
+        if not self._bodies:
+            if self._queue_check is not None and self._queue_check.active():
+                self._queue_check.cancel()
+            self._queue_check = None
+        elif self._queue_check is None:
             reactor = self._client._reactor
             self._queue_check = reactor.callLater(
                 max(0.0, self._queue_deadline() - reactor.seconds()), self._queue_stalled)
