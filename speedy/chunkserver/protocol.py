@@ -36,7 +36,7 @@ from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
     HEADER_SIZE, LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
-    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES,
+    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.sendfile import range_body
@@ -121,6 +121,8 @@ class ChunkServerProtocol(Protocol):
         counters["connections"] += 1
         counters["open_connections"] += 1
         no_delay(self.transport)
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = RECEIVE_SIZE
         self._outbox = Outbox(self.transport, on_sent=self._touch)
         self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
 

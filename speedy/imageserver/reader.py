@@ -31,7 +31,7 @@ AFFINITY_SLACK = 4
 
 #: The most bytes handed to a consumer in one C{write}, so that a pause takes
 #: effect within a chunk.  As large as the chunk client's reads
-#: (L{speedy.wire.connection.RECEIVE_SIZE}), so the pieces it fetched are
+#: (L{speedy.wire.frames.RECEIVE_SIZE}), so the pieces it fetched are
 #: written as they are, without a copy.
 WRITE_PIECE = 1 << 20
 

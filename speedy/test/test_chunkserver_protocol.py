@@ -28,7 +28,7 @@ from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,
     GET_RESPONSE, HEADER_SIZE, LIST_BATCH, OP_COMPACT, OP_DELETE, OP_GET,
-    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, Header, frame)
+    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, RECEIVE_SIZE, Header, frame)
 
 
 def put_request(request_id, file_id, data):
@@ -124,6 +124,32 @@ class ServerTestsMixin:
         header, body = response
         self.assertEqual((header.flags, header.request_id), (FLAG_RESPONSE | FLAG_ERROR, request_id))
         self.assertEqual(error_code(body), error.code, body)
+
+
+class _TCPLikeTransport(StringTransport):
+    """A StringTransport with a TCP transport's read size."""
+    bufferSize = 64 * 1024
+
+
+class ReadSizeTests(ServerTestsMixin, SynchronousTestCase):
+    transport_type = _TCPLikeTransport
+
+    def test_reads_a_mebibyte_at_a_time(self):
+        """
+        The server reads its socket L{RECEIVE_SIZE} bytes at a time, not
+        Twisted's 64 KiB, and requests arriving in such reads, several to a
+        read or split across them, are all served.
+        """
+        self.connect()
+        self.assertEqual(self.transport.bufferSize, RECEIVE_SIZE)
+        data = bytes(range(256)) * (3 * RECEIVE_SIZE // 512)
+        stream = put_request(1, 42, data) + get_request(2, 42) + put_request(3, 43, b"tail")
+        self.send(stream, piece=RECEIVE_SIZE)
+        (put, put_info), (get, got), (tail, _) = self.responses()
+        self.assertEqual([(f.opcode, f.request_id) for f in (put, get, tail)],
+                         [(OP_PUT, 1), (OP_GET, 2), (OP_PUT, 3)])
+        self.assertEqual(CHUNK_INFO.unpack(put_info), (len(data), google_crc32c.value(data)))
+        self.assertEqual(got[GET_RESPONSE.size:], data)
 
 
 class RequestTests(ServerTestsMixin, SynchronousTestCase):

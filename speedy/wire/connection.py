@@ -33,7 +33,7 @@ from speedy.wire.frames import (
     CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
     FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_PUT, OP_STAT, OP_STATUS, OPCODES, ERROR_BODY, Header, decode_error)
+    OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header, decode_error)
 from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
@@ -49,13 +49,6 @@ RESPONSE_LIMITS = {
     OP_LIST: LIST_BATCH * FILE_ID.size,
     OP_COMPACT: COMPACT_RESPONSE.size,
 }
-
-
-#: Bytes read from the socket per call (the transport's C{bufferSize}): a
-#: GET answer is megabytes, and Twisted's default of 64 KiB costs a Python
-#: call chain per 64 KiB.  C{bufferSize} is also where a transport pauses a
-#: streaming producer; the PUT bodies sent here are pull producers.
-RECEIVE_SIZE = 1 << 20
 
 
 class ProtocolViolation(ConnectionFailed):
