@@ -110,6 +110,22 @@ class IChunkWrite(Interface):
         @raise BadRequest: the write was finished or aborted.
         """
 
+    def write_space():
+        """
+        Where the next bytes of the chunk go, for a caller that can read
+        them in place (C{socket.recv_into}) rather than copy them in with
+        L{write}: the store's own buffer for them, if it has one.
+
+        @return: a writable memoryview, or None (use L{write}).  It is
+            valid only until the next call on this write.
+        """
+
+    def wrote(count):
+        """
+        The first C{count} bytes of the last L{write_space} now hold the
+        chunk's next bytes: take them as L{write} would (same errors).
+        """
+
     def finish():
         """
         All bytes were written.

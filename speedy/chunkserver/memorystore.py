@@ -30,6 +30,8 @@ class MemoryChunkStore:
     @ivar used: bytes of the stored chunks.
     @ivar lagging: while True, written bytes stay C{buffered} (a slow disk)
         until L{catch_up}.
+    @ivar in_place: the most bytes a write offers to be read into at once
+        (C{write_space}); 0, the default, offers none.
     """
 
     def __init__(self, capacity=1 << 40, max_chunk=64 << 20):
@@ -37,6 +39,7 @@ class MemoryChunkStore:
         self.max_chunk = max_chunk
         self.read_only = False
         self.lagging = False
+        self.in_place = 0
         self._writes = set()
         self.open_writes = 0
         self.pinned = 0
@@ -185,6 +188,18 @@ class _MemoryChunkWrite:
         self._data += data
         if self._store.lagging:
             self.buffered += len(data)
+
+    def write_space(self):
+        """With the store's C{in_place} set, a scratch buffer of up to that
+        many bytes (what the real store's staging buffer is to it)."""
+        room = min(self._store.in_place, self._size - len(self._data))
+        if not self._open or room <= 0:
+            return None
+        self._space = memoryview(bytearray(room))
+        return self._space
+
+    def wrote(self, count):
+        self.write(self._space[:count])
 
     def drained(self, limit):
         if self.buffered <= limit:

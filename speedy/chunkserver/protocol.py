@@ -38,6 +38,7 @@ from speedy.wire.frames import (
     HEADER_SIZE, LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
+from speedy.wire.inplace import can_read_in_place, read_in_place
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.sendfile import range_body
 
@@ -78,16 +79,20 @@ class ChunkServerFactory(Factory):
     @ivar store: the L{IChunkStore} to serve, or None while it is being
         opened (requests that need it are answered L{Unavailable}).
     @ivar counters: connection and request counts, reported by STATUS.
+    @ivar read_in_place: read PUT bodies from plain TCP sockets straight
+        into the store's buffers where it offers them
+        (L{speedy.wire.inplace}).
     """
 
     def __init__(self, clock, store=None, max_in_flight=64, idle_timeout=120.0,
-                 max_chunk=MAX_CHUNK, use_sendfile=True):
+                 max_chunk=MAX_CHUNK, use_sendfile=True, read_in_place=True):
         self.clock = clock
         self.store = store
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
         self.max_chunk = max_chunk
         self.use_sendfile = use_sendfile
+        self.read_in_place = read_in_place
         self.counters = dict(connections=0, open_connections=0, requests=0,
                              error_frames=0, bad_frames=0, idle_timeouts=0,
                              answers_abandoned=0)
@@ -123,6 +128,8 @@ class ChunkServerProtocol(Protocol):
         no_delay(self.transport)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = RECEIVE_SIZE
+        if self.factory.read_in_place and can_read_in_place(self.transport):
+            read_in_place(self.transport, self._read_space, self._read_in_place)
         self._outbox = Outbox(self.transport, on_sent=self._touch)
         self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
 
@@ -176,6 +183,21 @@ class ChunkServerProtocol(Protocol):
                 self._body.feed(piece)
                 if self._body.remaining == 0:
                     self._frame_ended()
+
+    def _read_space(self):
+        """@return: where the transport may read the next bytes in place
+        (the store's own buffer for the current PUT body's next bytes), or
+        None: then they come through L{dataReceived}."""
+        if self._closing or self._paused or self._body is None:
+            return None
+        return self._body.space()
+
+    def _read_in_place(self, count):
+        """C{count} bytes were read into the last L{_read_space}."""
+        self._touch()
+        self._body.received(count)
+        if self._body.remaining == 0:
+            self._frame_ended()
 
     def _frame_started(self, raw):
         try:
@@ -407,6 +429,9 @@ class _SmallBody:
         self._data += piece
         self.remaining -= len(piece)
 
+    def space(self):
+        return None
+
     def complete(self):
         self._received(bytes(self._data))
 
@@ -422,6 +447,9 @@ class _SkippedBody:
 
     def feed(self, piece):
         self.remaining -= len(piece)
+
+    def space(self):
+        return None
 
     def complete(self):
         pass
@@ -472,6 +500,25 @@ class _PutBody:
                 return self._refuse(e)
             if self._write.buffered > WRITE_BUFFER_LIMIT:
                 self._server._store_lags(self._write)
+
+    def space(self):
+        """@return: the store's buffer for this body's next bytes, at most
+        the rest of the body, or None."""
+        if self._write is None or self._refused:
+            return None
+        space = self._write.write_space()
+        return None if space is None else space[:self.remaining]
+
+    def received(self, count):
+        """C{count} bytes were read into the last L{space}."""
+        self.remaining -= count
+        try:
+            self._write.wrote(count)
+        except Exception as e:
+            self._write.abort()
+            return self._refuse(e)
+        if self._write.buffered > WRITE_BUFFER_LIMIT:
+            self._server._store_lags(self._write)
 
     def _refuse(self, error):
         self._refused = True

@@ -1338,6 +1338,44 @@ class _ChunkWrite:
         if self._error is not None:
             raise NoSpace(self._error)
 
+    def write_space(self):
+        """
+        @return: the rest of the staging buffer the next bytes go to, when
+            they lie in the direct region (taking a buffer from the pool
+            if none is being filled), else None: the bytes beside the
+            record's header and padding come through L{write}.
+        """
+        region = self._direct
+        position = self._position
+        if (self._error is not None or self._done or self._store._closed or region is None
+                or not region.start <= position < region.end):
+            return None
+        stage = self._stage
+        if stage is None:
+            buffer = region.pool.take()
+            stage = self._stage = _Stage(
+                buffer, position, min(region.end, position + len(buffer)))
+        return memoryview(stage.buffer)[position - stage.base:stage.limit - stage.base]
+
+    def wrote(self, count):
+        """Take C{count} bytes read into the last L{write_space}: no copy."""
+        if self._error is not None:
+            raise NoSpace(self._error)
+        stage = self._stage
+        if self._done or stage is None or stage.base + stage.fill + count > stage.limit:
+            raise BadRequest("wrote() past the space write_space() gave")
+        at = stage.fill
+        self.crc = crc32c(memoryview(stage.buffer)[at:at + count], self.crc)
+        self._written += count
+        self._position += count
+        stage.fill += count
+        if stage.base + stage.fill == stage.limit:
+            self._send_stage(stage.fill, last=True)
+        if self._pending and not self._flushing:
+            self._flush()
+        if self._error is not None:
+            raise NoSpace(self._error)
+
     def _split(self, piece):
         """Queue the buffered parts of C{piece} (a byte memoryview), copy
         its direct part into staging buffers: its bytes are copied once."""
@@ -1602,6 +1640,12 @@ class _RepeatedWrite:
             raise TooLarge(f"more than the announced {self.size} bytes")
         self.crc = crc32c(view, self.crc)
         self._written += len(view)
+
+    def write_space(self):
+        return None
+
+    def wrote(self, count):
+        raise BadRequest("wrote() without write_space()")
 
     def drained(self, limit):
         return succeed(None)

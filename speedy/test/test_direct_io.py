@@ -20,6 +20,7 @@ from speedy.chunkserver.store import (
     DIRECT_IO_BLOCK, DIRECT_IO_THRESHOLD, STAGED_READ_LIMIT, STAGING_POOL_SIZE, ChunkStore)
 from speedy.chunkserver.tap import Options, open_chunk_store
 from speedy.chunkserver.volume import DATA_START, HEADER_SIZE
+from speedy.crc import crc32c
 from speedy.errors import Busy, ChecksumMismatch, NoSpace
 from speedy.test import test_store
 from speedy.test.test_store import (
@@ -64,15 +65,23 @@ class DirectTestMixin(StoreTestMixin):
         return super().open_store(**kwargs)
 
     def put_pieces(self, store, file_id, data, sizes=(1, 7, 65536 + 5), threads=None,
-                   keep=False):
+                   keep=False, in_place=False):
         """Store C{data} in pieces of C{sizes}, cycling; with C{threads}
         (L{ManualThreads}), run its jobs before finishing; C{keep} as
-        L{ChunkStore.put} takes it.  @return: ChunkInfo."""
+        L{ChunkStore.put} takes it; with C{in_place}, put each piece into
+        the write's C{write_space} where it offers one, as a socket read
+        into it would.  @return: ChunkInfo."""
         write = store.put(file_id, len(data), keep=keep)
         view, n = memoryview(data), 0
         while view:
             size = sizes[n % len(sizes)]
-            write.write(view[:size])
+            space = write.write_space() if in_place else None
+            if space is None:
+                write.write(view[:size])
+            else:
+                size = min(size, len(space))
+                space[:size] = view[:size]
+                write.wrote(size)
             view, n = view[size:], n + 1
         finished = write.finish()
         if threads is not None:
@@ -224,6 +233,45 @@ class BoundaryTests(DirectTestMixin, SynchronousTestCase):
         self.assertEqual(store.status()["counters"]["damaged_records"], 0)
         self.check_all(store, chunks)
         self.assertEqual(len(list(store.file_ids())), len(chunks) + 1)
+
+    def test_sizes_and_pieces_read_in_place(self):
+        """
+        Pieces read into the write's own staging buffer (C{write_space},
+        C{wrote}), between pieces that are not, make the same records as
+        pieces written: every size, with and without the memory cache.
+        Only the bytes of the direct region are offered a place.
+        """
+        store = self.open_store(volume_size=80 * MiB)
+        chunks = {}
+        for n, size in enumerate(SIZES):
+            data = os.urandom(size)
+            for k, (pattern, keep) in enumerate([((MiB + 1, 3), False), ((65536 + 5, 1), True)]):
+                file_id = 100 * n + k
+                info = self.put_pieces(store, file_id, data, pattern, keep=keep, in_place=True)
+                self.assertEqual((info.size, info.crc32c), (size, crc32c(data)))
+                chunks[file_id] = data
+        self.assertGreater(self.direct_bytes(), 2 * 16 * MiB)
+        self.assert_no_shared_block()
+        for file_id, data in chunks.items():  # kept ones from the memory cache
+            self.assertEqual(self.read(store, file_id), data, file_id)
+        store = self.reopen(store, volume_size=80 * MiB)  # and all from the disk
+        self.check_all(store, chunks)
+
+    def test_no_space_outside_the_direct_region(self):
+        """A write offers no place for the bytes beside the record's header
+        (nor at all below the direct threshold, nor once finished)."""
+        store = self.open_store()
+        small = store.put(1, T - 1)
+        self.assertIsNone(small.write_space())
+        small.abort()
+        write = store.put(2, T + 3 * BLOCK)
+        self.assertIsNone(write.write_space())  # the first bytes share the header's block
+        write.write(b"x" * BLOCK)  # now into the direct region
+        space = write.write_space()
+        self.assertGreater(len(space), 0)
+        write.abort()
+        self.assertIsNone(write.write_space())
+        self.assertEqual(store._staging.lent, 0)
 
     def test_below_threshold_is_buffered(self):
         store = self.open_store()
