@@ -493,13 +493,7 @@ class _PutBody:
             except Exception as e:
                 return self._refuse(e)
         if piece:
-            try:
-                self._write.write(piece)
-            except Exception as e:
-                self._write.abort()
-                return self._refuse(e)
-            if self._write.buffered > WRITE_BUFFER_LIMIT:
-                self._server._store_lags(self._write)
+            self._take(self._write.write, piece)
 
     def space(self):
         """@return: the store's buffer for this body's next bytes, at most
@@ -512,8 +506,14 @@ class _PutBody:
     def received(self, count):
         """C{count} bytes were read into the last L{space}."""
         self.remaining -= count
+        self._take(self._write.wrote, count)
+
+    def _take(self, take, data):
+        """Hand the store the next bytes (C{take} is its write's C{write}
+        or C{wrote}): a failure refuses the PUT, a store lagging behind
+        pauses the connection."""
         try:
-            self._write.wrote(count)
+            take(data)
         except Exception as e:
             self._write.abort()
             return self._refuse(e)
