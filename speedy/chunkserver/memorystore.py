@@ -173,6 +173,7 @@ class _MemoryChunkWrite:
         self._data = bytearray()
         self._open = True
         self._drain_waiters = []
+        self._space = None  # the last write_space()
         self.buffered = 0
 
     def write(self, data):

@@ -1333,6 +1333,11 @@ class _ChunkWrite:
             self._position += len(piece)
         else:
             self._split(piece)
+        self._flush_taken()
+
+    def _flush_taken(self):
+        """Start writing what the last piece queued, unless a job already
+        runs (it takes the rest when done); report a failed write."""
         if self._pending and not self._flushing:
             self._flush()
         if self._error is not None:
@@ -1350,11 +1355,7 @@ class _ChunkWrite:
         if (self._error is not None or self._done or self._store._closed or region is None
                 or not region.start <= position < region.end):
             return None
-        stage = self._stage
-        if stage is None:
-            buffer = region.pool.take()
-            stage = self._stage = _Stage(
-                buffer, position, min(region.end, position + len(buffer)))
+        stage = self._staging(position)
         return memoryview(stage.buffer)[position - stage.base:stage.limit - stage.base]
 
     def wrote(self, count):
@@ -1368,13 +1369,8 @@ class _ChunkWrite:
         self.crc = crc32c(memoryview(stage.buffer)[at:at + count], self.crc)
         self._written += count
         self._position += count
-        stage.fill += count
-        if stage.base + stage.fill == stage.limit:
-            self._send_stage(stage.fill, last=True)
-        if self._pending and not self._flushing:
-            self._flush()
-        if self._error is not None:
-            raise NoSpace(self._error)
+        self._staged(stage, count)
+        self._flush_taken()
 
     def _split(self, piece):
         """Queue the buffered parts of C{piece} (a byte memoryview), copy
@@ -1400,21 +1396,31 @@ class _ChunkWrite:
     def _stage_bytes(self, view, position):
         """Copy what fits of C{view} (for C{position} onwards) into the
         staging buffer, queueing the buffer once full.  @return: bytes taken."""
-        region = self._direct
+        stage = self._staging(position)
+        taken = min(len(view), stage.limit - position)
+        at = position - stage.base
+        stage.buffer[at:at + taken] = view[:taken]
+        self._staged(stage, taken)
+        return taken
+
+    def _staging(self, position):
+        """@return: the staging buffer being filled, taking one from the
+        pool for the bytes from C{position} on if none is."""
         stage = self._stage
         if stage is None:
             # Stages follow each other from region.start, so position is
             # aligned here.
+            region = self._direct
             buffer = region.pool.take()
             stage = self._stage = _Stage(
                 buffer, position, min(region.end, position + len(buffer)))
-        taken = min(len(view), stage.limit - position)
-        at = position - stage.base
-        stage.buffer[at:at + taken] = view[:taken]
-        stage.fill += taken
+        return stage
+
+    def _staged(self, stage, count):
+        """C{count} more bytes are in C{stage}: queue it once full."""
+        stage.fill += count
         if stage.base + stage.fill == stage.limit:
             self._send_stage(stage.fill, last=True)
-        return taken
 
     def _send_stage(self, upto, last):
         """Queue the staged bytes C{[sent, upto)} (whole blocks) for a

@@ -17,17 +17,16 @@ decrypted first, so TLS transports keep the ordinary read.
 
 import errno
 
-from twisted.internet import main, tcp
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet import main
+
+from speedy.wire.producers import plain_tcp
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 def can_read_in_place(transport):
     """@return: True if L{read_in_place} can take over C{transport}'s reads."""
-    return (isinstance(transport, tcp.Connection)
-            and not ISSLTransport.providedBy(transport)
-            and hasattr(transport, "socket") and hasattr(transport, "doRead"))
+    return plain_tcp(transport) and hasattr(transport, "socket") and hasattr(transport, "doRead")
 
 
 class InPlaceReader:

@@ -175,11 +175,16 @@ def frozen_pieces(data):
                  for piece in pieces if len(piece))
 
 
+def plain_tcp(transport):
+    """@return: True for Twisted's own TCP transport without TLS: its
+    socket carries the bytes as they are."""
+    return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
+
+
 def buffer_visible(transport):
     """@return: True for a plain TCP transport whose write buffer we can see
     (attributes of L{tcp.Connection} that are not public API)."""
-    return (isinstance(transport, tcp.Connection)
-            and not ISSLTransport.providedBy(transport)
+    return (plain_tcp(transport)
             and all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")))
 
 
