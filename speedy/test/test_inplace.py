@@ -9,6 +9,7 @@ import socket
 from twisted.internet import main
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkserver import protocol as chunkserver_protocol
@@ -181,3 +182,19 @@ class ChunkServerInPlaceTests(SynchronousTestCase):
                          (OP_PUT, 1, FLAG_ERROR))
         [(get, _)] = self.exchange(get_request(2, 42))
         self.assertEqual((get.opcode, get.request_id), (OP_GET, 2))
+
+    def test_peer_gone_mid_body(self):
+        """A client that goes away in the middle of a body read in place
+        ends the connection (as the reactor is told), and the half-read
+        PUT is aborted: nothing of it is stored."""
+        self.connect()
+        request = put_request(1, 42, os.urandom(50000))
+        self.assertEqual(self.exchange(request[:30000]), [])
+        self.assertGreater(self.reader.reads_in_place, 0)
+        self.assertEqual(self.store.open_writes, 1)
+        self.peer.close()
+        reason = self.transport.doRead()
+        self.assertEqual(reason, main.CONNECTION_DONE)
+        self.server.connectionLost(Failure(reason))
+        self.assertEqual(self.store.open_writes, 0)
+        self.assertIsNone(self.store.contents(42))
