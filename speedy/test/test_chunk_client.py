@@ -15,7 +15,6 @@ from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ChunkNotFound, ConnectionFailed,
@@ -23,6 +22,7 @@ from speedy.errors import (
 from speedy.interfaces import IChunkClient
 from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import GatedStore
+from speedy.testing import MemoryChunkStore
 from speedy.wire.client import ChunkClient, parse_address
 from speedy.wire.connection import ChunkClientProtocol, ProtocolViolation
 from speedy.wire.growing import GrowingChunk

@@ -12,9 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
-from speedy.chunkmaster.testing import OutageStore
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import DRAINING, RO, RW
+from speedy.testing import OutageStore
 
 SECRET = "cluster-sekrit"
 ADMIN = "admin-sekrit"

@@ -10,9 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkmaster.cluster import Cluster, UnknownServer
 from speedy.chunkmaster.messages import Heartbeat
-from speedy.chunkmaster.testing import OutageStore
 from speedy.errors import BadRequest, Unavailable
 from speedy.records import DOWN, DRAINING, INIT, RO, RW
+from speedy.testing import OutageStore
 
 TIMEOUT = 15.0
 GiB = 1 << 30

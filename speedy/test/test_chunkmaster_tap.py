@@ -23,7 +23,7 @@ from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.service import ChunkmasterService
-from speedy.chunkmaster.testing import OutageStore
+from speedy.testing import OutageStore
 
 
 def parse(*args):

@@ -17,13 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import (
     WRITE_BUFFER_LIMIT, ChunkServerFactory)
 from speedy.errors import (
     BadRequest, ChecksumMismatch, ChunkExists, ChunkNotFound, Internal, NoSpace,
     RangeNotSatisfiable, ReadOnly, TooLarge, Unavailable)
 from speedy.interfaces import IChunkRead, IChunkStore, IChunkWrite
+from speedy.testing import MemoryChunkStore
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,

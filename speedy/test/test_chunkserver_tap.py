@@ -14,11 +14,11 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.chunkserver.tap import (
     ChunkStoreService, Options, advertised_address, makeService, server_id)
 from speedy.errors import Unavailable
+from speedy.testing import MemoryChunkStore
 
 
 class PluginTests(SynchronousTestCase):

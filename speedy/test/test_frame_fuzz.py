@@ -11,9 +11,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.test.test_chunkserver_protocol import get_request, parse_frames, put_request
+from speedy.testing import MemoryChunkStore
 from speedy.wire.frames import (
     COMPACT_REQUEST, FILE_ID, FLAG_RESPONSE, OP_COMPACT, OP_DELETE, OP_LIST,
     OP_PING, OP_PUT, OP_STAT, OP_STATUS, Header)

@@ -1,7 +1,7 @@
 """
 Tests for L{speedy.imageserver.clusterview} (the view and its poller),
 L{speedy.imageserver.master} (the chunkmaster client over loopback HTTP) and
-the fakes of L{speedy.imageserver.fakes}.
+the fakes of L{speedy.testing}.
 """
 
 import json
@@ -16,9 +16,9 @@ from zope.interface.verify import verifyObject
 
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView, ClusterViewPoller, IClusterView
-from speedy.imageserver.fakes import FakeChunkClient, FakeMaster, StaticClusterView, make_view
 from speedy.imageserver.master import HTTPMasterClient, IMasterClient
 from speedy.interfaces import IChunkClient
+from speedy.testing import FakeChunkClient, FakeMaster, StaticClusterView, make_view
 
 VIEW_JSON = {
     "version": 7,

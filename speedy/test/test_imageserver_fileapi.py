@@ -19,9 +19,9 @@ from twisted.web.resource import Resource
 
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView
-from speedy.imageserver.fakes import DOWN, FakeCluster
 from speedy.imageserver.fileapi import byte_range
 from speedy.imageserver.root import ImageServerRoot
+from speedy.testing import DOWN, FakeCluster
 from speedy.web.streaming import StreamingSite
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]

@@ -12,10 +12,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import errors
-from speedy.imageserver.fakes import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
 from speedy.imageserver.placement import preferred_replica
 from speedy.imageserver.reader import AFFINITY_SLACK, WRITE_PIECE, segments
 from speedy.records import DOWN as STATE_DOWN, ChunkRef
+from speedy.testing import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
 DATA = bytes(range(256)) * 4  # 1024 bytes: 8 chunks of 128

@@ -16,11 +16,11 @@ from zope.interface.verify import verifyObject
 
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView, GroupView, ServerView
-from speedy.imageserver.fakes import DOWN, PARTIAL, SLOW, FakeCluster, FakeMaster
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import DOWN as STATE_DOWN, RW
+from speedy.testing import DOWN, PARTIAL, SLOW, FakeCluster, FakeMaster
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
 G2 = ["10.0.0.4:8001", "10.0.0.5:8001", "10.0.0.6:8001"]

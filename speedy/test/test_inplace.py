@@ -13,10 +13,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkserver import protocol as chunkserver_protocol
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.crc import crc32c
 from speedy.test.test_chunkserver_protocol import get_request, parse_frames, put_request
+from speedy.testing import MemoryChunkStore
 from speedy.wire.frames import CHUNK_INFO, FLAG_ERROR, GET_RESPONSE, OP_GET, OP_PUT
 from speedy.wire.inplace import InPlaceReader, can_read_in_place, read_in_place
 

@@ -24,8 +24,8 @@ from speedy.errors import NoWritableGroup, Unavailable
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.registry.api import RegistryAPI
 from speedy.registry.digests import OneShotHash, ResumableHash
-from speedy.registry.fakes import MemoryChunkedStorage
 from speedy.registry.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from speedy.testing import MemoryChunkedStorage
 from speedy.web.streaming import StreamingSite
 
 

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from speedy.errors import Unavailable
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
-from speedy.registry.fakes import MemoryChunkedStorage
+from speedy.testing import MemoryChunkedStorage
 
 
 class PausingConsumer(StringTransport):

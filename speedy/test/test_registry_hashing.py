@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from speedy.registry.bodies import HASH_BACKLOG, BlobBody
 from speedy.registry.digests import HashFeed, OneShotHash, ResumableHash, hashing_lane
-from speedy.registry.fakes import MemoryChunkedStorage
+from speedy.testing import MemoryChunkedStorage
 
 
 def sha256(data):

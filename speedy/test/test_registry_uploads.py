@@ -18,8 +18,8 @@ from speedy.registry.api import RegistryAPI
 from speedy.registry.blobs import Blobs
 from speedy.registry.bodies import BoundedBody
 from speedy.registry.errors import RegistryError
-from speedy.registry.fakes import MemoryChunkedStorage
 from speedy.registry.uploads import UploadSessions, parse_content_range
+from speedy.testing import MemoryChunkedStorage
 
 
 def sha256(data):

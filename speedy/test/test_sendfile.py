@@ -280,7 +280,7 @@ class ChoiceTests(SynchronousTestCase):
 
     def test_not_without_a_file(self):
         """A read with no file descriptor (the memory store) is read()."""
-        from speedy.chunkserver.memorystore import MemoryChunkStore
+        from speedy.testing import MemoryChunkStore
         store = MemoryChunkStore()
         write = store.put(1, 3)
         write.write(b"abc")

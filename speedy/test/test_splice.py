@@ -24,14 +24,13 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import alsoProvides
 
 from speedy import errors
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
-from speedy.imageserver.fakes import StaticClusterView, make_view
 from speedy.imageserver.reader import FileReader
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import ChunkRef
+from speedy.testing import MemoryChunkStore, StaticClusterView, make_view
 from speedy.wire.client import ChunkClient
 from speedy.wire.frames import (
     FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE, HEADER_SIZE, OP_GET, Header)
@@ -590,7 +589,7 @@ class ChoiceTests(SynchronousTestCase):
 
     def test_fake_clock_takes_old_path(self):
         """Storage whose clock has no file descriptors (tests' Clock) copies."""
-        from speedy.imageserver.fakes import FakeCluster
+        from speedy.testing import FakeCluster
         cluster = FakeCluster({GROUP: ["a:1", "b:1", "c:1"]})
         self.assertIs(cluster.storage.reader_type(DummyRequest([b""])), FileReader)
 

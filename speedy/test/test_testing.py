@@ -15,7 +15,7 @@ from speedy.interfaces import (
 from speedy.testing import (
     ChunkStoreTestsMixin, FakeChunkClient, FakeCluster, FakeMaster,
     MemoryChunkedStorage, MemoryChunkStore, MemoryMetadataStore,
-    StaticClusterView)
+    OutageStore, StaticClusterView)
 
 
 class FakesProvideTheirInterfacesTests(SynchronousTestCase):
@@ -31,6 +31,9 @@ class FakesProvideTheirInterfacesTests(SynchronousTestCase):
 
     def test_metadata_store(self):
         verifyObject(IMetadataStore, MemoryMetadataStore(Clock()))
+
+    def test_outage_store(self):
+        verifyObject(IMetadataStore, OutageStore(Clock()))
 
     def test_chunked_storage(self):
         storage = MemoryChunkedStorage()

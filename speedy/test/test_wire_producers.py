@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from speedy.chunkserver.memorystore import MemoryChunkStore
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.records import ChunkInfo
+from speedy.testing import MemoryChunkStore
 from speedy.wire.connection import ChunkClientProtocol
 from speedy.wire.frames import CHUNK_INFO, FILE_ID, OP_PUT
 from speedy.wire.outbox import Outbox

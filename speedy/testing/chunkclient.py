@@ -1,27 +1,20 @@
-# -*- test-case-name: speedy.test.test_imageserver_clusterview -*-
+# -*- test-case-name: speedy.test.test_testing -*-
 """
-In-memory stand-ins for what the imageserver talks to, for unit tests:
-chunkservers behind a L{FakeChunkClient} (with failure injection), a
-L{FakeMaster} and a L{StaticClusterView}.  The metadata store's fake is
-L{speedy.metadata.memory.MemoryMetadataStore}.
+L{FakeChunkClient}: chunkservers in memory behind the
+L{speedy.interfaces.IChunkClient} an imageserver talks to them through,
+with failure injection (a server down, slow, corrupt or partial) and
+requests that can be held in flight.
 """
 
 from collections import Counter
-from random import Random
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from speedy import errors
 from speedy.crc import crc32c
-from speedy.imageserver.clusterview import ClusterView, GroupView, IClusterView, ServerView
-from speedy.imageserver.fileids import FileIdRange
-from speedy.imageserver.master import IMasterClient
-from speedy.imageserver.replication import ReplicatedStorage
 from speedy.interfaces import IChunkClient
-from speedy.metadata.memory import MemoryMetadataStore
-from speedy.records import RW, ChunkInfo
+from speedy.records import ChunkInfo
 from speedy.wire.growing import GrowingChunk
 
 #: Failure modes of a L{FakeChunkServer}.
@@ -220,116 +213,3 @@ def _stored(server, file_id):
         return server.chunks[file_id]
     except KeyError:
         raise errors.ChunkNotFound(f"{file_id} on {server.address}")
-
-
-def make_view(groups, version=1, free=1 << 40, writable=True):
-    """
-    Build a L{ClusterView}: C{groups} maps a group id to its member
-    addresses; every server is RW with C{free} bytes, server ids are
-    C{"cs-<address>"}.
-    """
-    return ClusterView(
-        version=version,
-        groups={
-            group_id: GroupView(
-                group_id=group_id,
-                writable=writable,
-                servers=tuple(ServerView(f"cs-{a}", a, RW, free=free) for a in addresses),
-            )
-            for group_id, addresses in groups.items()
-        },
-    )
-
-
-@implementer(IClusterView)
-class StaticClusterView:
-    """An L{IClusterView} that holds whatever view the test sets."""
-
-    def __init__(self, current=None):
-        self.current = current
-
-
-@implementer(IMasterClient)
-class FakeMaster:
-    """
-    L{IMasterClient} in memory: serves C{view} (long-polls wait on the
-    clock for L{publish}), hands out consecutive file ids, and fails every
-    call with L{Unavailable} while C{down}.
-    """
-
-    def __init__(self, clock, view=None, first_id=1):
-        self._clock = clock
-        self.view = view
-        self.next_id = first_id
-        self.down = False
-        self.allocations = []
-        self._polls = []
-
-    def publish(self, view):
-        """Make C{view} current and answer the waiting long-polls."""
-        self.view = view
-        polls, self._polls = self._polls, []
-        for d, call in polls:
-            call.cancel()
-            d.callback(view)
-
-    def cluster(self, etag=None, wait=None):
-        if self.down:
-            return fail(errors.Unavailable("the chunkmaster is down"))
-        if self.view is None:
-            return fail(errors.Unavailable("the chunkmaster has no view yet"))
-        if etag is None or self.view.version != etag:
-            return succeed(self.view)
-        d = Deferred(lambda d: self._forget(d))
-        call = self._clock.callLater(wait or 0, self._expire, d)
-        self._polls.append((d, call))
-        return d
-
-    def _expire(self, d):
-        self._polls = [(p, c) for p, c in self._polls if p is not d]
-        d.callback(None)
-
-    def _forget(self, d):
-        for p, c in self._polls:
-            if p is d:
-                c.cancel()
-        self._polls = [(p, c) for p, c in self._polls if p is not d]
-
-    def allocate_file_ids(self, count):
-        if self.down:
-            return fail(errors.Unavailable("the chunkmaster is down"))
-        start = self.next_id
-        self.next_id += count
-        self.allocations.append((start, self.next_id))
-        return succeed((start, self.next_id))
-
-    def close(self):
-        return succeed(None)
-
-
-class FakeCluster:
-    """
-    A L{ReplicatedStorage} wired to fakes on one L{Clock}: C{client},
-    C{master}, C{view} (a L{StaticClusterView}), C{file_ids} and C{metadata}
-    (a L{MemoryMetadataStore}).  C{groups} maps a group id to its member
-    addresses.
-    """
-
-    def __init__(self, groups, chunk_size=8, parallelism=2, tries=3, seed=0, id_batch=100,
-                 fill_slots=0, cut_through=0):
-        self.clock = Clock()
-        self.client = FakeChunkClient(self.clock)
-        self.view = StaticClusterView(make_view(groups))
-        self.master = FakeMaster(self.clock, self.view.current)
-        self.file_ids = FileIdRange(self.master, batch=id_batch, low_water=id_batch // 4)
-        self.metadata = MemoryMetadataStore(self.clock)
-        self.storage = ReplicatedStorage(
-            self.client, self.view, self.file_ids, self.metadata, self.clock,
-            chunk_size=chunk_size, parallelism=parallelism, tries=tries, rng=Random(seed),
-            fill_slots=fill_slots, cut_through=cut_through)
-
-    def copies(self, ref):
-        """@return: {address: bytes} of the copies of C{ref} on its group's members."""
-        group = self.view.current.groups[ref.group_id]
-        return {s.address: self.client.server(s.address).chunks.get(ref.file_id)
-                for s in group.servers}

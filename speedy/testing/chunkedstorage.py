@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_registry_fakes -*-
+# -*- test-case-name: speedy.test.test_testing,speedy.test.test_registry_fakes -*-
 """
 An in-memory L{IChunkedStorage} for tests of everything that sits on the
 imageserver's storage path.  Chunks live in a dict; reads honour the

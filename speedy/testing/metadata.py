@@ -1,6 +1,7 @@
-# -*- test-case-name: speedy.test.test_chunkmaster_cluster -*-
+# -*- test-case-name: speedy.test.test_testing,speedy.test.test_chunkmaster_cluster -*-
 """
-Test doubles for the chunkmaster's tests.
+L{OutageStore}: the in-memory metadata store with a database that can go
+away, for tests of what the chunkmaster does through an outage.
 """
 
 from twisted.internet.defer import fail

@@ -1,0 +1,42 @@
+# -*- test-case-name: speedy.test.test_testing -*-
+"""
+Verified fakes of Speedy's interfaces, for tests of whatever sits on top of
+them, and the conformance tests that hold a fake and the real thing to one
+contract.  One module per interface; everything is re-exported here.
+
+fake                  stands for       module          real implementation
+--------------------  ---------------  --------------  ----------------------------------------------
+MemoryChunkStore      IChunkStore      chunkstore      speedy.chunkserver.store.ChunkStore
+FakeChunkClient       IChunkClient     chunkclient     speedy.wire.client.ChunkClient
+MemoryChunkedStorage  IChunkedStorage  chunkedstorage  speedy.imageserver.replication.ReplicatedStorage
+FakeMaster            IMasterClient    master          speedy.imageserver.master.HTTPMasterClient
+StaticClusterView     IClusterView     clusterview     speedy.imageserver.clusterview.ClusterViewPoller
+MemoryMetadataStore   IMetadataStore   (re-exported)   speedy.metadata.sql.SQLMetadataStore
+OutageStore           IMetadataStore   metadata        (a MemoryMetadataStore whose database goes away)
+FakeCluster           (a ReplicatedStorage wired to FakeChunkClient, FakeMaster,
+                      StaticClusterView and MemoryMetadataStore on one Clock; module cluster)
+
+L{MemoryMetadataStore} is no fake: it is the store behind C{--db memory:}
+(L{speedy.metadata.memory}), and the one tests use.
+
+Conformance: L{ChunkStoreTestsMixin} runs against L{MemoryChunkStore} in
+L{speedy.test.test_testing} and against L{ChunkStore} in
+L{speedy.test.test_store}; the metadata store's suite is
+L{speedy.test.test_metadata}.
+"""
+
+from speedy.metadata.memory import MemoryMetadataStore
+from speedy.testing.chunkclient import CORRUPT, DOWN, PARTIAL, SLOW, FakeChunkClient, FakeChunkServer
+from speedy.testing.chunkedstorage import MemoryChunkedStorage, MemoryChunkedWriter
+from speedy.testing.chunkstore import ChunkStoreTestsMixin, MemoryChunkStore
+from speedy.testing.cluster import FakeCluster
+from speedy.testing.clusterview import StaticClusterView, make_view
+from speedy.testing.master import FakeMaster
+from speedy.testing.metadata import OutageStore
+
+__all__ = [
+    "CORRUPT", "DOWN", "PARTIAL", "SLOW",
+    "ChunkStoreTestsMixin", "FakeChunkClient", "FakeChunkServer", "FakeCluster", "FakeMaster",
+    "MemoryChunkStore", "MemoryChunkedStorage", "MemoryChunkedWriter", "MemoryMetadataStore",
+    "OutageStore", "StaticClusterView", "make_view",
+]
