@@ -1,21 +1,31 @@
 """
 Tests for L{speedy.testing}: every fake provides the interface it stands
-for, and L{MemoryChunkStore} keeps the same L{IChunkStore} contract as the
-engine (L{speedy.test.test_store.ContractTests} runs the same mixin there).
+for, and keeps the same contract as the real implementation, the same
+tests run against both: L{MemoryChunkStore} as the engine
+(L{speedy.test.test_store.ContractTests} runs its mixin there),
+L{FakeChunkClient} as the real L{ChunkClient} talking to real chunkserver
+protocols through in-memory connections.
 """
 
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.imageserver.clusterview import IClusterView
 from speedy.imageserver.master import IMasterClient
 from speedy.interfaces import (
     IChunkClient, IChunkedStorage, IChunkedWriter, IChunkStore, IMetadataStore)
 from speedy.testing import (
-    ChunkStoreTestsMixin, FakeChunkClient, FakeCluster, FakeMaster,
-    MemoryChunkedStorage, MemoryChunkStore, MemoryMetadataStore,
-    OutageStore, StaticClusterView)
+    DOWN, SLOW, ChunkClientTestsMixin, ChunkedStorageTestsMixin, ChunkStoreTestsMixin, FakeChunkClient, FakeCluster,
+    FakeMaster, MemoryChunkedStorage, MemoryChunkStore, MemoryMetadataStore, OutageStore,
+    StaticClusterView)
+from speedy.testing.chunkedstorage import PausingConsumer
+from speedy.wire.client import ChunkClient
 
 
 class FakesProvideTheirInterfacesTests(SynchronousTestCase):
@@ -98,3 +108,177 @@ class MemoryChunkStoreTests(SynchronousTestCase):
         read.release()
         read.release()
         self.assertEqual(store.pinned, 0)
+
+
+class FakeChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
+    """L{FakeChunkClient} against the L{IChunkClient} contract."""
+
+    def setUp(self):
+        self.clock = Clock()
+        super().setUp()
+
+    def make_client(self):
+        return FakeChunkClient(self.clock)
+
+    def settle(self):
+        """The fake answers at once."""
+
+    def damage(self, address, file_id):
+        server = self.client.server(address)
+        server.chunks[file_id] = bytes(b ^ 1 for b in server.chunks[file_id])
+
+    def take_down(self, address):
+        self.client.server(address).mode = DOWN
+
+    def stall(self, address):
+        self.client.server(address).mode = SLOW
+
+
+class ChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
+    """
+    L{ChunkClient} against the L{IChunkClient} contract: real chunkserver
+    protocols over L{MemoryChunkStore}s listen on a L{MemoryReactorClock},
+    and L{settle} completes the client's connections to them and moves
+    their bytes.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.completer = ConnectionCompleter(self.clock)
+        self.pumps = []  # (address, IOPump) of every connection made
+        self.down = set()
+        self.stalled = set()
+        self.stores = {}
+        for address in self.addresses:
+            self.stores[address] = store = MemoryChunkStore()
+            self.clock.listenTCP(self.port(address), ChunkServerFactory(self.clock, store))
+        super().setUp()
+        self.addCleanup(self.close_client)
+
+    @staticmethod
+    def port(address):
+        return int(address.rsplit(":", 1)[1])
+
+    def make_client(self):
+        return ChunkClient(self.clock, connect_timeout=5.0, request_timeout=30.0,
+                           max_connections_per_server=4)
+
+    def close_client(self):
+        self.stalled.clear()
+        d = self.client.close()
+        self.settle()
+        self.successResultOf(d)
+
+    def settle(self):
+        """Complete or refuse the connections asked for, and pump every
+        connection not stalled until nothing moves."""
+        moved = True
+        while moved:
+            moved = False
+            while self.clock.tcpClients:
+                host, port = self.clock.tcpClients[0][:2]
+                address = f"{host}:{port}"
+                if address in self.down:
+                    _, _, factory, _, _ = self.clock.tcpClients.pop(0)
+                    factory.clientConnectionFailed(
+                        self.clock.connectors.pop(0), Failure(ConnectionRefusedError()))
+                else:
+                    self.pumps.append((address, self.completer.succeedOnce()))
+                moved = True
+            for address, pump in self.pumps:
+                if address not in self.stalled and pump.flush():
+                    moved = True
+
+    def damage(self, address, file_id):
+        self.stores[address].damage(file_id)
+
+    def take_down(self, address):
+        self.down.add(address)
+        self.clock.tcpServers = [
+            server for server in self.clock.tcpServers if server[0] != self.port(address)]
+        for at, pump in self.pumps:
+            if at == address:
+                pump.serverIO.abortConnection()
+        self.settle()
+
+    def stall(self, address):
+        self.stalled.add(address)
+
+
+class MemoryChunkedStorageContractTests(ChunkedStorageTestsMixin, SynchronousTestCase):
+    """L{MemoryChunkedStorage} against the L{IChunkedStorage} contract."""
+
+    def make_storage(self):
+        return MemoryChunkedStorage(chunk_size=self.chunk_size, piece_size=4)
+
+    def stored(self):
+        return {(self.storage.group_id, file_id) for file_id in self.storage.chunks}
+
+
+class MemoryChunkedStorageTests(SynchronousTestCase):
+    """What the fake adds for tests: reads in pieces of C{piece_size}, and
+    bookkeeping of the reads in progress."""
+
+    def setUp(self):
+        self.storage = MemoryChunkedStorage(chunk_size=10, piece_size=4)
+
+    def store(self, data):
+        writer = self.storage.writer()
+        self.successResultOf(writer.write(data))
+        return self.successResultOf(writer.finish())
+
+    def test_read_honours_back_pressure(self):
+        """A read writes one piece per resumeProducing of a pausing
+        consumer, then unregisters and fires."""
+        chunks = self.store(b"0123456789abc")
+        consumer = PausingConsumer()
+        reading = self.storage.read(chunks, 2, 9, consumer)
+        self.assertEqual(consumer.value(), b"2345")
+        self.assertNoResult(reading)
+        consumer.producer.resumeProducing()
+        consumer.producer.resumeProducing()
+        self.assertEqual(consumer.value(), b"23456789a")
+        self.assertIsNone(self.successResultOf(reading))
+        self.assertIsNone(consumer.producer)
+
+    def test_cancel_and_stop(self):
+        """Cancelling a read, or the consumer stopping it, ends it and
+        unregisters it."""
+        chunks = self.store(b"0123456789")
+        consumer = PausingConsumer()
+        reading = self.storage.read(chunks, 0, 10, consumer)
+        reading.cancel()
+        self.assertIsNone(consumer.producer)
+        self.assertEqual(self.storage.reads_in_progress, 0)
+        self.failureResultOf(reading)
+        consumer = PausingConsumer()
+        reading = self.storage.read(chunks, 0, 10, consumer)
+        consumer.producer.stopProducing()
+        self.failureResultOf(reading, ConnectionLost)
+        self.assertEqual(self.storage.reads_in_progress, 0)
+
+
+class ReplicatedStorageContractTests(ChunkedStorageTestsMixin, SynchronousTestCase):
+    """
+    L{ReplicatedStorage} against the L{IChunkedStorage} contract, over
+    two groups of fake chunkservers (L{FakeCluster}): a chunk is held while
+    any member of its group holds it.
+    """
+
+    def make_storage(self):
+        self.cluster = FakeCluster({1: ["a:1", "b:1"], 2: ["c:1", "d:1"]},
+                                   chunk_size=self.chunk_size)
+        return self.cluster.storage
+
+    def stored(self):
+        return {(group_id, file_id)
+                for group_id, group in self.cluster.view.current.groups.items()
+                for server in group.servers
+                for file_id in self.cluster.client.server(server.address).chunks}
+
+    def test_every_member_holds_each_chunk(self):
+        """What the contract calls stored is on every member of its group."""
+        chunks = self.store(b"x" * 25)
+        for chunk in chunks:
+            for server in self.cluster.view.current.groups[chunk.group_id].servers:
+                self.assertIn(chunk.file_id, self.cluster.client.server(server.address).chunks)

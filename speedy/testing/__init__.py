@@ -19,15 +19,23 @@ FakeCluster           (a ReplicatedStorage wired to FakeChunkClient, FakeMaster,
 L{MemoryMetadataStore} is no fake: it is the store behind C{--db memory:}
 (L{speedy.metadata.memory}), and the one tests use.
 
-Conformance: L{ChunkStoreTestsMixin} runs against L{MemoryChunkStore} in
-L{speedy.test.test_testing} and against L{ChunkStore} in
-L{speedy.test.test_store}; the metadata store's suite is
-L{speedy.test.test_metadata}.
+Conformance: each fake's module has the mixin of behaviour tests that the
+fake and the real implementation both pass.
+
+mixin                     fake run in          real run in
+------------------------  -------------------  ----------------------------------------------
+ChunkStoreTestsMixin      test_testing         test_store (ChunkStore on disk)
+ChunkClientTestsMixin     test_testing         test_testing (ChunkClient to real chunkserver
+                                               protocols over MemoryChunkStores, in memory)
+ChunkedStorageTestsMixin  test_testing         test_testing (ReplicatedStorage on FakeCluster)
+MetadataStoreTestsMixin   test_metadata        test_metadata (SQLite, MariaDB)
 """
 
 from speedy.metadata.memory import MemoryMetadataStore
-from speedy.testing.chunkclient import CORRUPT, DOWN, PARTIAL, SLOW, FakeChunkClient, FakeChunkServer
-from speedy.testing.chunkedstorage import MemoryChunkedStorage, MemoryChunkedWriter
+from speedy.testing.chunkclient import (
+    CORRUPT, DOWN, PARTIAL, SLOW, ChunkClientTestsMixin, FakeChunkClient, FakeChunkServer)
+from speedy.testing.chunkedstorage import (
+    ChunkedStorageTestsMixin, MemoryChunkedStorage, MemoryChunkedWriter)
 from speedy.testing.chunkstore import ChunkStoreTestsMixin, MemoryChunkStore
 from speedy.testing.cluster import FakeCluster
 from speedy.testing.clusterview import StaticClusterView, make_view
@@ -36,7 +44,7 @@ from speedy.testing.metadata import OutageStore
 
 __all__ = [
     "CORRUPT", "DOWN", "PARTIAL", "SLOW",
-    "ChunkStoreTestsMixin", "FakeChunkClient", "FakeChunkServer", "FakeCluster", "FakeMaster",
+    "ChunkClientTestsMixin", "ChunkStoreTestsMixin", "ChunkedStorageTestsMixin", "FakeChunkClient", "FakeChunkServer", "FakeCluster", "FakeMaster",
     "MemoryChunkStore", "MemoryChunkedStorage", "MemoryChunkedWriter", "MemoryMetadataStore",
     "OutageStore", "StaticClusterView", "make_view",
 ]

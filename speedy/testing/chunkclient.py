@@ -4,12 +4,19 @@ L{FakeChunkClient}: chunkservers in memory behind the
 L{speedy.interfaces.IChunkClient} an imageserver talks to them through,
 with failure injection (a server down, slow, corrupt or partial) and
 requests that can be held in flight.
+
+L{ChunkClientTestsMixin} is the contract: it runs against
+L{FakeChunkClient}, and against the real L{speedy.wire.client.ChunkClient}
+talking to real chunkserver protocols (over L{MemoryChunkStore}s) through
+in-memory connections, in L{speedy.test.test_testing}.
 """
 
+import os
 from collections import Counter
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from speedy import errors
 from speedy.crc import crc32c
@@ -39,6 +46,7 @@ class FakeChunkServer:
         self.chunks = {}
         self.crcs = {}
         self.kept = set()  # file ids put with keep=True
+        self.garbage = 0  # bytes deleted and not yet compacted away
         self.mode = None
 
 
@@ -187,7 +195,7 @@ class FakeChunkClient:
 
     def delete(self, address, file_id):
         def remove(server):
-            _stored(server, file_id)
+            server.garbage += len(_stored(server, file_id))
             del server.chunks[file_id], server.crcs[file_id]
 
         return self._answer(address, "delete", file_id, remove)
@@ -202,7 +210,11 @@ class FakeChunkClient:
         return self._answer(address, "list", None, lambda server: sorted(server.chunks))
 
     def compact(self, address, volume_id=None):
-        return self._answer(address, "compact", None, lambda server: 0)
+        def compact(server):
+            freed, server.garbage = server.garbage, 0
+            return freed
+
+        return self._answer(address, "compact", None, compact)
 
     def close(self):
         return succeed(None)
@@ -213,3 +225,211 @@ def _stored(server, file_id):
         return server.chunks[file_id]
     except KeyError:
         raise errors.ChunkNotFound(f"{file_id} on {server.address}")
+
+
+class ChunkClientTestsMixin:
+    """
+    The L{IChunkClient} contract the imageserver's storage path relies on,
+    for a C{SynchronousTestCase} on a fake clock.
+
+    Mix into a test case that provides:
+
+      - C{clock}: the clock the client's timeouts run on;
+      - C{make_client()}: @return: a new L{IChunkClient} on C{clock}, with
+        an empty chunkserver at each of L{addresses};
+      - C{settle()}: let every request go as far as it can without the
+        clock moving (connect, send, answer);
+      - C{damage(address, file_id)}: spoil the stored bytes of a chunk
+        behind the chunkserver's back, so that reading it fails its
+        checksum;
+      - C{take_down(address)}: the chunkserver goes away (its connections
+        drop, new ones are refused);
+      - C{stall(address)}: the chunkserver, connected, answers nothing more.
+    """
+
+    addresses = ("127.0.0.1:8001", "127.0.0.1:8002")
+
+    def setUp(self):
+        super().setUp()
+        self.client = self.make_client()
+        self.address = self.addresses[0]
+
+    def answer(self, d):
+        """@return: the result C{d} fires with once requests settled."""
+        self.settle()
+        return self.successResultOf(d)
+
+    def fails(self, d, *types):
+        """@return: the exception C{d} fails with once requests settled."""
+        self.settle()
+        return self.failureResultOf(d, *types).value
+
+    def put(self, file_id, data, address=None):
+        return self.answer(self.client.put(address or self.address, file_id, data))
+
+    def stream(self, file_id, offset, length, address=None):
+        """@return: (the Deferred of a get_stream, the list its sink fills)."""
+        pieces = []
+        d = self.client.get_stream(address or self.address, file_id, offset, length, pieces.append)
+        return d, pieces
+
+    def test_interface(self):
+        verifyObject(IChunkClient, self.client)
+        self.assertGreater(self.client.connect_timeout, 0)
+        self.assertGreater(self.client.request_timeout, 0)
+
+    def test_round_trip(self):
+        """A stored chunk reads back whole or in ranges, its ChunkInfo
+        carries its CRC32C, and once deleted it is gone."""
+        data = os.urandom(100_000)
+        info = self.put(42, data)
+        self.assertEqual(info, ChunkInfo(42, len(data), crc32c(data)))
+        self.assertEqual(self.answer(self.client.get(self.address, 42)), data)
+        self.assertEqual(self.answer(self.client.get(self.address, 42, 10, 20)), data[10:30])
+        self.assertEqual(self.answer(self.client.get(self.address, 42, 99_990)), data[99_990:])
+        self.assertEqual(self.answer(self.client.get(self.address, 42, len(data))), b"")
+        self.assertEqual(self.answer(self.client.stat(self.address, 42)), info)
+        self.assertIsNone(self.answer(self.client.delete(self.address, 42)))
+        self.fails(self.client.stat(self.address, 42), errors.ChunkNotFound)
+        self.fails(self.client.get(self.address, 42), errors.ChunkNotFound)
+
+    def test_put_pieces(self):
+        """A chunk given as a list or tuple of bytes-like pieces is stored
+        as the pieces joined."""
+        pieces = [os.urandom(3000), bytearray(os.urandom(5)), memoryview(os.urandom(700))]
+        chunk = b"".join(pieces)
+        self.assertEqual(self.put(9, pieces), ChunkInfo(9, len(chunk), crc32c(chunk)))
+        self.assertEqual(self.put(10, tuple(pieces)), ChunkInfo(10, len(chunk), crc32c(chunk)))
+        self.assertEqual(self.answer(self.client.get(self.address, 9)), chunk)
+        self.assertEqual(self.answer(self.client.get(self.address, 10)), chunk)
+
+    def test_get_pieces(self):
+        """get_pieces answers bytes pieces that join up to the range."""
+        data = os.urandom(200_000)
+        self.put(1, data)
+        for offset, length, wanted in [(0, None, data), (1000, 5000, data[1000:6000])]:
+            pieces = self.answer(self.client.get_pieces(self.address, 1, offset, length))
+            self.assertTrue(all(isinstance(piece, bytes) for piece in pieces))
+            self.assertEqual(b"".join(pieces), wanted)
+
+    def test_get_stream(self):
+        """get_stream hands a whole chunk or a range to its sink, in order,
+        and fires with None."""
+        data = os.urandom(200_000)
+        self.put(1, data)
+        for offset, length in [(0, len(data)), (1000, 150_000)]:
+            d, pieces = self.stream(1, offset, length)
+            self.assertIsNone(self.answer(d))
+            self.assertEqual(b"".join(pieces), data[offset:offset + length])
+
+    def test_missing(self):
+        """Every request about a chunk the server lacks fails with
+        ChunkNotFound; a stream's sink gets nothing."""
+        for request in (self.client.get, self.client.get_pieces, self.client.stat,
+                        self.client.delete):
+            self.fails(request(self.address, 5), errors.ChunkNotFound)
+        d, pieces = self.stream(5, 0, 10)
+        self.fails(d, errors.ChunkNotFound)
+        self.assertEqual(pieces, [])
+
+    def test_range_outside(self):
+        """A range past the chunk's end fails with RangeNotSatisfiable."""
+        self.put(5, b"abc")
+        for offset, length in [(2, 5), (4, None), (4, 0)]:
+            self.fails(self.client.get(self.address, 5, offset, length),
+                       errors.RangeNotSatisfiable)
+        d, pieces = self.stream(5, 1, 3)
+        self.fails(d, errors.RangeNotSatisfiable)
+        self.assertEqual(pieces, [])
+
+    def test_put_again(self):
+        """Putting the same bytes again is an idempotent retry; other
+        bytes under that id fail with ChunkExists and change nothing."""
+        info = self.put(3, b"same")
+        self.assertEqual(self.put(3, [b"sa", b"me"]), info)
+        self.fails(self.client.put(self.address, 3, b"diff"), errors.ChunkExists)
+        self.assertEqual(self.answer(self.client.get(self.address, 3)), b"same")
+
+    def test_keep(self):
+        """A put with keep stores the chunk as any put does."""
+        data = os.urandom(5000)
+        info = self.answer(self.client.put(self.address, 4, data, keep=True))
+        self.assertEqual(info, ChunkInfo(4, len(data), crc32c(data)))
+        self.assertEqual(self.answer(self.client.get(self.address, 4)), data)
+
+    def test_damaged(self):
+        """A chunk whose stored bytes were spoiled fails every read, whole
+        or a range, with ChecksumMismatch; the server's other chunks read."""
+        self.put(6, b"x" * 1000)
+        self.put(7, b"y" * 1000)
+        self.damage(self.address, 6)
+        self.fails(self.client.get(self.address, 6), errors.ChecksumMismatch)
+        self.fails(self.client.get(self.address, 6, 0, 10), errors.ChecksumMismatch)
+        self.fails(self.client.get_pieces(self.address, 6), errors.ChecksumMismatch)
+        self.fails(self.stream(6, 0, 1000)[0], errors.ChecksumMismatch)
+        self.assertEqual(self.answer(self.client.get(self.address, 7)), b"y" * 1000)
+
+    def test_servers_apart(self):
+        """Each address is its own chunkserver."""
+        other = self.addresses[1]
+        self.put(1, b"here")
+        self.put(1, b"there", address=other)
+        self.put(2, b"two", address=other)
+        self.assertEqual(self.answer(self.client.get(self.address, 1)), b"here")
+        self.assertEqual(self.answer(self.client.get(other, 1)), b"there")
+        self.assertEqual(self.answer(self.client.list(self.address)), [1])
+        self.assertEqual(self.answer(self.client.list(other)), [1, 2])
+
+    def test_list_status_ping_compact(self):
+        """list names the stored ids in order, status counts them, ping
+        measures a time, and compact frees what was deleted."""
+        for file_id in (3, 1, 2):
+            self.put(file_id, b"x" * 100 * file_id)
+        self.assertEqual(self.answer(self.client.list(self.address)), [1, 2, 3])
+        self.assertEqual(self.answer(self.client.status(self.address))["chunks"], 3)
+        rtt = self.answer(self.client.ping(self.address))
+        self.assertIsInstance(rtt, float)
+        self.assertGreaterEqual(rtt, 0)
+        self.answer(self.client.delete(self.address, 3))
+        self.assertEqual(self.answer(self.client.compact(self.address)), 300)
+        self.assertEqual(self.answer(self.client.compact(self.address)), 0)
+        self.assertEqual(self.answer(self.client.list(self.address)), [1, 2])
+
+    def test_unreachable(self):
+        """A chunkserver gone: its requests fail with ConnectionFailed, and
+        the others' requests go on."""
+        self.put(1, b"x")
+        self.put(1, b"y", address=self.addresses[1])
+        self.take_down(self.address)
+        self.fails(self.client.get(self.address, 1), errors.ConnectionFailed)
+        self.fails(self.client.put(self.address, 2, b"z"), errors.ConnectionFailed)
+        self.fails(self.client.ping(self.address), errors.ConnectionFailed)
+        self.assertEqual(self.answer(self.client.get(self.addresses[1], 1)), b"y")
+
+    def test_stalled(self):
+        """A chunkserver that stops answering: its requests fail with
+        Timeout once request_timeout passed, not before."""
+        self.put(1, b"x")
+        self.stall(self.address)
+        d = self.client.get(self.address, 1)
+        self.settle()
+        self.clock.advance(self.client.request_timeout * 0.9)
+        self.assertNoResult(d)
+        self.clock.advance(self.client.request_timeout * 0.1)
+        self.failureResultOf(d, errors.Timeout)
+
+    def test_cancel(self):
+        """A request cancelled while it waits for its answer fails with
+        CancelledError, and its timeout is gone with it."""
+        self.put(1, b"x")
+        self.stall(self.address)
+        d = self.client.get(self.address, 1)
+        self.settle()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.clock.advance(self.client.request_timeout)
+
+    def test_close(self):
+        """close() fires once the connections are closed."""
+        self.put(1, b"x")
+        self.assertIsNone(self.answer(self.client.close()))
