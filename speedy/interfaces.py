@@ -283,38 +283,19 @@ class IChunkClient(Interface):
 
 
 # --- metadata store ---------------------------------------------------------
+#
+# One database holds the tables of every role.  Each role's code names the
+# interface of the tables it uses (IClusterTables, IFileTables, ...); one
+# store, IMetadataStore, serves them all, and the rules in its docstring
+# hold for every method of each.
 
 
-class IMetadataStore(Interface):
+class IClusterTables(Interface):
     """
-    Cluster and registry metadata.  Implementations: in memory (tests),
-    SQLite and MySQL/MariaDB through C{twisted.enterprise.adbapi}.  A lost
-    database errbacks with L{speedy.errors.Unavailable}; service resumes by
-    itself when the database returns.  Lookups of missing things fire with
-    None rather than failing, unless said otherwise.
-
-    Rules every method keeps:
-
-      - a record written with a zero C{created}, C{updated} or C{recorded}
-        time is stored with the store's clock's time instead;
-      - C{limit=None} means no limit; a negative limit (or one that is not
-        an integer) raises L{speedy.errors.BadRequest};
-      - invalid arguments raise L{speedy.errors.BadRequest} before anything
-        is written.
+    The chunkmaster's tables: chunkservers, their replica groups, and the
+    file-id counter.  Used by L{speedy.chunkmaster.cluster.Cluster} and the
+    chunkmaster's file-id API.  Keeps the rules of L{IMetadataStore}.
     """
-
-    def start():
-        """
-        Connect and apply pending schema migrations.  May be called again
-        after it failed with L{Unavailable} (the database was unreachable).
-
-        @return: Deferred firing with None.
-        """
-
-    def close():
-        """@return: a Deferred firing when every connection is closed."""
-
-    # cluster ---------------------------------------------------------------
 
     def upsert_server(server):
         """
@@ -350,7 +331,13 @@ class IMetadataStore(Interface):
         @return: Deferred firing with (start, end): ids start <= id < end.
         """
 
-    # files (REST file API) -----------------------------------------------
+
+class IFileTables(Interface):
+    """
+    The REST file API's tables: each file's path and its chunk list.  Used
+    by L{speedy.imageserver.fileapi.FileAPI}.  Keeps the rules of
+    L{IMetadataStore}.
+    """
 
     def put_file(record):
         """Insert or replace a L{FileRecord} by path.
@@ -365,6 +352,14 @@ class IMetadataStore(Interface):
     def list_files(prefix, limit=1000, after=None):
         """@return: Deferred firing with a sorted list of paths under
         C{prefix} (an indexed range scan, never C{LIKE '%...'})."""
+
+
+class IRegistryTables(Interface):
+    """
+    The registry's tables: blobs and the repositories that link them,
+    manifests, tags and referrers.  Used by L{speedy.registry}'s blobs,
+    manifests and API.  Keeps the rules of L{IMetadataStore}.
+    """
 
     # blobs ---------------------------------------------------------------
 
@@ -465,7 +460,14 @@ class IMetadataStore(Interface):
         C{repository} whose subject is C{digest}, optionally only those of
         C{artifact_type}."""
 
-    # uploads -------------------------------------------------------------
+
+class IUploadTables(Interface):
+    """
+    Blob upload sessions, shared by every imageserver so that any of them
+    can take the next piece of an upload.  Used by
+    L{speedy.registry.uploads.UploadSessions}.  Keeps the rules of
+    L{IMetadataStore}.
+    """
 
     def create_upload(record):
         """
@@ -504,7 +506,14 @@ class IMetadataStore(Interface):
         """@return: Deferred firing with uploads last touched before the
         given time (for expiry)."""
 
-    # garbage and repair --------------------------------------------------
+
+class IGarbageTables(Interface):
+    """
+    Chunks that nothing owns any more (a replaced or deleted file, a
+    partial write, a delete that failed on a member), waiting for the
+    garbage collector.  Recorded by the imageserver's storage path.  Keeps
+    the rules of L{IMetadataStore}.
+    """
 
     def record_garbage(chunks, reason):
         """
@@ -521,6 +530,13 @@ class IMetadataStore(Interface):
     def forget_garbage(chunks):
         """Remove collected chunks from the garbage list.  @return: Deferred."""
 
+
+class IRepairTables(Interface):
+    """
+    Replicas found missing or damaged, waiting for repair.  Recorded by
+    the imageserver's readers.  Keeps the rules of L{IMetadataStore}.
+    """
+
     def record_bad_replica(bad):
         """
         Record a L{BadReplica} for repair, replacing any earlier record for
@@ -531,6 +547,41 @@ class IMetadataStore(Interface):
 
     def list_bad_replicas(limit=1000):
         """@return: Deferred firing with a list of L{BadReplica}."""
+
+
+class IMetadataStore(IClusterTables, IFileTables, IRegistryTables, IUploadTables,
+                     IGarbageTables, IRepairTables):
+    """
+    Cluster and registry metadata: every role's tables in one database,
+    which the daemons start and close.  Implementations: in memory
+    (C{--db memory:}, and tests), SQLite and MySQL/MariaDB through
+    C{twisted.enterprise.adbapi}.  Code that uses only some tables names
+    their role interface instead.
+
+    A lost database errbacks with L{speedy.errors.Unavailable}; service
+    resumes by itself when the database returns.  Lookups of missing
+    things fire with None rather than failing, unless said otherwise.
+
+    Rules every method keeps, those of the role interfaces too:
+
+      - a record written with a zero C{created}, C{updated} or C{recorded}
+        time is stored with the store's clock's time instead;
+      - C{limit=None} means no limit; a negative limit (or one that is not
+        an integer) raises L{speedy.errors.BadRequest};
+      - invalid arguments raise L{speedy.errors.BadRequest} before anything
+        is written.
+    """
+
+    def start():
+        """
+        Connect and apply pending schema migrations.  May be called again
+        after it failed with L{Unavailable} (the database was unreachable).
+
+        @return: Deferred firing with None.
+        """
+
+    def close():
+        """@return: a Deferred firing when every connection is closed."""
 
 
 # --- imageserver storage path --------------------------------------------------

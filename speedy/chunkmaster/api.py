@@ -296,7 +296,7 @@ class AdminGroup(_Endpoint):
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
-    @param store: the L{speedy.interfaces.IMetadataStore} file ids come from.
+    @param store: the L{speedy.interfaces.IClusterTables} file ids come from.
     @param cluster_secret: what heartbeats, view and file-id calls must
         present; None lets them through.
     @param admin_token: what admin calls must present; None refuses them.

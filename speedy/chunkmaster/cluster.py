@@ -43,7 +43,8 @@ class Cluster:
     def __init__(self, store, clock, heartbeat_timeout=15.0, group_size=3,
                  reserve=16 << 20, publish_interval=5.0):
         """
-        @param store: the L{speedy.interfaces.IMetadataStore}.
+        @param store: the L{speedy.interfaces.IClusterTables} of the
+            metadata store.
         @param clock: an L{twisted.internet.interfaces.IReactorTime}.
         @param heartbeat_timeout: seconds of silence after which a server
             is DOWN.

@@ -143,7 +143,15 @@ class FileUpload:
 
 
 class FileAPI(JSONLeaf):
-    """The C{/v1/files} resource (a leaf: it parses its own paths)."""
+    """
+    The C{/v1/files} resource (a leaf: it parses its own paths).
+
+    @param storage: the L{speedy.interfaces.IChunkedStorage} the files'
+        bytes go to, with the C{record_garbage} of
+        L{speedy.imageserver.replication.ReplicatedStorage} for the chunks
+        of replaced and deleted files.
+    @param metadata: the L{speedy.interfaces.IFileTables} of the files.
+    """
 
     def __init__(self, storage, metadata, clock):
         super().__init__()

@@ -51,8 +51,9 @@ class ReplicatedStorage:
     @param client: an L{IChunkClient}.
     @param view: an L{IClusterView}.
     @param file_ids: a L{FileIdRange}.
-    @param metadata: where garbage and bad replicas are recorded (the
-        C{record_garbage} and C{record_bad_replica} of an L{IMetadataStore}).
+    @param metadata: where garbage and bad replicas are recorded: an
+        L{speedy.interfaces.IGarbageTables} and
+        L{speedy.interfaces.IRepairTables} (a metadata store is both).
     @param clock: an L{IReactorTime}, for the times in those records.
     @param chunk_size: the size streams are cut at.
     @param parallelism: chunks in flight per writer, and chunks fetched

@@ -33,6 +33,9 @@ class ImageServerRoot:
     """
     The root resource (C{.resource}) and C{body_sink_for} of an imageserver.
 
+    @param storage: the L{speedy.interfaces.IChunkedStorage} (see
+        L{fileapi.FileAPI}).
+    @param metadata: the L{speedy.interfaces.IFileTables} of the file API.
     @param registry: an object with C{.resource} (the C{/v2} tree) and
         C{.body_sink_for(request)}, or None to leave C{/v2} unmounted.
     """

@@ -1,7 +1,9 @@
 # -*- test-case-name: speedy.test.test_metadata_open -*-
 """
 The metadata store: cluster and registry metadata behind
-L{speedy.interfaces.IMetadataStore}.
+L{speedy.interfaces.IMetadataStore}, the union of each role's tables
+(L{speedy.interfaces.IClusterTables}, L{speedy.interfaces.IFileTables} and
+the others).
 
     store = open_store("sqlite:///var/lib/speedy/meta.db", reactor)
     await store.start()   # connects and applies pending migrations

@@ -1,7 +1,8 @@
 # -*- test-case-name: speedy.test.test_metadata -*-
 """
 An L{IMetadataStore} held in memory, for unit tests of the roles that use
-the metadata store.
+the metadata store (each through its role interface: L{IClusterTables},
+L{IFileTables} and the others), and for C{--db memory:}.
 
 It is a faithful model of L{speedy.metadata.sql}: the same validation and
 errors, the same ordering, the same "a zero time is stamped with the
@@ -99,7 +100,7 @@ class MemoryMetadataStore:
     def close(self):
         return None
 
-    # cluster ---------------------------------------------------------------
+    # IClusterTables: servers, groups, file ids -------------------------------
 
     @_deferred
     def upsert_server(self, server):
@@ -145,7 +146,7 @@ class MemoryMetadataStore:
         self._next_file_id += count
         return start, self._next_file_id
 
-    # files -----------------------------------------------------------------
+    # IFileTables -------------------------------------------------------------
 
     @_deferred
     def put_file(self, record):
@@ -172,7 +173,7 @@ class MemoryMetadataStore:
             if path.startswith(prefix) and (after is None or path > after))
         return paths if limit is None else paths[:limit]
 
-    # blobs -----------------------------------------------------------------
+    # IRegistryTables: blobs --------------------------------------------------
 
     @_deferred
     def put_blob(self, record):
@@ -221,7 +222,7 @@ class MemoryMetadataStore:
             return self._blobs[digest]
         return None
 
-    # manifests and tags ----------------------------------------------------
+    # IRegistryTables: manifests and tags -------------------------------------
 
     @_deferred
     def put_manifest(self, record, tags=(), required_blobs=(), required_manifests=()):
@@ -299,7 +300,7 @@ class MemoryMetadataStore:
             and (artifact_type is None or manifest.artifact_type == artifact_type)
         ]
 
-    # uploads ---------------------------------------------------------------
+    # IUploadTables -----------------------------------------------------------
 
     @_deferred
     def create_upload(self, record):
@@ -347,7 +348,7 @@ class MemoryMetadataStore:
             key=lambda upload: (upload.updated, upload.upload_id))
         return stale if limit is None else stale[:limit]
 
-    # garbage and repair ----------------------------------------------------
+    # IGarbageTables ----------------------------------------------------------
 
     @_deferred
     def record_garbage(self, chunks, reason):
@@ -374,6 +375,8 @@ class MemoryMetadataStore:
         schema.check_chunks(chunks)
         for chunk in chunks:
             self._garbage.pop((chunk.group_id, chunk.file_id), None)
+
+    # IRepairTables -----------------------------------------------------------
 
     @_deferred
     def record_bad_replica(self, bad):

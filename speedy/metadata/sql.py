@@ -285,7 +285,7 @@ class SQLMetadataStore:
             pool.close()
         return succeed(None)
 
-    # cluster ----------------------------------------------------------------------
+    # IClusterTables: servers, groups, file ids -------------------------------
 
     def upsert_server(self, server):
         return self._write(self._upsert_server, server)
@@ -352,7 +352,7 @@ class SQLMetadataStore:
         db.execute("UPDATE file_ids SET next_id = ? WHERE singleton = 1", start + count)
         return start, start + count
 
-    # files ------------------------------------------------------------------------
+    # IFileTables -------------------------------------------------------------
 
     def put_file(self, record):
         return self._write(self._put_file, record, self._now())
@@ -402,7 +402,7 @@ class SQLMetadataStore:
             *params)
         return [_text(path) for (path,) in rows]
 
-    # blobs ----------------------------------------------------------------------------
+    # IRegistryTables: blobs --------------------------------------------------
 
     def put_blob(self, record):
         return self._write(self._put_blob, record, self._now())
@@ -491,7 +491,7 @@ class SQLMetadataStore:
             repository, digest)
         return None if row is None else _blob(row)
 
-    # manifests and tags ------------------------------------------------------------
+    # IRegistryTables: manifests and tags -------------------------------------
 
     def put_manifest(self, record, tags=(), required_blobs=(), required_manifests=()):
         return self._write(
@@ -609,7 +609,7 @@ class SQLMetadataStore:
         rows = db.all(f"SELECT {_MANIFEST} FROM manifests WHERE {where} ORDER BY digest", *params)
         return [_manifest(row) for row in rows]
 
-    # uploads ---------------------------------------------------------------------------
+    # IUploadTables -----------------------------------------------------------
 
     def create_upload(self, record):
         return self._write(self._create_upload, record, self._now())
@@ -663,7 +663,7 @@ class SQLMetadataStore:
             + _limit(limit), updated_before)
         return [_upload(row) for row in rows]
 
-    # garbage and repair -------------------------------------------------------------
+    # IGarbageTables ----------------------------------------------------------
 
     def record_garbage(self, chunks, reason):
         return self._write(self._record_garbage, list(chunks), reason, self._now())
@@ -693,6 +693,8 @@ class SQLMetadataStore:
         for chunk in chunks:
             db.execute("DELETE FROM garbage WHERE group_id = ? AND file_id = ?",
                        chunk.group_id, chunk.file_id)
+
+    # IRepairTables -----------------------------------------------------------
 
     def record_bad_replica(self, bad):
         return self._write(self._record_bad_replica, bad, self._now())

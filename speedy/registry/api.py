@@ -248,7 +248,9 @@ class _Exchange:
 
 class RegistryAPI:
     """
-    The registry API over an L{IMetadataStore} and an L{IChunkedStorage}.
+    The registry API over a metadata store (its
+    L{speedy.interfaces.IRegistryTables} and
+    L{speedy.interfaces.IUploadTables}) and an L{IChunkedStorage}.
 
     @ivar resource: the L{IResource} to mount at C{/v2}.
     @param reactor: the clock for timestamps and stale upload expiry.

@@ -21,8 +21,8 @@ COMMIT_ATTEMPTS = 3
 
 class Blobs:
     """
-    The registry's blobs over an L{IMetadataStore} and an
-    L{IChunkedStorage}.
+    The registry's blobs over the L{speedy.interfaces.IRegistryTables} of
+    a metadata store and an L{IChunkedStorage}.
     """
 
     def __init__(self, metadata, storage, clock):

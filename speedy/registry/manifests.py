@@ -171,7 +171,8 @@ def parse_manifest(body, content_type=None):
 
 class Manifests:
     """
-    The registry's manifests and tags over an L{IMetadataStore}.
+    The registry's manifests and tags over the
+    L{speedy.interfaces.IRegistryTables} of a metadata store.
 
     @param max_size: the largest manifest body accepted, in bytes.
     """

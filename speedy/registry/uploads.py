@@ -70,7 +70,8 @@ def out_of_order(record, message="chunk does not start where the upload stands")
 
 class UploadSessions:
     """
-    Upload sessions over an L{IMetadataStore} and an L{IChunkedStorage}.
+    Upload sessions over the L{speedy.interfaces.IUploadTables} of a
+    metadata store and an L{IChunkedStorage}.
 
     @param blobs: the L{speedy.registry.blobs.Blobs} completed uploads are
         committed to.

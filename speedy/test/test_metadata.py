@@ -19,7 +19,9 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
-from speedy.interfaces import IMetadataStore
+from speedy.interfaces import (
+    IClusterTables, IFileTables, IGarbageTables, IMetadataStore, IRegistryTables, IRepairTables,
+    IUploadTables)
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store, parse_url
 from speedy.metadata.sqlite import sqlite_store
@@ -44,6 +46,11 @@ SHA = "sha256:" + "ab" * 32
 SHA2 = "sha256:" + "cd" * 32
 SHA3 = "sha256:" + "ef" * 32
 SHA512 = "sha512:" + "0f" * 64
+
+
+#: The role interfaces IMetadataStore unites.
+ROLES = (IClusterTables, IFileTables, IRegistryTables, IUploadTables, IGarbageTables,
+         IRepairTables)
 
 
 def chunks(*file_ids, group_id=1):
@@ -87,7 +94,10 @@ class MetadataStoreTestsMixin:
         self.store = await self.make_store(self.clock)
 
     def test_interface(self):
+        """The store provides IMetadataStore, and so every role's tables."""
         self.assertTrue(verifyObject(IMetadataStore, self.store))
+        for role in ROLES:
+            self.assertTrue(verifyObject(role, self.store))
 
     # servers and groups ---------------------------------------------------
 
@@ -581,6 +591,18 @@ class MetadataStoreTestsMixin:
         await failure_of(self.store.list_garbage(limit=-1), BadRequest)
         await failure_of(self.store.list_files(None), BadRequest)
         await failure_of(self.store.list_files("a", after=3), BadRequest)
+
+
+class RoleInterfacesTests(TestCase):
+    """The seams of L{IMetadataStore}: each table method belongs to one role."""
+
+    def test_every_method_has_one_role(self):
+        """IMetadataStore adds only start and close to its roles, and no
+        method is in two roles."""
+        self.assertEqual(set(IMetadataStore.names()), {"start", "close"})
+        names = [name for role in ROLES for name in role.names()]
+        self.assertEqual(len(names), len(set(names)))
+        self.assertEqual(set(IMetadataStore.names(all=True)), set(names) | {"start", "close"})
 
 
 class MemoryMetadataStoreTests(MetadataStoreTestsMixin, TestCase):
