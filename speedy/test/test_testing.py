@@ -7,23 +7,28 @@ L{FakeChunkClient} as the real L{ChunkClient} talking to real chunkserver
 protocols through in-memory connections.
 """
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
+from speedy.chunkmaster.api import build_api
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.imageserver.clusterview import IClusterView
-from speedy.imageserver.master import IMasterClient
+from speedy.imageserver.master import HTTPMasterClient, IMasterClient
 from speedy.interfaces import (
     IChunkClient, IChunkedStorage, IChunkedWriter, IChunkStore, IMetadataStore)
 from speedy.testing import (
-    DOWN, SLOW, ChunkClientTestsMixin, ChunkedStorageTestsMixin, ChunkStoreTestsMixin, FakeChunkClient, FakeCluster,
-    FakeMaster, MemoryChunkedStorage, MemoryChunkStore, MemoryMetadataStore, OutageStore,
-    StaticClusterView)
+    DOWN, SLOW, ChunkClientTestsMixin, ChunkedStorageTestsMixin, ChunkStoreTestsMixin,
+    FakeChunkClient, FakeCluster, FakeMaster, MasterClientTestsMixin, MemoryChunkedStorage,
+    MemoryChunkStore, MemoryMetadataStore, OutageStore, StaticClusterView, make_view)
 from speedy.testing.chunkedstorage import PausingConsumer
 from speedy.wire.client import ChunkClient
 
@@ -134,40 +139,28 @@ class FakeChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
         self.client.server(address).mode = SLOW
 
 
-class ChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
+class MemoryNetwork:
     """
-    L{ChunkClient} against the L{IChunkClient} contract: real chunkserver
-    protocols over L{MemoryChunkStore}s listen on a L{MemoryReactorClock},
-    and L{settle} completes the client's connections to them and moves
-    their bytes.
+    Servers listening on a L{MemoryReactorClock}, and the connections that
+    clients ask it for: L{settle} completes them (or refuses those to a
+    server taken down) and moves their bytes, but not those of a stalled
+    server.
     """
 
-    def setUp(self):
-        self.clock = MemoryReactorClock()
-        self.completer = ConnectionCompleter(self.clock)
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.completer = ConnectionCompleter(reactor)
         self.pumps = []  # (address, IOPump) of every connection made
         self.down = set()
         self.stalled = set()
-        self.stores = {}
-        for address in self.addresses:
-            self.stores[address] = store = MemoryChunkStore()
-            self.clock.listenTCP(self.port(address), ChunkServerFactory(self.clock, store))
-        super().setUp()
-        self.addCleanup(self.close_client)
 
     @staticmethod
     def port(address):
         return int(address.rsplit(":", 1)[1])
 
-    def make_client(self):
-        return ChunkClient(self.clock, connect_timeout=5.0, request_timeout=30.0,
-                           max_connections_per_server=4)
-
-    def close_client(self):
-        self.stalled.clear()
-        d = self.client.close()
-        self.settle()
-        self.successResultOf(d)
+    def listen(self, address, factory):
+        host = address.rsplit(":", 1)[0]
+        self.reactor.listenTCP(self.port(address), factory, interface=host)
 
     def settle(self):
         """Complete or refuse the connections asked for, and pump every
@@ -175,13 +168,13 @@ class ChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
         moved = True
         while moved:
             moved = False
-            while self.clock.tcpClients:
-                host, port = self.clock.tcpClients[0][:2]
+            while self.reactor.tcpClients:
+                host, port = self.reactor.tcpClients[0][:2]
                 address = f"{host}:{port}"
                 if address in self.down:
-                    _, _, factory, _, _ = self.clock.tcpClients.pop(0)
+                    _, _, factory, _, _ = self.reactor.tcpClients.pop(0)
                     factory.clientConnectionFailed(
-                        self.clock.connectors.pop(0), Failure(ConnectionRefusedError()))
+                        self.reactor.connectors.pop(0), Failure(ConnectionRefusedError()))
                 else:
                     self.pumps.append((address, self.completer.succeedOnce()))
                 moved = True
@@ -189,20 +182,59 @@ class ChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
                 if address not in self.stalled and pump.flush():
                     moved = True
 
-    def damage(self, address, file_id):
-        self.stores[address].damage(file_id)
-
     def take_down(self, address):
+        """The server at C{address} stops listening and drops its
+        connections."""
         self.down.add(address)
-        self.clock.tcpServers = [
-            server for server in self.clock.tcpServers if server[0] != self.port(address)]
+        self.reactor.tcpServers = [
+            server for server in self.reactor.tcpServers if server[0] != self.port(address)]
         for at, pump in self.pumps:
             if at == address:
                 pump.serverIO.abortConnection()
         self.settle()
 
     def stall(self, address):
+        """The server at C{address} gets no more bytes, and sends none."""
         self.stalled.add(address)
+
+
+class ChunkClientContractTests(ChunkClientTestsMixin, SynchronousTestCase):
+    """
+    L{ChunkClient} against the L{IChunkClient} contract: real chunkserver
+    protocols over L{MemoryChunkStore}s listen on a L{MemoryNetwork}.
+    """
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.network = MemoryNetwork(self.clock)
+        self.stores = {}
+        for address in self.addresses:
+            self.stores[address] = store = MemoryChunkStore()
+            self.network.listen(address, ChunkServerFactory(self.clock, store))
+        super().setUp()
+        self.addCleanup(self.close_client)
+
+    def make_client(self):
+        return ChunkClient(self.clock, connect_timeout=5.0, request_timeout=30.0,
+                           max_connections_per_server=4)
+
+    def close_client(self):
+        self.network.stalled.clear()
+        d = self.client.close()
+        self.settle()
+        self.successResultOf(d)
+
+    def settle(self):
+        self.network.settle()
+
+    def damage(self, address, file_id):
+        self.stores[address].damage(file_id)
+
+    def take_down(self, address):
+        self.network.take_down(address)
+
+    def stall(self, address):
+        self.network.stall(address)
 
 
 class MemoryChunkedStorageContractTests(ChunkedStorageTestsMixin, SynchronousTestCase):
@@ -282,3 +314,70 @@ class ReplicatedStorageContractTests(ChunkedStorageTestsMixin, SynchronousTestCa
         for chunk in chunks:
             for server in self.cluster.view.current.groups[chunk.group_id].servers:
                 self.assertIn(chunk.file_id, self.cluster.client.server(server.address).chunks)
+
+
+class FakeMasterContractTests(MasterClientTestsMixin, SynchronousTestCase):
+    """L{FakeMaster} against the L{IMasterClient} contract."""
+
+    def setUp(self):
+        self.clock = Clock()
+        super().setUp()
+
+    def make_master_client(self):
+        return FakeMaster(self.clock, make_view({1: self.addresses}))
+
+    def settle(self):
+        """The fake answers at once."""
+
+    def change_view(self):
+        view = self.master.view
+        self.master.publish(make_view({1: self.addresses, 2: [self.new_address]},
+                                      version=view.version + 1))
+
+    def take_down(self):
+        self.master.down = True
+
+
+class HTTPMasterClientContractTests(MasterClientTestsMixin, SynchronousTestCase):
+    """
+    L{HTTPMasterClient} against the L{IMasterClient} contract: the real
+    chunkmaster API over a L{Cluster} listens on a L{MemoryNetwork}, and
+    its servers heartbeat straight into the L{Cluster}.
+    """
+
+    address = "127.0.0.1:8123"
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.clock.advance(1_700_000_000)
+        self.network = MemoryNetwork(self.clock)
+        store = MemoryMetadataStore(self.clock)
+        self.cluster = Cluster(store, self.clock, group_size=2, reserve=0)
+        self.addCleanup(self.cluster.stop)
+        self.network.listen(self.address, Site(build_api(self.cluster, store, cluster_secret="s3")))
+        for n, address in enumerate(self.addresses):
+            self.heartbeat(f"s{n}", 1, address)
+        super().setUp()
+        self.addCleanup(self.close_client)
+
+    def heartbeat(self, server_id, group_id, address):
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.heartbeat(Heartbeat(
+            server_id, group_id, address, capacity=1 << 40, used=0, free=1 << 40,
+            read_only=False, load={}))))
+
+    def make_master_client(self):
+        return HTTPMasterClient(self.clock, f"http://{self.address}/", "s3")
+
+    def close_client(self):
+        d = self.master.close()
+        self.settle()
+        self.successResultOf(d)
+
+    def settle(self):
+        self.network.settle()
+
+    def change_view(self):
+        self.heartbeat("s9", 2, self.new_address)
+
+    def take_down(self):
+        self.network.take_down(self.address)

@@ -28,7 +28,14 @@ ChunkStoreTestsMixin      test_testing         test_store (ChunkStore on disk)
 ChunkClientTestsMixin     test_testing         test_testing (ChunkClient to real chunkserver
                                                protocols over MemoryChunkStores, in memory)
 ChunkedStorageTestsMixin  test_testing         test_testing (ReplicatedStorage on FakeCluster)
-MetadataStoreTestsMixin   test_metadata        test_metadata (SQLite, MariaDB)
+MasterClientTestsMixin    test_testing         test_testing (HTTPMasterClient to the chunkmaster
+                                               API, in memory)
+MetadataStoreTestsMixin   test_metadata        test_metadata (SQLite, MariaDB); it runs against
+                          (also OutageStore)   the memory store, which is a real one, too
+
+L{StaticClusterView} has no mixin: L{IClusterView} is one attribute, the
+latest view, which the fake holds as the test sets it; the poller's own
+tests (L{speedy.test.test_imageserver_clusterview}) run it on L{FakeMaster}.
 """
 
 from speedy.metadata.memory import MemoryMetadataStore
@@ -39,12 +46,13 @@ from speedy.testing.chunkedstorage import (
 from speedy.testing.chunkstore import ChunkStoreTestsMixin, MemoryChunkStore
 from speedy.testing.cluster import FakeCluster
 from speedy.testing.clusterview import StaticClusterView, make_view
-from speedy.testing.master import FakeMaster
+from speedy.testing.master import FakeMaster, MasterClientTestsMixin
 from speedy.testing.metadata import OutageStore
 
 __all__ = [
     "CORRUPT", "DOWN", "PARTIAL", "SLOW",
-    "ChunkClientTestsMixin", "ChunkStoreTestsMixin", "ChunkedStorageTestsMixin", "FakeChunkClient", "FakeChunkServer", "FakeCluster", "FakeMaster",
+    "ChunkClientTestsMixin", "ChunkStoreTestsMixin", "ChunkedStorageTestsMixin",
+    "FakeChunkClient", "FakeChunkServer", "FakeCluster", "FakeMaster", "MasterClientTestsMixin",
     "MemoryChunkStore", "MemoryChunkedStorage", "MemoryChunkedWriter", "MemoryMetadataStore",
     "OutageStore", "StaticClusterView", "make_view",
 ]
