@@ -1,10 +1,17 @@
 """
 Tests for L{speedy.testing}: every fake provides the interface it stands
 for, and keeps the same contract as the real implementation, the same
-tests run against both: L{MemoryChunkStore} as the engine
-(L{speedy.test.test_store.ContractTests} runs its mixin there),
-L{FakeChunkClient} as the real L{ChunkClient} talking to real chunkserver
-protocols through in-memory connections.
+tests run against both:
+
+  - L{MemoryChunkStore} as the engine (L{speedy.test.test_store} runs
+    that mixin against L{ChunkStore});
+  - L{FakeChunkClient} as L{ChunkClient} talking to real chunkserver
+    protocols over a L{MemoryNetwork};
+  - L{MemoryChunkedStorage} as L{ReplicatedStorage} on a L{FakeCluster};
+  - L{FakeMaster} as L{HTTPMasterClient} talking to the real chunkmaster
+    API over a L{MemoryNetwork}.
+
+The metadata store's contract runs in L{speedy.test.test_metadata}.
 """
 
 from twisted.internet.defer import Deferred
