@@ -1,7 +1,9 @@
 # -*- test-case-name: speedy.test.test_chunkmaster_api -*-
 """
-The chunkmaster's REST API on Twisted Web: JSON in and out, JSON errors.
-C{docs/chunkmaster-api.yaml} documents every endpoint; this is the tree:
+The chunkmaster's REST API: JSON in and out, JSON errors
+(L{speedy.web.json}), routed by L{speedy.web.rest}.
+C{docs/chunkmaster-api.yaml} documents every endpoint; L{build_api} is the
+table of them:
 
     /v1/health                              GET     no credentials
     /v1/heartbeat                           POST    cluster secret
@@ -12,35 +14,23 @@ C{docs/chunkmaster-api.yaml} documents every endpoint; this is the tree:
     /v1/admin/servers/<server_id>/drain     POST    admin token
     /v1/admin/groups/<group_id>             PUT     admin token
 
-Each endpoint is an L{_Endpoint}: its C{async def handle_<METHOD>} returns
-C{(status, body, headers)}, and every exception becomes a JSON error with
-its status, logged.
+A server id or group id that cannot be one is a 404.  Every refused call
+is logged (L{log_refusals}); a 500 with its traceback.
 """
 
 import hmac
 
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from speedy import errors
 from speedy.chunkmaster import messages
-from speedy.web.json import error_body, read_json, status_for, write_json
+from speedy.web.json import HTTPError, answer_json_error, json_answer, json_error, read_json
+from speedy.web.rest import Answer, Router, cancel_when_gone
+
+log = Logger()
 
 #: The longest a C{GET /v1/cluster?wait=S} long-poll waits.
 MAX_WAIT = 30.0
-
-
-class HTTPError(Exception):
-    """An answer other than success that is not a Speedy error."""
-
-    def __init__(self, status, code, message, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.headers = headers or {}
 
 
 class BearerToken:
@@ -71,226 +61,91 @@ class BearerToken:
             raise HTTPError(401, "UNAUTHORIZED", "missing or wrong bearer token",
                             {b"www-authenticate": b"Bearer"})
 
-
-class _Directory(Resource):
-    """A path segment with children only: anything else is a JSON 404."""
-
-    def getChild(self, path, request):
-        return _NotFound()
-
-    def render(self, request):
-        return write_json(request, 404, error_body("NOT_FOUND", "no such endpoint"))
+    def guard(self, handler):
+        """@return: C{handler}, run only for a request that passes L{check}."""
+        async def guarded(request, **params):
+            self.check(request)
+            return await handler(request, **params)
+        return guarded
 
 
-class _NotFound(_Directory):
-    isLeaf = True
-
-
-class _Endpoint(_Directory):
-    """
-    A JSON endpoint.  Subclasses define C{async def handle_GET(request)} and
-    the like, returning C{(status, body, headers)} (C{body} None for an
-    empty answer), and set C{token} to the L{BearerToken} callers need.
-    """
-
-    log = Logger()
-    token = None
-
-    def render(self, request):
-        method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "handle_" + ("GET" if method == "HEAD" else method), None)
-        if handler is None:
-            allowed = ", ".join(sorted(n[len("handle_"):] for n in dir(self) if n.startswith("handle_")))
-            request.setHeader(b"allow", allowed.encode("ascii"))
-            return write_json(request, 405, error_body("METHOD_NOT_ALLOWED", f"{method} is not allowed here"))
-        gone = []
-        request.notifyFinish().addErrback(gone.append)
-        Deferred.fromCoroutine(self._answer(handler, request, gone)).addErrback(
-            lambda f: self.log.failure("answering {method} {uri}", f, method=method, uri=_text(request.uri)))
-        return NOT_DONE_YET
-
-    async def _answer(self, handler, request, gone):
+def log_refusals(route, handler):
+    """A wrapper (L{Router.wrap}) that logs every call refused with a 4xx
+    or a 503 (a 500 is logged by the kit, with its traceback)."""
+    async def logged(request, **params):
         try:
-            if self.token is not None:
-                self.token.check(request)
-            status, body, headers = await handler(request)
-        except CancelledError:
-            if gone:
-                return
+            return await handler(request, **params)
+        except Exception as e:
+            refusal = json_error(e)
+            if refusal.status != 500:
+                log.info("{method} {uri}: {status} {code}: {message}", method=_text(request.method),
+                         uri=_text(request.uri), status=refusal.status, code=refusal.code,
+                         message=str(refusal))
             raise
-        except Exception:
-            status, body, headers = self._error(request, Failure())
-        if gone:
-            return
-        if body is None:
-            request.setResponseCode(status)
-            for name, value in headers.items():
-                request.setHeader(name, value)
-        else:
-            request.write(write_json(request, status, body, headers))
-        request.finish()
-
-    def _error(self, request, failure):
-        """@return: the C{(status, body, headers)} answering C{failure}, logged."""
-        exc = failure.value
-        if isinstance(exc, HTTPError):
-            status, code, headers = exc.status, exc.code, exc.headers
-        else:
-            (status, code), headers = status_for(exc), {}
-        if status == 500:
-            self.log.failure("{method} {uri} failed", failure, method=_text(request.method),
-                             uri=_text(request.uri))
-            message = "internal error"
-        else:
-            message = str(exc)
-            self.log.info("{method} {uri}: {status} {code}: {message}", method=_text(request.method),
-                          uri=_text(request.uri), status=status, code=code, message=message)
-        return status, error_body(code, message), headers
+    return logged
 
 
-class Health(_Endpoint):
-    async def handle_GET(self, request):
-        return 200, {"ok": True}, {}
+class ChunkmasterAPI:
+    """The handlers of the API over a cluster and the file-id store."""
 
-
-class Heartbeat(_Endpoint):
-    """Chunkservers report here every few seconds."""
-
-    def __init__(self, cluster, token):
-        super().__init__()
+    def __init__(self, cluster, store, max_file_ids):
         self._cluster = cluster
-        self.token = token
+        self._store = store
+        self._max_file_ids = max_file_ids
 
-    async def handle_POST(self, request):
+    async def health(self, request):
+        return json_answer(200, {"ok": True})
+
+    async def heartbeat(self, request):
+        """Chunkservers report here every few seconds."""
         report = messages.parse_heartbeat(read_json(request))
         state = await self._cluster.heartbeat(report)
-        return 200, {"state": state, "cluster_version": self._cluster.version}, {}
+        return json_answer(200, {"state": state, "cluster_version": self._cluster.version})
 
-
-class ClusterView(_Endpoint):
-    """
-    The versioned cluster view, with C{ETag: "<version>"}.  A matching
-    C{If-None-Match} answers 304, after waiting up to C{?wait=S} seconds
-    for a newer version.
-    """
-
-    def __init__(self, cluster, token):
-        super().__init__()
-        self._cluster = cluster
-        self.token = token
-
-    async def handle_GET(self, request):
+    async def cluster_view(self, request):
+        """
+        The versioned cluster view, with C{ETag: "<version>"}.  A matching
+        C{If-None-Match} answers 304, after waiting up to C{?wait=S} seconds
+        for a newer version.
+        """
         wait = _wait_argument(request)
         known = _etag_version(request.getHeader(b"if-none-match"))
         if known == self._cluster.version and wait > 0:
-            waiter = self._cluster.wait_for_change(known, wait)
-            request.notifyFinish().addErrback(lambda _: waiter.cancel())
-            await waiter
+            await cancel_when_gone(request, self._cluster.wait_for_change(known, wait))
         version = self._cluster.version
         headers = {b"etag": b'"%d"' % (version,), b"cache-control": b"no-cache"}
         if known == version:
-            return 304, None, headers
-        return 200, self._cluster.view(), headers
+            return Answer(304, headers=headers)
+        return json_answer(200, self._cluster.view(), headers)
 
-
-class FileIds(_Endpoint):
-    """Ranges of never-issued file ids, straight from the store."""
-
-    def __init__(self, store, max_count, token):
-        super().__init__()
-        self._store = store
-        self._max_count = max_count
-        self.token = token
-
-    async def handle_POST(self, request):
-        count = min(messages.parse_file_id_count(read_json(request)), self._max_count)
+    async def file_ids(self, request):
+        """Ranges of never-issued file ids, straight from the store."""
+        count = min(messages.parse_file_id_count(read_json(request)), self._max_file_ids)
         start, end = await self._store.allocate_file_ids(count)
-        return 200, {"start": start, "end": end}, {}
+        return json_answer(200, {"start": start, "end": end})
 
-
-class AdminServers(_Endpoint):
-    """C{POST} registers a server; its children are the servers by id."""
-
-    def __init__(self, cluster, token):
-        super().__init__()
-        self._cluster = cluster
-        self.token = token
-
-    async def handle_POST(self, request):
+    async def add_server(self, request):
         server_id, group_id, address = messages.parse_registration(read_json(request))
         server, created = await self._cluster.add_server(server_id, group_id, address)
-        return (201 if created else 200), _server_answer(server), {}
+        return json_answer(201 if created else 200, _server_answer(server))
 
-    def getChild(self, path, request):
-        try:
-            server_id = messages.parse_server_id(path.decode("utf-8"))
-        except (UnicodeDecodeError, errors.BadRequest):
-            return _NotFound()
-        return AdminServer(self._cluster, self.token, server_id)
+    async def remove_server(self, request, server_id):
+        await self._cluster.remove_server(server_id)
+        return Answer(204)
 
+    async def drain_server(self, request, server_id):
+        server = await self._cluster.drain_server(server_id)
+        return json_answer(200, _server_answer(server))
 
-class AdminServer(_Endpoint):
-    """C{DELETE} removes the server; C{drain} is its child."""
-
-    def __init__(self, cluster, token, server_id):
-        super().__init__()
-        self._cluster = cluster
-        self.token = token
-        self._server_id = server_id
-        self.putChild(b"drain", DrainServer(cluster, token, server_id))
-
-    async def handle_DELETE(self, request):
-        await self._cluster.remove_server(self._server_id)
-        return 204, None, {}
-
-
-class DrainServer(_Endpoint):
-    def __init__(self, cluster, token, server_id):
-        super().__init__()
-        self._cluster = cluster
-        self.token = token
-        self._server_id = server_id
-
-    async def handle_POST(self, request):
-        server = await self._cluster.drain_server(self._server_id)
-        return 200, _server_answer(server), {}
-
-
-class AdminGroups(_Directory):
-    """Its children are the groups by id."""
-
-    def __init__(self, cluster, token):
-        super().__init__()
-        self._cluster = cluster
-        self._token = token
-
-    def getChild(self, path, request):
-        if not path.isdigit():
-            return _NotFound()
-        try:
-            group_id = messages.parse_group_id(int(path))
-        except errors.BadRequest:
-            return _NotFound()
-        return AdminGroup(self._cluster, self._token, group_id)
-
-
-class AdminGroup(_Endpoint):
-    """C{PUT {"read_only": bool}} creates the group if needed and sets its flag."""
-
-    def __init__(self, cluster, token, group_id):
-        super().__init__()
-        self._cluster = cluster
-        self.token = token
-        self._group_id = group_id
-
-    async def handle_PUT(self, request):
+    async def set_group(self, request, group_id):
+        """C{PUT {"read_only": bool}} creates the group if needed and sets its flag."""
         read_only = messages.parse_group_update(read_json(request))
-        group = await self._cluster.set_group_read_only(self._group_id, read_only)
-        return 200, {
+        group = await self._cluster.set_group_read_only(group_id, read_only)
+        return json_answer(200, {
             "group_id": group.group_id,
             "read_only": group.read_only,
             "writable": self._cluster.writable(group.group_id),
-        }, {}
+        })
 
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000):
@@ -303,18 +158,39 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     @param max_file_ids: the most file ids one call hands out.
     @return: the root L{Resource} of the API.
     """
-    cluster_token = BearerToken(cluster_secret, required=False)
-    admin = BearerToken(admin_token, required=True)
-    root, v1, admin_root = _Directory(), _Directory(), _Directory()
-    root.putChild(b"v1", v1)
-    v1.putChild(b"health", Health())
-    v1.putChild(b"heartbeat", Heartbeat(cluster, cluster_token))
-    v1.putChild(b"cluster", ClusterView(cluster, cluster_token))
-    v1.putChild(b"file-ids", FileIds(store, max_file_ids, cluster_token))
-    v1.putChild(b"admin", admin_root)
-    admin_root.putChild(b"servers", AdminServers(cluster, admin))
-    admin_root.putChild(b"groups", AdminGroups(cluster, admin))
-    return root
+    api = ChunkmasterAPI(cluster, store, max_file_ids)
+    member = BearerToken(cluster_secret, required=False).guard
+    admin = BearerToken(admin_token, required=True).guard
+    server = {"server_id": _server_in_path}
+    router = Router(answer_json_error)
+    router.wrap(log_refusals)
+    router.route("GET", "/v1/health", api.health)
+    router.route("POST", "/v1/heartbeat", member(api.heartbeat))
+    router.route("GET", "/v1/cluster", member(api.cluster_view))
+    router.route("POST", "/v1/file-ids", member(api.file_ids))
+    router.route("POST", "/v1/admin/servers", admin(api.add_server))
+    router.route("DELETE", "/v1/admin/servers/{server_id}", admin(api.remove_server), params=server)
+    router.route("POST", "/v1/admin/servers/{server_id}/drain", admin(api.drain_server),
+                 params=server)
+    router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
+                 params={"group_id": _group_in_path})
+    return router.resource
+
+
+def _server_in_path(text):
+    """@return: the server id a path names.  @raise NotFound: it cannot be one."""
+    try:
+        return messages.parse_server_id(text)
+    except errors.BadRequest as e:
+        raise errors.NotFound(str(e))
+
+
+def _group_in_path(text):
+    """@return: the group id a path names.  @raise NotFound: it cannot be one."""
+    try:
+        return messages.parse_group_id(int(text) if text.isascii() and text.isdigit() else None)
+    except errors.BadRequest as e:
+        raise errors.NotFound(str(e))
 
 
 def _text(raw):

@@ -17,23 +17,24 @@ from zope.interface import implementer
 
 from speedy import errors
 from speedy.crc import crc32c
-from speedy.imageserver.rest import JSONLeaf, respond
 from speedy.records import ChunkRef
-from speedy.web.json import write_json
+from speedy.web.json import json_answer
+from speedy.web.rest import Answer
 from speedy.web.streaming import IBodySink
 
-PREFIX = b"/v1/chunks"
+PREFIX = "/v1/chunks"
 
 
-def chunk_address(request):
+def chunk_address(text):
     """
-    @return: (group_id, file_id) from C{/v1/chunks/<group_id>/<file_id>}.
+    @param text: what follows C{/v1/chunks/} in a path.
+    @return: (group_id, file_id) from C{<group_id>/<file_id>}.
     @raise BadRequest: anything else.
     """
-    parts = request.path[len(PREFIX):].split(b"/")
-    if len(parts) != 3 or parts[0] != b"" or not parts[1].isdigit() or not parts[2].isdigit():
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise errors.BadRequest("expected /v1/chunks/<group_id>/<file_id>")
-    return int(parts[1]), int(parts[2])
+    return int(parts[0]), int(parts[1])
 
 
 @implementer(IBodySink)
@@ -68,61 +69,39 @@ def ref_json(ref):
             "crc32c": ref.crc32c}
 
 
-class ChunkAPI(JSONLeaf):
-    """The C{/v1/chunks} resource (a leaf)."""
+class ChunkAPI:
+    """The handlers of C{/v1/chunks} (routed in L{speedy.imageserver.root})."""
 
     def __init__(self, storage):
-        super().__init__()
         self._storage = storage
 
-    def body_sink_for(self, request):
-        """@return: a L{ChunkBody} for a POST, else None."""
-        if request.method == b"POST":
-            return ChunkBody(self._storage.chunk_size)
-        return None
+    def body_sink(self, request):
+        """@return: the L{ChunkBody} a POST's body goes to."""
+        return ChunkBody(self._storage.chunk_size)
 
-    def render_POST(self, request):
-        return respond(request, self._post(request))
-
-    async def _post(self, request):
+    async def post(self, request):
         if request.body_failure is not None:
             request.body_failure.raiseException()
-        if request.path.rstrip(b"/") != PREFIX:
-            raise errors.BadRequest("POST a chunk to /v1/chunks")
         data = request.body_sink.data()
         if not data:
             raise errors.BadRequest("a chunk cannot be empty")
         ref = await self._storage.store_chunk(data)
-        return write_json(request, 201, ref_json(ref), headers={
-            b"location": b"%s/%d/%d" % (PREFIX, ref.group_id, ref.file_id)})
+        return json_answer(201, ref_json(ref), headers={
+            b"location": f"{PREFIX}/{ref.group_id}/{ref.file_id}".encode("ascii")})
 
-    def render_GET(self, request):
-        return respond(request, self._get(request))
-
-    async def _get(self, request):
-        group_id, file_id = chunk_address(request)
+    async def get(self, request, address):
+        group_id, file_id = address
         data = await self._storage.replicas.fetch(group_id, file_id, known=False)
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % (len(data),))
-        request.setHeader(b"x-chunk-crc32c", b"%d" % (crc32c(data),))
-        return data
+        return Answer(200, data, {b"x-chunk-crc32c": b"%d" % (crc32c(data),)},
+                      content_type=b"application/octet-stream")
 
-    def render_HEAD(self, request):
-        return respond(request, self._head(request))
-
-    async def _head(self, request):
-        group_id, file_id = chunk_address(request)
+    async def head(self, request, address):
+        group_id, file_id = address
         info = await self._storage.replicas.stat(group_id, file_id)
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % (info.size,))
-        request.setHeader(b"x-chunk-crc32c", b"%d" % (info.crc32c,))
-        return b""
+        return Answer(200, headers={b"x-chunk-crc32c": b"%d" % (info.crc32c,)},
+                      content_type=b"application/octet-stream", length=info.size)
 
-    def render_DELETE(self, request):
-        return respond(request, self._delete(request))
-
-    async def _delete(self, request):
-        group_id, file_id = chunk_address(request)
+    async def delete(self, request, address):
+        group_id, file_id = address
         await self._storage.delete([ChunkRef(group_id, file_id, 0, 0)])
-        request.setResponseCode(204)
-        return b""
+        return Answer(204)

@@ -24,11 +24,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedy import errors
-from speedy.imageserver.rest import JSONLeaf, respond
 from speedy.metadata.schema import check_path
 from speedy.records import FileRecord
 from speedy.web.downloads import send_in_large_pieces
-from speedy.web.json import write_json
+from speedy.web.json import json_answer
+from speedy.web.rest import Answer, cancel_when_gone, send_head
 from speedy.web.streaming import IBodySink
 
 log = Logger()
@@ -105,24 +105,6 @@ def byte_range(header, size):
 
 
 @implementer(IBodySink)
-class RejectedBody:
-    """The body of a request already known to fail with C{error}: the first
-    piece fails the request, the rest is discarded."""
-
-    def __init__(self, error):
-        self._error = error
-
-    def write(self, data):
-        raise self._error
-
-    def finish(self):
-        """Nothing arrived to refuse; the resource raises the error itself."""
-
-    def connection_lost(self, reason):
-        """Nothing to clean up."""
-
-
-@implementer(IBodySink)
 class FileUpload:
     """A PUT body hashed and streamed into an L{IChunkedWriter}."""
 
@@ -142,9 +124,10 @@ class FileUpload:
             lambda f: log.failure("aborting an interrupted file upload failed", f))
 
 
-class FileAPI(JSONLeaf):
+class FileAPI:
     """
-    The C{/v1/files} resource (a leaf: it parses its own paths).
+    The handlers of C{/v1/files} (routed in L{speedy.imageserver.root});
+    each parses its path itself (L{file_path}).
 
     @param storage: the L{speedy.interfaces.IChunkedStorage} the files'
         bytes go to, with the C{record_garbage} of
@@ -154,32 +137,21 @@ class FileAPI(JSONLeaf):
     """
 
     def __init__(self, storage, metadata, clock):
-        super().__init__()
         self._storage = storage
         self._metadata = metadata
         self._clock = clock
 
-    def body_sink_for(self, request):
+    def upload_sink(self, request, path=None):
         """
-        @return: for a PUT, a L{FileUpload}, or a L{RejectedBody} when the
-            path is unusable (so nothing is stored); else None.
+        @return: the L{FileUpload} a PUT's body streams into.
+        @raise BadRequest: the path is unusable (nothing is stored).
         """
-        if request.method != b"PUT":
-            return None
-        try:
-            upload_path(request)
-        except errors.BadRequest as e:
-            return RejectedBody(e)
+        upload_path(request)
         return FileUpload(self._storage.writer(length=getattr(request, "body_length", None)))
 
-    def render_PUT(self, request):
-        return respond(request, self._put(request))
-
-    async def _put(self, request):
-        path = upload_path(request)  # an unusable path got a RejectedBody: nothing stored
+    async def put(self, request, path=None):
+        path = upload_path(request)
         upload = request.body_sink
-        if upload is None:  # choosing the sink failed
-            request.body_failure.raiseException()
         try:
             if request.body_failure is not None:
                 request.body_failure.raiseException()
@@ -201,16 +173,12 @@ class FileAPI(JSONLeaf):
             raise
         if replaced is not None:
             await self._storage.record_garbage(replaced.chunks, f"file {path!r} replaced")
-        return write_json(request, 201, {"path": path, "size": size, "sha256": digest,
-                                         "chunks": len(chunks)})
+        return json_answer(201, {"path": path, "size": size, "sha256": digest,
+                                 "chunks": len(chunks)})
 
-    def render_GET(self, request):
-        return respond(request, self._get(request))
-
-    def render_HEAD(self, request):
-        return respond(request, self._get(request))
-
-    async def _get(self, request):
+    async def get(self, request, path=None):
+        """A file's bytes (a range of them), its headers for a HEAD, or a
+        directory's listing."""
         path = file_path(request)
         if path.endswith("/") or path == "":
             if b"list" not in parse_qs(request.uri.partition(b"?")[2], keep_blank_values=True):
@@ -219,37 +187,28 @@ class FileAPI(JSONLeaf):
         record = await self._metadata.get_file(path)
         if record is None:
             raise FileNotFound(f"no file {path!r}")
-        request.setHeader(b"accept-ranges", b"bytes")
+        headers = {b"accept-ranges": b"bytes"}
         if record.sha256:
-            request.setHeader(b"etag", b'"%s"' % record.sha256.encode("ascii"))
-            request.setHeader(b"x-content-sha256", record.sha256.encode("ascii"))
+            headers[b"etag"] = b'"%s"' % record.sha256.encode("ascii")
+            headers[b"x-content-sha256"] = record.sha256.encode("ascii")
         try:
             wanted = byte_range(request.getHeader(b"range"), record.size)
         except errors.RangeNotSatisfiable:
             request.setHeader(b"content-range", b"bytes */%d" % (record.size,))
             raise
         if wanted is None:
-            offset, length = 0, record.size
-            request.setResponseCode(200)
+            status, offset, length = 200, 0, record.size
         else:
-            offset, length = wanted
-            request.setResponseCode(206)
-            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (
-                offset, offset + length - 1, record.size))
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", b"%d" % (length,))
+            status, (offset, length) = 206, wanted
+            headers[b"content-range"] = b"bytes %d-%d/%d" % (
+                offset, offset + length - 1, record.size)
+        answer = Answer(status, headers=headers, content_type=b"application/octet-stream",
+                        length=length)
         if request.method == b"HEAD" or length == 0:
-            return b""
+            return answer
+        send_head(request, answer)
         send_in_large_pieces(request)
-        reading = self._storage.read(record.chunks, offset, length, request)
-        request.notifyFinish().addErrback(lambda _: reading.cancel())
-        try:
-            await reading
-        except errors.SpeedyError:
-            raise
-        except Exception:
-            return None  # the client went away; the read was stopped
-        request.finish()
+        await cancel_when_gone(request, self._storage.read(record.chunks, offset, length, request))
         return None
 
     async def _list(self, request, prefix):
@@ -264,16 +223,12 @@ class FileAPI(JSONLeaf):
             after = after.decode("utf-8", "replace")
         paths = await self._metadata.list_files(prefix, limit=limit, after=after)
         more = len(paths) == limit
-        return write_json(request, 200, {"paths": paths, "next": paths[-1] if more else None})
+        return json_answer(200, {"paths": paths, "next": paths[-1] if more else None})
 
-    def render_DELETE(self, request):
-        return respond(request, self._delete(request))
-
-    async def _delete(self, request):
+    async def delete(self, request, path=None):
         path = file_path(request)
         record = await self._metadata.delete_file(path)
         if record is None:
             raise FileNotFound(f"no file {path!r}")
         await self._storage.record_garbage(record.chunks, f"file {path!r} deleted")
-        request.setResponseCode(204)
-        return b""
+        return Answer(204)

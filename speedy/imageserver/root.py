@@ -1,32 +1,14 @@
 # -*- test-case-name: speedy.test.test_imageserver_fileapi -*-
 """
-The imageserver's resource tree and the choice of a sink for each request
-body: C{/v1/files}, C{/v1/chunks} and C{/v1/health} here, the registry at
-C{/v2} when one is given.
+The imageserver's HTTP surface: the table of its routes (C{/v1/files},
+C{/v1/chunks}, C{/v1/health}, on L{speedy.web.rest} with JSON errors), and
+the registry mounted at C{/v2} when one is given.
 """
 
-from speedy.imageserver import chunkapi, fileapi
-from speedy.imageserver.rest import JSONDirectory, JSONLeaf
-from speedy.web.json import write_json
-
-
-class Health(JSONLeaf):
-    """
-    C{GET /v1/health}: C{{"ok", "writable_groups", "view_version"}}; 503
-    with C{"ok": false} until a cluster view has been fetched.
-    """
-
-    def __init__(self, view):
-        super().__init__()
-        self._view = view
-
-    def render_GET(self, request):
-        view = self._view.current
-        if view is None:
-            return write_json(request, 503, {"ok": False, "writable_groups": 0,
-                                             "view_version": None})
-        return write_json(request, 200, {"ok": True, "writable_groups": len(view.writable()),
-                                         "view_version": view.version})
+from speedy.imageserver.chunkapi import ChunkAPI, chunk_address
+from speedy.imageserver.fileapi import FileAPI
+from speedy.web.json import answer_json_error, json_answer
+from speedy.web.rest import Router
 
 
 class ImageServerRoot:
@@ -41,28 +23,34 @@ class ImageServerRoot:
     """
 
     def __init__(self, storage, metadata, clock, registry=None):
-        self.files = fileapi.FileAPI(storage, metadata, clock)
-        self.chunks = chunkapi.ChunkAPI(storage)
+        self._view = storage.view
+        self.files = files = FileAPI(storage, metadata, clock)
+        self.chunks = chunks = ChunkAPI(storage)
         self.registry = registry
-        v1 = JSONDirectory()
-        v1.putChild(b"files", self.files)
-        v1.putChild(b"chunks", self.chunks)
-        v1.putChild(b"health", Health(storage.view))
-        self.resource = JSONDirectory()
-        self.resource.putChild(b"v1", v1)
+        self.router = router = Router(answer_json_error)
+        router.route("GET", "/v1/health", self.health)
+        for pattern in ("/v1/files/{path:path}", "/v1/files/", "/v1/files"):
+            router.route(("GET", "HEAD"), pattern, files.get)
+            router.route("PUT", pattern, files.put, sink=files.upload_sink)
+            router.route("DELETE", pattern, files.delete)
+        for pattern in ("/v1/chunks", "/v1/chunks/"):
+            router.route("POST", pattern, chunks.post, sink=chunks.body_sink)
+        address = {"address": chunk_address}
+        router.route("GET", "/v1/chunks/{address:path}", chunks.get, params=address)
+        router.route("HEAD", "/v1/chunks/{address:path}", chunks.head)
+        router.route("DELETE", "/v1/chunks/{address:path}", chunks.delete)
         if registry is not None:
-            self.resource.putChild(b"v2", registry.resource)
+            router.mount(b"v2", registry.resource, registry.body_sink_for)
+        self.resource = router.resource
+        self.body_sink_for = router.body_sink_for
 
-    def body_sink_for(self, request):
+    async def health(self, request):
         """
-        @return: the sink of the API the request's path belongs to, or None
-            (bodies elsewhere are spooled by twisted.web).
+        C{GET /v1/health}: C{{"ok", "writable_groups", "view_version"}}; 503
+        with C{"ok": false} until a cluster view has been fetched.
         """
-        path = request.path
-        if path.startswith(fileapi.PREFIX):
-            return self.files.body_sink_for(request)
-        if path == chunkapi.PREFIX or path.startswith(chunkapi.PREFIX + b"/"):
-            return self.chunks.body_sink_for(request)
-        if self.registry is not None and (path == b"/v2" or path.startswith(b"/v2/")):
-            return self.registry.body_sink_for(request)
-        return None
+        view = self._view.current
+        if view is None:
+            return json_answer(503, {"ok": False, "writable_groups": 0, "view_version": None})
+        return json_answer(200, {"ok": True, "writable_groups": len(view.writable()),
+                                 "view_version": view.version})

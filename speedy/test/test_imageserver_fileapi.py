@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.resource import Resource
 
 from speedy import errors
@@ -276,6 +276,38 @@ class APITests(TestCase):
         self.assertEqual(response.code, 404)
         self.assertEqual(self.successResultOf(self.cluster.metadata.list_bad_replicas()), [])
 
+    async def test_chunk_get_of_a_bytearray(self):
+        """The real chunk client answers a bytearray: a GET of the chunk
+        still answers its bytes (it once crashed after a 200, leaving the
+        client waiting for a body)."""
+        data = b"k" * 700
+        response, body = await self.call("POST", "/v1/chunks", data)
+        ref = json.loads(body)
+        real_get = self.cluster.client.get
+        self.patch(self.cluster.client, "get",
+                   lambda *args, **kwargs: real_get(*args, **kwargs).addCallback(bytearray))
+        response, body = await self.call("GET", f"/v1/chunks/{ref['group_id']}/{ref['file_id']}")
+        self.assertEqual((response.code, body), (200, data))
+
+    async def test_bug_mid_download_closes_the_connection(self):
+        """A failure after a download's head went out closes the connection
+        (the client sees the body cut short), logged once; the server goes
+        on serving."""
+        await self.put("f", b"f" * 3000)
+
+        def read(chunks, offset, length, consumer):
+            consumer.write(b"f" * 100)
+            return fail(ValueError("a bug in the read path"))
+
+        self.patch(self.cluster.storage, "read", read)
+        response = await self.http.get(self.base + "/v1/files/f")
+        self.assertEqual(response.code, 200)
+        with self.assertRaises(ResponseFailed):
+            await response.content()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        response, _ = await self.call("GET", "/v1/health")
+        self.assertEqual(response.code, 200)
+
     async def test_chunk_api_bad_input(self):
         response, body = await self.call("POST", "/v1/chunks", b"x" * 1001)
         self.assertEqual((response.code, self.error_code(body)), (413, "TOO_LARGE"))
@@ -322,6 +354,9 @@ class RegistryMountTests(SynchronousTestCase):
         class Request:
             def __init__(self, method, path):
                 self.method, self.path = method, path
+
+            def getHeader(self, name):
+                return None
 
         cluster = FakeCluster({1: G1})
         registry = Registry()

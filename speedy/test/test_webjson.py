@@ -5,7 +5,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from speedy import errors
-from speedy.web.json import read_json, status_for, write_error, write_json
+from speedy.web.json import (
+    HTTPError, answer_json_error, json_answer, json_error, read_json, status_for)
+from speedy.web.rest import MethodNotAllowed, NoRoute, write_answer
 
 
 def request_with(body, method=b"POST"):
@@ -18,7 +20,8 @@ def request_with(body, method=b"POST"):
 class JSONTests(SynchronousTestCase):
     def test_write_json_sets_status_type_and_length(self):
         request = request_with(b"")
-        payload = write_json(request, 201, {"b": 1, "a": [1, 2]})
+        write_answer(request, json_answer(201, {"b": 1, "a": [1, 2]}))
+        payload = b"".join(request.written)
         self.assertEqual(request.responseCode, 201)
         self.assertEqual(json.loads(payload), {"a": [1, 2], "b": 1})
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
@@ -26,14 +29,34 @@ class JSONTests(SynchronousTestCase):
 
     def test_head_gets_headers_but_no_body(self):
         request = request_with(b"", method=b"HEAD")
-        self.assertEqual(write_json(request, 200, {"ok": True}), b"")
+        write_answer(request, json_answer(200, {"ok": True}))
+        self.assertEqual(request.written, [])
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-length"), [b"11"])
 
     def test_error_body(self):
         request = request_with(b"")
-        payload = write_error(request, 404, "NOT_FOUND", "no such thing")
+        write_answer(request, answer_json_error(HTTPError(404, "NOT_FOUND", "no such thing"), request))
         self.assertEqual(request.responseCode, 404)
-        self.assertEqual(json.loads(payload), {"error": {"code": "NOT_FOUND", "message": "no such thing"}})
+        self.assertEqual(json.loads(b"".join(request.written)),
+                         {"error": {"code": "NOT_FOUND", "message": "no such thing"}})
+
+    def test_error_shape(self):
+        """Routing errors, Speedy errors and bugs each get their status and
+        code; a bug's message says nothing of its insides."""
+        for error, status, code, message in [
+                (NoRoute("/x"), 404, "NOT_FOUND", "no such endpoint"),
+                (MethodNotAllowed("PUT", ["GET", "HEAD"]), 405, "METHOD_NOT_ALLOWED",
+                 "PUT is not allowed here (only GET, HEAD)"),
+                (errors.NoWritableGroup("all full"), 503, "NO_WRITABLE_GROUP", "all full"),
+                (HTTPError(401, "UNAUTHORIZED", "who?", {b"www-authenticate": b"Bearer"}), 401,
+                 "UNAUTHORIZED", "who?"),
+                (KeyError("secret detail"), 500, "INTERNAL", "internal error")]:
+            answer = answer_json_error(error, request_with(b""))
+            self.assertEqual((answer.status, json.loads(answer.body)),
+                             (status, {"error": {"code": code, "message": message}}), error)
+            self.assertEqual(answer.content_type, b"application/json")
+        self.assertEqual(json_error(MethodNotAllowed("PUT", ["GET", "HEAD"])).headers,
+                         {b"allow": b"GET, HEAD"})
 
     def test_read_json_refuses_malformed_bodies(self):
         for body in [b"{", b"[1,2]", b"\xff\xfe", b'"str"']:

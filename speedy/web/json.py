@@ -1,6 +1,8 @@
 # -*- test-case-name: speedy.test.test_webjson -*-
 """
-JSON in and out for the REST APIs (chunkmaster, imageserver file API).
+JSON in and out for the REST APIs of the chunkmaster and the imageserver
+(L{speedy.web.rest} routes them): answers, request bodies, and their one
+error shape, L{answer_json_error}.
 
 Errors are C{{"error": {"code": "BAD_REQUEST", "message": "..."}}} with a
 4xx/5xx status.  The registry API has its own error body (the spec's
@@ -10,6 +12,7 @@ C{{"errors": [...]}}) in L{speedy.registry}.
 import json
 
 from speedy import errors
+from speedy.web.rest import Answer, MethodNotAllowed, NoRoute
 
 #: HTTP status for each Speedy error, when a REST handler lets one escape.
 STATUS_FOR_ERROR = {
@@ -30,27 +33,51 @@ STATUS_FOR_ERROR = {
 }
 
 
-def write_json(request, status, body, headers=None):
-    """Answer C{body} as JSON with C{status}; returns the encoded bytes for
-    C{render_*} to return."""
-    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", str(len(payload)).encode("ascii"))
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    if request.method == b"HEAD":
-        return b""
-    return payload
+class HTTPError(Exception):
+    """An answer other than success that is not a Speedy error: a 401 with
+    its C{WWW-Authenticate}, a 403."""
+
+    def __init__(self, status, code, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+def json_answer(status, value, headers=None):
+    """@return: the L{Answer} carrying C{value} as JSON."""
+    payload = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return Answer(status, payload, dict(headers or {}), content_type=b"application/json")
 
 
 def error_body(code, message):
     return {"error": {"code": code, "message": message}}
 
 
-def write_error(request, status, code, message):
-    """Answer a JSON error."""
-    return write_json(request, status, error_body(code, message))
+def json_error(error):
+    """
+    @return: the L{HTTPError} answering C{error}: itself, the status and
+        code of a Speedy error (L{status_for}), 404 for L{NoRoute}, 405
+        with C{Allow} for L{MethodNotAllowed}, and 500 INTERNAL ("internal
+        error": the details go to the log) for anything else.
+    """
+    if isinstance(error, HTTPError):
+        return error
+    if isinstance(error, NoRoute):
+        return HTTPError(404, "NOT_FOUND", "no such endpoint")
+    if isinstance(error, MethodNotAllowed):
+        return HTTPError(405, "METHOD_NOT_ALLOWED", str(error),
+                         {b"allow": ", ".join(error.allowed).encode("ascii")})
+    status, code = status_for(error)
+    return HTTPError(status, code, "internal error" if status == 500 else str(error))
+
+
+def answer_json_error(error, request):
+    """The error shape of the JSON APIs (a L{speedy.web.rest.Router}'s
+    C{answer_error}): C{{"error": {"code", "message"}}} with the status of
+    L{json_error}."""
+    refusal = json_error(error)
+    return json_answer(refusal.status, error_body(refusal.code, str(refusal)), refusal.headers)
 
 
 def status_for(exc):
