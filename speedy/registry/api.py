@@ -1,15 +1,17 @@
 # -*- test-case-name: speedy.test.test_registry_api -*-
 """
 The registry HTTP API (OCI distribution-spec v1.1, Docker Registry HTTP API
-V2): pull, push, content discovery and content management, as one Twisted
-Web resource mounted at C{/v2}.
+V2): pull, push, content discovery and content management, as one
+L{speedy.web.rest.Router} whose resource is mounted at C{/v2}, answering
+errors with the spec's body (L{answer_registry_error}).
 
     api = RegistryAPI(metadata, storage, reactor)
     root.putChild(b"v2", api.resource)
     site = StreamingSite(root, api.body_sink_for, reactor)
     api.start()    # stale upload expiry; api.stop() ends it
 
-Routes (C{<name>} may hold slashes; everything else is one path segment)::
+Routes (C{<name>} may hold slashes; everything else is one path segment;
+L{RegistryAPI._routes} is the table)::
 
     GET    /v2/                                      200 {}
     GET    /v2/_catalog?n=&last=                     repositories
@@ -22,23 +24,18 @@ Routes (C{<name>} may hold slashes; everything else is one path segment)::
 
 Blob bodies stream through L{speedy.registry.bodies.BlobBody} sinks that
 L{RegistryAPI.body_sink_for} hands the C{StreamingSite}; under a plain
-C{Site} the spooled C{request.content} is fed through the same sinks.
+C{Site} the kit feeds the spooled C{request.content} through the same sinks.
+The body of a request to an endpoint that takes none is dropped as it
+arrives.
 """
 
 import json
 import re
-from urllib.parse import quote, unquote
-
-from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionClosed
-from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from urllib.parse import quote
 
 from speedy import errors
 from speedy.registry.blobs import Blobs, parse_range
-from speedy.registry.bodies import BoundedBody, feed
+from speedy.registry.bodies import BoundedBody
 from speedy.registry.errors import (
     BLOB_UPLOAD_UNKNOWN,
     DIGEST_INVALID,
@@ -57,79 +54,57 @@ from speedy.registry.names import check_digest, check_name
 from speedy.registry.referrers import referrers_index
 from speedy.registry.uploads import UploadSessions, session_headers
 from speedy.web.downloads import send_in_large_pieces
-
-_log = Logger()
+from speedy.web.rest import (
+    Answer, Discard, MethodNotAllowed, NoRoute, Router, cancel_when_gone, has_body, send_head)
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
-_ROUTE = re.compile(
-    r"(?P<name>.+)/(?:"
-    r"(?P<tags>tags/list)"
-    r"|manifests/(?P<reference>[^/]+)"
-    r"|blobs/uploads/(?P<upload>[^/]*)"
-    r"|blobs/(?P<digest>[^/]+)"
-    r"|referrers/(?P<subject>[^/]+)"
-    r")\Z")
 #: Failures of the metadata store or storage that clear by themselves: 503.
 _TRANSIENT = (errors.Unavailable, errors.Busy, errors.Timeout, errors.ConnectionFailed)
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 
-_METHODS = {
-    "base": ("GET", "HEAD"),
-    "catalog": ("GET", "HEAD"),
-    "tags": ("GET", "HEAD"),
-    "manifest": ("GET", "HEAD", "PUT", "DELETE"),
-    "blob": ("GET", "HEAD", "DELETE"),
-    "uploads": ("POST",),
-    "upload": ("GET", "HEAD", "PATCH", "PUT", "DELETE"),
-    "referrers": ("GET", "HEAD"),
-}
+_READ = ("GET", "HEAD")
 
 
-@frozen
-class Route:
-    """Where a request goes: the kind of endpoint, the repository and the
-    last path segment (reference, digest or upload id)."""
-
-    kind: str
-    name: str | None = None
-    argument: str | None = None
+def check_upload_id(text):
+    """@return: C{text} if it can be an upload id.
+    @raise RegistryError: C{BLOB_UPLOAD_UNKNOWN} (404)."""
+    if _UPLOAD_ID.match(text) is None:
+        raise RegistryError(BLOB_UPLOAD_UNKNOWN, detail={"upload": text[:200]})
+    return text
 
 
-def route_for(path):
+#: How the parameters of the registry's paths are checked, in the order
+#: they appear: the L{RegistryError} one raises is the answer (a bad name is
+#: C{NAME_INVALID}, a bad digest C{DIGEST_INVALID}, both 400).
+PATH_PARAMS = {"name": check_name, "digest": check_digest, "upload": check_upload_id}
+
+
+def registry_error(error):
     """
-    @param path: the request's path, bytes, starting with its C{/v2}
-        segment (percent-encoded).
-    @return: the L{Route}.
-    @raise RegistryError: 404 for no endpoint, C{NAME_INVALID} (400) for a
-        bad repository name.
+    @return: the L{RegistryError} answering C{error}: itself; 404 for no
+        endpoint, 405 with C{Allow} for a method an endpoint lacks, 503
+        C{UNAVAILABLE} for a store or storage that is away, 500 C{UNKNOWN}
+        (a bug) for anything else.
     """
-    text = unquote(path.decode("utf-8", "replace"))
-    parts = text.split("/", 2)
-    rest = parts[2] if len(parts) == 3 else ""
-    if rest == "":
-        return Route("base")
-    if rest in ("_catalog", "_catalog/"):
-        return Route("catalog")
-    m = _ROUTE.match(rest)
-    if m is None:
-        raise RegistryError(NOT_FOUND, detail={"path": text[:300]})
-    name = check_name(m.group("name"))
-    if m.group("tags"):
-        return Route("tags", name)
-    if m.group("reference") is not None:
-        return Route("manifest", name, m.group("reference"))
-    if m.group("upload") is not None:
-        upload = m.group("upload")
-        if upload == "":
-            return Route("uploads", name)
-        if _UPLOAD_ID.match(upload) is None:
-            raise RegistryError(BLOB_UPLOAD_UNKNOWN, detail={"upload": upload[:200]})
-        return Route("upload", name, upload)
-    if m.group("digest") is not None:
-        return Route("blob", name, check_digest(m.group("digest")))
-    return Route("referrers", name, check_digest(m.group("subject")))
+    if isinstance(error, RegistryError):
+        return error
+    if isinstance(error, NoRoute):
+        return RegistryError(NOT_FOUND, detail={"path": error.path[:300]})
+    if isinstance(error, MethodNotAllowed):
+        return RegistryError(UNSUPPORTED, f"{error.method} is not supported here",
+                             headers={"Allow": ", ".join(error.allowed)})
+    if isinstance(error, _TRANSIENT):
+        return RegistryError(UNAVAILABLE, detail={"reason": str(error)})
+    return RegistryError(UNKNOWN)
+
+
+def answer_registry_error(error, request):
+    """The registry's error shape (its L{Router}'s C{answer_error}): the
+    spec's C{{"errors": [...]}} body with the status of L{registry_error}."""
+    error = registry_error(error)
+    return Answer(error.status, error.body(), error.headers, content_type="application/json")
 
 
 def _arg(request, name):
@@ -161,10 +136,6 @@ def _body_length(request):
     return getattr(request, "body_length", None)
 
 
-def _has_body(request):
-    return request.getHeader(b"transfer-encoding") is not None or bool(_content_length(request))
-
-
 def _page_size(request):
     """@return: the C{n} query argument as an int >= 0, or None.
     @raise RegistryError: C{PAGINATION_NUMBER_INVALID} (400)."""
@@ -181,69 +152,15 @@ def blob_location(name, digest):
     return f"/v2/{name}/blobs/{digest}"
 
 
-class DiscardedBody:
-    """An C{IBodySink} for a body nobody needs (the request needs none, or
-    is already known to fail with C{error}): it drops the bytes as they
-    arrive, so no body is ever spooled to memory or disk."""
-
-    def __init__(self, error=None):
-        self._error = error
-
-    def write(self, data):
-        """Drop C{data}."""
-
-    def finish(self):
-        """Nothing to flush."""
-
-    def connection_lost(self, reason):
-        """Nothing to clean up."""
-
-    def outcome(self):
-        """@return: a Deferred failing with the error, or firing with None."""
-        return fail(self._error) if self._error is not None else succeed(None)
+def discard_body(request, **params):
+    """The sink of an endpoint that takes no body: a body sent anyway is
+    dropped as it arrives, never spooled."""
+    return Discard() if has_body(request) else None
 
 
-class _Exchange:
-    """One request being answered, and whether its client is still there."""
-
-    def __init__(self, request):
-        self.request = request
-        self.gone = False
-        self._on_gone = []
-        request.notifyFinish().addErrback(self._lost)
-
-    def _lost(self, _):
-        self.gone = True
-        for callback in self._on_gone:
-            callback()
-
-    def on_gone(self, callback):
-        """Call C{callback} if the client goes away."""
-        self._on_gone.append(callback)
-
-    def send(self, status, body=b"", headers=None, content_type=None, length=None):
-        """Answer, unless the client went away.  C{length} overrides the
-        C{Content-Length} (a HEAD of a blob or manifest)."""
-        if self.gone:
-            return
-        request = self.request
-        request.setResponseCode(status)
-        for key, value in (headers or {}).items():
-            request.setHeader(key, value)
-        if content_type is not None:
-            request.setHeader(b"content-type", content_type)
-        if status != 204:
-            request.setHeader(b"content-length", str(len(body) if length is None else length))
-        if request.method != b"HEAD" and body:
-            request.write(body)
-        request.finish()
-
-    def send_json(self, status, value, headers=None, content_type="application/json"):
-        self.send(status, json.dumps(value, separators=(",", ":")).encode("utf-8"),
-                  headers=headers, content_type=content_type)
-
-    def send_error(self, error):
-        self.send(error.status, error.body(), headers=error.headers, content_type="application/json")
+def _json(status, value, headers=None, content_type="application/json"):
+    return Answer(status, json.dumps(value, separators=(",", ":")).encode("utf-8"),
+                  dict(headers or {}), content_type=content_type)
 
 
 class RegistryAPI:
@@ -268,7 +185,40 @@ class RegistryAPI:
             metadata, storage, self.blobs, reactor, expiry=upload_expiry,
             expiry_interval=expiry_interval)
         self.manifests = Manifests(metadata, reactor, max_size=max_manifest_size)
-        self.resource = RegistryResource(self)
+        self.router = self._routes()
+        #: the L{IResource} to mount at C{/v2}
+        self.resource = self.router.resource
+        self.body_sink_for = self.router.body_sink_for
+
+    def _routes(self):
+        """@return: the L{Router} of every registry endpoint, tried in this
+        order; C{{name}} may hold slashes, the rest is one segment each."""
+        router = Router(answer_registry_error, headers=dict([API_VERSION]))
+
+        def route(methods, pattern, handler, kind, sink=discard_body):
+            router.route(methods, pattern, handler, sink=sink, params=PATH_PARAMS, name=kind)
+
+        route(_READ, "/v2", self._base, "base")
+        route(_READ, "/v2/", self._base, "base")
+        route(_READ, "/v2/_catalog", self._catalog, "catalog")
+        route(_READ, "/v2/_catalog/", self._catalog, "catalog")
+        route(_READ, "/v2/{name:path}/tags/list", self._tags, "tags")
+        manifest = "/v2/{name:path}/manifests/{reference}"
+        route(_READ, manifest, self._manifest_get, "manifest")
+        route("PUT", manifest, self._manifest_put, "manifest", sink=self._manifest_sink)
+        route("DELETE", manifest, self._manifest_delete, "manifest")
+        route("POST", "/v2/{name:path}/blobs/uploads/", self._uploads_post, "uploads",
+              sink=self._blob_sink)
+        upload = "/v2/{name:path}/blobs/uploads/{upload}"
+        route(_READ, upload, self._upload_get, "upload")
+        route("PATCH", upload, self._upload_patch, "upload", sink=self._chunk_sink)
+        route("PUT", upload, self._upload_put, "upload", sink=self._last_chunk_sink)
+        route("DELETE", upload, self._upload_delete, "upload")
+        blob = "/v2/{name:path}/blobs/{digest}"
+        route(_READ, blob, self._blob_get, "blob")
+        route("DELETE", blob, self._blob_delete, "blob")
+        route(_READ, "/v2/{name:path}/referrers/{digest}", self._referrers, "referrers")
+        return router
 
     def start(self):
         """Start the stale upload expiry timer."""
@@ -278,45 +228,37 @@ class RegistryAPI:
         """Stop the timer."""
         self.uploads.stop()
 
-    def body_sink_for(self, request):
-        """
-        Choose where a request's body goes, once its headers have arrived.
+    # --- where bodies go: chosen once a request's headers have arrived ------
 
-        @return: a blob sink for the bodies of a monolithic POST, a PATCH
-            and an upload PUT; a bounded buffer for a manifest PUT; a sink
-            that discards the body of any other request that has one; None
-            for a request without a body.
-        """
-        try:
-            route = route_for(request.path)
-        except RegistryError as e:
-            return DiscardedBody(e) if _has_body(request) else None
-        method = request.method.decode("ascii", "replace")
-        try:
-            if route.kind == "uploads" and method == "POST" and _arg(request, "digest") is not None \
-                    and _arg(request, "mount") is None:
-                algorithm = check_digest(_arg(request, "digest")).split(":", 1)[0]
-                return self.uploads.receive_blob(algorithm, _body_length(request))
-            if route.kind == "upload" and method == "PATCH":
-                return self._chunk_sink(request, route, final=False)
-            if route.kind == "upload" and method == "PUT" and _has_body(request):
-                check_digest(_arg(request, "digest") or "")
-                return self._chunk_sink(request, route, final=True)
-            if route.kind == "manifest" and method == "PUT":
-                length = _content_length(request)
-                if length is not None and length > self.manifests.max_size:
-                    raise RegistryError(
-                        MANIFEST_TOO_LARGE, f"manifest over the {self.manifests.max_size} byte limit",
-                        detail={"limit": self.manifests.max_size, "size": length})
-                return BoundedBody(self.manifests.max_size)
-        except RegistryError as e:
-            return DiscardedBody(e)
-        return DiscardedBody() if _has_body(request) else None
+    def _blob_sink(self, request, name):
+        """A monolithic POST (C{?digest=}, no C{?mount=}) streams its blob
+        into storage; any other POST takes no body."""
+        digest = _arg(request, "digest")
+        if digest is None or _arg(request, "mount") is not None:
+            return discard_body(request)
+        algorithm = check_digest(digest).split(":", 1)[0]
+        return self.uploads.receive_blob(algorithm, _body_length(request))
 
-    def _chunk_sink(self, request, route, final):
+    def _chunk_sink(self, request, name, upload, final=False):
         return self.uploads.receive_chunk(
-            route.name, route.argument, _header(request, b"content-range"), _content_length(request),
+            name, upload, _header(request, b"content-range"), _content_length(request),
             _body_length(request), final)
+
+    def _last_chunk_sink(self, request, name, upload):
+        """The PUT that completes an upload may carry its last chunk."""
+        if not has_body(request):
+            return None
+        _required_digest(request)
+        return self._chunk_sink(request, name, upload, final=True)
+
+    def _manifest_sink(self, request, name, reference):
+        """A manifest is collected in memory, up to the size limit."""
+        length = _content_length(request)
+        if length is not None and length > self.manifests.max_size:
+            raise RegistryError(
+                MANIFEST_TOO_LARGE, f"manifest over the {self.manifests.max_size} byte limit",
+                detail={"limit": self.manifests.max_size, "size": length})
+        return BoundedBody(self.manifests.max_size)
 
     async def body(self, request):
         """
@@ -324,91 +266,56 @@ class RegistryAPI:
             L{speedy.registry.bodies.ReceivedBlob} or the manifest's bytes),
             or None for a request without one.
         """
-        failure = getattr(request, "body_failure", None)
-        if failure is not None:
-            failure.raiseException()
-        sink = getattr(request, "body_sink", None)
-        if sink is None:
-            sink = self.body_sink_for(request)
-            if sink is None:
-                return None
-            await feed(sink, request.content)
-        return await sink.outcome()
-
-    async def handle(self, exchange):
-        """Answer one request; never raises."""
-        request = exchange.request
-        try:
-            route = route_for(request.path)
-            method = request.method.decode("ascii", "replace")
-            if method not in _METHODS[route.kind]:
-                raise RegistryError(
-                    UNSUPPORTED, f"{method} is not supported here",
-                    headers={"Allow": ", ".join(_METHODS[route.kind])})
-            handler = getattr(self, f"_{route.kind}_{method.lower()}", None) or getattr(
-                self, f"_{route.kind}_get")
-            await handler(exchange, route)
-        except RegistryError as e:
-            exchange.send_error(e)
-        except _TRANSIENT as e:
-            exchange.send_error(RegistryError(UNAVAILABLE, detail={"reason": str(e)}))
-        except CancelledError:
-            pass
-        except Exception:
-            _log.failure("registry request {method} {uri} failed",
-                         method=request.method, uri=request.uri)
-            exchange.send_error(RegistryError(UNKNOWN))
+        if request.body_failure is not None:
+            request.body_failure.raiseException()
+        if request.body_sink is None:
+            return None
+        return await request.body_sink.outcome()
 
     # --- endpoints ------------------------------------------------------------
 
-    async def _base_get(self, exchange, route):
-        exchange.send_json(200, {})
+    async def _base(self, request):
+        return _json(200, {})
 
-    async def _catalog_get(self, exchange, route):
-        request = exchange.request
+    async def _catalog(self, request):
         n, last = _page_size(request), _arg(request, "last")
         names = await self._metadata.list_repositories(
             limit=None if n is None else n + 1, last=last)
         names, link = _paged(names, n, "/v2/_catalog")
-        exchange.send_json(200, {"repositories": names}, headers=link)
+        return _json(200, {"repositories": names}, headers=link)
 
-    async def _tags_get(self, exchange, route):
-        request = exchange.request
+    async def _tags(self, request, name):
         n, last = _page_size(request), _arg(request, "last")
-        tags = await self._metadata.list_tags(
-            route.name, limit=None if n is None else n + 1, last=last)
+        tags = await self._metadata.list_tags(name, limit=None if n is None else n + 1, last=last)
         if tags is None:
-            raise RegistryError(NAME_UNKNOWN, detail={"name": route.name})
-        tags, link = _paged(tags, n, f"/v2/{route.name}/tags/list")
-        exchange.send_json(200, {"name": route.name, "tags": tags}, headers=link)
+            raise RegistryError(NAME_UNKNOWN, detail={"name": name})
+        tags, link = _paged(tags, n, f"/v2/{name}/tags/list")
+        return _json(200, {"name": name, "tags": tags}, headers=link)
 
-    async def _manifest_get(self, exchange, route):
-        record = await self.manifests.get(route.name, route.argument)
-        exchange.send(
-            200, record.content, content_type=record.media_type,
-            headers={"Docker-Content-Digest": record.digest, "ETag": f'"{record.digest}"'})
+    async def _manifest_get(self, request, name, reference):
+        record = await self.manifests.get(name, reference)
+        return Answer(200, record.content, content_type=record.media_type, headers={
+            "Docker-Content-Digest": record.digest, "ETag": f'"{record.digest}"'})
 
-    async def _manifest_put(self, exchange, route):
-        request = exchange.request
+    async def _manifest_put(self, request, name, reference):
         body = await self.body(request)
         record = await self.manifests.put(
-            route.name, route.argument, body if body is not None else b"",
+            name, reference, body if body is not None else b"",
             content_type=_header(request, b"content-type"), tags=_args(request, "tag"))
         headers = {
-            "Location": f"/v2/{route.name}/manifests/{record.digest}",
+            "Location": f"/v2/{name}/manifests/{record.digest}",
             "Docker-Content-Digest": record.digest,
         }
         if record.subject is not None:
             headers["OCI-Subject"] = record.subject
-        exchange.send(201, headers=headers)
+        return Answer(201, headers=headers)
 
-    async def _manifest_delete(self, exchange, route):
-        await self.manifests.delete(route.name, route.argument)
-        exchange.send(202)
+    async def _manifest_delete(self, request, name, reference):
+        await self.manifests.delete(name, reference)
+        return Answer(202)
 
-    async def _blob_get(self, exchange, route):
-        request = exchange.request
-        blob = await self.blobs.linked(route.name, route.argument)
+    async def _blob_get(self, request, name, digest):
+        blob = await self.blobs.linked(name, digest)
         headers = {
             "Docker-Content-Digest": blob.digest,
             "Accept-Ranges": "bytes",
@@ -425,56 +332,35 @@ class RegistryAPI:
         else:
             status, (offset, length) = 206, wanted
             headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{blob.size}"
+        answer = Answer(status, headers=headers, content_type="application/octet-stream",
+                        length=length)
         if request.method == b"HEAD" or length == 0:
-            exchange.send(status, headers=headers, content_type="application/octet-stream",
-                          length=length)
-            return
-        request.setResponseCode(status)
-        for key, value in headers.items():
-            request.setHeader(key, value)
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", str(length))
+            return answer
+        send_head(request, answer)
         send_in_large_pieces(request)
-        reading = self._storage.read(blob.chunks, offset, length, request)
-        exchange.on_gone(reading.cancel)
-        try:
-            await reading
-        except (CancelledError, ConnectionClosed):
-            return
-        except Exception:
-            if exchange.gone:
-                return
-            if not request.startedWriting:
-                raise
-            _log.failure("blob {digest} broke off after the answer began", digest=blob.digest)
-            request.loseConnection()
-            return
-        if not exchange.gone:
-            request.finish()
+        await cancel_when_gone(request, self._storage.read(blob.chunks, offset, length, request))
+        return None
 
-    async def _blob_delete(self, exchange, route):
-        await self.blobs.remove(route.name, route.argument)
-        exchange.send(202)
+    async def _blob_delete(self, request, name, digest):
+        await self.blobs.remove(name, digest)
+        return Answer(202)
 
-    async def _uploads_post(self, exchange, route):
-        request = exchange.request
+    async def _uploads_post(self, request, name):
         mount, digest = _arg(request, "mount"), _arg(request, "digest")
         if mount is not None:
-            blob = await self._mount(route.name, mount, _arg(request, "from"))
+            blob = await self._mount(name, mount, _arg(request, "from"))
             if blob is not None:
-                exchange.send(201, headers={
-                    "Location": blob_location(route.name, blob.digest),
+                return Answer(201, headers={
+                    "Location": blob_location(name, blob.digest),
                     "Docker-Content-Digest": blob.digest})
-                return
         elif digest is not None:
             received = await self.body(request)
-            blob = await self.uploads.commit_whole(route.name, digest, received)
-            exchange.send(201, headers={
-                "Location": blob_location(route.name, blob.digest),
+            blob = await self.uploads.commit_whole(name, digest, received)
+            return Answer(201, headers={
+                "Location": blob_location(name, blob.digest),
                 "Docker-Content-Digest": blob.digest})
-            return
-        record = await self.uploads.create(route.name)
-        exchange.send(202, headers=session_headers(record))
+        record = await self.uploads.create(name)
+        return Answer(202, headers=session_headers(record))
 
     async def _mount(self, name, digest, source):
         """@return: the mounted L{BlobRecord}, or None when the spec says to
@@ -485,36 +371,41 @@ class RegistryAPI:
         except RegistryError:
             return None
 
-    async def _upload_get(self, exchange, route):
-        record = await self.uploads.find(route.name, route.argument)
-        exchange.send(204, headers=session_headers(record))
+    async def _upload_get(self, request, name, upload):
+        record = await self.uploads.find(name, upload)
+        return Answer(204, headers=session_headers(record))
 
-    async def _upload_patch(self, exchange, route):
-        received = await self.body(exchange.request)
-        record = await self.uploads.append(received)
-        exchange.send(202, headers=session_headers(record))
-
-    async def _upload_put(self, exchange, route):
-        request = exchange.request
-        digest = _arg(request, "digest")
-        if digest is None:
-            raise RegistryError(DIGEST_INVALID, "the digest query parameter is required")
-        check_digest(digest)
+    async def _upload_patch(self, request, name, upload):
         received = await self.body(request)
-        blob = await self.uploads.complete(route.name, route.argument, digest, received)
-        exchange.send(201, headers={
-            "Location": blob_location(route.name, blob.digest),
+        record = await self.uploads.append(received)
+        return Answer(202, headers=session_headers(record))
+
+    async def _upload_put(self, request, name, upload):
+        digest = _required_digest(request)
+        received = await self.body(request)
+        blob = await self.uploads.complete(name, upload, digest, received)
+        return Answer(201, headers={
+            "Location": blob_location(name, blob.digest),
             "Docker-Content-Digest": blob.digest})
 
-    async def _upload_delete(self, exchange, route):
-        await self.uploads.cancel(route.name, route.argument)
-        exchange.send(204)
+    async def _upload_delete(self, request, name, upload):
+        await self.uploads.cancel(name, upload)
+        return Answer(204)
 
-    async def _referrers_get(self, exchange, route):
-        artifact_type = _arg(exchange.request, "artifactType")
-        records = await self._metadata.referrers(route.name, route.argument, artifact_type)
+    async def _referrers(self, request, name, digest):
+        artifact_type = _arg(request, "artifactType")
+        records = await self._metadata.referrers(name, digest, artifact_type)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
-        exchange.send(200, referrers_index(records), headers=headers, content_type=OCI_INDEX)
+        return Answer(200, referrers_index(records), headers=headers, content_type=OCI_INDEX)
+
+
+def _required_digest(request):
+    """@return: the C{digest} query argument of an upload's PUT.
+    @raise RegistryError: C{DIGEST_INVALID}, it is missing or malformed."""
+    digest = _arg(request, "digest")
+    if digest is None:
+        raise RegistryError(DIGEST_INVALID, "the digest query parameter is required")
+    return check_digest(digest)
 
 
 def _paged(names, n, path):
@@ -529,21 +420,3 @@ def _paged(names, n, path):
     if n == 0:
         return names, {}
     return names, {"Link": f'<{path}?n={n}&last={quote(names[-1], safe="")}>; rel="next"'}
-
-
-class RegistryResource(Resource):
-    """The C{/v2} resource: every path below it is routed by
-    L{route_for}, so it is a leaf."""
-
-    isLeaf = True
-
-    def __init__(self, api):
-        super().__init__()
-        self._api = api
-
-    def render(self, request):
-        request.defaultContentType = None
-        request.setHeader(*API_VERSION)
-        d = Deferred.fromCoroutine(self._api.handle(_Exchange(request)))
-        d.addErrback(lambda f: _log.failure("answering a registry request failed", f))
-        return NOT_DONE_YET

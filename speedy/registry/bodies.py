@@ -7,8 +7,8 @@ L{BoundedBody} collects a small body (a manifest) up to a limit.
 Both are C{IBodySink}s of C{speedy.web.streaming}: the site calls C{write}
 for each piece (holding back the client's socket while a returned Deferred
 is unfired), then C{finish}, then renders; the resource asks C{outcome()}
-for the result.  L{feed} drives a sink from a body a plain C{Site} already
-buffered in C{request.content}.
+for the result.  Under a plain C{Site}, L{speedy.web.rest} feeds them the
+body it buffered.
 
 A L{BlobBody} given C{run_in_thread} hashes through a L{HashFeed}: the
 pieces are stored as they come and hashed in a worker thread, in order,
@@ -25,9 +25,6 @@ from speedy.registry.digests import HashFeed
 from speedy.registry.errors import MANIFEST_TOO_LARGE, SIZE_INVALID, RegistryError
 
 _log = Logger()
-
-#: How much of a buffered C{request.content} L{feed} hands a sink at once.
-FEED_PIECE = 64 << 10
 
 #: Bytes of a body waiting for the hashing thread beyond which the body's
 #: next piece waits.
@@ -193,19 +190,3 @@ class BoundedBody:
                 MANIFEST_TOO_LARGE, f"body over the {self._limit} byte limit",
                 detail={"limit": self._limit, "size": self._length}))
         return succeed(b"".join(self._parts))
-
-
-async def feed(sink, content):
-    """
-    Hand a sink a body that a plain C{Site} buffered in C{content} (a file),
-    piece by piece, waiting whenever the sink asks to, then finish it.
-    """
-    content.seek(0)
-    while True:
-        piece = content.read(FEED_PIECE)
-        if not piece:
-            break
-        waiting = sink.write(piece)
-        if waiting is not None:
-            await waiting
-    sink.finish()
