@@ -9,6 +9,7 @@ streams a byte range of a file into a consumer in order as the bytes
 arrive, while it fetches the next chunks ahead.
 """
 
+import random
 from collections import Counter, deque
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from speedy import errors
+from speedy.imageserver.placement import preferred_replica
 from speedy.records import DOWN, BadReplica
 
 log = Logger()
@@ -40,12 +42,27 @@ class ReplicaReader:
     """
     Fetches chunk bytes from any replica of their group.
 
-    @param storage: gives C{client}, C{view}, C{metadata}, C{clock}, C{rng}
-        and C{counters} (a L{ReplicatedStorage}).
+    @param client: the L{IChunkClient} replicas are read with.
+    @param view: the L{IClusterView} whose groups name the replicas.
+    @param metadata: where bad replicas are recorded (the
+        C{record_bad_replica} of an L{IMetadataStore}).
+    @param clock: an L{IReactorTime}, for the times in those records.
+    @param counters: a L{Counter} where reads count their failovers,
+        failures and bad replicas (the storage's, shared).
+    @param preferred: C{preferred(servers, file_id)} picks the member of a
+        group that keeps chunk C{file_id} in memory (see L{by_load}).
+    @param rng: a L{random.Random} that breaks ties between replicas.
     """
 
-    def __init__(self, storage):
-        self._storage = storage
+    def __init__(self, client, view, metadata, clock, counters, preferred=preferred_replica,
+                 rng=None):
+        self._client = client
+        self._view = view
+        self._metadata = metadata
+        self._clock = clock
+        self.counters = counters
+        self._preferred = preferred
+        self._rng = rng or random.Random()
         self.reading = Counter()  # reads in flight from here, by address
 
     def fetch(self, group_id, file_id, offset=0, length=None, known=True):
@@ -67,7 +84,7 @@ class ReplicaReader:
             L{Unavailable} when no replica could serve them.  Cancelling it
             cancels the request in flight.
         """
-        client = self._storage.client
+        client = self._client
         return Deferred.fromCoroutine(self._ask(
             group_id, file_id,
             lambda address: client.get(address, file_id, offset, length),
@@ -104,43 +121,36 @@ class ReplicaReader:
         @return: a Deferred firing with the L{ChunkInfo} of a chunk from the
             first replica that has it; failing as L{fetch} does.
         """
-        client = self._storage.client
+        client = self._client
         return Deferred.fromCoroutine(self._ask(
             group_id, file_id, lambda address: client.stat(address, file_id),
             lambda info: None, known))
 
-    @property
-    def counters(self):
-        """The storage's counters, where reads count their failovers and failures."""
-        return self._storage.counters
-
     def by_load(self, group_id, file_id=None):
         """
         @param file_id: the chunk to be read, if any: its preferred replica
-            (the storage's C{preferred}, the one keeping it in memory) comes first
+            (C{preferred}'s choice, the one keeping it in memory) comes first
             unless it is down or has more than C{AFFINITY_SLACK} reads in
             flight from here beyond the least busy member's.
         @return: the servers of a group, the ones not down first, then the
             least busy reading from here, ties in random order.
         @raise Unavailable: the group is not in the cluster view.
         """
-        storage = self._storage
-        view = storage.view.current
+        view = self._view.current
         group = None if view is None else view.groups.get(group_id)
         if group is None:
             raise errors.Unavailable(f"group {group_id} is not in the cluster view")
-        keeper = None if file_id is None else storage.preferred(group.servers, file_id)
+        keeper = None if file_id is None else self._preferred(group.servers, file_id)
 
         def key(server):
             load = self.reading[server.address]
             if server is keeper:
                 load -= AFFINITY_SLACK
-            return server.state == DOWN, load, server is not keeper, storage.rng.random()
+            return server.state == DOWN, load, server is not keeper, self._rng.random()
 
         return sorted(group.servers, key=key)
 
     async def _stream(self, group_id, file_id, offset, length, sink):
-        storage = self._storage
         reached = 0  # bytes of the range that went to sink
 
         def forward(piece):
@@ -152,14 +162,14 @@ class ReplicaReader:
         for server in self.by_load(group_id, file_id):
             self.reading[server.address] += 1
             try:
-                await storage.client.get_stream(
+                await self._client.get_stream(
                     server.address, file_id, offset + reached, length - reached, forward)
             except CancelledError:
                 raise
             except Exception as e:
                 reasons.append(self.failed(server, group_id, file_id, e, at=(reached, length)))
                 if reached and isinstance(e, errors.ChecksumMismatch):
-                    storage.counters["reads_failed"] += 1
+                    self.counters["reads_failed"] += 1
                     raise errors.ChecksumMismatch(
                         f"chunk {group_id}/{file_id} from {server.address} failed its CRC32C "
                         f"check after its {reached} bytes were passed on")
@@ -167,7 +177,7 @@ class ReplicaReader:
             finally:
                 self.reading[server.address] -= 1
             return
-        storage.counters["reads_failed"] += 1
+        self.counters["reads_failed"] += 1
         raise errors.Unavailable(
             f"no replica of chunk {group_id}/{file_id} could serve bytes {offset + reached}-"
             f"{offset + length} ({'; '.join(reasons)})")
@@ -178,7 +188,6 @@ class ReplicaReader:
         turn, least-loaded first, until one answers something C{check}
         finds nothing wrong with (it returns the problem, or None).
         """
-        storage = self._storage
         servers = self.by_load(group_id, file_id)
         reasons = []
         missing = 0
@@ -201,7 +210,7 @@ class ReplicaReader:
             reasons.append(f"{server.address}: {problem}")
         if not known and missing == len(servers):
             raise errors.ChunkNotFound(f"no replica has chunk {group_id}/{file_id}")
-        storage.counters["reads_failed"] += 1
+        self.counters["reads_failed"] += 1
         raise errors.Unavailable(
             f"no replica of chunk {group_id}/{file_id} could serve it ({'; '.join(reasons)})")
 
@@ -232,17 +241,16 @@ class ReplicaReader:
         log.info("reading chunk {file_id} from {address} failed{where}, going on from the "
                  "next replica: {why!r}", file_id=file_id, address=server.address,
                  where=where, why=error)
-        self._storage.counters["read_failovers"] += 1
+        self.counters["read_failovers"] += 1
         return f"{server.address}: {type(error).__name__}"
 
     def report_bad(self, server, group_id, file_id, reason):
-        storage = self._storage
-        storage.counters["bad_replicas"] += 1
+        self.counters["bad_replicas"] += 1
         log.warn("bad replica of chunk {group_id}/{file_id} on {server_id} ({address}): {reason}",
                  group_id=group_id, file_id=file_id, server_id=server.server_id,
                  address=server.address, reason=reason)
-        record = BadReplica(server.server_id, group_id, file_id, reason, storage.clock.seconds())
-        storage.metadata.record_bad_replica(record).addErrback(
+        record = BadReplica(server.server_id, group_id, file_id, reason, self._clock.seconds())
+        self._metadata.record_bad_replica(record).addErrback(
             lambda f: log.failure("recording a bad replica failed", f))
 
 

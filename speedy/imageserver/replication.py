@@ -99,7 +99,8 @@ class ReplicatedStorage:
         self.pending = Counter()
         #: counts for status pages and tests
         self.counters = Counter()
-        self.replicas = ReplicaReader(self)
+        self.replicas = ReplicaReader(client, view, metadata, clock, self.counters,
+                                      preferred=preferred, rng=self.rng)
         self._splice_sources = None
 
     # IChunkedStorage

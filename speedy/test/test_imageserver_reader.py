@@ -4,6 +4,7 @@ reports, read-ahead in order, byte ranges, back-pressure and cancellation.
 """
 
 from collections import Counter
+from random import Random
 
 from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred
@@ -13,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import errors
 from speedy.imageserver.placement import preferred_replica
-from speedy.imageserver.reader import AFFINITY_SLACK, WRITE_PIECE, segments
+from speedy.imageserver.reader import AFFINITY_SLACK, WRITE_PIECE, ReplicaReader, segments
 from speedy.records import DOWN as STATE_DOWN, ChunkRef
 from speedy.testing import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
 
@@ -80,6 +81,21 @@ class ReaderTests(SynchronousTestCase):
         got = Counter({address: n for (op, address), n in self.client.calls.items()
                        if op.startswith("get")})
         self.assertEqual(got, expected)
+
+    def test_standalone_replica_reader(self):
+        """A ReplicaReader needs only what it is given: a client, a view, a
+        metadata store, a clock and counters; a bad replica it meets is
+        counted there and recorded in that store."""
+        counters = Counter()
+        reader = ReplicaReader(self.client, self.cluster.view, self.cluster.metadata,
+                               self.cluster.clock, counters, rng=Random(1))
+        ref = self.refs[0]
+        self.assertEqual(self.successResultOf(reader.fetch(1, ref.file_id)), DATA[:128])
+        self.client.server(preferred_replica(
+            self.cluster.view.current.groups[1].servers, ref.file_id).address).mode = CORRUPT
+        self.assertEqual(self.successResultOf(reader.fetch(1, ref.file_id)), DATA[:128])
+        self.assertEqual(counters["bad_replicas"], 1)
+        self.assertEqual(len(self.bad_replicas()), 1)
 
     def test_busy_or_down_preferred_replica_is_passed_over(self):
         """The preferred replica leads while it has at most
