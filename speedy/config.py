@@ -1,15 +1,109 @@
 # -*- test-case-name: speedy.test.test_config -*-
 """
-Each daemon's options come from three places, in this order of precedence:
-the command line, the C{--config} INI file (one section named for the role,
-keys as the option names with C{_} or C{-}), and the built-in defaults.
+The options of Speedy's daemons, declared once each.
+
+A role's C{Options} is a L{DaemonOptions} with a list of L{Option}s: name
+(the long command-line option, and the key of the role's section of a
+C{--config} INI file, spelt with C{-} or C{_}), default, help, and the
+function that parses and checks its text:
+
+    class Options(DaemonOptions):
+        section = "imageserver"
+        options = [
+            Option("listen", "tcp:5000", "Endpoint of the HTTP listener.", endpoint),
+            Option("chunk-size", "16MiB", "Size streams are cut at.", size(1, 1 << 30)),
+        ]
+
+        def check(self):
+            ...  # what involves several options
+
+Values come from the command line, else the C{--config} file, else the
+default; each is then parsed (a C{ValueError} is a usage error naming the
+option) and C{options[name]} holds the result.  C{--version} prints
+Speedy's version.
 """
 
 import configparser
+import sys
+from importlib import metadata
 
+from attrs import frozen
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from speedy.units import parse_size
+
+
+@frozen
+class Option:
+    """
+    One option of a daemon.
+
+    @ivar default: its text when neither the command line nor the config
+        file gives one; None leaves the option None (unparsed).
+    @ivar parse: text to value; raises C{ValueError} with what is wrong.
+    @ivar required: a missing value is a usage error.
+    """
+
+    name: str
+    default: str | None
+    help: str
+    parse: object = str
+    required: bool = False
+
+
+def version():
+    """@return: Speedy's version, as installed."""
+    try:
+        return metadata.version("speedy")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class DaemonOptions(usage.Options):
+    """
+    The command line (and C{--config} file) of one role: subclasses set
+    C{section} (the INI section) and C{options} (L{Option}s), and may
+    override L{check}.
+    """
+
+    section = None
+    options = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__:
+            cls.optParameters = [
+                [o.name, None, None, o.help + (f" [default: {o.default}]" if o.default else "")]
+                for o in cls.options
+            ] + [["config", "c", None, f"INI file with a [{cls.section}] section of the same "
+                                       "keys (see etc/); the command line wins."]]
+
+    def postOptions(self):
+        config = read_section(self["config"], self.section, [o.name for o in self.options]) \
+            if self["config"] else {}
+        for option in self.options:
+            text = self[option.name]
+            if text is None:
+                text = config.get(option.name, option.default)
+            if text is None:
+                if option.required:
+                    raise usage.UsageError(f"--{option.name} is required")
+                continue
+            try:
+                self[option.name] = option.parse(text)
+            except ValueError as e:
+                raise usage.UsageError(f"--{option.name}: {e}")
+        self.check()
+
+    def check(self):
+        """Check what involves several options (all parsed by now).
+        @raise usage.UsageError: they do not go together."""
+
+    def opt_version(self):
+        """Print Speedy's version and exit."""
+        print(f"speedy {version()}")
+        sys.exit(0)
 
 
 def read_section(path, section, known):
@@ -37,54 +131,71 @@ def read_section(path, section, known):
     return values
 
 
-def fill_options(options, section, defaults):
-    """
-    Fill every option in C{defaults} that the command line left unset
-    (C{None}) from the C{--config} file named by C{options["config"]}, if
-    any, else from C{defaults}.
+# What an option's text may be: each returns the parse function of an Option.
 
-    @raise usage.UsageError: as L{read_section}.
-    """
-    config = read_section(options["config"], section, defaults) if options["config"] else {}
-    for name, default in defaults.items():
-        if options[name] is None:
-            options[name] = config.get(name, default)
+def number(kind, minimum=None, maximum=None):
+    """@return: a parser of a C{kind} (C{int} or C{float}) from C{minimum}
+    to C{maximum} (each None for no bound)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a number: {text!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not a finite number: {text!r}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, not {text!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, not {text!r}")
+        return value
+    return parse
 
 
-def positive(options, name, kind):
-    """
-    @return: C{options[name]} converted by C{kind} (C{int} or C{float}).
-    @raise usage.UsageError: it is not a finite number above zero.
-    """
+def positive(kind):
+    """@return: a parser of a finite C{kind} above zero."""
+    at_least = number(kind)
+
+    def parse(text):
+        value = at_least(text)
+        if not value > 0:
+            raise ValueError(f"must be a positive number, not {text!r}")
+        return value
+    return parse
+
+
+def size(minimum=0, maximum=None):
+    """@return: a parser of a number of bytes (L{parse_size}: C{16MiB},
+    C{4096}) from C{minimum} to C{maximum}."""
+    def parse(text):
+        value = parse_size(text)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum} bytes, not {text!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum} bytes, not {text!r}")
+        return value
+    return parse
+
+
+def choice(*values):
+    """@return: a parser of one of C{values}."""
+    def parse(text):
+        if text not in values:
+            raise ValueError(f"must be one of {', '.join(values)}, not {text!r}")
+        return text
+    return parse
+
+
+def endpoint(text):
+    """An endpoint string a server can listen on (C{tcp:8000})."""
     try:
-        value = kind(options[name])
-    except (TypeError, ValueError):
-        value = 0
-    if not 0 < value < float("inf"):
-        raise usage.UsageError(f"--{name} must be a positive number, not {options[name]!r}")
-    return value
+        serverFromString(None, text)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ValueError(f"{text!r}: {e}")
+    return text
 
 
-def size(options, name):
-    """
-    @return: C{options[name]} as a number of bytes (L{parse_size}).
-    @raise usage.UsageError: it is not a size.
-    """
-    try:
-        return parse_size(options[name])
-    except ValueError as e:
-        raise usage.UsageError(f"--{name}: {e}")
-
-
-def number(options, name, kind, minimum):
-    """
-    @return: C{options[name]} converted by C{kind} (C{int} or C{float}).
-    @raise usage.UsageError: it is not a number, or below C{minimum}.
-    """
-    try:
-        value = kind(options[name])
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"--{name} must be a number, not {options[name]!r}")
-    if value < minimum:
-        raise usage.UsageError(f"--{name} must be at least {minimum}")
-    return value
+def http_url(text):
+    """An C{http://} or C{https://} URL."""
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    return text

@@ -10,51 +10,34 @@ wins over the defaults.
 """
 
 from twisted.internet.endpoints import serverFromString
-from twisted.python import usage
 from twisted.web.server import Site
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.service import ChunkmasterService
-from speedy.config import fill_options, positive, size
+from speedy.config import DaemonOptions, Option, endpoint, number, positive, size
 from speedy.metadata import open_store
 from speedy.metadata.schema import GROUP_SIZE
 
-#: option -> default, applied after the command line and the config file.
-DEFAULTS = {
-    "listen": "tcp:8099",
-    "db": "sqlite:meta.db",
-    "cluster-secret": None,
-    "admin-token": None,
-    "heartbeat-timeout": "15",
-    "group-size": "3",
-    "file-id-range": "10000",
-    "reserve": "16MiB",
-}
 
+class Options(DaemonOptions):
+    """Command line (and C{--config} file) of the chunkmaster."""
 
-class Options(usage.Options):
-    optParameters = [
-        ["listen", None, None, "Endpoint string of the REST API [default: tcp:8099]."],
-        ["db", None, None, "Metadata store URL: sqlite:PATH or mysql://... [default: sqlite:meta.db]."],
-        ["config", None, None, "INI file with a [chunkmaster] section (see etc/chunkmaster.ini)."],
-        ["cluster-secret", None, None, "Bearer token of heartbeats, view and file-id calls [default: none]."],
-        ["admin-token", None, None, "Bearer token of admin calls; without one they are refused."],
-        ["heartbeat-timeout", None, None, "Seconds of silence before a chunkserver is DOWN [default: 15]."],
-        ["group-size", None, None, "Members of a full replica group, at most 3 [default: 3]."],
-        ["file-id-range", None, None, "The most file ids one allocation hands out [default: 10000]."],
-        ["reserve", None, None, "Free space at or below which a chunkserver is RO [default: 16MiB]."],
+    section = "chunkmaster"
+    options = [
+        Option("listen", "tcp:8099", "Endpoint string of the REST API.", endpoint),
+        Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
+        Option("cluster-secret", None, "Bearer token of heartbeats, view and file-id calls "
+               "[default: none]."),
+        Option("admin-token", None, "Bearer token of admin calls; without one they are refused."),
+        Option("heartbeat-timeout", "15", "Seconds of silence before a chunkserver is DOWN.",
+               positive(float)),
+        Option("group-size", "3", f"Members of a full replica group, at most {GROUP_SIZE} (the "
+               "metadata store keeps no more).", number(int, 1, GROUP_SIZE)),
+        Option("file-id-range", "10000", "The most file ids one allocation hands out.",
+               positive(int)),
+        Option("reserve", "16MiB", "Free space at or below which a chunkserver is RO.", size()),
     ]
-
-    def postOptions(self):
-        fill_options(self, "chunkmaster", DEFAULTS)
-        self["heartbeat-timeout"] = positive(self, "heartbeat-timeout", float)
-        self["group-size"] = positive(self, "group-size", int)
-        if self["group-size"] > GROUP_SIZE:
-            raise usage.UsageError(
-                f"--group-size must be at most {GROUP_SIZE}: the metadata store keeps no more members")
-        self["file-id-range"] = positive(self, "file-id-range", int)
-        self["reserve"] = size(self, "reserve")
 
 
 class ChunkmasterSite(Site):

@@ -22,91 +22,84 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from speedy.chunkserver.protocol import ChunkServerFactory
-from speedy.config import fill_options, number, size
+from speedy.config import DaemonOptions, Option, choice, endpoint, http_url, number, size
 from speedy.errors import Unavailable
 
 log = Logger()
 
-#: Every option, its default (None: none), and its help.  The same names
-#: are the keys of the [chunkserver] section of a --config file.
-_OPTIONS = [
-    ("data-dir", None, "Directory holding the volume files (required)."),
-    ("listen", "tcp:8000", "Endpoint to serve the wire protocol on."),
-    ("group-id", None, "Replica group of this server, a positive integer (required)."),
-    ("volume-size", "2GiB", "Size of each volume file."),
-    ("sync", "always", "When writes reach the disk: always, batch or none."),
-    ("reserve", "1GiB", "Free disk space to keep, or a fraction of the disk (0.05); "
-                        "below it the store turns read-only."),
-    ("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction."),
-    ("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the page "
-                          "cache: auto (where the file system allows it) or off."),
-    ("staged-read-limit", "64MiB", "Memory that large GETs verified with direct I/O may hold "
-                                   "to send from (one disk read per GET); GETs beyond it read "
-                                   "twice.  0 turns it off."),
-    ("cache-size", "512MiB", "Memory for recently written chunks (PUTs flagged KEEP), to answer "
-                             "GETs of them without reading the disk.  0 turns it off."),
-    ("server-id", None, "Stable id of this server [default: a uuid kept in DATA_DIR/server-id]."),
-    ("advertise", None, "host:port others reach this server at [default: from --listen]."),
-    ("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it)."),
-    ("cluster-secret", None, "Bearer secret for the chunkmaster."),
-    ("heartbeat-interval", "5", "Seconds between heartbeats."),
-]
-_DEFAULTS = {name: default for name, default, _ in _OPTIONS}
 SYNC_POLICIES = ("always", "batch", "none")
 DIRECT_IO_MODES = ("auto", "off")
 
 
-class Options(usage.Options):
+def reserve(text):
+    """--reserve: a fraction of the disk (above 0, below 1) or a size."""
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None and 0 < fraction < 1:
+        return fraction
+    return size()(text)
+
+
+def ratio(text):
+    """--compact-threshold: above 0, at most 1."""
+    value = number(float, 0.0, 1.0)(text)
+    if value == 0:
+        raise ValueError("must be a ratio above 0 and at most 1")
+    return value
+
+
+def address(text):
+    """host:port."""
+    if not _is_address(text):
+        raise ValueError(f"must be host:port, not {text!r}")
+    return text
+
+
+class Options(DaemonOptions):
     """Command line (and C{--config} file) of the chunkserver."""
 
     synopsis = "--data-dir DIR --group-id N [--listen tcp:8000] [options]"
-    optParameters = [
-        [name, None, None, text + (f" [default: {default}]" if default else "")]
-        for name, default, text in _OPTIONS
-    ] + [["config", "c", None, "INI file with a [chunkserver] section of the same keys; "
-                               "the command line wins."]]
+    section = "chunkserver"
+    options = [
+        Option("data-dir", None, "Directory holding the volume files (required).", required=True),
+        Option("listen", "tcp:8000", "Endpoint to serve the wire protocol on.", endpoint),
+        Option("group-id", None, "Replica group of this server, a positive integer (required).",
+               number(int, 1), required=True),
+        Option("volume-size", "2GiB", "Size of each volume file, at least 1MiB.", size(1 << 20)),
+        Option("sync", "always", "When writes reach the disk: always, batch or none.",
+               choice(*SYNC_POLICIES)),
+        Option("reserve", "1GiB", "Free disk space to keep, or a fraction of the disk (0.05); "
+                                  "below it the store turns read-only.", reserve),
+        Option("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction, "
+               "above 0 and at most 1.", ratio),
+        Option("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the "
+               "page cache: auto (where the file system allows it) or off.",
+               choice(*DIRECT_IO_MODES)),
+        Option("staged-read-limit", "64MiB", "Memory that large GETs verified with direct I/O may "
+               "hold to send from (one disk read per GET); GETs beyond it read twice.  0 turns "
+               "it off.", size()),
+        Option("cache-size", "512MiB", "Memory for recently written chunks (PUTs flagged KEEP), to "
+               "answer GETs of them without reading the disk.  0 turns it off.", size()),
+        Option("server-id", None, "Stable id of this server [default: a uuid kept in "
+               "DATA_DIR/server-id]."),
+        Option("advertise", None, "host:port others reach this server at [default: from "
+               "--listen].", address),
+        Option("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it).",
+               http_url),
+        Option("cluster-secret", None, "Bearer secret for the chunkmaster."),
+        Option("heartbeat-interval", "5", "Seconds between heartbeats, at least 0.1.",
+               number(float, 0.1)),
+    ]
 
-    def postOptions(self):
-        fill_options(self, "chunkserver", _DEFAULTS)
-        if not self["data-dir"]:
-            raise usage.UsageError("--data-dir is required")
-        self["group-id"] = number(self, "group-id", int, minimum=1)
-        self["volume-size"] = size(self, "volume-size")
-        self["staged-read-limit"] = size(self, "staged-read-limit")
-        self["cache-size"] = size(self, "cache-size")
-        self["reserve"] = self._reserve()
-        if self["volume-size"] < 1 << 20:
-            raise usage.UsageError("--volume-size must be at least 1MiB")
-        if self["direct-io"] not in DIRECT_IO_MODES:
-            raise usage.UsageError(f"--direct-io must be one of {', '.join(DIRECT_IO_MODES)}")
-        if self["sync"] not in SYNC_POLICIES:
-            raise usage.UsageError(f"--sync must be one of {', '.join(SYNC_POLICIES)}")
-        self["compact-threshold"] = number(self, "compact-threshold", float, minimum=0.0)
-        if not 0 < self["compact-threshold"] <= 1:
-            raise usage.UsageError("--compact-threshold is a ratio above 0 and at most 1")
-        self["heartbeat-interval"] = number(self, "heartbeat-interval", float, minimum=0.1)
-        try:
-            serverFromString(None, self["listen"])
-        except (ValueError, TypeError, KeyError, OSError) as e:
-            raise usage.UsageError(f"--listen {self['listen']!r}: {e}")
+    def check(self):
         if self["advertise"] is None:
             self["advertise"] = advertised_address(self["listen"])
-        if self["advertise"] is None or not _is_address(self["advertise"]):
+        if self["advertise"] is None:
             raise usage.UsageError(
                 "--advertise host:port is needed (it cannot be derived from --listen "
                 f"{self['listen']!r})")
-        if self["master"] and not self["master"].startswith(("http://", "https://")):
-            raise usage.UsageError("--master is an http:// or https:// URL")
-
-    def _reserve(self):
-        """@return: --reserve as a fraction of the disk (below 1) or bytes."""
-        try:
-            fraction = float(self["reserve"])
-        except ValueError:
-            fraction = None
-        if fraction is not None and 0 < fraction < 1:
-            return fraction
-        return size(self, "reserve")
 
 
 def _is_address(text):

@@ -14,21 +14,19 @@ defaults.  The registry API is mounted at C{/v2} when
 L{speedy.registry.api} can be imported.
 """
 
-
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python import usage
 
+from speedy.config import DaemonOptions, Option, endpoint, http_url, number, positive, size
 from speedy.imageserver.clusterview import ClusterViewPoller
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import HTTPMasterClient
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
-from speedy.config import fill_options, number, positive, size
 from speedy.web.streaming import StreamingSite
 from speedy.wire.client import ChunkClient
 
@@ -39,65 +37,37 @@ except ImportError:  # the registry is optional: /v2 stays unmounted
 
 log = Logger()
 
-#: option -> default, applied after the command line and the config file.
-DEFAULTS = {
-    "listen": "tcp:5000:interface=127.0.0.1",
-    "master": "http://127.0.0.1:8099",
-    "cluster-secret": "",
-    "db": "sqlite:meta.db",
-    "chunk-size": "16MiB",
-    "parallelism": "4",
-    "request-timeout": "30",
-    "file-id-batch": "1000",
-    "read-window": "0",
-    "fill-slots": "8",
-    "cut-through": "8",
-}
-
 #: The largest --read-window taken (the kernel caps it at net.core.rmem_max).
 MAX_READ_WINDOW = 64 << 20
 
 
-class Options(usage.Options):
-    optParameters = [
-        ["listen", None, None, "Endpoint string of the HTTP listener "
-         "[default: tcp:5000:interface=127.0.0.1]."],
-        ["master", None, None, "URL of the chunkmaster [default: http://127.0.0.1:8099]."],
-        ["cluster-secret", None, None, "Bearer token for the chunkmaster [default: none]."],
-        ["db", None, None, "Metadata store URL: sqlite:PATH or mysql://... [default: sqlite:meta.db]."],
-        ["chunk-size", None, None, "Size streams are cut into chunks at [default: 16MiB]."],
-        ["parallelism", None, None, "Chunks in flight per upload and fetched ahead per "
-         "download [default: 4]."],
-        ["request-timeout", None, None, "Seconds a chunkserver request may go without any byte "
-         "moving [default: 30]."],
-        ["file-id-batch", None, None, "File ids fetched from the chunkmaster at once "
-         "[default: 1000]."],
-        ["fill-slots", None, None, "Uploads that take client bytes into a chunk at once; the "
-         "others wait their turn. 0 for no limit [default: 8]."],
-        ["cut-through", None, None, "Chunks of uploads with a Content-Length sent on to their "
-         "replicas while they arrive, at once, while no whole chunk is being stored; the "
-         "others are sent once whole. 0 for none [default: 8]."],
-        ["read-window", None, None, "Receive buffer of each socket spliced downloads (plain "
-         "TCP) read chunkservers' answers on, against TCP incast; 0 lets the kernel size it "
-         "[default: 0]."],
-        ["config", None, None, "INI file with an [imageserver] section (see etc/imageserver.ini)."],
-    ]
+class Options(DaemonOptions):
+    """Command line (and C{--config} file) of an imageserver."""
 
-    def postOptions(self):
-        fill_options(self, "imageserver", DEFAULTS)
-        self["chunk-size"] = size(self, "chunk-size")
-        if not 0 < self["chunk-size"] <= 1 << 30:
-            raise usage.UsageError("--chunk-size must be between 1 byte and 1GiB")
-        self["read-window"] = size(self, "read-window")
-        if not 0 <= self["read-window"] <= MAX_READ_WINDOW:
-            raise usage.UsageError("--read-window must be between 0 and 64MiB")
-        self["parallelism"] = positive(self, "parallelism", int)
-        self["fill-slots"] = number(self, "fill-slots", int, minimum=0)
-        self["cut-through"] = number(self, "cut-through", int, minimum=0)
-        self["request-timeout"] = positive(self, "request-timeout", float)
-        self["file-id-batch"] = positive(self, "file-id-batch", int)
-        if not self["master"].startswith(("http://", "https://")):
-            raise usage.UsageError(f"--master must be an http(s) URL, not {self['master']!r}")
+    section = "imageserver"
+    options = [
+        Option("listen", "tcp:5000:interface=127.0.0.1", "Endpoint string of the HTTP listener.",
+               endpoint),
+        Option("master", "http://127.0.0.1:8099", "URL of the chunkmaster.", http_url),
+        Option("cluster-secret", "", "Bearer token for the chunkmaster [default: none]."),
+        Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
+        Option("chunk-size", "16MiB", "Size streams are cut into chunks at, at most 1GiB.",
+               size(1, 1 << 30)),
+        Option("parallelism", "4", "Chunks in flight per upload and fetched ahead per download.",
+               positive(int)),
+        Option("request-timeout", "30", "Seconds a chunkserver request may go without any byte "
+               "moving.", positive(float)),
+        Option("file-id-batch", "1000", "File ids fetched from the chunkmaster at once.",
+               positive(int)),
+        Option("read-window", "0", "Receive buffer of each socket spliced downloads (plain "
+               "TCP) read chunkservers' answers on, against TCP incast, at most 64MiB; 0 lets "
+               "the kernel size it.", size(0, MAX_READ_WINDOW)),
+        Option("fill-slots", "8", "Uploads that take client bytes into a chunk at once; the "
+               "others wait their turn. 0 for no limit.", number(int, 0)),
+        Option("cut-through", "8", "Chunks of uploads with a Content-Length sent on to their "
+               "replicas while they arrive, at once, while no whole chunk is being stored; the "
+               "others are sent once whole. 0 for none.", number(int, 0)),
+    ]
 
 
 class Resources(Service):

@@ -50,7 +50,7 @@ class OptionsTests(SynchronousTestCase):
     def test_defaults(self):
         options = parse()
         self.assertEqual(
-            {k: options[k] for k in tap.DEFAULTS},
+            {o.name: options[o.name] for o in tap.Options.options},
             {"listen": "tcp:8099", "db": "sqlite:meta.db", "cluster-secret": None,
              "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
              "file-id-range": 10000, "reserve": 16 << 20})
