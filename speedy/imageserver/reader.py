@@ -44,8 +44,8 @@ class ReplicaReader:
 
     @param client: the L{IChunkClient} replicas are read with.
     @param view: the L{IClusterView} whose groups name the replicas.
-    @param metadata: where bad replicas are recorded (the
-        C{record_bad_replica} of an L{IMetadataStore}).
+    @param metadata: where bad replicas are recorded: an
+        L{speedy.interfaces.IRepairTables}.
     @param clock: an L{IReactorTime}, for the times in those records.
     @param counters: a L{Counter} where reads count their failovers,
         failures and bad replicas (the storage's, shared).
