@@ -9,6 +9,7 @@ table of them:
     /v1/heartbeat                           POST    cluster secret
     /v1/cluster[?wait=S]                    GET     cluster secret
     /v1/file-ids                            POST    cluster secret
+    /v1/admin/cluster                       GET     admin token
     /v1/admin/servers                       POST    admin token
     /v1/admin/servers/<server_id>           DELETE  admin token
     /v1/admin/servers/<server_id>/drain     POST    admin token
@@ -168,6 +169,7 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("POST", "/v1/heartbeat", member(api.heartbeat))
     router.route("GET", "/v1/cluster", member(api.cluster_view))
     router.route("POST", "/v1/file-ids", member(api.file_ids))
+    router.route("GET", "/v1/admin/cluster", admin(api.cluster_view))
     router.route("POST", "/v1/admin/servers", admin(api.add_server))
     router.route("DELETE", "/v1/admin/servers/{server_id}", admin(api.remove_server), params=server)
     router.route("POST", "/v1/admin/servers/{server_id}/drain", admin(api.drain_server),

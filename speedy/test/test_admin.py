@@ -1,0 +1,224 @@
+"""
+Tests for L{speedy.admin}: the C{speedy-admin} command, its target and
+token lookup, its output, and its subcommands against the real
+chunkmaster API (through L{treq.testing.StubTreq}).
+"""
+
+import io
+import json
+import os
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy.admin import cli
+from speedy.admin.output import ProgressBar, human_duration, human_size, table
+from speedy.admin.target import Target, TargetError, find_target
+from speedy.chunkmaster.api import build_api
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.messages import Heartbeat
+from speedy.metadata.memory import MemoryMetadataStore
+
+ADMIN = "admin-sekrit"
+SECRET = "cluster-sekrit"
+GiB = 1 << 30
+MASTER = "http://master:8099"
+
+
+def state(master="127.0.0.1:8099", token="from-state"):
+    """A local cluster's state file, as L{speedy.localcluster.read_state} returns it."""
+    return {"supervisor_pid": 1, "admin_token": token, "roles": [
+        {"name": "chunkmaster", "plugin": "speedy-chunkmaster", "address": master, "pid": 2,
+         "health_url": f"http://{master}/v1/health"},
+        {"name": "chunkserver-1", "plugin": "speedy-chunkserver", "address": "127.0.0.1:8001",
+         "pid": 3}]}
+
+
+class TargetTests(SynchronousTestCase):
+    """Where the chunkmaster and the admin token come from."""
+
+    def token_file(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_master_and_token_file(self):
+        """--master and --token-file name them; the file's whitespace is not
+        part of the token."""
+        self.assertEqual(find_target(MASTER, self.token_file("tok\n"), environ={}),
+                         Target(MASTER, "tok"))
+
+    def test_environment(self):
+        """Without a token file, $SPEEDY_ADMIN_TOKEN is the token."""
+        self.assertEqual(find_target(MASTER, environ={"SPEEDY_ADMIN_TOKEN": "env"}),
+                         Target(MASTER, "env"))
+
+    def test_local_cluster_state(self):
+        """--var reads the local cluster's chunkmaster address and admin token."""
+        seen = []
+
+        def read_state(var):
+            seen.append(var)
+            return state()
+
+        self.assertEqual(find_target(var="v", environ={}, read_state=read_state),
+                         Target("http://127.0.0.1:8099", "from-state"))
+        self.assertEqual(seen, ["v"])
+
+    def test_explicit_options_win_over_state(self):
+        """--master and the environment override what the state file says."""
+        self.assertEqual(
+            find_target(MASTER, var="v", environ={"SPEEDY_ADMIN_TOKEN": "env"},
+                        read_state=lambda var: self.fail("state read needlessly")),
+            Target(MASTER, "env"))
+
+    def test_missing(self):
+        """No master, no token, an unreadable token file, an empty token, or
+        no cluster under --var: each says what to give."""
+        cases = [
+            dict(environ={}),
+            dict(master=MASTER, environ={}),
+            dict(master=MASTER, token_file=self.mktemp(), environ={}),
+            dict(master=MASTER, token_file=self.token_file("\n"), environ={}),
+            dict(var="v", environ={}, read_state=lambda var: None),
+        ]
+        messages = []
+        for kwargs in cases:
+            messages.append(str(self.assertRaises(TargetError, find_target, **kwargs)))
+        self.assertIn("--master", messages[0])
+        self.assertIn("--token-file", messages[1])
+        self.assertIn("cannot read", messages[2])
+        self.assertIn("empty", messages[3])
+        self.assertIn("no local cluster", messages[4])
+
+
+class OutputTests(SynchronousTestCase):
+    """Tables, sizes and the progress bar."""
+
+    def test_table_aligns_columns(self):
+        """Columns are as wide as their widest cell; numbers align right."""
+        self.assertEqual(table(["NAME", "SIZE"], [["a", 5], ["bbbbbb", 1234]]), [
+            "NAME    SIZE",
+            "a          5",
+            "bbbbbb  1234",
+        ])
+
+    def test_human_figures(self):
+        self.assertEqual([human_size(n) for n in (None, 0, 1023, 1536, 3 * GiB)],
+                         ["-", "0 B", "1023 B", "1.5 KiB", "3.0 GiB"])
+        self.assertEqual([human_duration(s) for s in (None, 5, 185, 3725)],
+                         ["-", "5s", "3m05s", "1h02m"])
+
+    def test_progress_bar_on_terminal(self):
+        """On a terminal the bar redraws one line, with an estimate of the
+        time left, and ends it."""
+        stream = _Terminal()
+        clock = Clock()
+        bar = ProgressBar(stream, 10, width=10, clock=clock.seconds)
+        clock.advance(10)
+        bar.update(5, "2 MiB/s")
+        bar.finish()
+        self.assertEqual(stream.getvalue(),
+                         "\r[#####.....]  50% 5/10 eta 10s 2 MiB/s\x1b[K\n")
+
+    def test_progress_bar_elsewhere(self):
+        """Into a file or a pipe it draws nothing."""
+        stream = io.StringIO()
+        bar = ProgressBar(stream, 10)
+        bar.update(5)
+        bar.finish()
+        self.assertEqual(stream.getvalue(), "")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class CommandTestCase(SynchronousTestCase):
+    """
+    C{speedy-admin} run against the real chunkmaster API over a cluster of
+    two groups, one of them with a server down.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryMetadataStore(self.clock)
+        self.successResultOf(self.store.start())
+        self.cluster = Cluster(self.store, self.clock, heartbeat_timeout=15, group_size=3,
+                               reserve=GiB, publish_interval=5)
+        self.addCleanup(self.cluster.stop)
+        self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
+                                       admin_token=ADMIN))
+        for n, group in enumerate([1, 1, 1, 2, 2, 2], start=1):
+            self.beat(f"s{n}", group, free=(100 - 10 * n) * GiB)
+        self.clock.advance(10)
+        for n in (1, 2, 3, 4, 5):
+            self.beat(f"s{n}", 1 if n <= 3 else 2, free=(100 - 10 * n) * GiB)
+        self.clock.advance(10)
+
+    def beat(self, server_id, group_id, free):
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.heartbeat(Heartbeat(
+            server_id, group_id, f"10.0.0.{server_id[1:]}:8000", 100 * GiB, 100 * GiB - free,
+            free, False, {}))))
+
+    def admin(self, *argv, token=ADMIN):
+        """@return: C{(exit code, stdout lines, stderr text)} of one run."""
+        lines, err = [], io.StringIO()
+        code = self.successResultOf(Deferred.fromCoroutine(cli.run(
+            self.clock, ["--master", MASTER] + list(argv), out=lines.append, err=err,
+            environ={"SPEEDY_ADMIN_TOKEN": token}, http=self.http)))
+        return code, lines, err.getvalue()
+
+
+class StatusTests(CommandTestCase):
+    """C{speedy-admin status}."""
+
+    def test_table(self):
+        """Every server with its group, state and fill; every group with how
+        many members are up; a group with a server down is degraded and not
+        writable."""
+        code, lines, err = self.admin("status")
+        self.assertEqual((code, err), (0, ""))
+        rows = {line.split()[0]: line.split() for line in lines if line.startswith("s")}
+        self.assertEqual(sorted(rows), ["s1", "s2", "s3", "s4", "s5", "s6"])
+        self.assertEqual([rows["s1"][1], rows["s1"][3], rows["s1"][-1]], ["1", "RW", "10.0%"])
+        self.assertEqual([rows["s6"][1], rows["s6"][3]], ["2", "DOWN"])
+        groups = {line.split()[0]: line.split() for line in lines
+                  if line.split() and line.split()[0] in ("1", "2")}
+        self.assertEqual(groups["1"][1:3], ["writable", "3/3"])
+        self.assertEqual(groups["2"][1:3], ["degraded", "2/3"])
+        self.assertIn("6 servers, 2 groups, 1 writable", lines[-1])
+
+    def test_json(self):
+        """--json prints the same facts for scripts."""
+        code, lines, err = self.admin("--json", "status")
+        status = json.loads("\n".join(lines))
+        self.assertEqual(code, 0)
+        self.assertEqual(status["writable_groups"], 1)
+        self.assertEqual([(g["group_id"], g["state"], g["servers_up"]) for g in status["groups"]],
+                         [(1, "writable", 3), (2, "degraded", 2)])
+        self.assertEqual({s["server_id"]: s["state"] for s in status["servers"]}["s6"], "DOWN")
+
+    def test_wrong_token(self):
+        """A wrong admin token: exit code 3 and the chunkmaster's reason."""
+        code, lines, err = self.admin("status", token="wrong")
+        self.assertEqual((code, lines), (cli.EXIT_UNREACHABLE, []))
+        self.assertIn("401", err)
+        self.assertIn("UNAUTHORIZED", err)
+
+    def test_cluster_secret_is_not_admin(self):
+        """The cluster secret, which every chunkserver holds, does not open
+        the admin view."""
+        code, lines, err = self.admin("status", token=SECRET)
+        self.assertEqual(code, cli.EXIT_UNREACHABLE)
+
+    def test_usage(self):
+        """No command, or an unknown one: exit code 2 and the usage."""
+        for argv in ([], ["frobnicate"]):
+            code, lines, err = self.admin(*argv)
+            self.assertEqual(code, cli.EXIT_USAGE)
+            self.assertIn("speedy-admin:", err)
