@@ -81,7 +81,7 @@ class Lease:
     A GET's hold on a cached chunk: its bytes stay in memory until
     L{release}, even if the entry is evicted or dropped meanwhile.  It has
     the contract of a staged read's span
-    (L{speedy.chunkserver.store._StagedSpan}): positions are counted from
+    (L{speedy.chunkserver.staging.StagedSpan}): positions are counted from
     the record's first header byte.
     """
 
@@ -123,7 +123,7 @@ class ChunkCache:
         entries evicted while leased included.
     @ivar peak: the most bytes the cache has held (at most C{budget}): the
         staging pool keeps as many idle that the cache let go, to reuse
-        (L{speedy.chunkserver.store._StagingPool}).
+        (L{speedy.chunkserver.staging.StagingPool}).
     """
 
     def __init__(self, budget, give):

@@ -32,6 +32,7 @@ import os
 import struct
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
 from speedy.chunkserver.needle_index import ENTRY_SIZE
 from speedy.chunkserver.volume import crc32c
@@ -153,3 +154,47 @@ def read_checkpoint(disk, directory):
     finally:
         disk.close(fd)
     return unpack_checkpoint(raw)
+
+
+class Checkpointing:
+    """
+    The L{speedy.chunkserver.store.ChunkStore}'s checkpoints: a snapshot of
+    its index and volumes, written after every volume is synced.
+    """
+
+    def checkpoint(self):
+        """
+        Write an index checkpoint (after syncing every volume, so that it
+        never points at bytes that are not on disk).
+
+        @return: a Deferred firing with None when it is durable.
+        """
+        return self._checkpoint_lock.run(
+            lambda: Deferred.fromCoroutine(self._checkpoint()))
+
+    def _snapshot(self):
+        """@return: a L{Checkpoint} of the store as it is now."""
+        return Checkpoint(
+            self._sequence,
+            tuple(VolumeState(v.volume_id, v.generation, v.replay_start(),
+                              v.live_bytes, v.live_count)
+                  for v in self._volumes.values()),
+            self._index.runs())
+
+    async def _checkpoint(self):
+        volumes = list(self._volumes.values())
+        snapshot = self._snapshot()
+        changes = self._changes
+        for volume in volumes:
+            volume.pin()
+        try:
+            await self._run_in_thread(self._write_checkpoint, volumes, snapshot)
+        finally:
+            for volume in volumes:
+                volume.unpin()
+        self._changes -= changes
+
+    def _write_checkpoint(self, volumes, snapshot):
+        for volume in volumes:
+            self._disk.fdatasync(volume.fd)
+        write_checkpoint(self._disk, self.data_dir, snapshot)

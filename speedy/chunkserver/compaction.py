@@ -13,10 +13,12 @@ inode, until they are released; then the space is really freed.
 """
 
 from attrs import define
+from twisted.internet.defer import Deferred
 
 from speedy.chunkserver.volume import (
-    DATA_START, HEADER_SIZE, RECORD, RecordHeader, Superblock, crc32c,
-    scan_records, write_superblock)
+    DATA_START, HEADER_SIZE, RECORD, RecordHeader, Superblock, Volume, crc32c,
+    record_span, scan_records, write_superblock)
+from speedy.errors import BadRequest, NoSpace
 
 SUFFIX = ".cpd"
 
@@ -106,3 +108,102 @@ def _copy_bytes(disk, source, start, end, destination, at):
     disk.pwrite(destination, disk.pread(source, end - start, start), at)
     disk.fdatasync(destination)
     return at + end - start
+
+
+class Compacting:
+    """
+    The L{speedy.chunkserver.store.ChunkStore}'s side of compaction: which
+    volumes to compact, waiting for their puts to drain, L{copy_live}, and
+    the swap of the copy into the index in one reactor turn.
+    """
+
+    def compact(self, volume_id=None):
+        return Deferred.fromCoroutine(self._compact(volume_id))
+
+    async def _compact(self, volume_id):
+        if volume_id is None:
+            targets = sorted(
+                v.volume_id for v in self._volumes.values()
+                if v.garbage and v.garbage_ratio >= self.compact_threshold)
+        elif volume_id in self._volumes:
+            targets = [volume_id]
+        else:
+            raise BadRequest(f"no volume {volume_id}")
+        freed = 0
+        for target in targets:
+            freed += await self._compaction_lock.run(
+                lambda target=target: Deferred.fromCoroutine(self._compact_volume(target)))
+        return freed
+
+    async def _compact_volume(self, volume_id):
+        """Compact one volume while reads and writes go on.  @return: bytes freed."""
+        volume = self._volumes.get(volume_id)
+        if volume is None or self._closed:
+            return 0
+        volume.compacting = True
+        try:
+            await self._drained(volume)
+            copy = await copy_live(
+                self._run_in_thread, self._disk, volume, self._is_live,
+                self._max_span)
+        except OSError as e:
+            self.log.error("compaction of volume {volume_id} failed: {e}",
+                           volume_id=volume_id, e=e)
+            raise NoSpace(f"compaction of volume {volume_id} failed: {e}")
+        finally:
+            volume.compacting = False
+        freed = volume.tail - copy.tail
+        self._swap(volume, copy)
+        self.counters["compactions"] += 1
+        self.counters["bytes_compacted_away"] += freed
+        self.log.info("compacted volume {volume_id}: {freed} bytes freed",
+                      volume_id=volume_id, freed=freed)
+        await self.checkpoint()
+        return freed
+
+    def _swap(self, volume, copy):
+        """
+        Put the compacted copy in the place of C{volume} in one reactor turn:
+        rename it over the old file, point the index at the new offsets, and
+        retire the old file (it closes when its last read is released).
+        """
+        volume_id = volume.volume_id
+        try:
+            self._disk.rename(copy.path, volume.path)
+        except OSError as e:
+            self._disk.close(copy.fd)
+            self._disk.unlink(copy.path)
+            raise NoSpace(f"compaction of volume {volume_id} failed: {e}")
+        replacement = Volume(
+            self._disk, volume.path, copy.fd, volume_id,
+            volume.generation + 1, volume.size, tail=copy.tail,
+            needs_directory_sync=True)
+        kept = set()
+        for file_id, old_offset, new_offset in copy.moved:
+            location = self._index.get(file_id)
+            if location is not None and location[:2] == (volume_id, old_offset):
+                self._index.set(file_id, volume_id, new_offset, location[2], location[3])
+                replacement.live_bytes += record_span(location[2])
+                replacement.live_count += 1
+                kept.add(file_id)
+        if replacement.live_count != volume.live_count:
+            # Live chunks the copy could not carry over (damaged bytes).
+            for file_id, location_volume, offset, _, _ in list(self._index.items()):
+                if location_volume == volume_id and file_id not in kept:
+                    self._index.remove(file_id)
+                    if self._cache is not None:
+                        self._cache.drop(file_id)
+                    self.counters["damaged_records"] += 1
+                    self.log.error(
+                        "chunk {file_id} in volume {volume_id} at {offset} is"
+                        " damaged; compaction dropped it", file_id=file_id,
+                        volume_id=volume_id, offset=offset)
+        self._volumes[volume_id] = replacement
+        self._group_commit.mark_dirty(replacement)
+        volume.retire()
+
+    def _is_live(self, volume, offset, header):
+        """@return: whether the index still points C{header}'s id at
+        C{offset} of C{volume}."""
+        location = self._index.get(header.file_id)
+        return location is not None and location[:2] == (volume.volume_id, offset)
