@@ -7,7 +7,7 @@ Benchmark one chunkserver process on loopback, driven by ChunkClient.
 Measures 16 MiB PUT and GET throughput (MiB/s) at concurrency 1 and 16,
 4 KiB PUT and GET operations per second at concurrency 16, and 16 MiB GET
 with sendfile against GET through read() (the daemon restarted with
-SPEEDY_NO_SENDFILE=1).  Client and server share the machine's cores.
+--zero-copy off).  Client and server share the machine's cores.
 
 One Python client process tops out below what the chunkserver can answer
 on 4 KiB chunks, so the small-chunk phase runs in --procs client processes
@@ -45,14 +45,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_daemon(workdir, sync, env=None, server_path=None):
+def start_daemon(workdir, sync, extra_args=(), server_path=None):
     port = free_port()
     daemon = Daemon(
         "speedy-chunkserver",
         ["--data-dir", os.path.join(workdir, "data"),
          "--listen", f"tcp:{port}:interface=127.0.0.1", "--group-id", "1",
-         "--volume-size", "1GiB", "--reserve", "0", "--sync", sync],
-        port=port, workdir=workdir, env=env)
+         "--volume-size", "1GiB", "--reserve", "0", "--sync", sync, *extra_args],
+        port=port, workdir=workdir)
     if server_path is not None:
         daemon.env["PYTHONPATH"] = server_path
     return daemon.start(), f"127.0.0.1:{port}"
@@ -138,8 +138,8 @@ async def small_chunks(reactor, daemon, address, concurrency, count, first_id, p
           flush=True)
 
 
-async def session(reactor, workdir, sync, env, server_path, body):
-    daemon, address = start_daemon(workdir, sync, env, server_path)
+async def session(reactor, workdir, sync, extra_args, server_path, body):
+    daemon, address = start_daemon(workdir, sync, extra_args, server_path)
     client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16)
     try:
         await wait_ready(reactor, client, address)
@@ -168,16 +168,16 @@ def main(reactor, args):
             await small_chunks(reactor, daemon, address, 16, args.small_ops, 3_000_000, args.procs)
 
         async def without_sendfile(daemon, client, address):
-            label = "16 MiB chunks (read, SPEEDY_NO_SENDFILE=1)"
+            label = "16 MiB chunks (read, --zero-copy off)"
             await big_chunks(daemon, client, address, 1, args.big, 1_000_000, data, label)
             await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
 
         with tempfile.TemporaryDirectory(prefix="speedy-bench-") as workdir:
-            await session(reactor, os.path.join(workdir, "a"), args.sync, None,
+            await session(reactor, os.path.join(workdir, "a"), args.sync, (),
                           args.server_path, everything)
             if not args.small_only:
                 await session(reactor, os.path.join(workdir, "b"), args.sync,
-                              {"SPEEDY_NO_SENDFILE": "1"}, args.server_path, without_sendfile)
+                              ["--zero-copy", "off"], args.server_path, without_sendfile)
 
     return defer.Deferred.fromCoroutine(run())
 

@@ -8,7 +8,7 @@ Bodies are never gathered whole: a PUT body goes into the store's
 L{IChunkWrite} piece by piece as it arrives, a GET body leaves from the
 buffers its verify read the record into (a large record read with direct
 I/O), else through C{sendfile} (or a pull producer under TLS): see
-L{speedy.wire.sendfile.range_body}.  A peer that sends garbage, lies
+L{speedy.zerocopy.sendfile.range_body}.  A peer that sends garbage, lies
 about lengths, stalls or vanishes costs its own connection at most: a bad
 frame gets an error frame or a closed connection, a half-sent PUT is
 aborted, and every pinned read is released.
@@ -35,12 +35,13 @@ from speedy.errors import (
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
-    HEADER_SIZE, LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
+    LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
-from speedy.wire.inplace import can_read_in_place, read_in_place
+from speedy.zerocopy.inplace import can_read_in_place, read_in_place
 from speedy.wire.outbox import Outbox, no_delay
-from speedy.wire.sendfile import range_body
+from speedy.wire.reader import FrameReader
+from speedy.zerocopy.sendfile import range_body
 
 
 #: Reasons to stop reading a connection: too many requests in flight, or the
@@ -79,20 +80,20 @@ class ChunkServerFactory(Factory):
     @ivar store: the L{IChunkStore} to serve, or None while it is being
         opened (requests that need it are answered L{Unavailable}).
     @ivar counters: connection and request counts, reported by STATUS.
-    @ivar read_in_place: read PUT bodies from plain TCP sockets straight
-        into the store's buffers where it offers them
-        (L{speedy.wire.inplace}).
+    @ivar zero_copy: on plain TCP, read PUT bodies straight into the
+        store's buffers where it offers them (L{speedy.zerocopy.inplace})
+        and send GET answers with C{sendfile} or C{sendmsg}
+        (L{speedy.zerocopy.sendfile}); False copies through Python.
     """
 
     def __init__(self, clock, store=None, max_in_flight=64, idle_timeout=120.0,
-                 max_chunk=MAX_CHUNK, use_sendfile=True, read_in_place=True):
+                 max_chunk=MAX_CHUNK, zero_copy=True):
         self.clock = clock
         self.store = store
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
         self.max_chunk = max_chunk
-        self.use_sendfile = use_sendfile
-        self.read_in_place = read_in_place
+        self.zero_copy = zero_copy
         self.counters = dict(connections=0, open_connections=0, requests=0,
                              error_frames=0, bad_frames=0, idle_timeouts=0,
                              answers_abandoned=0)
@@ -108,8 +109,7 @@ class ChunkServerProtocol(Protocol):
 
     def __init__(self, factory):
         self.factory = factory
-        self._header_bytes = bytearray()
-        self._body = None  # receives the current frame's body (_SmallBody, ...)
+        self._frames = FrameReader(self._frame_started, self._frame_ended)
         self._in_flight = 0  # requests received and not yet answered whole
         self._store_calls = 0  # of those, waiting for the store
         self._paused = set()  # why reading is paused: IN_FLIGHT, STORE_LAGS
@@ -128,7 +128,7 @@ class ChunkServerProtocol(Protocol):
         no_delay(self.transport)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = RECEIVE_SIZE
-        if self.factory.read_in_place and can_read_in_place(self.transport):
+        if self.factory.zero_copy and can_read_in_place(self.transport):
             read_in_place(self.transport, self._read_space, self._read_in_place)
         self._outbox = Outbox(self.transport, on_sent=self._touch)
         self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
@@ -140,9 +140,9 @@ class ChunkServerProtocol(Protocol):
             self._idle.cancel()
         if self._drain is not None:
             self._drain.cancel()
-        if self._body is not None:
-            self._body.abandon()
-            self._body = None
+        if self._frames.body is not None:
+            self._frames.body.abandon()
+            self._frames.body = None
         self._outbox.close()
 
     def _touch(self):
@@ -165,41 +165,33 @@ class ChunkServerProtocol(Protocol):
         if self._closing:
             return
         self._touch()
-        view = memoryview(data)
-        while view and not self._closing:
-            if self._paused:
-                self._held += bytes(view)
-                return
-            if self._body is None:
-                need = HEADER_SIZE - len(self._header_bytes)
-                self._header_bytes += view[:need]
-                view = view[need:]
-                if len(self._header_bytes) == HEADER_SIZE:
-                    raw, self._header_bytes = bytes(self._header_bytes), bytearray()
-                    self._frame_started(raw)
-            else:
-                take = min(len(view), self._body.remaining)
-                piece, view = view[:take], view[take:]
-                self._body.feed(piece)
-                if self._body.remaining == 0:
-                    self._frame_ended()
+        held = self._frames.feed(data, self._stop_reading)
+        if held and not self._closing:
+            self._held += bytes(held)
+
+    def _stop_reading(self):
+        return self._closing or bool(self._paused)
 
     def _read_space(self):
         """@return: where the transport may read the next bytes in place
         (the store's own buffer for the current PUT body's next bytes), or
         None: then they come through L{dataReceived}."""
-        if self._closing or self._paused or self._body is None:
+        body = self._frames.body
+        if self._closing or self._paused or body is None:
             return None
-        return self._body.space()
+        return body.space()
 
     def _read_in_place(self, count):
         """C{count} bytes were read into the last L{_read_space}."""
         self._touch()
-        self._body.received(count)
-        if self._body.remaining == 0:
-            self._frame_ended()
+        body = self._frames.body
+        body.received(count)
+        if body.remaining == 0:
+            self._frames.end()
 
     def _frame_started(self, raw):
+        """@return: what takes the body of the frame whose header is C{raw},
+        or None when the stream broke (the connection is closing)."""
         try:
             header = Header.unpack(raw, max_body=self.factory.max_chunk + FILE_ID.size)
         except BadFrame as e:
@@ -209,12 +201,9 @@ class ChunkServerProtocol(Protocol):
             return self._bad_stream(opcode, request_id, e)
         self.factory.counters["requests"] += 1
         self._in_flight += 1
-        self._body = self._body_for(header)
-        if self._body.remaining == 0:
-            self._frame_ended()
+        return self._body_for(header)
 
-    def _frame_ended(self):
-        body, self._body = self._body, None
+    def _frame_ended(self, body):
         body.complete()
         if self._in_flight >= self.factory.max_in_flight:
             self._pause(IN_FLIGHT)
@@ -357,7 +346,7 @@ class ChunkServerProtocol(Protocol):
                            FLAG_RESPONSE).pack()
                     + GET_RESPONSE.pack(read.info.size, read.info.crc32c, read.offset))
             if read.length > SMALL_BODY:
-                body = range_body(read, self.transport, self.factory.use_sendfile)
+                body = range_body(read, self.transport, self.factory.zero_copy)
         except BaseException:
             read.release()  # nothing took it over
             raise

@@ -7,7 +7,7 @@ protocol sends the bytes from.
 A large GET verifies its record with direct reads (L{read_record_direct})
 into staging buffers, one per 1 MiB window, and keeps them: the read is
 then "staged" (L{StagedSpan}), its bytes are sent from those buffers
-(L{speedy.wire.sendfile.StagedBody}) and the record is read from the disk
+(L{speedy.zerocopy.sendfile.StagedBody}) and the record is read from the disk
 once per GET.  Sending it with C{sendfile} instead would read it a second
 time: its direct-written blocks are never in the page cache.  The staged
 bytes of all GETs in flight are capped (C{staged_read_limit}); a GET that

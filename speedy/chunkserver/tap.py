@@ -24,6 +24,7 @@ from twisted.python import usage
 from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.config import DaemonOptions, Option, choice, endpoint, http_url, number, size
 from speedy.errors import Unavailable
+from speedy.zerocopy import ZERO_COPY_MODES
 
 log = Logger()
 
@@ -77,6 +78,9 @@ class Options(DaemonOptions):
         Option("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the "
                "page cache: auto (where the file system allows it) or off.",
                choice(*DIRECT_IO_MODES)),
+        Option("zero-copy", "auto", "On plain TCP, read PUT bodies straight into the store's "
+               "buffers and send GET answers with sendfile/sendmsg: auto, or off to copy "
+               "through Python.", choice(*ZERO_COPY_MODES)),
         Option("staged-read-limit", "64MiB", "Memory that large GETs verified with direct I/O may "
                "hold to send from (one disk read per GET); GETs beyond it read twice.  0 turns "
                "it off.", size()),
@@ -245,7 +249,7 @@ def makeService(options, reactor=None):
     if not options["server-id"]:
         options["server-id"] = server_id(options["data-dir"])
     top = MultiService()
-    factory = ChunkServerFactory(reactor)
+    factory = ChunkServerFactory(reactor, zero_copy=options["zero-copy"] == "auto")
     stores = ChunkStoreService(reactor, lambda: open_chunk_store(reactor, options), factory)
     stores.setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)

@@ -32,7 +32,8 @@ from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import ChunkRef
 from speedy.wire.growing import GrowingChunk
 from speedy.wire.producers import frozen_pieces
-from speedy.wire.splice import SourcePool, splice_transport
+from speedy.zerocopy.relay import splice_transport
+from speedy.zerocopy.sources import SourcePool
 
 log = Logger()
 
@@ -71,12 +72,14 @@ class ReplicatedStorage:
         wait to be whole, as does every chunk with 0.  No chunk is cut
         through while a whole one is being stored: a chunk that arrives
         later must not overtake chunks queued for the link.
+    @param zero_copy: splice reads into plain-TCP responses where they
+        can be (L{speedy.zerocopy}); False copies every read through Python.
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
                  preferred=preferred_replica, read_window=0, fill_slots=0,
-                 cut_through=0):
+                 cut_through=0, zero_copy=True):
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -91,6 +94,7 @@ class ReplicatedStorage:
         #: admission of chunk fills, or None
         self.fill_gate = FillGate(clock, fill_slots) if fill_slots else None
         self.cut_through = cut_through
+        self.zero_copy = zero_copy
         #: chunks being cut through now
         self.cutting = 0
         #: whole chunks being stored now (store_chunk, and retries)
@@ -113,7 +117,7 @@ class ReplicatedStorage:
         See L{IChunkedStorage.read}.  A C{twisted.web} request on plain TCP
         gets the bytes spliced from chunkserver sockets into its socket
         (L{SpliceFileReader}); any other consumer (TLS, HTTP/2, a hashing
-        consumer, C{SPEEDY_NO_SPLICE=1}) gets them through Python
+        consumer, C{zero_copy} off) gets them through Python
         (L{FileReader}).
         """
         try:
@@ -132,8 +136,9 @@ class ReplicatedStorage:
     def reader_type(self, consumer):
         """@return: the reader class L{read} uses for C{consumer}: splicing
         needs a consumer L{splice_transport} accepts and a reactor with file
-        descriptors as the clock."""
-        if IReactorFDSet.providedBy(self.clock) and splice_transport(consumer) is not None:
+        descriptors as the clock, and zero copy on."""
+        if (self.zero_copy and IReactorFDSet.providedBy(self.clock)
+                and splice_transport(consumer) is not None):
             return SpliceFileReader
         return FileReader
 

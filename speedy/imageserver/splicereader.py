@@ -2,7 +2,7 @@
 """
 L{SpliceFileReader}: the zero-copy download path.  A byte range of a file
 goes from chunkserver sockets through a pipe into the HTTP client's socket
-with C{os.splice} (L{speedy.wire.splice}), never entering Python memory.
+with C{os.splice} (L{speedy.zerocopy.relay}), never entering Python memory.
 """
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from speedy import errors
 from speedy.imageserver.reader import segments
-from speedy.wire.splice import SpliceRelay
+from speedy.zerocopy.relay import SpliceRelay
 
 log = Logger()
 
@@ -18,7 +18,7 @@ log = Logger()
 class SpliceFileReader:
     """
     Streams a byte range of a file into a C{twisted.web} request that
-    L{speedy.wire.splice.splice_transport} accepts, with the contract of
+    L{speedy.zerocopy.relay.splice_transport} accepts, with the contract of
     L{speedy.imageserver.reader.FileReader}.
 
     For each of the file's segments in order it picks a replica
@@ -44,7 +44,7 @@ class SpliceFileReader:
     the registry client checks the blob's digest.
 
     @param replicas: a L{ReplicaReader}.
-    @param sources: a L{speedy.wire.splice.SourcePool}.
+    @param sources: a L{speedy.zerocopy.sources.SourcePool}.
     """
 
     def __init__(self, replicas, sources, chunks, offset, length, request, read_ahead=4):

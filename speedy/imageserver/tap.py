@@ -20,7 +20,8 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from speedy.config import DaemonOptions, Option, endpoint, http_url, number, positive, size
+from speedy.config import (
+    DaemonOptions, Option, choice, endpoint, http_url, number, positive, size)
 from speedy.imageserver.clusterview import ClusterViewPoller
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import HTTPMasterClient
@@ -29,6 +30,7 @@ from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
 from speedy.web.streaming import StreamingSite
 from speedy.wire.client import ChunkClient
+from speedy.zerocopy import ZERO_COPY_MODES
 
 try:
     from speedy.registry.api import RegistryAPI
@@ -67,6 +69,9 @@ class Options(DaemonOptions):
         Option("cut-through", "8", "Chunks of uploads with a Content-Length sent on to their "
                "replicas while they arrive, at once, while no whole chunk is being stored; the "
                "others are sent once whole. 0 for none.", number(int, 0)),
+        Option("zero-copy", "auto", "Splice downloads from chunkserver sockets into plain-TCP "
+               "responses: auto, or off to copy them through Python.",
+               choice(*ZERO_COPY_MODES)),
     ]
 
 
@@ -113,7 +118,8 @@ def makeService(options, reactor=None):
                                     low_water=max(1, options["file-id-batch"] // 4)),
         metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
-        fill_slots=options["fill-slots"], cut_through=options["cut-through"])
+        fill_slots=options["fill-slots"], cut_through=options["cut-through"],
+        zero_copy=options["zero-copy"] == "auto")
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)

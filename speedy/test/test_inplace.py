@@ -1,5 +1,5 @@
 """
-Tests for L{speedy.wire.inplace}: socket reads straight into the buffer the
+Tests for L{speedy.zerocopy.inplace}: socket reads straight into the buffer the
 bytes belong in, and the chunkserver's PUT bodies read that way.
 """
 
@@ -18,7 +18,7 @@ from speedy.crc import crc32c
 from speedy.test.test_chunkserver_protocol import get_request, parse_frames, put_request
 from speedy.testing import MemoryChunkStore
 from speedy.wire.frames import CHUNK_INFO, FLAG_ERROR, GET_RESPONSE, OP_GET, OP_PUT
-from speedy.wire.inplace import InPlaceReader, can_read_in_place, read_in_place
+from speedy.zerocopy.inplace import InPlaceReader, can_read_in_place, read_in_place
 
 
 class _SocketTransport(StringTransport):

@@ -1,5 +1,5 @@
 """
-Tests for L{speedy.wire.sendfile} and L{speedy.wire.producers}: the bytes a
+Tests for L{speedy.zerocopy.sendfile} and L{speedy.wire.producers}: the bytes a
 body sends over a real loopback TCP connection are exactly the file's, it
 never overtakes bytes already buffered, and its read is always released.
 """
@@ -22,7 +22,7 @@ from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import TLSStringTransport
 from speedy.wire.outbox import Outbox
 from speedy.wire.producers import PIECE, BytesBody, ReadBody
-from speedy.wire.sendfile import (
+from speedy.zerocopy.sendfile import (
     SendfileBody, StagedBody, can_send_staged, can_sendfile, range_body)
 
 
@@ -227,7 +227,7 @@ class LoopbackTests(TestCase):
     def test_read_body_bytes_match(self):
         """The fallback (TLS) path sends the same bytes."""
         read = FileRead(self.file, 0, len(self.content))
-        sender, data, sent = yield self.stream(lambda t: range_body(read, t, allow_sendfile=False))
+        sender, data, sent = yield self.stream(lambda t: range_body(read, t, zero_copy=False))
         self.assertTrue(data == self.content, "bytes differ")
         self.assertIsNone(sent)
         self.assertEqual(read.released, 1)

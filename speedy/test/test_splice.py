@@ -1,5 +1,5 @@
 """
-Tests for L{speedy.wire.splice} and L{speedy.imageserver.splicereader}:
+Tests for L{speedy.zerocopy} (pipes, sources, spliceget, relay) and L{speedy.imageserver.splicereader}:
 downloads relayed with C{os.splice} from real chunkserver protocol servers
 (over L{MemoryChunkStore}s) on loopback, through a real C{twisted.web}
 site, to a raw HTTP client, on the global reactor.
@@ -34,9 +34,9 @@ from speedy.testing import MemoryChunkStore, StaticClusterView, make_view
 from speedy.wire.client import ChunkClient
 from speedy.wire.frames import (
     FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE, HEADER_SIZE, OP_GET, Header)
-from speedy.wire.splice import (
-    PIPE_SIZE, Pipe, PipePool, SpliceRelay, _SourceSocket, can_splice,
-    splice_transport)
+from speedy.zerocopy.pipes import PIPE_SIZE, Pipe, PipePool
+from speedy.zerocopy.relay import SpliceRelay, can_splice, splice_transport
+from speedy.zerocopy.sources import _SourceSocket
 
 GROUP = 1
 MiB = 1 << 20
@@ -536,9 +536,10 @@ class SpliceDownloadTests(TestCase):
     # --- the choice --------------------------------------------------------
 
     @inlineCallbacks
-    def test_no_splice_environment(self):
-        """SPEEDY_NO_SPLICE=1 takes the old path (and it still works)."""
-        self.patch(os, "environ", dict(os.environ, SPEEDY_NO_SPLICE="1"))
+    def test_zero_copy_off(self):
+        """With zero copy off (C{--zero-copy off}) reads take the copying
+        path (and it still works)."""
+        self.patch(self.storage, "zero_copy", False)
         self.add_chunks([2 * MiB, 1000])
         self.serve()
         client = yield self.download(0, len(self.content))

@@ -1,7 +1,7 @@
 """
 Staged GETs of L{speedy.chunkserver.store}: a large record verified with
 direct reads keeps the staging buffers it was read into and is sent from
-them (L{speedy.wire.sendfile.StagedBody} on plain TCP, L{ReadBody} copies
+them (L{speedy.zerocopy.sendfile.StagedBody} on plain TCP, L{ReadBody} copies
 elsewhere), so it is read from the disk once per GET.  Bytes identical for
 whole records and ranges at every boundary, the cap on staged bytes, every
 buffer back in the pool exactly once however the GET ends, damage, and
@@ -32,7 +32,7 @@ from speedy.test.test_sendfile import Receiver, stream_over_loopback
 from speedy.test.test_store import ManualThreads, MiB, corrupt
 from speedy.wire.frames import FLAG_ERROR, GET_RESPONSE
 from speedy.wire.producers import PIECE, ReadBody
-from speedy.wire.sendfile import SendfileBody, StagedBody, range_body
+from speedy.zerocopy.sendfile import SendfileBody, StagedBody, range_body
 
 
 def ranges(size, skip):
@@ -348,7 +348,7 @@ class StagedLoopbackTests(StagedTestMixin, TestCase):
                             (size, offset, length))
             self.assert_all_back(store)
         chunk = self.successResultOf(store.get(n))
-        body = range_body(chunk, StringTransport(), allow_sendfile=False)
+        body = range_body(chunk, StringTransport(), zero_copy=False)
         self.assertIsInstance(body, ReadBody)
         body.stopProducing()
         self.assert_all_back(store)

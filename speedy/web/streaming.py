@@ -36,6 +36,9 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.server import Request, Site
 from zope.interface import Interface
 
+from speedy.zerocopy.internals import (
+    request_line, restore_idle_timeout_after_response, set_read_size)
+
 log = Logger()
 
 #: The most read from a client's socket at once while its body streams into
@@ -98,13 +101,11 @@ class StreamingRequest(Request):
 
         twisted.web sets C{method} and C{uri} only in C{requestReceived},
         after the body; until then the request line is in the channel's
-        C{_command} and C{_path} (private, read-only here; checked against
-        Twisted 26.10 by the tests).
+        private attributes (L{request_line}).
         """
         channel = self.channel
         self.body_length = length
-        self.method = channel._command
-        self.uri = channel._path
+        self.method, self.uri = request_line(channel)
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1)
         try:
@@ -120,10 +121,7 @@ class StreamingRequest(Request):
         self._streaming = True
         self._queue = deque()
         self.content = BytesIO()
-        transport = channel.transport
-        self._read_size = getattr(transport, "bufferSize", None)
-        if self._read_size is not None:
-            transport.bufferSize = BODY_READ_SIZE
+        self._read_size = set_read_size(channel.transport, BODY_READ_SIZE)
 
     def handleContentChunk(self, data):
         if not self._streaming:
@@ -185,7 +183,8 @@ class StreamingRequest(Request):
         """The body is over: read the socket (and pause a producer of the
         answer) at the transport's own size again."""
         if self._read_size is not None:
-            self.channel.transport.bufferSize, self._read_size = self._read_size, None
+            set_read_size(self.channel.transport, self._read_size)
+            self._read_size = None
 
     def _written(self, _):
         self._pending = None
@@ -218,7 +217,7 @@ class StreamingRequest(Request):
                 # The body is complete and the channel keeps its idle timeout
                 # off until the answer is sent; it restores this one then
                 # (allContentReceived saved none: it found the timeout off).
-                self.channel._savedTimeOut = self._idle_timeout
+                restore_idle_timeout_after_response(self.channel, self._idle_timeout)
             self.channel.transport.resumeProducing()
 
 

@@ -31,12 +31,13 @@ from speedy.errors import (
     BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
 from speedy.wire.frames import (
     CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
-    FLAG_RESPONSE, GET_RESPONSE, HEADER_SIZE, LIST_BATCH, MAX_BODY,
+    FLAG_RESPONSE, GET_RESPONSE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header, decode_error)
 from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
+from speedy.wire.reader import FrameReader, check_answer
 
 #: Largest response body accepted per opcode (GET is bounded by MAX_BODY).
 RESPONSE_LIMITS = {
@@ -74,8 +75,7 @@ class ChunkClientProtocol(Protocol):
         self._address = address
         self._next_id = 1
         self._calls = {}  # request id -> _Call
-        self._header_bytes = bytearray()
-        self._response = None  # the _Response receiving the current body
+        self._frames = FrameReader(self._response_started, self._response_ended, whole_reads=True)
         self._outbox = None
         self._lost = []
         self._last_moved = 0.0  # when bytes last moved either way
@@ -242,52 +242,31 @@ class ChunkClientProtocol(Protocol):
 
     def dataReceived(self, data):
         self._last_moved = self._clock.seconds()
-        view = memoryview(data)
-        while view and self.connected:
-            if self._response is None:
-                need = HEADER_SIZE - len(self._header_bytes)
-                self._header_bytes += view[:need]
-                view = view[need:]
-                if len(self._header_bytes) == HEADER_SIZE:
-                    raw, self._header_bytes = bytes(self._header_bytes), bytearray()
-                    try:
-                        self._response_started(raw)
-                    except SpeedyError as e:
-                        return self._violation(str(e))
-            else:
-                take = min(len(view), self._response.remaining)
-                # Body-only reads (most of a big answer) are passed on as the
-                # bytes they are, sparing the CRC a copy.
-                piece = data if take == len(data) else view[:take]
-                view = view[take:]
-                try:
-                    self._response.feed(piece)
-                except SpeedyError as e:
-                    return self._violation(str(e))
-                if self._response.remaining == 0:
-                    self._response_ended()
+        try:
+            self._frames.feed(data, self._lost_already)
+        except SpeedyError as e:
+            self._violation(str(e))
+
+    def _lost_already(self):
+        return not self.connected
 
     def _response_started(self, raw):
+        """@return: what takes the body of the answer whose header is C{raw}.
+        @raise SpeedyError: the answer breaks the protocol."""
         header = Header.unpack(raw)
-        if not header.flags & FLAG_RESPONSE:
-            raise BadRequest("a frame without the RESPONSE flag")
         call = self._calls.get(header.request_id)
         if call is None:  # timed out or cancelled: drop the answer
-            self._response = _Response(header, None, header.body_length)
-        elif header.opcode != call.opcode:
-            raise BadRequest(f"answer to request {header.request_id} has opcode "
-                             f"{header.opcode}, not {call.opcode}")
-        elif header.flags & FLAG_ERROR:
-            self._response = _Response(header, call, ERROR_BODY.size + MAX_ERROR_MESSAGE)
-        elif header.opcode == OP_GET:
-            self._response = _GetResponse(header, call)
-        else:
-            self._response = _Response(header, call, RESPONSE_LIMITS[header.opcode])
-        if self._response.remaining == 0:
-            self._response_ended()
+            if not header.flags & FLAG_RESPONSE:
+                raise BadRequest("a frame without the RESPONSE flag")
+            return _Response(header, None, header.body_length)
+        check_answer(header, call.opcode)
+        if header.flags & FLAG_ERROR:
+            return _Response(header, call, ERROR_BODY.size + MAX_ERROR_MESSAGE)
+        if header.opcode == OP_GET:
+            return _GetResponse(header, call)
+        return _Response(header, call, RESPONSE_LIMITS[header.opcode])
 
-    def _response_ended(self):
-        response, self._response = self._response, None
+    def _response_ended(self, response):
         call = response.call
         if call is None or call.request_id not in self._calls:
             return

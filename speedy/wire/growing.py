@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.crc import crc32c
-from speedy.wire.producers import PIECE, buffer_empty, buffer_visible
+from speedy.wire.producers import PIECE
+from speedy.zerocopy.internals import write_buffer_empty, write_buffer_visible
 
 
 class BodyAbandoned(Exception):
@@ -154,7 +155,7 @@ class GrowingBody:
             L{ConnectionLost} if the body was stopped.
         """
         self._consumer = consumer
-        self._whole = buffer_visible(consumer)
+        self._whole = write_buffer_visible(consumer)
         self._done = Deferred()
         if self._stopped:
             self._done.errback(Failure(ConnectionLost("body stopped before it started")))
@@ -179,7 +180,7 @@ class GrowingBody:
         chunk = self._chunk
         if chunk.failure is not None:
             return self._end(Failure(BodyAbandoned(chunk.failure.getErrorMessage())))
-        if self._whole and not buffer_empty(self._consumer):
+        if self._whole and not write_buffer_empty(self._consumer):
             return  # the transport asks again once it drained
         if self._sent == self.length:
             return self._end(None)

@@ -14,7 +14,7 @@ A streamed body is any object with::
                         before start()
 
 (L{speedy.wire.producers.BytesBody}, L{speedy.wire.producers.ReadBody},
-L{speedy.wire.sendfile.SendfileBody}, L{speedy.wire.growing.GrowingBody}).
+L{speedy.zerocopy.sendfile.SendfileBody}, L{speedy.wire.growing.GrowingBody}).
 A body that fails with L{BodyAbandoned} aborts the connection quietly: the
 peer drops the frame it never got whole.
 """

@@ -9,12 +9,13 @@ See L{speedy.wire.outbox} for the body protocol they follow.
 
 from collections import deque
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.interfaces import IPullProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from speedy.zerocopy.internals import write_buffer_empty, write_buffer_visible
 
 #: Bytes written per resumeProducing: large enough to keep a socket busy,
 #: small enough to bound what sits in the transport's buffer.
@@ -130,14 +131,14 @@ class BytesBody(PullBody):
         super().__init__(sum(len(piece) for piece in self._pieces))
 
     def start(self, consumer):
-        self._whole = buffer_visible(consumer)
+        self._whole = write_buffer_visible(consumer)
         return super().start(consumer)
 
     def _produce(self):
         if not self._whole:
             self._progress()
             super()._produce()
-        elif buffer_empty(self._consumer):
+        elif write_buffer_empty(self._consumer):
             self._progress()
             if self._pieces:
                 piece = self._pieces.popleft()
@@ -173,24 +174,6 @@ def frozen_pieces(data):
     pieces = data if isinstance(data, (list, tuple)) else (data,)
     return tuple(piece if type(piece) is bytes else bytes(piece)
                  for piece in pieces if len(piece))
-
-
-def plain_tcp(transport):
-    """@return: True for Twisted's own TCP transport without TLS: its
-    socket carries the bytes as they are."""
-    return isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(transport)
-
-
-def buffer_visible(transport):
-    """@return: True for a plain TCP transport whose write buffer we can see
-    (attributes of L{tcp.Connection} that are not public API)."""
-    return (plain_tcp(transport)
-            and all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")))
-
-
-def buffer_empty(transport):
-    """@return: True if a transport L{buffer_visible} holds nothing unsent."""
-    return transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset
 
 
 class ReadBody(PullBody):

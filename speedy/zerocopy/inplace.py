@@ -9,9 +9,9 @@ every PUT body byte.  L{read_in_place} gives a plain TCP transport a
 C{doRead} that asks first where the next bytes go (C{space}, a writable
 memoryview or None) and, given a place, reads into it with
 C{socket.recv_into} and reports the count (C{received}); else it reads as
-Twisted does.  Like L{speedy.wire.sendfile}, this uses attributes of
+Twisted does.  Like L{speedy.zerocopy.sendfile}, this uses attributes of
 L{twisted.internet.tcp.Connection} that are not public API
-(L{can_read_in_place} checks for them); under TLS the bytes must be
+(L{speedy.zerocopy.internals}; L{can_read_in_place} checks for them); under TLS the bytes must be
 decrypted first, so TLS transports keep the ordinary read.
 """
 
@@ -19,14 +19,15 @@ import errno
 
 from twisted.internet import main
 
-from speedy.wire.producers import plain_tcp
+from speedy.zerocopy.internals import (
+    can_take_over_reads, own_reads, raw_socket, take_over_reads)
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 def can_read_in_place(transport):
     """@return: True if L{read_in_place} can take over C{transport}'s reads."""
-    return plain_tcp(transport) and hasattr(transport, "socket") and hasattr(transport, "doRead")
+    return can_take_over_reads(transport)
 
 
 class InPlaceReader:
@@ -38,8 +39,8 @@ class InPlaceReader:
     """
 
     def __init__(self, transport, space, received):
-        self._socket = transport.socket
-        self._read = transport.doRead
+        self._socket = raw_socket(transport)
+        self._read = own_reads(transport)
         self._space = space
         self._received = received
         self.reads_in_place = 0
@@ -70,5 +71,5 @@ def read_in_place(transport, space, received):
     @return: the L{InPlaceReader} now doing its reads.
     """
     reader = InPlaceReader(transport, space, received)
-    transport.doRead = reader.doRead
+    take_over_reads(transport, reader.doRead)
     return reader

@@ -8,15 +8,17 @@ that calls C{os.sendfile} only when the TCP transport's own write buffer is
 empty (else bytes would overtake buffered ones), and re-arms on a partial
 send or C{EAGAIN} by asking the transport to wait for writability
 (C{startWriting}); the transport then drains, finds its buffer empty and
-calls C{resumeProducing} again.  That needs three attributes of
-L{twisted.internet.tcp.Connection} that are not public API; L{can_sendfile}
-checks for them and the server falls back to L{ReadBody} without them.
+calls C{resumeProducing} again.  That needs attributes of
+L{twisted.internet.tcp.Connection} that are not public API
+(L{speedy.zerocopy.internals}); L{can_sendfile} checks for them and the
+server falls back to L{ReadBody} without them, or when zero copy is off
+(C{--zero-copy off}).
 
 Under TLS sendfile would put plaintext on the wire, so any transport
 providing L{ISSLTransport} gets L{ReadBody} too.
 
 A staged read (the chunk store kept the bytes its direct verify read, see
-L{speedy.chunkserver.store}) has no file to send from: L{StagedBody} hands
+L{speedy.chunkserver.reads}) has no file to send from: L{StagedBody} hands
 its buffers to the socket with C{sendmsg}, the same way and under the same
 conditions (plus the transport's C{socket} attribute, L{can_send_staged}),
 so its bytes are neither read from the disk again nor copied in Python.
@@ -28,10 +30,9 @@ from itertools import islice
 
 from twisted.internet.error import ConnectionLost
 
-from speedy.wire.producers import PullBody, ReadBody, buffer_empty, buffer_visible
-
-#: Set SPEEDY_NO_SENDFILE=1 to send every body with read() (benchmarks).
-SENDFILE_DISABLED = os.environ.get("SPEEDY_NO_SENDFILE", "") not in ("", "0")
+from speedy.wire.producers import PullBody, ReadBody
+from speedy.zerocopy.internals import (
+    raw_socket, wait_for_writable, write_buffer_empty, write_buffer_visible)
 
 #: Upper bound of one sendfile call; the kernel sends what the socket takes.
 _MAX_SEND = 1 << 30
@@ -42,7 +43,7 @@ def can_sendfile(transport):
     @return: True if C{os.sendfile} may write to C{transport}'s socket: a
         plain TCP connection whose write buffer we can see.
     """
-    return hasattr(os, "sendfile") and buffer_visible(transport)
+    return hasattr(os, "sendfile") and write_buffer_visible(transport)
 
 
 class _SocketBody(PullBody):
@@ -58,7 +59,7 @@ class _SocketBody(PullBody):
 
     def _produce(self):
         transport = self._consumer
-        if not buffer_empty(transport):
+        if not write_buffer_empty(transport):
             return  # the transport is writing and calls us when drained
         try:
             sent = self._send(transport)
@@ -70,7 +71,7 @@ class _SocketBody(PullBody):
         if self._position == self.length:
             self._finish()
         else:
-            transport.startWriting()
+            wait_for_writable(transport)
 
 
 class SendfileBody(_SocketBody):
@@ -101,8 +102,7 @@ def can_send_staged(transport):
     @return: True if L{StagedBody} may write to C{transport}'s socket: a
         plain TCP connection whose write buffer and socket we can see.
     """
-    return buffer_visible(transport) and hasattr(
-        getattr(transport, "socket", None), "sendmsg")
+    return write_buffer_visible(transport) and hasattr(raw_socket(transport), "sendmsg")
 
 
 #: Most buffers handed to one C{sendmsg} (Linux's C{IOV_MAX} is 1024).
@@ -131,7 +131,7 @@ class StagedBody(_SocketBody):
         views = self._views
         if not views:
             raise OSError(f"staged bytes ended {self.length - self._position} bytes early")
-        sent = taken = transport.socket.sendmsg(list(islice(views, _MAX_VIEWS)))
+        sent = taken = raw_socket(transport).sendmsg(list(islice(views, _MAX_VIEWS)))
         while taken:
             if taken >= len(views[0]):
                 taken -= len(views.popleft())
@@ -145,21 +145,21 @@ class StagedBody(_SocketBody):
         self._read.release()
 
 
-def range_body(read, transport, allow_sendfile=True):
+def range_body(read, transport, zero_copy=True):
     """
     @return: the body that sends C{read}'s bytes to C{transport} the fastest
         safe way, on plain TCP: L{StagedBody} when the read is staged (its
         optional C{staged()} returns its bytes' memoryviews), else
         L{SendfileBody} when the read has a file descriptor; else
-        (TLS, other transports, C{allow_sendfile} false) L{ReadBody}.
+        (TLS, other transports, C{zero_copy} false) L{ReadBody}.
     """
     staged = getattr(read, "staged", None)
     views = staged() if staged is not None else None
     if views is not None:
-        if allow_sendfile and not SENDFILE_DISABLED and can_send_staged(transport):
+        if zero_copy and can_send_staged(transport):
             return StagedBody(read, views)
         return ReadBody(read)
-    if allow_sendfile and not SENDFILE_DISABLED and can_sendfile(transport):
+    if zero_copy and can_sendfile(transport):
         try:
             fd, file_offset = read.fileno(), read.file_offset()
         except OSError:
