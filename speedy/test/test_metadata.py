@@ -959,15 +959,24 @@ def _mysql_test_database(url):
     """
     global _test_database
     if _test_database is None:
-        name = f"speedy_test_{os.getpid()}"
-        admin = _mysql_admin(url)
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        admin.close()
-        atexit.register(_drop_database, url, name)
-        _test_database = urlunsplit(urlsplit(url)._replace(path="/" + name, query="tls=off"))
+        _test_database = new_mysql_database(url, f"speedy_test_{os.getpid()}")
     return _test_database
+
+
+def new_mysql_database(url, name):
+    """
+    Make an empty database C{name} on C{url}'s server, dropped when the
+    process exits.
+
+    @return: its URL.
+    """
+    admin = _mysql_admin(url)
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    admin.close()
+    atexit.register(_drop_database, url, name)
+    return urlunsplit(urlsplit(url)._replace(path="/" + name, query="tls=off"))
 
 
 def _drop_database(url, name):

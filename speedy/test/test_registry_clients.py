@@ -203,8 +203,9 @@ class SpeedyLocalCluster:
     supports_referrers = True
     rejects_out_of_order_patch = True
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra_args=()):
         self.var = os.path.join(workdir, "var")
+        self.extra_args = list(extra_args)
         self.supervisor = None
         self.registries = []
 
@@ -213,7 +214,7 @@ class SpeedyLocalCluster:
             [sys.executable, TOOL, "up", "--var", self.var, "--registry", "127.0.0.1:0",
              "--master-port", "0", "--chunkserver-port", "0", "--imageservers", "2",
              "--chunk-size", str(CHUNK_SIZE), "--volume-size", "256MiB", "--cache-size", "32MiB",
-             "--heartbeat-interval", "0.5", "--start-timeout", "60"],
+             "--heartbeat-interval", "0.5", "--start-timeout", "60", *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
@@ -292,10 +293,10 @@ LAYOUTS = SharedFixture(_layouts)
 # --- the tests -------------------------------------------------------------------
 
 
-class RegistryClientTestsMixin:
-    """Real-client tests against C{self.registry.registries} (two
-    C{host:port} of one registry: two imageservers of a cluster, or two
-    Distributions on one storage)."""
+class SkopeoMixin:
+    """Copying images with skopeo to and from C{self.registry.registries}
+    (two C{host:port} of one registry: two imageservers of a cluster, or
+    two Distributions on one storage), and comparing them with the source."""
 
     #: a L{SharedFixture} of an object with C{registries},
     #: C{supports_referrers} and C{rejects_out_of_order_patch}.
@@ -357,6 +358,10 @@ class RegistryClientTestsMixin:
             if blob is not None:
                 found.add(blob["digest"])
         return found
+
+
+class RegistryClientTestsMixin(SkopeoMixin):
+    """Real-client tests against a registry (see L{SkopeoMixin})."""
 
     def test_copy_big_image_in_and_out(self):
         """

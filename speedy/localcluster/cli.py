@@ -1,0 +1,166 @@
+# -*- test-case-name: speedy.test.test_localcluster -*-
+"""
+The C{speedy-cluster} command line (C{up}, C{down}, C{status}, C{etc}).
+"""
+
+import os
+import sys
+
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from speedy.units import parse_size
+from speedy.localcluster.health import HealthProbe
+from speedy.localcluster.plan import DEFAULT_IMAGESERVER_WORKERS, ClusterError, ClusterPlan
+from speedy.localcluster.recorded import process_matches, report_status, stop_recorded
+from speedy.localcluster.state import read_state
+from speedy.localcluster.supervisor import LocalCluster
+
+
+class _ClusterOptions(usage.Options):
+    optParameters = [["var", None, "var", "directory of the cluster's data, logs and state file"]]
+
+
+class UpOptions(_ClusterOptions):
+    synopsis = "[options]"
+    longdesc = ("Start a local cluster and run it in the foreground (in its own terminal, or in the "
+                "background with '&' and stopped with 'down'); Ctrl-C or SIGTERM stops every role in "
+                "reverse order.  A port of 0 picks free ports.")
+    optParameters = [
+        ["registry", None, "127.0.0.1:5000", "HOST:PORT of the first imageserver's registry; "
+                                              "more imageservers take the following ports"],
+        ["chunkservers", None, 3, "number of chunkservers", int],
+        ["imageservers", None, 1, "number of imageservers", int],
+        ["imageserver-workers", None, DEFAULT_IMAGESERVER_WORKERS,
+         "imageserver processes sharing each registry port (SO_REUSEPORT; Linux)", int],
+        ["group-size", None, 3, "chunkservers per replica group", int],
+        ["master-port", None, 8099, "chunkmaster port", int],
+        ["chunkserver-port", None, 8001, "first chunkserver port", int],
+        ["chunk-size", None, None, "imageserver chunk size (e.g. 4MiB)", parse_size],
+        ["volume-size", None, "256MiB", "size of each chunkserver volume file (preallocated)", parse_size],
+        ["cache-size", None, None, "memory cache of each chunkserver, reserved at its start "
+         "(default: the chunkserver's, 512MiB)", parse_size],
+        ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
+        ["start-timeout", None, 60.0, "seconds each role has to become healthy", float],
+        ["db", None, None, "metadata store URL every role shares, e.g. "
+         "mysql://root@127.0.0.1:3306/speedy (default: sqlite:VAR/metadata.sqlite)"],
+    ]
+
+    def postOptions(self):
+        db = self["db"]
+        if db is not None and not db.startswith(("sqlite:", "mysql://", "memory:")):
+            raise usage.UsageError(f"--db must be sqlite:PATH or mysql://..., not {db!r}")
+
+
+class Options(usage.Options):
+    synopsis = "up|down|status [--var DIR] [options]"
+    longdesc = "Start, inspect and stop a Speedy cluster on this machine (what make run runs)."
+    subCommands = [
+        ["up", None, UpOptions, "start a local cluster and run it until Ctrl-C"],
+        ["down", None, _ClusterOptions, "stop the cluster recorded under --var"],
+        ["status", None, _ClusterOptions, "show each role's pid and health"],
+        ["etc", None, usage.Options, "print the directory of the sample configuration files "
+                                      "and systemd units"],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("say up, down or status")
+
+
+def _say(line):
+    print(line, flush=True)
+
+
+def _http_client(reactor):
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return HTTPClient(Agent(reactor, connectTimeout=2, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+async def _run_up(reactor, var, options):
+    plan = ClusterPlan.build(
+        var=var, registry=options["registry"], master_port=options["master-port"],
+        chunkserver_port=options["chunkserver-port"], chunkservers=options["chunkservers"],
+        imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
+        group_size=options["group-size"],
+        chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
+        cache_size=options["cache-size"],
+        heartbeat_interval=options["heartbeat-interval"], db=options["db"])
+    existing = read_state(var)
+    if existing is not None and (
+            process_matches(existing["supervisor_pid"], "speedy")
+            or any(process_matches(r["pid"], r["plugin"]) for r in existing["roles"])):
+        raise ClusterError(f"a cluster already runs under {plan.var}: 'down' it first")
+    cluster = LocalCluster(reactor, plan, HealthProbe(reactor, _http_client(reactor)), _say,
+                           start_timeout=options["start-timeout"])
+    stopped = Deferred()
+
+    def shutting_down():
+        # Before the reactor stops (Ctrl-C, SIGTERM): stop the roles in order.
+        d = cluster.down()
+        d.addCallback(lambda _: stopped.callback(None))
+        return d
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+    await cluster.up()
+    _say("Ctrl-C (or 'speedy-cluster down') stops the cluster")
+    await stopped
+
+
+def samples_directory():
+    """
+    @return: where the sample configuration files and systemd units are:
+        C{etc/} of the source tree Speedy runs from, else C{share/speedy/etc}
+        under the installation's prefix (where C{pip install} puts them).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(os.path.dirname(os.path.dirname(here)), "etc"),
+                      os.path.join(sys.prefix, "share", "speedy", "etc")):
+        if os.path.isfile(os.path.join(candidate, "chunkserver.ini")):
+            return candidate
+    raise SystemExit("speedy-cluster: the sample configuration files are not installed")
+
+
+def main(argv=None, reactor=None):
+    """Run the C{speedy-cluster} command line (C{sys.argv} by default);
+    exits the process."""
+    if argv is None:
+        argv = sys.argv[1:]
+    from twisted.internet import task
+
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        print(f"{options}\nspeedy-cluster: {e}", file=sys.stderr)
+        sys.exit(2)
+    command = options.subCommand
+    if command == "etc":
+        print(samples_directory())
+        sys.exit(0)
+    var = options.subOptions["var"]
+
+    async def run(reactor):
+        try:
+            if command == "up":
+                await _run_up(reactor, var, options.subOptions)
+                return 0
+            if command == "down":
+                await stop_recorded(reactor, var, _say)
+                return 0
+            return await report_status(var, HealthProbe(reactor, _http_client(reactor)), _say)
+        except ClusterError as e:
+            print(f"speedy-cluster: {e}", file=sys.stderr)
+            return 1
+
+    def react_main(reactor):
+        return Deferred.fromCoroutine(run(reactor)).addCallback(_exit_with)
+
+    task.react(react_main, [], _reactor=reactor)
+
+
+def _exit_with(code):
+    if code:
+        raise SystemExit(code)

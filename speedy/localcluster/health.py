@@ -1,0 +1,117 @@
+# -*- test-case-name: speedy.test.test_localcluster -*-
+"""
+How the supervisor tells a role is healthy: its HTTP health URL, or its
+port accepting connections, and the ports a process listens on.
+"""
+
+import json
+import os
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+
+def listening_ports(pid):
+    """
+    @return: the set of TCP ports process C{pid} listens on, read from
+        C{/proc} (its sockets' inodes, found in its network namespace's
+        C{tcp} and C{tcp6} tables in the LISTEN state); empty when it is
+        gone or C{/proc} does not tell.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            # sl local_address rem_address st ... inode: st 0A is LISTEN
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+@frozen
+class Health:
+    """What a health check found: C{healthy}, and in C{detail} why not."""
+
+    healthy: bool
+    detail: str = "ok"
+
+
+class HealthProbe:
+    """
+    Checks roles the way C{up} and C{status} need: an HTTP health URL must
+    answer 200 with a JSON object whose C{ok} is true (and, for an
+    imageserver, C{writable_groups} >= 1); a role without one must accept a
+    TCP connection on its port.  A role that shares its port with others
+    must in addition be seen listening on it, as only then does the
+    answer on that port tell anything about it (the kernel picks which of
+    them answers).
+    """
+
+    def __init__(self, reactor, http_client, timeout=2.0):
+        """
+        @param http_client: a C{treq.client.HTTPClient} (or C{StubTreq}).
+        @param timeout: seconds allowed for each check.
+        """
+        self._reactor = reactor
+        self._http = http_client
+        self._timeout = timeout
+
+    def check(self, role, pid=None):
+        """
+        @param pid: the role's process, for a role that C{shares_port}.
+        @return: a Deferred firing with a L{Health}; it never fails.
+        """
+        if role.shares_port and pid is not None and role.port not in listening_ports(pid):
+            return succeed(Health(False, f"pid {pid} does not listen on port {role.port} yet"))
+        if role.health_url is None:
+            return self._check_port(role)
+        return Deferred.fromCoroutine(self._check_http(role))
+
+    def _check_port(self, role):
+        endpoint = TCP4ClientEndpoint(self._reactor, role.host, role.port, timeout=self._timeout)
+        d = connectProtocol(endpoint, Protocol())
+
+        def connected(protocol):
+            protocol.transport.loseConnection()
+            return Health(True)
+
+        return d.addCallbacks(connected, lambda f: Health(False, f"port {role.port}: {f.getErrorMessage()}"))
+
+    async def _check_http(self, role):
+        try:
+            response = await self._http.get(role.health_url, reactor=self._reactor, timeout=self._timeout)
+            body = await response.content()
+        except Exception as e:
+            return Health(False, f"{role.health_url}: {e.__class__.__name__}: {e}")
+        if response.code != 200:
+            return Health(False, f"{role.health_url} answered {response.code}")
+        try:
+            health = json.loads(body)
+        except ValueError:
+            return Health(False, f"{role.health_url} answered something that is not JSON")
+        if not isinstance(health, dict) or health.get("ok") is not True:
+            return Health(False, f"{role.health_url} answered {body[:200]!r}")
+        if role.needs_writable_group:
+            writable = health.get("writable_groups")
+            if not isinstance(writable, int) or writable < 1:
+                return Health(False, f"no writable replica group yet (writable_groups={writable!r})")
+        return Health(True)

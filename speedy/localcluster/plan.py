@@ -1,0 +1,191 @@
+# -*- test-case-name: speedy.test.test_localcluster -*-
+"""
+The shape of a local cluster: which roles, on which ports, with which
+command lines (L{ClusterPlan}, L{Role}).
+"""
+
+import os
+import secrets
+import socket
+
+from attrs import field, frozen
+from twisted.logger import Logger
+
+
+#: What each role's process runs: twistd, in a process group of its own.
+TWISTD_IN_OWN_GROUP = "import os; os.setpgid(0, 0); from twisted.scripts.twistd import run; run()"
+
+_log = Logger()
+
+STATE_FILE = "cluster.json"
+METADATA_FILE = "metadata.sqlite"
+
+#: Imageserver processes per registry port that C{up} starts unless told:
+#: measured on a 2-core machine (see docs/quickstart.md).
+DEFAULT_IMAGESERVER_WORKERS = 2
+
+
+class ClusterError(Exception):
+    """The cluster could not be started, stopped or read."""
+
+
+class RoleFailed(ClusterError):
+    """A role exited or stayed unhealthy while the cluster was starting."""
+
+
+def _address(host, port):
+    return f"{host}:{port}"
+
+
+def pick_free_port(host="127.0.0.1"):
+    """@return: a TCP port on C{host} that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@frozen
+class Role:
+    """
+    One daemon of the cluster: its twistd plugin and arguments, where it
+    listens, and how to tell it is healthy (an HTTP health URL, or None to
+    wait for its port to accept connections).  A role that C{shares_port}
+    with others (an imageserver worker) must also be seen listening on it.
+    """
+
+    name: str
+    plugin: str
+    args: tuple
+    host: str
+    port: int
+    health_url: str | None = None
+    needs_writable_group: bool = False
+    shares_port: bool = False
+
+    @property
+    def address(self):
+        return _address(self.host, self.port)
+
+    def command(self, python, log_path):
+        """@return: the argv that runs this role in the foreground, logging
+        to C{log_path}."""
+        return [python, "-c", TWISTD_IN_OWN_GROUP, "-n", "--pidfile=", "--logfile", log_path,
+                self.plugin, *self.args]
+
+
+@frozen
+class ClusterPlan:
+    """
+    The shape of a local cluster: ports, sizes and the var directory.  Use
+    L{ClusterPlan.build} to make one from command-line style arguments.
+    """
+
+    var: str
+    host: str
+    master_port: int
+    chunkserver_ports: tuple
+    imageserver_ports: tuple
+    group_size: int = 3
+    imageserver_workers: int = 1
+    chunk_size: int | None = None
+    volume_size: int | None = None
+    cache_size: int | None = None
+    read_window: int | None = None
+    cut_through: int | None = None
+    heartbeat_interval: float | None = None
+    db: str | None = None
+    cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
+    admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+    @classmethod
+    def build(cls, var="var", registry="127.0.0.1:5000", master_port=8099, chunkserver_port=8001,
+              chunkservers=3, imageservers=1, group_size=3, imageserver_workers=1, **options):
+        """
+        Lay out a cluster: imageservers on the registry port and the ones
+        after it, C{imageserver_workers} processes sharing each of those
+        ports, chunkservers on C{chunkserver_port} and the ones after it.
+        A port of 0 gives every role of that kind a free port of its own.
+
+        @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
+            C{cut_through}, C{heartbeat_interval}, C{db} (the metadata store's
+            URL; a SQLite file under C{var} by default), C{cluster_secret},
+            C{admin_token}.
+        @raise ClusterError: on counts that cannot make a cluster.
+        @return: a L{ClusterPlan}.
+        """
+        host, _, port = registry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ClusterError(f"registry address must be HOST:PORT, not {registry!r}")
+        if imageservers < 1:
+            raise ClusterError("a cluster needs at least one imageserver")
+        if imageserver_workers < 1:
+            raise ClusterError("an imageserver needs at least one worker")
+        if group_size < 1 or chunkservers < group_size or chunkservers % group_size:
+            raise ClusterError(
+                f"{chunkservers} chunkservers cannot form replica groups of {group_size}: "
+                f"use a positive multiple of {group_size}")
+
+        def ports(first, count):
+            if first == 0:
+                return tuple(pick_free_port(host) for _ in range(count))
+            return tuple(range(first, first + count))
+
+        return cls(
+            var=os.path.abspath(var), host=host,
+            master_port=ports(int(master_port), 1)[0],
+            chunkserver_ports=ports(int(chunkserver_port), chunkservers),
+            imageserver_ports=ports(int(port), imageservers),
+            group_size=group_size, imageserver_workers=imageserver_workers, **options)
+
+    @property
+    def master_url(self):
+        return f"http://{self.host}:{self.master_port}"
+
+    @property
+    def registries(self):
+        """@return: the C{host:port} of every imageserver's registry."""
+        return tuple(_address(self.host, p) for p in self.imageserver_ports)
+
+    def _listen(self, port, shared=False):
+        return f"{'reuseport' if shared else 'tcp'}:{port}:interface={self.host}"
+
+    def roles(self):
+        """@return: every L{Role} of the cluster, in the order they start."""
+        db = self.db or "sqlite:" + os.path.join(self.var, METADATA_FILE)
+        master = Role(
+            "chunkmaster", "speedy-chunkmaster",
+            ("--listen", self._listen(self.master_port), "--db", db,
+             "--cluster-secret", self.cluster_secret, "--admin-token", self.admin_token,
+             "--group-size", str(self.group_size)),
+            self.host, self.master_port, health_url=f"{self.master_url}/v1/health")
+        chunkservers = []
+        for i, port in enumerate(self.chunkserver_ports):
+            args = ["--data-dir", os.path.join(self.var, f"chunkserver-{i + 1}"),
+                    "--listen", self._listen(port), "--group-id", str(i // self.group_size + 1),
+                    "--master", self.master_url, "--cluster-secret", self.cluster_secret]
+            if self.volume_size is not None:
+                args += ["--volume-size", str(self.volume_size)]
+            if self.cache_size is not None:
+                args += ["--cache-size", str(self.cache_size)]
+            if self.heartbeat_interval is not None:
+                args += ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
+            chunkservers.append(Role(f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args),
+                                     self.host, port))
+        shared = self.imageserver_workers > 1
+        imageservers = []
+        for i, port in enumerate(self.imageserver_ports):
+            args = ["--listen", self._listen(port, shared), "--master", self.master_url,
+                    "--cluster-secret", self.cluster_secret, "--db", db]
+            if self.chunk_size is not None:
+                args += ["--chunk-size", str(self.chunk_size)]
+            if self.read_window is not None:
+                args += ["--read-window", str(self.read_window)]
+            if self.cut_through is not None:
+                args += ["--cut-through", str(self.cut_through)]
+            for w in range(self.imageserver_workers):
+                imageservers.append(Role(
+                    f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",
+                    "speedy-imageserver", tuple(args), self.host, port,
+                    health_url=f"http://{self.host}:{port}/v1/health", needs_writable_group=True,
+                    shares_port=shared))
+        return (master, *chunkservers, *imageservers)
