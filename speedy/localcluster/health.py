@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_localcluster -*-
+# -*- test-case-name: speedy.test.test_localcluster_health -*-
 """
 How the supervisor tells a role is healthy: its HTTP health URL, or its
 port accepting connections, and the ports a process listens on.

@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_localcluster -*-
+# -*- test-case-name: speedy.test.test_localcluster_plan -*-
 """
 The shape of a local cluster: which roles, on which ports, with which
 command lines (L{ClusterPlan}, L{Role}).

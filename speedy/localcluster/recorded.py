@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_localcluster -*-
+# -*- test-case-name: speedy.test.test_localcluster_recorded -*-
 """
 What C{status} and C{down} do from another process, through the state
 file: find the recorded processes, report their health, stop them.

@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_localcluster -*-
+# -*- test-case-name: speedy.test.test_localcluster_recorded -*-
 """
 The state file (C{VAR/cluster.json}): what C{up} records of the roles it
 started, for C{status}, C{down} and C{speedy-admin --var}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_localcluster -*-
+# -*- test-case-name: speedy.test.test_localcluster_supervisor -*-
 """
 The supervisor that C{up} runs: starts the roles in order, each once the
 one before is healthy, watches them, and stops them in reverse order

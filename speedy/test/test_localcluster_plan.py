@@ -1,0 +1,129 @@
+"""
+Tests for L{speedy.localcluster.plan}: the roles a local cluster runs, in
+which order, and the command line of each (the daemons' command-line
+contract).
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy.localcluster import ClusterError, ClusterPlan, Role
+
+
+def plan(var, **kwargs):
+    """A default-shaped plan under C{var} with fixed secrets."""
+    kwargs.setdefault("cluster_secret", "S")
+    kwargs.setdefault("admin_token", "T")
+    return ClusterPlan.build(var=var, **kwargs)
+
+
+def option_after(args, name):
+    return args[list(args).index(name) + 1]
+
+
+class ClusterPlanTests(SynchronousTestCase):
+    """The roles a plan lays out and their command lines (the daemons'
+    command-line contract)."""
+
+    def test_default_layout(self):
+        """By default: chunkmaster on 8099, chunkservers on 8001-8003, one
+        imageserver serving the registry on 127.0.0.1:5000, started in that
+        order."""
+        roles = plan("var").roles()
+        self.assertEqual(
+            [(r.name, r.plugin, r.address) for r in roles],
+            [("chunkmaster", "speedy-chunkmaster", "127.0.0.1:8099"),
+             ("chunkserver-1", "speedy-chunkserver", "127.0.0.1:8001"),
+             ("chunkserver-2", "speedy-chunkserver", "127.0.0.1:8002"),
+             ("chunkserver-3", "speedy-chunkserver", "127.0.0.1:8003"),
+             ("imageserver-1", "speedy-imageserver", "127.0.0.1:5000")])
+        self.assertEqual(plan("var").registries, ("127.0.0.1:5000",))
+
+    def test_master_command_line(self):
+        var = os.path.abspath("some-var")
+        master = plan(var).roles()[0]
+        self.assertEqual(master.args, (
+            "--listen", "tcp:8099:interface=127.0.0.1", "--db", f"sqlite:{var}/metadata.sqlite",
+            "--cluster-secret", "S", "--admin-token", "T", "--group-size", "3"))
+        self.assertEqual(master.health_url, "http://127.0.0.1:8099/v1/health")
+        self.assertFalse(master.needs_writable_group)
+
+    def test_chunkserver_command_lines(self):
+        """Chunkservers fill replica groups of three in order, each with its
+        own data dir, and know the master and the secret."""
+        var = os.path.abspath("v")
+        servers = [r for r in plan(var, chunkservers=6, volume_size=1 << 28, cache_size=1 << 25,
+                                   heartbeat_interval=0.5).roles() if r.plugin == "speedy-chunkserver"]
+        self.assertEqual([option_after(r.args, "--group-id") for r in servers], ["1", "1", "1", "2", "2", "2"])
+        self.assertEqual(servers[4].args, (
+            "--data-dir", f"{var}/chunkserver-5", "--listen", "tcp:8005:interface=127.0.0.1",
+            "--group-id", "2", "--master", "http://127.0.0.1:8099", "--cluster-secret", "S",
+            "--volume-size", str(1 << 28), "--cache-size", str(1 << 25),
+            "--heartbeat-interval", "0.5"))
+        self.assertEqual([r.health_url for r in servers], [None] * 6)
+
+    def test_imageserver_command_lines(self):
+        """Every imageserver shares the one metadata file and waits for a
+        writable group; extra imageservers take the ports after the
+        registry's."""
+        var = os.path.abspath("v")
+        images = [r for r in plan(var, registry="127.0.0.1:6000", imageservers=2,
+                                  chunk_size=4 << 20, read_window=1 << 16, cut_through=0).roles()
+                  if r.plugin == "speedy-imageserver"]
+        self.assertEqual(images[1].args, (
+            "--listen", "tcp:6001:interface=127.0.0.1", "--master", "http://127.0.0.1:8099",
+            "--cluster-secret", "S", "--db", f"sqlite:{var}/metadata.sqlite", "--chunk-size", str(4 << 20),
+            "--read-window", str(1 << 16), "--cut-through", "0"))
+        self.assertEqual([(r.health_url, r.needs_writable_group) for r in images],
+                         [("http://127.0.0.1:6000/v1/health", True), ("http://127.0.0.1:6001/v1/health", True)])
+
+    def test_database(self):
+        """With a database URL (C{--db}), the chunkmaster and every
+        imageserver share it instead of the SQLite file under the var
+        directory; chunkservers never see it."""
+        url = "mysql://root@127.0.0.1:3306/speedy"
+        roles = plan(os.path.abspath("v"), db=url, imageservers=2).roles()
+        self.assertEqual(
+            [(r.name, option_after(r.args, "--db") if "--db" in r.args else None) for r in roles],
+            [("chunkmaster", url), ("chunkserver-1", None), ("chunkserver-2", None),
+             ("chunkserver-3", None), ("imageserver-1", url), ("imageserver-2", url)])
+
+    def test_imageserver_workers(self):
+        """
+        With workers, every registry port is served by that many
+        imageservers, all listening on it with C{reuseport:} and started one
+        after another; the registries stay one per port.
+        """
+        var = os.path.abspath("v")
+        images = [r for r in plan(var, registry="127.0.0.1:6000", imageservers=2,
+                                  imageserver_workers=3).roles() if r.plugin == "speedy-imageserver"]
+        self.assertEqual(
+            [(r.name, r.port, option_after(r.args, "--listen"), r.shares_port) for r in images],
+            [(f"imageserver-{i}.{w}", 5999 + i, f"reuseport:{5999 + i}:interface=127.0.0.1", True)
+             for i in (1, 2) for w in (1, 2, 3)])
+        self.assertEqual([r.health_url for r in images[:3]], ["http://127.0.0.1:6000/v1/health"] * 3)
+        self.assertEqual(plan(var, registry="127.0.0.1:6000", imageservers=2,
+                              imageserver_workers=3).registries, ("127.0.0.1:6000", "127.0.0.1:6001"))
+        self.assertFalse(any(r.shares_port for r in plan(var).roles()))
+
+    def test_role_command(self):
+        """A role runs as twistd in the foreground, logging to its file."""
+        role = Role("chunkmaster", "speedy-chunkmaster", ("--listen", "tcp:1"), "127.0.0.1", 1)
+        command = role.command("/venv/bin/python", "/var/logs/chunkmaster.log")
+        self.assertEqual(command[:2], ["/venv/bin/python", "-c"])
+        self.assertIn("twistd import run", command[2])
+        self.assertEqual(command[3:], ["-n", "--pidfile=", "--logfile", "/var/logs/chunkmaster.log",
+                                       "speedy-chunkmaster", "--listen", "tcp:1"])
+
+    def test_port_zero_picks_distinct_free_ports(self):
+        roles = plan("v", registry="127.0.0.1:0", master_port=0, chunkserver_port=0, imageservers=2).roles()
+        ports = [r.port for r in roles]
+        self.assertEqual(len(set(ports)), 6)
+        self.assertNotIn(0, ports)
+
+    def test_impossible_layouts(self):
+        for kwargs in ({"chunkservers": 4}, {"chunkservers": 2}, {"imageservers": 0},
+                       {"imageserver_workers": 0},
+                       {"registry": "5000"}, {"registry": "localhost:http"}):
+            self.assertRaises(ClusterError, plan, "v", **kwargs)
