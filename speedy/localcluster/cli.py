@@ -9,6 +9,7 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
+from speedy.config import DaemonOptions
 from speedy.units import parse_size
 from speedy.localcluster.health import HealthProbe
 from speedy.localcluster.plan import DEFAULT_IMAGESERVER_WORKERS, ClusterError, ClusterPlan
@@ -53,7 +54,7 @@ class UpOptions(_ClusterOptions):
 
 
 class Options(usage.Options):
-    synopsis = "up|down|status [--var DIR] [options]"
+    synopsis = "up|down|status|etc [--var DIR] [options]"
     longdesc = "Start, inspect and stop a Speedy cluster on this machine (what make run runs)."
     subCommands = [
         ["up", None, UpOptions, "start a local cluster and run it until Ctrl-C"],
@@ -63,9 +64,11 @@ class Options(usage.Options):
                                       "and systemd units"],
     ]
 
+    opt_version = DaemonOptions.opt_version
+
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("say up, down or status")
+            raise usage.UsageError("say up, down, status or etc")
 
 
 def _say(line):

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.python import usage
 
+from speedy.config import DaemonOptions
 from speedy.errors import SpeedyError
 from speedy.metadata import open_store
 from speedy.metadata.sql import SQLMetadataStore
@@ -29,6 +30,8 @@ class Options(usage.Options):
         ["db", None, None, "metadata database URL: sqlite:PATH or mysql://user:pw@host:port/db"],
         ["to", None, None, "stop at this schema version (default: the latest)", int],
     ]
+
+    opt_version = DaemonOptions.opt_version
 
     def postOptions(self):
         if not self["db"]:

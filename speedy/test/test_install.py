@@ -109,17 +109,20 @@ class InstalledTests(TestCase):
             self.assertEqual(version.stdout.strip(), "speedy 0.1.0", version.stderr)
 
     def test_console_scripts(self):
-        """speedy-cluster, speedy-migrate and speedy-admin are on the PATH."""
+        """speedy-cluster, speedy-migrate and speedy-admin are on the PATH,
+        and print Speedy's version."""
         for script, words in (("speedy-cluster", "up|down|status"), ("speedy-migrate", "--db"),
                               ("speedy-admin", "status")):
-            done = self.venv_run(os.path.join(self.venv, "bin", script), "--help")
+            done = self.venv_run(script, "--help")
             self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
             self.assertIn(words, done.stdout)
+            version = self.venv_run(script, "--version")
+            self.assertEqual(version.stdout.strip(), "speedy 0.1.0", version.stderr)
 
     def test_sample_files(self):
         """C{speedy-cluster etc} names the installed sample configurations and
         systemd units, which the daemons accept."""
-        done = self.venv_run(os.path.join(self.venv, "bin", "speedy-cluster"), "etc")
+        done = self.venv_run("speedy-cluster", "etc")
         etc = done.stdout.strip()
         self.assertTrue(etc.startswith(self.venv), etc + done.stderr)
         self.assertEqual(
@@ -129,3 +132,10 @@ class InstalledTests(TestCase):
             sorted(os.listdir(os.path.join(etc, "systemd"))),
             ["speedy-chunkmaster.service", "speedy-chunkserver@.service",
              "speedy-imageserver@.service"])
+        for role in ("chunkmaster", "chunkserver", "imageserver"):
+            parsed = self.venv_run(
+                os.path.join(self.venv, "bin", "python"), "-c",
+                f"import sys; from speedy.{role}.tap import Options; "
+                "Options().parseOptions(['--config', sys.argv[1]])",
+                os.path.join(etc, f"{role}.ini"))
+            self.assertEqual(parsed.returncode, 0, parsed.stdout + parsed.stderr)

@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import localcluster
+from speedy.config import version
 from speedy.localcluster import Options
 from speedy.test.processes import free_port
 from speedy.test.test_localcluster_supervisor import ROLES
@@ -57,6 +58,17 @@ class CommandLineTests(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, Options().parseOptions,
                               ["up", "--db", "postgres://db/speedy"])
         self.assertIn("--db must be sqlite:PATH or mysql://", str(e))
+
+    def test_a_command_is_needed(self):
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, [])
+        self.assertEqual(str(e), "say up, down, status or etc")
+
+    def test_version(self):
+        """C{--version} prints Speedy's version, as the daemons do."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual((e.code, out.getvalue()), (0, f"speedy {version()}\n"))
 
     def test_etc_in_a_checkout(self):
         """

@@ -9,6 +9,8 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from speedy.config import version
+
 TOOL = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "tools", "speedy-migrate")
@@ -36,3 +38,8 @@ class MigrateToolTests(TestCase):
         out, err, code = await run_tool("--db", "memory:")
         self.assertEqual((out, code), ("", 1))
         self.assertIn("only database stores have a schema", err)
+
+    async def test_version(self):
+        """C{--version} prints Speedy's version, as the daemons do."""
+        out, err, code = await run_tool("--version")
+        self.assertEqual((out, code), (f"speedy {version()}\n", 0), err)
