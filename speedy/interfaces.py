@@ -46,8 +46,30 @@ class IChunkStore(Interface):
         @return: a Deferred firing with an L{IChunkRead}.
         @raise ChunkNotFound: no live chunk has that id.
         @raise RangeNotSatisfiable: the range lies outside the chunk.
-        @raise ChecksumMismatch: the stored bytes are damaged (counted).
+        @raise ChecksumMismatch: the stored bytes are damaged: the chunk is
+            dropped (counted, and listed in C{damaged}) so that a repair can
+            write it anew.
         """
+
+    def verify(file_id):
+        """
+        Read a chunk's stored bytes from the disk (never from a memory
+        cache) and check them against its CRC32C, as a scrub or a repair
+        does.  A damaged chunk is dropped as L{get} drops it.
+
+        @return: a Deferred firing with its L{speedy.records.ChunkInfo}.
+        @raise ChunkNotFound: no live chunk has that id.
+        @raise ChecksumMismatch: the stored bytes are damaged or unreadable.
+        """
+
+    damaged = Attribute(
+        "A dict whose keys are the ids of chunks found damaged and dropped, "
+        "oldest first, until acknowledge_damaged: what the chunkserver "
+        "reports to the chunkmaster for repair.")
+
+    def acknowledge_damaged(file_ids):
+        """The chunkmaster recorded these damaged chunks: drop them from
+        C{damaged}."""
 
     def stat(file_id):
         """
@@ -262,6 +284,17 @@ class IChunkClient(Interface):
 
     def stat(address, file_id):
         """@return: a Deferred firing with a L{speedy.records.ChunkInfo}."""
+
+    def verify(address, file_id):
+        """
+        Have the chunkserver read the chunk's stored bytes from its disk
+        and check them (L{IChunkStore.verify}); a damaged chunk is dropped
+        there.
+
+        @return: a Deferred firing with a L{speedy.records.ChunkInfo}, or
+            failing with L{speedy.errors.ChunkNotFound} or
+            L{speedy.errors.ChecksumMismatch}.
+        """
 
     def delete(address, file_id):
         """@return: a Deferred firing with None."""

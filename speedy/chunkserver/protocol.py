@@ -36,7 +36,7 @@ from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
     LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
-    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE,
+    OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
 from speedy.zerocopy.inplace import can_read_in_place, read_in_place
 from speedy.wire.outbox import Outbox, no_delay
@@ -362,6 +362,11 @@ class ChunkServerProtocol(Protocol):
             raise ChunkNotFound(f"no chunk {file_id}")
         return CHUNK_INFO.pack(info.size, info.crc32c)
 
+    async def _verify(self, request_id, body):
+        (file_id,) = FILE_ID.unpack(body)
+        info = await self._store_call(self._store().verify, file_id)
+        return CHUNK_INFO.pack(info.size, info.crc32c)
+
     async def _delete(self, request_id, body):
         (file_id,) = FILE_ID.unpack(body)
         await self._store_call(self._store().delete, file_id)
@@ -385,7 +390,7 @@ class ChunkServerProtocol(Protocol):
 
     _handlers = {
         OP_GET: _get, OP_STAT: _stat, OP_DELETE: _delete, OP_PING: _ping,
-        OP_STATUS: _status, OP_LIST: _list, OP_COMPACT: _compact,
+        OP_STATUS: _status, OP_LIST: _list, OP_COMPACT: _compact, OP_VERIFY: _verify,
     }
 
     def _put_received(self, request_id, write):

@@ -75,10 +75,7 @@ class ReadPath:
                 if staged is not None:
                     staged.release()
                 volume.unpin()
-                self.counters["checksum_errors"] += 1
-                self.log.error(
-                    "chunk {file_id} in volume {volume_id} at {offset} is damaged",
-                    file_id=file_id, volume_id=volume_id, offset=record_offset)
+                self._drop_damaged(file_id, location)
                 raise ChecksumMismatch(f"chunk {file_id} is damaged")
             if staged is not None and self._closed:
                 staged.release()
@@ -102,6 +99,54 @@ class ReadPath:
             self.counters["checksum_errors"] += 1
             self.log.error("cannot read chunk {file_id}: {e}",
                            file_id=file_id, e=failure.value)
+            raise ChecksumMismatch(f"chunk {file_id} is unreadable: {failure.value}")
+
+        return d.addCallbacks(checked, unreadable)
+
+    def verify(self, file_id):
+        """
+        Read chunk C{file_id}'s record from the disk, past the chunk cache
+        and, where direct I/O works, past the page cache too, and check it
+        against its CRC32C: what the scrubber and a repair ask.  A damaged
+        record is dropped (L{_drop_damaged}), so the chunk can be written
+        anew; a record that cannot be read (an I/O error) is kept.
+
+        @return: a Deferred firing with the chunk's L{ChunkInfo}, or failing
+            with L{ChunkNotFound}, L{ChecksumMismatch} (damaged or
+            unreadable) or L{Busy} (the store is closing).
+        """
+        if self._closed:
+            return fail(Busy("the store is closing"))
+        location = self._index.get(file_id)
+        if location is None:
+            return fail(ChunkNotFound(f"no chunk {file_id}"))
+        volume_id, record_offset, size, crc = location
+        volume = self._volumes[volume_id]
+        volume.pin()
+        fd = self._direct_fd(volume)
+        if fd is None:
+            d = self._run_in_thread(read_record, self._disk, volume.fd, record_offset,
+                                    file_id, size, crc)
+        else:
+            buffer = self._staging.take()
+            d = self._run_in_thread(read_record_direct, self._disk, fd, record_offset,
+                                    file_id, size, crc, [buffer], self._block)
+            d.addBoth(_giving_back, self._staging, buffer)
+
+        def checked(ok):
+            volume.unpin()
+            self.counters["verified"] += 1
+            self.counters["bytes_verified"] += size
+            if not ok:
+                self._drop_damaged(file_id, location)
+                raise ChecksumMismatch(f"chunk {file_id} is damaged")
+            return ChunkInfo(file_id, size, crc)
+
+        def unreadable(failure):
+            volume.unpin()
+            failure.trap(OSError)
+            self.counters["checksum_errors"] += 1
+            self.log.error("cannot read chunk {file_id}: {e}", file_id=file_id, e=failure.value)
             raise ChecksumMismatch(f"chunk {file_id} is unreadable: {failure.value}")
 
         return d.addCallbacks(checked, unreadable)
@@ -167,6 +212,13 @@ class ReadPath:
 
         return d.addCallbacks(verified, failed)
 
+
+
+def _giving_back(result, pool, buffer):
+    """Give a staging buffer back to its pool once the thread reading into
+    it is done, and pass the result on."""
+    pool.give(buffer)
+    return result
 
 
 @implementer(IChunkRead)

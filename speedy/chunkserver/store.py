@@ -96,11 +96,16 @@ STAGED_READ_LIMIT = 64 * 2**20
 #: written chunks kept in memory to answer GETs from.
 CACHE_SIZE = 512 * 2**20
 
+#: Damaged chunk ids kept for the chunkmaster at most; beyond it the oldest
+#: are forgotten here (their records are gone, so the chunkmaster's fsck
+#: still finds them missing).
+MAX_DAMAGED_KEPT = 100_000
+
 COUNTERS = (
     "reads", "writes", "deletes", "bytes_read", "bytes_written",
     "checksum_errors", "damaged_records", "torn_records", "damaged_volumes",
     "corrupt_checkpoints", "nospace_errors", "sync_errors", "compactions",
-    "bytes_compacted_away", "cache_hits", "cache_misses")
+    "bytes_compacted_away", "cache_hits", "cache_misses", "verified", "bytes_verified")
 
 
 def thread_pool_runner(reactor):
@@ -163,6 +168,9 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         self._staged_bytes = 0
         self.cache_size = cache_size
         self._cache = None
+        #: ids of chunks found damaged and dropped, not yet acknowledged by
+        #: the chunkmaster (insertion-ordered; at most MAX_DAMAGED_KEPT)
+        self.damaged = {}
 
     @classmethod
     def open(cls, reactor, data_dir, volume_size=2 * 2**30, sync="always",
@@ -443,6 +451,21 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         location = self._index.get(file_id)
         if location is None:
             return fail(ChunkNotFound(f"no chunk {file_id}"))
+        try:
+            volume = self._tombstone(file_id, location)
+        except NoSpace as e:
+            return fail(e)
+        self.counters["deletes"] += 1
+        return self._durable(volume)
+
+    def _tombstone(self, file_id, location):
+        """
+        Forget chunk C{file_id}, at C{location} in the index: append its
+        tombstone, drop it from the index and the cache, and account for it.
+
+        @return: the volume the tombstone went into.
+        @raise NoSpace: the tombstone could not be written (nothing changed).
+        """
         volume_id, _, size, _ = location
         volume = self._volumes[volume_id]
         header = RecordHeader(COMPLETE | TOMBSTONE, file_id, self._next_sequence(), 0, 0)
@@ -451,14 +474,42 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
             self._disk.pwrite(volume.fd, header.pack(), offset)
         except OSError as e:
             volume.tail = offset
-            return fail(self._no_space(e))
+            raise self._no_space(e)
         self._index.remove(file_id)
         if self._cache is not None:
             self._cache.drop(file_id)
         volume.live_bytes -= record_span(size)
         volume.live_count -= 1
-        self.counters["deletes"] += 1
-        return self._durable(volume)
+        return volume
+
+    def _drop_damaged(self, file_id, location):
+        """
+        A check found chunk C{file_id}'s record at C{location} damaged: if
+        the index still points there, forget it (a tombstone, so it stays
+        forgotten after a restart) and keep its id in L{damaged} for the
+        chunkmaster, which has it repaired from another replica.  A repair
+        then writes it anew like any missing chunk.
+        """
+        self.counters["checksum_errors"] += 1
+        self.log.error("chunk {file_id} in volume {volume_id} at {offset} is damaged;"
+                       " dropping it for repair", file_id=file_id, volume_id=location[0],
+                       offset=location[1])
+        if self._index.get(file_id) != location:
+            return  # deleted or replaced while it was being read
+        try:
+            volume = self._tombstone(file_id, location)
+        except NoSpace:
+            return  # the next check finds it again
+        self.counters["damaged_records"] += 1
+        self.damaged[file_id] = None
+        while len(self.damaged) > MAX_DAMAGED_KEPT:
+            self.damaged.pop(next(iter(self.damaged)))
+        self._durable(volume).addErrback(self._log_failure, "syncing a tombstone failed")
+
+    def acknowledge_damaged(self, file_ids):
+        """The chunkmaster recorded these damaged chunks: stop reporting them."""
+        for file_id in file_ids:
+            self.damaged.pop(file_id, None)
 
     def stat(self, file_id):
         location = self._index.get(file_id)

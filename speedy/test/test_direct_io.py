@@ -505,14 +505,16 @@ class DirectVerifyTests(DirectTestMixin, SynchronousTestCase):
 
     def test_damage_found(self):
         store = self.open_store()
-        for file_id in (1, 2):
+        for file_id in (1, 2, 3):
             self.put_pieces(store, file_id, os.urandom(16 * MiB + 3))
         path, offset = self.chunk_position(store, 1)
         corrupt(path, offset + 8 * MiB, b"X")
         self.failureResultOf(store.get(1), ChecksumMismatch)
+        path, offset = self.chunk_position(store, 2)  # both in the first volume
         corrupt(path, offset - HEADER_SIZE + 8, b"\x09")
-        self.failureResultOf(store.get(1), ChecksumMismatch)
-        self.assertEqual(len(self.read(store, 2)), 16 * MiB + 3)
+        self.failureResultOf(store.get(2), ChecksumMismatch)
+        self.assertEqual(len(self.read(store, 3)), 16 * MiB + 3)
+        self.assertEqual(list(store.damaged), [1, 2])
 
     def test_read_error(self):
         store = self.open_store()

@@ -160,8 +160,9 @@ class FakeChunkClient:
     def get(self, address, file_id, offset=0, length=None):
         def read(server):
             data = _stored(server, file_id)
-            if server.mode == CORRUPT or crc32c(data) != server.crcs[file_id]:
+            if server.mode == CORRUPT:
                 raise errors.ChecksumMismatch(f"{file_id} on {address}")
+            _drop_if_damaged(server, file_id)
             end = len(data) if length is None else offset + length
             if offset > len(data) or end > len(data):
                 raise errors.RangeNotSatisfiable(f"{offset}+{length} of {len(data)}")
@@ -193,6 +194,14 @@ class FakeChunkClient:
 
         return self._answer(address, "stat", file_id, info)
 
+    def verify(self, address, file_id):
+        def check(server):
+            data = _stored(server, file_id)
+            _drop_if_damaged(server, file_id)
+            return ChunkInfo(file_id, len(data), server.crcs[file_id])
+
+        return self._answer(address, "verify", file_id, check)
+
     def delete(self, address, file_id):
         def remove(server):
             server.garbage += len(_stored(server, file_id))
@@ -218,6 +227,18 @@ class FakeChunkClient:
 
     def close(self):
         return succeed(None)
+
+
+def _drop_if_damaged(server, file_id):
+    """
+    @raise ChecksumMismatch: the chunk's bytes no longer match the CRC32C
+        they were stored with; it is dropped, as a real chunkserver drops a
+        damaged chunk for repair.
+    """
+    if crc32c(server.chunks[file_id]) != server.crcs[file_id]:
+        server.garbage += len(server.chunks.pop(file_id))
+        del server.crcs[file_id]
+        raise errors.ChecksumMismatch(f"{file_id} on {server.address} is damaged")
 
 
 def _stored(server, file_id):
@@ -358,15 +379,31 @@ class ChunkClientTestsMixin:
         self.assertEqual(self.answer(self.client.get(self.address, 4)), data)
 
     def test_damaged(self):
-        """A chunk whose stored bytes were spoiled fails every read, whole
-        or a range, with ChecksumMismatch; the server's other chunks read."""
+        """A chunk whose stored bytes were spoiled fails a read, whole or a
+        range, however asked, with ChecksumMismatch, and is gone after (the
+        server dropped it for repair); the server's other chunks read."""
+        self.put(7, b"y" * 1000)
+        reads = [lambda: self.client.get(self.address, 6),
+                 lambda: self.client.get(self.address, 6, 0, 10),
+                 lambda: self.client.get_pieces(self.address, 6),
+                 lambda: self.stream(6, 0, 1000)[0]]
+        for read in reads:
+            self.put(6, b"x" * 1000)
+            self.damage(self.address, 6)
+            self.fails(read(), errors.ChecksumMismatch)
+            self.fails(self.client.get(self.address, 6), errors.ChunkNotFound)
+        self.assertEqual(self.answer(self.client.get(self.address, 7)), b"y" * 1000)
+
+    def test_verify(self):
+        """VERIFY answers a good chunk's info; a damaged chunk fails it and
+        is gone after; a missing one is not found."""
         self.put(6, b"x" * 1000)
         self.put(7, b"y" * 1000)
+        info = self.answer(self.client.verify(self.address, 7))
+        self.assertEqual((info.file_id, info.size, info.crc32c), (7, 1000, crc32c(b"y" * 1000)))
         self.damage(self.address, 6)
-        self.fails(self.client.get(self.address, 6), errors.ChecksumMismatch)
-        self.fails(self.client.get(self.address, 6, 0, 10), errors.ChecksumMismatch)
-        self.fails(self.client.get_pieces(self.address, 6), errors.ChecksumMismatch)
-        self.fails(self.stream(6, 0, 1000)[0], errors.ChecksumMismatch)
+        self.fails(self.client.verify(self.address, 6), errors.ChecksumMismatch)
+        self.fails(self.client.verify(self.address, 6), errors.ChunkNotFound)
         self.assertEqual(self.answer(self.client.get(self.address, 7)), b"y" * 1000)
 
     def test_servers_apart(self):

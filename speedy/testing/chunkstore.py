@@ -53,7 +53,9 @@ class MemoryChunkStore:
         self._damaged = set()
         self._garbage = 0
         self._closed = False
-        self.counters = dict(checksum_errors=0, reads=0, writes=0, deletes=0, aborts=0)
+        self.counters = dict(checksum_errors=0, damaged_records=0, reads=0, writes=0,
+                             deletes=0, aborts=0, verified=0)
+        self.damaged = {}
 
     def add(self, file_id, data):
         """
@@ -117,11 +119,36 @@ class MemoryChunkStore:
             return fail(RangeNotSatisfiable(
                 f"bytes {offset}+{length} lie outside chunk {file_id} of {len(data)}"))
         if file_id in self._damaged:
-            self.counters["checksum_errors"] += 1
-            return fail(ChecksumMismatch(f"chunk {file_id} is damaged"))
+            return fail(self._drop_damaged(file_id))
         self.counters["reads"] += 1
         self.pinned += 1
         return succeed(_MemoryChunkRead(self, self.stat(file_id), data, offset, length))
+
+    def verify(self, file_id):
+        if self._closed:
+            return fail(Busy("the store is closed"))
+        if file_id not in self._chunks:
+            return fail(ChunkNotFound(f"no chunk {file_id}"))
+        self.counters["verified"] += 1
+        if file_id in self._damaged:
+            return fail(self._drop_damaged(file_id))
+        return succeed(self.stat(file_id))
+
+    def _drop_damaged(self, file_id):
+        """Forget a damaged chunk, as the real store does.  @return: the
+        L{ChecksumMismatch} to fail with."""
+        data = self._chunks.pop(file_id)
+        self._damaged.discard(file_id)
+        self.used -= len(data)
+        self._garbage += len(data)
+        self.counters["checksum_errors"] += 1
+        self.counters["damaged_records"] += 1
+        self.damaged[file_id] = None
+        return ChecksumMismatch(f"chunk {file_id} is damaged")
+
+    def acknowledge_damaged(self, file_ids):
+        for file_id in file_ids:
+            self.damaged.pop(file_id, None)
 
     def stat(self, file_id):
         data = self._chunks.get(file_id)
@@ -481,15 +508,37 @@ class ChunkStoreTestsMixin:
         self.successResultOf(retry.finish())
 
     def test_checksum_mismatch(self):
-        """Damaged bytes fail the get (whole or range) before anything is
-        sent, are counted, and harm no other chunk."""
+        """Damaged bytes fail the get before anything is sent and harm no
+        other chunk.  The damaged chunk is dropped, counted and listed in
+        C{damaged} for the chunkmaster (until it acknowledges it), and can
+        be written anew: a repair is a put of a missing chunk."""
         self.put_chunk(1, b"a" * 1000)
         self.put_chunk(2, b"b" * 1000)
         self.damage(self.store, 1)
-        self.failureResultOf(self.store.get(1), ChecksumMismatch)
         self.failureResultOf(self.store.get(1, 0, 10), ChecksumMismatch)
-        self.assertEqual(self.store.status()["counters"]["checksum_errors"], 2)
+        self.failureResultOf(self.store.get(1), ChunkNotFound)
+        self.assertIsNone(self.store.stat(1))
+        self.assertEqual(list(self.store.damaged), [1])
+        counters = self.store.status()["counters"]
+        self.assertEqual((counters["checksum_errors"], counters["damaged_records"]), (1, 1))
         self.assertEqual(self.read_chunk(2), b"b" * 1000)
+        self.put_chunk(1, b"a" * 1000)
+        self.assertEqual(self.read_chunk(1), b"a" * 1000)
+        self.store.acknowledge_damaged([1])
+        self.assertEqual(list(self.store.damaged), [])
+
+    def test_verify(self):
+        """verify() checks a chunk's stored bytes: a good one answers its
+        info, a damaged one is dropped as a get drops it, a missing one is
+        not found."""
+        self.put_chunk(1, b"a" * 1000)
+        self.put_chunk(2, b"b" * 1000)
+        self.assertEqual(self.successResultOf(self.store.verify(1)), self.store.stat(1))
+        self.damage(self.store, 2)
+        self.failureResultOf(self.store.verify(2), ChecksumMismatch)
+        self.assertEqual(list(self.store.damaged), [2])
+        self.failureResultOf(self.store.verify(2), ChunkNotFound)
+        self.assertEqual(self.read_chunk(1), b"a" * 1000)
 
     def test_read_only(self):
         """A read-only store refuses puts; reads and deletes still work."""

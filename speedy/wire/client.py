@@ -48,7 +48,7 @@ from speedy.wire.connection import ChunkClientProtocol
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_PUT, OP_STAT, OP_STATUS)
+    OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY)
 from speedy.wire.growing import GrowingChunk
 
 
@@ -158,6 +158,10 @@ class ChunkClient:
 
     def stat(self, address, file_id):
         d = self._request(address, OP_STAT, FILE_ID.pack(file_id))
+        return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
+
+    def verify(self, address, file_id):
+        d = self._request(address, OP_VERIFY, FILE_ID.pack(file_id))
         return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
 
     def delete(self, address, file_id):

@@ -33,7 +33,7 @@ from speedy.wire.frames import (
     CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
     FLAG_RESPONSE, GET_RESPONSE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_PUT, OP_STAT, OP_STATUS, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header, decode_error)
+    OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header, decode_error)
 from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
@@ -49,6 +49,7 @@ RESPONSE_LIMITS = {
     OP_STATUS: 4 << 20,
     OP_LIST: LIST_BATCH * FILE_ID.size,
     OP_COMPACT: COMPACT_RESPONSE.size,
+    OP_VERIFY: CHUNK_INFO.size,
 }
 
 

@@ -38,9 +38,11 @@ OP_PING = 5
 OP_STATUS = 6
 OP_LIST = 7
 OP_COMPACT = 8
+OP_VERIFY = 9
 OPCODES = {
     OP_PUT: "PUT", OP_GET: "GET", OP_STAT: "STAT", OP_DELETE: "DELETE",
     OP_PING: "PING", OP_STATUS: "STATUS", OP_LIST: "LIST", OP_COMPACT: "COMPACT",
+    OP_VERIFY: "VERIFY",
 }
 
 #: Set on every frame the server sends.
@@ -91,6 +93,7 @@ REQUEST_BODY_SIZES = {
     OP_STATUS: 0,
     OP_LIST: 0,
     OP_COMPACT: COMPACT_REQUEST.size,
+    OP_VERIFY: FILE_ID.size,
 }
 
 
