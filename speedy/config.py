@@ -176,6 +176,22 @@ def size(minimum=0, maximum=None):
     return parse
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(minimum=0.0):
+    """@return: a parser of a time span in seconds: C{90}, C{90s}, C{15m},
+    C{12h}, C{7d}, at least C{minimum} seconds."""
+    def parse(text):
+        text = str(text).strip()
+        unit = _SECONDS.get(text[-1:].lower())
+        value = number(float, 0.0)(text[:-1] if unit else text) * (unit or 1)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum:g} seconds, not {text!r}")
+        return value
+    return parse
+
+
 def choice(*values):
     """@return: a parser of one of C{values}."""
     def parse(text):
@@ -199,3 +215,11 @@ def http_url(text):
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
     return text
+
+
+def http_urls(text):
+    """One or more L{http_url}s separated by commas: a list of them."""
+    urls = [http_url(part.strip()) for part in text.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("must name at least one URL")
+    return urls

@@ -332,7 +332,8 @@ class IClusterTables(Interface):
 
     def upsert_server(server):
         """
-        Insert or replace a L{ServerRecord} by C{server_id}.
+        Insert or replace a L{ServerRecord} by C{server_id}; a server
+        removed before (L{remove_server}) is no longer remembered as removed.
 
         @raise BadRequest: another server already has that address, or its
             group already has three other members.
@@ -346,7 +347,15 @@ class IClusterTables(Interface):
         """@return: Deferred firing with a list of L{ServerRecord}."""
 
     def remove_server(server_id):
-        """@return: Deferred firing with True if it existed."""
+        """
+        Forget a server, and remember that it was removed (L{removed_servers})
+        until it is upserted again.
+
+        @return: Deferred firing with True if it existed.
+        """
+
+    def removed_servers():
+        """@return: Deferred firing with the set of the ids of removed servers."""
 
     def upsert_group(group):
         """Insert or replace a L{GroupRecord}.  @return: Deferred."""
@@ -579,7 +588,25 @@ class IRepairTables(Interface):
         """
 
     def list_bad_replicas(limit=1000):
-        """@return: Deferred firing with a list of L{BadReplica}."""
+        """@return: Deferred firing with a list of L{BadReplica}, oldest
+        first."""
+
+    def forget_bad_replica(server_id, file_id):
+        """The replica was repaired (or found good): forget its record.
+        @return: Deferred firing with True if there was one."""
+
+    def count_bad_replicas():
+        """@return: Deferred firing with the number of bad replicas recorded."""
+
+    def referenced_chunks():
+        """
+        Every chunk something owns: the chunks of every file, blob and
+        upload in progress (for fsck).
+
+        @return: Deferred firing with a list of C{(owner, ChunkRef)}, where
+            C{owner} names what owns it: C{"file PATH"}, C{"blob DIGEST"},
+            C{"upload ID"}.
+        """
 
 
 class IMetadataStore(IClusterTables, IFileTables, IRegistryTables, IUploadTables,

@@ -71,6 +71,7 @@ class ServerRecord:
     read_only: bool = False  # as the chunkserver reported it
     last_heartbeat: float = 0.0
     load: dict = field(factory=dict)  # counters from the heartbeat
+    rebuilding: bool = False  # replaces a lost member; not whole yet
 
 
 @frozen

@@ -13,7 +13,12 @@ table of them:
     /v1/admin/servers                       POST    admin token
     /v1/admin/servers/<server_id>           DELETE  admin token
     /v1/admin/servers/<server_id>/drain     POST    admin token
+    /v1/admin/servers/<server_id>/replace   POST    admin token
     /v1/admin/groups/<group_id>             PUT     admin token
+    /v1/admin/repairs                       GET     admin token
+    /v1/admin/repairs                       POST    admin token (work the queue now)
+    /v1/admin/fsck                          GET     admin token
+    /v1/admin/fsck                          POST    admin token (start a run)
 
 A server id or group id that cannot be one is a 404.  Every refused call
 is logged (L{log_refusals}); a 500 with its traceback.
@@ -25,6 +30,7 @@ from twisted.logger import Logger
 
 from speedy import errors
 from speedy.chunkmaster import messages
+from speedy.records import BadReplica
 from speedy.web.json import HTTPError, answer_json_error, json_answer, json_error, read_json
 from speedy.web.rest import Answer, Router, cancel_when_gone
 
@@ -89,10 +95,12 @@ def log_refusals(route, handler):
 class ChunkmasterAPI:
     """The handlers of the API over a cluster and the file-id store."""
 
-    def __init__(self, cluster, store, max_file_ids):
+    def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None):
         self._cluster = cluster
         self._store = store
         self._max_file_ids = max_file_ids
+        self._repairs = repairs
+        self._fsck = fsck
 
     async def health(self, request):
         return json_answer(200, {"ok": True})
@@ -101,6 +109,12 @@ class ChunkmasterAPI:
         """Chunkservers report here every few seconds."""
         report = messages.parse_heartbeat(read_json(request))
         state = await self._cluster.heartbeat(report)
+        for file_id in report.damaged:
+            # Recorded before the answer: the server forgets them once answered.
+            await self._store.record_bad_replica(BadReplica(
+                report.server_id, report.group_id, file_id, "damaged on disk"))
+        if report.damaged and self._repairs is not None:
+            self._repairs.kick()
         return json_answer(200, {"state": state, "cluster_version": self._cluster.version})
 
     async def cluster_view(self, request):
@@ -138,6 +152,48 @@ class ChunkmasterAPI:
         server = await self._cluster.drain_server(server_id)
         return json_answer(200, _server_answer(server))
 
+    async def replace_server(self, request, server_id):
+        """C{POST {"server_id", "address"}}: the new server takes the old
+        one's place in its group and is rebuilt."""
+        new_id, address = messages.parse_replacement(read_json(request))
+        server = await self._cluster.replace_server(server_id, new_id, address)
+        if self._repairs is not None:
+            self._repairs.kick()
+        return json_answer(200, dict(_server_answer(server), rebuilding=server.rebuilding))
+
+    async def repairs(self, request):
+        """The repair queue, what was done, and the rebuilds."""
+        return json_answer(200, self._repair_status())
+
+    async def run_repairs(self, request):
+        """Work the repair queue (and the rebuilds) now."""
+        self._needs(self._repairs, "repair")
+        self._repairs.kick()
+        return json_answer(202, self._repair_status())
+
+    def _repair_status(self):
+        self._needs(self._repairs, "repair")
+        status = self._repairs.status()
+        status["lost"] = [s.server_id for s in self._cluster.servers()
+                          if self._cluster.is_lost(s.server_id)]
+        return status
+
+    async def fsck_status(self, request):
+        self._needs(self._fsck, "fsck")
+        return json_answer(200, self._fsck.status())
+
+    async def start_fsck(self, request):
+        self._needs(self._fsck, "fsck")
+        repair, verify = messages.parse_fsck(read_json(request))
+        if self._fsck.running:
+            raise HTTPError(409, "FSCK_RUNNING", "an fsck is running already")
+        return json_answer(202, self._fsck.start(repair=repair, verify=verify))
+
+    @staticmethod
+    def _needs(service, what):
+        if service is None:
+            raise HTTPError(404, "NOT_FOUND", f"this chunkmaster runs no {what}")
+
     async def set_group(self, request, group_id):
         """C{PUT {"read_only": bool}} creates the group if needed and sets its flag."""
         read_only = messages.parse_group_update(read_json(request))
@@ -149,7 +205,8 @@ class ChunkmasterAPI:
         })
 
 
-def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000):
+def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
+              repairs=None, fsck=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from.
@@ -157,9 +214,11 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
         present; None lets them through.
     @param admin_token: what admin calls must present; None refuses them.
     @param max_file_ids: the most file ids one call hands out.
+    @param repairs: the L{speedy.chunkmaster.repair.RepairService}, or None.
+    @param fsck: the L{speedy.chunkmaster.fsck.FsckRunner}, or None.
     @return: the root L{Resource} of the API.
     """
-    api = ChunkmasterAPI(cluster, store, max_file_ids)
+    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck)
     member = BearerToken(cluster_secret, required=False).guard
     admin = BearerToken(admin_token, required=True).guard
     server = {"server_id": _server_in_path}
@@ -174,6 +233,12 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("DELETE", "/v1/admin/servers/{server_id}", admin(api.remove_server), params=server)
     router.route("POST", "/v1/admin/servers/{server_id}/drain", admin(api.drain_server),
                  params=server)
+    router.route("POST", "/v1/admin/servers/{server_id}/replace", admin(api.replace_server),
+                 params=server)
+    router.route("GET", "/v1/admin/repairs", admin(api.repairs))
+    router.route("POST", "/v1/admin/repairs", admin(api.run_repairs))
+    router.route("GET", "/v1/admin/fsck", admin(api.fsck_status))
+    router.route("POST", "/v1/admin/fsck", admin(api.start_fsck))
     router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
                  params={"group_id": _group_in_path})
     return router.resource

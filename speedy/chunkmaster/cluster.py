@@ -22,11 +22,18 @@ from twisted.logger import Logger
 
 from speedy.chunkmaster.states import DRAIN, TIMEOUT, next_state, report_event
 from speedy.errors import BadRequest, NotFound
-from speedy.records import DRAINING, INIT, RW, GroupRecord, ServerRecord
+from speedy.records import DOWN, DRAINING, INIT, RW, GroupRecord, ServerRecord
 
 
 class UnknownServer(NotFound):
     """An admin call named a server the chunkmaster does not know."""
+
+
+class ServerRemoved(BadRequest):
+    """A server an operator removed heartbeats: it stays out until an
+    operator adds it again."""
+
+    error_code = "SERVER_REMOVED"
 
 
 class Cluster:
@@ -41,7 +48,8 @@ class Cluster:
     log = Logger()
 
     def __init__(self, store, clock, heartbeat_timeout=15.0, group_size=3,
-                 reserve=16 << 20, publish_interval=5.0):
+                 reserve=16 << 20, publish_interval=5.0, lost_after=3600.0,
+                 stall_tolerance=2.0):
         """
         @param store: the L{speedy.interfaces.IClusterTables} of the
             metadata store.
@@ -53,6 +61,12 @@ class Cluster:
         @param reserve: a server with this many free bytes or fewer is RO.
         @param publish_interval: changed capacity and load numbers alone
             increase the version at most once every this many seconds.
+        @param lost_after: seconds a server stays DOWN before it is shown
+            as lost: to be replaced (L{replace_server}).
+        @param stall_tolerance: a heartbeat timer that fires this many
+            seconds late or more means the chunkmaster itself stalled (a
+            pause, a VM freeze): the servers get a fresh timeout instead of
+            being marked DOWN for heartbeats it could not hear.
         """
         self._store = store
         self._clock = clock
@@ -65,6 +79,12 @@ class Cluster:
         self._addresses = {}  # address -> server_id
         self._members = {}  # group_id -> set of server ids
         self._timers = {}  # server_id -> DelayedCall marking it DOWN
+        self._deadlines = {}  # server_id -> when its DOWN timer is due
+        self.lost_after = lost_after
+        self.stall_tolerance = stall_tolerance
+        self._lost_timers = {}  # server_id -> DelayedCall marking it lost
+        self._lost = set()  # ids of servers DOWN for longer than lost_after
+        self._removed = set()  # ids of servers an operator removed
         self._waiters = {}  # Deferred -> DelayedCall of its wait timeout
         #: serialises membership changes with their store writes
         self._lock = DeferredLock()
@@ -91,6 +111,18 @@ class Cluster:
         """@return: the L{GroupRecord} of C{group_id}, or None."""
         return self._groups.get(group_id)
 
+    def members(self, group_id):
+        """@return: the L{ServerRecord}s of group C{group_id}, by id."""
+        return [self._servers[server_id] for server_id in sorted(self._members.get(group_id, ()))]
+
+    def servers(self):
+        """@return: every L{ServerRecord}, by id."""
+        return [server for _, server in sorted(self._servers.items())]
+
+    def is_lost(self, server_id):
+        """@return: True if the server has been DOWN for C{lost_after}."""
+        return server_id in self._lost
+
     async def load(self):
         """
         Read servers and groups from the store.  Drained servers stay
@@ -99,6 +131,7 @@ class Cluster:
         """
         groups = await self._store.list_groups()
         servers = await self._store.list_servers()
+        self._removed = set(await self._store.removed_servers())
         for group in groups:
             self._groups[group.group_id] = group
         for server in servers:
@@ -115,6 +148,9 @@ class Cluster:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        for timer in self._lost_timers.values():
+            timer.cancel()
+        self._lost_timers.clear()
         self._cancel_publish()
         self._wake_waiters()
 
@@ -129,8 +165,12 @@ class Cluster:
         @return: the server's state after the report.
         @raise BadRequest: the server belongs to another group, its address
             is another server's, or its group is full.
+        @raise ServerRemoved: an operator removed it.
         @raise Unavailable: the store could not record a new server.
         """
+        if report.server_id in self._removed:
+            raise ServerRemoved(f"server {report.server_id} was removed by an operator; "
+                                "add it again (POST /v1/admin/servers) to bring it back")
         current = self._servers.get(report.server_id)
         if current is not None and (current.group_id, current.address) == (report.group_id, report.address):
             return self._apply_report(current, report)
@@ -181,6 +221,13 @@ class Cluster:
 
     def _timed_out(self, server_id):
         del self._timers[server_id]
+        late = self._clock.seconds() - self._deadlines.pop(server_id)
+        if late >= self.stall_tolerance:
+            # We were not running when it was due: nobody could be heard.
+            self.log.warn("the chunkmaster stalled for {late:.1f}s: giving server {server_id} "
+                          "a new heartbeat timeout", late=late, server_id=server_id)
+            self._arm(server_id)
+            return
         current = self._servers[server_id]
         state = next_state(current.state, TIMEOUT)
         if state != current.state:
@@ -189,6 +236,18 @@ class Cluster:
             self._servers[server_id] = evolve(current, state=state)
             self._changed()
             self._save_later(server_id)
+            self._lost_timers[server_id] = self._clock.callLater(
+                self.lost_after, self._lost_now, server_id)
+
+    def _lost_now(self, server_id):
+        del self._lost_timers[server_id]
+        server = self._servers.get(server_id)
+        if server is not None and server.state == DOWN:
+            self.log.error("server {server_id} of group {group_id} has been DOWN for {seconds}s:"
+                           " replace it (speedy-admin replace-server)", server_id=server_id,
+                           group_id=server.group_id, seconds=self.lost_after)
+            self._lost.add(server_id)
+            self._changed()
 
     # --- admin calls --------------------------------------------------------
 
@@ -215,6 +274,7 @@ class Cluster:
             await self._ensure_group(group_id)
             server = ServerRecord(server_id, group_id, address)
             await self._store.upsert_server(server)
+            self._removed.discard(server_id)
             self.log.info("server {server_id} added to group {group_id} at {address}",
                           server_id=server_id, group_id=group_id, address=address)
             self._put(server)
@@ -231,15 +291,75 @@ class Cluster:
         async with self._lock:
             self._known(server_id)
             await self._store.remove_server(server_id)
-            server = self._servers.pop(server_id)
-            del self._addresses[server.address]
-            self._members[server.group_id].discard(server_id)
-            timer = self._timers.pop(server_id, None)
-            if timer is not None:
-                timer.cancel()
+            server = self._forget(server_id)
             self.log.info("server {server_id} removed from group {group_id}",
                           server_id=server_id, group_id=server.group_id)
             self._changed()
+
+    async def replace_server(self, old_id, new_id, address):
+        """
+        Replace group member C{old_id} (lost, or leaving) by a new server
+        C{new_id} at C{address}: the old one is removed (it stays out), the
+        new one joins its group as INIT and I{rebuilding}, so the group
+        takes no writes until the repair has copied every chunk of the
+        group onto it (L{finish_rebuild}).  Reads skip it meanwhile.
+
+        @return: the new server's L{ServerRecord}.
+        @raise UnknownServer: no server C{old_id}.
+        @raise BadRequest: C{new_id} is already a member somewhere, or
+            another server (not C{old_id}) has C{address}.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            old = self._known(old_id)
+            if new_id in self._servers:
+                raise BadRequest(f"server {new_id} is already registered; remove it first")
+            owner = self._addresses.get(address)
+            if owner is not None and owner != old_id:
+                raise BadRequest(f"address {address} belongs to server {owner}")
+            server = ServerRecord(new_id, old.group_id, address, rebuilding=True)
+            await self._store.remove_server(old_id)
+            await self._store.upsert_server(server)
+            self._forget(old_id)
+            self._removed.discard(new_id)
+            self._put(server)
+            self.log.info("server {new_id} at {address} replaces {old_id} in group {group_id};"
+                          " rebuilding", new_id=new_id, address=address, old_id=old_id,
+                          group_id=old.group_id)
+            self._changed()
+            return server
+
+    async def finish_rebuild(self, server_id):
+        """
+        A rebuilt server holds every chunk of its group: it takes part in
+        writes and reads like the others from now on.
+
+        @raise UnknownServer: no such server.
+        @raise Unavailable: the store is down.
+        """
+        async with self._lock:
+            current = self._known(server_id)
+            if not current.rebuilding:
+                return
+            await self._store.upsert_server(evolve(current, rebuilding=False))
+            self._servers[server_id] = evolve(self._servers[server_id], rebuilding=False)
+            self.log.info("server {server_id} is rebuilt: group {group_id} is whole again",
+                          server_id=server_id, group_id=current.group_id)
+            self._changed()
+
+    def _forget(self, server_id):
+        """Drop a removed server from memory.  @return: its record."""
+        server = self._servers.pop(server_id)
+        del self._addresses[server.address]
+        self._members[server.group_id].discard(server_id)
+        for timers in (self._timers, self._lost_timers):
+            timer = timers.pop(server_id, None)
+            if timer is not None:
+                timer.cancel()
+        self._deadlines.pop(server_id, None)
+        self._lost.discard(server_id)
+        self._removed.add(server_id)
+        return server
 
     async def drain_server(self, server_id):
         """
@@ -294,7 +414,8 @@ class Cluster:
         return (
             not (group and group.read_only)
             and len(members) == self.group_size
-            and all(self._servers[server_id].state == RW for server_id in members))
+            and all(self._servers[server_id].state == RW and not self._servers[server_id].rebuilding
+                    for server_id in members))
 
     def view(self):
         """
@@ -310,7 +431,7 @@ class Cluster:
                     "group_id": group_id,
                     "writable": self.writable(group_id),
                     "read_only": bool(group and group.read_only),
-                    "servers": [_server_json(self._servers[server_id])
+                    "servers": [_server_json(self._servers[server_id], server_id in self._lost)
                                 for server_id in sorted(self._members.get(group_id, ()))],
                 })
             self._view = {"version": self._version, "groups": groups}
@@ -372,16 +493,30 @@ class Cluster:
         self._servers[server.server_id] = server
         self._addresses[server.address] = server.server_id
         self._members.setdefault(server.group_id, set()).add(server.server_id)
+        lost = self._lost_timers.pop(server.server_id, None)
+        if lost is not None:
+            lost.cancel()
+        if server.server_id in self._lost and server.state != DOWN:
+            self._lost.discard(server.server_id)
+            self._view = None
         timer = self._timers.get(server.server_id)
         if server.state == DRAINING:
             if timer is not None:
                 del self._timers[server.server_id]
+                self._deadlines.pop(server.server_id, None)
                 timer.cancel()
-        elif timer is not None:
+        else:
+            self._arm(server.server_id)
+
+    def _arm(self, server_id):
+        """(Re)start the heartbeat timeout of a server."""
+        self._deadlines[server_id] = self._clock.seconds() + self.heartbeat_timeout
+        timer = self._timers.get(server_id)
+        if timer is not None:
             timer.reset(self.heartbeat_timeout)
         else:
-            self._timers[server.server_id] = self._clock.callLater(
-                self.heartbeat_timeout, self._timed_out, server.server_id)
+            self._timers[server_id] = self._clock.callLater(
+                self.heartbeat_timeout, self._timed_out, server_id)
 
     def _changed(self):
         """Increase the version, drop the cached view, wake long-polls."""
@@ -438,8 +573,10 @@ class Cluster:
         return None
 
 
-def _server_json(server):
+def _server_json(server, lost=False):
     return {
+        "rebuilding": server.rebuilding,
+        "lost": lost,
         "server_id": server.server_id,
         "address": server.address,
         "state": server.state,

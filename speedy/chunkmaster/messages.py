@@ -32,13 +32,20 @@ class Heartbeat:
     free: int
     read_only: bool
     load: dict
+    damaged: tuple = ()
+
+
+#: The most damaged chunk ids one heartbeat may report.
+MAX_DAMAGED_REPORTED = 1000
 
 
 def parse_heartbeat(body):
     """
     @return: a L{Heartbeat} from a heartbeat body: C{server_id}, C{group_id},
         C{address}, C{capacity}, C{used}, C{free}, C{read_only} are required,
-        C{load} (an object of numbers) is optional.
+        C{load} (an object of numbers) and C{damaged} (the ids of chunks
+        found damaged and dropped, at most L{MAX_DAMAGED_REPORTED}) are
+        optional.
     @raise BadRequest: a field is missing or has the wrong type or range.
     """
     return Heartbeat(
@@ -50,7 +57,18 @@ def parse_heartbeat(body):
         free=_byte_count(body, "free"),
         read_only=_boolean(body, "read_only"),
         load=_load(body.get("load", {})),
+        damaged=_file_ids(body.get("damaged", []), "damaged", MAX_DAMAGED_REPORTED),
     )
+
+
+def _file_ids(value, name, limit):
+    """@return: a tuple of chunk file ids.  @raise BadRequest: not a list
+    of at most C{limit} integers from 0 to 2**63 - 1."""
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadRequest(f"{name} must be a list of at most {limit} file ids")
+    if not all(_is_int(item) and 0 <= item < 2**63 for item in value):
+        raise BadRequest(f"{name} must hold file ids (integers from 0 to 2**63-1)")
+    return tuple(value)
 
 
 def parse_registration(body):
@@ -64,6 +82,30 @@ def parse_registration(body):
         parse_group_id(_field(body, "group_id")),
         parse_address(_field(body, "address")),
     )
+
+
+def parse_replacement(body):
+    """
+    @return: C{(server_id, address)} of the new server in a
+        C{POST /v1/admin/servers/<old>/replace} body.
+    @raise BadRequest: a field is missing or wrong.
+    """
+    return parse_server_id(_field(body, "server_id")), parse_address(_field(body, "address"))
+
+
+def parse_fsck(body):
+    """
+    @return: C{(repair, verify)} of a C{POST /v1/admin/fsck} body, both
+        optional booleans (False by default).
+    @raise BadRequest: one is not a boolean.
+    """
+    flags = []
+    for name in ("repair", "verify"):
+        value = body.get(name, False)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{name} must be true or false")
+        flags.append(value)
+    return tuple(flags)
 
 
 def parse_group_update(body):

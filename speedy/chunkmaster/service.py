@@ -20,7 +20,8 @@ class ChunkmasterService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, store, cluster, endpoint, site, retry_interval=5.0):
+    def __init__(self, reactor, store, cluster, endpoint, site, retry_interval=5.0,
+                 background=(), closing=()):
         """
         @param reactor: provides L{IReactorTime}; runs the retry timer.
         @param store: the L{speedy.interfaces.IMetadataStore}.
@@ -29,7 +30,13 @@ class ChunkmasterService(Service):
         @param site: the L{twisted.web.server.Site} serving the API.
         @param retry_interval: seconds between attempts while the store is
             unavailable.
+        @param background: services started once the cluster is loaded
+            (repair), stopped first.
+        @param closing: objects with C{stop()} or C{close()} to call when
+            stopping (an fsck run, the chunk client).
         """
+        self._background = list(background)
+        self._closing = list(closing)
         self._reactor = reactor
         self._store = store
         self._cluster = cluster
@@ -55,6 +62,8 @@ class ChunkmasterService(Service):
                               error=e, delay=self._retry_interval)
                 await deferLater(self._reactor, self._retry_interval)
         self.port = await self._endpoint.listen(self._site)
+        for service in self._background:
+            service.startService()
         self.log.info("chunkmaster listening on {address}", address=self.port.getHost())
 
     def _start_failed(self, failure):
@@ -73,6 +82,11 @@ class ChunkmasterService(Service):
 
     async def _stop(self):
         self._starting.cancel()
+        for service in self._background:
+            if service.running:
+                await maybeDeferred(service.stopService)
+        for thing in self._closing:
+            await maybeDeferred(getattr(thing, "stop", None) or thing.close)
         self._cluster.stop()
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)

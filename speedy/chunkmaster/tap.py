@@ -14,10 +14,13 @@ from twisted.web.server import Site
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.fsck import FsckRunner
+from speedy.chunkmaster.repair import RepairService
 from speedy.chunkmaster.service import ChunkmasterService
-from speedy.config import DaemonOptions, Option, endpoint, number, positive, size
+from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
 from speedy.metadata.schema import GROUP_SIZE
+from speedy.wire.client import ChunkClient
 
 
 class Options(DaemonOptions):
@@ -37,6 +40,14 @@ class Options(DaemonOptions):
         Option("file-id-range", "10000", "The most file ids one allocation hands out.",
                positive(int)),
         Option("reserve", "16MiB", "Free space at or below which a chunkserver is RO.", size()),
+        Option("lost-after", "1h", "Time a chunkserver stays DOWN before it is shown as lost, "
+               "to be replaced (e.g. 30m, 1h).", duration(1.0)),
+        Option("repair-rate", "64MiB", "Bytes a second repairs and rebuilds copy at most, all "
+               "together; 0 for no limit.", size()),
+        Option("repair-parallelism", "2", "Chunks repairs and rebuilds copy at once.",
+               positive(int)),
+        Option("repair-interval", "5", "Seconds between looks at the repair queue.",
+               positive(float)),
     ]
 
 
@@ -67,10 +78,17 @@ def makeService(options, reactor=None):
     store = open_store(options["db"], reactor)
     cluster = Cluster(
         store, reactor, heartbeat_timeout=options["heartbeat-timeout"],
-        group_size=options["group-size"], reserve=options["reserve"])
+        group_size=options["group-size"], reserve=options["reserve"],
+        lost_after=options["lost-after"])
+    client = ChunkClient(reactor)
+    repairs = RepairService(
+        reactor, cluster, store, client, parallelism=options["repair-parallelism"],
+        rate=options["repair-rate"], interval=options["repair-interval"])
+    fsck = FsckRunner(reactor, cluster, store, client)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
-        admin_token=options["admin-token"], max_file_ids=options["file-id-range"])
+        admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
+        repairs=repairs, fsck=fsck)
     return ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]),
-        ChunkmasterSite(api, reactor=reactor))
+        ChunkmasterSite(api, reactor=reactor), background=[repairs], closing=[fsck, client])

@@ -94,12 +94,17 @@ class ChunkServerFactory(Factory):
         self.idle_timeout = idle_timeout
         self.max_chunk = max_chunk
         self.zero_copy = zero_copy
+        self._connections = set()
         self.counters = dict(connections=0, open_connections=0, requests=0,
                              error_frames=0, bad_frames=0, idle_timeouts=0,
                              answers_abandoned=0)
 
     def buildProtocol(self, addr):
         return ChunkServerProtocol(self)
+
+    def busy(self):
+        """@return: True while some client has a request in flight."""
+        return any(connection._in_flight for connection in self._connections)
 
 
 class ChunkServerProtocol(Protocol):
@@ -125,6 +130,7 @@ class ChunkServerProtocol(Protocol):
         counters = self.factory.counters
         counters["connections"] += 1
         counters["open_connections"] += 1
+        self.factory._connections.add(self)
         no_delay(self.transport)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = RECEIVE_SIZE
@@ -135,6 +141,7 @@ class ChunkServerProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.factory.counters["open_connections"] -= 1
+        self.factory._connections.discard(self)
         self._closing = True
         if self._idle.active():
             self._idle.cancel()

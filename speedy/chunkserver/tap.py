@@ -8,7 +8,8 @@ The service tree (L{makeService}) is a L{MultiService} of:
   - a L{ChunkStoreService} that opens the store on start and closes it on
     stop (until it is open, requests are answered L{Unavailable});
   - the wire protocol listener on C{--listen};
-  - with C{--master}, the heartbeat to the chunkmaster.
+  - the L{Scrubber}, which reads every chunk back in the background;
+  - with C{--master}, the heartbeat to each chunkmaster.
 """
 
 import os
@@ -22,7 +23,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from speedy.chunkserver.protocol import ChunkServerFactory
-from speedy.config import DaemonOptions, Option, choice, endpoint, http_url, number, size
+from speedy.chunkserver.scrubber import Scrubber
+from speedy.config import (
+    DaemonOptions, Option, choice, duration, endpoint, http_urls, number, size)
 from speedy.errors import Unavailable
 from speedy.zerocopy import ZERO_COPY_MODES
 
@@ -90,11 +93,16 @@ class Options(DaemonOptions):
                "DATA_DIR/server-id]."),
         Option("advertise", None, "host:port others reach this server at [default: from "
                "--listen].", address),
-        Option("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it).",
-               http_url),
+        Option("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it); "
+               "several, comma-separated, for chunkmasters sharing one database: each is sent "
+               "every heartbeat.", http_urls),
         Option("cluster-secret", None, "Bearer secret for the chunkmaster."),
         Option("heartbeat-interval", "5", "Seconds between heartbeats, at least 0.1.",
                number(float, 0.1)),
+        Option("scrub-rate", "8MiB", "Bytes a second the scrubber reads back and checks (a "
+               "background pass over every chunk); 0 turns it off.", size()),
+        Option("scrub-period", "7d", "Time from the start of one scrub pass to the start of "
+               "the next (e.g. 12h, 7d).", duration(1.0)),
     ]
 
     def check(self):
@@ -254,10 +262,12 @@ def makeService(options, reactor=None):
     stores.setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)
     listener.setServiceParent(top)
-    if options["master"]:
+    Scrubber(reactor, lambda: stores.store, options["scrub-rate"], options["scrub-period"],
+             busy=factory.busy).setServiceParent(top)
+    for master in options["master"] or ():
         from speedy.chunkserver.heartbeat import HeartbeatService
         HeartbeatService(
-            reactor, options["master"], options["cluster-secret"],
+            reactor, master, options["cluster-secret"],
             options["server-id"], options["group-id"],
             options["advertise"], stores, options["heartbeat-interval"],
         ).setServiceParent(top)

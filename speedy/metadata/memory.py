@@ -87,6 +87,7 @@ class MemoryMetadataStore:
         self._uploads = {}  # upload_id -> UploadRecord
         self._garbage = {}  # (group_id, file_id) -> GarbageChunk
         self._bad_replicas = {}  # (server_id, file_id) -> BadReplica
+        self._removed = set()  # ids of removed servers
 
     def _stamp(self, when):
         """@return: C{when}, or the clock's time if C{when} is zero."""
@@ -107,9 +108,11 @@ class MemoryMetadataStore:
         schema.check_server(server)
         others = [s for s in self._servers.values() if s.server_id != server.server_id]
         schema.check_server_placement(server, others)
+        self._removed.discard(server.server_id)
         self._servers[server.server_id] = attrs.evolve(
             server,
             read_only=bool(server.read_only),
+            rebuilding=bool(server.rebuilding),
             last_heartbeat=float(server.last_heartbeat),
             load=_copy_json(server.load))
 
@@ -127,7 +130,13 @@ class MemoryMetadataStore:
 
     @_deferred
     def remove_server(self, server_id):
+        schema.check_text(server_id, "server id", schema.MAX_SERVER_ID)
+        self._removed.add(server_id)
         return self._servers.pop(server_id, None) is not None
+
+    @_deferred
+    def removed_servers(self):
+        return set(self._removed)
 
     @_deferred
     def upsert_group(self, group):
@@ -391,3 +400,20 @@ class MemoryMetadataStore:
             self._bad_replicas.values(),
             key=lambda b: (b.recorded, b.server_id, b.file_id))
         return bad if limit is None else bad[:limit]
+
+    @_deferred
+    def forget_bad_replica(self, server_id, file_id):
+        return self._bad_replicas.pop((server_id, file_id), None) is not None
+
+    @_deferred
+    def count_bad_replicas(self):
+        return len(self._bad_replicas)
+
+    @_deferred
+    def referenced_chunks(self):
+        found = []
+        for kind, records in (("file", self._files), ("blob", self._blobs),
+                              ("upload", self._uploads)):
+            for name, record in sorted(records.items()):
+                found.extend((f"{kind} {name}", chunk) for chunk in _copy_chunks(record.chunks))
+        return found

@@ -338,6 +338,12 @@ SQLITE_MIGRATIONS = [
             PRIMARY KEY (server_id, file_id))""",
         "CREATE INDEX bad_replicas_by_recorded ON bad_replicas (recorded)",
     ]),
+    (4, [  # self-healing: group rebuilds, removals that stick
+        "ALTER TABLE servers ADD COLUMN rebuilding INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE removed_servers (
+            server_id TEXT PRIMARY KEY,
+            removed REAL NOT NULL) WITHOUT ROWID""",
+    ]),
 ]
 
 _INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
@@ -433,6 +439,12 @@ MYSQL_MIGRATIONS = [
             recorded DOUBLE NOT NULL,
             PRIMARY KEY (server_id, file_id),
             KEY bad_replicas_by_recorded (recorded))""" + _INNODB,
+    ]),
+    (4, [
+        "ALTER TABLE servers ADD COLUMN IF NOT EXISTS rebuilding BOOLEAN NOT NULL DEFAULT FALSE",
+        """CREATE TABLE IF NOT EXISTS removed_servers (
+            server_id VARBINARY(512) NOT NULL PRIMARY KEY,
+            removed DOUBLE NOT NULL)""" + _INNODB,
     ]),
 ]
 

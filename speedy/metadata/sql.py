@@ -114,15 +114,15 @@ def prefix_successor(prefix):
 
 
 _SERVER = ("server_id, group_id, address, state, capacity, used, free, read_only, "
-           "last_heartbeat, load_counters")
+           "last_heartbeat, load_counters, rebuilding")
 
 
 def _server(row):
     (server_id, group_id, address, state, capacity, used, free, read_only,
-     last_heartbeat, load) = row
+     last_heartbeat, load, rebuilding) = row
     return ServerRecord(
         _text(server_id), group_id, _text(address), _text(state), capacity, used, free,
-        bool(read_only), float(last_heartbeat), json.loads(load))
+        bool(read_only), float(last_heartbeat), json.loads(load), bool(rebuilding))
 
 
 _FILE = "path, size, chunks, created, sha256"
@@ -301,7 +301,8 @@ class SQLMetadataStore:
             self.dialect.upsert("servers", _SERVER, ["server_id"]),
             server.server_id, server.group_id, server.address, server.state,
             server.capacity, server.used, server.free, bool(server.read_only),
-            float(server.last_heartbeat), _dump_json(server.load))
+            float(server.last_heartbeat), _dump_json(server.load), bool(server.rebuilding))
+        db.execute("DELETE FROM removed_servers WHERE server_id = ?", server.server_id)
 
     def get_server(self, server_id):
         return self._read(self._get_server, server_id)
@@ -318,10 +319,19 @@ class SQLMetadataStore:
         return [_server(row) for row in rows]
 
     def remove_server(self, server_id):
-        return self._write(self._remove_server, server_id)
+        return self._write(self._remove_server, server_id, self._now())
 
-    def _remove_server(self, db, server_id):
+    def _remove_server(self, db, server_id, now):
+        schema.check_text(server_id, "server id", schema.MAX_SERVER_ID)
+        db.execute(self.dialect.upsert("removed_servers", "server_id, removed", ["server_id"]),
+                   server_id, now)
         return db.execute("DELETE FROM servers WHERE server_id = ?", server_id) > 0
+
+    def removed_servers(self):
+        return self._read(self._removed_servers)
+
+    def _removed_servers(self, db):
+        return {_text(row[0]) for row in db.all("SELECT server_id FROM removed_servers")}
 
     def upsert_group(self, group):
         return self._write(self._upsert_group, group, self._now())
@@ -714,3 +724,28 @@ class SQLMetadataStore:
             f"SELECT {_BAD_REPLICA} FROM bad_replicas ORDER BY recorded, server_id, file_id"
             + _limit(limit))
         return [_bad_replica(row) for row in rows]
+
+    def forget_bad_replica(self, server_id, file_id):
+        return self._write(self._forget_bad_replica, server_id, file_id)
+
+    def _forget_bad_replica(self, db, server_id, file_id):
+        return db.execute("DELETE FROM bad_replicas WHERE server_id = ? AND file_id = ?",
+                          server_id, file_id) > 0
+
+    def count_bad_replicas(self):
+        return self._read(self._count_bad_replicas)
+
+    def _count_bad_replicas(self, db):
+        return db.one("SELECT COUNT(*) FROM bad_replicas")[0]
+
+    def referenced_chunks(self):
+        return self._read(self._referenced_chunks)
+
+    def _referenced_chunks(self, db):
+        found = []
+        for kind, query in (("file", "SELECT path, chunks FROM files ORDER BY path"),
+                            ("blob", "SELECT digest, chunks FROM blobs ORDER BY digest"),
+                            ("upload", "SELECT upload_id, chunks FROM uploads ORDER BY upload_id")):
+            for name, chunks in db.all(query):
+                found.extend((f"{kind} {_text(name)}", chunk) for chunk in _load_chunks(chunks))
+        return found

@@ -213,7 +213,8 @@ class ClusterViewTests(APITestCase):
             group["servers"][0],
             {"server_id": "s1", "address": "10.0.0.1:8000", "state": RW,
              "capacity": 100 * GiB, "used": GiB, "free": 99 * GiB, "read_only": False,
-             "load": {"reads": 1, "writes": 2.5}, "last_heartbeat": 0.0})
+             "load": {"reads": 1, "writes": 2.5}, "last_heartbeat": 0.0,
+             "rebuilding": False, "lost": False})
 
     def test_credentials(self):
         self.assertError(self.call("GET", "/v1/cluster", token="wrong"), 401, "UNAUTHORIZED")

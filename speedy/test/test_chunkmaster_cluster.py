@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.chunkmaster.cluster import Cluster, UnknownServer
+from speedy.chunkmaster.cluster import Cluster, ServerRemoved, UnknownServer
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.errors import BadRequest, Unavailable
 from speedy.records import DOWN, DRAINING, INIT, RO, RW
@@ -431,3 +431,109 @@ class RestartTests(ClusterTestCase):
         self.cluster = self.new_cluster()
         self.done(self.cluster.load())
         self.refused(self.cluster.heartbeat(report("s9", group_id=1)), BadRequest)
+
+
+class SelfHealingTests(ClusterTestCase):
+    """Removals that stick, lost servers, group rebuilds, the chunkmaster's
+    own stalls."""
+
+    def test_removed_server_stays_out(self):
+        """A server removed while it still runs is refused on its next
+        heartbeat, after a restart of the chunkmaster too, until an operator
+        adds it again."""
+        self.full_group()
+        self.done(self.cluster.remove_server("s2"))
+        error = self.refused(self.cluster.heartbeat(report("s2")), ServerRemoved)
+        self.assertIn("removed by an operator", str(error))
+        self.assertIsNone(self.cluster.server("s2"))
+        self.assertFalse(self.cluster.writable(1))
+        restarted = self.new_cluster()
+        self.addCleanup(restarted.stop)
+        self.done(restarted.load())
+        self.refused(restarted.heartbeat(report("s2")), ServerRemoved)
+        self.done(restarted.add_server("s2", 1, "10.0.0.2:8000"))
+        self.assertEqual(self.done(restarted.heartbeat(report("s2"))), RW)
+
+    def test_lost_after_grace(self):
+        """A server DOWN for C{lost_after} is shown as lost in the view;
+        coming back clears it."""
+        self.cluster.lost_after = 100
+        self.full_group()
+        for _ in range(int(TIMEOUT) + 1):
+            self.clock.advance(1)
+            self.beat("s1")
+            self.beat("s3")
+        self.assertEqual(self.cluster.server("s2").state, DOWN)
+        lost = {s["server_id"]: s["lost"] for s in self.cluster.view()["groups"][0]["servers"]}
+        self.assertEqual(lost, {"s1": False, "s2": False, "s3": False})
+        for _ in range(100):
+            self.clock.advance(1)
+        self.assertTrue(self.cluster.is_lost("s2"))
+        lost = {s["server_id"]: s["lost"] for s in self.cluster.view()["groups"][0]["servers"]}
+        self.assertEqual(lost["s2"], True)
+        self.beat("s2")
+        self.assertFalse(self.cluster.is_lost("s2"))
+        self.assertFalse(self.cluster.view()["groups"][0]["servers"][1]["lost"])
+
+    def test_replace(self):
+        """Replacing a lost member removes it for good and adds the new one
+        as rebuilding: the group takes no writes until the rebuild is done,
+        and the view says which member is rebuilding."""
+        self.full_group()
+        before = self.cluster.version
+        new = self.done(self.cluster.replace_server("s2", "s9", "10.0.0.9:8000"))
+        self.assertEqual((new.group_id, new.state, new.rebuilding), (1, INIT, True))
+        self.assertGreater(self.cluster.version, before)
+        self.assertEqual([s.server_id for s in self.cluster.members(1)], ["s1", "s3", "s9"])
+        self.assertTrue(self.stored("s9").rebuilding)
+        self.assertIsNone(self.stored("s2"))
+        self.refused(self.cluster.heartbeat(report("s2")), ServerRemoved)
+        self.assertEqual(self.done(self.cluster.heartbeat(report("s9"))), RW)
+        self.assertFalse(self.cluster.writable(1))
+        [s9] = [s for s in self.cluster.view()["groups"][0]["servers"] if s["server_id"] == "s9"]
+        self.assertTrue(s9["rebuilding"])
+        self.done(self.cluster.finish_rebuild("s9"))
+        self.assertTrue(self.cluster.writable(1))
+        self.assertFalse(self.stored("s9").rebuilding)
+
+    def test_replace_at_the_same_address(self):
+        """A new disk in the same machine: the new server may take the old
+        one's address."""
+        self.full_group()
+        self.done(self.cluster.replace_server("s2", "s9", "10.0.0.2:8000"))
+        self.assertEqual(self.cluster.server("s9").address, "10.0.0.2:8000")
+
+    def test_replace_refused(self):
+        """An unknown old server, a new id already registered, or an address
+        of another member: refused, nothing changed."""
+        self.full_group()
+        before = self.snapshot()
+        self.refused(self.cluster.replace_server("s7", "s9", "10.0.0.9:8000"), UnknownServer)
+        self.refused(self.cluster.replace_server("s2", "s3", "10.0.0.9:8000"), BadRequest)
+        self.refused(self.cluster.replace_server("s2", "s9", "10.0.0.3:8000"), BadRequest)
+        self.assertEqual(self.snapshot(), before)
+
+    def test_rebuilding_survives_a_restart(self):
+        self.full_group()
+        self.done(self.cluster.replace_server("s2", "s9", "10.0.0.9:8000"))
+        restarted = self.new_cluster()
+        self.addCleanup(restarted.stop)
+        self.done(restarted.load())
+        self.assertTrue(restarted.server("s9").rebuilding)
+
+    def test_own_stall_is_not_their_silence(self):
+        """The chunkmaster paused (SIGSTOP, a VM freeze) past the heartbeat
+        timeout: when it runs again its late timers give every server a
+        new timeout instead of marking them all DOWN, and servers that are
+        really gone turn DOWN one timeout later."""
+        self.full_group()
+        self.clock.advance(TIMEOUT + 30)  # every timer fires 30 s late
+        self.assertEqual([s.state for s in self.cluster.members(1)], [RW, RW, RW])
+        self.assertTrue(self.cluster.writable(1))
+        for _ in range(5):
+            self.clock.advance(1)
+        self.beat("s1")
+        self.beat("s2")
+        for _ in range(int(TIMEOUT) - 5):
+            self.clock.advance(1)
+        self.assertEqual([s.state for s in self.cluster.members(1)], [RW, RW, DOWN])

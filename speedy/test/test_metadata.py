@@ -24,6 +24,7 @@ from speedy.interfaces import (
     IUploadTables)
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store, parse_url
+from speedy.metadata.schema import MYSQL_MIGRATIONS, SQLITE_MIGRATIONS, latest_version
 from speedy.metadata.sqlite import sqlite_store
 from speedy.records import (
     DOWN,
@@ -42,7 +43,11 @@ from speedy.test.processes import free_port
 from speedy.test.util import require_mysql
 from speedy.testing import OutageStore
 
+
 START = 1_700_000_000.0
+#: The schema version a migrated database is at.
+LATEST = latest_version(SQLITE_MIGRATIONS)
+assert LATEST == latest_version(MYSQL_MIGRATIONS)
 SHA = "sha256:" + "ab" * 32
 SHA2 = "sha256:" + "cd" * 32
 SHA3 = "sha256:" + "ef" * 32
@@ -125,6 +130,23 @@ class MetadataStoreTestsMixin:
         self.assertFalse(await self.store.remove_server("cs2"))
         self.assertEqual(
             [s.server_id for s in await self.store.list_servers()], ["cs1", "cs3"])
+
+    async def test_removal_sticks_until_upserted(self):
+        """A removed server is remembered as removed (also one the store
+        never had) until it is upserted again."""
+        await self.store.upsert_server(server("cs1"))
+        await self.store.upsert_server(server("cs2", address="10.0.0.2:8001"))
+        self.assertTrue(await self.store.remove_server("cs1"))
+        self.assertFalse(await self.store.remove_server("ghost"))
+        self.assertEqual(await self.store.removed_servers(), {"cs1", "ghost"})
+        await self.store.upsert_server(server("cs1"))
+        self.assertEqual(await self.store.removed_servers(), {"ghost"})
+
+    async def test_rebuilding_flag(self):
+        await self.store.upsert_server(server("cs1", rebuilding=True))
+        self.assertTrue((await self.store.get_server("cs1")).rebuilding)
+        await self.store.upsert_server(server("cs1"))
+        self.assertFalse((await self.store.get_server("cs1")).rebuilding)
 
     async def test_server_load_is_json(self):
         """The load dict comes back as JSON gives it: keys as strings."""
@@ -585,6 +607,21 @@ class MetadataStoreTestsMixin:
         await self.store.record_bad_replica(BadReplica("cs1", 1, 7, "checksum", recorded=6.0))
         self.assertEqual(
             (await self.store.list_bad_replicas())[0], BadReplica("cs1", 1, 7, "checksum", 6.0))
+        self.assertEqual(await self.store.count_bad_replicas(), 2)
+        self.assertTrue(await self.store.forget_bad_replica("cs1", 7))
+        self.assertFalse(await self.store.forget_bad_replica("cs1", 7))
+        self.assertEqual(await self.store.list_bad_replicas(), [
+            BadReplica("cs2", 1, 7, "checksum", START)])
+        self.assertEqual(await self.store.count_bad_replicas(), 1)
+
+    async def test_referenced_chunks(self):
+        """Every chunk of every file, blob and upload, named by its owner."""
+        await self.store.put_file(FileRecord("f", 2, chunks(1, 2)))
+        await self.store.put_blob(BlobRecord(SHA, 1, chunks(3)))
+        await self.store.create_upload(UploadRecord("u1", "library/app", 1, chunks(4)))
+        found = await self.store.referenced_chunks()
+        self.assertEqual(sorted((owner, chunk.file_id) for owner, chunk in found), [
+            (f"blob {SHA}", 3), ("file f", 1), ("file f", 2), ("upload u1", 4)])
 
     async def test_negative_limit_refused(self):
         await failure_of(self.store.list_tags("r", limit=-1), BadRequest)
@@ -768,7 +805,7 @@ class SQLStoreTestsMixin:
         start, _ = await store.allocate_file_ids(5)
         error = await failure_of(store.list_garbage(), Exception)
         self.assertNotIsInstance(error, Unavailable)
-        self.assertEqual(await store.migrate(), (1, 3))
+        self.assertEqual(await store.migrate(), (1, LATEST))
         self.assertEqual(await store.get_file("kept"), record)
         self.assertEqual(await store.allocate_file_ids(1), (start + 5, start + 6))
         await store.record_garbage(chunks(1), "r")
@@ -776,7 +813,7 @@ class SQLStoreTestsMixin:
 
     async def test_migrations_run_again(self):
         await self.store.put_file(FileRecord("kept", 1, ()))
-        self.assertEqual(await self.store.migrate(), (3, 3))
+        self.assertEqual(await self.store.migrate(), (LATEST, LATEST))
         await self.store.start()
         self.assertIsNotNone(await self.store.get_file("kept"))
 
@@ -785,7 +822,7 @@ class SQLStoreTestsMixin:
         self.drop_tables()
         stores = [self.new_store() for _ in range(3)]
         versions = await gatherResults([store.migrate() for store in stores])
-        self.assertEqual(sorted(versions), [(0, 3), (3, 3), (3, 3)])
+        self.assertEqual(sorted(versions), [(0, LATEST), (LATEST, LATEST), (LATEST, LATEST)])
         self.assertEqual(await stores[0].allocate_file_ids(1), (1, 2))
 
     async def test_newer_schema_refused(self):
@@ -1034,10 +1071,19 @@ class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestC
         await self.store.put_file(FileRecord("kept", 1, ()))
         self.run_sql("DROP TABLE bad_replicas")
         self.run_sql("UPDATE schema_version SET version = 2")
-        self.assertEqual(await self.store.migrate(), (2, 3))
+        self.assertEqual(await self.store.migrate(), (2, LATEST))
         await self.store.record_bad_replica(BadReplica("cs1", 1, 2, "missing"))
         self.assertEqual(len(await self.store.list_bad_replicas()), 1)
         self.assertIsNotNone(await self.store.get_file("kept"))
+
+    async def test_every_step_runs_again(self):
+        """Each step can be run again over its own tables and columns, as
+        after a crash right before its version update."""
+        await self.store.upsert_server(server("cs1", rebuilding=True))
+        for version in range(LATEST):
+            self.run_sql(f"UPDATE schema_version SET version = {version}")
+            self.assertEqual(await self.store.migrate(), (version, LATEST))
+        self.assertTrue((await self.store.get_server("cs1")).rebuilding)
 
     async def test_innodb_utf8mb4(self):
         with self.admin().cursor() as cursor:

@@ -188,9 +188,11 @@ class FakeChunkClient:
         return self.get(address, file_id, offset, length).addCallback(stream)
 
     def stat(self, address, file_id):
+        """Answer from the "index": the size and the CRC32C the chunk had
+        when it was stored, whatever its bytes are now (as STAT does)."""
         def info(server):
             data = _stored(server, file_id)
-            return ChunkInfo(file_id, len(data), crc32c(data))
+            return ChunkInfo(file_id, len(data), server.crcs[file_id])
 
         return self._answer(address, "stat", file_id, info)
 
