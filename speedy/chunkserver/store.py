@@ -290,6 +290,14 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
     def _reserve_bytes(self, total):
         return int(self.reserve * total) if self.reserve < 1 else int(self.reserve)
 
+    def _new_volumes(self, total, available):
+        """@return: how many more volumes can be made above the reserve."""
+        return max(0, (available - self._reserve_bytes(total)) // self.volume_size)
+
+    def _largest_room(self):
+        """@return: the largest record one existing volume still takes."""
+        return max((v.room() for v in self._volumes.values() if not v.compacting), default=0)
+
     # --- writes --------------------------------------------------------
 
     def put(self, file_id, size, keep=False):
@@ -335,8 +343,9 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
             volume = Volume.create(self._disk, path, volume_id, self.volume_size)
         except OSError as e:
             raise self._no_space(e)
-        except NoSpace:
+        except NoSpace as e:
             self.counters["nospace_errors"] += 1
+            self.log.warn("refusing a chunk of {span} bytes: {error}", span=span, error=e)
             raise
         self._next_volume_id += 1
         self._volumes[volume_id] = volume
@@ -531,8 +540,11 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
              "garbage": v.garbage, "chunks": v.live_count,
              "compacting": v.compacting}
             for _, v in sorted(self._volumes.items())]
-        room = sum(v.room() for v in self._volumes.values() if not v.compacting)
-        free = room + max(0, available - self._reserve_bytes(total))
+        # What one chunk can really take: the room of the roomiest volume (a
+        # record never spans volumes, and older volumes keep only scraps),
+        # plus the volumes still to be made above the reserve.
+        free = (self._largest_room()
+                + self._new_volumes(total, available) * (self.volume_size - DATA_START))
         counters = dict(self.counters, sync_rounds=self._group_commit.rounds)
         cache = self._cache
         return {

@@ -32,9 +32,13 @@ def chunk_address(text):
     @raise BadRequest: anything else.
     """
     parts = text.split("/")
-    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
         raise errors.BadRequest("expected /v1/chunks/<group_id>/<file_id>")
-    return int(parts[0]), int(parts[1])
+    group_id, file_id = int(parts[0]), int(parts[1])
+    if not 0 < group_id < 2**31 or not 0 <= file_id < 2**63:
+        raise errors.BadRequest(f"no chunk can be {group_id}/{file_id}: a group id is "
+                                "below 2**31, a file id below 2**63")
+    return group_id, file_id
 
 
 @implementer(IBodySink)

@@ -27,6 +27,7 @@ class ServerView:
     free: int = 0
     read_only: bool = False
     load: dict = field(factory=dict)
+    rebuilding: bool = False  # being filled: it lacks chunks, read it last
 
 
 @frozen
@@ -82,6 +83,7 @@ class ClusterView:
                         free=int(s.get("free", 0)),
                         read_only=bool(s.get("read_only", False)),
                         load=dict(s.get("load") or {}),
+                        rebuilding=bool(s.get("rebuilding", False)),
                     )
                     for s in g["servers"]
                 )

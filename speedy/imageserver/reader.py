@@ -10,7 +10,7 @@ arrive, while it fetches the next chunks ahead.
 """
 
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
@@ -26,6 +26,12 @@ log = Logger()
 
 #: Errors by which a replica says it is bad itself.
 _BAD_REPLICA = (errors.ChunkNotFound, errors.ChecksumMismatch)
+
+#: Seconds a replica found bad for a chunk is read last for that chunk
+#: (until the chunkmaster has repaired it, most likely), and how many such
+#: replicas are remembered at most.
+BAD_FOR = 600.0
+MAX_KNOWN_BAD = 10_000
 
 #: How many more reads in flight from here a chunk's preferred replica may
 #: have than the least busy member of its group and still be read first.
@@ -64,6 +70,7 @@ class ReplicaReader:
         self._preferred = preferred
         self._rng = rng or random.Random()
         self.reading = Counter()  # reads in flight from here, by address
+        self._known_bad = OrderedDict()  # (server_id, file_id) -> until when
 
     def fetch(self, group_id, file_id, offset=0, length=None, known=True):
         """
@@ -132,8 +139,9 @@ class ReplicaReader:
             (C{preferred}'s choice, the one keeping it in memory) comes first
             unless it is down or has more than C{AFFINITY_SLACK} reads in
             flight from here beyond the least busy member's.
-        @return: the servers of a group, the ones not down first, then the
-            least busy reading from here, ties in random order.
+        @return: the servers of a group: first those not down, not being
+            rebuilt and not found bad for this chunk lately, then the least
+            busy reading from here, ties in random order.
         @raise Unavailable: the group is not in the cluster view.
         """
         view = self._view.current
@@ -141,12 +149,15 @@ class ReplicaReader:
         if group is None:
             raise errors.Unavailable(f"group {group_id} is not in the cluster view")
         keeper = None if file_id is None else self._preferred(group.servers, file_id)
+        now = self._clock.seconds()
 
         def key(server):
             load = self.reading[server.address]
             if server is keeper:
                 load -= AFFINITY_SLACK
-            return server.state == DOWN, load, server is not keeper, self._rng.random()
+            last = (server.state == DOWN or server.rebuilding
+                    or self._known_bad.get((server.server_id, file_id), 0) > now)
+            return last, load, server is not keeper, self._rng.random()
 
         return sorted(group.servers, key=key)
 
@@ -249,7 +260,12 @@ class ReplicaReader:
         log.warn("bad replica of chunk {group_id}/{file_id} on {server_id} ({address}): {reason}",
                  group_id=group_id, file_id=file_id, server_id=server.server_id,
                  address=server.address, reason=reason)
-        record = BadReplica(server.server_id, group_id, file_id, reason, self._clock.seconds())
+        now = self._clock.seconds()
+        self._known_bad[server.server_id, file_id] = now + BAD_FOR
+        self._known_bad.move_to_end((server.server_id, file_id))
+        while len(self._known_bad) > MAX_KNOWN_BAD:
+            self._known_bad.popitem(last=False)
+        record = BadReplica(server.server_id, group_id, file_id, reason, now)
         self._metadata.record_bad_replica(record).addErrback(
             lambda f: log.failure("recording a bad replica failed", f))
 

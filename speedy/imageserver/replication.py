@@ -101,6 +101,9 @@ class ReplicatedStorage:
         self.storing_whole = 0
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
+        #: group id -> the view version in which a member of it could not
+        #: be reached: no chunk goes there until the view changes
+        self.unreachable = {}
         #: counts for status pages and tests
         self.counters = Counter()
         self.replicas = ReplicaReader(client, view, metadata, clock, self.counters,
@@ -229,7 +232,8 @@ class ReplicatedStorage:
     async def _store_growing(self, chunk):
         self.cutting += 1
         try:
-            group = choose_group(self.view.current, chunk.length, self.pending, self.rng)
+            group = choose_group(self.view.current, chunk.length, self.pending, self.rng,
+                                 exclude=self._avoided())
             file_id = await self.file_ids.next()
             results = await self._put_all(group, file_id, chunk)
         finally:
@@ -242,7 +246,7 @@ class ReplicatedStorage:
             self.counters["chunks_written"] += 1
             self.counters["chunks_cut_through"] += 1
             return ref
-        reasons = [self._retrying(ref, group, failed)]
+        reasons = [self._retrying(ref, group, failed, results)]
         pieces = await chunk.whole()
         return await self._store_chunk(pieces, chunk.crc32c, [group.group_id], reasons)
 
@@ -260,9 +264,25 @@ class ReplicatedStorage:
             self.pending[group.group_id] -= 1
         return list(zip(group.servers, results))
 
-    def _retrying(self, ref, group, failed):
-        """Log and count a failed attempt, discard its copies.
+    def _avoided(self):
+        """@return: the groups not to write to: those with a member found
+        unreachable in the current view (older marks are dropped)."""
+        view = self.view.current
+        version = None if view is None else view.version
+        for group_id, seen in list(self.unreachable.items()):
+            if seen != version:
+                del self.unreachable[group_id]
+        return list(self.unreachable)
+
+    def _retrying(self, ref, group, failed, results):
+        """Log and count a failed attempt, discard its copies, and avoid
+        the group until the view changes if a member could not be reached.
         @return: the reason, for the final error."""
+        view = self.view.current
+        if view is not None and any(not ok and result.check(errors.ConnectionFailed)
+                                    for _, (ok, result) in results):
+            self.unreachable[group.group_id] = view.version
+            self.counters["groups_avoided"] += 1
         why = "; ".join(f"{s.server_id} ({s.address}): {p}" for s, p in failed)
         log.warn("chunk {file_id} not stored on all of group {group_id}, "
                  "retrying elsewhere: {why}",
@@ -286,7 +306,7 @@ class ReplicatedStorage:
         for _ in range(self.tries - len(tried)):
             try:
                 group = choose_group(self.view.current, size, self.pending,
-                                     self.rng, exclude=tried)
+                                     self.rng, exclude=tried + self._avoided())
             except errors.NoWritableGroup:
                 if not tried:
                     raise
@@ -294,11 +314,12 @@ class ReplicatedStorage:
             tried.append(group.group_id)
             file_id = await self.file_ids.next()
             ref = ChunkRef(group.group_id, file_id, size, crc32c)
-            failed = _failures(await self._put_all(group, file_id, pieces), ref)
+            results = await self._put_all(group, file_id, pieces)
+            failed = _failures(results, ref)
             if not failed:
                 self.counters["chunks_written"] += 1
                 return ref
-            reasons.append(self._retrying(ref, group, failed))
+            reasons.append(self._retrying(ref, group, failed, results))
         self.counters["chunk_writes_failed"] += 1
         raise errors.Unavailable(
             f"a chunk of {size} bytes could not be stored on all members of any "

@@ -73,7 +73,6 @@ class SpliceFileReader:
             return None
         self._relay = relay = SpliceRelay(self._request, self._sources.pipes, self._client_gone)
         try:
-            relay.start()
             for index in range(len(self._segments)):
                 self._prefetch(index + 1)
                 await self._relay_segment(index)
@@ -134,6 +133,11 @@ class SpliceFileReader:
                 replicas.reading[server.address] += 1
             try:
                 await self._wait(get.head())
+                if not self._relay.started:
+                    # The response's head goes out with the first byte a
+                    # replica will send: until then a failure can still be
+                    # answered with an error status.
+                    self._relay.start()
                 await self._wait(self._relay.pump(get, length - reached))
             except CancelledError:
                 raise

@@ -313,9 +313,12 @@ class APITests(TestCase):
         self.assertEqual((response.code, self.error_code(body)), (413, "TOO_LARGE"))
         response, body = await self.call("POST", "/v1/chunks", b"")
         self.assertEqual(response.code, 400)
-        for path in ("/v1/chunks/1", "/v1/chunks/a/b", "/v1/chunks/1/2/3"):
-            response, body = await self.call("GET", path)
-            self.assertEqual(response.code, 400, path)
+        for path in ("/v1/chunks/1", "/v1/chunks/a/b", "/v1/chunks/1/2/3",
+                     f"/v1/chunks/1/{2**64 + 5}", f"/v1/chunks/1/{2**63}", "/v1/chunks/0/5",
+                     "/v1/chunks/1/" + "9" * 500):
+            for method in ("GET", "DELETE", "HEAD"):
+                response, body = await self.call(method, path)
+                self.assertEqual(response.code, 400, (method, path))
         response, body = await self.call("GET", "/v1/chunks/99/1")
         self.assertEqual(response.code, 503)
 

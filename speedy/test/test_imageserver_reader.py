@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import errors
 from speedy.imageserver.placement import preferred_replica
-from speedy.imageserver.reader import AFFINITY_SLACK, WRITE_PIECE, ReplicaReader, segments
+from speedy.imageserver.reader import (
+    AFFINITY_SLACK, BAD_FOR, WRITE_PIECE, ReplicaReader, segments)
 from speedy.records import DOWN as STATE_DOWN, ChunkRef
 from speedy.testing import CORRUPT, DOWN, PARTIAL, SLOW, FakeCluster
 
@@ -116,6 +117,35 @@ class ReaderTests(SynchronousTestCase):
         servers = tuple(evolve(s, state=STATE_DOWN) if s is keeper else s for s in group.servers)
         self.cluster.view.current = evolve(
             view, groups={1: evolve(group, servers=servers)})
+        self.assertEqual(replicas.by_load(1, file_id)[-1].server_id, keeper.server_id)
+
+    def test_known_bad_replica_read_last(self):
+        """A replica found bad for a chunk is read last for it from then
+        on (until C{BAD_FOR} passes), even when it is the preferred one."""
+        replicas = self.storage.replicas
+        servers = self.cluster.view.current.groups[1].servers
+        ref = self.refs[0]
+        keeper = preferred_replica(servers, ref.file_id)
+        self.client.server(keeper.address).mode = CORRUPT
+        d, consumer = self.read(0, 128)
+        self.successResultOf(d)
+        self.client.server(keeper.address).mode = None
+        self.assertEqual(replicas.by_load(1, ref.file_id)[-1], keeper)
+        gets = self.client.calls["get", keeper.address]
+        self.successResultOf(self.read(0, 128)[0])
+        self.assertEqual(self.client.calls["get", keeper.address], gets)
+        self.cluster.clock.advance(BAD_FOR + 1)
+        self.assertIs(replicas.by_load(1, ref.file_id)[0], keeper)
+
+    def test_rebuilding_replica_read_last(self):
+        """A member being rebuilt lacks chunks: it is read last."""
+        replicas = self.storage.replicas
+        view = self.cluster.view.current
+        group = view.groups[1]
+        file_id = self.refs[0].file_id
+        keeper = preferred_replica(group.servers, file_id)
+        servers = tuple(evolve(s, rebuilding=True) if s is keeper else s for s in group.servers)
+        self.cluster.view.current = evolve(view, groups={1: evolve(group, servers=servers)})
         self.assertEqual(replicas.by_load(1, file_id)[-1].server_id, keeper.server_id)
 
     def test_failover_on_down_and_slow(self):

@@ -9,6 +9,7 @@ import random
 from collections import Counter
 
 import google_crc32c
+from attrs import evolve
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -476,6 +477,27 @@ class WriterTests(SynchronousTestCase):
         self.cluster.client.server(G1[1]).mode = DOWN
         self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
         self.assert_retried_elsewhere(G1[1])
+
+    def test_unreachable_group_avoided_until_the_view_changes(self):
+        """
+        A group with a member that cannot be reached takes no more chunks
+        (no more copies written to its two live members and thrown away)
+        until the cluster view changes.
+        """
+        self.cluster.client.server(G1[1]).mode = DOWN
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        self.assert_retried_elsewhere(G1[1])
+        puts = self.cluster.client.calls["put", G1[0]]
+        for _ in range(5):
+            _, refs = self.write(b"12345678")
+            self.assertEqual([r.group_id for r in refs], [2])
+        self.assertEqual(self.cluster.client.calls["put", G1[0]], puts)
+        self.cluster.client.server(G1[1]).mode = None
+        view = self.cluster.view.current
+        self.cluster.view.current = evolve(view, version=view.version + 1)
+        self.storage.pending[2] = 1
+        _, refs = self.write(b"abcdefgh")
+        self.assertEqual([r.group_id for r in refs], [1])
 
     def test_lost_acknowledgement_retries(self):
         """A member that stored the chunk but whose acknowledgement was lost

@@ -392,6 +392,22 @@ class SpliceDownloadTests(TestCase):
         self.flushLoggedErrors()
 
     @inlineCallbacks
+    def test_first_chunk_unavailable_before_the_head(self):
+        """When no replica can serve the first chunk, the read fails before
+        the response's head went out, so the caller can still answer an
+        error status (the registry answers 503) instead of a 200 with a
+        cut-short body."""
+        self.add_chunks([2 * MiB, MiB])
+        for store in self.stores:
+            store.delete(self.chunks[0].file_id)
+        self.serve()
+        client = yield self.download(0, len(self.content))
+        yield self.assertFailure(self.resource.reads[0], errors.Unavailable)
+        self.assertFalse(self.resource.requests[0].startedWriting)
+        self.assertEqual(bytes(client.data), b"")
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
     def test_stalled_replica_times_out(self):
         """A replica that never answers fails once nothing moved for the
         request timeout; the next one serves the chunk."""

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkserver.disk import Disk
 from speedy.chunkserver.store import INLINE_VERIFY_LIMIT, ChunkStore
-from speedy.chunkserver.volume import HEADER_SIZE, volume_file_name
+from speedy.chunkserver.volume import DATA_START, HEADER_SIZE, volume_file_name
 from speedy.errors import ChecksumMismatch, NoSpace, ReadOnly
 from speedy.records import ChunkInfo
 from speedy.testing import ChunkStoreTestsMixin
@@ -658,6 +658,25 @@ class FullDiskTests(StoreTestMixin, SynchronousTestCase):
         self.disk.heal("allocate")
         self.put(store, 2, b"b" * 600_000)
         self.assertEqual(self.read(store, 1), b"a" * 600_000)
+
+    def test_free_is_what_can_be_written(self):
+        """Free space is what a chunk can still take: the roomiest volume's
+        room and the volumes that can be made above the reserve, not the
+        disk's free bytes above the reserve (which a volume may not fit
+        in).  So a full server advertises no room, and its group is not
+        chosen for chunks it would refuse."""
+        store = self.open_store(reserve=10 * MiB)
+        self.disk.available = 10 * MiB + MiB // 2  # half a volume above the reserve
+        self.assertEqual(store.status()["free"], 0)  # no volume yet, and none can be made
+        self.disk.available = 12 * MiB
+        self.put(store, 1, b"a" * 600_000)
+        self.disk.available = 10 * MiB + MiB // 2
+        room = store.status()["free"]
+        self.assertGreater(room, 0)
+        self.assertLess(room, MiB - 600_000)
+        self.assertRaises(NoSpace, store.put, 2, room + 1)
+        self.disk.available = 12 * MiB + 1
+        self.assertEqual(store.status()["free"], room + 2 * (MiB - DATA_START))
 
     def test_new_volume_keeps_the_reserve(self):
         """A new volume is not created if it would eat into the reserve."""

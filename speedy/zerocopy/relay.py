@@ -103,10 +103,12 @@ class SpliceRelay:
         self._again = False
         self.gone = None  # the ConnectionLost, once the client went away
         self.sent = 0
+        self.started = False  # start() was called: the response's head is out
 
     def start(self):
         """Take a pipe, register as the request's producer and write the
         response's headers (through Twisted's buffer)."""
+        self.started = True
         self._pipe = self._pipes.take()
         self._request.registerProducer(self, True)
         self._registered = True
