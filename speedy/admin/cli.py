@@ -18,7 +18,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from speedy.admin import status
+from speedy.admin import healing, status
 from speedy.admin.client import AdminClient, AdminError
 from speedy.admin.output import dump_json
 from speedy.admin.target import TargetError, find_target
@@ -27,6 +27,10 @@ from speedy.config import version
 #: C{(name, options class, run, one line of help)} of every subcommand.
 COMMANDS = [
     ("status", status.StatusOptions, status.run, "servers, groups, state and fill"),
+    ("fsck", healing.FsckOptions, healing.fsck, "check every chunk list against the groups"),
+    ("repair", healing.RepairOptions, healing.repair, "the repair queue and group rebuilds"),
+    ("replace-server", healing.ReplaceOptions, healing.replace_server,
+     "put a new server in a lost one's place"),
 ]
 
 EXIT_USAGE = 2

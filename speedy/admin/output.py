@@ -70,7 +70,7 @@ class ProgressBar:
 
     def __init__(self, stream, total, label="", width=30, clock=time.monotonic):
         self._stream = stream
-        self._total = total
+        self.total = total
         self._label = label
         self._width = width
         self._clock = clock
@@ -82,13 +82,13 @@ class ProgressBar:
         """Show C{done} of the total, with C{detail} after it."""
         if not self.enabled:
             return
-        total = max(self._total or 0, 1)
+        total = max(self.total or 0, 1)
         fraction = min(max(done / total, 0.0), 1.0)
         filled = int(fraction * self._width)
         elapsed = self._clock() - self._started
         eta = (elapsed / fraction - elapsed) if 0 < fraction < 1 else None
         text = (f"\r{self._label}[{'#' * filled}{'.' * (self._width - filled)}] "
-                f"{fraction * 100:3.0f}% {done}/{self._total}"
+                f"{fraction * 100:3.0f}% {done}/{self.total}"
                 + (f" eta {human_duration(eta)}" if eta is not None else "")
                 + (f" {detail}" if detail else ""))
         self._stream.write(text + "\x1b[K")

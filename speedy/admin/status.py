@@ -23,10 +23,13 @@ def fill_percent(server):
 
 
 def group_state(group):
-    """@return: one word for a group: writable, read-only, degraded or down."""
+    """@return: one word for a group: writable, read-only, rebuilding,
+    degraded or down."""
     states = [s.get("state") for s in group.get("servers", ())]
     if states and all(state == "DOWN" for state in states):
         return "down"
+    if any(s.get("rebuilding") for s in group.get("servers", ())):
+        return "rebuilding"
     if any(state != "RW" and state != "RO" for state in states):
         return "degraded"
     if group.get("writable"):
@@ -73,11 +76,20 @@ def render(status):
     lines.append("")
     lines.append(f"{len(status['servers'])} servers, {len(status['groups'])} groups, "
                  f"{status['writable_groups']} writable (cluster view {status['version']})")
+    lost = [s["server_id"] for s in status["servers"] if s.get("lost")]
+    rebuilding = [f"{r['server_id']} ({r['chunks_done']}/{r['chunks_total']})"
+                  for r in status.get("rebuilds", ())]
+    lines.append(f"repairs queued: {status.get('repairs_queued', 0)}"
+                 + (f"; rebuilding: {', '.join(rebuilding)}" if rebuilding else "")
+                 + (f"; LOST, replace them: {', '.join(lost)}" if lost else ""))
     return lines
 
 
 async def run(client, options, context):
     """Print the status; @return: the exit code (0)."""
     status = summarize(await client.get("/v1/admin/cluster"))
+    repairs = await client.get("/v1/admin/repairs")
+    status["repairs_queued"] = repairs["queued"]
+    status["rebuilds"] = [r for r in repairs["rebuilds"] if r["state"] != "done"]
     context.show(status, render)
     return 0

@@ -163,17 +163,17 @@ class ChunkmasterAPI:
 
     async def repairs(self, request):
         """The repair queue, what was done, and the rebuilds."""
-        return json_answer(200, self._repair_status())
+        return json_answer(200, await self._repair_status())
 
     async def run_repairs(self, request):
         """Work the repair queue (and the rebuilds) now."""
         self._needs(self._repairs, "repair")
         self._repairs.kick()
-        return json_answer(202, self._repair_status())
+        return json_answer(202, await self._repair_status())
 
-    def _repair_status(self):
+    async def _repair_status(self):
         self._needs(self._repairs, "repair")
-        status = self._repairs.status()
+        status = await self._repairs.current_status()
         status["lost"] = [s.server_id for s in self._cluster.servers()
                           if self._cluster.is_lost(s.server_id)]
         return status

@@ -379,6 +379,11 @@ class RepairService(Service):
             return
         progress.copied(self._clock.seconds(), size)
 
+    async def current_status(self):
+        """@return: L{status}, with the queue counted now."""
+        self.queued = await self._store.count_bad_replicas()
+        return self.status()
+
     def status(self):
         """@return: the JSON-ready state of repairs and rebuilds."""
         now = self._clock.seconds()

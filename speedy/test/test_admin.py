@@ -18,8 +18,13 @@ from speedy.admin.output import ProgressBar, human_duration, human_size, table
 from speedy.admin.target import Target, TargetError, find_target
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.fsck import FsckRunner
 from speedy.chunkmaster.messages import Heartbeat
+from speedy.chunkmaster.repair import RepairService
+from speedy.crc import crc32c
 from speedy.metadata.memory import MemoryMetadataStore
+from speedy.records import BlobRecord, ChunkRef
+from speedy.testing import FakeChunkClient
 
 ADMIN = "admin-sekrit"
 SECRET = "cluster-sekrit"
@@ -151,8 +156,12 @@ class CommandTestCase(SynchronousTestCase):
         self.cluster = Cluster(self.store, self.clock, heartbeat_timeout=15, group_size=3,
                                reserve=GiB, publish_interval=5)
         self.addCleanup(self.cluster.stop)
+        self.chunks = FakeChunkClient(self.clock)
+        self.repairs = RepairService(self.clock, self.cluster, self.store, self.chunks, rate=0)
+        self.fsck = FsckRunner(self.clock, self.cluster, self.store, self.chunks)
         self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
-                                       admin_token=ADMIN))
+                                       admin_token=ADMIN, repairs=self.repairs,
+                                       fsck=self.fsck))
         for n, group in enumerate([1, 1, 1, 2, 2, 2], start=1):
             self.beat(f"s{n}", group, free=(100 - 10 * n) * GiB)
         for _ in range(10):
@@ -193,7 +202,8 @@ class StatusTests(CommandTestCase):
                   if line.split() and line.split()[0] in ("1", "2")}
         self.assertEqual(groups["1"][1:3], ["writable", "3/3"])
         self.assertEqual(groups["2"][1:3], ["degraded", "2/3"])
-        self.assertIn("6 servers, 2 groups, 1 writable", lines[-1])
+        self.assertIn("6 servers, 2 groups, 1 writable", lines[-2])
+        self.assertEqual(lines[-1], "repairs queued: 0")
 
     def test_json(self):
         """--json prints the same facts for scripts."""
@@ -224,3 +234,63 @@ class StatusTests(CommandTestCase):
             code, lines, err = self.admin(*argv)
             self.assertEqual(code, cli.EXIT_USAGE)
             self.assertIn("speedy-admin:", err)
+
+
+class HealingCommandTests(CommandTestCase):
+    """C{speedy-admin fsck}, C{repair} and C{replace-server} over the real
+    admin API, the real repair service and fsck, on fake chunkservers."""
+
+    def blob(self, file_id, data, servers):
+        for server_id in servers:
+            self.successResultOf(self.chunks.put(f"10.0.0.{server_id[1:]}:8000", file_id, data))
+        ref = ChunkRef(int(servers[0][1:]) > 3 and 2 or 1, file_id, len(data), crc32c(data))
+        self.successResultOf(self.store.put_blob(
+            BlobRecord(f"sha256:{file_id:064x}", len(data), (ref,))))
+
+    def test_fsck_finds_and_repairs(self):
+        """fsck reports a missing replica and exits 1; with --repair it
+        queues it, and repair --run --wait copies it back."""
+        self.blob(1, b"a" * 50, ["s1", "s2", "s3"])
+        self.blob(2, b"b" * 50, ["s1", "s3"])
+        code, lines, err = self.admin("fsck")
+        self.assertEqual(code, 1, err)
+        text = "\n".join(lines)
+        self.assertIn("problems found", text)
+        self.assertIn("file_id=2", text)
+        self.assertIn("server_id=s2", text)
+        code, lines, err = self.admin("--json", "fsck", "--repair")
+        report = json.loads("\n".join(lines))["report"]
+        self.assertEqual((report["missing"]["count"], report["repairs_queued"]), (1, 1))
+        code, lines, err = self.admin("repair")
+        self.assertEqual(code, 1)
+        self.assertIn("queued: 1", lines[0])
+        code, lines, err = self.admin("repair", "--run", "--wait")
+        self.assertEqual(code, 0, err)
+        self.assertIn("queued: 0", lines[0])
+        self.assertEqual(self.chunks.server("10.0.0.2:8000").chunks[2], b"b" * 50)
+        code, lines, err = self.admin("fsck")
+        self.assertEqual(code, 0, lines)
+
+    def test_replace_server(self):
+        """replace-server puts a new server in a member's place, and the
+        status shows the group rebuilding until it is filled."""
+        self.blob(1, b"a" * 50, ["s1", "s2", "s3"])
+        code, lines, err = self.admin("replace-server", "s2", "s7", "10.0.0.7:8000")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("s7 replaces s2 in group 1", lines[0])
+        code, lines, err = self.admin("--json", "status")
+        status = json.loads("\n".join(lines))
+        self.assertEqual(status["groups"][0]["state"], "rebuilding")
+        self.beat("s7", 1, free=50 * GiB)
+        self.successResultOf(self.repairs.kick())
+        self.assertEqual(self.chunks.server("10.0.0.7:8000").chunks, {1: b"a" * 50})
+        code, lines, err = self.admin("--json", "status")
+        self.assertEqual(json.loads("\n".join(lines))["groups"][0]["state"], "writable")
+
+    def test_replace_server_refused(self):
+        """An unknown old server: the chunkmaster's reason, exit code 3."""
+        code, lines, err = self.admin("replace-server", "s9", "s7", "10.0.0.7:8000")
+        self.assertEqual(code, cli.EXIT_UNREACHABLE)
+        self.assertIn("404", err)
+        code, lines, err = self.admin("replace-server", "s2", "s7")
+        self.assertEqual(code, cli.EXIT_USAGE)
