@@ -38,9 +38,10 @@ from speedy.wire.frames import (
     LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
-from speedy.zerocopy.inplace import can_read_in_place, read_in_place
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.reader import FrameReader
+from speedy.zerocopy.inplace import can_read_in_place, read_in_place
+from speedy.zerocopy.internals import set_read_size
 from speedy.zerocopy.sendfile import range_body
 
 
@@ -132,8 +133,7 @@ class ChunkServerProtocol(Protocol):
         counters["open_connections"] += 1
         self.factory._connections.add(self)
         no_delay(self.transport)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = RECEIVE_SIZE
+        set_read_size(self.transport, RECEIVE_SIZE)
         if self.factory.zero_copy and can_read_in_place(self.transport):
             read_in_place(self.transport, self._read_space, self._read_in_place)
         self._outbox = Outbox(self.transport, on_sent=self._touch)

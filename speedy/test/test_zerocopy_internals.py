@@ -10,12 +10,12 @@ pass).
 import socket
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http, resource, server
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from speedy.zerocopy import internals
 
@@ -84,6 +84,28 @@ class InternalsBehaveTests(SynchronousTestCase):
         connection.write(b"queued")
         self.assertFalse(internals.write_buffer_empty(connection))
 
+    def test_piece_written_to_an_empty_buffer_is_not_copied(self):
+        """A C{bytes} piece written while the buffer is empty becomes the
+        buffer itself, sent from in slices: what lets a PUT body's pieces
+        go out without a copy (L{speedy.wire.producers.BytesBody},
+        L{speedy.wire.growing.GrowingBody})."""
+        connection = tcp_connection(self)
+        sent = []
+
+        class Socket:
+            def send(self, data):
+                sent.append(bytes(data[:1000]))
+                return 1000
+
+        connection.socket = Socket()
+        piece = bytes(range(256)) * 4096
+        self.assertTrue(internals.write_buffer_empty(connection))
+        connection.write(piece)
+        connection.doWrite()
+        self.assertTrue(connection.dataBuffer is piece, "the piece was copied")
+        self.assertEqual(connection.offset, 1000)
+        self.assertEqual(sent, [piece[:1000]])
+
     def test_not_plain_tcp(self):
         """Other transports get none of the tricks."""
         transport = StringTransport()
@@ -91,6 +113,17 @@ class InternalsBehaveTests(SynchronousTestCase):
         self.assertFalse(internals.write_buffer_visible(transport))
         self.assertFalse(internals.can_take_over_reads(transport))
         self.assertFalse(internals.can_pause_writes_like_a_full_buffer(transport))
+
+    def test_not_under_tls(self):
+        """A TCP connection that went TLS gets none of the tricks: its
+        socket carries ciphertext."""
+        connection = tcp_connection(self)
+        connection.registerProducer(Producer(), True)
+        alsoProvides(connection, ISSLTransport)
+        self.assertFalse(internals.plain_tcp(connection))
+        self.assertFalse(internals.write_buffer_visible(connection))
+        self.assertFalse(internals.can_take_over_reads(connection))
+        self.assertFalse(internals.can_pause_writes_like_a_full_buffer(connection))
 
     def test_take_over_reads(self):
         """The reactor calls C{doRead}: replacing it takes the connection's
@@ -114,9 +147,42 @@ class InternalsBehaveTests(SynchronousTestCase):
         self.assertEqual(connection.bufferSize, 1 << 20)
         self.assertIsNone(internals.set_read_size(StringTransport(), 1))
 
+    def test_send_size(self):
+        """The most a TCP transport hands to one C{send} is its
+        C{SEND_LIMIT}: a larger write goes out in several sends of that
+        size until it is raised; other transports are left alone."""
+        connection = tcp_connection(self)
+        sends = []
+
+        class Socket:
+            def send(self, data):
+                sends.append(len(data))
+                return len(data)
+
+        connection.socket = Socket()
+        connection.writeSomeData(b"x" * (512 * 1024))
+        self.assertEqual(sends, [connection.SEND_LIMIT])
+        internals.set_send_size(connection, 1 << 20)
+        connection.writeSomeData(b"x" * (512 * 1024))
+        self.assertEqual(sends[1:], [512 * 1024])
+        transport = StringTransport()
+        internals.set_send_size(transport, 1 << 20)
+        self.assertFalse(hasattr(transport, "SEND_LIMIT"))
+
+    def test_registered_producer(self):
+        """The producer registered with a transport is the one found."""
+        connection = tcp_connection(self)
+        self.assertIsNone(internals.registered_producer(connection))
+        producer = Producer()
+        connection.registerProducer(producer, True)
+        self.assertIs(internals.registered_producer(connection), producer)
+        self.assertIsNone(internals.registered_producer(StringTransport()))
+
     def test_pause_like_a_full_buffer(self):
         """With a streaming producer registered, the transport can be made to
-        pause it and wait for writability, as a full buffer does."""
+        pause it and wait for writability, as a full buffer does; once its
+        socket is writable and its buffer empty, it resumes the producer
+        (the splice relay waits for the client that way)."""
         connection = tcp_connection(self)
         producer = Producer()
         connection.registerProducer(producer, True)
@@ -125,6 +191,32 @@ class InternalsBehaveTests(SynchronousTestCase):
         self.assertTrue(producer.paused)
         self.assertTrue(connection.producerPaused)
         self.assertIn(connection, connection.reactor.getWriters())
+        connection.doWrite()
+        self.assertFalse(producer.paused)
+        self.assertFalse(connection.producerPaused)
+        self.assertNotIn(connection, connection.reactor.getWriters())
+
+    def test_wait_for_writable(self):
+        """A pull producer whose transport waits for writability is asked
+        for more once the socket is writable and the buffer empty (sendfile
+        and C{sendmsg} bodies re-arm that way after a partial send)."""
+        connection = tcp_connection(self)
+        asked = []
+
+        @implementer(IPullProducer)
+        class Pull:
+            def resumeProducing(self):
+                asked.append(True)
+
+            def stopProducing(self):
+                pass
+
+        connection.registerProducer(Pull(), False)
+        del asked[:]  # registering asks once
+        internals.wait_for_writable(connection)
+        self.assertIn(connection, connection.reactor.getWriters())
+        connection.doWrite()
+        self.assertEqual(asked, [True])
 
     def test_request_line_before_the_body(self):
         """Once the headers are in, the channel holds the request line."""

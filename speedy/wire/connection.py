@@ -38,6 +38,7 @@ from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
 from speedy.wire.reader import FrameReader, check_answer
+from speedy.zerocopy.internals import set_read_size
 
 #: Largest response body accepted per opcode (GET is bounded by MAX_BODY).
 RESPONSE_LIMITS = {
@@ -97,8 +98,7 @@ class ChunkClientProtocol(Protocol):
     def connectionMade(self):
         self.connected = True
         no_delay(self.transport)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = RECEIVE_SIZE
+        set_read_size(self.transport, RECEIVE_SIZE)
         self._outbox = Outbox(self.transport)
 
     def when_lost(self):

@@ -32,6 +32,8 @@ INTERNALS = [
     (tcp.Connection, "producerPaused"),  # whether the transport paused it
     (tcp.Connection, "streamingProducer"),
     (tcp.Connection, "startWriting"),    # wait for writability, then drain
+    (tcp.Connection, "bufferSize"),      # bytes asked of the socket per read
+    (tcp.Connection, "SEND_LIMIT"),      # bytes handed to the socket per send
     (http.HTTPChannel, "_command"),      # the request line, before the body
     (http.HTTPChannel, "_path"),
     (http.HTTPChannel, "_savedTimeOut"),  # the idle timeout kept during a response
@@ -92,6 +94,21 @@ def set_read_size(transport, size):
     if previous is not None:
         transport.bufferSize = size
     return previous
+
+
+def set_send_size(transport, size):
+    """
+    Let C{transport} hand up to C{size} bytes to each C{send} call (a TCP
+    transport hands at most C{SEND_LIMIT}, 128 KiB by default).  A
+    transport without one (TLS, other transports) is left as it is.
+    """
+    if hasattr(transport, "SEND_LIMIT"):
+        transport.SEND_LIMIT = size
+
+
+def registered_producer(transport):
+    """@return: the producer registered with C{transport}, or None."""
+    return getattr(transport, "producer", None)
 
 
 def can_pause_writes_like_a_full_buffer(transport):

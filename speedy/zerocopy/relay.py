@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from speedy.zerocopy.internals import (
     can_pause_writes_like_a_full_buffer, pause_writes_like_a_full_buffer,
-    plain_body_response, write_buffer_empty)
+    plain_body_response, registered_producer, write_buffer_empty)
 from speedy.zerocopy.pipes import _SPLICE_FLAGS
 
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF, errno.ESHUTDOWN)
@@ -67,7 +67,7 @@ def splice_transport(request):
             or not headers.hasHeader(b"content-length")
             or headers.hasHeader(b"transfer-encoding")
             or not can_splice(transport)
-            or transport.producer is not channel):
+            or registered_producer(transport) is not channel):
         return None
     return transport
 
