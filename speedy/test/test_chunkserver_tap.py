@@ -153,6 +153,25 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.options("--server-id", "mine")["server-id"], "mine")
         self.assertEqual(server_id(self.data_dir), first["server-id"])
 
+    def test_zero_copy(self):
+        """--zero-copy (zero_copy in a config file) reaches the protocol's
+        factory: auto by default, off to copy through Python; another
+        value is a UsageError."""
+        def factory_of(options):
+            service = makeService(options, reactor=MemoryReactor())
+            [listener] = [s for s in service if isinstance(s, StreamServerEndpointService)]
+            return listener.factory
+
+        self.assertEqual(self.options()["zero-copy"], "auto")
+        self.assertTrue(factory_of(self.options()).zero_copy)
+        self.assertFalse(factory_of(self.options("--zero-copy", "off")).zero_copy)
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write("[chunkserver]\nzero_copy = off\n")
+        self.assertFalse(factory_of(self.options("--config", config)).zero_copy)
+        e = self.assertRaises(UsageError, self.options, "--zero-copy", "on")
+        self.assertIn("--zero-copy", str(e))
+
     def test_heartbeat_only_with_master(self):
         from speedy.chunkserver.heartbeat import HeartbeatService
         plain = makeService(self.options(), reactor=MemoryReactor())

@@ -49,6 +49,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(storage.cut_through, 8)
         self.assertEqual(self.storage_of("--cut-through", "0").cut_through, 0)
 
+    def test_zero_copy(self):
+        """--zero-copy (zero_copy in a config file) reaches the storage:
+        auto by default, off to copy downloads through Python; another
+        value is a UsageError."""
+        self.assertEqual(self.parse()["zero-copy"], "auto")
+        self.assertTrue(self.storage_of().zero_copy)
+        self.assertFalse(self.storage_of("--zero-copy", "off").zero_copy)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[imageserver]\nzero_copy = off\n")
+        self.assertFalse(self.storage_of("--config", path).zero_copy)
+        self.assertTrue(self.storage_of("--config", ETC).zero_copy)
+        self.assertRaises(usage.UsageError, self.parse, "--zero-copy", "yes")
+
     def storage_of(self, *args):
         """@return: the storage of the service built from C{args}."""
         service = tap.makeService(self.parse("--db", "memory:", *args), reactor=MemoryReactorClock())

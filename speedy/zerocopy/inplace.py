@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_inplace -*-
+# -*- test-case-name: speedy.test.test_inplace,speedy.test.test_zerocopy_tls -*-
 """
 Bytes read from a socket straight into the buffer they belong in.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: speedy.test.test_sendfile -*-
+# -*- test-case-name: speedy.test.test_sendfile,speedy.test.test_zerocopy_tls -*-
 """
 Chunk bytes sent with C{os.sendfile}: from the volume file straight to the
 socket, never through Python memory.
