@@ -4,6 +4,7 @@ and every use of Twisted internals that makes it possible.
 
     internals.py    the Twisted attributes that are not public API, each
                     behind a function, listed for the test that checks them
+                    (also used by the wire's bodies and speedy.web)
     sendfile.py     chunkserver GET answers: C{sendfile} from the volume,
                     or C{sendmsg} from staged buffers
     inplace.py      chunkserver PUT bodies read with C{recv_into} straight
@@ -18,11 +19,11 @@ not hold (TLS, HTTP/2, other transports), and every daemon that uses one
 takes C{--zero-copy auto|off}: C{off} takes the ordinary path always (to
 compare, or to rule zero copy out when chasing a problem).
 
-Chunk bytes relayed with C{os.splice}: from a chunkserver's socket into a
-pipe and from the pipe into an HTTP client's socket, never through Python
-memory.
-
-Three parts, none of which knows about imageservers:
+The splice relay (pipes, sources, spliceget, relay): chunk bytes relayed
+with C{os.splice} from a chunkserver's socket into a pipe and from the pipe
+into an HTTP client's socket, never through Python memory
+(L{speedy.imageserver.splicereader} drives it).  Three parts, none of which
+knows about imageservers:
 
   - L{SourcePool}: dedicated non-blocking TCP sockets to chunkservers, one
     GET answer at a time on each (a spliced body must be the only thing on
