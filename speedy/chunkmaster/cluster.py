@@ -140,6 +140,43 @@ class Cluster:
             self._put(server)
         self._changed()
 
+    async def refresh(self):
+        """
+        Take in the membership changes another chunkmaster sharing the
+        database made: servers added or removed, groups set read-only,
+        rebuilds begun or ended, drains.  Liveness stays this chunkmaster's
+        own, from the heartbeats it hears.
+        """
+        groups = await self._store.list_groups()
+        servers = await self._store.list_servers()
+        removed = await self._store.removed_servers()
+        async with self._lock:
+            changed = False
+            for group in groups:
+                if self._groups.get(group.group_id) != group:
+                    self._groups[group.group_id] = group
+                    changed = True
+            stored = {server.server_id: server for server in servers}
+            for server_id in [s for s in self._servers if s not in stored and s in removed]:
+                self._forget(server_id)
+                changed = True
+            for server_id, server in stored.items():
+                current = self._servers.get(server_id)
+                if current is None:
+                    if server.address in self._addresses:
+                        continue  # an address change not heard of yet
+                    self._put(evolve(server, state=DRAINING if server.state == DRAINING else INIT))
+                    changed = True
+                elif current.rebuilding != server.rebuilding or (
+                        server.state == DRAINING and current.state != DRAINING):
+                    state = DRAINING if server.state == DRAINING else current.state
+                    self._put(evolve(current, rebuilding=server.rebuilding, state=state))
+                    changed = True
+            self._removed |= removed
+            if changed:
+                self.log.info("took in membership changes from the database")
+                self._changed()
+
     def stop(self):
         """
         Cancel every timer and answer every long-poll waiter with the

@@ -7,7 +7,7 @@ empty model.  A store that is down at start is retried until it is back.
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from speedy.errors import Unavailable
@@ -36,6 +36,10 @@ class ChunkmasterService(Service):
             stopping (an fsck run, the chunk client).
         """
         self._background = list(background)
+        self._refresh = None
+        #: seconds between looks at the database for membership changes
+        #: other chunkmasters made
+        self.refresh_interval = 10.0
         self._closing = list(closing)
         self._reactor = reactor
         self._store = store
@@ -64,6 +68,9 @@ class ChunkmasterService(Service):
         self.port = await self._endpoint.listen(self._site)
         for service in self._background:
             service.startService()
+        self._refresh = LoopingCall(self._refresh_cluster)
+        self._refresh.clock = self._reactor
+        self._refresh.start(self.refresh_interval, now=False)
         self.log.info("chunkmaster listening on {address}", address=self.port.getHost())
 
     def _start_failed(self, failure):
@@ -80,8 +87,16 @@ class ChunkmasterService(Service):
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 
+    def _refresh_cluster(self):
+        """Take in what another chunkmaster on the database changed."""
+        return Deferred.fromCoroutine(self._cluster.refresh()).addErrback(
+            lambda f: self.log.info("could not refresh the cluster from the database: {why}",
+                                    why=f.getErrorMessage()))
+
     async def _stop(self):
         self._starting.cancel()
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
         for service in self._background:
             if service.running:
                 await maybeDeferred(service.stopService)

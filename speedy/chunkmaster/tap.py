@@ -37,15 +37,15 @@ class Options(DaemonOptions):
                positive(float)),
         Option("group-size", "3", f"Members of a full replica group, at most {GROUP_SIZE} (the "
                "metadata store keeps no more).", number(int, 1, GROUP_SIZE)),
-        Option("file-id-range", "10000", "The most file ids one allocation hands out.",
+        Option("file-id-range", "100000", "The most file ids one allocation hands out.",
                positive(int)),
         Option("reserve", "16MiB", "Free space at or below which a chunkserver is RO.", size()),
         Option("lost-after", "1h", "Time a chunkserver stays DOWN before it is shown as lost, "
                "to be replaced (e.g. 30m, 1h).", duration(1.0)),
         Option("repair-rate", "64MiB", "Bytes a second repairs and rebuilds copy at most, all "
                "together; 0 for no limit.", size()),
-        Option("repair-parallelism", "2", "Chunks repairs and rebuilds copy at once.",
-               positive(int)),
+        Option("repair-parallelism", "2", "Chunks repairs and rebuilds copy at once; 0 runs no "
+               "repairs here (a second chunkmaster on the same database).", number(int, 0)),
         Option("repair-interval", "5", "Seconds between looks at the repair queue.",
                positive(float)),
     ]
@@ -82,7 +82,7 @@ def makeService(options, reactor=None):
         lost_after=options["lost-after"])
     client = ChunkClient(reactor)
     repairs = RepairService(
-        reactor, cluster, store, client, parallelism=options["repair-parallelism"],
+        reactor, cluster, store, client, parallelism=max(1, options["repair-parallelism"]),
         rate=options["repair-rate"], interval=options["repair-interval"])
     fsck = FsckRunner(reactor, cluster, store, client)
     api = build_api(
@@ -91,4 +91,5 @@ def makeService(options, reactor=None):
         repairs=repairs, fsck=fsck)
     return ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]),
-        ChunkmasterSite(api, reactor=reactor), background=[repairs], closing=[fsck, client])
+        ChunkmasterSite(api, reactor=reactor),
+        background=[repairs] if options["repair-parallelism"] else [], closing=[fsck, client])

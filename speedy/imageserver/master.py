@@ -118,3 +118,56 @@ class HTTPMasterClient:
 
     def close(self):
         return self._pool.closeCachedConnections()
+
+
+@implementer(IMasterClient)
+class FailoverMasterClient:
+    """
+    L{IMasterClient} over several chunkmasters that share one database:
+    every call goes to the one that answered last, and on L{Unavailable}
+    to the next, in turn, until one answers or all failed.  Writes go on
+    through the outage of any one chunkmaster.
+    """
+
+    def __init__(self, clients):
+        """@param clients: the L{IMasterClient}s, in order of preference."""
+        self._clients = list(clients)
+        self._current = 0
+
+    @property
+    def current(self):
+        """The index of the client calls go to first."""
+        return self._current
+
+    def cluster(self, etag=None, wait=None):
+        return Deferred.fromCoroutine(self._first(lambda c: c.cluster(etag, wait)))
+
+    def allocate_file_ids(self, count):
+        return Deferred.fromCoroutine(self._first(lambda c: c.allocate_file_ids(count)))
+
+    async def _first(self, call):
+        reasons = []
+        for step in range(len(self._clients)):
+            index = (self._current + step) % len(self._clients)
+            try:
+                result = await call(self._clients[index])
+            except errors.Unavailable as e:
+                reasons.append(str(e))
+                continue
+            self._current = index
+            return result
+        raise errors.Unavailable("no chunkmaster answered: " + " | ".join(reasons))
+
+    def close(self):
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self):
+        for client in self._clients:
+            await client.close()
+
+
+def master_client(reactor, urls, secret, timeout=10.0):
+    """@return: an L{IMasterClient} for one chunkmaster URL, or one failing
+    over between several."""
+    clients = [HTTPMasterClient(reactor, url, secret, timeout) for url in urls]
+    return clients[0] if len(clients) == 1 else FailoverMasterClient(clients)

@@ -21,10 +21,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from speedy.config import (
-    DaemonOptions, Option, choice, endpoint, http_url, number, positive, size)
+    DaemonOptions, Option, choice, duration, endpoint, http_urls, number, positive, size)
 from speedy.imageserver.clusterview import ClusterViewPoller
 from speedy.imageserver.fileids import FileIdRange
-from speedy.imageserver.master import HTTPMasterClient
+from speedy.imageserver.master import master_client
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
@@ -50,7 +50,9 @@ class Options(DaemonOptions):
     options = [
         Option("listen", "tcp:5000:interface=127.0.0.1", "Endpoint string of the HTTP listener.",
                endpoint),
-        Option("master", "http://127.0.0.1:8099", "URL of the chunkmaster.", http_url),
+        Option("master", "http://127.0.0.1:8099", "URL of the chunkmaster; several, "
+               "comma-separated, for chunkmasters sharing one database (calls fail over "
+               "between them).", http_urls),
         Option("cluster-secret", "", "Bearer token for the chunkmaster [default: none]."),
         Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
         Option("chunk-size", "16MiB", "Size streams are cut into chunks at, at most 1GiB.",
@@ -59,8 +61,11 @@ class Options(DaemonOptions):
                positive(int)),
         Option("request-timeout", "30", "Seconds a chunkserver request may go without any byte "
                "moving.", positive(float)),
-        Option("file-id-batch", "1000", "File ids fetched from the chunkmaster at once.",
-               positive(int)),
+        Option("file-id-batch", "1000", "The fewest file ids fetched from the chunkmaster at "
+               "once.", positive(int)),
+        Option("file-id-horizon", "10m", "File ids held ahead: enough for this long at the "
+               "rate of the last minute, so writes go on through a chunkmaster outage that "
+               "long.", duration()),
         Option("read-window", "0", "Receive buffer of each socket spliced downloads (plain "
                "TCP) read chunkservers' answers on, against TCP incast, at most 64MiB; 0 lets "
                "the kernel size it.", size(0, MAX_READ_WINDOW)),
@@ -111,11 +116,12 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     metadata = open_store(options["db"], reactor)
     client = ChunkClient(reactor, request_timeout=options["request-timeout"])
-    master = HTTPMasterClient(reactor, options["master"], options["cluster-secret"])
+    master = master_client(reactor, options["master"], options["cluster-secret"])
     poller = ClusterViewPoller(master, reactor)
     storage = ReplicatedStorage(
         client, poller, FileIdRange(master, batch=options["file-id-batch"],
-                                    low_water=max(1, options["file-id-batch"] // 4)),
+                                    low_water=max(1, options["file-id-batch"] // 4),
+                                    clock=reactor, horizon=options["file-id-horizon"]),
         metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
         fill_slots=options["fill-slots"], cut_through=options["cut-through"],

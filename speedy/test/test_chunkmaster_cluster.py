@@ -537,3 +537,51 @@ class SelfHealingTests(ClusterTestCase):
         for _ in range(int(TIMEOUT) - 5):
             self.clock.advance(1)
         self.assertEqual([s.state for s in self.cluster.members(1)], [RW, RW, DOWN])
+
+
+class TwoChunkmastersTests(ClusterTestCase):
+    """Two chunkmasters on one database: what an operator changes through
+    one, the other takes in at its next refresh."""
+
+    def setUp(self):
+        super().setUp()
+        self.other = self.new_cluster()
+        self.addCleanup(self.other.stop)
+        self.full_group()
+        for n in range(1, 4):
+            self.done(self.other.heartbeat(report(f"s{n}")))
+
+    def refresh(self):
+        self.done(self.other.refresh())
+
+    def test_removal_and_addition(self):
+        self.done(self.cluster.remove_server("s2"))
+        self.refresh()
+        self.assertIsNone(self.other.server("s2"))
+        self.refused(self.other.heartbeat(report("s2")), ServerRemoved)
+        self.done(self.cluster.add_server("s7", 2, "10.0.0.7:8000"))
+        self.refresh()
+        self.assertEqual(self.other.server("s7").state, INIT)
+
+    def test_read_only_group(self):
+        self.done(self.cluster.set_group_read_only(1, True))
+        version = self.other.version
+        self.refresh()
+        self.assertFalse(self.other.writable(1))
+        self.assertGreater(self.other.version, version)
+
+    def test_rebuild_begun_and_ended(self):
+        self.done(self.cluster.replace_server("s2", "s9", "10.0.0.9:8000"))
+        self.refresh()
+        self.assertTrue(self.other.server("s9").rebuilding)
+        self.assertIsNone(self.other.server("s2"))
+        self.done(self.other.heartbeat(report("s9")))
+        self.assertFalse(self.other.writable(1))
+        self.done(self.cluster.finish_rebuild("s9"))
+        self.refresh()
+        self.assertTrue(self.other.writable(1))
+
+    def test_nothing_changed(self):
+        version = self.other.version
+        self.refresh()
+        self.assertEqual(self.other.version, version)

@@ -53,7 +53,7 @@ class OptionsTests(SynchronousTestCase):
             {o.name: options[o.name] for o in tap.Options.options},
             {"listen": "tcp:8099", "db": "sqlite:meta.db", "cluster-secret": None,
              "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
-             "file-id-range": 10000, "reserve": 16 << 20, "lost-after": 3600.0,
+             "file-id-range": 100000, "reserve": 16 << 20, "lost-after": 3600.0,
              "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0})
 
     def test_config_file(self):

@@ -12,12 +12,14 @@ import google_crc32c
 from attrs import evolve
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView, GroupView, ServerView
 from speedy.imageserver.fileids import FileIdRange
+from speedy.imageserver.master import FailoverMasterClient
 from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
 from speedy.records import DOWN as STATE_DOWN, RW
@@ -344,6 +346,78 @@ class FileIdRangeTests(SynchronousTestCase):
         self.assertEqual(calls, [10])
         pending[0].callback((100, 110))
         self.assertEqual([self.successResultOf(d) for d in waiting], [100, 101, 102])
+
+
+class FileIdHorizonTests(SynchronousTestCase):
+    """Ids held ahead follow the rate of use, so that a chunkmaster outage
+    of C{horizon} seconds at that rate stops no write."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.master = FakeMaster(self.clock)
+        self.ids = FileIdRange(self.master, batch=10, low_water=3, clock=self.clock,
+                               horizon=600)
+
+    def use(self, per_second, seconds):
+        """Take C{per_second} ids a second for C{seconds}; @return: how many
+        were refused."""
+        refused = 0
+        for _ in range(seconds):
+            for _ in range(per_second):
+                if self.ids.next().called is False:
+                    refused += 1
+            self.clock.advance(1)
+        return refused
+
+    def test_reserve_follows_the_rate(self):
+        self.use(20, 60)
+        self.assertLess(abs(self.ids.rate - 20), 1)
+        self.assertGreaterEqual(self.ids.available, 20 * 600 - 20)
+        self.assertLessEqual(max(end - start for start, end in self.master.allocations), 20 * 600)
+
+    def test_ten_minute_outage(self):
+        """At a steady 20 ids a second, ten minutes without the chunkmaster
+        refuse nothing."""
+        self.use(20, 60)
+        self.master.down = True
+        refused = 0
+        for _ in range(600):
+            for _ in range(20):
+                d = self.ids.next()
+                if d.called and isinstance(d.result, Failure):
+                    refused += 1
+                    d.addErrback(lambda _: None)
+            self.clock.advance(1)
+        self.assertEqual(refused, 0)
+
+    def test_idle_then_low_water(self):
+        """Without use, only the low watermark is held."""
+        self.successResultOf(self.ids.next())
+        self.clock.advance(120)
+        self.assertEqual(self.ids.wanted, 3)
+
+
+class FailoverMasterTests(SynchronousTestCase):
+    """Several chunkmasters on one database: calls go to the one that
+    answered last, and fail over on Unavailable."""
+
+    def setUp(self):
+        clock = Clock()
+        self.first, self.second = FakeMaster(clock, first_id=1), FakeMaster(clock, first_id=1000)
+        self.master = FailoverMasterClient([self.first, self.second])
+
+    def test_failover_and_stay(self):
+        self.assertEqual(self.successResultOf(self.master.allocate_file_ids(5)), (1, 6))
+        self.first.down = True
+        self.assertEqual(self.successResultOf(self.master.allocate_file_ids(5)), (1000, 1005))
+        self.first.down = False
+        self.assertEqual(self.successResultOf(self.master.allocate_file_ids(5)), (1005, 1010))
+        self.assertEqual(self.master.current, 1)
+
+    def test_all_down(self):
+        self.first.down = self.second.down = True
+        error = self.failureResultOf(self.master.allocate_file_ids(5), errors.Unavailable).value
+        self.assertIn("no chunkmaster answered", str(error))
 
 
 class WriterTests(SynchronousTestCase):
