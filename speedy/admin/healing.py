@@ -147,6 +147,12 @@ class ReplaceOptions(usage.Options):
                 "NEW_SERVER_ID as --server-id and listening at NEW_HOST:PORT.")
     optFlags = [["wait", None, "wait until the new server is rebuilt, with a progress bar"]]
 
+    def parseOptions(self, options=None):
+        # Flags may come after the arguments too (it takes no option values).
+        options = list(options or ())
+        super().parseOptions([a for a in options if a.startswith("-")]
+                             + [a for a in options if not a.startswith("-")])
+
     def parseArgs(self, old, new, address):
         self["old"], self["new"], self["address"] = old, new, address
 

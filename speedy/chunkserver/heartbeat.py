@@ -10,6 +10,7 @@ beat goes out on schedule.
 """
 
 import json
+from itertools import islice
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
@@ -24,6 +25,10 @@ from speedy.web.body import BytesBody
 
 #: Seconds between two log lines about the same run of failures.
 LOG_EVERY = 60.0
+
+#: The most damaged chunk ids one heartbeat reports (the chunkmaster takes
+#: at most this many).
+MAX_DAMAGED_REPORTED = 1000
 
 
 class MasterRefused(Exception):
@@ -49,9 +54,12 @@ class HeartbeatService(Service):
         @param cluster_secret: the bearer secret, or None.
         @param address: C{"host:port"} imageservers reach this server at.
         @param store: an object with C{status()} as
-            L{speedy.interfaces.IChunkStore.status}; while it raises (as
-            L{speedy.errors.Unavailable} before the store is open) no beat
-            is sent.
+            L{speedy.interfaces.IChunkStore.status} (while it raises, as
+            L{speedy.errors.Unavailable} before the store is open, no beat
+            is sent), and C{damaged} and C{acknowledge_damaged} as
+            L{IChunkStore} has them: each beat reports up to
+            L{MAX_DAMAGED_REPORTED} damaged chunk ids, acknowledged once the
+            chunkmaster answered.
         @param interval: seconds between heartbeats.
         @param timeout: seconds a heartbeat may take before it is given up.
         @param agent: the L{IAgent} to send through; by default one over this
@@ -120,14 +128,17 @@ class HeartbeatService(Service):
             return succeed(None)
         self._pending = Deferred.fromCoroutine(self._send(report))
         self._pending.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_no_answer)
-        return self._pending.addCallbacks(self._answered, self._failed)
+        return self._pending.addCallbacks(self._answered, self._failed,
+                                          callbackArgs=(report["damaged"],))
 
     def _report(self):
         status = self._store.status()
         load = {name: value for name, value in status.get("counters", {}).items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
         load["chunks"] = status.get("chunks", 0)
+        damaged = list(islice(getattr(self._store, "damaged", ()), MAX_DAMAGED_REPORTED))
         return {
+            "damaged": damaged,
             "server_id": self._server_id,
             "group_id": self._group_id,
             "address": self._address,
@@ -147,9 +158,11 @@ class HeartbeatService(Service):
         answer = json.loads(raw)
         return answer["state"], answer["cluster_version"]
 
-    def _answered(self, answer):
+    def _answered(self, answer, damaged):
         self._pending = None
         state, self.cluster_version = answer
+        if damaged:
+            self._store.acknowledge_damaged(damaged)
         if self._failures:
             self.log.info("heartbeats go through again after {count} that did not",
                           count=self._failures)

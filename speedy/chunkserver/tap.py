@@ -228,6 +228,16 @@ class ChunkStoreService(Service):
             raise Unavailable("the chunk store is not open")
         return self.store.status()
 
+    @property
+    def damaged(self):
+        """The store's damaged chunk ids not yet acknowledged (none while
+        it is not open)."""
+        return {} if self.store is None else self.store.damaged
+
+    def acknowledge_damaged(self, file_ids):
+        if self.store is not None:
+            self.store.acknowledge_damaged(file_ids)
+
 
 def open_chunk_store(reactor, options):
     """@return: a Deferred firing with the started L{speedy.chunkserver.store.ChunkStore}."""

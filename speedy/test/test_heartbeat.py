@@ -30,6 +30,11 @@ class FakeChunkStore:
     def __init__(self):
         self.read_only = False
         self.open = True
+        self.damaged = {}
+
+    def acknowledge_damaged(self, file_ids):
+        for file_id in file_ids:
+            self.damaged.pop(file_id, None)
 
     def status(self):
         if not self.open:
@@ -103,8 +108,20 @@ class RealMasterTests(HeartbeatTestCase):
     def setUp(self):
         super().setUp()
         self.cluster = Cluster(MemoryMetadataStore(self.reactor), self.reactor, heartbeat_timeout=15)
-        self.start(build_api(self.cluster, MemoryMetadataStore(self.reactor), cluster_secret=SECRET))
+        self.metadata = MemoryMetadataStore(self.reactor)
+        self.start(build_api(self.cluster, self.metadata, cluster_secret=SECRET))
         self.addCleanup(self.cluster.stop)
+
+    def test_damaged_chunks_reported_once_recorded(self):
+        """Damaged chunk ids go with the next beat; the chunkmaster records
+        them for repair before it answers, and only then does the
+        chunkserver forget them."""
+        self.chunks.damaged = {5: None, 9: None}
+        self.advance(INTERVAL)
+        bad = self.successResultOf(self.metadata.list_bad_replicas())
+        self.assertEqual(sorted((b.server_id, b.group_id, b.file_id) for b in bad),
+                         [("cs1", 1, 5), ("cs1", 1, 9)])
+        self.assertEqual(self.chunks.damaged, {})
 
     def test_registers(self):
         """
@@ -153,6 +170,15 @@ class WrongSecretTests(HeartbeatTestCase):
         self.assertIn("missing or wrong bearer token", str(warning["error"]))
         self.assertEqual(warning["count"], 1)
         self.assertIsNone(cluster.server("cs1"))
+
+    def test_damaged_kept_when_refused(self):
+        """Damaged chunk ids a refused beat carried are sent again."""
+        self.chunks.damaged = {5: None}
+        cluster = Cluster(MemoryMetadataStore(self.reactor), self.reactor)
+        self.addCleanup(cluster.stop)
+        self.start(build_api(cluster, MemoryMetadataStore(self.reactor), cluster_secret="other"))
+        self.advance(INTERVAL)
+        self.assertEqual(self.chunks.damaged, {5: None})
 
 
 class FailingMasterTests(HeartbeatTestCase):
