@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from speedy.web import streaming
 from speedy.web.streaming import BODY_READ_SIZE, IBodySink, StreamingSite
 
 
@@ -287,6 +288,26 @@ class BackPressureTests(SynchronousTestCase):
         channel.dataReceived(b"PUT /spooled HTTP/1.1\r\nHost: t\r\n"
                              b"Content-Length: 3\r\n\r\nab")
         self.assertEqual(transport.bufferSize, 65536)
+
+    def test_no_request_line_spools(self):
+        """
+        Where the channel's request line cannot be read before the body (a
+        Twisted that keeps it elsewhere), no sink is chosen: the body is
+        spooled and rendered as by a plain C{Site}, and the socket is read
+        at the transport's own size.
+        """
+        self.patch(streaming, "request_line", lambda channel: None)
+        sink = RecordingSink()
+        channel, transport = self.connect(sink)
+        transport.bufferSize = 65536
+        channel.dataReceived(b"PUT /stream/n HTTP/1.1\r\nHost: t\r\n"
+                             b"Content-Length: 6\r\n\r\nabc")
+        self.assertEqual(transport.bufferSize, 65536)
+        channel.dataReceived(b"def")
+        self.assertEqual(sink.pieces, [])
+        [request] = self.resource.rendered
+        self.assertFalse(request.body_sink_chosen)
+        self.assertIn(b"spooled 6", transport.value())
 
     def test_large_reads_end_with_the_connection(self):
         """A client gone mid-body leaves the transport its own read size."""

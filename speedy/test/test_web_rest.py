@@ -23,6 +23,7 @@ from speedy import errors
 from speedy.web.json import answer_json_error, json_answer
 from speedy.web.rest import (
     Answer, Discard, Router, cancel_when_gone, send_head)
+from speedy.web import streaming
 from speedy.web.streaming import IBodySink, StreamingSite
 
 URL = "http://api.example"
@@ -347,9 +348,9 @@ class LoopbackTests(TestCase):
         self.http = HTTPClient(Agent(reactor, pool=pool))
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
 
-    async def test_streamed_sink(self):
-        """A PUT body streams into the route's sink, finished before the
-        handler runs."""
+    async def put_through_a_sink(self):
+        """PUT a body to a route with a sink: it reaches the sink whole,
+        finished before the handler runs."""
         sink = Collecting()
 
         async def put(request):
@@ -360,6 +361,18 @@ class LoopbackTests(TestCase):
         response = await self.http.put(self.url + "/up", data=b"z" * 300_000)
         self.assertEqual(json.loads(await response.content()),
                          {"bytes": 300_000, "finished": True, "same": True})
+
+    async def test_streamed_sink(self):
+        """A PUT body streams into the route's sink, finished before the
+        handler runs."""
+        await self.put_through_a_sink()
+
+    async def test_spooled_body_still_reaches_the_sink(self):
+        """A body the site had to spool (the channel's request line could
+        not be read before it) goes through the route's sink all the same,
+        before the handler runs."""
+        self.patch(streaming, "request_line", lambda channel: None)
+        await self.put_through_a_sink()
 
     async def test_bug_after_the_head_ends_the_connection(self):
         """A bug once the answer began closes the connection: the client

@@ -223,6 +223,13 @@ class InternalsBehaveTests(SynchronousTestCase):
         self.assertEqual(internals.request_line(http_channel()),
                          (b"PUT", b"/v2/x/blobs/uploads/1?digest=d"))
 
+    def test_no_request_line(self):
+        """A channel that holds no request line (none read yet, or a
+        Twisted that keeps it elsewhere) gives None: the body is spooled."""
+        channel = http.HTTPChannel()
+        channel.makeConnection(StringTransport())
+        self.assertIsNone(internals.request_line(channel))
+
     def test_idle_timeout_after_response(self):
         """The timeout saved for after the response is the one restored."""
         channel = http_channel()

@@ -67,7 +67,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from speedy.web.streaming import IBodySink, StreamingRequest
+from speedy.web.streaming import IBodySink
 
 log = Logger()
 
@@ -359,9 +359,13 @@ class Router:
             self._failed(call, Failure())
 
     async def _take_body(self, request, route, params):
-        """Under a plain C{Site}, feed the spooled body to the route's sink;
-        raise the error of a body whose sink could not be chosen."""
-        if not isinstance(request, StreamingRequest):
+        """
+        Under a plain C{Site}, or for a streaming request that could not
+        stream (C{body_sink_chosen} false), feed the spooled body to the
+        route's sink; raise the error of a body whose sink could not be
+        chosen.
+        """
+        if not getattr(request, "body_sink_chosen", False):
             request.body_sink = request.body_failure = None
             sink = self._sink(request)
             if sink is not None:
@@ -489,8 +493,8 @@ def cancel_when_gone(request, deferred):
 
 
 async def _feed(request, sink):
-    """Hand C{sink} the body a plain C{Site} spooled, as a L{StreamingRequest}
-    would: a failed write keeps its failure in C{request.body_failure} and
+    """Hand C{sink} the body a plain C{Site} spooled, as a
+    L{speedy.web.streaming.StreamingRequest} would: a failed write keeps its failure in C{request.body_failure} and
     ends the writes, else the sink is finished."""
     request.body_sink = sink
     content = request.content

@@ -78,9 +78,14 @@ class StreamingRequest(Request):
         was spooled as usual (C{request.content}).
     @ivar body_failure: the L{Failure} of the sink's C{write} (or of
         choosing the sink), or None.
+    @ivar body_sink_chosen: True once the site was asked for the sink as
+        the headers arrived (even if it chose none); False when the body was
+        spooled without asking (the request line could not be read before
+        the body), as under a plain C{Site}.
     """
 
     body_sink = None
+    body_sink_chosen = False
     #: the body's length from C{Content-Length}, which the channel holds the
     #: client to, or None (a chunked body)
     body_length = None
@@ -101,11 +106,17 @@ class StreamingRequest(Request):
 
         twisted.web sets C{method} and C{uri} only in C{requestReceived},
         after the body; until then the request line is in the channel's
-        private attributes (L{request_line}).
+        private attributes (L{request_line}).  Where they cannot be read the
+        body is spooled, as by a plain C{Site}, and no sink is chosen.
         """
         channel = self.channel
         self.body_length = length
-        self.method, self.uri = request_line(channel)
+        line = request_line(channel)
+        if line is None:
+            Request.gotLength(self, length)
+            return
+        self.body_sink_chosen = True
+        self.method, self.uri = line
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1)
         try:

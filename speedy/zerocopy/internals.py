@@ -147,9 +147,14 @@ def request_line(channel):
     """
     @return: C{(method, uri)} of the request whose headers C{channel} has
         just read, before its body (twisted.web sets C{request.method} and
-        C{uri} only once the body is in).
+        C{uri} only once the body is in), or None on a channel that does not
+        hold them (then the body is spooled as usual).
     """
-    return channel._command, channel._path
+    command = getattr(channel, "_command", None)
+    path = getattr(channel, "_path", None)
+    if command is None or path is None:
+        return None
+    return command, path
 
 
 def restore_idle_timeout_after_response(channel, timeout):
