@@ -108,8 +108,10 @@ class ReadPath:
         Read chunk C{file_id}'s record from the disk, past the chunk cache
         and, where direct I/O works, past the page cache too, and check it
         against its CRC32C: what the scrubber and a repair ask.  A damaged
-        record is dropped (L{_drop_damaged}), so the chunk can be written
-        anew; a record that cannot be read (an I/O error) is kept.
+        record is dropped
+        (L{speedy.chunkserver.store.ChunkStore._drop_damaged}), so the
+        chunk can be written anew; a record that cannot be read (an I/O
+        error) is kept.
 
         @return: a Deferred firing with the chunk's L{ChunkInfo}, or failing
             with L{ChunkNotFound}, L{ChecksumMismatch} (damaged or

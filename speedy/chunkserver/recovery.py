@@ -97,7 +97,8 @@ class Recovery:
         return volumes
 
     def _load_checkpoint(self):
-        """@return: the usable L{Checkpoint}, or None (then every volume is scanned)."""
+        """@return: the usable L{speedy.chunkserver.checkpoint.Checkpoint},
+        or None (then every volume is scanned)."""
         try:
             checkpoint = read_checkpoint(self._disk, self.data_dir)
             if checkpoint is not None:

@@ -20,8 +20,9 @@ none): a PUT asked to keep its chunk (C{put(..., keep=True)}, the wire's
 C{KEEP} flag) whose record has a direct region keeps the staging buffers
 its direct writes were made from, instead of giving them back, and copies
 of its few bytes before and after that region; once the record is
-published, they become the chunk's L{CachedChunk}.  A GET of a cached chunk
-is answered at once from those buffers, like a staged read (C{staged} is a
+published, they become the chunk's
+L{speedy.chunkserver.cache.CachedChunk}.  A GET of a cached chunk is
+answered at once from those buffers, like a staged read (C{staged} is a
 lease of the entry): no disk read, no verify, since the bytes were checked
 against the client's CRC32C as they arrived.  Entries are evicted least
 recently used first, dropped when their chunk is deleted and cleared when
@@ -175,8 +176,8 @@ class StagingPool:
     unmapped and new memory touched, and the cache and the idle buffers
     together never hold more than the cache's budget on top of C{keep}.
     Once L{stock} was given the cache's budget in buffers (C{reserved}
-    bytes, L{ChunkStore.reserve_cache}), it is kept as if the cache had
-    held it already.
+    bytes, L{speedy.chunkserver.store.ChunkStore.reserve_cache}), it is
+    kept as if the cache had held it already.
     """
 
     def __init__(self, size, keep):
@@ -232,8 +233,9 @@ def populated_buffers(size, count):
 class StagedSpan:
     """
     The block-aligned span of one record, read directly into staging
-    buffers of the store's pool (one per window of L{read_record_direct})
-    and kept to send the record's bytes from.  Positions are counted from
+    buffers of the store's pool (one per window of
+    L{speedy.chunkserver.volume.read_record_direct}) and kept to send the
+    record's bytes from.  Positions are counted from
     the record's first header byte, which is byte C{skip} of the first
     window.  Its buffers count against the store's C{staged_read_limit}
     until they go back to the pool, each exactly once: those outside the

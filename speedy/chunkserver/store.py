@@ -92,8 +92,9 @@ DIRECT_IO_THRESHOLD = 256 * 1024
 #: L{STAGING_POOL_SIZE}.
 STAGED_READ_LIMIT = 64 * 2**20
 
-#: Default budget of the chunk cache (L{ChunkCache}): the bytes of recently
-#: written chunks kept in memory to answer GETs from.
+#: Default budget of the chunk cache
+#: (L{speedy.chunkserver.cache.ChunkCache}): the bytes of recently written
+#: chunks kept in memory to answer GETs from.
 CACHE_SIZE = 512 * 2**20
 
 #: Damaged chunk ids kept for the chunkmaster at most; beyond it the oldest

@@ -31,8 +31,9 @@ class ChunkWrite:
     Arriving pieces are checksummed on the reactor thread and written by
     one thread job at a time (a job takes everything that became ready
     while the previous one ran), so a disk that throttles writers stalls
-    this chunk, not the reactor.  With a L{DirectRegion}, the bytes of that
-    region are copied into staging buffers and each buffer is written with
+    this chunk, not the reactor.  With a
+    L{speedy.chunkserver.staging.DirectRegion}, the bytes of that region
+    are copied into staging buffers and each buffer is written with
     one direct C{pwrite} once full; the rest of the data is written through
     the page cache, piece by piece.  C{buffered} says how many bytes wait
     in memory (not counting up to one block of direct bytes that cannot be
@@ -41,9 +42,10 @@ class ChunkWrite:
     C{finish}.  The volume's reservation is given back exactly once, however
     the write ends.
 
-    With C{keep} (and a L{DirectRegion}), each staging buffer is kept once
-    its bytes are complete, instead of going back to the pool, and so are
-    copies of the data outside the region (less than a block on each side):
+    With C{keep} (and a L{speedy.chunkserver.staging.DirectRegion}), each
+    staging buffer is kept once its bytes are complete, instead of going
+    back to the pool, and so are copies of the data outside the region
+    (less than a block on each side):
     L{take_kept} hands them over as a L{CachedChunk} when the record is
     published.  However else the write ends, L{drop_kept} gives them back,
     once, after any thread job that may still be writing from them.
