@@ -22,6 +22,11 @@ L{RegistryAPI._routes} is the table)::
     GET    /v2/<name>/blobs/uploads/<id>             also PATCH, PUT ?digest=, DELETE
     GET    /v2/<name>/referrers/<digest>             ?artifactType=
 
+A manifest PUT (by digest, or by tag) may carry up to
+L{speedy.registry.manifests.MAX_TAG_PARAMS} C{?tag=} parameters: each
+tag is set with the manifest, all or none, and the answer's C{OCI-Tag}
+header lists them (distribution-spec C{main}); more are refused with 414.
+
 Blob bodies stream through L{speedy.registry.bodies.BlobBody} sinks that
 L{RegistryAPI.body_sink_for} hands the C{StreamingSite}; under a plain
 C{Site} the kit feeds the spooled C{request.content} through the same sinks.
@@ -49,7 +54,7 @@ from speedy.registry.errors import (
     UNSUPPORTED,
     RegistryError,
 )
-from speedy.registry.manifests import OCI_INDEX, Manifests
+from speedy.registry.manifests import OCI_INDEX, Manifests, check_tag_params
 from speedy.registry.names import check_digest, check_name
 from speedy.registry.referrers import referrers_index
 from speedy.registry.uploads import UploadSessions, session_headers
@@ -252,7 +257,9 @@ class RegistryAPI:
         return self._chunk_sink(request, name, upload, final=True)
 
     def _manifest_sink(self, request, name, reference):
-        """A manifest is collected in memory, up to the size limit."""
+        """A manifest is collected in memory, up to the size limit; one
+        with too many or bad C{?tag=} is refused before its body comes."""
+        check_tag_params(_args(request, "tag"))
         length = _content_length(request)
         if length is not None and length > self.manifests.max_size:
             raise RegistryError(
@@ -299,13 +306,16 @@ class RegistryAPI:
 
     async def _manifest_put(self, request, name, reference):
         body = await self.body(request)
+        tags = check_tag_params(_args(request, "tag"))
         record = await self.manifests.put(
             name, reference, body if body is not None else b"",
-            content_type=_header(request, b"content-type"), tags=_args(request, "tag"))
+            content_type=_header(request, b"content-type"), tags=tags)
         headers = {
             "Location": f"/v2/{name}/manifests/{record.digest}",
             "Docker-Content-Digest": record.digest,
         }
+        if tags:
+            headers["OCI-Tag"] = ", ".join(tags)
         if record.subject is not None:
             headers["OCI-Subject"] = record.subject
         return Answer(201, headers=headers)

@@ -9,6 +9,10 @@ A handler raises L{RegistryError}; L{speedy.registry.api} turns it into the
 status and body.  Besides the spec's codes we use three that Distribution
 uses (C{RANGE_INVALID}, C{PAGINATION_NUMBER_INVALID}, C{TAG_INVALID}) and
 C{UNAVAILABLE} (503) for a metadata store or storage that cannot be reached.
+Two codes are answered with another status than their usual one: a
+manifest over the size limit is C{SIZE_INVALID} with 413, and a manifest
+PUT with more C{?tag=} than L{speedy.registry.manifests.MAX_TAG_PARAMS} is
+C{TAG_INVALID} with 414 (the status the spec names for it).
 """
 
 import json
@@ -44,6 +48,7 @@ RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "invalid content range")
 PAGINATION_NUMBER_INVALID = ErrorCode(
     "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
 TAG_INVALID = ErrorCode("TAG_INVALID", 400, "invalid tag")
+TOO_MANY_TAGS = ErrorCode("TAG_INVALID", 414, "too many tag parameters in one request")
 UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "service unavailable, retry later")
 UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
 

@@ -19,6 +19,7 @@ from speedy.registry.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
+    TOO_MANY_TAGS,
     RegistryError,
 )
 from speedy.registry.names import check_tag, looks_like_digest, parse_digest
@@ -34,6 +35,12 @@ IMAGE_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 #: Media types that may carry C{subject} and C{artifactType}.
 OCI_TYPES = frozenset({OCI_MANIFEST, OCI_INDEX})
+
+#: The most C{?tag=} query parameters one manifest PUT may carry (the spec
+#: asks for at least 10).  A hundred tags of the longest kind (128
+#: characters) make a request line of about 13 KB, within the 16 KiB that
+#: twisted.web takes for a request's line and headers.
+MAX_TAG_PARAMS = 100
 
 #: RFC 6838 media type, at most 255 characters (what the metadata store keeps).
 _MEDIA_TYPE = re.compile(
@@ -169,6 +176,21 @@ def parse_manifest(body, content_type=None):
     )
 
 
+def check_tag_params(tags):
+    """
+    Check the C{?tag=} query parameters of a manifest PUT.
+
+    @param tags: their values, in the order given.
+    @return: the distinct tags, in the order first given.
+    @raise RegistryError: C{TAG_INVALID} with 414 for more than
+        L{MAX_TAG_PARAMS} of them, C{TAG_INVALID} (400) for one outside
+        the tag grammar.
+    """
+    if len(tags) > MAX_TAG_PARAMS:
+        raise RegistryError(TOO_MANY_TAGS, detail={"limit": MAX_TAG_PARAMS, "given": len(tags)})
+    return list(dict.fromkeys(check_tag(t) for t in tags))
+
+
 class Manifests:
     """
     The registry's manifests and tags over the
@@ -185,9 +207,10 @@ class Manifests:
     async def put(self, repository, reference, body, content_type=None, tags=()):
         """
         Validate and store a manifest under C{reference} (a tag or a digest)
-        and the extra C{tags}.  Every blob and manifest it references must
-        be in the repository with the size its descriptor gives, except a
-        C{subject} and layers with C{urls}.  The metadata store checks that
+        and the extra C{tags} (the C{?tag=} parameters: all are set, or
+        none).  Every blob and manifest it references must be in the
+        repository with the size its descriptor gives, except a C{subject}
+        and layers with C{urls}.  The metadata store checks that
         in the transaction that stores the manifest, so a blob deleted at
         the same time either comes first (and the manifest is refused) or
         after the manifest is stored, never in between.
@@ -195,9 +218,11 @@ class Manifests:
         @return: the stored L{ManifestRecord}.
         @raise RegistryError: C{MANIFEST_INVALID} (also for a descriptor
             whose size is not the stored size), C{DIGEST_INVALID},
-            C{TAG_INVALID}, C{MANIFEST_BLOB_UNKNOWN} (one error per missing
-            digest).
+            C{TAG_INVALID} (414 for too many C{tags}, see
+            L{check_tag_params}), C{MANIFEST_BLOB_UNKNOWN} (one error per
+            missing digest).
         """
+        tags = check_tag_params(tags)
         if looks_like_digest(reference):
             algorithm, _ = parse_digest(reference)
             digest = digest_of(algorithm, body)
@@ -205,10 +230,9 @@ class Manifests:
                 raise RegistryError(
                     DIGEST_INVALID, "the manifest's digest differs from the reference",
                     detail={"expected": reference, "actual": digest})
-            tags = [check_tag(t) for t in tags]
         else:
             digest = digest_of("sha256", body)
-            tags = [check_tag(reference)] + [check_tag(t) for t in tags]
+            tags = [check_tag(reference)] + tags
         parsed = parse_manifest(body, content_type)
         record = ManifestRecord(
             repository=repository, digest=digest, media_type=parsed.media_type,

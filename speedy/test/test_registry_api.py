@@ -24,7 +24,8 @@ from speedy.errors import NoWritableGroup, Unavailable
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.registry.api import RegistryAPI
 from speedy.registry.digests import OneShotHash, ResumableHash
-from speedy.registry.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from speedy.registry.manifests import (
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_TAG_PARAMS, OCI_INDEX, OCI_MANIFEST)
 from speedy.testing import MemoryChunkedStorage
 from speedy.web.streaming import StreamingSite
 
@@ -1011,6 +1012,51 @@ class ManifestTests(RegistryTestCase):
         response, body = await self.request(
             "PUT", f"/v2/repo/manifests/{sha256(content)}?tag=bad:tag", data=content)
         self.assertError(response, body, 400, "TAG_INVALID")
+
+    async def test_tag_params(self):
+        """
+        A PUT by digest with several ?tag= sets every tag, sha256 or sha512,
+        and names each in OCI-Tag; a repeated tag counts once.  Tags the
+        suite's dev mode pushes this way are then served by tag with the
+        manifest's own (sha512) digest.
+        """
+        content = await self.push_image("repo")
+        for digest in (sha256, sha512):
+            tags = [f"{digest.__name__}-{n}" for n in range(12)]
+            response, body = await self.put_manifest(
+                "repo", digest(content), content, params=[("tag", t) for t in tags + tags[:1]])
+            self.assertEqual(response.code, 201, body)
+            self.assertEqual(self.header(response, "Docker-Content-Digest"), digest(content))
+            accepted = [t.strip() for v in response.headers.getRawHeaders("OCI-Tag")
+                        for t in v.split(",")]
+            self.assertEqual(accepted, tags)
+            for tag in tags:
+                response, body = await self.request("GET", f"/v2/repo/manifests/{tag}")
+                self.assertEqual((response.code, body), (200, content))
+                self.assertEqual(self.header(response, "Docker-Content-Digest"), digest(content))
+        response, body = await self.put_manifest("repo", sha256(content), content)
+        self.assertEqual(response.code, 201, body)
+        self.assertIsNone(self.header(response, "OCI-Tag"))
+
+    async def test_too_many_tag_params(self):
+        """
+        Up to MAX_TAG_PARAMS tags of the longest kind are taken in one
+        request; one more is 414 TAG_INVALID, and one bad tag among good
+        ones is 400 TAG_INVALID: in both cases no tag is set.
+        """
+        content = await self.push_image("repo")
+        tags = [f"{n:03d}" + "t" * 125 for n in range(MAX_TAG_PARAMS + 1)]
+        for params, status in [(tags, 414), (tags[:3] + ["bad:tag"], 400)]:
+            response, body = await self.put_manifest(
+                "repo", sha256(content), content, params=[("tag", t) for t in params])
+            self.assertError(response, body, status, "TAG_INVALID")
+            response, body = await self.request("GET", "/v2/repo/tags/list")
+            self.assertError(response, body, 404, "NAME_UNKNOWN")
+        response, body = await self.put_manifest(
+            "repo", sha256(content), content, params=[("tag", t) for t in tags[:-1]])
+        self.assertEqual(response.code, 201, body)
+        response, body = await self.request("GET", "/v2/repo/tags/list")
+        self.assertEqual(json.loads(body)["tags"], tags[:-1])
 
     async def test_invalid_tag(self):
         """A tag outside the grammar is refused."""
