@@ -1,9 +1,11 @@
 # -*- test-case-name: speedy.test.test_store_recovery -*-
 """
-Index checkpoints: the whole L{NeedleIndex} and each volume's accounting,
-written atomically (temporary file, fsync, rename, directory fsync) to
-C{index.ckpt} in the data directory.  The volume bytes written after a
-checkpoint are its journal: recovery loads the checkpoint, then scans each
+Index checkpoints: the whole
+L{speedy.chunkserver.needle_index.NeedleIndex} and each volume's
+accounting, written atomically (temporary file, fsync, rename, directory
+fsync) to C{index.ckpt} in the data directory.  The volume bytes written
+after a checkpoint are its journal: recovery
+(L{speedy.chunkserver.recovery}) loads the checkpoint, then scans each
 volume from its C{replay_start}.  All integers little-endian::
 
     offset  size   field

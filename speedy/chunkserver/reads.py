@@ -215,7 +215,6 @@ class ReadPath:
         return d.addCallbacks(verified, failed)
 
 
-
 def _giving_back(result, pool, buffer):
     """Give a staging buffer back to its pool once the thread reading into
     it is done, and pass the result on."""

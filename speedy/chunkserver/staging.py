@@ -33,7 +33,6 @@ is aborted gives every buffer it kept back, once.  Repeated puts and
 records written wholly buffered are never cached.  C{cache_hits} counts the
 GETs answered from the cache, C{cache_misses} the GETs of records of at
 least C{direct_io_threshold} bytes that were not, while the cache is on.
-
 """
 
 import errno
@@ -131,7 +130,6 @@ class DirectIO:
             return None
         return DirectRegion(fd, start, end, block, self._staging)
 
-
     def reserve_cache(self):
         """
         Fault in the chunk cache's memory now, in a thread, and stock the
@@ -158,7 +156,6 @@ class DirectIO:
             return pool.idle - before
 
         return d.addCallback(stock)
-
 
 
 class StagingPool:
