@@ -194,6 +194,7 @@ class Compacting:
                     if self._cache is not None:
                         self._cache.drop(file_id)
                     self.counters["damaged_records"] += 1
+                    self._report_damaged(file_id)
                     self.log.error(
                         "chunk {file_id} in volume {volume_id} at {offset} is"
                         " damaged; compaction dropped it", file_id=file_id,

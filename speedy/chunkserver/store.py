@@ -511,10 +511,15 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         except NoSpace:
             return  # the next check finds it again
         self.counters["damaged_records"] += 1
+        self._report_damaged(file_id)
+        self._durable(volume).addErrback(self._log_failure, "syncing a tombstone failed")
+
+    def _report_damaged(self, file_id):
+        """Keep the id of chunk C{file_id}, dropped as damaged, in
+        L{damaged} for the chunkmaster."""
         self.damaged[file_id] = None
         while len(self.damaged) > MAX_DAMAGED_KEPT:
             self.damaged.pop(next(iter(self.damaged)))
-        self._durable(volume).addErrback(self._log_failure, "syncing a tombstone failed")
 
     def acknowledge_damaged(self, file_ids):
         """The chunkmaster recorded these damaged chunks: stop reporting them."""

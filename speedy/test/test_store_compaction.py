@@ -175,3 +175,13 @@ class CompactionTests(StoreTestMixin, SynchronousTestCase):
         self.assertEqual(store.status()["counters"]["damaged_records"], 1)
         store = self.crash()
         self.assertEqual(list(store.file_ids()), [1, 3, 7, 9])
+
+    def test_damaged_chunk_is_reported(self):
+        """A live chunk that compaction drops as damaged is reported to the
+        chunkmaster for repair, as one a read or the scrubber finds is."""
+        store = self.open_store()
+        self.fill(store)
+        path, offset = self.chunk_position(store, 5)
+        corrupt(path, offset + 10, b"!")
+        self.successResultOf(store.compact(1))
+        self.assertEqual(list(store.damaged), [5])
