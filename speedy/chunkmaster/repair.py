@@ -70,6 +70,7 @@ class RebuildProgress:
     failed: int = 0
     rate: float = 0.0  # bytes a second, a moving average
     last: float = 0.0  # when the last chunk was copied
+    ended: float = None  # when it was done
 
     def copied(self, now, size):
         """Count one chunk copied now; keep the byte rate's moving average."""
@@ -86,7 +87,8 @@ class RebuildProgress:
         average = self.bytes_done / self.chunks_done if self.chunks_done else 0
         eta = left * average / self.rate if self.rate and left > 0 else None
         return {"server_id": self.server_id, "group_id": self.group_id, "state": self.state,
-                "started": self.started, "elapsed": now - self.started,
+                "started": self.started,
+                "elapsed": (now if self.ended is None else self.ended) - self.started,
                 "chunks_total": self.chunks_total, "chunks_done": self.chunks_done,
                 "bytes_done": self.bytes_done, "failed": self.failed,
                 "rate": round(self.rate, 1), "eta": None if eta is None else round(eta, 1)}
@@ -355,6 +357,7 @@ class RepairService(Service):
                 progress.state = "finishing"
                 await self._cluster.finish_rebuild(server_id)
                 progress.state = "done"
+                progress.ended = self._clock.seconds()
                 self.log.info("rebuilt {server_id}: {chunks} chunks, {size} bytes copied",
                               server_id=server_id, chunks=progress.chunks_done,
                               size=progress.bytes_done)

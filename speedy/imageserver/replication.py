@@ -39,6 +39,10 @@ log = Logger()
 
 DEFAULT_CHUNK_SIZE = 16 << 20
 
+#: Seconds a group with an unreachable member is avoided at most, when the
+#: cluster view does not change meanwhile.
+AVOID_FOR = 30.0
+
 
 def _log_failure(failure, what):
     log.failure("{what} failed", failure, what=what)
@@ -101,8 +105,10 @@ class ReplicatedStorage:
         self.storing_whole = 0
         #: writes in flight from here, by group id (a placement tie-breaker)
         self.pending = Counter()
-        #: group id -> the view version in which a member of it could not
-        #: be reached: no chunk goes there until the view changes
+        #: group id -> (the view version in which a member of it could not
+        #: be reached, when): no chunk goes there until the view changes or
+        #: AVOID_FOR seconds have passed (the view may not change while the
+        #: chunkmaster is away)
         self.unreachable = {}
         #: counts for status pages and tests
         self.counters = Counter()
@@ -269,8 +275,9 @@ class ReplicatedStorage:
         unreachable in the current view (older marks are dropped)."""
         view = self.view.current
         version = None if view is None else view.version
-        for group_id, seen in list(self.unreachable.items()):
-            if seen != version:
+        now = self.clock.seconds()
+        for group_id, (seen, when) in list(self.unreachable.items()):
+            if seen != version or now - when >= AVOID_FOR:
                 del self.unreachable[group_id]
         return list(self.unreachable)
 
@@ -281,7 +288,7 @@ class ReplicatedStorage:
         view = self.view.current
         if view is not None and any(not ok and result.check(errors.ConnectionFailed)
                                     for _, (ok, result) in results):
-            self.unreachable[group.group_id] = view.version
+            self.unreachable[group.group_id] = (view.version, self.clock.seconds())
             self.counters["groups_avoided"] += 1
         why = "; ".join(f"{s.server_id} ({s.address}): {p}" for s, p in failed)
         log.warn("chunk {file_id} not stored on all of group {group_id}, "

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView, GroupView, ServerView
 from speedy.imageserver.fileids import FileIdRange
+from speedy.imageserver.replication import AVOID_FOR
 from speedy.imageserver.master import FailoverMasterClient
 from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
@@ -572,6 +573,19 @@ class WriterTests(SynchronousTestCase):
         self.storage.pending[2] = 1
         _, refs = self.write(b"abcdefgh")
         self.assertEqual([r.group_id for r in refs], [1])
+
+    def test_unreachable_group_avoided_for_a_while_at_most(self):
+        """Without a view change (the chunkmaster away), the group is tried
+        again once AVOID_FOR has passed."""
+        self.cluster.client.server(G1[1]).mode = DOWN
+        self.storage.pending[2] = 1
+        self.assert_retried_elsewhere(G1[1])
+        self.cluster.client.server(G1[1]).mode = None
+        self.cluster.clock.advance(AVOID_FOR - 1)
+        self.assertEqual([r.group_id for r in self.write(b"12345678")[1]], [2])
+        self.cluster.clock.advance(1)
+        self.storage.pending[2] = 1
+        self.assertEqual([r.group_id for r in self.write(b"abcdefgh")[1]], [1])
 
     def test_lost_acknowledgement_retries(self):
         """A member that stored the chunk but whose acknowledgement was lost
