@@ -43,7 +43,7 @@ bytes a second (C{rate}, through one L{Pacer}).
 
 from attrs import define
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -116,7 +116,8 @@ class RepairService(Service):
         @param store: the L{speedy.interfaces.IRepairTables}.
         @param client: an L{speedy.interfaces.IChunkClient}.
         @param parallelism: chunks copied at once, repairs and rebuilds
-            together.
+            together; 0 copies none here (another chunkmaster on the same
+            database does), and L{kick} does nothing.
         @param rate: bytes a second copied at most, all together.
         @param interval: seconds between looks at the queue.
         @param batch: queue entries taken per look.
@@ -125,7 +126,8 @@ class RepairService(Service):
         self._cluster = cluster
         self._store = store
         self._client = client
-        self._slots = DeferredSemaphore(parallelism)
+        self.enabled = parallelism > 0
+        self._slots = DeferredSemaphore(max(1, parallelism))
         self._pacer = Pacer(clock, rate)
         self.interval = interval
         self.batch = batch
@@ -156,6 +158,8 @@ class RepairService(Service):
     def kick(self):
         """Look at the queue and the rebuilds now (once the last look is
         done).  @return: a Deferred firing when this look is done."""
+        if not self.enabled:
+            return succeed(None)
         if self._working is not None:
             self._again = True
             return self._working

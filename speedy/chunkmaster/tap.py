@@ -82,7 +82,7 @@ def makeService(options, reactor=None):
         lost_after=options["lost-after"])
     client = ChunkClient(reactor)
     repairs = RepairService(
-        reactor, cluster, store, client, parallelism=max(1, options["repair-parallelism"]),
+        reactor, cluster, store, client, parallelism=options["repair-parallelism"],
         rate=options["repair-rate"], interval=options["repair-interval"])
     fsck = FsckRunner(reactor, cluster, store, client)
     api = build_api(
@@ -92,4 +92,4 @@ def makeService(options, reactor=None):
     return ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]),
         ChunkmasterSite(api, reactor=reactor),
-        background=[repairs] if options["repair-parallelism"] else [], closing=[fsck, client])
+        background=[repairs] if repairs.enabled else [], closing=[fsck, client])

@@ -47,7 +47,10 @@ class Cluster:
         master_port = free_port()
         self.master_url = f"http://127.0.0.1:{master_port}"
         self._start("speedy-chunkmaster", master_port, "master", [
-            "--db", self.db, "--cluster-secret", SECRET, "--heartbeat-timeout", "3"])
+            "--db", self.db, "--cluster-secret", SECRET, "--heartbeat-timeout", "3",
+            # Damage stays recorded for these tests to see; repairs are
+            # test_selfheal_e2e's.
+            "--repair-parallelism", "0"])
         self.chunkservers = []
         for i in range(6):
             port = free_port()

@@ -203,6 +203,19 @@ class RepairTests(RepairTestCase):
         self.assertEqual(self.chunk("s2", 7), b"x" * 10)
         service.stopService()
 
+    def test_parallelism_zero_repairs_nothing(self):
+        """With no parallelism (a second chunkmaster, leaving repairs to
+        the first) neither a kick nor the loop copies anything, and the queue
+        is left for the chunkmaster that does repair."""
+        service = self.new_service(parallelism=0, interval=5)
+        self.assertFalse(service.enabled)
+        self.put(7, b"x" * 10, servers=("s1", "s3"))
+        self.bad("s2", 7, "missing")
+        self.work(service)
+        self.clock.advance(60)
+        self.assertIsNone(self.chunk("s2", 7))
+        self.assertEqual(self.queue(), [("s2", 7)])
+
 
 class RebuildTests(RepairTestCase):
 
