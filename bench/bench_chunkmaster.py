@@ -36,9 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _procstat import ProcessTree  # noqa: E402
 
-from speedy.test.processes import Daemon, free_port  # noqa: E402
+from speedy.test.processes import TEST_SECRET, Daemon, free_port  # noqa: E402
 
-SECRET = "bench-secret"
+SECRET = TEST_SECRET  # Daemon gives it every daemon it starts
 
 
 # --- load generator (a process of its own) -----------------------------------
@@ -193,7 +193,7 @@ def main():
         db = "sqlite:meta.db" if args.db == "sqlite" else args.db
         master = Daemon(
             "speedy-chunkmaster",
-            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--db", db, "--cluster-secret", SECRET,
+            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--db", db,
              "--heartbeat-timeout", str(max(15.0, 3 * args.interval)), "--group-size", "3"],
             port=port, workdir=workdir, name="chunkmaster")
         master.start()

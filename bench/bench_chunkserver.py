@@ -32,7 +32,7 @@ from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 
 from bench.bench_store import concurrently  # noqa: E402
 from speedy.errors import ConnectionFailed, Unavailable  # noqa: E402
-from speedy.test.processes import Daemon, free_port  # noqa: E402
+from speedy.test.processes import TEST_SECRET, Daemon, free_port  # noqa: E402
 from speedy.wire.client import ChunkClient  # noqa: E402
 
 MiB = 1 << 20
@@ -89,7 +89,8 @@ async def client_process(reactor, args):
         end (wall-clock seconds, comparable across processes).
     """
     data = os.urandom(4096)
-    client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16)
+    client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16,
+                         secret=TEST_SECRET)
     try:
         await wait_ready(reactor, client, args.client)
         if args.op == "put":
@@ -140,7 +141,8 @@ async def small_chunks(reactor, daemon, address, concurrency, count, first_id, p
 
 async def session(reactor, workdir, sync, extra_args, server_path, body):
     daemon, address = start_daemon(workdir, sync, extra_args, server_path)
-    client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16)
+    client = ChunkClient(reactor, request_timeout=120.0, max_connections_per_server=16,
+                         secret=TEST_SECRET)
     try:
         await wait_ready(reactor, client, address)
         return await body(daemon, client, address)

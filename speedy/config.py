@@ -21,9 +21,20 @@ Values come from the command line, else the C{--config} file, else the
 default; each is then parsed (a C{ValueError} is a usage error naming the
 option) and C{options[name]} holds the result.  C{--version} prints
 Speedy's version.
+
+A secret (C{Option(..., secret=True, env="SPEEDY_...")}: the cluster
+secret, the admin token) never comes from the command line, where C{ps}
+shows it to every local user: it is read from C{--NAME-file PATH} (a file
+readable by its owner only), else from the environment variable C{env},
+else from the config file (C{NAME-file}, or C{NAME} itself in a config file
+readable by its owner only).  A secret shorter than L{MIN_SECRET}
+characters, or one of the placeholders the sample configs once carried, is
+refused.
 """
 
 import configparser
+import os
+import stat
 import sys
 from importlib import metadata
 
@@ -43,6 +54,9 @@ class Option:
         file gives one; None leaves the option None (unparsed).
     @ivar parse: text to value; raises C{ValueError} with what is wrong.
     @ivar required: a missing value is a usage error.
+    @ivar secret: the value is a secret, taken from a file or the
+        environment variable C{env}, never from the command line (see the
+        module docstring).
     """
 
     name: str
@@ -50,6 +64,14 @@ class Option:
     help: str
     parse: object = str
     required: bool = False
+    secret: bool = False
+    env: str | None = None
+
+
+#: The fewest characters a secret may have.
+MIN_SECRET = 16
+#: Words that mark a value as a placeholder, not a secret.
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "placeholder", "example")
 
 
 def version():
@@ -75,15 +97,27 @@ class DaemonOptions(usage.Options):
         if "options" in cls.__dict__:
             cls.optParameters = [
                 [o.name, None, None, o.help + (f" [default: {o.default}]" if o.default else "")]
-                for o in cls.options
+                for o in cls.options if not o.secret
+            ] + [
+                [o.name + "-file", None, None,
+                 f"{o.help} Read from this file (mode 0600)"
+                 + (f", else from ${o.env}" if o.env else "") + "; never given on the command line."]
+                for o in cls.options if o.secret
             ] + [["config", "c", None, f"INI file with a [{cls.section}] section of the same "
                                        "keys (see etc/); the command line wins."]]
 
+            for o in cls.options:
+                if o.secret:
+                    setattr(cls, "opt_" + o.name.replace("-", "_"), _refused(o))
+
     def postOptions(self):
-        config = read_section(self["config"], self.section, [o.name for o in self.options]) \
-            if self["config"] else {}
+        known = [o.name for o in self.options] + [o.name + "-file" for o in self.options if o.secret]
+        config = read_section(self["config"], self.section, known) if self["config"] else {}
         for option in self.options:
-            text = self[option.name]
+            if option.secret:
+                text = self[option.name] = self._secret(option, config)
+            else:
+                text = self[option.name]
             if text is None:
                 text = config.get(option.name, option.default)
             if text is None:
@@ -96,6 +130,32 @@ class DaemonOptions(usage.Options):
                 raise usage.UsageError(f"--{option.name}: {e}")
         self.check()
 
+    def _secret(self, option, config):
+        """@return: the text of the secret C{option} (see the module
+        docstring), or None if none is given.
+        @raise usage.UsageError: it is unreadable, too readable, or a
+            placeholder."""
+        name = option.name
+        path, where = self[name + "-file"], f"--{name}-file"
+        if path is None and option.env and os.environ.get(option.env):
+            return check_secret(os.environ[option.env], f"${option.env}")
+        if path is None and config.get(name + "-file"):
+            path, where = config[name + "-file"], f"{name}_file in {self['config']}"
+        if path is None:
+            if config.get(name) is None:
+                return None
+            where = f"{name} in {self['config']}"
+            _private(self["config"], where)
+            text = config.pop(name)
+            return check_secret(text, where)
+        _private(path, where)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise usage.UsageError(f"{where}: {e}")
+        return check_secret(text, where)
+
     def check(self):
         """Check what involves several options (all parsed by now).
         @raise usage.UsageError: they do not go together."""
@@ -104,6 +164,43 @@ class DaemonOptions(usage.Options):
         """Print Speedy's version and exit."""
         print(f"speedy {version()}")
         sys.exit(0)
+
+
+def _refused(option):
+    def refuse(self, value):
+        raise usage.UsageError(
+            f"--{option.name} is not taken on the command line, where every local user "
+            f"sees it (ps): use --{option.name}-file PATH (mode 0600)"
+            + (f" or ${option.env}" if option.env else ""))
+    refuse.__doc__ = f"Refused: see --{option.name}-file."
+    return refuse
+
+
+def check_secret(text, where):
+    """
+    @return: C{text}, stripped, if it can be a secret.
+    @raise usage.UsageError: it is too short or a placeholder (C{where}
+        says where it came from).
+    """
+    text = text.strip()
+    if len(text) < MIN_SECRET:
+        raise usage.UsageError(f"{where}: a secret has at least {MIN_SECRET} characters "
+                               f"(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if any(word in text.lower() for word in _PLACEHOLDERS):
+        raise usage.UsageError(f"{where}: {text[:4]}... looks like a placeholder, not a secret")
+    return text
+
+
+def _private(path, where):
+    """@raise usage.UsageError: the file at C{path}, which holds a secret,
+    is missing or readable by others than its owner."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise usage.UsageError(f"{where}: {e}")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise usage.UsageError(f"{where}: {path} holds a secret but is readable by others "
+                               f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
 
 
 def read_section(path, section, known):

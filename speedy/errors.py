@@ -82,6 +82,14 @@ class ConnectionFailed(SpeedyError):
     code = 11
 
 
+class Unauthenticated(ConnectionFailed):
+    """A chunkserver connection failed the handshake (``protocol.md``,
+    *Authentication*): the peer does not know the cluster secret, or
+    spoke before proving it did.  The connection is closed."""
+
+    code = 15
+
+
 class Unavailable(SpeedyError):
     """A dependency (database, chunkmaster, every replica) cannot be reached.
 
@@ -151,6 +159,7 @@ BY_CODE = {
         Busy,
         Timeout,
         ConnectionFailed,
+        Unauthenticated,
         Unavailable,
         NoWritableGroup,
         NotFound,

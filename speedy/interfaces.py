@@ -266,7 +266,7 @@ class IChunkClient(Interface):
             L{get} is.
         """
 
-    def get_stream(address, file_id, offset, length, sink):
+    def get_stream(address, file_id, offset, length, sink, expect=None):
         """
         Stream C{length} bytes at C{offset} of a chunk to C{sink}, a
         callable given each piece (bytes) in order as it arrives.  An
@@ -274,6 +274,11 @@ class IChunkClient(Interface):
         C{sink}; the chunkserver checks its record's CRC32C before it
         answers, and a whole-chunk range is checked again against it at its
         end, after its bytes went to C{sink}.
+
+        @param expect: the (size, CRC32C) the chunk was written with, as the
+            metadata store recorded them: a chunkserver holding another
+            chunk under the id (replaced, or lying) fails the read with
+            L{ChecksumMismatch} before any byte reaches C{sink}.
 
         @return: a Deferred firing with None once all C{length} bytes went
             to C{sink}; failing with L{ChecksumMismatch} when the bytes of a

@@ -3,7 +3,7 @@
 C{twistd speedy-chunkmaster}: options and service.
 
     twistd -n speedy-chunkmaster --listen tcp:8099 --db sqlite:meta.db \\
-        --config etc/chunkmaster.ini --admin-token T --cluster-secret S
+        --config etc/chunkmaster.ini --admin-token-file T --cluster-secret-file S
 
 An option given on the command line wins over the C{--config} file, which
 wins over the defaults.
@@ -20,7 +20,7 @@ from speedy.chunkmaster.service import ChunkmasterService
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
 from speedy.metadata.schema import GROUP_SIZE
-from speedy.wire.client import ChunkClient
+from speedy.wire.client import ChunkClient, load_authority
 
 
 class Options(DaemonOptions):
@@ -28,11 +28,18 @@ class Options(DaemonOptions):
 
     section = "chunkmaster"
     options = [
-        Option("listen", "tcp:8099", "Endpoint string of the REST API.", endpoint),
+        Option("listen", "tcp:8099:interface=127.0.0.1", "Endpoint string of the REST API.",
+               endpoint),
         Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
-        Option("cluster-secret", None, "Bearer token of heartbeats, view and file-id calls "
-               "[default: none]."),
-        Option("admin-token", None, "Bearer token of admin calls; without one they are refused."),
+        Option("chunk-tls-ca", None, "PEM file of the certificate authority that signed the "
+               "chunkservers' certificates: connect to chunkservers over TLS (they listen on "
+               "ssl: endpoints), checking each one's certificate [default: plain TCP].",
+               load_authority),
+        Option("cluster-secret", None, "The cluster's shared secret: chunkservers, chunkmasters "
+               "and imageservers prove to each other that they know it.", required=True,
+               secret=True, env="SPEEDY_CLUSTER_SECRET"),
+        Option("admin-token", None, "Bearer token of admin calls; without one they are refused.",
+               secret=True, env="SPEEDY_ADMIN_TOKEN"),
         Option("heartbeat-timeout", "15", "Seconds of silence before a chunkserver is DOWN.",
                positive(float)),
         Option("group-size", "3", f"Members of a full replica group, at most {GROUP_SIZE} (the "
@@ -80,7 +87,7 @@ def makeService(options, reactor=None):
         store, reactor, heartbeat_timeout=options["heartbeat-timeout"],
         group_size=options["group-size"], reserve=options["reserve"],
         lost_after=options["lost-after"])
-    client = ChunkClient(reactor)
+    client = ChunkClient(reactor, secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
     repairs = RepairService(
         reactor, cluster, store, client, parallelism=options["repair-parallelism"],
         rate=options["repair-rate"], interval=options["repair-interval"])

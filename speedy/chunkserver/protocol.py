@@ -13,6 +13,12 @@ about lengths, stalls or vanishes costs its own connection at most: a bad
 frame gets an error frame or a closed connection, a half-sent PUT is
 aborted, and every pinned read is released.
 
+With a cluster secret (C{ChunkServerFactory(secret=...)}, which every
+chunkserver daemon has) a connection must pass the handshake of
+L{speedy.wire.handshake} before its first request is read: any other frame
+first, a wrong proof, or no proof within L{HANDSHAKE_TIMEOUT} closes it,
+counted in C{handshake_failures} and logged, before it touched any data.
+
 The only request flag taken is C{KEEP}, on a PUT (C{REQUEST_FLAGS}): it is
 passed to L{IChunkStore.put} as C{keep}, asking the store to keep the chunk
 in its memory cache.  Any other flag of a request is answered BAD_REQUEST.
@@ -31,13 +37,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.errors import (
-    BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unavailable)
+    BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unauthenticated, Unavailable)
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
-    LIST_BATCH, MAX_CHUNK, OP_COMPACT, OP_DELETE, OP_GET,
+    LIST_BATCH, MAX_CHUNK, OP_AUTH, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
+from speedy.wire.handshake import HANDSHAKE_TIMEOUT, NONCE_SIZE, same_proof, server_challenge
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.reader import FrameReader
 from speedy.zerocopy.inplace import can_read_in_place, read_in_place
@@ -85,11 +92,17 @@ class ChunkServerFactory(Factory):
         store's buffers where it offers them (L{speedy.zerocopy.inplace})
         and send GET answers with C{sendfile} or C{sendmsg}
         (L{speedy.zerocopy.sendfile}); False copies through Python.
+    @ivar secret: the cluster secret every connection must prove it knows
+        (L{speedy.wire.handshake}) before its first request, or None to
+        take requests from anyone (tests of other things).
     """
 
     def __init__(self, clock, store=None, max_in_flight=64, idle_timeout=120.0,
-                 max_chunk=MAX_CHUNK, zero_copy=True):
+                 max_chunk=MAX_CHUNK, zero_copy=True, secret=None,
+                 handshake_timeout=HANDSHAKE_TIMEOUT):
         self.clock = clock
+        self.secret = secret
+        self.handshake_timeout = handshake_timeout
         self.store = store
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
@@ -98,7 +111,7 @@ class ChunkServerFactory(Factory):
         self._connections = set()
         self.counters = dict(connections=0, open_connections=0, requests=0,
                              error_frames=0, bad_frames=0, idle_timeouts=0,
-                             answers_abandoned=0)
+                             answers_abandoned=0, handshake_failures=0)
 
     def buildProtocol(self, addr):
         return ChunkServerProtocol(self)
@@ -124,6 +137,10 @@ class ChunkServerProtocol(Protocol):
         self._closing = False
         self._idle = None
         self._outbox = None
+        # The handshake: None once passed (or with no secret to prove), else
+        # b"" before the client's nonce, then the proof the client owes.
+        self._owed = None if factory.secret is None else b""
+        self._handshake_timer = None
 
     # --- connection ------------------------------------------------------
 
@@ -138,6 +155,10 @@ class ChunkServerProtocol(Protocol):
             read_in_place(self.transport, self._read_space, self._read_in_place)
         self._outbox = Outbox(self.transport, on_sent=self._touch)
         self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_expired)
+        if self._owed is not None:
+            self._handshake_timer = self.factory.clock.callLater(
+                self.factory.handshake_timeout, self._refuse_peer,
+                f"no handshake within {self.factory.handshake_timeout:g}s")
 
     def connectionLost(self, reason):
         self.factory.counters["open_connections"] -= 1
@@ -145,6 +166,8 @@ class ChunkServerProtocol(Protocol):
         self._closing = True
         if self._idle.active():
             self._idle.cancel()
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         if self._drain is not None:
             self._drain.cancel()
         if self._frames.body is not None:
@@ -206,6 +229,8 @@ class ChunkServerProtocol(Protocol):
         except TooLarge as e:
             opcode, request_id = raw[5], int.from_bytes(raw[8:12], "big")
             return self._bad_stream(opcode, request_id, e)
+        if self._owed is not None:
+            return self._handshake_frame(header)
         self.factory.counters["requests"] += 1
         self._in_flight += 1
         return self._body_for(header)
@@ -260,6 +285,9 @@ class ChunkServerProtocol(Protocol):
             return _PutBody(self, request_id, header.body_length,
                             keep=bool(header.flags & FLAG_KEEP))
         expected = REQUEST_BODY_SIZES.get(opcode)
+        if opcode == OP_AUTH:
+            return self._refuse(header, BadRequest(
+                "no handshake here" if self.factory.secret is None else "handshake already done"))
         if expected is None:
             return self._refuse(header, BadRequest(f"unknown opcode {opcode}"))
         if header.body_length != expected:
@@ -284,6 +312,39 @@ class ChunkServerProtocol(Protocol):
             self.transport.loseConnection()
         else:
             self.transport.abortConnection()
+
+    # --- the handshake ---------------------------------------------------
+
+    def _handshake_frame(self, header):
+        """@return: what takes the body of a frame that arrived before the
+        handshake was done: an AUTH step, else nothing (it is refused)."""
+        if header.opcode != OP_AUTH or header.flags or header.body_length != NONCE_SIZE:
+            return self._refuse_peer(f"{OPCODES.get(header.opcode, header.opcode)} "
+                                     "before the handshake")
+        return _SmallBody(NONCE_SIZE, lambda body: self._handshake_step(header.request_id, body))
+
+    def _handshake_step(self, request_id, body):
+        if self._closing:
+            return
+        if not self._owed:  # the client's nonce: answer with ours and our proof
+            answer, self._owed = server_challenge(self.factory.secret, body)
+            self._outbox.send(frame(OP_AUTH, request_id, answer, FLAG_RESPONSE))
+        elif same_proof(self._owed, body):
+            self._owed = None
+            self._handshake_timer.cancel()
+        else:
+            self._refuse_peer("a wrong proof: it does not know the cluster secret",
+                              request_id)
+
+    def _refuse_peer(self, why, request_id=0):
+        """The peer failed the handshake: say so and close, before it
+        touched anything."""
+        self.factory.counters["handshake_failures"] += 1
+        self._closing = True
+        self._log.warn("refused connection from {peer}: {why}",
+                       peer=self.transport.getPeer(), why=why)
+        self._answer_error(OP_AUTH, request_id, Unauthenticated(f"handshake failed: {why}"))
+        self.transport.loseConnection()
 
     # --- requests --------------------------------------------------------
 

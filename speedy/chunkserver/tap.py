@@ -68,7 +68,8 @@ class Options(DaemonOptions):
     section = "chunkserver"
     options = [
         Option("data-dir", None, "Directory holding the volume files (required).", required=True),
-        Option("listen", "tcp:8000", "Endpoint to serve the wire protocol on.", endpoint),
+        Option("listen", "tcp:8000:interface=127.0.0.1", "Endpoint to serve the wire protocol "
+               "on.", endpoint),
         Option("group-id", None, "Replica group of this server, a positive integer (required).",
                number(int, 1), required=True),
         Option("volume-size", "2GiB", "Size of each volume file, at least 1MiB.", size(1 << 20)),
@@ -96,7 +97,9 @@ class Options(DaemonOptions):
         Option("master", None, "URL of the chunkmaster to heartbeat (no heartbeat without it); "
                "several, comma-separated, for chunkmasters sharing one database: each is sent "
                "every heartbeat.", http_urls),
-        Option("cluster-secret", None, "Bearer secret for the chunkmaster."),
+        Option("cluster-secret", None, "The cluster's shared secret: chunkservers, chunkmasters "
+               "and imageservers prove to each other that they know it.", required=True,
+               secret=True, env="SPEEDY_CLUSTER_SECRET"),
         Option("heartbeat-interval", "5", "Seconds between heartbeats, at least 0.1.",
                number(float, 0.1)),
         Option("scrub-rate", "8MiB", "Bytes a second the scrubber reads back and checks (a "
@@ -267,7 +270,8 @@ def makeService(options, reactor=None):
     if not options["server-id"]:
         options["server-id"] = server_id(options["data-dir"])
     top = MultiService()
-    factory = ChunkServerFactory(reactor, zero_copy=options["zero-copy"] == "auto")
+    factory = ChunkServerFactory(reactor, zero_copy=options["zero-copy"] == "auto",
+                                 secret=options["cluster-secret"])
     stores = ChunkStoreService(reactor, lambda: open_chunk_store(reactor, options), factory)
     stores.setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)

@@ -97,7 +97,7 @@ class ReplicaReader:
             lambda address: client.get(address, file_id, offset, length),
             lambda data: _check(len(data), length), known))
 
-    def stream(self, group_id, file_id, offset, length, sink):
+    def stream(self, group_id, file_id, offset, length, sink, expect=None):
         """
         Stream C{length} bytes at C{offset} of a chunk that is known to
         exist into C{sink} (a callable given each piece of bytes, in order)
@@ -115,13 +115,18 @@ class ReplicaReader:
         caller must break off what it sent: its client sees a truncated
         body, never a wrong one.
 
+        @param expect: the (size, CRC32C) the metadata store recorded for
+            the chunk when it was written: a replica holding other bytes
+            under its id (replaced, or a chunkserver that lies) is a bad
+            replica, and none of its bytes reach C{sink}.
         @return: a Deferred firing with None once every byte went to
             C{sink}; failing with L{Unavailable} when no replica could
             serve the rest, or with L{ChecksumMismatch} as above.
             Cancelling it cancels the request in flight; C{sink} is not
             called afterwards.
         """
-        return Deferred.fromCoroutine(self._stream(group_id, file_id, offset, length, sink))
+        return Deferred.fromCoroutine(
+            self._stream(group_id, file_id, offset, length, sink, expect))
 
     def stat(self, group_id, file_id, known=False):
         """
@@ -161,7 +166,7 @@ class ReplicaReader:
 
         return sorted(group.servers, key=key)
 
-    async def _stream(self, group_id, file_id, offset, length, sink):
+    async def _stream(self, group_id, file_id, offset, length, sink, expect):
         reached = 0  # bytes of the range that went to sink
 
         def forward(piece):
@@ -174,7 +179,8 @@ class ReplicaReader:
             self.reading[server.address] += 1
             try:
                 await self._client.get_stream(
-                    server.address, file_id, offset + reached, length - reached, forward)
+                    server.address, file_id, offset + reached, length - reached, forward,
+                    expect=expect)
             except CancelledError:
                 raise
             except Exception as e:
@@ -268,6 +274,14 @@ class ReplicaReader:
         record = BadReplica(server.server_id, group_id, file_id, reason, now)
         self._metadata.record_bad_replica(record).addErrback(
             lambda f: log.failure("recording a bad replica failed", f))
+
+
+def written(chunk):
+    """@return: the (size, CRC32C) the metadata recorded for the
+    L{ChunkRef} C{chunk} when it was written, or None if it has none."""
+    if getattr(chunk, "crc32c", None) is None:
+        return None
+    return chunk.size, chunk.crc32c
 
 
 def _check(size, length):
@@ -393,7 +407,7 @@ class FileReader:
             self._fetches.append(fetch)
             fetch.deferred = self._replicas.stream(
                 chunk.group_id, chunk.file_id, offset, length,
-                lambda piece, fetch=fetch: self._arrived(fetch, piece))
+                lambda piece, fetch=fetch: self._arrived(fetch, piece), written(chunk))
             fetch.deferred.addBoth(self._fetched, fetch)
 
     def _is_head(self, fetch):

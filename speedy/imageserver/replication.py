@@ -144,22 +144,26 @@ class ReplicatedStorage:
 
     def reader_type(self, consumer):
         """@return: the reader class L{read} uses for C{consumer}: splicing
-        needs a consumer L{splice_transport} accepts and a reactor with file
-        descriptors as the clock, and zero copy on."""
+        needs a consumer L{splice_transport} accepts, a reactor with file
+        descriptors as the clock, zero copy on, and plain TCP to the
+        chunkservers (bytes of TLS cannot be spliced)."""
         if (self.zero_copy and IReactorFDSet.providedBy(self.clock)
+                and getattr(self.client, "tls", None) is None
                 and splice_transport(consumer) is not None):
             return SpliceFileReader
         return FileReader
 
     def splice_sources(self):
         """@return: the L{SourcePool} of spliced reads (made on first use,
-        with the chunk client's timeouts and the read window)."""
+        with the chunk client's timeouts and cluster secret, and the read
+        window)."""
         if self._splice_sources is None:
             self._splice_sources = SourcePool(
                 self.clock,
                 connect_timeout=self.client.connect_timeout,
                 request_timeout=self.client.request_timeout,
-                receive_buffer=self.read_window)
+                receive_buffer=self.read_window,
+                secret=getattr(self.client, "secret", None))
         return self._splice_sources
 
     def close(self):

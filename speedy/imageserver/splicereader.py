@@ -9,7 +9,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from speedy import errors
-from speedy.imageserver.reader import segments
+from speedy.imageserver.reader import segments, written as _written
 from speedy.zerocopy.relay import SpliceRelay
 
 log = Logger()
@@ -116,7 +116,8 @@ class SpliceFileReader:
             address = servers[0].address
             self._replicas.reading[address] += 1
             self._prefetched[index] = (
-                servers, self._sources.get(address, chunk.file_id, offset, length))
+                servers, self._sources.get(address, chunk.file_id, offset, length,
+                                           _written(chunk)))
 
     async def _relay_segment(self, index):
         chunk, offset, length = self._segments[index]
@@ -129,7 +130,7 @@ class SpliceFileReader:
         for server in servers:
             if get is None:
                 get = self._sources.get(server.address, chunk.file_id,
-                                        offset + reached, length - reached)
+                                        offset + reached, length - reached, _written(chunk))
                 replicas.reading[server.address] += 1
             try:
                 await self._wait(get.head())

@@ -3,7 +3,7 @@
 C{twistd speedy-imageserver}: options and service.
 
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
-        --master http://127.0.0.1:8099 --cluster-secret S --db sqlite:meta.db \\
+        --master http://127.0.0.1:8099 --cluster-secret-file F --db sqlite:meta.db \\
         [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--cut-through 8]
         [--read-window 0]
         [--config etc/imageserver.ini]
@@ -29,7 +29,7 @@ from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
 from speedy.web.streaming import StreamingSite
-from speedy.wire.client import ChunkClient
+from speedy.wire.client import ChunkClient, load_authority
 from speedy.zerocopy import ZERO_COPY_MODES
 
 try:
@@ -53,8 +53,14 @@ class Options(DaemonOptions):
         Option("master", "http://127.0.0.1:8099", "URL of the chunkmaster; several, "
                "comma-separated, for chunkmasters sharing one database (calls fail over "
                "between them).", http_urls),
-        Option("cluster-secret", "", "Bearer token for the chunkmaster [default: none]."),
+        Option("cluster-secret", None, "The cluster's shared secret: chunkservers, chunkmasters "
+               "and imageservers prove to each other that they know it.", required=True,
+               secret=True, env="SPEEDY_CLUSTER_SECRET"),
         Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
+        Option("chunk-tls-ca", None, "PEM file of the certificate authority that signed the "
+               "chunkservers' certificates: connect to chunkservers over TLS (they listen on "
+               "ssl: endpoints), checking each one's certificate [default: plain TCP].",
+               load_authority),
         Option("chunk-size", "16MiB", "Size streams are cut into chunks at, at most 1GiB.",
                size(1, 1 << 30)),
         Option("parallelism", "4", "Chunks in flight per upload and fetched ahead per download.",
@@ -115,7 +121,8 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     metadata = open_store(options["db"], reactor)
-    client = ChunkClient(reactor, request_timeout=options["request-timeout"])
+    client = ChunkClient(reactor, request_timeout=options["request-timeout"],
+                         secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
     master = master_client(reactor, options["master"], options["cluster-secret"])
     poller = ClusterViewPoller(master, reactor)
     storage = ReplicatedStorage(

@@ -18,6 +18,8 @@ TWISTD_IN_OWN_GROUP = "import os; os.setpgid(0, 0); from twisted.scripts.twistd 
 _log = Logger()
 
 STATE_FILE = "cluster.json"
+#: Where under C{var} the cluster's secrets are kept, a file each (0600).
+SECRETS_DIR = "secrets"
 METADATA_FILE = "metadata.sqlite"
 
 #: Imageserver processes per registry port that C{up} starts unless told:
@@ -137,6 +139,26 @@ class ClusterPlan:
             imageserver_ports=ports(int(port), imageservers),
             group_size=group_size, imageserver_workers=imageserver_workers, **options)
 
+    def secret_file(self, name):
+        """@return: the path of the file holding the secret C{name}
+        (C{cluster-secret}, C{admin-token})."""
+        return os.path.join(self.var, SECRETS_DIR, name)
+
+    def write_secrets(self):
+        """Write the cluster secret and the admin token, each to its
+        L{secret_file}, readable by this user only: the roles read them
+        there, so they never show on a command line."""
+        directory = os.path.join(self.var, SECRETS_DIR)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        for name, value in [("cluster-secret", self.cluster_secret),
+                            ("admin-token", self.admin_token)]:
+            path = self.secret_file(name)
+            descriptor = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as f:
+                f.write(value + "\n")
+            os.replace(path + ".new", path)
+
     @property
     def master_url(self):
         return f"http://{self.host}:{self.master_port}"
@@ -155,14 +177,16 @@ class ClusterPlan:
         master = Role(
             "chunkmaster", "speedy-chunkmaster",
             ("--listen", self._listen(self.master_port), "--db", db,
-             "--cluster-secret", self.cluster_secret, "--admin-token", self.admin_token,
+             "--cluster-secret-file", self.secret_file("cluster-secret"),
+             "--admin-token-file", self.secret_file("admin-token"),
              "--group-size", str(self.group_size)),
             self.host, self.master_port, health_url=f"{self.master_url}/v1/health")
         chunkservers = []
         for i, port in enumerate(self.chunkserver_ports):
             args = ["--data-dir", os.path.join(self.var, f"chunkserver-{i + 1}"),
                     "--listen", self._listen(port), "--group-id", str(i // self.group_size + 1),
-                    "--master", self.master_url, "--cluster-secret", self.cluster_secret]
+                    "--master", self.master_url,
+                    "--cluster-secret-file", self.secret_file("cluster-secret")]
             if self.volume_size is not None:
                 args += ["--volume-size", str(self.volume_size)]
             if self.cache_size is not None:
@@ -175,7 +199,7 @@ class ClusterPlan:
         imageservers = []
         for i, port in enumerate(self.imageserver_ports):
             args = ["--listen", self._listen(port, shared), "--master", self.master_url,
-                    "--cluster-secret", self.cluster_secret, "--db", db]
+                    "--cluster-secret-file", self.secret_file("cluster-secret"), "--db", db]
             if self.chunk_size is not None:
                 args += ["--chunk-size", str(self.chunk_size)]
             if self.read_window is not None:

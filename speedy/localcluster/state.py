@@ -7,7 +7,6 @@ started, for C{status}, C{down} and C{speedy-admin --var}.
 import json
 import os
 
-from twisted.python.filepath import FilePath
 
 from speedy.localcluster.plan import STATE_FILE, ClusterError, Role
 
@@ -40,7 +39,13 @@ def read_state(var):
 
 
 def _write_state(var, state):
-    FilePath(state_path(var)).setContent(json.dumps(state, indent=2).encode("utf-8"))
+    """Write the state file, readable by this user only: it holds the
+    admin token."""
+    path = state_path(var)
+    descriptor = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(json.dumps(state, indent=2).encode("utf-8"))
+    os.replace(path + ".new", path)
 
 
 def role_from_state(entry):

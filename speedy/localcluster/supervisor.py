@@ -132,6 +132,7 @@ class LocalCluster:
 
     async def _up(self):
         os.makedirs(os.path.join(self.plan.var, "logs"), exist_ok=True)
+        self.plan.write_secrets()
         try:
             for role in self.plan.roles():
                 process = self._spawn(role)

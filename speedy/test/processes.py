@@ -9,7 +9,9 @@ Real daemons as processes on loopback, for end-to-end tests.
     cs.stop()             # SIGTERM, then SIGKILL after a grace period
 
 Tests register C{self.addCleanup(daemon.stop)}.  On a start failure the
-daemon's log is in the exception message.
+daemon's log is in the exception message.  Every daemon gets the cluster
+secret L{TEST_SECRET} in its environment (secrets are never given on
+command lines), unless C{env} names another.
 """
 
 import os
@@ -18,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from speedy.test.util import TEST_SECRET
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -51,7 +55,7 @@ class Daemon:
         self.port = port
         self.workdir = workdir
         self.name = name or f"{plugin}-{port}"
-        self.env = dict(os.environ, **(env or {}))
+        self.env = dict(os.environ, SPEEDY_CLUSTER_SECRET=TEST_SECRET, **(env or {}))
         self.process = None
         self.log_path = os.path.join(workdir, self.name + ".log")
 

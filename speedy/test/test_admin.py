@@ -6,7 +6,6 @@ chunkmaster API (through L{treq.testing.StubTreq}).
 
 import io
 import json
-import os
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred

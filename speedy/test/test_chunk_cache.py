@@ -28,6 +28,7 @@ from speedy.errors import BadRequest, Busy, ChunkNotFound, NoSpace
 from speedy.test.test_chunkserver_protocol import get_request, parse_frames
 from speedy.test.test_direct_io import BLOCK, T, DirectTestMixin
 from speedy.test.test_store import ManualThreads, MiB
+from speedy.test.util import with_secrets
 from speedy.wire.frames import (
     FILE_ID, FLAG_KEEP, FLAG_RESPONSE, GET_RESPONSE, OP_PUT, frame)
 from speedy.wire.producers import PIECE
@@ -572,6 +573,9 @@ class KeepFlagOverTheWireTests(CacheStoreMixin, SynchronousTestCase):
 
 
 class OptionTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def test_cache_size_option(self):
         """--cache-size takes a size, 512 MiB by default, and reaches the
         store the daemon opens."""

@@ -18,10 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.records import DOWN, RW
 from speedy.test.processes import Daemon, free_port
+from speedy.test.util import TEST_ADMIN_TOKEN, TEST_SECRET
 from speedy.test.util import MYSQL_URL, require_mysql
 
-SECRET = "e2e-cluster-secret"
-ADMIN = "e2e-admin-token"
+SECRET, ADMIN = TEST_SECRET, TEST_ADMIN_TOKEN
 HEARTBEAT_TIMEOUT = 2
 #: How long a test waits for the cluster to reach a state before failing.
 PATIENCE = 30.0
@@ -41,9 +41,9 @@ class ChunkmasterEndToEnd:
         daemon = Daemon(
             "speedy-chunkmaster",
             ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1", "--db", self.db_url(),
-             "--cluster-secret", SECRET, "--admin-token", ADMIN,
              "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT)],
-            port=self.master_port, workdir=self.workdir, name="chunkmaster")
+            port=self.master_port, workdir=self.workdir, name="chunkmaster",
+            env={"SPEEDY_ADMIN_TOKEN": ADMIN})
         self.addCleanup(daemon.stop)
         return daemon
 
@@ -55,7 +55,7 @@ class ChunkmasterEndToEnd:
             "speedy-chunkserver",
             ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--group-id", "1", "--master", f"http://127.0.0.1:{self.master_port}",
-             "--cluster-secret", SECRET, "--heartbeat-interval", "0.5", "--volume-size", "16MiB",
+             "--heartbeat-interval", "0.5", "--volume-size", "16MiB",
              "--cache-size", "8MiB"],
             port=port, workdir=self.workdir, name=f"cs{n}")
         daemon.address = f"127.0.0.1:{port}"

@@ -3,6 +3,7 @@ Tests for L{speedy.chunkmaster.tap} and L{speedy.chunkmaster.service}: the twist
 file, and a service that loads the cluster before it listens.
 """
 
+import os
 from io import StringIO
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.service import ChunkmasterService
+from speedy.test.util import TEST_SECRET, with_secrets
 from speedy.testing import OutageStore
 
 
@@ -41,6 +43,9 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def write_config(self, text):
         path = self.mktemp()
         with open(path, "w") as f:
@@ -51,21 +56,24 @@ class OptionsTests(SynchronousTestCase):
         options = parse()
         self.assertEqual(
             {o.name: options[o.name] for o in tap.Options.options},
-            {"listen": "tcp:8099", "db": "sqlite:meta.db", "cluster-secret": None,
+            {"listen": "tcp:8099:interface=127.0.0.1", "db": "sqlite:meta.db",
+             "cluster-secret": TEST_SECRET,
              "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
              "file-id-range": 100000, "reserve": 16 << 20, "lost-after": 3600.0,
-             "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0})
+             "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0, "chunk-tls-ca": None})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""
+        token = self.write_config("an-admin-token-from-a-file\n")
+        os.chmod(token, 0o600)
         path = self.write_config(
-            "[chunkmaster]\nadmin_token = a1\ncluster_secret = c1\nheartbeat_timeout = 4.5\n"
+            f"[chunkmaster]\nadmin_token_file = {token}\nheartbeat_timeout = 4.5\n"
             "group_size = 2\nfile_id_range = 50\nreserve = 1GiB\n")
-        options = parse("--config", path, "--cluster-secret", "c2", "--group-size", "3")
+        options = parse("--config", path, "--group-size", "3")
         self.assertEqual(
             (options["admin-token"], options["cluster-secret"], options["heartbeat-timeout"],
              options["group-size"], options["file-id-range"], options["reserve"]),
-            ("a1", "c2", 4.5, 3, 50, 1 << 30))
+            ("an-admin-token-from-a-file", TEST_SECRET, 4.5, 3, 50, 1 << 30))
 
     def test_sample_config(self):
         """The sample etc/chunkmaster.ini parses."""
@@ -87,6 +95,9 @@ class OptionsTests(SynchronousTestCase):
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def test_listens(self):
         """
         The service opens the store, and then listens where --listen says,
@@ -105,6 +116,7 @@ class MakeServiceTests(SynchronousTestCase):
 
 class ServiceTests(SynchronousTestCase):
     def setUp(self):
+        with_secrets(self)
         self.reactor = MemoryReactorClock()
         self.store = OutageStore(self.reactor)
         self.cluster = Cluster(self.store, self.reactor)
@@ -150,6 +162,9 @@ class ServiceTests(SynchronousTestCase):
 class AccessLogTests(SynchronousTestCase):
     """Routine heartbeats and view polls stay out of the access log; their
     failures and everything else go in."""
+
+    def setUp(self):
+        with_secrets(self)
 
     def logged(self, path, code):
         site = tap.ChunkmasterSite(build_api(None, None), reactor=MemoryReactorClock())

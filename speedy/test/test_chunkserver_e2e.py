@@ -12,11 +12,13 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from speedy.errors import (
-    BadRequest, ChunkExists, ChunkNotFound, ConnectionFailed, Unavailable)
-from speedy.test.processes import Daemon, free_port
+    BadRequest, ChunkExists, ChunkNotFound, ConnectionFailed, Unauthenticated, Unavailable)
+from speedy.test.processes import TEST_SECRET, Daemon, free_port
 from speedy.test.test_chunkserver_protocol import error_code, parse_frames
 from speedy.wire.client import ChunkClient
-from speedy.wire.frames import FLAG_ERROR, FLAG_RESPONSE, OP_PING, frame
+from speedy.wire.frames import (
+    FILE_ID, FLAG_ERROR, FLAG_RESPONSE, OP_AUTH, OP_DELETE, OP_PING, frame)
+from speedy.wire.handshake import NONCE_SIZE, client_proof, new_nonce
 
 STORE_MISSING = None if find_spec("speedy.chunkserver.store") else (
     "speedy.chunkserver.store (the real ChunkStore the daemon runs) has not landed yet")
@@ -39,7 +41,8 @@ class ChunkserverProcessTests(TestCase):
             port=self.port, workdir=self.workdir)
         self.daemon.start()
         self.addCleanup(self.daemon.stop)
-        self.client = ChunkClient(reactor, connect_timeout=2.0, request_timeout=10.0)
+        self.client = ChunkClient(reactor, connect_timeout=2.0, request_timeout=10.0,
+                                  secret=TEST_SECRET)
         self.addCleanup(self.client.close)
 
     async def ready(self, attempts=100):
@@ -51,14 +54,23 @@ class ChunkserverProcessTests(TestCase):
                 await deferLater(reactor, 0.05)
         self.fail(f"chunkserver never became ready:\n{self.daemon.log()}")
 
-    def garbage(self, data):
+    def garbage(self, data, secret=TEST_SECRET):
         """
-        Send C{data} on a raw socket.
+        Send C{data} on a raw socket, after the handshake with C{secret}
+        (none with None).
 
         @return: the first frame that comes back and whether the server
             then closed the connection.
         """
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            if secret is not None:
+                nonce = new_nonce()
+                s.sendall(frame(OP_AUTH, 1, nonce))
+                answer = b""
+                while not parse_frames(answer)[0]:
+                    answer += s.recv(65536)
+                [(header, challenge)] = parse_frames(answer)[0]
+                s.sendall(frame(OP_AUTH, 0, client_proof(secret, nonce, challenge[:NONCE_SIZE])))
             s.sendall(data)
             answer = b""
             while not parse_frames(answer)[0]:
@@ -97,6 +109,19 @@ class ChunkserverProcessTests(TestCase):
         (header, body), closed = self.garbage(frame(77, 5, b"body of nothing") + frame(OP_PING, 6)[:10])
         self.assertEqual((header.request_id, error_code(body)), (5, BadRequest.code))
         self.assertFalse(closed)
+
+        # Without the cluster secret, nothing gets in: not a DELETE, not a
+        # handshake with a guessed secret (random bytes are not even frames).
+        for data, secret in [(frame(OP_DELETE, 1, FILE_ID.pack(1)), None),
+                             (frame(OP_DELETE, 1, FILE_ID.pack(1)), "a guessed secret, long enough")]:
+            (header, body), closed = self.garbage(data, secret)
+            self.assertEqual(error_code(body), Unauthenticated.code)
+            self.assertTrue(closed)
+        (header, body), closed = self.garbage(b"\x00" * 4096, None)
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(closed)
+        self.assertEqual((await self.client.status(self.address))["wire"]["handshake_failures"], 2)
+        self.assertEqual(await self.client.stat(self.address, 1), info)
 
         await self.client.delete(self.address, 2)
         with self.assertRaises(ChunkNotFound):

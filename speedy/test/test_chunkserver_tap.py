@@ -18,6 +18,7 @@ from speedy.chunkserver.protocol import ChunkServerFactory
 from speedy.chunkserver.tap import (
     ChunkStoreService, Options, advertised_address, makeService, server_id)
 from speedy.errors import Unavailable
+from speedy.test.util import TEST_SECRET, with_secrets
 from speedy.testing import MemoryChunkStore
 
 
@@ -32,6 +33,8 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
 
     def parse(self, *args):
         options = Options()
@@ -40,7 +43,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_defaults(self):
         options = self.parse()
-        self.assertEqual(options["listen"], "tcp:8000")
+        self.assertEqual(options["listen"], "tcp:8000:interface=127.0.0.1")
+        self.assertEqual(options["cluster-secret"], TEST_SECRET)
         self.assertEqual(options["volume-size"], 2 << 30)
         self.assertEqual(options["sync"], "always")
         self.assertEqual(options["compact-threshold"], 0.3)
@@ -129,6 +133,7 @@ class ServiceTests(SynchronousTestCase):
         return options
 
     def setUp(self):
+        with_secrets(self)
         self.data_dir = self.mktemp()
 
     def test_listens(self):
@@ -182,6 +187,8 @@ class ServiceTests(SynchronousTestCase):
 
 
 class StoreServiceTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
 
     def test_open_and_close(self):
         """The store is served once open, and closed on stop."""

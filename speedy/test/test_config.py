@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from io import StringIO
@@ -105,3 +106,86 @@ class VersionTests(SynchronousTestCase):
                 [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                  f"speedy-{role}", "--version"], capture_output=True, text=True, timeout=60)
             self.assertEqual((done.returncode, done.stdout), (0, f"speedy {version()}\n"), role)
+
+
+class SecretOptions(DaemonOptions):
+    section = "role"
+    options = [
+        Option("token", None, "A secret.", required=True, secret=True, env="SPEEDY_TEST_TOKEN"),
+        Option("other", "x", "Not a secret."),
+    ]
+
+
+GOOD = "k3Jd9s-0aLq2vXz8RtYw"
+
+
+class SecretTests(SynchronousTestCase):
+    """Secrets come from files readable by their owner only or the
+    environment, never from the command line, and placeholders are
+    refused."""
+
+    def setUp(self):
+        self.patch(os, "environ", {})
+
+    def write(self, text, mode=0o600):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def parse(self, *args):
+        options = SecretOptions()
+        options.parseOptions(list(args))
+        return options
+
+    def refused(self, *args):
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse(*args)
+        return str(caught.exception)
+
+    def test_from_a_file(self):
+        self.assertEqual(self.parse("--token-file", self.write(GOOD + "\n"))["token"], GOOD)
+
+    def test_from_the_environment(self):
+        os.environ["SPEEDY_TEST_TOKEN"] = GOOD
+        self.assertEqual(self.parse()["token"], GOOD)
+
+    def test_file_before_environment_before_config(self):
+        os.environ["SPEEDY_TEST_TOKEN"] = GOOD + "-env"
+        config = self.write(f"[role]\ntoken = {GOOD}-config\n")
+        self.assertEqual(self.parse("--config", config)["token"], GOOD + "-env")
+        self.assertEqual(self.parse("--config", config, "--token-file",
+                                    self.write(GOOD + "-file"))["token"], GOOD + "-file")
+        del os.environ["SPEEDY_TEST_TOKEN"]
+        self.assertEqual(self.parse("--config", config)["token"], GOOD + "-config")
+        config = self.write(f"[role]\ntoken_file = {self.write(GOOD + '-named')}\n")
+        self.assertEqual(self.parse("--config", config)["token"], GOOD + "-named")
+
+    def test_never_on_the_command_line(self):
+        message = self.refused("--token", GOOD)
+        self.assertIn("--token-file", message)
+        self.assertIn("SPEEDY_TEST_TOKEN", message)
+        self.assertNotIn(GOOD, message)
+
+    def test_readable_by_others(self):
+        self.assertIn("chmod 600", self.refused("--token-file", self.write(GOOD, 0o644)))
+        config = self.write(f"[role]\ntoken = {GOOD}\n", 0o640)
+        self.assertIn("chmod 600", self.refused("--config", config))
+
+    def test_placeholders_and_short_secrets(self):
+        for text in ["change-me-admin", "change-me-cluster-secret", "short", "an-example-value-to-replace"]:
+            self.assertNotIn(text, self.refused("--token-file", self.write(text)))
+
+    def test_required(self):
+        self.assertIn("--token", self.refused())
+
+    def test_missing_file(self):
+        self.assertIn("--token-file", self.refused("--token-file", self.mktemp()))
+
+    def test_help_names_the_file_option(self):
+        out = StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertRaises(SystemExit, self.parse, "--help")
+        self.assertIn("--token-file", out.getvalue())
+        self.assertIn("SPEEDY_TEST_TOKEN", out.getvalue())

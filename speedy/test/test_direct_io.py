@@ -23,6 +23,7 @@ from speedy.chunkserver.volume import DATA_START, HEADER_SIZE
 from speedy.crc import crc32c
 from speedy.errors import Busy, ChecksumMismatch, NoSpace
 from speedy.test import test_store
+from speedy.test.util import with_secrets
 from speedy.test.test_store import (
     FaultyDisk, ManualThreads, MiB, StoreTestMixin, corrupt)
 
@@ -528,6 +529,9 @@ class DirectVerifyTests(DirectTestMixin, SynchronousTestCase):
 
 
 class OptionTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def test_direct_io_option(self):
         base = ["--data-dir", "d", "--group-id", "1"]
         options = Options()

@@ -34,7 +34,6 @@ from speedy.metadata import open_store
 from speedy.test.processes import Daemon, free_port
 
 MiB = 1 << 20
-SECRET = "e2e-secret"
 
 
 class Cluster:
@@ -47,7 +46,7 @@ class Cluster:
         master_port = free_port()
         self.master_url = f"http://127.0.0.1:{master_port}"
         self._start("speedy-chunkmaster", master_port, "master", [
-            "--db", self.db, "--cluster-secret", SECRET, "--heartbeat-timeout", "3",
+            "--db", self.db, "--heartbeat-timeout", "3",
             # Damage stays recorded for these tests to see; repairs are
             # test_selfheal_e2e's.
             "--repair-parallelism", "0"])
@@ -56,7 +55,7 @@ class Cluster:
             port = free_port()
             self.chunkservers.append(self._start("speedy-chunkserver", port, f"cs{i}", [
                 "--data-dir", os.path.join(self.workdir, f"cs{i}"), "--group-id", str(i // 3 + 1),
-                "--master", self.master_url, "--cluster-secret", SECRET,
+                "--master", self.master_url,
                 "--volume-size", "64MiB", "--reserve", "1MiB", "--heartbeat-interval", "0.5",
                 "--cache-size", "32MiB"]))
         self.imageservers = []
@@ -64,7 +63,7 @@ class Cluster:
         for i in range(2):
             port = free_port()
             self.imageserver_daemons.append(self._start("speedy-imageserver", port, f"is{i}", [
-                "--master", self.master_url, "--cluster-secret", SECRET, "--db", self.db,
+                "--master", self.master_url, "--db", self.db,
                 "--chunk-size", "1MiB", "--request-timeout", "5"]))
             self.imageservers.append(f"http://127.0.0.1:{port}")
         self.wait_writable(2)

@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy import errors
+from speedy.crc import crc32c
 from speedy.imageserver.placement import preferred_replica
 from speedy.imageserver.reader import (
     AFFINITY_SLACK, BAD_FOR, WRITE_PIECE, ReplicaReader, segments)
@@ -188,6 +189,25 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(len(self.bad_replicas()), 2)
         self.assertIn("ChecksumMismatch", self.bad_replicas()[0].reason)
 
+    def test_replaced_chunk_caught(self):
+        """Two replicas hold other bytes of the same length under the
+        chunk's id, consistent with their own CRC32C (replaced over the
+        wire, or lying): the read compares what they hold with what the
+        metadata recorded at write time, takes the bytes from the third,
+        and reports both."""
+        ref = self.refs[0]
+        other = bytes(b ^ 0x55 for b in DATA[:128])
+        for address in G1[:2]:
+            server = self.client.server(address)
+            server.chunks[ref.file_id] = other
+            server.crcs[ref.file_id] = crc32c(other)
+        self.storage.replicas.reading[G1[2]] = 5  # the good one looks busiest: tried last
+        d, consumer = self.read(0, 128)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[:128])
+        self.assertEqual({b.server_id for b in self.bad_replicas()},
+                         {f"cs-{a}" for a in G1[:2]})
+
     def test_truncated_answer(self):
         self.client.server(G1[0]).mode = PARTIAL
         self.client.server(G1[1]).mode = PARTIAL
@@ -203,7 +223,7 @@ class ReaderTests(SynchronousTestCase):
         """
         answered = []
 
-        def get_stream(address, file_id, offset, length, sink):
+        def get_stream(address, file_id, offset, length, sink, expect=None):
             def cut(data):
                 pieces = [bytes(data[:50]), bytes(data[50:])]
                 answered.extend(pieces)
@@ -248,7 +268,7 @@ class ReaderTests(SynchronousTestCase):
         """
         streams = []
 
-        def get_stream(address, file_id, offset, length, sink):
+        def get_stream(address, file_id, offset, length, sink, expect=None):
             d = Deferred(lambda d: streams.remove(entry))
             entry = (address, offset, length, sink, d)
             streams.append(entry)

@@ -13,11 +13,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from speedy.imageserver import tap
+from speedy.test.util import TEST_SECRET, with_secrets
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "imageserver.ini")
 
 
 class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def parse(self, *args):
         options = tap.Options()
         options.parseOptions(list(args))
@@ -73,7 +77,7 @@ class OptionsTests(SynchronousTestCase):
         """The sample config parses; the command line overrides it."""
         options = self.parse("--config", ETC, "--chunk-size", "1MiB")
         self.assertEqual(options["chunk-size"], 1 << 20)
-        self.assertEqual(options["cluster-secret"], "change-me-cluster")
+        self.assertEqual(options["cluster-secret"], TEST_SECRET)
         self.assertEqual(options["file-id-batch"], 1000)
 
     def test_bad_values(self):
@@ -92,6 +96,9 @@ class OptionsTests(SynchronousTestCase):
 
 
 class ServiceTests(SynchronousTestCase):
+    def setUp(self):
+        with_secrets(self)
+
     def test_make_service(self):
         """
         The service listens where told, polls the master once started,

@@ -16,6 +16,8 @@ import tempfile
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from speedy.test.util import TEST_SECRET
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
 
@@ -85,8 +87,11 @@ class InstalledTests(TestCase):
         self.work, self.venv = installation.work, installation.venv
 
     def venv_run(self, *argv):
-        """Run C{argv} with the new virtualenv's bin first, away from this tree."""
-        env = dict(os.environ, PATH=os.path.join(self.venv, "bin") + os.pathsep + os.environ["PATH"])
+        """Run C{argv} with the new virtualenv's bin first, away from this
+        tree, with a cluster secret in the environment as a service manager
+        would give it."""
+        env = dict(os.environ, PATH=os.path.join(self.venv, "bin") + os.pathsep + os.environ["PATH"],
+                   SPEEDY_CLUSTER_SECRET=TEST_SECRET)
         env.pop("PYTHONPATH", None)
         return run(list(argv), cwd=self.work, env=env)
 

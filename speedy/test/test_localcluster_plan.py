@@ -45,7 +45,8 @@ class ClusterPlanTests(SynchronousTestCase):
         master = plan(var).roles()[0]
         self.assertEqual(master.args, (
             "--listen", "tcp:8099:interface=127.0.0.1", "--db", f"sqlite:{var}/metadata.sqlite",
-            "--cluster-secret", "S", "--admin-token", "T", "--group-size", "3"))
+            "--cluster-secret-file", f"{var}/secrets/cluster-secret",
+            "--admin-token-file", f"{var}/secrets/admin-token", "--group-size", "3"))
         self.assertEqual(master.health_url, "http://127.0.0.1:8099/v1/health")
         self.assertFalse(master.needs_writable_group)
 
@@ -58,7 +59,8 @@ class ClusterPlanTests(SynchronousTestCase):
         self.assertEqual([option_after(r.args, "--group-id") for r in servers], ["1", "1", "1", "2", "2", "2"])
         self.assertEqual(servers[4].args, (
             "--data-dir", f"{var}/chunkserver-5", "--listen", "tcp:8005:interface=127.0.0.1",
-            "--group-id", "2", "--master", "http://127.0.0.1:8099", "--cluster-secret", "S",
+            "--group-id", "2", "--master", "http://127.0.0.1:8099",
+            "--cluster-secret-file", f"{var}/secrets/cluster-secret",
             "--volume-size", str(1 << 28), "--cache-size", str(1 << 25),
             "--heartbeat-interval", "0.5"))
         self.assertEqual([r.health_url for r in servers], [None] * 6)
@@ -73,10 +75,29 @@ class ClusterPlanTests(SynchronousTestCase):
                   if r.plugin == "speedy-imageserver"]
         self.assertEqual(images[1].args, (
             "--listen", "tcp:6001:interface=127.0.0.1", "--master", "http://127.0.0.1:8099",
-            "--cluster-secret", "S", "--db", f"sqlite:{var}/metadata.sqlite", "--chunk-size", str(4 << 20),
+            "--cluster-secret-file", f"{var}/secrets/cluster-secret",
+            "--db", f"sqlite:{var}/metadata.sqlite", "--chunk-size", str(4 << 20),
             "--read-window", str(1 << 16), "--cut-through", "0"))
         self.assertEqual([(r.health_url, r.needs_writable_group) for r in images],
                          [("http://127.0.0.1:6000/v1/health", True), ("http://127.0.0.1:6001/v1/health", True)])
+
+    def test_secrets_in_files(self):
+        """The secrets are written where the roles read them, readable by
+        this user only, and appear on no command line."""
+        var = os.path.abspath(self.mktemp())
+        cluster = ClusterPlan.build(var=var)
+        cluster.write_secrets()
+        for name, value in [("cluster-secret", cluster.cluster_secret),
+                            ("admin-token", cluster.admin_token)]:
+            path = cluster.secret_file(name)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            with open(path) as f:
+                self.assertEqual(f.read().strip(), value)
+        self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
+        for role in cluster.roles():
+            for secret in (cluster.cluster_secret, cluster.admin_token):
+                self.assertNotIn(secret, " ".join(role.args))
+        self.assertGreaterEqual(len(cluster.cluster_secret), 16)
 
     def test_database(self):
         """With a database URL (C{--db}), the chunkmaster and every

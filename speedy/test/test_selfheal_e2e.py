@@ -22,9 +22,9 @@ from urllib.request import Request, urlopen
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.test.processes import Daemon, free_port
+from speedy.test.util import TEST_ADMIN_TOKEN
 
-SECRET = "selfheal-cluster-secret"
-ADMIN = "selfheal-admin-token"
+ADMIN = TEST_ADMIN_TOKEN
 PATIENCE = 60.0
 MiB = 1 << 20
 
@@ -50,9 +50,9 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
             "speedy-chunkmaster",
             ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1",
              "--db", "sqlite:" + os.path.join(self.workdir, "meta.db"),
-             "--cluster-secret", SECRET, "--admin-token", ADMIN, "--heartbeat-timeout", "2",
-             "--repair-interval", "0.5", "--repair-rate", "0"],
-            port=self.master_port, workdir=self.workdir, name="chunkmaster"))
+             "--heartbeat-timeout", "2", "--repair-interval", "0.5", "--repair-rate", "0"],
+            port=self.master_port, workdir=self.workdir, name="chunkmaster",
+            env={"SPEEDY_ADMIN_TOKEN": ADMIN}))
         self.chunkservers = {n: self.chunkserver(n) for n in (1, 2, 3)}
         self.wait_for("a writable group", lambda: self.status()["writable_groups"] == 1)
         port = free_port()
@@ -60,7 +60,6 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
         self.start(Daemon(
             "speedy-imageserver",
             ["--listen", f"tcp:{port}:interface=127.0.0.1", "--master", self.master_url,
-             "--cluster-secret", SECRET,
              "--db", "sqlite:" + os.path.join(self.workdir, "meta.db"), "--chunk-size", "1MiB"],
             port=port, workdir=self.workdir, name="imageserver"))
 
@@ -75,7 +74,7 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
             "speedy-chunkserver",
             ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--group-id", "1", "--server-id", f"cs{n}", "--master", self.master_url,
-             "--cluster-secret", SECRET, "--heartbeat-interval", "0.5",
+             "--heartbeat-interval", "0.5",
              "--volume-size", "16MiB", "--cache-size", "4MiB", "--reserve", "0",
              "--scrub-rate", "64MiB", "--scrub-period", scrub_period],
             port=port, workdir=self.workdir, name=f"cs{n}")

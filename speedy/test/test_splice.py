@@ -30,6 +30,7 @@ from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import ChunkRef
+from speedy.crc import crc32c
 from speedy.testing import MemoryChunkStore, StaticClusterView, make_view
 from speedy.wire.client import ChunkClient
 from speedy.wire.frames import (
@@ -166,7 +167,8 @@ class TruncatingServer(Protocol):
         header = Header.unpack(self.buffer[:HEADER_SIZE])
         file_id, offset, length = GET_REQUEST.unpack(self.buffer[HEADER_SIZE:HEADER_SIZE + 24])
         content = self.store.contents(file_id)
-        body = GET_RESPONSE.pack(len(content), 0, offset) + content[offset:offset + length]
+        body = (GET_RESPONSE.pack(len(content), crc32c(content), offset)
+                + content[offset:offset + length])
         self.transport.write(Header(OP_GET, header.request_id, len(body),
                                     FLAG_RESPONSE).pack() + body[:GET_RESPONSE.size + self.cut])
         self.transport.loseConnection()
@@ -400,6 +402,46 @@ class SpliceDownloadTests(TestCase):
         self.add_chunks([2 * MiB, MiB])
         for store in self.stores:
             store.delete(self.chunks[0].file_id)
+        self.serve()
+        client = yield self.download(0, len(self.content))
+        yield self.assertFailure(self.resource.reads[0], errors.Unavailable)
+        self.assertFalse(self.resource.requests[0].startedWriting)
+        self.assertEqual(bytes(client.data), b"")
+        self.flushLoggedErrors()
+
+    def replace_chunk(self, index, stores):
+        """Put other bytes of the same length under chunk C{index}'s id in
+        C{stores}, as a compromised or confused chunkserver might."""
+        chunk = self.chunks[index]
+        other = os.urandom(chunk.size)
+        for store in stores:
+            store.delete(chunk.file_id)
+            store.add(chunk.file_id, other)
+        return other
+
+    @inlineCallbacks
+    def test_replaced_chunk_on_one_replica(self):
+        """A replica whose chunk is not the one written (same id, same
+        length, other bytes) is passed over: the bytes come from another,
+        and none of its own went out; it is recorded bad, for repair."""
+        self.add_chunks([2 * MiB, MiB])
+        other = self.replace_chunk(0, self.stores[:1])
+        self.serve()
+        client = yield self.download(0, len(self.content))
+        self.assertTrue(client.body() == self.content, "bytes differ")
+        self.assertNotIn(other[:4096], client.body())
+        yield self.resource.reads[0]
+        self.assertEqual(self.storage.counters["bad_replicas"], 1)
+        bad = yield self.metadata.list_bad_replicas()
+        self.assertEqual([b.file_id for b in bad], [self.chunks[0].file_id])
+
+    @inlineCallbacks
+    def test_replaced_chunk_everywhere(self):
+        """When every replica holds other bytes under the chunk's id, the
+        download fails before its head: never the wrong bytes under the
+        blob's digest."""
+        self.add_chunks([2 * MiB, MiB])
+        self.replace_chunk(0, self.stores)
         self.serve()
         client = yield self.download(0, len(self.content))
         yield self.assertFailure(self.resource.reads[0], errors.Unavailable)

@@ -1,6 +1,7 @@
 """
 Helpers the tests share: skipping on a missing outside tool (a failure
-under CI=true, where .ci/run must have installed it), and the MariaDB URL.
+under CI=true, where .ci/run must have installed it), the MariaDB URL, and
+the secrets of test clusters.
 """
 
 import os
@@ -9,6 +10,21 @@ import shutil
 from twisted.trial.unittest import SkipTest
 
 IN_CI = os.environ.get("CI") == "true"
+
+#: The cluster secret of test clusters, and their admin token.
+TEST_SECRET = "test-cluster-secret-0123456789"
+TEST_ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def with_secrets(case, cluster=TEST_SECRET, admin=None):
+    """Give the test C{case} an environment holding the cluster secret
+    (and the admin token), as daemons read them, for the test's length."""
+    env = dict(os.environ, SPEEDY_CLUSTER_SECRET=cluster)
+    env.pop("SPEEDY_ADMIN_TOKEN", None)
+    if admin is not None:
+        env["SPEEDY_ADMIN_TOKEN"] = admin
+    case.patch(os, "environ", env)
+
 
 MYSQL_URL = os.environ.get(
     "SPEEDY_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")

@@ -175,12 +175,17 @@ class FakeChunkClient:
     def get_pieces(self, address, file_id, offset=0, length=None):
         return self.get(address, file_id, offset, length).addCallback(lambda data: [bytes(data)])
 
-    def get_stream(self, address, file_id, offset, length, sink):
+    def get_stream(self, address, file_id, offset, length, sink, expect=None):
         """Answer as L{get} does, handing the bytes to C{sink} as one piece;
         a partial server hands over the first half, then its connection is
-        lost."""
+        lost.  A chunk not as C{expect} says fails L{ChecksumMismatch}
+        before any byte goes to C{sink}."""
 
         def stream(data):
+            if expect is not None:
+                held = self.server(address).chunks.get(file_id, b"")
+                if (len(held), crc32c(held)) != tuple(expect):
+                    raise errors.ChecksumMismatch(f"{file_id} on {address} is not as written")
             sink(bytes(data))
             if len(data) < length:
                 raise errors.ConnectionFailed(f"{address} went away mid-answer")
@@ -344,6 +349,28 @@ class ChunkClientTestsMixin:
             d, pieces = self.stream(1, offset, length)
             self.assertIsNone(self.answer(d))
             self.assertEqual(b"".join(pieces), data[offset:offset + length])
+
+    def test_get_stream_expecting_the_written_chunk(self):
+        """A stream told the size and CRC32C the chunk was written with
+        gets its bytes when the server holds that chunk; a server holding
+        other bytes under the id (the same length, replaced) fails it with
+        ChecksumMismatch before a byte reaches the sink, for a range too,
+        and the client goes on serving."""
+        written, other = os.urandom(100_000), os.urandom(100_000)
+        self.put(1, written)
+        self.put(2, other)
+        expect = (len(written), crc32c(written))
+        pieces = []
+        d = self.client.get_stream(self.address, 1, 0, len(written), pieces.append, expect=expect)
+        self.assertIsNone(self.answer(d))
+        self.assertEqual(b"".join(pieces), written)
+        for offset, length in [(0, len(other)), (10, 500)]:
+            pieces = []
+            d = self.client.get_stream(self.address, 2, offset, length, pieces.append,
+                                       expect=expect)
+            self.fails(d, errors.ChecksumMismatch)
+            self.assertEqual(pieces, [])
+        self.assertEqual(self.answer(self.client.get(self.address, 2, 10, 5)), other[10:15])
 
     def test_missing(self):
         """Every request about a chunk the server lacks fails with

@@ -30,6 +30,12 @@ one opened for it; no other request is queued behind it.  Those
 connections are kept apart for such PUTs, so the shared pool stays at
 C{max_connections_per_server}: more connections sharing one link would
 share it less fairly.
+
+With a C{secret} (the cluster secret), every new connection first passes
+the handshake of L{speedy.wire.handshake}; a chunkserver that fails it
+counts as unreachable (L{Unauthenticated}, a L{ConnectionFailed}).  With
+C{tls} every connection is TLS, the chunkserver's certificate checked
+against the given authority for the address connected to.
 """
 
 import json
@@ -37,11 +43,13 @@ from collections import deque
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from OpenSSL import SSL, crypto
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ConnectionFailed, Timeout
+from speedy.errors import BadRequest, ConnectionFailed, Timeout, Unauthenticated
 from speedy.interfaces import IChunkClient
 from speedy.records import ChunkInfo
 from speedy.wire.connection import ChunkClientProtocol
@@ -72,6 +80,11 @@ class ChunkClient:
     @param connect_timeout: seconds a connection attempt may take.
     @param request_timeout: seconds a request may wait without any byte
         moving on its connection.
+    @param secret: the cluster secret, proven on every connection before
+        its first request; None for chunkservers that ask for none.
+    @param tls: the certificate authority (an C{IOpenSSLTrustRoot}, e.g.
+        L{load_authority}) that signed the chunkservers' certificates, to
+        connect to them over TLS; None for plain TCP.
 
     @ivar backoff_initial: seconds to wait after the first failed connect.
     @ivar backoff_max: the longest wait between connect attempts.
@@ -81,8 +94,10 @@ class ChunkClient:
     backoff_max = 10.0
 
     def __init__(self, reactor, connect_timeout=5.0, request_timeout=30.0,
-                 max_connections_per_server=8):
+                 max_connections_per_server=8, secret=None, tls=None):
         self._reactor = reactor
+        self.secret = secret
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self._max_connections = max_connections_per_server
@@ -97,14 +112,15 @@ class ChunkClient:
             pool = self._pools[address] = _ServerPool(self, address)
         return pool
 
-    def _request(self, address, opcode, body=b"", data=None, sink=None, length=None, flags=0):
+    def _request(self, address, opcode, body=b"", data=None, sink=None, length=None, flags=0,
+                 expect=None):
         try:
             pool = self._pool(address)
         except ConnectionFailed as e:
             return fail(e)
         if isinstance(data, GrowingChunk):
             return pool.request_alone(opcode, body, data, flags)
-        return pool.request(opcode, body, data, sink, length, flags)
+        return pool.request(opcode, body, data, sink, length, flags, expect)
 
     def put(self, address, file_id, data, keep=False):
         """
@@ -141,7 +157,7 @@ class ChunkClient:
         return self._get(address, file_id, offset, length).addCallback(
             lambda result: result.pieces)
 
-    def get_stream(self, address, file_id, offset, length, sink):
+    def get_stream(self, address, file_id, offset, length, sink, expect=None):
         """
         Stream C{length} bytes at C{offset} of a chunk into C{sink} as they
         arrive, without holding them.
@@ -149,8 +165,8 @@ class ChunkClient:
         @return: see L{IChunkClient.get_stream}.
         """
         body = GET_REQUEST.pack(file_id, offset, length)
-        return self._request(address, OP_GET, body, sink=sink, length=length).addCallback(
-            lambda result: None)
+        return self._request(address, OP_GET, body, sink=sink, length=length,
+                             expect=expect).addCallback(lambda result: None)
 
     def _get(self, address, file_id, offset, length):
         body = GET_REQUEST.pack(file_id, offset, ALL_BYTES if length is None else length)
@@ -213,7 +229,7 @@ class _ServerPool:
         self._failures = 0
         self._retry_at = 0.0
 
-    def request(self, opcode, body, data, sink=None, length=None, flags=0):
+    def request(self, opcode, body, data, sink=None, length=None, flags=0, expect=None):
         """
         @return: the Deferred of the request, sent on a pooled connection
             (see L{ChunkClientProtocol.request} for the arguments).
@@ -222,8 +238,8 @@ class _ServerPool:
             return self._queue_put(opcode, body, data, flags)
         connection = self._choose()
         if connection is not None:
-            return connection.request(opcode, body, data, sink, length, flags)
-        return _sent_on(self._acquire(), opcode, body, data, sink, length, flags)
+            return connection.request(opcode, body, data, sink, length, flags, expect)
+        return _sent_on(self._acquire(), opcode, body, data, sink, length, flags, expect)
 
     def _queue_put(self, opcode, body, data, flags):
         """
@@ -364,10 +380,14 @@ class _ServerPool:
             return wake(None, e)
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
         endpoint = endpoint_type(reactor, host, port, timeout=client.connect_timeout)
+        if client.tls is not None:
+            endpoint = wrapClientTLS(optionsForClientTLS(host, trustRoot=client.tls), endpoint)
         factory = Factory.forProtocol(
             lambda: ChunkClientProtocol(reactor, client.request_timeout, self._address))
         factory.noisy = False
         attempt = endpoint.connect(factory)
+        if client.secret is not None:
+            attempt.addCallback(_authenticated, client.secret)
         attempt.addTimeout(client.connect_timeout, reactor)
         attempts = self._connecting if dedicated is None else self._connecting_alone
         attempts.append(attempt)
@@ -391,8 +411,8 @@ class _ServerPool:
             self._failures += 1
             delay = min(client.backoff_max, client.backoff_initial * 2 ** (self._failures - 1))
             self._retry_at = reactor.seconds() + delay
-            wake(None, ConnectionFailed(
-                f"cannot connect to {self._address}: {reason.getErrorMessage()}"))
+            kind = Unauthenticated if reason.check(Unauthenticated) else ConnectionFailed
+            wake(None, kind(f"cannot connect to {self._address}: {reason.getErrorMessage()}"))
 
         attempt.addCallbacks(connected, failed)
 
@@ -423,6 +443,30 @@ class _ServerPool:
         return DeferredList(closing, consumeErrors=True)
 
 
+def load_authority(path):
+    """
+    @return: the certificate authority in the PEM file at C{path}, as a
+        trust root for L{ChunkClient}'s C{tls}.
+    @raise ValueError: the file cannot be read or holds no certificate.
+    """
+    try:
+        with open(path, "rb") as f:
+            return Certificate.loadPEM(f.read())
+    except (OSError, SSL.Error, crypto.Error, ValueError) as e:
+        raise ValueError(f"{path}: not a PEM certificate ({e})")
+
+
+def _authenticated(connection, secret):
+    """@return: a Deferred firing with C{connection} once it passed the
+    handshake; on failure or cancellation the connection is closed."""
+    def failed(reason):
+        if connection.connected:
+            connection.transport.abortConnection()
+        return reason
+    d = Deferred.fromCoroutine(connection.authenticate(secret))
+    return d.addCallbacks(lambda _: connection, failed)
+
+
 @attrs.define(eq=False)
 class _Put:
     """A PUT with a whole body, queued until a connection is free for it."""
@@ -436,7 +480,7 @@ class _Put:
     sent: Deferred = None  # the connection's Deferred, once sent
 
 
-def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0):
+def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0, expect=None):
     """
     @param connecting: a Deferred firing with the L{ChunkClientProtocol} to
         send the request on, or failing.
@@ -447,7 +491,7 @@ def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0):
 
     def send(connection):
         if not answer.called:  # else cancelled meanwhile
-            sent.append(connection.request(opcode, body, data, sink, length, flags))
+            sent.append(connection.request(opcode, body, data, sink, length, flags, expect))
             sent[0].chainDeferred(answer)
 
     def no_connection(reason):

@@ -28,13 +28,16 @@ from twisted.logger import Logger
 
 from speedy.crc import crc32c
 from speedy.errors import (
-    BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge)
+    BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout, TooLarge,
+    Unauthenticated)
 from speedy.wire.frames import (
     CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
     FLAG_RESPONSE, GET_RESPONSE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header, decode_error)
+    OP_AUTH, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header,
+    decode_error, frame)
 from speedy.wire.growing import GrowingBody, GrowingChunk
+from speedy.wire.handshake import NONCE_SIZE, PROOF_SIZE, client_answer, new_nonce
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.producers import BytesBody
 from speedy.wire.reader import FrameReader, check_answer
@@ -51,6 +54,7 @@ RESPONSE_LIMITS = {
     OP_LIST: LIST_BATCH * FILE_ID.size,
     OP_COMPACT: COMPACT_RESPONSE.size,
     OP_VERIFY: CHUNK_INFO.size,
+    OP_AUTH: NONCE_SIZE + PROOF_SIZE,
 }
 
 
@@ -134,9 +138,33 @@ class ChunkClientProtocol(Protocol):
         for call in calls.values():
             call.fail(error)
 
+    async def authenticate(self, secret):
+        """
+        The handshake (L{speedy.wire.handshake}): prove that this end knows
+        the cluster secret and check that the chunkserver does; requests
+        may follow at once.
+
+        @raise Unauthenticated: the chunkserver does not know it, or
+            refused our proof (the connection is closed).
+        """
+        nonce = new_nonce()
+        try:
+            challenge = await self.request(OP_AUTH, nonce)
+            proof = client_answer(secret, nonce, challenge)
+        except SpeedyError as e:
+            self._log.warn("chunkserver {address} failed the handshake: {why}",
+                           address=self._address, why=e)
+            if self.connected:
+                self.transport.abortConnection()
+            if isinstance(e, Unauthenticated):
+                raise
+            raise Unauthenticated(f"handshake with {self._address} failed: {e}")
+        # Not answered unless wrong: then the server closes the connection.
+        self._outbox.send(frame(OP_AUTH, 0, proof))
+
     # --- requests out ----------------------------------------------------
 
-    def request(self, opcode, body=b"", data=None, sink=None, length=None, flags=0):
+    def request(self, opcode, body=b"", data=None, sink=None, length=None, flags=0, expect=None):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
         after it (bytes-like, or a list or tuple of bytes-like pieces: see
@@ -150,6 +178,10 @@ class ChunkClientProtocol(Protocol):
         @param length: for a GET with a C{sink}, the range's length: an
             answer of another length breaks the protocol (the connection is
             closed) before any byte reaches the sink.
+        @param expect: for a GET, the (size, CRC32C) the whole chunk was
+            written with: an answer naming others fails with
+            L{ChecksumMismatch} and hands on none of its bytes (they are
+            read and dropped; the connection is kept).
         @return: a Deferred firing with the response body (bytes; for GET
             the L{GetResult}, its C{pieces} empty with a C{sink}; for LIST
             the list of file ids), or failing with the L{speedy.errors}
@@ -171,7 +203,7 @@ class ChunkClientProtocol(Protocol):
         if body_length > MAX_BODY:
             return fail(TooLarge(f"a body of {body_length} bytes exceeds the limit of {MAX_BODY}"))
         head = Header(opcode, request_id, body_length, flags=flags).pack() + body
-        call = _Call(self, request_id, opcode, self._clock.seconds(), sink, length)
+        call = _Call(self, request_id, opcode, self._clock.seconds(), sink, length, expect)
         self._calls[request_id] = call
         self._watch()
         if chunk is None:
@@ -296,8 +328,9 @@ class _Call:
     C{sink} and expected C{length} (see L{ChunkClientProtocol.request}).
     """
 
-    def __init__(self, protocol, request_id, opcode, sent_at, sink=None, length=None):
+    def __init__(self, protocol, request_id, opcode, sent_at, sink=None, length=None, expect=None):
         self.request_id = request_id
+        self.expect = expect
         self.opcode = opcode
         self.sent_at = sent_at
         self.streamed = sink is not None
@@ -389,6 +422,7 @@ class _GetResponse:
         self._pieces = None
         self._crc = 0
         self._whole = False
+        self._wrong = None  # the ChecksumMismatch of a chunk not as written
 
     def feed(self, piece):
         self.remaining -= len(piece)
@@ -407,8 +441,14 @@ class _GetResponse:
                 raise BadRequest(f"answered {length} bytes, not the {expected} asked for")
             self._pieces = []
             self._whole = self.offset == 0 and length == self.size
+            expect = None if self.call is None else self.call.expect
+            if expect is not None and (self.size, self.crc32c) != tuple(expect):
+                self._wrong = ChecksumMismatch(
+                    f"the chunkserver has {self.size} bytes with CRC32C {self.crc32c:08x}, not the "
+                    f"{expect[0]} bytes with CRC32C {expect[1]:08x} the chunk was written with")
+                self.call.sink = None
         call = self.call
-        if not piece or call is None:
+        if not piece or call is None or self._wrong is not None:
             return
         piece = piece if isinstance(piece, bytes) else bytes(piece)
         if self._whole:
@@ -429,8 +469,11 @@ class _GetResponse:
         """
         @return: the L{GetResult}.
         @raise ChecksumMismatch: a whole chunk arrived with other bytes than
-            its checksum says.
+            its checksum says, or the chunk is not the one its caller
+            expected.
         """
+        if self._wrong is not None:
+            raise self._wrong
         if self._whole and self._crc != self.crc32c:
             raise ChecksumMismatch(
                 f"chunk arrived with CRC32C {self._crc:08x}, the server said {self.crc32c:08x}")

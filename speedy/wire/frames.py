@@ -39,10 +39,11 @@ OP_STATUS = 6
 OP_LIST = 7
 OP_COMPACT = 8
 OP_VERIFY = 9
+OP_AUTH = 10
 OPCODES = {
     OP_PUT: "PUT", OP_GET: "GET", OP_STAT: "STAT", OP_DELETE: "DELETE",
     OP_PING: "PING", OP_STATUS: "STATUS", OP_LIST: "LIST", OP_COMPACT: "COMPACT",
-    OP_VERIFY: "VERIFY",
+    OP_VERIFY: "VERIFY", OP_AUTH: "AUTH",
 }
 
 #: Set on every frame the server sends.
@@ -94,6 +95,7 @@ REQUEST_BODY_SIZES = {
     OP_LIST: 0,
     OP_COMPACT: COMPACT_REQUEST.size,
     OP_VERIFY: FILE_ID.size,
+    OP_AUTH: 32,  # a nonce, then a proof: see speedy.wire.handshake
 }
 
 

@@ -17,6 +17,9 @@ Idle sockets are not watched by the reactor: one is checked with C{poll}
 when it is taken again, and dropped if it turned readable (the chunkserver
 closed it, or sent something unasked) or errored, or if it sat idle longer
 than C{idle_limit} (below the chunkserver's idle timeout).
+
+With a C{secret} (the cluster secret) every new socket passes the handshake
+of L{speedy.wire.handshake} before its first GET.
 """
 
 import errno
@@ -33,8 +36,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReadWriteDescriptor
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ConnectionFailed, Timeout
+from speedy.errors import BadRequest, ConnectionFailed, SpeedyError, Timeout, Unauthenticated
 from speedy.wire.client import parse_address
+from speedy.wire.frames import FLAG_ERROR, HEADER_SIZE, OP_AUTH, Header, decode_error, frame
+from speedy.wire.handshake import NONCE_SIZE, PROOF_SIZE, client_answer, new_nonce
+from speedy.wire.reader import check_answer
 from speedy.zerocopy.pipes import PipePool
 from speedy.zerocopy.spliceget import SpliceGet
 
@@ -125,12 +131,16 @@ class SourcePool:
     @param receive_buffer: the C{SO_RCVBUF} of every new socket (the read
         window, see the module docstring), or 0 for the kernel's own
         sizing.
+    @param secret: the cluster secret, proven on every new socket; None
+        for chunkservers that ask for none.
     @ivar counters: C{connects}, C{reuses}, C{dropped_idle}.
     """
 
     def __init__(self, reactor, connect_timeout=5.0, request_timeout=30.0,
-                 max_idle=MAX_IDLE_SOCKETS, idle_limit=IDLE_LIMIT, pipes=None, receive_buffer=0):
+                 max_idle=MAX_IDLE_SOCKETS, idle_limit=IDLE_LIMIT, pipes=None, receive_buffer=0,
+                 secret=None):
         self.reactor = reactor
+        self.secret = secret
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.receive_buffer = receive_buffer
@@ -141,14 +151,16 @@ class SourcePool:
         self.counters = Counter()
         self._closed = False
 
-    def get(self, address, file_id, offset, length):
+    def get(self, address, file_id, offset, length, expect=None):
         """
         Send a GET of C{length} bytes at C{offset} of chunk C{file_id} to
         C{address}, on an idle socket or a new one.
 
+        @param expect: the (size, CRC32C) the chunk was written with; an
+            answer naming others fails its head with L{ChecksumMismatch}.
         @return: its L{SpliceGet} (whose C{close} must be called).
         """
-        return SpliceGet(self, address, file_id, offset, length)
+        return SpliceGet(self, address, file_id, offset, length, expect)
 
     def idle(self, address=None):
         """@return: the number of idle sockets (to C{address})."""
@@ -205,10 +217,83 @@ class SourcePool:
                 err = await self._connected(source)
             if err:
                 raise ConnectionFailed(f"cannot connect to {address}: {os.strerror(err)}")
+            if self.secret is not None:
+                await self._handshake(source)
         except BaseException:
             source.close()
             raise
         return source
+
+    async def _handshake(self, source):
+        """Prove the cluster secret to the chunkserver on the new socket
+        C{source}, and check that it knows it too (L{speedy.wire.handshake}).
+        @raise Unauthenticated, ConnectionFailed, Timeout: it failed."""
+        nonce = new_nonce()
+        self._send_small(source, frame(OP_AUTH, 1, nonce))
+        try:
+            header = Header.unpack(await self._receive(source, HEADER_SIZE))
+            check_answer(header, OP_AUTH, 1)
+        except BadRequest as e:
+            raise Unauthenticated(f"{source.address} broke the handshake: {e}")
+        if header.flags & FLAG_ERROR:
+            raise Unauthenticated(f"{source.address} refused the handshake: "
+                                  f"{decode_error(await self._receive(source, header.body_length))}")
+        if header.body_length != NONCE_SIZE + PROOF_SIZE:
+            raise Unauthenticated(f"{source.address} answered the handshake with "
+                                  f"{header.body_length} bytes")
+        challenge = await self._receive(source, header.body_length)
+        self._send_small(source, frame(OP_AUTH, 0, client_answer(self.secret, nonce, challenge)))
+
+    @staticmethod
+    def _send_small(source, data):
+        """Send a few bytes on a socket whose send buffer has room for them."""
+        try:
+            sent = source.sock.send(data)
+        except OSError as e:
+            raise ConnectionFailed(f"sending to {source.address}: {e}")
+        if sent != len(data):
+            raise ConnectionFailed(f"{source.address} took {sent} of {len(data)} bytes")
+
+    async def _receive(self, source, count):
+        """@return: exactly C{count} bytes read from C{source}, waiting for
+        them at most C{connect_timeout} seconds."""
+        data = bytearray()
+        done = Deferred()
+
+        def readable():
+            try:
+                while len(data) < count:
+                    piece = source.sock.recv(count - len(data))
+                    if not piece:
+                        raise ConnectionFailed(f"{source.address} closed the connection")
+                    data.extend(piece)
+            except BlockingIOError:
+                return
+            except (OSError, SpeedyError) as e:
+                if not done.called:
+                    done.errback(e if isinstance(e, SpeedyError) else
+                                 ConnectionFailed(f"reading from {source.address}: {e}"))
+                return
+            if not done.called:
+                done.callback(bytes(data))
+
+        def too_slow():
+            if not done.called:
+                done.errback(Timeout(f"{source.address} did not answer the handshake "
+                                     f"within {self.connect_timeout}s"))
+
+        source.on_read = readable
+        source.on_lost = lambda reason: readable()
+        source.want_read(True)
+        timer = self.reactor.callLater(self.connect_timeout, too_slow)
+        try:
+            readable()
+            return await done
+        finally:
+            if timer.active():
+                timer.cancel()
+            source.want_read(False)
+            source.on_read = source.on_lost = None
 
     async def _connected(self, source):
         """@return: the errno of a non-blocking connect, once it ended."""

@@ -18,7 +18,7 @@ import os
 
 from twisted.internet.defer import Deferred
 
-from speedy.errors import BadRequest, ConnectionFailed, SpeedyError, Timeout
+from speedy.errors import BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout
 from speedy.wire.connection import ProtocolViolation
 from speedy.wire.frames import (
     FLAG_ERROR, GET_REQUEST, GET_RESPONSE, HEADER_SIZE, OP_GET, Header, decode_error, frame)
@@ -44,8 +44,9 @@ class SpliceGet:
     @ivar remaining: body bytes not yet taken.
     """
 
-    def __init__(self, pool, address, file_id, offset, length):
+    def __init__(self, pool, address, file_id, offset, length, expect=None):
         self._pool = pool
+        self.expect = expect
         self._clock = pool.reactor
         self.address = address
         self.file_id = file_id
@@ -136,10 +137,17 @@ class SpliceGet:
             self._state = _DONE  # the socket is clean again
             raise decode_error(body)
         prefix = await self._recv_exactly(GET_RESPONSE.size)
-        _, _, offset = GET_RESPONSE.unpack(prefix)
+        size, crc, offset = GET_RESPONSE.unpack(prefix)
         if offset != self.offset:
             self._break()
             raise ProtocolViolation(f"{self.address} answered offset {offset}, not {self.offset}")
+        if self.expect is not None and (size, crc) != tuple(self.expect):
+            # Spliced bytes are never hashed here: what the chunkserver says
+            # of the chunk must be what was written.
+            self._break()
+            raise ChecksumMismatch(
+                f"{self.address} has {size} bytes with CRC32C {crc:08x} as chunk {self.file_id}, "
+                f"not the {self.expect[0]} bytes with CRC32C {self.expect[1]:08x} written")
         self._state = _BODY if self.length else _DONE
 
     async def _recv_exactly(self, size):
