@@ -177,6 +177,7 @@ def speedy_cluster(workdir, workers, read_window=None, cut_through=None):
                              read_window=read_window, cut_through=cut_through)
     logs = os.path.join(plan.var, "logs")
     os.makedirs(logs, exist_ok=True)
+    plan.write_secrets()  # where the roles read the cluster secret and admin token
     servers = []
     chunkserver_nodes = iter(CHUNKSERVER_NODES)
     for role in plan.roles():
