@@ -21,7 +21,9 @@ from speedy.test.test_chunk_client import ADDRESS, ClientTestsMixin
 from speedy.test.test_chunkserver_protocol import error_code, parse_frames, put_request
 from speedy.wire.client import ChunkClient, load_authority
 from speedy.wire.frames import (
-    FLAG_ERROR, FLAG_RESPONSE, OP_AUTH, OP_GET, OP_PING, OP_PUT, GET_REQUEST, frame)
+    ALL_VOLUMES, COMPACT_REQUEST, FILE_ID, FLAG_ERROR, FLAG_RESPONSE, GET_REQUEST, OP_AUTH,
+    OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY,
+    OPCODES, frame)
 from speedy.wire.handshake import (
     HANDSHAKE_TIMEOUT, NONCE_SIZE, client_answer, client_proof, new_nonce, server_proof)
 from speedy.zerocopy.sources import SourcePool
@@ -138,6 +140,57 @@ class ServerTests(SynchronousTestCase):
         [_, (header, body)] = parse_frames(transport.value())[0]
         self.assertEqual(error_code(body), Unauthenticated.code)
         self.assertTrue(transport.disconnecting)
+
+    def test_every_opcode_refused_before_the_handshake(self):
+        """The chunkserver's row of the authorization matrix: each opcode,
+        from a peer with no handshake and from one with a wrong secret, is
+        refused before it touches the store; after a right handshake each
+        is served."""
+        self.store.add(1, b"stored bytes")
+        requests = {
+            OP_PUT: put_request(3, 2, b"new"), OP_GET: frame(OP_GET, 3, GET_REQUEST.pack(1, 0, 5)),
+            OP_STAT: frame(OP_STAT, 3, FILE_ID.pack(1)), OP_PING: frame(OP_PING, 3),
+            OP_STATUS: frame(OP_STATUS, 3), OP_LIST: frame(OP_LIST, 3),
+            OP_COMPACT: frame(OP_COMPACT, 3, COMPACT_REQUEST.pack(ALL_VOLUMES)),
+            OP_VERIFY: frame(OP_VERIFY, 3, FILE_ID.pack(1)),
+            OP_DELETE: frame(OP_DELETE, 3, FILE_ID.pack(1)),
+        }
+        self.assertEqual(set(requests) | {OP_AUTH}, set(OPCODES))
+        for opcode, request in requests.items():
+            for secret in (None, "a guessed secret, long enough"):
+                protocol = self.factory.buildProtocol(None)
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                if secret is not None:
+                    nonce = new_nonce()
+                    protocol.dataReceived(frame(OP_AUTH, 1, nonce))
+                    [(_, challenge)] = parse_frames(transport.value())[0]
+                    transport.clear()
+                    protocol.dataReceived(frame(OP_AUTH, 0, client_proof(
+                        secret, nonce, challenge[:NONCE_SIZE])))
+                protocol.dataReceived(request)
+                [(header, body)] = parse_frames(transport.value())[0]
+                self.assertEqual((header.opcode, error_code(body)), (OP_AUTH, Unauthenticated.code),
+                                 (OPCODES[opcode], secret))
+                self.assertTrue(transport.disconnecting)
+            self.assertEqual(self.store.contents(1), b"stored bytes")
+            self.assertIsNone(self.store.contents(2))
+        for opcode, request in requests.items():
+            protocol = self.factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            nonce = new_nonce()
+            protocol.dataReceived(frame(OP_AUTH, 1, nonce))
+            [(_, challenge)] = parse_frames(transport.value())[0]
+            transport.clear()
+            protocol.dataReceived(frame(OP_AUTH, 0, client_answer(SECRET, nonce, challenge))
+                                  + request)
+            while transport.producer is not None:  # a streamed answer (LIST)
+                transport.producer.resumeProducing()
+            frames, _ = parse_frames(transport.value())
+            self.assertEqual((frames[0][0].opcode, frames[0][0].flags & FLAG_ERROR), (opcode, 0),
+                             OPCODES[opcode])
+        self.assertEqual(self.factory.counters["handshake_failures"], 2 * len(requests))
 
     def test_random_bytes(self):
         self.protocol.dataReceived(os.urandom(4096))
