@@ -36,7 +36,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReadWriteDescriptor
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ConnectionFailed, SpeedyError, Timeout, Unauthenticated
+from speedy.errors import BadRequest, ConnectionFailed, Timeout, Unauthenticated
 from speedy.wire.client import parse_address
 from speedy.wire.frames import FLAG_ERROR, HEADER_SIZE, OP_AUTH, Header, decode_error, frame
 from speedy.wire.handshake import NONCE_SIZE, PROOF_SIZE, client_answer, new_nonce
@@ -258,9 +258,8 @@ class SourcePool:
         """@return: exactly C{count} bytes read from C{source}, waiting for
         them at most C{connect_timeout} seconds."""
         data = bytearray()
-        done = Deferred()
 
-        def readable():
+        def read():
             try:
                 while len(data) < count:
                     piece = source.sock.recv(count - len(data))
@@ -268,58 +267,64 @@ class SourcePool:
                         raise ConnectionFailed(f"{source.address} closed the connection")
                     data.extend(piece)
             except BlockingIOError:
-                return
-            except (OSError, SpeedyError) as e:
-                if not done.called:
-                    done.errback(e if isinstance(e, SpeedyError) else
-                                 ConnectionFailed(f"reading from {source.address}: {e}"))
-                return
-            if not done.called:
-                done.callback(bytes(data))
+                return None
+            except OSError as e:
+                raise ConnectionFailed(f"reading from {source.address}: {e}")
+            return bytes(data)
 
-        def too_slow():
-            if not done.called:
-                done.errback(Timeout(f"{source.address} did not answer the handshake "
-                                     f"within {self.connect_timeout}s"))
-
-        source.on_read = readable
-        source.on_lost = lambda reason: readable()
-        source.want_read(True)
-        timer = self.reactor.callLater(self.connect_timeout, too_slow)
-        try:
-            readable()
-            return await done
-        finally:
-            if timer.active():
-                timer.cancel()
-            source.want_read(False)
-            source.on_read = source.on_lost = None
+        return await self._until(source, False, read, "answering the handshake")
 
     async def _connected(self, source):
         """@return: the errno of a non-blocking connect, once it ended."""
+        return await self._until(
+            source, True, lambda: source.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+            "connecting")
+
+    async def _until(self, source, writing, step, what):
+        """
+        Call C{step} now and each time C{source} turns readable (writable,
+        with C{writing}) or is dropped, until it returns something else
+        than None.
+
+        @return: what C{step} returned.
+        @raise Timeout: C{what} took more than C{connect_timeout} seconds.
+        @raise Exception: what C{step} raised.
+        """
         done = Deferred()
 
-        def writable():
-            source.want_write(False)
-            if not done.called:
-                done.callback(source.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        def ready():
+            if done.called:
+                return
+            try:
+                result = step()
+            except Exception as e:
+                done.errback(e)
+                return
+            if result is not None:
+                done.callback(result)
 
         def too_slow():
             if not done.called:
-                done.errback(Timeout(f"connecting to {source.address} took more than "
+                done.errback(Timeout(f"{source.address}: {what} took more than "
                                      f"{self.connect_timeout}s"))
 
-        source.on_write = writable
-        source.on_lost = lambda reason: writable()
-        source.want_write(True)
+        want = source.want_write if writing else source.want_read
+        if writing:
+            source.on_write = ready
+        else:
+            source.on_read = ready
+        source.on_lost = lambda reason: ready()
+        want(True)
         timer = self.reactor.callLater(self.connect_timeout, too_slow)
         try:
+            if not writing:
+                ready()
             return await done
         finally:
             if timer.active():
                 timer.cancel()
-            source.want_write(False)
-            source.on_write = source.on_lost = None
+            want(False)
+            source.on_read = source.on_write = source.on_lost = None
 
     def close(self):
         """Close the idle sockets and pipes; sockets in use close when their
