@@ -554,6 +554,101 @@ class IUploadTables(Interface):
         given time (for expiry)."""
 
 
+class IV1Tables(Interface):
+    """
+    The Docker Registry V1 tables: images (JSON, layer chunks, checksum,
+    ancestry), repositories with their image index, and tags.  Used by
+    L{speedy.registry.v1}.  V1 repositories are apart from the V2
+    registry's: one name can be both, holding different things.  Keeps the
+    rules of L{IMetadataStore}.
+    """
+
+    def put_v1_image(record):
+        """
+        Store the JSON of an image being pushed (C{record.complete} false,
+        no layer): insert it, or replace an unfinished image of that id (a
+        push tried again: its layer goes with it).  A complete image is
+        never replaced.
+
+        @return: Deferred firing with None for a new image, the replaced
+            unfinished L{V1ImageRecord} (the caller deletes its layer's
+            chunks), or the complete L{V1ImageRecord} already there, in
+            which case nothing was stored.
+        @raise ReferencesMissing: C{record.parent} is not stored; nothing is.
+        """
+
+    def get_v1_image(image_id):
+        """@return: Deferred firing with a L{V1ImageRecord} or None."""
+
+    def set_v1_layer(image_id, json, size, chunks, checksum):
+        """
+        Record the layer of an unfinished image whose JSON is still
+        C{json} (the checksum was computed over it).
+
+        @return: Deferred firing with the image's L{V1ImageRecord} as it
+            was before (a layer it had is replaced: the caller deletes its
+            chunks), or None when nothing was stored: the image is gone,
+            complete, or its JSON changed (the caller deletes C{chunks}).
+        """
+
+    def clear_v1_layer(image_id, chunks):
+        """
+        Forget the layer of an unfinished image if it is still C{chunks}
+        (its checksum did not match).
+
+        @return: Deferred firing with True if it was forgotten.
+        """
+
+    def complete_v1_image(image_id, checksum):
+        """
+        Mark an unfinished image complete if its layer's checksum is
+        C{checksum}.
+
+        @return: Deferred firing with True if it was marked, False if
+            nothing changed (gone, complete, no layer, another checksum).
+        """
+
+    def put_v1_index(repository, images):
+        """
+        Merge C{images} (a list of dicts with C{"id"} and maybe
+        C{"checksum"}) into the repository's image index, creating the
+        repository if needed (L{speedy.metadata.schema.merge_v1_index}).
+
+        @return: Deferred firing with the stored L{V1RepositoryRecord}.
+        """
+
+    def get_v1_repository(repository):
+        """@return: Deferred firing with a L{V1RepositoryRecord} or None."""
+
+    def put_v1_tag(record):
+        """
+        Point a L{V1TagRecord} at its image, replacing the tag's earlier
+        record, creating the repository if needed.
+
+        @raise ReferencesMissing: no image has C{record.image_id}.
+        @return: Deferred firing with None.
+        """
+
+    def get_v1_tag(repository, tag):
+        """@return: Deferred firing with a L{V1TagRecord} or None."""
+
+    def list_v1_tags(repository):
+        """@return: Deferred firing with the repository's L{V1TagRecord}s
+        in tag order, or None if there is no such repository."""
+
+    def delete_v1_tag(repository, tag):
+        """@return: Deferred firing with True if the tag existed."""
+
+    def delete_v1_repository(repository):
+        """Delete a repository, its tags and its index (not its images,
+        which other repositories may share).
+        @return: Deferred firing with True if it existed."""
+
+    def search_v1_repositories(text, limit=None):
+        """@return: Deferred firing with the names of the repositories
+        that contain C{text}, in lexical order, at most C{limit}."""
+
+
 class IGarbageTables(Interface):
     """
     Chunks that nothing owns any more (a replaced or deleted file, a
@@ -605,17 +700,17 @@ class IRepairTables(Interface):
 
     def referenced_chunks():
         """
-        Every chunk something owns: the chunks of every file, blob and
-        upload in progress (for fsck).
+        Every chunk something owns: the chunks of every file, blob, V1
+        image layer and upload in progress (for fsck).
 
         @return: Deferred firing with a list of C{(owner, ChunkRef)}, where
             C{owner} names what owns it: C{"file PATH"}, C{"blob DIGEST"},
-            C{"upload ID"}.
+            C{"upload ID"}, C{"v1-image ID"} (a V1 image's layer).
         """
 
 
 class IMetadataStore(IClusterTables, IFileTables, IRegistryTables, IUploadTables,
-                     IGarbageTables, IRepairTables):
+                     IV1Tables, IGarbageTables, IRepairTables):
     """
     Cluster and registry metadata: every role's tables in one database,
     which the daemons start and close.  Implementations: in memory

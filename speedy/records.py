@@ -146,6 +146,60 @@ class UploadRecord:
     updated: float = 0.0
 
 
+# --- Docker Registry V1 ---------------------------------------------------
+
+
+@frozen
+class V1ImageRecord:
+    """
+    A Docker Registry V1 image: its JSON, kept byte-exact, and its layer,
+    stored as chunks like a blob.  Images are global (not per repository)
+    and named by a 64-hex id the client chose.  An image is unfinished
+    (C{complete} false) from its JSON's PUT until the checksum PUT matched
+    the checksum computed from its layer; only complete images are served.
+    """
+
+    image_id: str
+    json: bytes
+    parent: str | None = None
+    #: ids from this image to its base, this image first
+    ancestry: tuple = ()
+    #: layer bytes, or None while no layer is stored
+    size: int | None = None
+    chunks: tuple = ()  # of ChunkRef, in order: the layer
+    #: C{"sha256:<hex>"} of the JSON, a newline and the layer, computed as
+    #: the layer arrived (docker-registry's payload checksum); None without a layer
+    checksum: str | None = None
+    complete: bool = False
+    created: float = 0.0
+
+
+@frozen
+class V1RepositoryRecord:
+    """
+    A V1 repository (C{namespace/name}): the image index clients PUT
+    (C{[{"id": ..., "checksum": ...}, ...]}, merged as docker-registry did,
+    see L{speedy.metadata.schema.merge_v1_index}).  Its tags are
+    L{V1TagRecord}s.
+    """
+
+    name: str
+    images: tuple = ()  # of dicts with "id" and maybe "checksum"
+    created: float = 0.0
+
+
+@frozen
+class V1TagRecord:
+    """A V1 tag: a name in a repository for an image id, and what the
+    pushing client said of itself (docker-registry's tag JSON)."""
+
+    repository: str
+    tag: str
+    image_id: str
+    properties: dict = field(factory=dict)
+    created: float = 0.0
+
+
 @frozen
 class GarbageChunk:
     """A chunk written but owned by nothing (a failed or abandoned write),

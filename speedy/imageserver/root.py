@@ -1,8 +1,9 @@
 # -*- test-case-name: speedy.test.test_imageserver_fileapi -*-
 """
 The imageserver's HTTP surface: the table of its routes (C{/v1/files},
-C{/v1/chunks}, C{/v1/health}, on L{speedy.web.rest} with JSON errors), and
-the registry mounted at C{/v2} when one is given.
+C{/v1/chunks}, C{/v1/health}, on L{speedy.web.rest} with JSON errors), the
+registry mounted at C{/v2} and the V1 registry under C{/v1/_ping},
+C{/v1/images}, C{/v1/repositories} and C{/v1/search} when they are given.
 """
 
 from speedy.imageserver.chunkapi import ChunkAPI, chunk_address
@@ -20,9 +21,11 @@ class ImageServerRoot:
     @param metadata: the L{speedy.interfaces.IFileTables} of the file API.
     @param registry: an object with C{.resource} (the C{/v2} tree) and
         C{.body_sink_for(request)}, or None to leave C{/v2} unmounted.
+    @param registry_v1: the same for the V1 registry, with C{.prefixes}
+        (the paths it is mounted under), or None.
     """
 
-    def __init__(self, storage, metadata, clock, registry=None):
+    def __init__(self, storage, metadata, clock, registry=None, registry_v1=None):
         self._view = storage.view
         self.files = files = FileAPI(storage, metadata, clock)
         self.chunks = chunks = ChunkAPI(storage)
@@ -41,6 +44,10 @@ class ImageServerRoot:
         router.route("DELETE", "/v1/chunks/{address:path}", chunks.delete)
         if registry is not None:
             router.mount(b"v2", registry.resource, registry.body_sink_for)
+        self.registry_v1 = registry_v1
+        if registry_v1 is not None:
+            for prefix in registry_v1.prefixes:
+                router.mount(prefix, registry_v1.resource, registry_v1.body_sink_for)
         self.resource = router.resource
         self.body_sink_for = router.body_sink_for
 

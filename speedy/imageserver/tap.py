@@ -10,8 +10,9 @@ C{twistd speedy-imageserver}: options and service.
 
 An option given on the command line wins over the C{--config} file (section
 C{[imageserver]}, keys spelt with C{_} or C{-}), which wins over the
-defaults.  The registry API is mounted at C{/v2} when
-L{speedy.registry.api} can be imported.
+defaults.  The registry API is mounted at C{/v2}, and the Docker Registry
+V1 API beside the file API under C{/v1} (L{speedy.registry.v1}), when
+L{speedy.registry} can be imported.
 """
 
 from twisted.application.internet import StreamServerEndpointService
@@ -34,8 +35,9 @@ from speedy.zerocopy import ZERO_COPY_MODES
 
 try:
     from speedy.registry.api import RegistryAPI
-except ImportError:  # the registry is optional: /v2 stays unmounted
-    RegistryAPI = None
+    from speedy.registry.v1.api import RegistryV1API
+except ImportError:  # the registry is optional: /v2 and V1 stay unmounted
+    RegistryAPI = RegistryV1API = None
 
 log = Logger()
 
@@ -134,7 +136,8 @@ def makeService(options, reactor=None):
         fill_slots=options["fill-slots"], cut_through=options["cut-through"],
         zero_copy=options["zero-copy"] == "auto")
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
-    root = ImageServerRoot(storage, metadata, reactor, registry)
+    registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
+    root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)
     service = MultiService()
     Resources(metadata, [storage, client, master], registry).setServiceParent(service)

@@ -19,10 +19,10 @@ import attrs
 from twisted.internet.defer import maybeDeferred
 from zope.interface import implementer
 
-from speedy.errors import BadRequest
+from speedy.errors import BadRequest, ReferencesMissing
 from speedy.interfaces import IMetadataStore
 from speedy.metadata import schema
-from speedy.records import ChunkRef, GarbageChunk
+from speedy.records import ChunkRef, GarbageChunk, V1RepositoryRecord
 
 #: The first file id handed out; 0 never names a chunk.
 FIRST_FILE_ID = 1
@@ -88,6 +88,9 @@ class MemoryMetadataStore:
         self._garbage = {}  # (group_id, file_id) -> GarbageChunk
         self._bad_replicas = {}  # (server_id, file_id) -> BadReplica
         self._removed = set()  # ids of removed servers
+        self._v1_images = {}  # image_id -> V1ImageRecord
+        self._v1_repositories = {}  # name -> V1RepositoryRecord
+        self._v1_tags = {}  # (repository, tag) -> V1TagRecord
 
     def _stamp(self, when):
         """@return: C{when}, or the clock's time if C{when} is zero."""
@@ -357,6 +360,119 @@ class MemoryMetadataStore:
             key=lambda upload: (upload.updated, upload.upload_id))
         return stale if limit is None else stale[:limit]
 
+    # IV1Tables ---------------------------------------------------------------
+
+    @_deferred
+    def put_v1_image(self, record):
+        schema.check_v1_image(record)
+        existing = self._v1_images.get(record.image_id)
+        if existing is not None and existing.complete:
+            return existing
+        if record.parent is not None and record.parent not in self._v1_images:
+            raise ReferencesMissing([record.parent])
+        self._v1_images[record.image_id] = attrs.evolve(
+            record, json=bytes(record.json), ancestry=tuple(record.ancestry), size=None,
+            chunks=(), checksum=None, complete=False, created=self._stamp(record.created))
+        return existing
+
+    @_deferred
+    def get_v1_image(self, image_id):
+        return self._v1_images.get(image_id)
+
+    @_deferred
+    def set_v1_layer(self, image_id, json, size, chunks, checksum):
+        schema.check_v1_layer(image_id, json, size, chunks, checksum)
+        image = self._v1_images.get(image_id)
+        if image is None or image.complete or image.json != json:
+            return None
+        self._v1_images[image_id] = attrs.evolve(
+            image, size=size, chunks=_copy_chunks(chunks), checksum=checksum)
+        return image
+
+    @_deferred
+    def clear_v1_layer(self, image_id, chunks):
+        schema.check_chunks(chunks)
+        image = self._v1_images.get(image_id)
+        if image is None or image.complete or image.chunks != tuple(chunks) or image.size is None:
+            return False
+        self._v1_images[image_id] = attrs.evolve(image, size=None, chunks=(), checksum=None)
+        return True
+
+    @_deferred
+    def complete_v1_image(self, image_id, checksum):
+        image = self._v1_images.get(image_id)
+        if image is None or image.complete or image.checksum is None or image.checksum != checksum:
+            return False
+        self._v1_images[image_id] = attrs.evolve(image, complete=True)
+        return True
+
+    def _v1_repository(self, name):
+        """@return: the repository C{name}, created empty if needed."""
+        repository = self._v1_repositories.get(name)
+        if repository is None:
+            repository = self._v1_repositories[name] = V1RepositoryRecord(
+                name, (), self._clock.seconds())
+        return repository
+
+    @_deferred
+    def put_v1_index(self, repository, images):
+        schema.check_repository(repository)
+        schema.check_v1_index(images)
+        record = self._v1_repository(repository)
+        merged = schema.merge_v1_index(_copy_json(list(images)), record.images)
+        record = self._v1_repositories[repository] = attrs.evolve(record, images=tuple(merged))
+        return attrs.evolve(record, images=tuple(_copy_json(list(record.images))))
+
+    @_deferred
+    def get_v1_repository(self, repository):
+        record = self._v1_repositories.get(repository)
+        if record is None:
+            return None
+        return attrs.evolve(record, images=tuple(_copy_json(list(record.images))))
+
+    @_deferred
+    def put_v1_tag(self, record):
+        schema.check_v1_tag(record)
+        if record.image_id not in self._v1_images:
+            raise ReferencesMissing([record.image_id])
+        self._v1_repository(record.repository)
+        self._v1_tags[record.repository, record.tag] = attrs.evolve(
+            record, properties=_copy_json(record.properties), created=self._stamp(record.created))
+
+    def _tag_copy(self, record):
+        return attrs.evolve(record, properties=_copy_json(record.properties))
+
+    @_deferred
+    def get_v1_tag(self, repository, tag):
+        record = self._v1_tags.get((repository, tag))
+        return None if record is None else self._tag_copy(record)
+
+    @_deferred
+    def list_v1_tags(self, repository):
+        if repository not in self._v1_repositories:
+            return None
+        return [self._tag_copy(record) for (name, _), record in sorted(self._v1_tags.items())
+                if name == repository]
+
+    @_deferred
+    def delete_v1_tag(self, repository, tag):
+        return self._v1_tags.pop((repository, tag), None) is not None
+
+    @_deferred
+    def delete_v1_repository(self, repository):
+        if self._v1_repositories.pop(repository, None) is None:
+            return False
+        self._v1_tags = {key: record for key, record in self._v1_tags.items()
+                         if key[0] != repository}
+        return True
+
+    @_deferred
+    def search_v1_repositories(self, text, limit=None):
+        schema.check_limit(limit)
+        if not isinstance(text, str):
+            raise BadRequest(f"search text must be a string, not {text!r}")
+        return _page(sorted(name for name in self._v1_repositories if text in name), limit, None)
+
     # IGarbageTables ----------------------------------------------------------
 
     @_deferred
@@ -413,7 +529,7 @@ class MemoryMetadataStore:
     def referenced_chunks(self):
         found = []
         for kind, records in (("file", self._files), ("blob", self._blobs),
-                              ("upload", self._uploads)):
+                              ("upload", self._uploads), ("v1-image", self._v1_images)):
             for name, record in sorted(records.items()):
                 found.extend((f"{kind} {name}", chunk) for chunk in _copy_chunks(record.chunks))
         return found

@@ -18,6 +18,8 @@ written, so no database ever truncates a value):
     address, media type  255    C{VARBINARY(1020)}
     upload id            128    C{VARBINARY(512)}
     hash algorithm       32     C{VARBINARY(128)}
+    V1 image id          64     C{VARBINARY(64)}
+    V1 checksum          135    C{VARBINARY(135)}
     ===================  =====  ==========================================
 
 Names are stored as their UTF-8 bytes (C{VARBINARY} on MySQL, C{TEXT} with
@@ -46,6 +48,8 @@ MAX_ADDRESS = 255
 MAX_MEDIA_TYPE = 255
 MAX_UPLOAD_ID = 128
 MAX_HASH_ALGORITHM = 32
+MAX_V1_IMAGE_ID = 64
+MAX_V1_CHECKSUM = MAX_DIGEST
 
 #: Members a replica group may have.
 GROUP_SIZE = 3
@@ -235,6 +239,75 @@ def check_upload(record):
         raise BadRequest("hash state must be bytes or None")
 
 
+def check_v1_image_id(image_id, what="image id"):
+    check_text(image_id, what, MAX_V1_IMAGE_ID)
+
+
+def check_v1_image(record):
+    check_v1_image_id(record.image_id)
+    if not isinstance(record.json, bytes):
+        raise BadRequest("image JSON must be bytes")
+    if record.parent is not None:
+        check_v1_image_id(record.parent, "parent")
+    if not record.ancestry or record.ancestry[0] != record.image_id:
+        raise BadRequest("an image's ancestry starts with the image")
+    for image_id in record.ancestry:
+        check_v1_image_id(image_id, "ancestor")
+    if record.size is not None:
+        check_int(record.size, "size")
+    check_chunks(record.chunks)
+    check_optional_text(record.checksum, "checksum", MAX_V1_CHECKSUM)
+
+
+def check_v1_layer(image_id, json, size, chunks, checksum):
+    check_v1_image_id(image_id)
+    if not isinstance(json, bytes):
+        raise BadRequest("image JSON must be bytes")
+    check_int(size, "size")
+    check_chunks(chunks)
+    check_text(checksum, "checksum", MAX_V1_CHECKSUM)
+
+
+def check_v1_index(images):
+    """@raise BadRequest: C{images} is not a list of dicts each with a
+    string C{"id"} (and, if any, a string C{"checksum"})."""
+    if not isinstance(images, (list, tuple)):
+        raise BadRequest("an image index is a list")
+    for entry in images:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise BadRequest("each image of an index is an object with an id")
+        check_v1_image_id(entry["id"])
+        if "checksum" in entry:
+            check_text(entry["checksum"], "checksum", MAX_V1_CHECKSUM)
+
+
+def merge_v1_index(new, old):
+    """
+    docker-registry's rule for an image index PUT onto a stored one: one
+    entry per image id, in the order first named (the new list first); the
+    first entry of an id that has a checksum wins, else the last one.
+
+    @param new: the list PUT.
+    @param old: the stored list.
+    @return: the merged list of dicts with C{"id"} and maybe C{"checksum"}.
+    """
+    merged = {}
+    for entry in list(new) + list(old):
+        image_id = entry["id"]
+        if "checksum" in merged.get(image_id, {}):
+            continue
+        merged[image_id] = {k: entry[k] for k in ("id", "checksum") if k in entry}
+    return list(merged.values())
+
+
+def check_v1_tag(record):
+    check_repository(record.repository)
+    check_text(record.tag, "tag", MAX_TAG)
+    check_v1_image_id(record.image_id)
+    if not isinstance(record.properties, dict):
+        raise BadRequest("tag properties must be a dict")
+
+
 def check_bad_replica(bad):
     check_text(bad.server_id, "server id", MAX_SERVER_ID)
     check_int(bad.group_id, "group id")
@@ -344,6 +417,29 @@ SQLITE_MIGRATIONS = [
             server_id TEXT PRIMARY KEY,
             removed REAL NOT NULL) WITHOUT ROWID""",
     ]),
+    (5, [  # Docker Registry V1
+        """CREATE TABLE v1_images (
+            image_id TEXT PRIMARY KEY,
+            json BLOB NOT NULL,
+            parent TEXT,
+            ancestry BLOB NOT NULL,
+            size INTEGER,
+            chunks BLOB NOT NULL,
+            checksum TEXT,
+            complete INTEGER NOT NULL,
+            created REAL NOT NULL)""",
+        """CREATE TABLE v1_repositories (
+            name TEXT PRIMARY KEY,
+            images BLOB NOT NULL,
+            created REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE v1_tags (
+            repository TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            image_id TEXT NOT NULL,
+            properties BLOB NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (repository, tag)) WITHOUT ROWID""",
+    ]),
 ]
 
 _INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
@@ -445,6 +541,29 @@ MYSQL_MIGRATIONS = [
         """CREATE TABLE IF NOT EXISTS removed_servers (
             server_id VARBINARY(512) NOT NULL PRIMARY KEY,
             removed DOUBLE NOT NULL)""" + _INNODB,
+    ]),
+    (5, [
+        """CREATE TABLE IF NOT EXISTS v1_images (
+            image_id VARBINARY(64) NOT NULL PRIMARY KEY,
+            json LONGBLOB NOT NULL,
+            parent VARBINARY(64) NULL,
+            ancestry LONGBLOB NOT NULL,
+            size BIGINT NULL,
+            chunks LONGBLOB NOT NULL,
+            checksum VARBINARY(135) NULL,
+            complete BOOLEAN NOT NULL,
+            created DOUBLE NOT NULL)""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS v1_repositories (
+            name VARBINARY(1020) NOT NULL PRIMARY KEY,
+            images LONGBLOB NOT NULL,
+            created DOUBLE NOT NULL)""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS v1_tags (
+            repository VARBINARY(1020) NOT NULL,
+            tag VARBINARY(512) NOT NULL,
+            image_id VARBINARY(64) NOT NULL,
+            properties LONGBLOB NOT NULL,
+            created DOUBLE NOT NULL,
+            PRIMARY KEY (repository, tag))""" + _INNODB,
     ]),
 ]
 

@@ -27,7 +27,7 @@ import json
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, Unavailable
+from speedy.errors import BadRequest, ReferencesMissing, Unavailable
 from speedy.interfaces import IMetadataStore
 from speedy.metadata import schema
 from speedy.records import (
@@ -40,6 +40,9 @@ from speedy.records import (
     ManifestRecord,
     ServerRecord,
     UploadRecord,
+    V1ImageRecord,
+    V1RepositoryRecord,
+    V1TagRecord,
 )
 
 #: Attempts of a transaction the database keeps aborting as a deadlock victim.
@@ -180,6 +183,25 @@ _BAD_REPLICA = "server_id, group_id, file_id, reason, recorded"
 def _bad_replica(row):
     server_id, group_id, file_id, reason, recorded = row
     return BadReplica(_text(server_id), group_id, file_id, _text(reason), float(recorded))
+
+
+_V1_IMAGE = "image_id, json, parent, ancestry, size, chunks, checksum, complete, created"
+
+
+def _v1_image(row):
+    image_id, json_, parent, ancestry, size, chunks, checksum, complete, created = row
+    return V1ImageRecord(
+        _text(image_id), bytes(json_), _text(parent), tuple(json.loads(ancestry)), size,
+        _load_chunks(chunks), _text(checksum), bool(complete), float(created))
+
+
+_V1_TAG = "repository, tag, image_id, properties, created"
+
+
+def _v1_tag(row):
+    repository, tag, image_id, properties, created = row
+    return V1TagRecord(
+        _text(repository), _text(tag), _text(image_id), json.loads(properties), float(created))
 
 
 @implementer(IMetadataStore)
@@ -673,6 +695,154 @@ class SQLMetadataStore:
             + _limit(limit), updated_before)
         return [_upload(row) for row in rows]
 
+    # IV1Tables ---------------------------------------------------------------
+
+    def put_v1_image(self, record):
+        return self._write(self._put_v1_image, record, self._now())
+
+    def _put_v1_image(self, db, record, now):
+        schema.check_v1_image(record)
+        existing = self._get_v1_image(db, record.image_id, self.dialect.for_update)
+        if existing is not None and existing.complete:
+            return existing
+        if record.parent is not None and self._get_v1_image(
+                db, record.parent, self.dialect.for_share) is None:
+            raise ReferencesMissing([record.parent])
+        db.execute(
+            self.dialect.upsert("v1_images", _V1_IMAGE, ["image_id"]),
+            record.image_id, bytes(record.json), record.parent,
+            _dump_json(list(record.ancestry)), None, _dump_chunks(()), None, False,
+            record.created or now)
+        return existing
+
+    def get_v1_image(self, image_id):
+        return self._read(self._get_v1_image, image_id)
+
+    def _get_v1_image(self, db, image_id, lock=""):
+        row = db.one(f"SELECT {_V1_IMAGE} FROM v1_images WHERE image_id = ?" + lock, image_id)
+        return None if row is None else _v1_image(row)
+
+    def set_v1_layer(self, image_id, json, size, chunks, checksum):
+        return self._write(self._set_v1_layer, image_id, json, size, tuple(chunks), checksum)
+
+    def _set_v1_layer(self, db, image_id, json_, size, chunks, checksum):
+        schema.check_v1_layer(image_id, json_, size, chunks, checksum)
+        image = self._get_v1_image(db, image_id, self.dialect.for_update)
+        if image is None or image.complete or image.json != json_:
+            return None
+        db.execute("UPDATE v1_images SET size = ?, chunks = ?, checksum = ? WHERE image_id = ?",
+                   size, _dump_chunks(chunks), checksum, image_id)
+        return image
+
+    def clear_v1_layer(self, image_id, chunks):
+        return self._write(self._clear_v1_layer, image_id, tuple(chunks))
+
+    def _clear_v1_layer(self, db, image_id, chunks):
+        schema.check_chunks(chunks)
+        image = self._get_v1_image(db, image_id, self.dialect.for_update)
+        if image is None or image.complete or image.size is None or image.chunks != chunks:
+            return False
+        db.execute("UPDATE v1_images SET size = NULL, chunks = ?, checksum = NULL"
+                   " WHERE image_id = ?", _dump_chunks(()), image_id)
+        return True
+
+    def complete_v1_image(self, image_id, checksum):
+        return self._write(self._complete_v1_image, image_id, checksum)
+
+    def _complete_v1_image(self, db, image_id, checksum):
+        return db.execute(
+            "UPDATE v1_images SET complete = ? WHERE image_id = ? AND complete = ?"
+            " AND checksum = ?", True, image_id, False, checksum) == 1
+
+    def _v1_repository(self, db, name, now, lock=""):
+        """@return: the L{V1RepositoryRecord} C{name}, or None; with C{now},
+        created empty if needed."""
+        row = db.one("SELECT name, images, created FROM v1_repositories WHERE name = ?" + lock,
+                     name)
+        if row is not None:
+            return V1RepositoryRecord(_text(row[0]), tuple(json.loads(row[1])), float(row[2]))
+        if now is None:
+            return None
+        db.execute(self.dialect.insert_new("v1_repositories", "name, images, created", ["name"]),
+                   name, _dump_json([]), now)
+        return self._v1_repository(db, name, None, lock)
+
+    def put_v1_index(self, repository, images):
+        return self._write(self._put_v1_index, repository, list(images), self._now())
+
+    def _put_v1_index(self, db, repository, images, now):
+        schema.check_repository(repository)
+        schema.check_v1_index(images)
+        record = self._v1_repository(db, repository, now, self.dialect.for_update)
+        merged = schema.merge_v1_index(images, record.images)
+        db.execute("UPDATE v1_repositories SET images = ? WHERE name = ?",
+                   _dump_json(merged), repository)
+        return V1RepositoryRecord(record.name, tuple(json.loads(_dump_json(merged))),
+                                  record.created)
+
+    def get_v1_repository(self, repository):
+        return self._read(self._v1_repository, repository, None)
+
+    def put_v1_tag(self, record):
+        return self._write(self._put_v1_tag, record, self._now())
+
+    def _put_v1_tag(self, db, record, now):
+        schema.check_v1_tag(record)
+        if self._get_v1_image(db, record.image_id, self.dialect.for_share) is None:
+            raise ReferencesMissing([record.image_id])
+        self._v1_repository(db, record.repository, now)
+        db.execute(
+            self.dialect.upsert("v1_tags", _V1_TAG, ["repository", "tag"]),
+            record.repository, record.tag, record.image_id, _dump_json(record.properties),
+            record.created or now)
+
+    def get_v1_tag(self, repository, tag):
+        return self._read(self._get_v1_tag, repository, tag)
+
+    def _get_v1_tag(self, db, repository, tag):
+        row = db.one(f"SELECT {_V1_TAG} FROM v1_tags WHERE repository = ? AND tag = ?",
+                     repository, tag)
+        return None if row is None else _v1_tag(row)
+
+    def list_v1_tags(self, repository):
+        return self._read(self._list_v1_tags, repository)
+
+    def _list_v1_tags(self, db, repository):
+        if self._v1_repository(db, repository, None) is None:
+            return None
+        rows = db.all(f"SELECT {_V1_TAG} FROM v1_tags WHERE repository = ? ORDER BY tag",
+                      repository)
+        return [_v1_tag(row) for row in rows]
+
+    def delete_v1_tag(self, repository, tag):
+        return self._write(self._delete_v1_tag, repository, tag)
+
+    def _delete_v1_tag(self, db, repository, tag):
+        return db.execute(
+            "DELETE FROM v1_tags WHERE repository = ? AND tag = ?", repository, tag) > 0
+
+    def delete_v1_repository(self, repository):
+        return self._write(self._delete_v1_repository, repository)
+
+    def _delete_v1_repository(self, db, repository):
+        if not db.execute("DELETE FROM v1_repositories WHERE name = ?", repository):
+            return False
+        db.execute("DELETE FROM v1_tags WHERE repository = ?", repository)
+        return True
+
+    def search_v1_repositories(self, text, limit=None):
+        return self._read(self._search_v1_repositories, text, limit)
+
+    def _search_v1_repositories(self, db, text, limit):
+        schema.check_limit(limit)
+        if not isinstance(text, str):
+            raise BadRequest(f"search text must be a string, not {text!r}")
+        # A scan of the V1 repositories' names: V1 search is a substring
+        # match, which no index serves; V1 repositories are few.
+        rows = db.all("SELECT name FROM v1_repositories WHERE INSTR(name, ?) > 0 ORDER BY name"
+                      + _limit(limit), text)
+        return [_text(name) for (name,) in rows]
+
     # IGarbageTables ----------------------------------------------------------
 
     def record_garbage(self, chunks, reason):
@@ -745,7 +915,8 @@ class SQLMetadataStore:
         found = []
         for kind, query in (("file", "SELECT path, chunks FROM files ORDER BY path"),
                             ("blob", "SELECT digest, chunks FROM blobs ORDER BY digest"),
-                            ("upload", "SELECT upload_id, chunks FROM uploads ORDER BY upload_id")):
+                            ("upload", "SELECT upload_id, chunks FROM uploads ORDER BY upload_id"),
+                            ("v1-image", "SELECT image_id, chunks FROM v1_images ORDER BY image_id")):
             for name, chunks in db.all(query):
                 found.extend((f"{kind} {_text(name)}", chunk) for chunk in _load_chunks(chunks))
         return found

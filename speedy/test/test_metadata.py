@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
 from speedy.interfaces import (
     IClusterTables, IFileTables, IGarbageTables, IMetadataStore, IRegistryTables, IRepairTables,
-    IUploadTables)
+    IUploadTables, IV1Tables)
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store, parse_url
 from speedy.metadata.schema import MYSQL_MIGRATIONS, SQLITE_MIGRATIONS, latest_version
@@ -38,6 +38,8 @@ from speedy.records import (
     ManifestRecord,
     ServerRecord,
     UploadRecord,
+    V1ImageRecord,
+    V1TagRecord,
 )
 from speedy.test.processes import free_port
 from speedy.test.util import require_mysql
@@ -55,8 +57,8 @@ SHA512 = "sha512:" + "0f" * 64
 
 
 #: The role interfaces IMetadataStore unites.
-ROLES = (IClusterTables, IFileTables, IRegistryTables, IUploadTables, IGarbageTables,
-         IRepairTables)
+ROLES = (IClusterTables, IFileTables, IRegistryTables, IUploadTables, IV1Tables,
+         IGarbageTables, IRepairTables)
 
 
 def chunks(*file_ids, group_id=1):
@@ -67,6 +69,17 @@ def chunks(*file_ids, group_id=1):
 
 def server(server_id, group_id=1, address=None, **kwargs):
     return ServerRecord(server_id, group_id, address or f"10.0.0.{server_id[-1]}:8000", **kwargs)
+
+
+#: V1 image ids
+BASE, CHILD, OTHER = "b" * 64, "c" * 64, "d" * 64
+
+
+def v1_image(image_id, parent=None, ancestry=None, **kwargs):
+    """@return: an unfinished L{V1ImageRecord} whose JSON names it."""
+    json = b'{"id": "%s"%s}' % (image_id.encode(), b', "parent": "%s"' % parent.encode() if parent else b"")
+    return V1ImageRecord(image_id, json, parent, ancestry or (image_id,) + ((parent,) if parent else ()),
+                         **kwargs)
 
 
 def manifest(repository="library/app", digest=SHA, **kwargs):
@@ -619,9 +632,156 @@ class MetadataStoreTestsMixin:
         await self.store.put_file(FileRecord("f", 2, chunks(1, 2)))
         await self.store.put_blob(BlobRecord(SHA, 1, chunks(3)))
         await self.store.create_upload(UploadRecord("u1", "library/app", 1, chunks(4)))
+        image = v1_image(BASE)
+        await self.store.put_v1_image(image)
+        await self.store.set_v1_layer(BASE, image.json, 1, chunks(5), "sha256:x")
         found = await self.store.referenced_chunks()
         self.assertEqual(sorted((owner, chunk.file_id) for owner, chunk in found), [
-            (f"blob {SHA}", 3), ("file f", 1), ("file f", 2), ("upload u1", 4)])
+            (f"blob {SHA}", 3), ("file f", 1), ("file f", 2), ("upload u1", 4),
+            (f"v1-image {BASE}", 5)])
+
+    # Docker Registry V1 ----------------------------------------------------------
+
+    async def test_v1_image_push(self):
+        """An image's JSON, then its layer, then the checksum that completes it."""
+        record = v1_image(BASE)
+        self.assertIsNone(await self.store.put_v1_image(record))
+        self.assertEqual(await self.store.get_v1_image(BASE), attrs.evolve(record, created=START))
+        self.assertIsNone(await self.store.get_v1_image(OTHER))
+        self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:" + "0" * 64))
+        before = await self.store.set_v1_layer(BASE, record.json, 2001, chunks(1, 2), "sha256:x")
+        self.assertEqual(before.size, None)
+        stored = await self.store.get_v1_image(BASE)
+        self.assertEqual((stored.size, stored.chunks, stored.checksum, stored.complete),
+                         (2001, chunks(1, 2), "sha256:x", False))
+        self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:y"))
+        self.assertTrue(await self.store.complete_v1_image(BASE, "sha256:x"))
+        self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:x"))
+        self.assertTrue((await self.store.get_v1_image(BASE)).complete)
+
+    async def test_v1_complete_image_kept(self):
+        """A complete image is never replaced, nor its layer changed."""
+        record = v1_image(BASE)
+        await self.store.put_v1_image(record)
+        await self.store.set_v1_layer(BASE, record.json, 1, chunks(1), "sha256:x")
+        await self.store.complete_v1_image(BASE, "sha256:x")
+        complete = await self.store.get_v1_image(BASE)
+        again = attrs.evolve(record, json=b'{"id": "%s", "more": 1}' % BASE.encode())
+        self.assertEqual(await self.store.put_v1_image(again), complete)
+        self.assertIsNone(await self.store.set_v1_layer(BASE, record.json, 2, chunks(2), "sha256:y"))
+        self.assertFalse(await self.store.clear_v1_layer(BASE, chunks(1)))
+        self.assertEqual(await self.store.get_v1_image(BASE), complete)
+
+    async def test_v1_retried_push(self):
+        """An unfinished image's JSON PUT again replaces it, layer and all,
+        and hands back what it replaced; a layer stored against the older
+        JSON is refused."""
+        record = v1_image(BASE)
+        await self.store.put_v1_image(record)
+        await self.store.set_v1_layer(BASE, record.json, 1, chunks(1), "sha256:x")
+        retried = attrs.evolve(record, json=b'{"id": "%s", "retry": 1}' % BASE.encode())
+        replaced = await self.store.put_v1_image(retried)
+        self.assertEqual(replaced.chunks, chunks(1))
+        stored = await self.store.get_v1_image(BASE)
+        self.assertEqual((stored.json, stored.size, stored.chunks, stored.checksum),
+                         (retried.json, None, (), None))
+        self.assertIsNone(await self.store.set_v1_layer(BASE, record.json, 2, chunks(2), "sha256:y"))
+        self.assertIsNone(await self.store.set_v1_layer(OTHER, record.json, 2, chunks(2), "sha256:y"))
+
+    async def test_v1_clear_layer(self):
+        """A layer whose checksum did not match is forgotten, only if it is
+        still the one stored."""
+        record = v1_image(BASE)
+        await self.store.put_v1_image(record)
+        await self.store.set_v1_layer(BASE, record.json, 1, chunks(1), "sha256:x")
+        self.assertFalse(await self.store.clear_v1_layer(BASE, chunks(2)))
+        self.assertTrue(await self.store.clear_v1_layer(BASE, chunks(1)))
+        self.assertFalse(await self.store.clear_v1_layer(BASE, chunks(1)))
+        stored = await self.store.get_v1_image(BASE)
+        self.assertEqual((stored.size, stored.chunks, stored.checksum), (None, (), None))
+        self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:x"))
+
+    async def test_v1_parent_required(self):
+        """An image whose parent is not stored is refused; one whose parent
+        is, keeps its ancestry."""
+        e = await failure_of(self.store.put_v1_image(v1_image(CHILD, BASE)), ReferencesMissing)
+        self.assertEqual(e.digests, (BASE,))
+        self.assertIsNone(await self.store.get_v1_image(CHILD))
+        await self.store.put_v1_image(v1_image(BASE))
+        await self.store.put_v1_image(v1_image(CHILD, BASE))
+        self.assertEqual((await self.store.get_v1_image(CHILD)).ancestry, (CHILD, BASE))
+
+    async def test_v1_bad_image_refused(self):
+        await failure_of(self.store.put_v1_image(v1_image("x" * 65)), BadRequest)
+        await failure_of(self.store.put_v1_image(v1_image(BASE, ancestry=(OTHER,))), BadRequest)
+        await failure_of(self.store.put_v1_image(
+            V1ImageRecord(BASE, "text", ancestry=(BASE,))), BadRequest)
+
+    async def test_v1_index(self):
+        """Index PUTs merge as docker-registry merged them: one entry per
+        id, the first with a checksum wins, in the order first named."""
+        self.assertIsNone(await self.store.get_v1_repository("library/app"))
+        stored = await self.store.put_v1_index("library/app", [{"id": BASE}, {"id": CHILD}])
+        self.assertEqual(stored.images, ({"id": BASE}, {"id": CHILD}))
+        self.assertEqual(stored.created, START)
+        self.clock.advance(5)
+        stored = await self.store.put_v1_index("library/app", [
+            {"id": CHILD, "checksum": "sha256:c", "other": "dropped"}, {"id": OTHER}])
+        self.assertEqual(stored.images, (
+            {"id": CHILD, "checksum": "sha256:c"}, {"id": OTHER}, {"id": BASE}))
+        stored = await self.store.put_v1_index("library/app", [{"id": CHILD, "checksum": "sha256:z"}])
+        self.assertEqual(stored.images[0], {"id": CHILD, "checksum": "sha256:z"})
+        self.assertEqual(await self.store.get_v1_repository("library/app"), stored)
+        self.assertEqual(stored.created, START)
+        await failure_of(self.store.put_v1_index("library/app", [{"name": "x"}]), BadRequest)
+        await failure_of(self.store.put_v1_index("library/app", {"id": BASE}), BadRequest)
+
+    async def test_v1_tags(self):
+        """Tags point at stored images; a tag makes its repository; deleting
+        the repository deletes its tags, not its images."""
+        await failure_of(self.store.put_v1_tag(V1TagRecord("library/app", "latest", BASE)),
+                         ReferencesMissing)
+        self.assertIsNone(await self.store.list_v1_tags("library/app"))
+        await self.store.put_v1_image(v1_image(BASE))
+        await self.store.put_v1_image(v1_image(CHILD, BASE))
+        props = {"docker_version": "1.9.1", "last_update": 1}
+        await self.store.put_v1_tag(V1TagRecord("library/app", "latest", BASE, props))
+        await self.store.put_v1_tag(V1TagRecord("library/app", "1.0", BASE))
+        await self.store.put_v1_tag(V1TagRecord("library/app", "latest", CHILD, props))
+        await self.store.put_v1_tag(V1TagRecord("other/app", "latest", BASE))
+        self.assertEqual(await self.store.get_v1_tag("library/app", "latest"),
+                         V1TagRecord("library/app", "latest", CHILD, props, START))
+        self.assertIsNone(await self.store.get_v1_tag("library/app", "2.0"))
+        self.assertEqual([(t.tag, t.image_id) for t in await self.store.list_v1_tags("library/app")],
+                         [("1.0", BASE), ("latest", CHILD)])
+        self.assertEqual((await self.store.get_v1_repository("library/app")).images, ())
+        self.assertTrue(await self.store.delete_v1_tag("library/app", "1.0"))
+        self.assertFalse(await self.store.delete_v1_tag("library/app", "1.0"))
+        self.assertTrue(await self.store.delete_v1_repository("library/app"))
+        self.assertFalse(await self.store.delete_v1_repository("library/app"))
+        self.assertIsNone(await self.store.list_v1_tags("library/app"))
+        self.assertIsNone(await self.store.get_v1_tag("library/app", "latest"))
+        self.assertEqual(len(await self.store.list_v1_tags("other/app")), 1)
+        self.assertIsNotNone(await self.store.get_v1_image(CHILD))
+
+    async def test_v1_search(self):
+        for name in ("library/busybox", "team/busy-app", "team/web", "library/Busy"):
+            await self.store.put_v1_index(name, [])
+        self.assertEqual(await self.store.search_v1_repositories("busy"),
+                         ["library/busybox", "team/busy-app"])
+        self.assertEqual(await self.store.search_v1_repositories("busy", limit=1),
+                         ["library/busybox"])
+        self.assertEqual(len(await self.store.search_v1_repositories("")), 4)
+        self.assertEqual(await self.store.search_v1_repositories("%"), [])
+        await failure_of(self.store.search_v1_repositories("a", limit=-1), BadRequest)
+
+    async def test_v1_apart_from_v2(self):
+        """A V1 repository and a V2 one of the same name do not see each other."""
+        await self.store.put_v1_index("library/app", [{"id": BASE}])
+        self.assertIsNone(await self.store.list_tags("library/app"))
+        self.assertEqual(await self.store.list_repositories(), [])
+        await self.store.put_manifest(manifest(), tags=["latest"])
+        self.assertEqual(await self.store.list_v1_tags("library/app"), [])
 
     async def test_negative_limit_refused(self):
         await failure_of(self.store.list_tags("r", limit=-1), BadRequest)

@@ -11,6 +11,7 @@ path pattern to an C{async def} handler, with one error shape per surface.
     router.route("PUT", "/v1/files/{path:path}", put_file, sink=upload_sink)
     router.wrap(count_requests)       # around the handler of every route
     router.mount(b"v2", registry.resource, registry.body_sink_for)
+    router.mount(b"v1/images", v1.resource, v1.body_sink_for)
     site = StreamingSite(router.resource, router.body_sink_for, reactor)
 
 B{Patterns} are literal text with C{{name}} (one path segment) and
@@ -211,6 +212,11 @@ class Route:
         return handler
 
 
+def _under(path, prefix):
+    """@return: whether C{path} is C{prefix} or below it."""
+    return path == prefix or path.startswith(prefix + b"/")
+
+
 def _compile(pattern):
     parts, last = [], 0
     for m in _PLACEHOLDER.finditer(pattern):
@@ -239,6 +245,7 @@ class Router:
         self._wrappers = []
         self._wrapped = {}  # (route, method) -> the wrapped handler
         self._mounts = {}  # b"/segment" -> body_sink_for, or None
+        self._delegates = {}  # b"/several/segments" -> the resource serving them
         self.resource = _RouterResource(self)
 
     def route(self, methods, pattern, handler, *, sink=None, params=None, name=None):
@@ -276,10 +283,19 @@ class Router:
         self._wrapped.clear()
 
     def mount(self, segment, resource, body_sink_for=None):
-        """Serve every path under C{/segment} (bytes, one segment) with
-        C{resource}, and choose the sinks of their bodies with
-        C{body_sink_for(request)}."""
-        self.resource.putChild(segment, resource)
+        """
+        Serve every path under C{/segment} with C{resource}, and choose the
+        sinks of their bodies with C{body_sink_for(request)}.
+
+        @param segment: bytes: one path segment (C{b"v2"}), a child of
+            the router's resource; or several (C{b"v1/images"}), whose
+            requests the router hands to C{resource.render} itself while
+            the rest of their first segment stays its own.
+        """
+        if b"/" in segment:
+            self._delegates[b"/" + segment] = resource
+        else:
+            self.resource.putChild(segment, resource)
         self._mounts[b"/" + segment] = body_sink_for
 
     def resolve(self, path):
@@ -303,9 +319,8 @@ class Router:
             a mount's, a L{Discard} (no route, or no sink could be chosen),
             or None to spool it.
         """
-        path = request.path
         for prefix, body_sink_for in self._mounts.items():
-            if path == prefix or path.startswith(prefix + b"/"):
+            if _under(request.path, prefix):
                 return None if body_sink_for is None else body_sink_for(request)
         return self._sink(request)
 
@@ -336,6 +351,9 @@ class Router:
 
     def render(self, request):
         """Answer C{request} (see the module docstring)."""
+        for prefix, resource in self._delegates.items():
+            if _under(request.path, prefix):
+                return resource.render(request)
         request.defaultContentType = None
         for name, value in self._headers.items():
             request.setHeader(name, value)

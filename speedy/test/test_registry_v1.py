@@ -1,0 +1,428 @@
+"""
+The Docker Registry V1 API over HTTP: an imageserver's root (the file API,
+the V2 registry and the V1 registry) behind a real loopback
+L{StreamingSite}, on a L{FakeCluster} (replicated storage over fake
+chunkservers, 1000-byte chunks, so every layer spans several) and its
+L{MemoryMetadataStore}, driven by treq with the requests Docker 1.x sent.
+"""
+
+import hashlib
+import json
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from speedy.imageserver.root import ImageServerRoot
+from speedy.registry.api import RegistryAPI
+from speedy.registry.v1.api import MAX_JSON_BODY, RegistryV1API, docker_version
+from speedy.registry.v1.errors import V1Error
+from speedy.registry.v1.names import parse_repository
+from speedy.testing import FakeCluster
+from speedy.web.streaming import StreamingSite
+
+G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
+
+DOCKER_UA = "docker/1.9.1 go/go1.4.3 git-commit/a34a1d5 kernel/4.4.0 os/linux arch/amd64"
+
+
+def image_id(n):
+    return hashlib.sha256(b"image %d" % n).hexdigest()
+
+
+def image_json(image, parent=None):
+    document = {"id": image, "created": "2015-12-08T10:00:00Z", "container_config": {"Cmd": ["sh"]}}
+    if parent is not None:
+        document["parent"] = parent
+    return json.dumps(document).encode("utf-8")
+
+
+def payload_checksum(json_bytes, layer):
+    """What Docker 0.10+ sends as X-Docker-Checksum-Payload."""
+    return "sha256:" + hashlib.sha256(json_bytes + b"\n" + layer).hexdigest()
+
+
+def layer_bytes(n, size):
+    return (hashlib.sha256(b"layer %d" % n).digest() * (size // 32 + 1))[:size]
+
+
+class NameTests(SynchronousTestCase):
+    """Repository names as Docker 1.x checked them."""
+
+    def test_names(self):
+        self.assertEqual(parse_repository("busybox"), "library/busybox")
+        self.assertEqual(parse_repository("team_a/web.app-1/"), "team_a/web.app-1")
+        for bad in ("a/b/c", "x/app", "-team/app", "team-/app", "te--am/app", "Team/app",
+                    "team/App", "a" * 64, "team/" + "a" * 251, ""):
+            self.assertRaises(V1Error, parse_repository, bad)
+
+    def test_docker_version(self):
+        self.assertEqual(docker_version(DOCKER_UA), (1, 9))
+        self.assertEqual(docker_version("docker/0.9.1 go/go1.2"), (0, 9))
+        self.assertEqual(docker_version("docker/1.12.6-cs13"), (1, 12))
+        self.assertIsNone(docker_version("python-requests/2.31"))
+        self.assertIsNone(docker_version(None))
+
+
+class V1TestCase(TestCase):
+    """An imageserver's root on loopback, and helpers to push V1 images."""
+
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1}, chunk_size=1000, parallelism=2)
+        storage, metadata = self.cluster.storage, self.cluster.metadata
+        self.v1 = RegistryV1API(metadata, storage, self.cluster.clock)
+        self.root = ImageServerRoot(storage, metadata, self.cluster.clock,
+                                    RegistryAPI(metadata, storage, self.cluster.clock), self.v1)
+        site = StreamingSite(self.root.resource, self.root.body_sink_for, reactor=reactor)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.host = f"127.0.0.1:{port.getHost().port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    async def call(self, method, path, data=None, headers=None):
+        """@return: C{(response, body bytes)}."""
+        headers = dict({"User-Agent": DOCKER_UA}, **(headers or {}))
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        response = await self.http.request(method, f"http://{self.host}{path}", data=data,
+                                           headers=headers)
+        return response, await response.content()
+
+    def header(self, response, name):
+        values = response.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def assertOK(self, response, body, status=200):
+        self.assertEqual(response.code, status, body)
+        self.assertEqual(self.header(response, "X-Docker-Registry-Version"), "0.9.1")
+
+    def assertV1Error(self, response, body, status, message):
+        """The answer is C{status} with docker-registry's body."""
+        self.assertEqual(response.code, status, body)
+        self.assertEqual(json.loads(body), {"error": message})
+        self.assertEqual(self.header(response, "Content-Type"), "application/json")
+        self.assertEqual(self.header(response, "X-Docker-Registry-Version"), "0.9.1")
+
+    def stored_chunks(self):
+        """@return: the file ids of the chunks on the first chunkserver."""
+        return set(self.cluster.client.server(G1[0]).chunks)
+
+    async def push_image(self, image, layer, parent=None, checksum=None):
+        """PUT an image's JSON, layer and checksum; @return: its JSON."""
+        document = image_json(image, parent)
+        response, body = await self.call("PUT", f"/v1/images/{image}/json", document)
+        self.assertOK(response, body)
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", layer)
+        self.assertOK(response, body)
+        response, body = await self.call(
+            "PUT", f"/v1/images/{image}/checksum",
+            headers={"X-Docker-Checksum-Payload": checksum or payload_checksum(document, layer),
+                     "X-Docker-Checksum": "tarsum+sha256:" + "0" * 64})
+        self.assertOK(response, body)
+        return document
+
+
+class PushPullTests(V1TestCase):
+    """The request sequences of C{docker push} and C{docker pull} (1.x)."""
+
+    async def test_ping(self):
+        response, body = await self.call("GET", "/v1/_ping")
+        self.assertOK(response, body)
+        self.assertEqual(json.loads(body), {})
+        self.assertEqual(self.header(response, "X-Docker-Registry-Standalone"), "true")
+
+    async def test_push_then_pull(self):
+        """Two images, each layer over several chunks, pushed as Docker 1.x
+        pushed them and pulled back byte for byte."""
+        base, top = image_id(1), image_id(2)
+        layers = {base: layer_bytes(1, 3500), top: layer_bytes(2, 2100)}
+        response, body = await self.call(
+            "PUT", "/v1/repositories/team/app/", json.dumps([{"id": base}, {"id": top}]),
+            {"X-Docker-Token": "true"})
+        self.assertOK(response, body)
+        self.assertEqual(self.header(response, "X-Docker-Endpoints"), self.host)
+        self.assertTrue(self.header(response, "X-Docker-Token").startswith("Token signature="))
+        for image, parent in ((base, None), (top, base)):
+            response, body = await self.call("GET", f"/v1/images/{image}/json")
+            self.assertV1Error(response, body, 404, "Image not found")
+            await self.push_image(image, layers[image], parent)
+        response, body = await self.call("PUT", "/v1/repositories/team/app/tags/latest",
+                                         json.dumps(top))
+        self.assertOK(response, body)
+        checksums = [{"id": i, "checksum": "tarsum+sha256:" + "1" * 64} for i in (base, top)]
+        response, body = await self.call("PUT", "/v1/repositories/team/app/images",
+                                         json.dumps(checksums), {"X-Docker-Token": "true"})
+        self.assertOK(response, body, 204)
+
+        response, body = await self.call("GET", "/v1/repositories/team/app/images",
+                                         headers={"X-Docker-Token": "true"})
+        self.assertOK(response, body)
+        self.assertEqual(json.loads(body), checksums)
+        self.assertEqual(self.header(response, "X-Docker-Endpoints"), self.host)
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags")
+        self.assertEqual(json.loads(body), {"latest": top})
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags/latest")
+        self.assertEqual(json.loads(body), top)
+        response, body = await self.call("GET", f"/v1/images/{top}/ancestry")
+        self.assertEqual(json.loads(body), [top, base])
+        for image, parent in ((base, None), (top, base)):
+            response, body = await self.call("GET", f"/v1/images/{image}/json")
+            self.assertOK(response, body)
+            self.assertEqual(body, image_json(image, parent))
+            self.assertEqual(self.header(response, "X-Docker-Size"), str(len(layers[image])))
+            self.assertEqual(self.header(response, "X-Docker-Checksum-Payload"),
+                             payload_checksum(body, layers[image]))
+            response, body = await self.call("GET", f"/v1/images/{image}/layer")
+            self.assertEqual((response.code, body), (200, layers[image]))
+            self.assertEqual(self.header(response, "Accept-Ranges"), "bytes")
+        response, body = await self.call("GET", f"/v1/images/{base}/layer",
+                                         headers={"Range": "bytes=1500-"})
+        self.assertEqual((response.code, body), (206, layers[base][1500:]))
+        self.assertEqual(self.header(response, "Content-Range"), "bytes 1500-3499/3500")
+        response, body = await self.call("GET", f"/v1/images/{base}/layer",
+                                         headers={"Range": "bytes=9999-"})
+        self.assertEqual(response.code, 416)
+        response, body = await self.call("HEAD", f"/v1/images/{base}/layer")
+        self.assertEqual((response.code, self.header(response, "Content-Length")), (200, "3500"))
+
+    async def test_library_namespace(self):
+        """A name without a namespace is in library/."""
+        image = image_id(1)
+        await self.push_image(image, b"layer")
+        response, body = await self.call("PUT", "/v1/repositories/busybox/tags/1.0",
+                                         json.dumps(image))
+        self.assertOK(response, body)
+        response, body = await self.call("GET", "/v1/repositories/library/busybox/tags")
+        self.assertEqual(json.loads(body), {"1.0": image})
+
+    async def test_empty_layer(self):
+        image = image_id(1)
+        await self.push_image(image, b"")
+        response, body = await self.call("GET", f"/v1/images/{image}/layer")
+        self.assertEqual((response.code, body), (200, b""))
+
+    async def test_index_merges(self):
+        """Index PUTs merge: a checksum once given stays."""
+        a, b = image_id(1), image_id(2)
+        await self.call("PUT", "/v1/repositories/team/app", json.dumps([{"id": a}]))
+        await self.call("PUT", "/v1/repositories/team/app/images",
+                        json.dumps([{"id": a, "checksum": "x:1"}]))
+        await self.call("PUT", "/v1/repositories/team/app/", json.dumps([{"id": a}, {"id": b}]))
+        response, body = await self.call("GET", "/v1/repositories/team/app/images")
+        self.assertEqual(json.loads(body), [{"id": a, "checksum": "x:1"}, {"id": b}])
+
+    async def test_retried_push_replaces_layer(self):
+        """An image whose push did not complete can be pushed again: its
+        first layer's chunks are deleted."""
+        image = image_id(1)
+        document = image_json(image)
+        await self.call("PUT", f"/v1/images/{image}/json", document)
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 2500))
+        first = self.stored_chunks()
+        self.assertEqual(len(first), 3)
+        await self.push_image(image, layer_bytes(2, 1500))
+        self.assertEqual(len(self.stored_chunks()), 2)
+        self.assertFalse(first & self.stored_chunks())
+        response, body = await self.call("GET", f"/v1/images/{image}/layer")
+        self.assertEqual(body, layer_bytes(2, 1500))
+
+    async def test_tag_json_and_deletes(self):
+        image = image_id(1)
+        await self.push_image(image, b"layer")
+        await self.call("PUT", "/v1/repositories/team/app/tags/latest", json.dumps(image))
+        await self.call("PUT", "/v1/repositories/team/app/tags/old", json.dumps(image))
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags/latest/json")
+        properties = json.loads(body)
+        self.assertEqual((properties["docker_version"], properties["os"], properties["arch"]),
+                         ("1.9.1", "linux", "amd64"))
+        response, body = await self.call("GET", "/v1/repositories/team/app/json")
+        self.assertEqual(json.loads(body), properties)
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags/none/json")
+        self.assertEqual(json.loads(body)["docker_version"], None)
+        response, body = await self.call("DELETE", "/v1/repositories/team/app/tags/old")
+        self.assertOK(response, body)
+        response, body = await self.call("DELETE", "/v1/repositories/team/app/tags/old")
+        self.assertV1Error(response, body, 404, "Tag not found: old")
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags/old")
+        self.assertV1Error(response, body, 404, "Tag not found")
+        response, body = await self.call("DELETE", "/v1/repositories/team/app/images")
+        self.assertOK(response, body, 204)
+        response, body = await self.call("DELETE", "/v1/repositories/team/app/")
+        self.assertOK(response, body)
+        for method, path in (("GET", "tags"), ("DELETE", "tags"), ("GET", "images")):
+            response, body = await self.call(method, f"/v1/repositories/team/app/{path}")
+            self.assertEqual(response.code, 404, body)
+        response, body = await self.call("GET", f"/v1/images/{image}/json")
+        self.assertOK(response, body)
+
+    async def test_search(self):
+        for name in ("team/busybox", "library/busy-app", "team/web"):
+            await self.call("PUT", f"/v1/repositories/{name}/", b"[]")
+        response, body = await self.call("GET", "/v1/search?q=Busy")
+        self.assertOK(response, body)
+        self.assertEqual(json.loads(body), {"query": "Busy", "num_results": 2, "results": [
+            {"name": "library/busy-app", "description": ""},
+            {"name": "team/busybox", "description": ""}]})
+        response, body = await self.call("GET", "/v1/search")
+        self.assertEqual(json.loads(body)["num_results"], 3)
+
+    async def test_beside_v2_and_files(self):
+        """V1 repositories are apart from V2 ones; the file API and the V2
+        registry answer as before."""
+        image = image_id(1)
+        await self.push_image(image, b"layer")
+        await self.call("PUT", "/v1/repositories/library/app/tags/latest", json.dumps(image))
+        response, body = await self.call("GET", "/v2/_catalog")
+        self.assertEqual(json.loads(body), {"repositories": []})
+        response, body = await self.call("GET", "/v2/library/app/tags/list")
+        self.assertEqual(response.code, 404)
+        response, body = await self.call("PUT", "/v1/files/a/b", b"data")
+        self.assertEqual(response.code, 201, body)
+        response, body = await self.call("GET", "/v1/files/a/b")
+        self.assertEqual(body, b"data")
+        response, body = await self.call("GET", "/v1/health")
+        self.assertEqual(response.code, 200)
+        response, body = await self.call("GET", "/v1/nothing")
+        self.assertEqual(json.loads(body)["error"]["code"], "NOT_FOUND")
+
+
+class ErrorTests(V1TestCase):
+    """The errors docker-registry gave, and nothing half-stored."""
+
+    async def test_layer_before_json(self):
+        image = image_id(1)
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 2500))
+        self.assertV1Error(response, body, 404, "Image not found")
+        self.assertEqual(self.stored_chunks(), set())
+        self.assertIsNone(await self.cluster.metadata.get_v1_image(image))
+
+    async def test_checksum_mismatch(self):
+        """A wrong checksum deletes the layer; the image stays unfinished
+        and can be pushed again."""
+        image = image_id(1)
+        document = image_json(image)
+        await self.call("PUT", f"/v1/images/{image}/json", document)
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 2500))
+        self.assertEqual(len(self.stored_chunks()), 3)
+        wrong = payload_checksum(document, layer_bytes(2, 2500))
+        response, body = await self.call("PUT", f"/v1/images/{image}/checksum",
+                                         headers={"X-Docker-Checksum-Payload": wrong})
+        self.assertV1Error(response, body, 400, "Checksum mismatch")
+        self.assertEqual(self.stored_chunks(), set())
+        for part in ("json", "layer", "ancestry"):
+            response, body = await self.call("GET", f"/v1/images/{image}/{part}")
+            self.assertV1Error(response, body, 400, "Image is being uploaded, retry later")
+        response, body = await self.call(
+            "PUT", f"/v1/images/{image}/checksum",
+            headers={"X-Docker-Checksum-Payload": payload_checksum(document, layer_bytes(1, 2500))})
+        self.assertV1Error(response, body, 400, "Image layer not found: PUT the layer before its checksum")
+        await self.push_image(image, layer_bytes(1, 2500))
+        response, body = await self.call("GET", f"/v1/images/{image}/layer")
+        self.assertEqual(body, layer_bytes(1, 2500))
+
+    async def test_checksum_header(self):
+        image = image_id(1)
+        await self.call("PUT", f"/v1/images/{image}/json", image_json(image))
+        response, body = await self.call("PUT", f"/v1/images/{image}/checksum",
+                                         headers={"X-Docker-Checksum": "tarsum+sha256:" + "0" * 64})
+        self.assertV1Error(response, body, 412, (
+            "X-Docker-Checksum-Payload not set.  If you are using the Docker daemon, "
+            "you should upgrade to version 0.10 or later"))
+        response, body = await self.call("PUT", f"/v1/images/{image}/checksum",
+                                         headers={"X-Docker-Checksum-Payload": ""})
+        self.assertV1Error(response, body, 400, "Missing Image's checksum")
+        response, body = await self.call("PUT", f"/v1/images/{image_id(2)}/checksum",
+                                         headers={"X-Docker-Checksum-Payload": "sha256:0"})
+        self.assertV1Error(response, body, 404, "Image not found")
+
+    async def test_missing_parent(self):
+        image = image_id(2)
+        response, body = await self.call("PUT", f"/v1/images/{image}/json",
+                                         image_json(image, parent=image_id(1)))
+        self.assertV1Error(response, body, 400, "Image depends on a non existing parent")
+        self.assertIsNone(await self.cluster.metadata.get_v1_image(image))
+        response, body = await self.call("PUT", f"/v1/images/{image}/json",
+                                         image_json(image, parent="not an id"))
+        self.assertV1Error(response, body, 400, "Image depends on a non existing parent")
+
+    async def test_parent_loop(self):
+        """An unfinished image pushed again may not become its own ancestor."""
+        a, b = image_id(1), image_id(2)
+        await self.call("PUT", f"/v1/images/{a}/json", image_json(a))
+        await self.call("PUT", f"/v1/images/{b}/json", image_json(b, parent=a))
+        response, body = await self.call("PUT", f"/v1/images/{a}/json", image_json(a, parent=b))
+        self.assertV1Error(response, body, 400, "Image depends on itself through its parent")
+
+    async def test_complete_image_kept(self):
+        image = image_id(1)
+        document = await self.push_image(image, layer_bytes(1, 1200))
+        chunks = self.stored_chunks()
+        response, body = await self.call("PUT", f"/v1/images/{image}/json", document)
+        self.assertV1Error(response, body, 409, "Image already exists")
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", b"other")
+        self.assertV1Error(response, body, 409, "Image already exists")
+        response, body = await self.call("PUT", f"/v1/images/{image}/checksum",
+                                         headers={"X-Docker-Checksum-Payload": "sha256:0"})
+        self.assertV1Error(response, body, 409, "Cannot set this image checksum")
+        self.assertEqual(self.stored_chunks(), chunks)
+
+    async def test_bad_image_json(self):
+        image = image_id(1)
+        for document, message in [
+                (b"not json", "Invalid JSON"), (b"[1]", "Invalid JSON"), (b"{}", "Invalid JSON"),
+                (b'{"parent": null}', "Missing key `id' in JSON"),
+                (json.dumps({"id": image_id(2)}).encode(), "JSON data contains invalid id")]:
+            response, body = await self.call("PUT", f"/v1/images/{image}/json", document)
+            self.assertV1Error(response, body, 400, message)
+        self.assertIsNone(await self.cluster.metadata.get_v1_image(image))
+
+    async def test_bad_ids_and_names(self):
+        response, body = await self.call("GET", "/v1/images/XYZ/json")
+        self.assertV1Error(response, body, 404, "Invalid image ID")
+        response, body = await self.call("GET", "/v1/repositories/a/b/c/tags")
+        self.assertEqual(response.code, 400)
+        self.assertIn("Invalid repository name", json.loads(body)["error"])
+        response, body = await self.call("GET", "/v1/repositories/Team/app/tags")
+        self.assertIn("Invalid namespace name", json.loads(body)["error"])
+        response, body = await self.call("PUT", "/v1/repositories/team/app/tags/bad:tag",
+                                         json.dumps(image_id(1)))
+        self.assertV1Error(response, body, 400, "Invalid tag name (must match ^[\\w][\\w.-]{0,127}$)")
+        response, body = await self.call("GET", "/v1/repositories/team/app/tags")
+        self.assertV1Error(response, body, 404, "Repository not found")
+        response, body = await self.call("POST", "/v1/repositories/team/app/tags")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(self.header(response, "Allow"), "GET, HEAD, DELETE")
+
+    async def test_bad_tags_and_index(self):
+        for data in (b"", b"not json", json.dumps(["a"]).encode()):
+            response, body = await self.call("PUT", "/v1/repositories/team/app/tags/latest", data)
+            self.assertV1Error(response, body, 400, "Invalid data")
+        response, body = await self.call("PUT", "/v1/repositories/team/app/tags/latest",
+                                         json.dumps(image_id(1)))
+        self.assertV1Error(response, body, 404, "Image not found")
+        response, body = await self.call("PUT", "/v1/repositories/team/app/", b"{")
+        self.assertV1Error(response, body, 400, "Error Decoding JSON")
+        for data in ({"id": image_id(1)}, [{"name": "x"}], [{"id": "short"}]):
+            response, body = await self.call("PUT", "/v1/repositories/team/app/images",
+                                             json.dumps(data))
+            self.assertV1Error(response, body, 400, "Invalid data")
+        self.assertIsNone(await self.cluster.metadata.get_v1_repository("team/app"))
+
+    async def test_old_docker_refused(self):
+        image = image_id(1)
+        await self.call("PUT", f"/v1/images/{image}/json", image_json(image))
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", b"layer",
+                                         {"User-Agent": "docker/0.9.1 go/go1.2"})
+        self.assertV1Error(response, body, 412,
+                           "This endpoint does not support Docker daemons older than 0.10")
+        self.assertEqual(self.stored_chunks(), set())
+
+    async def test_json_too_large(self):
+        image = image_id(1)
+        response, body = await self.call("PUT", f"/v1/images/{image}/json",
+                                         b" " * (MAX_JSON_BODY + 1))
+        self.assertEqual(response.code, 413, body)
+        self.assertIn("error", json.loads(body))
