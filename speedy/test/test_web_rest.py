@@ -334,6 +334,21 @@ class SinkTests(RouterTestCase):
         self.assertIs(self.router.body_sink_for(self.request(b"PUT", b"/v2/x")), mounted_sink)
         self.assertIsNone(self.router.body_sink_for(self.request(b"PUT", b"/v2x")))
 
+    def test_mount_under_several_segments(self):
+        """A resource mounted under a several-segment prefix serves the
+        paths below it; the router keeps the rest of the first segment."""
+        leaf = Resource()
+        leaf.isLeaf = True
+        leaf.render = lambda request: b"mounted " + request.path
+        mounted_sink = Collecting()
+        self.router.mount(b"v1/images", leaf, lambda request: mounted_sink)
+        self.assertEqual(self.call("GET", "/v1/images/x/json")[::2], (200, b"mounted /v1/images/x/json"))
+        self.assertEqual(self.call("GET", "/v1/images")[::2], (200, b"mounted /v1/images"))
+        self.assertEqual(json.loads(self.call("GET", "/v1/files")[2]), {"name": "files"})
+        self.assertEqual(json.loads(self.call("GET", "/v1/imagesx")[2]), {"name": "imagesx"})
+        self.assertIs(self.router.body_sink_for(self.request(b"PUT", b"/v1/images/x")), mounted_sink)
+        self.assertIsNot(self.router.body_sink_for(self.request(b"PUT", b"/v1/files")), mounted_sink)
+
 
 class LoopbackTests(TestCase):
     """Over a real StreamingSite on loopback."""
