@@ -608,6 +608,15 @@ class IV1Tables(Interface):
             nothing changed (gone, complete, no layer, another checksum).
         """
 
+    def stale_v1_layers(created_before, limit=100):
+        """
+        @return: Deferred firing with the unfinished L{V1ImageRecord}s that
+            have a layer and whose JSON was PUT before C{created_before},
+            oldest first, at most C{limit}: pushes abandoned between their
+            layer and their checksum, whose layers are to be dropped
+            (L{clear_v1_layer}).
+        """
+
     def put_v1_index(repository, images):
         """
         Merge C{images} (a list of dicts with C{"id"} and maybe

@@ -91,25 +91,28 @@ class Options(DaemonOptions):
 class Resources(Service):
     """
     Starts what the imageserver holds open (the metadata store, the
-    registry's timers) and closes it, with the connection pools, on stop.
+    registries' timers) and closes it, with the connection pools, on stop.
+
+    @param registries: objects with C{start()} and C{stop()} (the V2 and
+        V1 registries).
     """
 
-    def __init__(self, metadata, closables, registry=None):
+    def __init__(self, metadata, closables, registries=()):
         self._metadata = metadata
         self._closables = closables
-        self._registry = registry
+        self._registries = [r for r in registries if r is not None]
 
     def startService(self):
         Service.startService(self)
         self._metadata.start().addErrback(
             lambda f: log.failure("the metadata store did not start", f))
-        if self._registry is not None:
-            self._registry.start()
+        for registry in self._registries:
+            registry.start()
 
     def stopService(self):
         Service.stopService(self)
-        if self._registry is not None:
-            self._registry.stop()
+        for registry in self._registries:
+            registry.stop()
         closing = [c.close() for c in self._closables] + [self._metadata.close()]
         return DeferredList(closing, consumeErrors=True)
 
@@ -140,7 +143,8 @@ def makeService(options, reactor=None):
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
     site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)
     service = MultiService()
-    Resources(metadata, [storage, client, master], registry).setServiceParent(service)
+    Resources(metadata, [storage, client, master],
+              [registry, registry_v1]).setServiceParent(service)
     poller.setServiceParent(service)
     StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), site).setServiceParent(service)

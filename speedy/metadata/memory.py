@@ -406,6 +406,15 @@ class MemoryMetadataStore:
         self._v1_images[image_id] = attrs.evolve(image, complete=True)
         return True
 
+    @_deferred
+    def stale_v1_layers(self, created_before, limit=100):
+        schema.check_limit(limit)
+        stale = sorted((image for image in self._v1_images.values()
+                        if not image.complete and image.size is not None
+                        and image.created < created_before),
+                       key=lambda image: (image.created, image.image_id))
+        return stale if limit is None else stale[:limit]
+
     def _v1_repository(self, name):
         """@return: the repository C{name}, created empty if needed."""
         repository = self._v1_repositories.get(name)

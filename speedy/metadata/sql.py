@@ -754,6 +754,17 @@ class SQLMetadataStore:
             "UPDATE v1_images SET complete = ? WHERE image_id = ? AND complete = ?"
             " AND checksum = ?", True, image_id, False, checksum) == 1
 
+    def stale_v1_layers(self, created_before, limit=100):
+        return self._read(self._stale_v1_layers, created_before, limit)
+
+    def _stale_v1_layers(self, db, created_before, limit):
+        schema.check_limit(limit)
+        # A scan: V1 images are few, and this runs every few minutes.
+        rows = db.all(
+            f"SELECT {_V1_IMAGE} FROM v1_images WHERE complete = ? AND size IS NOT NULL"
+            " AND created < ? ORDER BY created, image_id" + _limit(limit), False, created_before)
+        return [_v1_image(row) for row in rows]
+
     def _v1_repository(self, db, name, now, lock=""):
         """@return: the L{V1RepositoryRecord} C{name}, or None; with C{now},
         created empty if needed."""

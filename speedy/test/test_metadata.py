@@ -701,6 +701,26 @@ class MetadataStoreTestsMixin:
         self.assertEqual((stored.size, stored.chunks, stored.checksum), (None, (), None))
         self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:x"))
 
+    async def test_v1_stale_layers(self):
+        """Unfinished images with a layer, oldest JSON first: what layer
+        expiry drops."""
+        for image_id, created in ((BASE, START - 30), (CHILD, START - 10), (OTHER, START - 20)):
+            record = v1_image(image_id, created=created)
+            await self.store.put_v1_image(record)
+            if image_id != OTHER:
+                await self.store.set_v1_layer(image_id, record.json, 1, chunks(1), "sha256:x")
+        done = v1_image(SHA[-64:], created=START - 40)
+        await self.store.put_v1_image(done)
+        await self.store.set_v1_layer(done.image_id, done.json, 1, chunks(2), "sha256:x")
+        await self.store.complete_v1_image(done.image_id, "sha256:x")
+        stale = await self.store.stale_v1_layers(START)
+        self.assertEqual([i.image_id for i in stale], [BASE, CHILD])
+        self.assertEqual(stale[0].chunks, chunks(1))
+        self.assertEqual([i.image_id for i in await self.store.stale_v1_layers(START, limit=1)],
+                         [BASE])
+        self.assertEqual([i.image_id for i in await self.store.stale_v1_layers(START - 15)], [BASE])
+        await failure_of(self.store.stale_v1_layers(START, limit=-1), BadRequest)
+
     async def test_v1_parent_required(self):
         """An image whose parent is not stored is refused; one whose parent
         is, keeps its ancestry."""

@@ -11,15 +11,18 @@ import json
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from speedy.imageserver.root import ImageServerRoot
+from speedy.metadata.memory import MemoryMetadataStore
+from speedy.records import V1ImageRecord
 from speedy.registry.api import RegistryAPI
 from speedy.registry.v1.api import MAX_JSON_BODY, RegistryV1API, docker_version
 from speedy.registry.v1.errors import V1Error
 from speedy.registry.v1.names import parse_repository
-from speedy.testing import FakeCluster
+from speedy.testing import FakeCluster, MemoryChunkedStorage
 from speedy.web.streaming import StreamingSite
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
@@ -63,6 +66,49 @@ class NameTests(SynchronousTestCase):
         self.assertEqual(docker_version("docker/1.12.6-cs13"), (1, 12))
         self.assertIsNone(docker_version("python-requests/2.31"))
         self.assertIsNone(docker_version(None))
+
+
+class LayerExpiryTests(SynchronousTestCase):
+    """The layer of a push that never completed is deleted after a day;
+    the image stays, to be pushed again."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.metadata = MemoryMetadataStore(self.clock)
+        self.storage = MemoryChunkedStorage(chunk_size=1000)
+        self.v1 = RegistryV1API(self.metadata, self.storage, self.clock,
+                                layer_expiry=3600, expiry_interval=60)
+
+    def push(self, image, complete):
+        document = image_json(image)
+        self.successResultOf(self.metadata.put_v1_image(V1ImageRecord(image, document, None, (image,))))
+        chunks = (self.storage.store(b"x" * 1000), self.storage.store(b"y" * 500))
+        self.successResultOf(self.metadata.set_v1_layer(image, document, 1500, chunks, "sha256:x"))
+        if complete:
+            self.successResultOf(self.metadata.complete_v1_image(image, "sha256:x"))
+        return chunks
+
+    def test_abandoned_layer_expires(self):
+        self.v1.start()
+        self.addCleanup(self.v1.stop)
+        abandoned = self.push(image_id(1), complete=False)
+        kept = self.push(image_id(2), complete=True)
+        self.clock.advance(1800)
+        recent = self.push(image_id(3), complete=False)
+        self.clock.advance(1860)
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in kept + recent})
+        self.assertFalse({c.file_id for c in abandoned} & set(self.storage.chunks))
+        image = self.successResultOf(self.metadata.get_v1_image(image_id(1)))
+        self.assertEqual((image.complete, image.size, image.chunks), (False, None, ()))
+        self.clock.advance(1800)
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in kept})
+        self.assertEqual(self.successResultOf(self.v1.images.expire()), 0)
+
+    def test_stop(self):
+        self.v1.start()
+        self.v1.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class V1TestCase(TestCase):

@@ -107,13 +107,17 @@ class RegistryV1API:
 
     @ivar resource: the L{IResource} to mount under each of C{prefixes}.
     @ivar router: its L{Router}, to L{Router.wrap} every route.
+    @param layer_expiry: seconds after which the layer of a push that
+        never completed is deleted (L{V1Images.expire}).
+    @param expiry_interval: seconds between two looks for such layers.
     """
 
     prefixes = V1_PREFIXES
 
-    def __init__(self, metadata, storage, reactor):
+    def __init__(self, metadata, storage, reactor, layer_expiry=24 * 3600, expiry_interval=600):
         self._storage = storage
-        self.images = V1Images(metadata, storage, reactor)
+        self.images = V1Images(metadata, storage, reactor, expiry=layer_expiry,
+                               expiry_interval=expiry_interval)
         self.repositories = V1Repositories(metadata, reactor)
         self.router = self._routes()
         self.resource = self.router.resource
@@ -154,6 +158,14 @@ class RegistryV1API:
         route("PUT", repo, self._put_index, "v1-repository", sink=json_body)
         route("DELETE", repo, self._delete_repository, "v1-repository")
         return router
+
+    def start(self):
+        """Start the expiry of abandoned layers."""
+        self.images.start()
+
+    def stop(self):
+        """Stop it."""
+        self.images.stop()
 
     # --- bodies ----------------------------------------------------------------
 

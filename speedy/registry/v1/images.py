@@ -19,6 +19,8 @@ import json
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from speedy.errors import ReferencesMissing
 from speedy.records import V1ImageRecord
@@ -26,6 +28,11 @@ from speedy.registry.bodies import BlobBody
 from speedy.registry.digests import OneShotHash, hashing_lane
 from speedy.registry.v1.errors import V1Error
 from speedy.registry.v1.names import is_image_id
+
+_log = Logger()
+
+#: Abandoned layers examined per round of expiry.
+EXPIRY_BATCH = 100
 
 
 def image_not_found():
@@ -70,13 +77,58 @@ class V1Images:
     V1 images over the L{speedy.interfaces.IV1Tables} of a metadata store
     and an L{IChunkedStorage}.
 
-    @param clock: hashes layers in its thread pool when it has one.
+    @param clock: runs the expiry timer; hashes layers in its thread pool
+        when it has one.
+    @param expiry: seconds after its JSON's PUT that the layer of an image
+        whose push never completed (no matching checksum) is deleted.
+    @param expiry_interval: seconds between two looks for such layers.
     """
 
-    def __init__(self, metadata, storage, clock):
+    def __init__(self, metadata, storage, clock, expiry=24 * 3600, expiry_interval=600):
         self._metadata = metadata
         self._storage = storage
+        self._clock = clock
+        self.expiry = expiry
+        self._expiry_interval = expiry_interval
+        self._expiry_loop = None
         self._run_in_thread = hashing_lane(clock) if IReactorThreads.providedBy(clock) else None
+
+    def start(self):
+        """Start deleting the layers of abandoned pushes."""
+        self._expiry_loop = LoopingCall(self._expire_logged)
+        self._expiry_loop.clock = self._clock
+        self._expiry_loop.start(self._expiry_interval, now=False).addErrback(
+            lambda f: _log.failure("V1 layer expiry stopped", f))
+
+    def stop(self):
+        """Stop the expiry timer."""
+        if self._expiry_loop is not None and self._expiry_loop.running:
+            self._expiry_loop.stop()
+        self._expiry_loop = None
+
+    def _expire_logged(self):
+        d = Deferred.fromCoroutine(self.expire())
+        d.addErrback(lambda f: _log.failure("expiring abandoned V1 layers failed", f))
+        return d
+
+    async def expire(self):
+        """
+        Delete the layers of unfinished images whose JSON was PUT more
+        than C{expiry} seconds ago (a push abandoned between its layer and
+        its checksum); the images stay unfinished, to be pushed again.
+
+        @return: the number of layers deleted.
+        """
+        count = 0
+        while True:
+            stale = await self._metadata.stale_v1_layers(
+                self._clock.seconds() - self.expiry, limit=EXPIRY_BATCH)
+            for image in stale:
+                if await self._metadata.clear_v1_layer(image.image_id, image.chunks):
+                    await self._storage.delete(image.chunks)
+                    count += 1
+            if len(stale) < EXPIRY_BATCH:
+                return count
 
     async def put_json(self, image_id, body):
         """
