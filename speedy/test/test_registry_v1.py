@@ -425,6 +425,18 @@ class ErrorTests(V1TestCase):
             self.assertV1Error(response, body, 400, message)
         self.assertIsNone(await self.cluster.metadata.get_v1_image(image))
 
+    async def test_deeply_nested_json(self):
+        """JSON nested past Python's recursion limit is bad JSON (400),
+        never a 500."""
+        image = image_id(1)
+        deep = b"[" * 100_000 + b"]" * 100_000
+        response, body = await self.call("PUT", f"/v1/images/{image}/json", deep)
+        self.assertV1Error(response, body, 400, "Invalid JSON")
+        response, body = await self.call("PUT", "/v1/repositories/team/app/", deep)
+        self.assertV1Error(response, body, 400, "Error Decoding JSON")
+        response, body = await self.call("PUT", "/v1/repositories/team/app/tags/latest", deep)
+        self.assertV1Error(response, body, 400, "Invalid data")
+
     async def test_bad_ids_and_names(self):
         response, body = await self.call("GET", "/v1/images/XYZ/json")
         self.assertV1Error(response, body, 404, "Invalid image ID")

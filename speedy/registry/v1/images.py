@@ -56,7 +56,7 @@ def parse_image_json(image_id, body):
     """
     try:
         document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested too deep too
         document = None
     if not document or not isinstance(document, dict):
         raise V1Error("Invalid JSON")

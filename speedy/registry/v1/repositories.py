@@ -64,7 +64,7 @@ def parse_index(body):
     """
     try:
         images = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested too deep too
         raise V1Error("Error Decoding JSON")
     if not isinstance(images, list):
         raise V1Error("Invalid data")
@@ -115,7 +115,7 @@ class V1Repositories:
         """
         try:
             image_id = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # nested too deep too
             image_id = None
         if not image_id or not isinstance(image_id, str):
             raise V1Error("Invalid data")
