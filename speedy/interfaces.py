@@ -617,6 +617,16 @@ class IV1Tables(Interface):
             (L{clear_v1_layer}).
         """
 
+    def v1_summary():
+        """
+        @return: Deferred firing with the V1 tables at a glance, a dict:
+            C{repositories}, C{tags}, C{images} (complete), C{unfinished}
+            (images whose push did not complete), C{layer_bytes} (of
+            complete images), C{unfinished_layers} and
+            C{unfinished_layer_bytes} (layers of unfinished images, which
+            expire).
+        """
+
     def put_v1_index(repository, images):
         """
         Merge C{images} (a list of dicts with C{"id"} and maybe

@@ -19,6 +19,7 @@ table of them:
     /v1/admin/repairs                       POST    admin token (work the queue now)
     /v1/admin/fsck                          GET     admin token
     /v1/admin/fsck                          POST    admin token (start a run)
+    /v1/admin/registry-v1                   GET     admin token (V1 registry totals)
 
 A server id or group id that cannot be one is a 404.  Every refused call
 is logged (L{log_refusals}); a 500 with its traceback.
@@ -178,6 +179,10 @@ class ChunkmasterAPI:
                           if self._cluster.is_lost(s.server_id)]
         return status
 
+    async def registry_v1(self, request):
+        """The Docker Registry V1 tables at a glance (IV1Tables.v1_summary)."""
+        return json_answer(200, await self._store.v1_summary())
+
     async def fsck_status(self, request):
         self._needs(self._fsck, "fsck")
         return json_answer(200, self._fsck.status())
@@ -209,7 +214,8 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
               repairs=None, fsck=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
-    @param store: the L{speedy.interfaces.IClusterTables} file ids come from.
+    @param store: the L{speedy.interfaces.IClusterTables} file ids come from
+        (and the L{speedy.interfaces.IV1Tables} the V1 totals).
     @param cluster_secret: what heartbeats, view and file-id calls must
         present; None lets them through.
     @param admin_token: what admin calls must present; None refuses them.
@@ -239,6 +245,7 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("POST", "/v1/admin/repairs", admin(api.run_repairs))
     router.route("GET", "/v1/admin/fsck", admin(api.fsck_status))
     router.route("POST", "/v1/admin/fsck", admin(api.start_fsck))
+    router.route("GET", "/v1/admin/registry-v1", admin(api.registry_v1))
     router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
                  params={"group_id": _group_in_path})
     return router.resource

@@ -415,6 +415,21 @@ class MemoryMetadataStore:
                        key=lambda image: (image.created, image.image_id))
         return stale if limit is None else stale[:limit]
 
+    @_deferred
+    def v1_summary(self):
+        images = list(self._v1_images.values())
+        complete = [i for i in images if i.complete]
+        layers = [i for i in images if not i.complete and i.size is not None]
+        return {
+            "repositories": len(self._v1_repositories),
+            "tags": len(self._v1_tags),
+            "images": len(complete),
+            "unfinished": len(images) - len(complete),
+            "layer_bytes": sum(i.size for i in complete),
+            "unfinished_layers": len(layers),
+            "unfinished_layer_bytes": sum(i.size for i in layers),
+        }
+
     def _v1_repository(self, name):
         """@return: the repository C{name}, created empty if needed."""
         repository = self._v1_repositories.get(name)

@@ -765,6 +765,26 @@ class SQLMetadataStore:
             " AND created < ? ORDER BY created, image_id" + _limit(limit), False, created_before)
         return [_v1_image(row) for row in rows]
 
+    def v1_summary(self):
+        return self._read(self._v1_summary)
+
+    def _v1_summary(self, db):
+        (repositories,) = db.one("SELECT COUNT(*) FROM v1_repositories")
+        (tags,) = db.one("SELECT COUNT(*) FROM v1_tags")
+        summary = {"repositories": int(repositories), "tags": int(tags)}
+        for complete, count, layers, size in db.all(
+                "SELECT complete, COUNT(*), COUNT(size), COALESCE(SUM(size), 0) FROM v1_images"
+                " GROUP BY complete"):
+            if complete:
+                summary["images"], summary["layer_bytes"] = int(count), int(size)
+            else:
+                summary["unfinished"] = int(count)
+                summary["unfinished_layers"], summary["unfinished_layer_bytes"] = int(layers), int(size)
+        for key in ("images", "layer_bytes", "unfinished", "unfinished_layers",
+                    "unfinished_layer_bytes"):
+            summary.setdefault(key, 0)
+        return summary
+
     def _v1_repository(self, db, name, now, lock=""):
         """@return: the L{V1RepositoryRecord} C{name}, or None; with C{now},
         created empty if needed."""

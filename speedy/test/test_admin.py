@@ -22,7 +22,7 @@ from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.repair import RepairService
 from speedy.crc import crc32c
 from speedy.metadata.memory import MemoryMetadataStore
-from speedy.records import BlobRecord, ChunkRef
+from speedy.records import BlobRecord, ChunkRef, V1ImageRecord, V1TagRecord
 from speedy.testing import FakeChunkClient
 
 ADMIN = "admin-sekrit"
@@ -293,3 +293,37 @@ class HealingCommandTests(CommandTestCase):
         self.assertIn("404", err)
         code, lines, err = self.admin("replace-server", "s2", "s7")
         self.assertEqual(code, cli.EXIT_USAGE)
+
+
+class RegistryV1CommandTests(CommandTestCase):
+    """C{speedy-admin registry-v1}."""
+
+    def setUp(self):
+        super().setUp()
+        for image_id, complete in (("a" * 64, True), ("b" * 64, False)):
+            document = b'{"id": "%s"}' % image_id.encode()
+            self.successResultOf(self.store.put_v1_image(
+                V1ImageRecord(image_id, document, None, (image_id,))))
+            self.successResultOf(self.store.set_v1_layer(
+                image_id, document, 3 * 2**20, (), "sha256:x"))
+            if complete:
+                self.successResultOf(self.store.complete_v1_image(image_id, "sha256:x"))
+        self.successResultOf(self.store.put_v1_tag(V1TagRecord("library/app", "latest", "a" * 64)))
+
+    def test_table(self):
+        code, lines, err = self.admin("registry-v1")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([line.split() for line in lines], [
+            ["what", "count", "bytes"],
+            ["repositories", "1", "-"],
+            ["tags", "1", "-"],
+            ["images", "1", "3.0", "MiB"],
+            ["unfinished", "pushes", "1", "-"],
+            ["with", "a", "layer", "1", "3.0", "MiB"]])
+
+    def test_json(self):
+        code, lines, err = self.admin("--json", "registry-v1")
+        self.assertEqual(json.loads("\n".join(lines)), {
+            "repositories": 1, "tags": 1, "images": 1, "unfinished": 1,
+            "layer_bytes": 3 * 2**20, "unfinished_layers": 1,
+            "unfinished_layer_bytes": 3 * 2**20})

@@ -386,6 +386,14 @@ class AdminTests(APITestCase):
         for path in ("/v1/admin/groups/abc", "/v1/admin/groups/-1", "/v1/admin/groups/99999999999"):
             self.assertError(self.admin("PUT", path, {"read_only": True}), 404, "NOT_FOUND")
 
+    def test_registry_v1(self):
+        """The V1 registry's totals, with the admin token only."""
+        status, _, body = self.admin("GET", "/v1/admin/registry-v1")
+        self.assertEqual((status, body["repositories"], body["unfinished_layer_bytes"]), (200, 0, 0))
+        self.assertError(self.admin("GET", "/v1/admin/registry-v1", token=SECRET), 401, "UNAUTHORIZED")
+        self.store.down = True
+        self.assertError(self.admin("GET", "/v1/admin/registry-v1"), 503, "UNAVAILABLE")
+
     def test_credentials(self):
         """Admin calls need the admin token: not the cluster secret, not nothing."""
         self.beat()

@@ -721,6 +721,25 @@ class MetadataStoreTestsMixin:
         self.assertEqual([i.image_id for i in await self.store.stale_v1_layers(START - 15)], [BASE])
         await failure_of(self.store.stale_v1_layers(START, limit=-1), BadRequest)
 
+    async def test_v1_summary(self):
+        self.assertEqual(await self.store.v1_summary(), {
+            "repositories": 0, "tags": 0, "images": 0, "unfinished": 0, "layer_bytes": 0,
+            "unfinished_layers": 0, "unfinished_layer_bytes": 0})
+        for image_id, size, complete in ((BASE, 1000, True), (CHILD, 250, False),
+                                         (OTHER, None, False)):
+            record = v1_image(image_id)
+            await self.store.put_v1_image(record)
+            if size is not None:
+                await self.store.set_v1_layer(image_id, record.json, size, chunks(1), "sha256:x")
+            if complete:
+                await self.store.complete_v1_image(image_id, "sha256:x")
+        await self.store.put_v1_tag(V1TagRecord("library/app", "latest", BASE))
+        await self.store.put_v1_tag(V1TagRecord("library/app", "old", BASE))
+        await self.store.put_v1_index("team/web", [])
+        self.assertEqual(await self.store.v1_summary(), {
+            "repositories": 2, "tags": 2, "images": 1, "unfinished": 2, "layer_bytes": 1000,
+            "unfinished_layers": 1, "unfinished_layer_bytes": 250})
+
     async def test_v1_parent_required(self):
         """An image whose parent is not stored is refused; one whose parent
         is, keeps its ancestry."""

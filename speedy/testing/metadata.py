@@ -47,3 +47,4 @@ class OutageStore(MemoryMetadataStore):
     upsert_group = _outage("upsert_group")
     list_groups = _outage("list_groups")
     allocate_file_ids = _outage("allocate_file_ids")
+    v1_summary = _outage("v1_summary")  # what the admin API reads of the V1 tables
