@@ -61,7 +61,7 @@ FIGURES = [
 ]
 
 
-def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS):
+def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_period=None):
     """
     @return: an unstarted L{ServerProcess} running C{tools/speedy-cluster
         up} with its var dir in C{workdir}, C{workers} imageservers sharing
@@ -69,10 +69,14 @@ def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS):
         C{up} says every role is healthy (the first imageserver answering
         on the port is not enough: a load generator that connected before
         the last worker listened would never reach it).
+    @param scrub_period: the chunkservers' C{--scrub-period} (C{1s}: their
+        scrubbers check without pause, at their default rate), or None.
     """
     var = os.path.join(workdir, "var")
     argv = [sys.executable, SPEEDY_CLUSTER, "up", "--var", var, "--registry", f"127.0.0.1:{port}",
             "--master-port", "0", "--chunkserver-port", "0", "--imageserver-workers", str(workers)]
+    if scrub_period is not None:
+        argv += ["--scrub-period", scrub_period]
     return ServerProcess("speedy-cluster", argv, "127.0.0.1", port, workdir,
                          ready=lambda: bool((read_state(var) or {}).get("ready")))
 
@@ -110,6 +114,9 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=None, help="load generator processes")
     parser.add_argument("--imageserver-workers", type=int, default=DEFAULT_IMAGESERVER_WORKERS,
                         help="Speedy imageserver processes sharing the registry port")
+    parser.add_argument("--scrub-period", default=None,
+                        help="Speedy's chunkservers start a scrub pass this often (1s: scrubbing "
+                             "all along, to measure what the scrubber costs)")
     parser.add_argument("--congestion", default=None,
                         help="TCP congestion control for the race, both sides (root; default: "
                              "the kernel's, left as it is)")
@@ -145,7 +152,8 @@ def race(args, levels, engine, congestion):
                                                    free_port()).start()
             try:
                 servers["speedy"] = speedy_cluster(os.path.join(workdir, "speedy"), free_port(),
-                                                   args.imageserver_workers).start(timeout=120)
+                                                   args.imageserver_workers,
+                                                   args.scrub_period).start(timeout=120)
             except (RuntimeError, OSError) as e:
                 missing = f"the Speedy cluster did not start: {e}"
                 print(f"race: {missing}\nrace: measuring Distribution alone", file=sys.stderr)

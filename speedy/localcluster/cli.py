@@ -42,6 +42,10 @@ class UpOptions(_ClusterOptions):
         ["cache-size", None, None, "memory cache of each chunkserver, reserved at its start "
          "(default: the chunkserver's, 512MiB)", parse_size],
         ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
+        ["scrub-rate", None, None, "bytes a second each chunkserver's scrubber checks (e.g. 8MiB; "
+         "0 turns it off) [default: the chunkserver's]", parse_size],
+        ["scrub-period", None, None, "time between the starts of scrub passes (e.g. 1s: scrub "
+         "without pause, 7d) [default: the chunkserver's]"],
         ["start-timeout", None, 60.0, "seconds each role has to become healthy", float],
         ["db", None, None, "metadata store URL every role shares, e.g. "
          "mysql://root@127.0.0.1:3306/speedy (default: sqlite:VAR/metadata.sqlite)"],
@@ -90,7 +94,8 @@ async def _run_up(reactor, var, options):
         group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
         cache_size=options["cache-size"],
-        heartbeat_interval=options["heartbeat-interval"], db=options["db"])
+        heartbeat_interval=options["heartbeat-interval"], db=options["db"],
+        scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")

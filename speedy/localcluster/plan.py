@@ -95,6 +95,8 @@ class ClusterPlan:
     read_window: int | None = None
     cut_through: int | None = None
     heartbeat_interval: float | None = None
+    scrub_rate: int | None = None
+    scrub_period: str | None = None
     db: str | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -109,7 +111,8 @@ class ClusterPlan:
         A port of 0 gives every role of that kind a free port of its own.
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
-            C{cut_through}, C{heartbeat_interval}, C{db} (the metadata store's
+            C{cut_through}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
+            C{scrub_period} (a duration: C{1s}, C{7d}), C{db} (the metadata store's
             URL; a SQLite file under C{var} by default), C{cluster_secret},
             C{admin_token}.
         @raise ClusterError: on counts that cannot make a cluster.
@@ -193,6 +196,10 @@ class ClusterPlan:
                 args += ["--cache-size", str(self.cache_size)]
             if self.heartbeat_interval is not None:
                 args += ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
+            if self.scrub_rate is not None:
+                args += ["--scrub-rate", str(self.scrub_rate)]
+            if self.scrub_period is not None:
+                args += ["--scrub-period", self.scrub_period]
             chunkservers.append(Role(f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args),
                                      self.host, port))
         shared = self.imageserver_workers > 1

@@ -55,14 +55,15 @@ class ClusterPlanTests(SynchronousTestCase):
         own data dir, and know the master and the secret."""
         var = os.path.abspath("v")
         servers = [r for r in plan(var, chunkservers=6, volume_size=1 << 28, cache_size=1 << 25,
-                                   heartbeat_interval=0.5).roles() if r.plugin == "speedy-chunkserver"]
+                                   heartbeat_interval=0.5, scrub_rate=1 << 23, scrub_period="1s").roles()
+                   if r.plugin == "speedy-chunkserver"]
         self.assertEqual([option_after(r.args, "--group-id") for r in servers], ["1", "1", "1", "2", "2", "2"])
         self.assertEqual(servers[4].args, (
             "--data-dir", f"{var}/chunkserver-5", "--listen", "tcp:8005:interface=127.0.0.1",
             "--group-id", "2", "--master", "http://127.0.0.1:8099",
             "--cluster-secret-file", f"{var}/secrets/cluster-secret",
             "--volume-size", str(1 << 28), "--cache-size", str(1 << 25),
-            "--heartbeat-interval", "0.5"))
+            "--heartbeat-interval", "0.5", "--scrub-rate", str(1 << 23), "--scrub-period", "1s"))
         self.assertEqual([r.health_url for r in servers], [None] * 6)
 
     def test_imageserver_command_lines(self):
