@@ -20,7 +20,11 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python import usage
 
+from speedy.auth.access import AccessError, AccessPolicy
+from speedy.auth.gate import Gate
+from speedy.auth.htpasswd import HtpasswdChecker, read_htpasswd, users_portal
 from speedy.config import (
     DaemonOptions, Option, choice, duration, endpoint, http_urls, number, positive, size)
 from speedy.imageserver.clusterview import ClusterViewPoller
@@ -45,6 +49,18 @@ log = Logger()
 MAX_READ_WINDOW = 64 << 20
 
 
+def auth_mode(text):
+    """C{none}, or C{htpasswd:PATH} naming a readable htpasswd file:
+    (mode, path)."""
+    if text == "none":
+        return ("none", None)
+    kind, sep, path = text.partition(":")
+    if kind != "htpasswd" or not sep or not path:
+        raise ValueError(f"must be none or htpasswd:PATH, not {text!r}")
+    read_htpasswd(path)  # fail at start, not at the first request
+    return ("htpasswd", path)
+
+
 class Options(DaemonOptions):
     """Command line (and C{--config} file) of an imageserver."""
 
@@ -59,6 +75,12 @@ class Options(DaemonOptions):
                "and imageservers prove to each other that they know it.", required=True,
                secret=True, env="SPEEDY_CLUSTER_SECRET"),
         Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
+        Option("auth", "none", "Who may use the registry and the file and chunk APIs: none "
+               "(anyone who reaches the listener), or htpasswd:PATH (HTTP Basic against an "
+               "htpasswd file of bcrypt entries, htpasswd -B).", auth_mode),
+        Option("access", None, "TOML file of allow rules: who may pull, push, delete, or "
+               "admin (see docs/security.md) [default: every htpasswd user may pull, push and "
+               "delete; file and chunk APIs for admin only]."),
         Option("chunk-tls-ca", None, "PEM file of the certificate authority that signed the "
                "chunkservers' certificates: connect to chunkservers over TLS (they listen on "
                "ssl: endpoints), checking each one's certificate [default: plain TCP].",
@@ -86,6 +108,13 @@ class Options(DaemonOptions):
                "responses: auto, or off to copy them through Python.",
                choice(*ZERO_COPY_MODES)),
     ]
+
+    def check(self):
+        if self["access"] is not None:
+            try:
+                AccessPolicy.load(self["access"])
+            except AccessError as e:
+                raise usage.UsageError(f"--access: {e}")
 
 
 class Resources(Service):
@@ -141,7 +170,18 @@ def makeService(options, reactor=None):
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
-    site = StreamingSite(root.resource, root.body_sink_for, reactor=reactor)
+    resource, body_sink_for = root.resource, root.body_sink_for
+    mode, path = options["auth"]
+    if mode == "htpasswd":
+        checker = HtpasswdChecker(path, reactor, reactor)
+        policy = AccessPolicy.load(options["access"]) if options["access"] else \
+            AccessPolicy.default()
+        gate = Gate(resource, body_sink_for, users_portal(checker), checker, policy)
+        resource, body_sink_for = gate.resource, gate.body_sink_for
+    elif options["access"]:
+        log.warn("--access is ignored with --auth none: anyone who reaches the listener "
+                 "may do anything")
+    site = StreamingSite(resource, body_sink_for, reactor=reactor)
     service = MultiService()
     Resources(metadata, [storage, client, master],
               [registry, registry_v1]).setServiceParent(service)

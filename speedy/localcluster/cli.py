@@ -42,6 +42,9 @@ class UpOptions(_ClusterOptions):
         ["cache-size", None, None, "memory cache of each chunkserver, reserved at its start "
          "(default: the chunkserver's, 512MiB)", parse_size],
         ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
+        ["htpasswd", None, None, "imageservers take HTTP Basic credentials of this htpasswd "
+         "file (bcrypt, htpasswd -B) and refuse anonymous requests [default: no auth]"],
+        ["access", None, None, "with --htpasswd: TOML file of allow rules (docs/security.md)"],
         ["scrub-rate", None, None, "bytes a second each chunkserver's scrubber checks (e.g. 8MiB; "
          "0 turns it off) [default: the chunkserver's]", parse_size],
         ["scrub-period", None, None, "time between the starts of scrub passes (e.g. 1s: scrub "
@@ -95,7 +98,8 @@ async def _run_up(reactor, var, options):
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
         cache_size=options["cache-size"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
-        scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"])
+        scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
+        htpasswd=options["htpasswd"], access=options["access"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")
@@ -113,6 +117,11 @@ async def _run_up(reactor, var, options):
 
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
     await cluster.up()
+    if plan.htpasswd is None:
+        _say(f"no authentication: anyone who reaches {plan.host} may push, pull and delete "
+             "(--htpasswd FILE turns it on)")
+    else:
+        _say(f"users from {plan.htpasswd}: log in first (podman login, skopeo --creds)")
     _say("Ctrl-C (or 'speedy-cluster down') stops the cluster")
     await stopped
 

@@ -96,6 +96,8 @@ class ClusterPlan:
     cut_through: int | None = None
     heartbeat_interval: float | None = None
     scrub_rate: int | None = None
+    htpasswd: str | None = None
+    access: str | None = None
     scrub_period: str | None = None
     db: str | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -112,7 +114,9 @@ class ClusterPlan:
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
             C{cut_through}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
-            C{scrub_period} (a duration: C{1s}, C{7d}), C{db} (the metadata store's
+            C{scrub_period} (a duration: C{1s}, C{7d}), C{htpasswd} (the
+            imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
+            allow rules), C{db} (the metadata store's
             URL; a SQLite file under C{var} by default), C{cluster_secret},
             C{admin_token}.
         @raise ClusterError: on counts that cannot make a cluster.
@@ -213,6 +217,10 @@ class ClusterPlan:
                 args += ["--read-window", str(self.read_window)]
             if self.cut_through is not None:
                 args += ["--cut-through", str(self.cut_through)]
+            if self.htpasswd is not None:
+                args += ["--auth", "htpasswd:" + os.path.abspath(self.htpasswd)]
+            if self.access is not None:
+                args += ["--access", os.path.abspath(self.access)]
             for w in range(self.imageserver_workers):
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",

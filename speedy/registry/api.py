@@ -285,9 +285,16 @@ class RegistryAPI:
         return _json(200, {})
 
     async def _catalog(self, request):
+        """The repositories, only those the caller may pull when the gate
+        of L{speedy.auth} says so (C{request.speedy_may_pull})."""
         n, last = _page_size(request), _arg(request, "last")
+        may_pull = getattr(request, "speedy_may_pull", None)
         names = await self._metadata.list_repositories(
-            limit=None if n is None else n + 1, last=last)
+            limit=None if n is None or may_pull else n + 1, last=last)
+        if may_pull is not None:
+            names = [name for name in names if may_pull(name)]
+            if n is not None:
+                names = names[:n + 1]
         names, link = _paged(names, n, "/v2/_catalog")
         return _json(200, {"repositories": names}, headers=link)
 

@@ -1,0 +1,257 @@
+# -*- test-case-name: speedy.test.test_auth -*-
+"""
+The gate in front of an imageserver's routes: every request but the
+health checks is authenticated (HTTP Basic, through the C{twisted.cred}
+portal) and authorized (the L{AccessPolicy}) before its handler runs and
+before its body streams anywhere.
+
+A request whose credentials passed their check lately is decided when its
+headers arrive (L{Gate.body_sink_for}): allowed, its body streams to its
+route as without the gate; refused, its body is dropped.  A request with
+credentials not checked yet has its body spooled while bcrypt runs in a
+thread, and handed to its route once they passed (the first request of a
+client only: registry clients begin with C{GET /v2/}), up to
+L{SPOOL_LIMIT} bytes; a larger one is dropped and answered 401, and its
+client, asking again, finds its credentials known.  So a stranger cannot
+have large bodies stored anywhere.
+
+Refusals are the spec's: C{401 UNAUTHORIZED} with C{WWW-Authenticate:
+Basic realm="speedy"} for missing, malformed or wrong credentials, C{403
+DENIED} for a user the policy does not allow; in the registry's error body
+under C{/v2}, in the JSON APIs' elsewhere.  The user's name, and what it
+may pull (for the catalog), are left on the request as C{speedy_user} and
+C{speedy_may_pull}.
+"""
+
+import base64
+import binascii
+import json
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET
+
+from speedy.auth.access import ACTIONS
+from speedy.auth.htpasswd import IUserName
+from speedy.auth.scopes import scope_of
+from speedy.web.rest import Discard
+
+log = Logger()
+
+#: The longest Authorization header looked at.
+MAX_AUTHORIZATION = 4096
+#: The largest body spooled while its credentials are checked.
+SPOOL_LIMIT = 4 << 20
+
+
+class Refused(Exception):
+    """A request the gate turns away: C{status} 401 or 403."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def basic_credentials(request):
+    """
+    @return: (user, password) as bytes from the request's C{Authorization:
+        Basic} header, or None without one (or an empty one, C{":"}).
+    @raise Refused: it is there but malformed, too long, or of another
+        scheme.
+    """
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    if len(header) > MAX_AUTHORIZATION:
+        raise Refused(401, "Authorization header too long")
+    scheme, _, value = header.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        raise Refused(401, "only Basic authentication is taken here")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused(401, "malformed Basic credentials")
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        raise Refused(401, "malformed Basic credentials")
+    if not user and not password:
+        return None  # what some clients send with no credentials: anonymous
+    if not user:
+        raise Refused(401, "malformed Basic credentials")
+    return user, password
+
+
+class Gate:
+    """
+    @param resource: the imageserver's root resource, served behind the gate.
+    @param body_sink_for: its C{body_sink_for}.
+    @param portal: the C{Portal} of users (L{speedy.auth.htpasswd.users_portal}).
+    @param checker: its L{HtpasswdChecker} (asked whether credentials
+        passed lately, without a thread).
+    @param policy: the L{AccessPolicy}.
+    @ivar resource: the gate's own resource, the site's root.
+    """
+
+    def __init__(self, resource, body_sink_for, portal, checker, policy, realm="speedy"):
+        self.inner = resource
+        self._inner_sink_for = body_sink_for
+        self._portal = portal
+        self._checker = checker
+        self.policy = policy
+        self.realm = realm
+        self.resource = _GateResource(self)
+
+    def body_sink_for(self, request):
+        """The sink of an allowed request's body, a L{Discard} for a refused
+        one, or None (spool it) while its credentials are being checked."""
+        scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
+        if scope.kind == "public":
+            return self._inner_sink_for(request)
+        try:
+            credentials = basic_credentials(request)
+        except Refused:
+            return Discard()
+        if credentials is None:
+            user = None
+        elif self._checker.known(*credentials):
+            user = credentials[0].decode("utf-8")
+        elif _declared_length(request) > SPOOL_LIMIT:
+            return Discard(Refused(401, "credentials not checked yet: send the request again"))
+        else:
+            request.body_sink_chosen = False  # the router feeds it on, once admitted
+            return None
+        if not self.allowed(user, scope):
+            return Discard()
+        return self._inner_sink_for(request)
+
+    def allowed(self, user, scope):
+        """@return: whether C{user} (None: anonymous) may have C{scope}."""
+        policy = self.policy
+        if scope.kind == "public":
+            return True
+        if scope.kind == "login":
+            return user is not None
+        if scope.kind == "any":
+            return any(_covers_some(policy, user, action) for action in ACTIONS)
+        if scope.kind == "somewhere":
+            return _covers_some(policy, user, scope.action)
+        if scope.kind == "repository":
+            if scope.also_pull and not policy.allows(user, "pull", scope.also_pull):
+                return False
+            return policy.allows(user, scope.action, scope.repository)
+        return policy.allows(user, "admin")
+
+    async def admit(self, request):
+        """
+        @return: the user's name, or None for an anonymous request the
+            policy allows.
+        @raise Refused: it may not pass.
+        """
+        scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
+        if scope.kind == "public":
+            return None
+        credentials = basic_credentials(request)
+        user = None
+        if credentials is not None:
+            try:
+                _, user, _ = await self._portal.login(
+                    UsernamePassword(*credentials), None, IUserName)
+            except UnauthorizedLogin:
+                log.info("refused {who} from {peer}: wrong user or password",
+                         who=credentials[0].decode("utf-8", "replace")[:64],
+                         peer=request.getClientAddress())
+                raise Refused(401, "unknown user or wrong password")
+        if not self.allowed(user, scope):
+            if user is None:
+                raise Refused(401, "authentication required")
+            raise Refused(403, "requested access to the resource is denied")
+        return user
+
+    def refusal(self, request, refused):
+        """Answer C{request} with C{refused}, in the error shape of its path."""
+        scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
+        code = "UNAUTHORIZED" if refused.status == 401 else "DENIED"
+        if scope.registry == "v2":
+            body = {"errors": [{"code": code, "message": str(refused), "detail": None}]}
+            request.setHeader(b"docker-distribution-api-version", b"registry/2.0")
+        elif scope.registry == "v1":
+            body = {"error": str(refused)}
+        else:
+            body = {"error": {"code": code, "message": str(refused)}}
+        request.setResponseCode(refused.status)
+        if refused.status == 401:
+            request.setHeader(b"www-authenticate", f'Basic realm="{self.realm}"'.encode())
+        request.setHeader(b"content-type", b"application/json")
+        data = json.dumps(body).encode("utf-8")
+        request.setHeader(b"content-length", b"%d" % len(data))
+        if request.method != b"HEAD":
+            request.write(data)
+        request.finish()
+
+
+def _declared_length(request):
+    """@return: the body length a request declares (a chunked body counts
+    as endless)."""
+    if request.getHeader(b"transfer-encoding") is not None:
+        return float("inf")
+    try:
+        return int(request.getHeader(b"content-length") or 0)
+    except ValueError:
+        return float("inf")
+
+
+def _covers_some(policy, user, action):
+    """@return: whether some rule lets C{user} do C{action} somewhere."""
+    return any(rule.covers(user) and (action in rule.actions or "admin" in rule.actions)
+               for rule in policy.rules)
+
+
+class _GateResource(Resource):
+    """Every path comes here first (a leaf); admitted requests go on to the
+    resource behind the gate, as the site would have found it."""
+
+    isLeaf = True
+
+    def __init__(self, gate):
+        super().__init__()
+        self._gate = gate
+
+    def render(self, request):
+        gate = self._gate
+        d = Deferred.fromCoroutine(gate.admit(request))
+
+        def admitted(user):
+            sink = getattr(request, "body_sink", None)
+            if isinstance(sink, Discard) and isinstance(sink.error, Refused):
+                return gate.refusal(request, sink.error)
+            request.speedy_user = user
+            request.speedy_may_pull = (None if gate.policy.allows(user, "admin")
+                                       else gate.policy.may_pull(user))
+            resource = getChildForRequest(gate.inner, request)
+            body = resource.render(request)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def refused(failure):
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            if failure.check(Refused):
+                return gate.refusal(request, failure.value)
+            log.failure("checking credentials failed", failure)
+            gate.refusal(request, Refused(401, "authentication failed"))
+
+        def broken(failure):
+            log.failure("serving an admitted request failed", failure)
+            if not request.finished and not getattr(request, "_disconnected", False):
+                if request.startedWriting:
+                    request.loseConnection()
+                else:
+                    request.setResponseCode(500)
+                    request.finish()
+
+        d.addCallbacks(admitted, refused).addErrback(broken)
+        return NOT_DONE_YET

@@ -1,0 +1,348 @@
+"""
+Tests for L{speedy.auth}: the htpasswd checker and its cache, the access
+rules, what each request asks for, and the gate in front of the routes.
+"""
+
+import base64
+import os
+import shutil
+import subprocess
+
+import bcrypt
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.task import Clock
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from speedy.auth.access import AccessError, AccessPolicy
+from speedy.auth.gate import Gate, Refused, basic_credentials
+from speedy.auth.htpasswd import HtpasswdChecker, HtpasswdError, read_htpasswd, users_portal
+from speedy.auth.scopes import Scope, scope_of
+from speedy.web.rest import Discard
+
+
+class SyncPool(ThreadPool):
+    """Runs what it is given at once, on this thread."""
+
+    def callInThreadWithCallback(self, onResult, func, *args, **kw):
+        try:
+            result = func(*args, **kw)
+        except Exception as e:
+            onResult(False, e)
+        else:
+            onResult(True, result)
+
+
+class FakeReactor(Clock):
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+def entry(user, password):
+    """An htpasswd line as C{htpasswd -B} writes it (cost 4, for speed)."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{hashed.replace('$2b$', '$2y$', 1)}\n"
+
+
+class HtpasswdTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.write(entry("alice", "alice-password") + entry("bob", "bob-password"))
+        self.clock = FakeReactor()
+        self.checker = HtpasswdChecker(self.path, self.clock, self.clock, threadpool=SyncPool())
+        self.checks = 0
+        real = bcrypt.checkpw
+
+        def counted(*args):
+            self.checks += 1
+            return real(*args)
+        self.patch(bcrypt, "checkpw", counted)
+
+    def write(self, text):
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def login(self, user, password):
+        return self.checker.requestAvatarId(UsernamePassword(user.encode(), password.encode()))
+
+    def test_right_and_wrong(self):
+        self.assertEqual(self.successResultOf(self.login("alice", "alice-password")), "alice")
+        for user, password in [("alice", "bob-password"), ("carol", "alice-password"),
+                               ("alice", "")]:
+            self.failureResultOf(self.login(user, password), UnauthorizedLogin)
+
+    def test_unknown_user_costs_a_check(self):
+        """An unknown name is checked against a decoy hash: as slow as a
+        wrong password, so names cannot be told by timing."""
+        self.failureResultOf(self.login("carol", "x"), UnauthorizedLogin)
+        self.assertEqual(self.checks, 1)
+
+    def test_verified_cached_for_a_while(self):
+        """A password that passed is not checked again until the entry
+        expires; a wrong one is checked every time."""
+        for _ in range(3):
+            self.successResultOf(self.login("alice", "alice-password"))
+        self.assertEqual(self.checks, 1)
+        self.assertTrue(self.checker.known(b"alice", b"alice-password"))
+        self.assertFalse(self.checker.known(b"alice", b"other"))
+        for _ in range(2):
+            self.failureResultOf(self.login("alice", "other"), UnauthorizedLogin)
+        self.assertEqual(self.checks, 3)
+        self.clock.advance(301)
+        self.assertFalse(self.checker.known(b"alice", b"alice-password"))
+        self.successResultOf(self.login("alice", "alice-password"))
+        self.assertEqual(self.checks, 4)
+
+    def test_file_changes(self):
+        """A changed file is read again and forgets what was verified: a
+        removed user, or a changed password, is refused at once."""
+        self.successResultOf(self.login("alice", "alice-password"))
+        self.write(entry("bob", "bob-password") + "# alice left\n")
+        os.utime(self.path, ns=(0, 10**9))
+        self.failureResultOf(self.login("alice", "alice-password"), UnauthorizedLogin)
+        self.assertEqual(self.successResultOf(self.login("bob", "bob-password")), "bob")
+
+    def test_broken_file_later_keeps_the_last_good(self):
+        self.write("garbage without a colon\n")
+        os.utime(self.path, ns=(0, 2 * 10**9))
+        self.assertEqual(self.successResultOf(self.login("bob", "bob-password")), "bob")
+        self.flushLoggedErrors(HtpasswdError)
+
+    def test_bad_files(self):
+        for text in ["", "no colon here\n", "md5:$apr1$abc$def\n"]:
+            self.write(text)
+            self.assertRaises(HtpasswdError, read_htpasswd, self.path)
+        self.assertRaises(HtpasswdError, read_htpasswd, self.mktemp())
+
+    def test_htpasswd_tool(self):
+        """Entries of the real C{htpasswd -B} are taken."""
+        tool = shutil.which("htpasswd")
+        if tool is None:
+            raise self.skipTest("htpasswd (apache2-utils) is not installed")
+        subprocess.run([tool, "-Bbc", self.path, "dave", "dave-password"], check=True,
+                       capture_output=True)
+        checker = HtpasswdChecker(self.path, self.clock, self.clock, threadpool=SyncPool())
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(
+            UsernamePassword(b"dave", b"dave-password"))), "dave")
+
+    def test_portal(self):
+        portal = users_portal(self.checker)
+        from speedy.auth.htpasswd import IUserName
+        _, name, _ = self.successResultOf(portal.login(
+            UsernamePassword(b"bob", b"bob-password"), None, IUserName))
+        self.assertEqual(name, "bob")
+
+
+POLICY = """
+[[allow]]
+users = ["anonymous"]
+repositories = ["public/*"]
+actions = ["pull"]
+
+[[allow]]
+users = ["*"]
+repositories = ["shared/*", "${user}/*"]
+actions = ["pull", "push"]
+
+[[allow]]
+users = ["bob"]
+repositories = ["alice/*"]
+actions = ["pull"]
+
+[[allow]]
+users = ["ops"]
+actions = ["admin"]
+"""
+
+
+class AccessTests(SynchronousTestCase):
+
+    def policy(self, text=POLICY):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return AccessPolicy.load(path)
+
+    def test_rules(self):
+        policy = self.policy()
+        cases = [
+            (None, "pull", "public/x", True), (None, "pull", "shared/x", False),
+            (None, "push", "public/x", False),
+            ("alice", "push", "alice/app", True), ("alice", "push", "alice/deep/app", True),
+            ("alice", "push", "bob/app", False), ("alice", "delete", "alice/app", False),
+            ("bob", "pull", "alice/app", True), ("bob", "push", "alice/app", False),
+            ("bob", "push", "shared/x", True), ("bob", "pull", "public/x", False),
+            ("ops", "delete", "anything/at/all", True), ("ops", "admin", None, True),
+            ("alice", "admin", None, False),
+        ]
+        for user, action, repository, allowed in cases:
+            self.assertEqual(policy.allows(user, action, repository), allowed,
+                             (user, action, repository))
+        self.assertEqual([n for n in ["alice/a", "bob/b", "shared/s"] if policy.may_pull("bob")(n)],
+                         ["alice/a", "bob/b", "shared/s"])
+        self.assertEqual([n for n in ["alice/a", "public/p"] if policy.may_pull(None)(n)],
+                         ["public/p"])
+
+    def test_default(self):
+        policy = AccessPolicy.default()
+        self.assertTrue(policy.allows("anyone", "delete", "x/y"))
+        self.assertFalse(policy.allows(None, "pull", "x/y"))
+        self.assertFalse(policy.allows("anyone", "admin"))
+
+    def test_bad_files(self):
+        for text in ["[[allow]]\nusers = 'alice'\n", "[[allow]]\nactions = ['fly']\nusers=['a']\n",
+                     "[[deny]]\nusers = ['a']\n", "[[allow]]\nusers=['a']\nactions=['pull']\nx=1\n",
+                     "not toml ["]:
+            self.assertRaises(AccessError, self.policy, text)
+        self.assertRaises(AccessError, AccessPolicy.load, self.mktemp())
+
+
+class ScopeTests(SynchronousTestCase):
+
+    def test_scopes(self):
+        cases = [
+            ("GET", "/v1/health", Scope("public")),
+            ("GET", "/v2/", Scope("login", "v2")),
+            ("GET", "/v2/_catalog?n=10", Scope("any", "v2")),
+            ("HEAD", "/v2/a/b/manifests/latest", Scope("repository", "v2", "a/b", "pull")),
+            ("GET", "/v2/a/blobs/x/blobs/sha256:00", Scope("repository", "v2", "a/blobs/x", "pull")),
+            ("PUT", "/v2/a/manifests/v1", Scope("repository", "v2", "a", "push")),
+            ("PATCH", "/v2/a/blobs/uploads/123", Scope("repository", "v2", "a", "push")),
+            ("DELETE", "/v2/a/blobs/sha256:00", Scope("repository", "v2", "a", "delete")),
+            ("GET", "/v2/a/tags/list", Scope("repository", "v2", "a", "pull")),
+            ("POST", "/v2/a/blobs/uploads/?mount=sha256:00&from=b/c",
+             Scope("repository", "v2", "a", "push", "b/c")),
+            ("GET", "/v1/files/x", Scope("admin")), ("POST", "/v1/chunks", Scope("admin")),
+            ("DELETE", "/v1/chunks/1/1", Scope("admin")), ("GET", "/metrics", Scope("admin")),
+            ("PUT", "/v1/repositories/ns/app/", Scope("repository", "v1", "ns/app", "push")),
+            ("GET", "/v1/repositories/busybox/tags", Scope("repository", "v1", "library/busybox",
+                                                           "pull")),
+            ("PUT", "/v1/images/abc/json", Scope("somewhere", "v1", action="push")),
+        ]
+        for method, uri, scope in cases:
+            self.assertEqual(scope_of(method, uri.encode()), scope, (method, uri))
+
+
+def basic(user, password):
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+class GateTests(SynchronousTestCase):
+    """The gate on L{DummyRequest}s, the resource behind it a recorder."""
+
+    def setUp(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(entry("alice", "alice-password") + entry("bob", "bob-password"))
+        clock = FakeReactor()
+        self.checker = HtpasswdChecker(path, clock, clock, threadpool=SyncPool())
+        policy_path = self.mktemp()
+        with open(policy_path, "w") as f:
+            f.write(POLICY)
+        self.served = []
+        self.sinks = []
+        from twisted.web.resource import Resource
+
+        outer = self
+
+        class Recorder(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                outer.served.append((request.method, request.uri, request.speedy_user))
+                return b"ok"
+
+        def sink_for(request):
+            self.sinks.append(request.uri)
+            return "the route's sink"
+
+        self.gate = Gate(Recorder(), sink_for, users_portal(self.checker), self.checker,
+                         AccessPolicy.load(policy_path))
+
+    def request(self, method, uri, authorization=None):
+        request = DummyRequest(uri.lstrip("/").split("/"))
+        request.method = method.encode()
+        request.uri = uri.encode()
+        request.path = uri.split("?")[0].encode()
+        if authorization is not None:
+            request.requestHeaders.setRawHeaders(b"authorization", [authorization])
+        return request
+
+    def render(self, method, uri, authorization=None):
+        request = self.request(method, uri, authorization)
+        self.gate.resource.render(request)
+        self.assertTrue(request.finished)
+        return request
+
+    def test_matrix(self):
+        """Every kind of request against every kind of caller."""
+        callers = {
+            "anonymous": None, "wrong password": basic("alice", "bob-password"),
+            "unknown user": basic("mallory", "x"), "malformed": b"Basic !!!not base64",
+            "other scheme": b"Bearer abc.def.ghi", "huge": b"Basic " + b"A" * 100_000,
+            "bob": basic("bob", "bob-password"), "alice": basic("alice", "alice-password"),
+        }
+        requests = [("GET", "/v2/"), ("GET", "/v2/public/app/manifests/1"),
+                    ("GET", "/v2/alice/app/manifests/1"), ("PUT", "/v2/alice/app/manifests/1"),
+                    ("DELETE", "/v2/alice/app/manifests/1"), ("GET", "/v1/files/x"),
+                    ("GET", "/v1/health")]
+        expected = {
+            "anonymous": [401, 200, 401, 401, 401, 401, 200],
+            "bob": [200, 403, 200, 403, 403, 403, 200],
+            "alice": [200, 403, 200, 200, 403, 403, 200],
+        }
+        for name in ("wrong password", "unknown user", "malformed", "other scheme", "huge"):
+            expected[name] = [401, 401, 401, 401, 401, 401, 200]
+        for name, authorization in callers.items():
+            got = [self.render(method, uri, authorization).responseCode or 200
+                   for method, uri in requests]
+            self.assertEqual(got, expected[name], name)
+
+    def test_refusal_bodies(self):
+        request = self.render("GET", "/v2/alice/app/tags/list")
+        self.assertEqual(request.responseCode, 401)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"www-authenticate"),
+                         [b'Basic realm="speedy"'])
+        self.assertIn(b'"UNAUTHORIZED"', b"".join(request.written))
+        request = self.render("GET", "/v1/files/x", basic("alice", "alice-password"))
+        self.assertEqual(request.responseCode, 403)
+        self.assertIn(b'{"error": {"code": "DENIED"', b"".join(request.written))
+        self.assertEqual(self.served, [])
+
+    def test_body_sinks(self):
+        """Known credentials are decided as the headers arrive: allowed,
+        the body goes to its route's sink; refused, it is dropped.  Others
+        are spooled, to go to the route once they passed."""
+        alice = basic("alice", "alice-password")
+        request = self.request("PUT", "/v2/alice/app/manifests/1", alice)
+        self.assertIsNone(self.gate.body_sink_for(request))
+        self.assertFalse(request.body_sink_chosen)
+        self.render("GET", "/v2/", alice)  # now alice is known
+        request = self.request("PUT", "/v2/alice/app/manifests/1", alice)
+        self.assertEqual(self.gate.body_sink_for(request), "the route's sink")
+        for authorization in (None, b"garbage"):
+            request = self.request("PUT", "/v2/alice/app/manifests/1", authorization)
+            self.assertIsInstance(self.gate.body_sink_for(request), Discard)
+        # Credentials not checked yet: a small body waits for the check,
+        # a large one is dropped, and answered 401 even if they pass.
+        request = self.request("PUT", "/v2/bob/app/manifests/1", basic("bob", "bob-password"))
+        self.assertIsNone(self.gate.body_sink_for(request))
+        request.requestHeaders.setRawHeaders(b"content-length", [b"%d" % (64 << 20)])
+        request.body_sink = self.gate.body_sink_for(request)
+        self.assertIsInstance(request.body_sink, Discard)
+        self.gate.resource.render(request)
+        self.assertEqual(request.responseCode, 401)
+        self.assertIsInstance(self.gate.body_sink_for(
+            self.request("PUT", "/v2/bob/app/manifests/1", alice)), Discard)
+        self.assertEqual(self.sinks, ["/v2/alice/app/manifests/1".encode()])
+
+    def test_basic_credentials(self):
+        self.assertEqual(basic_credentials(self.request("GET", "/", basic("a", "p:q"))),
+                         (b"a", b"p:q"))
+        self.assertIsNone(basic_credentials(self.request("GET", "/")))
+        self.assertIsNone(basic_credentials(self.request("GET", "/", basic("", ""))))
+        for bad in (b"Basic " + base64.b64encode(b"no-colon"), b"Basic " + base64.b64encode(b":p")):
+            self.assertRaises(Refused, basic_credentials, self.request("GET", "/", bad))

@@ -1,0 +1,172 @@
+"""
+Registry authentication and authorization end to end: a local cluster
+started by C{tools/speedy-cluster up --htpasswd --access}, real skopeo
+pushing and pulling with credentials, and every kind of request against
+every kind of caller over HTTP.
+"""
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+
+import bcrypt
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy.test.test_registry_clients import (
+    SharedFixture, SkopeoMixin, SpeedyLocalCluster, _started)
+
+USERS = {"alice": "alice-password-1", "bob": "bob-password-2", "ops": "ops-password-3"}
+
+POLICY = """
+[[allow]]
+users = ["anonymous"]
+repositories = ["public/*"]
+actions = ["pull"]
+
+[[allow]]
+users = ["*"]
+repositories = ["${user}/*"]
+actions = ["pull", "push", "delete"]
+
+[[allow]]
+users = ["bob"]
+repositories = ["alice/*"]
+actions = ["pull"]
+
+[[allow]]
+users = ["ops"]
+actions = ["admin"]
+"""
+
+
+def _cluster(workdir):
+    users = os.path.join(workdir, "users")
+    with open(users, "w") as f:
+        for user, password in USERS.items():
+            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6)).decode()}\n")
+    access = os.path.join(workdir, "access.toml")
+    with open(access, "w") as f:
+        f.write(POLICY)
+    return _started(SpeedyLocalCluster(workdir, ["--htpasswd", users, "--access", access]))
+
+
+CLUSTER = SharedFixture(_cluster)
+
+
+def creds(user):
+    return f"{user}:{USERS[user]}"
+
+
+def call(method, url, user=None, password=None, body=None, headers=()):
+    """@return: (status, parsed JSON body or None)."""
+    request = urllib.request.Request(url, method=method, data=body, headers=dict(headers))
+    if user is not None:
+        token = base64.b64encode(f"{user}:{USERS.get(user, '') if password is None else password}"
+                                 .encode()).decode()
+        request.add_header("Authorization", "Basic " + token)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, data = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    try:
+        return status, json.loads(data) if data else None
+    except ValueError:
+        return status, None
+
+
+class AuthEndToEndTests(SkopeoMixin, SynchronousTestCase):
+
+    cluster = CLUSTER
+
+    def test_push_and_pull_with_credentials(self):
+        """alice pushes to her repository with skopeo --dest-creds; bob may
+        pull it but not push there; without credentials nothing gets in;
+        ops's push to public/ is pulled by anyone."""
+        self.copy_in("small", f"{self.first}/alice/small:small", "--dest-creds", creds("alice"))
+        self.assertSameImage(
+            self.copy_out(f"{self.second}/alice/small:small", "small", "--src-creds", creds("bob")),
+            "small")
+        for flags in (["--dest-creds", creds("bob")], [],
+                      ["--dest-creds", "alice:not-her-password"]):
+            with self.assertRaises(self.failureException):
+                self.copy_in("small", f"{self.first}/alice/intruded:small", *flags)
+        with self.assertRaises(self.failureException):
+            self.copy_out(f"{self.first}/alice/small:small", "anonymous")
+        self.copy_in("small", f"{self.first}/public/small:small", "--dest-creds", creds("ops"))
+        self.assertSameImage(self.copy_out(f"{self.first}/public/small:small", "small"), "small")
+        status, tags = call("GET", f"http://{self.first}/v2/alice/intruded/tags/list", "ops")
+        self.assertEqual(status, 404, "a refused push left a repository behind")
+
+    def test_catalog_lists_what_the_caller_may_pull(self):
+        self.copy_in("small", f"{self.first}/alice/listed:small", "--dest-creds", creds("alice"))
+        self.copy_in("small", f"{self.first}/ops/hidden:small", "--dest-creds", creds("ops"))
+        url = f"http://{self.first}/v2/_catalog"
+        seen = {user: set(call("GET", url, user)[1]["repositories"])
+                for user in ("alice", "bob", "ops")}
+        self.assertIn("alice/listed", seen["alice"] & seen["bob"] & seen["ops"])
+        self.assertIn("ops/hidden", seen["ops"])
+        self.assertNotIn("ops/hidden", seen["alice"] | seen["bob"])
+        self.assertTrue(all(n.startswith("public/") for n in call("GET", url)[1]["repositories"]))
+
+    def test_matrix(self):
+        """Every kind of endpoint against every kind of caller: the status
+        each gets, and the spec's error code in each refusal."""
+        self.copy_in("small", f"{self.first}/alice/matrix:small", "--dest-creds", creds("alice"))
+        base = f"http://{self.first}"
+        endpoints = [
+            ("GET", "/v2/"), ("GET", "/v2/alice/matrix/tags/list"),
+            ("HEAD", "/v2/alice/matrix/manifests/small"),
+            ("POST", "/v2/alice/matrix/blobs/uploads/"),
+            ("DELETE", "/v2/alice/matrix/manifests/sha256:" + "0" * 64),
+            ("GET", "/v1/files/"), ("POST", "/v1/chunks"),
+            # a chunk no blob has: the admin may delete it, and harms nothing
+            ("DELETE", "/v1/chunks/1/987654321"),
+            ("GET", "/v1/health"),
+        ]
+        callers = {
+            "anonymous": (None, None), "wrong password": ("alice", "wrong"),
+            "unknown user": ("mallory", "x"), "read-only (bob)": ("bob", None),
+            "push user (alice)": ("alice", None), "admin (ops)": ("ops", None),
+        }
+        refused_401 = ["anonymous", "wrong password", "unknown user"]
+        for name, (user, password) in callers.items():
+            for (method, path) in endpoints:
+                status, body = call(method, base + path, user, password,
+                                    body=b"x" if method == "POST" else None)
+                if path == "/v1/health" or (name == "anonymous" and "/public/" in path):
+                    self.assertEqual(status, 200, (name, path))
+                elif name in refused_401:
+                    self.assertEqual(status, 401, (name, method, path))
+                elif name == "read-only (bob)" and (method in ("POST", "DELETE")
+                                                     or path.startswith("/v1/")):
+                    self.assertEqual(status, 403, (name, method, path))
+                elif name == "push user (alice)" and path.startswith("/v1/"):
+                    self.assertEqual(status, 403, (name, method, path))
+                else:
+                    self.assertNotIn(status, (401, 403), (name, method, path))
+                if status in (401, 403) and path.startswith("/v2/") and method != "HEAD":
+                    self.assertEqual(body["errors"][0]["code"],
+                                     "UNAUTHORIZED" if status == 401 else "DENIED")
+
+    def test_bad_authorization_headers(self):
+        """Huge, malformed or foreign Authorization headers get a clean 401,
+        and the imageserver goes on serving."""
+        url = f"http://{self.first}/v2/alice/x/tags/list"
+        for header in ("Basic " + "A" * 6000, "Basic !!!", "Bearer a.b.c", "Basic",
+                       "Basic " + base64.b64encode(b"no colon").decode()):
+            status, body = call("GET", url, headers={"Authorization": header})
+            self.assertEqual(status, 401, header[:20])
+        self.assertEqual(call("GET", f"http://{self.first}/v2/", "alice")[0], 200)
+
+    def test_skopeo_login_file(self):
+        """skopeo login stores the credentials, later copies use them."""
+        auth = os.path.join(self.tmp, "auth.json")
+        self.skopeo("login", "--tls-verify=false", "--authfile", auth, "-u", "alice",
+                    "-p", USERS["alice"], self.first)
+        self.copy_in("small", f"{self.first}/alice/logged-in:small", "--authfile", auth)
+        with self.assertRaises(self.failureException):
+            self.skopeo("login", "--tls-verify=false", "--authfile", auth, "-u", "alice",
+                        "-p", "wrong", self.first)
