@@ -26,6 +26,7 @@ anything; the file and chunk APIs need C{admin}.
 """
 
 import fnmatch
+import functools
 import tomllib
 
 from attrs import frozen
@@ -68,6 +69,7 @@ class AccessPolicy:
 
     def __init__(self, rules):
         self.rules = tuple(rules)
+        self.allows = functools.lru_cache(maxsize=4096)(self._allows)
 
     @classmethod
     def default(cls):
@@ -103,9 +105,10 @@ class AccessPolicy:
             rules.append(Rule(**fields))
         return cls(rules)
 
-    def allows(self, user, action, repository=None):
+    def _allows(self, user, action, repository=None):
         """@return: whether C{user} (None: anonymous) may do C{action} to
-        C{repository} (None: not about a repository, e.g. the file API)."""
+        C{repository} (None: not about a repository, e.g. the file API).
+        (As C{allows}, which remembers the last answers.)"""
         return any(rule.allows(user, action, repository) for rule in self.rules)
 
     def may_pull(self, user):

@@ -29,7 +29,7 @@ import json
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
@@ -107,7 +107,8 @@ class Gate:
     def body_sink_for(self, request):
         """The sink of an allowed request's body, a L{Discard} for a refused
         one, or None (spool it) while its credentials are being checked."""
-        scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
+        scope = request.speedy_scope = scope_of(
+            request.method.decode("ascii", "replace"), request.uri)
         if scope.kind == "public":
             return self._inner_sink_for(request)
         try:
@@ -144,18 +145,49 @@ class Gate:
             return policy.allows(user, scope.action, scope.repository)
         return policy.allows(user, "admin")
 
+    def admit_known(self, request):
+        """
+        Decide at once a request without credentials or with credentials
+        that passed lately (the common case).
+
+        @return: what L{admit} would return, a L{Refused} it would raise,
+            or L{_UNKNOWN} when the credentials must be checked first.
+        """
+        scope = getattr(request, "speedy_scope", None) or scope_of(
+            request.method.decode("ascii", "replace"), request.uri)
+        if scope.kind == "public":
+            return None
+        try:
+            credentials = basic_credentials(request)
+        except Refused as e:
+            return e
+        if credentials is None:
+            user = None
+        elif self._checker.known(*credentials):
+            user = credentials[0].decode("utf-8")
+        else:
+            return _UNKNOWN
+        if self.allowed(user, scope):
+            return user
+        if user is None:
+            return Refused(401, "authentication required")
+        return Refused(403, "requested access to the resource is denied")
+
     async def admit(self, request):
         """
         @return: the user's name, or None for an anonymous request the
             policy allows.
         @raise Refused: it may not pass.
         """
-        scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
+        scope = getattr(request, "speedy_scope", None) or scope_of(
+            request.method.decode("ascii", "replace"), request.uri)
         if scope.kind == "public":
             return None
         credentials = basic_credentials(request)
         user = None
-        if credentials is not None:
+        if credentials is not None and self._checker.known(*credentials):
+            user = credentials[0].decode("utf-8")  # passed lately: no portal round
+        elif credentials is not None:
             try:
                 _, user, _ = await self._portal.login(
                     UsernamePassword(*credentials), None, IUserName)
@@ -192,6 +224,9 @@ class Gate:
         request.finish()
 
 
+_UNKNOWN = object()
+
+
 def _declared_length(request):
     """@return: the body length a request declares (a chunked body counts
     as endless)."""
@@ -221,7 +256,11 @@ class _GateResource(Resource):
 
     def render(self, request):
         gate = self._gate
-        d = Deferred.fromCoroutine(gate.admit(request))
+        known = gate.admit_known(request)
+        if known is not _UNKNOWN:  # decided now, no Deferred to pay for
+            d = succeed(known) if not isinstance(known, Refused) else fail(known)
+        else:
+            d = Deferred.fromCoroutine(gate.admit(request))
 
         def admitted(user):
             sink = getattr(request, "body_sink", None)

@@ -12,7 +12,7 @@ while: a client sends its credentials with every request, and the second
 request of a user costs a dictionary lookup.  The cache keeps only an HMAC
 of the user and password under a key made at start (never the password),
 forgets an entry after C{ttl} seconds, holds at most C{size} entries, and
-is emptied whenever the file changes.  Failed checks are not remembered:
+is emptied when the file changes (looked at once a second at most).  Failed checks are not remembered:
 a wrong password costs a bcrypt check every time, which is the point of
 bcrypt.
 """
@@ -37,6 +37,8 @@ log = Logger()
 VERIFIED_TTL = 300.0
 #: The most verified passwords remembered.
 VERIFIED_SIZE = 10_000
+#: Seconds between looks at whether the file changed.
+RELOAD_INTERVAL = 1.0
 
 
 class HtpasswdError(ValueError):
@@ -124,12 +126,18 @@ class HtpasswdChecker:
         self._threadpool = threadpool
         self.verified = VerifiedCache(clock)
         self._stamp = None
+        self._looked = None  # when the file was last looked at
         self._users = {}
         self._load()
 
     def _load(self):
-        """Read the file again if it changed.  @raise HtpasswdError: at start
-        only; later a broken file is logged and the last good one kept."""
+        """Read the file again if it changed (looking at most once every
+        L{RELOAD_INTERVAL} seconds).  @raise HtpasswdError: at start only;
+        later a broken file is logged and the last good one kept."""
+        now = self._clock.seconds()
+        if self._looked is not None and now - self._looked < RELOAD_INTERVAL:
+            return
+        self._looked = now
         try:
             info = os.stat(self.path)
         except OSError as e:

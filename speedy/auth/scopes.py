@@ -14,6 +14,7 @@ path, decided before its body arrives (so a refused push never streams).
 | anything else (C{/v1/files}, C{/v1/chunks}, ...) | C{admin} |
 """
 
+import functools
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from attrs import frozen
@@ -41,6 +42,7 @@ class Scope:
     also_pull: str | None = None  # a mount's source repository
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_of(method, uri):
     """
     @param method: the request's method (str).
