@@ -5,7 +5,6 @@ rules, what each request asks for, and the gate in front of the routes.
 
 import base64
 import os
-import shutil
 import subprocess
 
 import bcrypt
@@ -20,6 +19,7 @@ from speedy.auth.access import AccessError, AccessPolicy
 from speedy.auth.gate import Gate, Refused, basic_credentials
 from speedy.auth.htpasswd import HtpasswdChecker, HtpasswdError, read_htpasswd, users_portal
 from speedy.auth.scopes import Scope, scope_of
+from speedy.test.util import require_tool
 from speedy.web.rest import Discard
 
 
@@ -121,9 +121,7 @@ class HtpasswdTests(SynchronousTestCase):
 
     def test_htpasswd_tool(self):
         """Entries of the real C{htpasswd -B} are taken."""
-        tool = shutil.which("htpasswd")
-        if tool is None:
-            raise self.skipTest("htpasswd (apache2-utils) is not installed")
+        tool = require_tool("htpasswd")
         subprocess.run([tool, "-Bbc", self.path, "dave", "dave-password"], check=True,
                        capture_output=True)
         checker = HtpasswdChecker(self.path, self.clock, self.clock, threadpool=SyncPool())
