@@ -8,12 +8,14 @@ every kind of caller over HTTP.
 import base64
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase
 
+from speedy.test.util import require_tool
 from speedy.test.test_registry_clients import (
     SharedFixture, SkopeoMixin, SpeedyLocalCluster, _started)
 
@@ -170,3 +172,41 @@ class AuthEndToEndTests(SkopeoMixin, SynchronousTestCase):
         with self.assertRaises(self.failureException):
             self.skopeo("login", "--tls-verify=false", "--authfile", auth, "-u", "alice",
                         "-p", "wrong", self.first)
+
+
+class PodmanAuthTests(SkopeoMixin, SynchronousTestCase):
+    """podman logs in, pulls and pushes (a chunked PATCH, no length) with
+    the users of the cluster above."""
+
+    cluster = CLUSTER
+
+    def podman(self, *args, check=True):
+        env = dict(os.environ, HOME=self.tmp, XDG_RUNTIME_DIR=self.tmp, TMPDIR=self.tmp,
+                   REGISTRY_AUTH_FILE=os.path.join(self.tmp, "auth.json"))
+        done = subprocess.run(
+            [self.podman_path, "--root", os.path.join(self.tmp, "root"),
+             "--runroot", os.path.join(self.tmp, "run"), "--storage-driver", "vfs", *args],
+            env=env, capture_output=True, timeout=300)
+        if check and done.returncode != 0:
+            self.fail(f"podman {' '.join(args)} failed ({done.returncode}):\n"
+                      f"{done.stderr.decode('utf-8', 'replace')}")
+        return done
+
+    def test_login_pull_push(self):
+        self.podman_path = require_tool("podman")
+        self.copy_in("small", f"{self.first}/alice/for-podman:small", "--dest-creds", creds("alice"))
+        for registry in (self.first, self.second):  # credentials are kept per host:port
+            self.podman("login", "--tls-verify=false", "-u", "bob", "-p", USERS["bob"], registry)
+        self.podman("pull", "--tls-verify=false", f"{self.first}/alice/for-podman:small")
+        self.podman("tag", f"{self.first}/alice/for-podman:small", f"{self.second}/bob/mine:v1",
+                    f"{self.second}/alice/not-bobs:v1")
+        self.podman("push", "--tls-verify=false", f"{self.second}/bob/mine:v1")
+        refused = self.podman("push", "--tls-verify=false", f"{self.second}/alice/not-bobs:v1",
+                              check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(b"denied", refused.stderr.lower())
+        self.assertEqual(call("GET", f"http://{self.first}/v2/bob/mine/tags/list", "bob"),
+                         (200, {"name": "bob/mine", "tags": ["v1"]}))
+        wrong = self.podman("login", "--tls-verify=false", "-u", "bob", "-p", "wrong",
+                            self.first, check=False)
+        self.assertNotEqual(wrong.returncode, 0)
