@@ -6,6 +6,7 @@ C{docs/chunkmaster-api.yaml} documents every endpoint; L{build_api} is the
 table of them:
 
     /v1/health                              GET     no credentials
+    /metrics, /healthz, /readyz             GET     no credentials (L{speedy.monitoring})
     /v1/heartbeat                           POST    cluster secret
     /v1/cluster[?wait=S]                    GET     cluster secret
     /v1/file-ids                            POST    cluster secret
@@ -211,7 +212,7 @@ class ChunkmasterAPI:
 
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
-              repairs=None, fsck=None):
+              repairs=None, fsck=None, monitoring=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from
@@ -222,6 +223,8 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     @param max_file_ids: the most file ids one call hands out.
     @param repairs: the L{speedy.chunkmaster.repair.RepairService}, or None.
     @param fsck: the L{speedy.chunkmaster.fsck.FsckRunner}, or None.
+    @param monitoring: the L{speedy.monitoring.endpoints.Monitoring} of
+        C{/metrics}, C{/healthz} and C{/readyz} (no credentials), or None.
     @return: the root L{Resource} of the API.
     """
     api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck)
@@ -231,6 +234,8 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router = Router(answer_json_error)
     router.wrap(log_refusals)
     router.route("GET", "/v1/health", api.health)
+    if monitoring is not None:
+        monitoring.add_routes(router)
     router.route("POST", "/v1/heartbeat", member(api.heartbeat))
     router.route("GET", "/v1/cluster", member(api.cluster_view))
     router.route("POST", "/v1/file-ids", member(api.file_ids))

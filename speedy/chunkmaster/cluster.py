@@ -95,6 +95,8 @@ class Cluster:
         self._view = None
         #: pending while numbers changed that no version published yet
         self._publish_call = None
+        #: heartbeats taken since the start (a metric)
+        self.heartbeats = 0
 
     @property
     def version(self):
@@ -205,6 +207,7 @@ class Cluster:
         @raise ServerRemoved: an operator removed it.
         @raise Unavailable: the store could not record a new server.
         """
+        self.heartbeats += 1
         if report.server_id in self._removed:
             raise ServerRemoved(f"server {report.server_id} was removed by an operator; "
                                 "add it again (POST /v1/admin/servers) to bring it back")

@@ -9,6 +9,7 @@ An option given on the command line wins over the C{--config} file, which
 wins over the defaults.
 """
 
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
@@ -19,6 +20,9 @@ from speedy.chunkmaster.repair import RepairService
 from speedy.chunkmaster.service import ChunkmasterService
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
+from speedy.monitoring.collectors import ChunkmasterCollector
+from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
+from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.metadata.schema import GROUP_SIZE
 from speedy.wire.client import ChunkClient, load_authority
 
@@ -55,10 +59,13 @@ class Options(DaemonOptions):
                "repairs here (a second chunkmaster on the same database).", number(int, 0)),
         Option("repair-interval", "5", "Seconds between looks at the repair queue.",
                positive(float)),
+        Option("metrics", None, "Endpoint string of a second listener serving only /metrics, "
+               "/healthz and /readyz, without credentials [default: none; they are served on "
+               "--listen too].", endpoint),
     ]
 
 
-class ChunkmasterSite(Site):
+class ChunkmasterSite(MeasuredSite, Site):
     """
     The chunkmaster's site.  Heartbeats and cluster-view polls arrive from
     every chunkserver and imageserver every few seconds; the ones that
@@ -67,9 +74,13 @@ class ChunkmasterSite(Site):
     chunkmaster's CPU).  Failures and every other request are logged.
     """
 
-    ROUTINE = frozenset([b"/v1/heartbeat", b"/v1/cluster"])
+    ROUTINE = frozenset([b"/v1/heartbeat", b"/v1/cluster", b"/metrics", b"/healthz",
+                         b"/readyz"])
+    requestFactory = measured_request(Site.requestFactory)
 
     def log(self, request):
+        if self.http_metrics is not None:
+            self.http_metrics.observe(request)
         if request.code < 400 and request.path in self.ROUTINE:
             return
         Site.log(self, request)
@@ -92,11 +103,22 @@ def makeService(options, reactor=None):
         reactor, cluster, store, client, parallelism=options["repair-parallelism"],
         rate=options["repair-rate"], interval=options["repair-interval"])
     fsck = FsckRunner(reactor, cluster, store, client)
+    http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
+    monitoring = Monitoring(
+        daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),
+        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
-        repairs=repairs, fsck=fsck)
-    return ChunkmasterService(
-        reactor, store, cluster, serverFromString(reactor, options["listen"]),
-        ChunkmasterSite(api, reactor=reactor),
+        repairs=repairs, fsck=fsck, monitoring=monitoring)
+    site = ChunkmasterSite(api, reactor=reactor)
+    site.http_metrics = http_metrics
+    service = ChunkmasterService(
+        reactor, store, cluster, serverFromString(reactor, options["listen"]), site,
         background=[repairs] if repairs.enabled else [], closing=[fsck, client])
+    if options["metrics"] is None:
+        return service
+    top = MultiService()
+    service.setServiceParent(top)
+    side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
+    return top

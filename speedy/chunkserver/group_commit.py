@@ -8,8 +8,12 @@ one, which is the batching SeaweedFS gets from its 128-request / 4 MB
 queue, without a timer delaying the first request.
 """
 
+from time import monotonic
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+
+from speedy.monitoring.buckets import BATCH_BUCKETS, SYNC_BUCKETS, Buckets
 
 
 class GroupCommit:
@@ -30,6 +34,10 @@ class GroupCommit:
         self._waiters = []
         self._running = False
         self.rounds = 0
+        #: seconds each round's fdatasyncs took, and writes each round made durable
+        self.sync_seconds = Buckets(SYNC_BUCKETS)
+        self.batch_sizes = Buckets(BATCH_BUCKETS)
+        self._round_seconds = 0.0  # set by the sync thread, read once it is done
 
     def mark_dirty(self, volume):
         """Note that C{volume} has bytes a later round must sync."""
@@ -71,6 +79,8 @@ class GroupCommit:
 
         def finished(result):
             self._running = False
+            self.sync_seconds.observe(self._round_seconds)
+            self.batch_sizes.observe(len(waiters))
             if result is None:
                 for volume in new:
                     volume.needs_directory_sync = False
@@ -90,7 +100,11 @@ class GroupCommit:
         d.addBoth(finished)
 
     def _sync_volumes(self, volumes, directory):
-        for volume in volumes:
-            self._disk.fdatasync(volume.fd)
-        if directory:
-            self._disk.fsync_directory(self._directory)
+        started = monotonic()
+        try:
+            for volume in volumes:
+                self._disk.fdatasync(volume.fd)
+            if directory:
+                self._disk.fsync_directory(self._directory)
+        finally:
+            self._round_seconds = monotonic() - started

@@ -52,6 +52,11 @@ class NeedleIndex:
         """@return: the number of live chunks."""
         return self._live
 
+    @property
+    def nbytes(self):
+        """The bytes of memory the entries take (the runs, holes included)."""
+        return sum(len(run) for run in self._runs)
+
     def _locate(self, file_id):
         """@return: C{(run number, entry number)} holding C{file_id}, or None."""
         i = bisect_right(self._bases, file_id) - 1

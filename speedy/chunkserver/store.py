@@ -538,6 +538,11 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
 
     # --- status --------------------------------------------------------
 
+    @property
+    def group_commit(self):
+        """The L{GroupCommit} (its sync latency and batch sizes are metrics)."""
+        return self._group_commit
+
     def status(self):
         total, available = self._disk.space(self.data_dir)
         volumes = [
@@ -559,6 +564,7 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
             "free": 0 if self.read_only else free,
             "read_only": self.read_only,
             "chunks": len(self._index),
+            "index_bytes": self._index.nbytes,
             "volumes": volumes,
             "counters": counters,
             "cache": ({"size": 0, "bytes": 0, "chunks": 0} if cache is None else

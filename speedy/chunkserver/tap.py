@@ -9,7 +9,9 @@ The service tree (L{makeService}) is a L{MultiService} of:
     stop (until it is open, requests are answered L{Unavailable});
   - the wire protocol listener on C{--listen};
   - the L{Scrubber}, which reads every chunk back in the background;
-  - with C{--master}, the heartbeat to each chunkmaster.
+  - with C{--master}, the heartbeat to each chunkmaster;
+  - with C{--metrics}, a small HTTP listener of C{/metrics}, C{/healthz}
+    and C{/readyz} (L{speedy.monitoring}).
 """
 
 import os
@@ -27,6 +29,8 @@ from speedy.chunkserver.scrubber import Scrubber
 from speedy.config import (
     DaemonOptions, Option, choice, duration, endpoint, http_urls, number, size)
 from speedy.errors import Unavailable
+from speedy.monitoring.collectors import ChunkserverCollector
+from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.zerocopy import ZERO_COPY_MODES
 
 log = Logger()
@@ -106,6 +110,9 @@ class Options(DaemonOptions):
                "background pass over every chunk); 0 turns it off.", size()),
         Option("scrub-period", "7d", "Time from the start of one scrub pass to the start of "
                "the next (e.g. 12h, 7d).", duration(1.0)),
+        Option("metrics", None, "Endpoint string of an HTTP listener serving /metrics "
+               "(Prometheus), /healthz and /readyz, e.g. tcp:9100:interface=127.0.0.1 "
+               "[default: none].", endpoint),
     ]
 
     def check(self):
@@ -285,4 +292,12 @@ def makeService(options, reactor=None):
             options["server-id"], options["group-id"],
             options["advertise"], stores, options["heartbeat-interval"],
         ).setServiceParent(top)
+    if options["metrics"] is not None:
+        from twisted.web.server import Site
+        monitoring = Monitoring(
+            daemon_registry(ChunkserverCollector(lambda: stores.store, factory.counters)),
+            {"store": lambda: (stores.store is not None,
+                               "the chunk store is open" if stores.store is not None
+                               else "the chunk store is not open yet")})
+        side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
     return top

@@ -33,7 +33,10 @@ from speedy.imageserver.master import master_client
 from speedy.imageserver.replication import ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
-from speedy.web.streaming import StreamingSite
+from speedy.monitoring.collectors import ImageserverCollector
+from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
+from speedy.monitoring.http import HTTPMetrics, MeasuredSite, imageserver_route, measured_request
+from speedy.web.streaming import StreamingRequest, StreamingSite
 from speedy.wire.client import ChunkClient, load_authority
 from speedy.zerocopy import ZERO_COPY_MODES
 
@@ -107,6 +110,10 @@ class Options(DaemonOptions):
         Option("zero-copy", "auto", "Splice downloads from chunkserver sockets into plain-TCP "
                "responses: auto, or off to copy them through Python.",
                choice(*ZERO_COPY_MODES)),
+        Option("metrics", None, "Endpoint string of a second listener serving only /metrics, "
+               "/healthz and /readyz, without credentials: one per worker when several share "
+               "--listen [default: none; they are served on --listen, /metrics behind --auth].",
+               endpoint),
     ]
 
     def check(self):
@@ -115,6 +122,13 @@ class Options(DaemonOptions):
                 AccessPolicy.load(self["access"])
             except AccessError as e:
                 raise usage.UsageError(f"--access: {e}")
+
+
+class ImageServerSite(MeasuredSite, StreamingSite):
+    """The imageserver's L{StreamingSite}, its requests counted and timed
+    (L{speedy.monitoring.http})."""
+
+    requestFactory = measured_request(StreamingRequest)
 
 
 class Resources(Service):
@@ -159,17 +173,22 @@ def makeService(options, reactor=None):
                          secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
     master = master_client(reactor, options["master"], options["cluster-secret"])
     poller = ClusterViewPoller(master, reactor)
+    file_ids = FileIdRange(master, batch=options["file-id-batch"],
+                           low_water=max(1, options["file-id-batch"] // 4),
+                           clock=reactor, horizon=options["file-id-horizon"])
     storage = ReplicatedStorage(
-        client, poller, FileIdRange(master, batch=options["file-id-batch"],
-                                    low_water=max(1, options["file-id-batch"] // 4),
-                                    clock=reactor, horizon=options["file-id-horizon"]),
-        metadata, reactor, chunk_size=options["chunk-size"],
+        client, poller, file_ids, metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
         fill_slots=options["fill-slots"], cut_through=options["cut-through"],
         zero_copy=options["zero-copy"] == "auto")
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
+    http_metrics = HTTPMetrics(imageserver_route, "speedy_imageserver_http")
+    monitoring = Monitoring(
+        daemon_registry(ImageserverCollector(storage, file_ids), http_metrics),
+        {"cluster_view": lambda: _view_ready(poller)})
+    monitoring.add_routes(root.router)
     resource, body_sink_for = root.resource, root.body_sink_for
     mode, path = options["auth"]
     if mode == "htpasswd":
@@ -181,11 +200,22 @@ def makeService(options, reactor=None):
     elif options["access"]:
         log.warn("--access is ignored with --auth none: anyone who reaches the listener "
                  "may do anything")
-    site = StreamingSite(resource, body_sink_for, reactor=reactor)
+    site = ImageServerSite(resource, body_sink_for, reactor=reactor)
+    site.http_metrics = http_metrics
     service = MultiService()
     Resources(metadata, [storage, client, master],
               [registry, registry_v1]).setServiceParent(service)
     poller.setServiceParent(service)
     StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), site).setServiceParent(service)
+    if options["metrics"] is not None:
+        from twisted.web.server import Site
+        side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(service)
     return service
+
+
+def _view_ready(poller):
+    view = poller.current
+    if view is None:
+        return False, "no cluster view from the chunkmaster yet"
+    return True, f"cluster view version {view.version}, {len(view.writable())} writable groups"

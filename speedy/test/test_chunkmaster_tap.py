@@ -60,7 +60,8 @@ class OptionsTests(SynchronousTestCase):
              "cluster-secret": TEST_SECRET,
              "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
              "file-id-range": 100000, "reserve": 16 << 20, "lost-after": 3600.0,
-             "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0, "chunk-tls-ca": None})
+             "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0, "chunk-tls-ca": None,
+             "metrics": None})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""

@@ -1,0 +1,90 @@
+# -*- test-case-name: speedy.test.test_monitoring -*-
+"""
+C{/metrics}, C{/healthz} and C{/readyz}: routes of L{speedy.web.rest}.
+
+    GET /metrics    the Prometheus text exposition of the daemon's registry
+    GET /healthz    200 {"alive": true}: the process answers
+    GET /readyz     200 {"ready": true, "checks": {...}} when every check
+                    passes, else 503 {"ready": false, "checks": {...}}
+
+A readiness check is a callable returning C{(ok, detail)}: whether the
+daemon can serve what it is for (its store open, a cluster view at hand, its
+database reachable), and a short text an operator reads.
+"""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector,
+    generate_latest)
+
+try:  # the text format every Prometheus reads (the library's latest is 1.0.0 since 0.22)
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+except ImportError:
+    CONTENT_TYPE = CONTENT_TYPE_LATEST
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+
+from speedy.web.json import answer_json_error, json_answer
+from speedy.web.rest import Answer, Router
+
+
+def daemon_registry(*collectors):
+    """
+    @return: a new L{CollectorRegistry} (never the library's global one)
+        with the process's CPU, memory and file descriptors, the Python
+        platform, and C{collectors} (objects with C{collect()}).
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+class Monitoring:
+    """
+    The monitoring routes of one daemon.
+
+    @param registry: its L{prometheus_client.CollectorRegistry}.
+    @param checks: name to readiness check (see the module docstring).
+    """
+
+    def __init__(self, registry, checks=None):
+        self.registry = registry
+        self.checks = dict(checks or {})
+
+    def add_routes(self, router):
+        """Declare C{/metrics}, C{/healthz} and C{/readyz} on C{router}."""
+        router.route("GET", "/metrics", self.metrics)
+        router.route("GET", "/healthz", self.healthz)
+        router.route("GET", "/readyz", self.readyz)
+        return router
+
+    async def metrics(self, request):
+        return Answer(200, generate_latest(self.registry), content_type=CONTENT_TYPE)
+
+    async def healthz(self, request):
+        return json_answer(200, {"alive": True})
+
+    async def readyz(self, request):
+        results = {}
+        ready = True
+        for name, check in self.checks.items():
+            try:
+                ok, detail = check()
+            except Exception as e:
+                ok, detail = False, f"check failed: {e}"
+            results[name] = {"ok": bool(ok), "detail": detail}
+            ready = ready and bool(ok)
+        return json_answer(200 if ready else 503, {"ready": ready, "checks": results})
+
+
+def side_listener(reactor, endpoint, monitoring, site_class):
+    """
+    @return: a service listening on C{endpoint} (an endpoint string) with a
+        site (C{site_class(resource, reactor=reactor)}) serving only the
+        routes of C{monitoring}: the C{--metrics} listener.
+    """
+    router = monitoring.add_routes(Router(answer_json_error))
+    site = site_class(router.resource, reactor=reactor)
+    return StreamServerEndpointService(serverFromString(reactor, endpoint), site)

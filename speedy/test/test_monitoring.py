@@ -1,0 +1,283 @@
+"""
+Tests for L{speedy.monitoring}: routes as bounded labels, request counting,
+the collectors read through the Prometheus library's own parser, and the
+C{/metrics}, C{/healthz}, C{/readyz} routes and C{--metrics} listeners.
+"""
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.api import build_api
+from speedy.monitoring.buckets import Buckets
+from speedy.monitoring.collectors import ChunkmasterCollector, ChunkserverCollector
+from speedy.monitoring.endpoints import Monitoring, daemon_registry
+from speedy.monitoring.http import HTTPMetrics, chunkmaster_route, imageserver_route
+from speedy.test.test_chunkmaster_api import GiB, SECRET, heartbeat
+from speedy.testing import OutageStore
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def samples_of(text):
+    """@return: C{{(name, ((label, value), ...)): value}} parsed by the library."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def exposition(*collectors):
+    from prometheus_client import CollectorRegistry, generate_latest
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    return samples_of(generate_latest(registry).decode("utf-8"))
+
+
+class RouteTests(SynchronousTestCase):
+    def test_registry_routes_never_carry_names_or_digests(self):
+        """Every /v2 path maps to one of a few route names, whatever the
+        repository and digest in it."""
+        cases = {
+            b"/v2/": "v2_base",
+            b"/v2": "v2_base",
+            b"/v2/_catalog?n=10": "v2_catalog",
+            b"/v2/library/alpine/blobs/" + DIGEST.encode(): "v2_blobs",
+            b"/v2/a/b/c/blobs/uploads/": "v2_uploads",
+            b"/v2/a/blobs/uploads/1234-uuid": "v2_uploads",
+            b"/v2/manifests/manifests/latest": "v2_manifests",
+            b"/v2/blobs/manifests/" + DIGEST.encode(): "v2_manifests",
+            b"/v2/x/tags/list": "v2_tags",
+            b"/v2/x/referrers/" + DIGEST.encode(): "v2_referrers",
+            b"/v2/x/unknown": "v2_other",
+            b"/v1/files/some/file": "v1_files",
+            b"/v1/chunks/1,2": "v1_chunks",
+            b"/v1/whatever/else": "v1_other",
+            b"/metrics": "metrics",
+            b"/readyz": "readyz",
+            b"/favicon.ico": "other",
+        }
+        self.assertEqual({path: imageserver_route(path) for path in cases}, cases)
+
+    def test_chunkmaster_routes(self):
+        self.assertEqual(
+            [chunkmaster_route(p) for p in (b"/v1/heartbeat", b"/v1/admin/servers/s1/drain",
+                                            b"/dashboard", b"/v1/cluster", b"/x")],
+            ["v1_heartbeat", "v1_admin", "dashboard", "v1_cluster", "other"])
+
+
+def finished(path, method=b"GET", code=200, took=0.003, metrics=None, sent=b"",
+             length=None):
+    request = DummyRequest([])
+    request.path, request.method, request.code = path, method, code
+    request.speedy_started = metrics.now() - took
+    request.sentLength = len(sent)
+    request.body_length = length
+    return request
+
+
+class HTTPMetricsTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.metrics = HTTPMetrics(imageserver_route, "speedy_test_http", now=self.clock.seconds)
+
+    def test_counts_by_route_method_status(self):
+        """Each finished request counts once under its route, method and
+        status, with its latency in the histogram and its bytes."""
+        m = self.metrics
+        m.observe(finished(b"/v2/a/blobs/" + DIGEST.encode(), b"HEAD", took=0.003, metrics=m))
+        m.observe(finished(b"/v2/b/blobs/" + DIGEST.encode(), b"HEAD", took=0.2, metrics=m))
+        m.observe(finished(b"/v2/b/blobs/" + DIGEST.encode(), b"GET", code=404, metrics=m,
+                           sent=b"x" * 50))
+        m.observe(finished(b"/v2/b/blobs/uploads/u", b"PUT", code=201, metrics=m, length=1000))
+        samples = exposition(m)
+        key = (("method", "HEAD"), ("route", "v2_blobs"), ("status", "200"))
+        self.assertEqual(samples[("speedy_test_http_requests_total", key)], 2)
+        self.assertEqual(samples[("speedy_test_http_requests_total",
+                                  (("method", "GET"), ("route", "v2_blobs"),
+                                   ("status", "404")))], 1)
+        head = (("method", "HEAD"), ("route", "v2_blobs"))
+        self.assertEqual(samples[("speedy_test_http_request_duration_seconds_count", head)], 2)
+        self.assertAlmostEqual(
+            samples[("speedy_test_http_request_duration_seconds_sum", head)], 0.203)
+        self.assertEqual(samples[("speedy_test_http_request_duration_seconds_bucket",
+                                  tuple(sorted(head + (("le", "0.005"),))))], 1)
+        self.assertEqual(samples[("speedy_test_http_request_duration_seconds_bucket",
+                                  tuple(sorted(head + (("le", "+Inf"),))))], 2)
+        self.assertEqual(samples[("speedy_test_http_sent_bytes_total",
+                                  (("route", "v2_blobs"),))], 50)
+        self.assertEqual(samples[("speedy_test_http_received_bytes_total",
+                                  (("route", "v2_uploads"),))], 1000)
+        labels = {value for (_, labels) in samples for _, value in labels}
+        self.assertNotIn(DIGEST, labels)
+
+    def test_odd_methods_share_one_label(self):
+        m = self.metrics
+        m.observe(finished(b"/v2/", b"BREW", metrics=m))
+        self.assertEqual(exposition(m)[("speedy_test_http_requests_total", (
+            ("method", "other"), ("route", "v2_base"), ("status", "200")))], 1)
+
+
+class BucketsTests(SynchronousTestCase):
+    def test_cumulative(self):
+        buckets = Buckets([1, 2, 4])
+        for value in (1, 1, 3, 9):
+            buckets.observe(value)
+        family = buckets.family("speedy_test_batch", "Test.")
+        self.assertEqual([(s.labels["le"], s.value) for s in family.samples[:4]],
+                         [("1.0", 2), ("2.0", 2), ("4.0", 3), ("+Inf", 4)])
+        self.assertEqual(buckets.count, 4)
+        self.assertEqual(buckets.sum, 14)
+
+
+class FakeStore:
+    """What the chunkserver collector reads of a chunk store."""
+
+    def status(self):
+        return {
+            "capacity": 1000, "used": 300, "free": 600, "read_only": False, "chunks": 7,
+            "index_bytes": 196,
+            "volumes": [{"volume_id": 1, "size": 500, "used": 300, "live": 200,
+                         "garbage": 100, "chunks": 7, "compacting": False}],
+            "counters": {"writes": 7, "bytes_compacted_away": 42, "scrub_passes": 1,
+                         "sync_rounds": 3},
+            "cache": {"size": 64, "bytes": 10, "chunks": 1},
+        }
+
+
+class ChunkserverCollectorTests(SynchronousTestCase):
+    def test_store_and_wire(self):
+        store = None
+        collector = ChunkserverCollector(lambda: store, {"requests": 5, "open_connections": 2})
+        closed = exposition(collector)
+        self.assertEqual(closed[("speedy_chunkserver_store_open", ())], 0)
+        self.assertEqual(closed[("speedy_chunkserver_wire_requests_total", ())], 5)
+        self.assertEqual(closed[("speedy_chunkserver_wire_open_connections", ())], 2)
+        store = FakeStore()
+        samples = exposition(collector)
+        self.assertEqual(samples[("speedy_chunkserver_store_open", ())], 1)
+        self.assertEqual(samples[("speedy_chunkserver_chunk_writes_total", ())], 7)
+        self.assertEqual(samples[("speedy_chunkserver_compaction_reclaimed_bytes_total", ())], 42)
+        self.assertEqual(samples[("speedy_chunkserver_scrub_passes_total", ())], 1)
+        self.assertEqual(samples[("speedy_chunkserver_free_bytes", ())], 600)
+        self.assertEqual(samples[("speedy_chunkserver_read_only", ())], 0)
+        self.assertEqual(samples[("speedy_chunkserver_index_bytes", ())], 196)
+        self.assertAlmostEqual(
+            samples[("speedy_chunkserver_volume_garbage_ratio", (("volume", "1"),))], 1 / 3)
+        self.assertAlmostEqual(
+            samples[("speedy_chunkserver_volume_fill_ratio", (("volume", "1"),))], 0.6)
+
+
+class ChunkmasterMetricsTests(SynchronousTestCase):
+    """The chunkmaster's API serves /metrics, /healthz and /readyz."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = OutageStore(self.clock)
+        self.cluster = Cluster(self.store, self.clock, heartbeat_timeout=60, group_size=3,
+                               reserve=GiB)
+        self.addCleanup(self.cluster.stop)
+        self.ready = True
+        monitoring = Monitoring(
+            daemon_registry(ChunkmasterCollector(self.cluster)),
+            {"cluster": lambda: (self.ready, "a detail")})
+        self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
+                                       monitoring=monitoring))
+
+    def get(self, path, headers=None):
+        response = self.successResultOf(self.http.get("http://master" + path, headers=headers))
+        return response, self.successResultOf(response.content())
+
+    def test_metrics_follow_heartbeats(self):
+        """Servers by state and heartbeats move as chunkservers report; no
+        credentials are needed."""
+        for n in (1, 2, 3):
+            response = self.successResultOf(self.http.post(
+                "http://master/v1/heartbeat", data=json.dumps(heartbeat(f"s{n}")).encode(),
+                headers={"Authorization": "Bearer " + SECRET}))
+            self.assertEqual(response.code, 200)
+            self.successResultOf(response.content())
+        response, body = self.get("/metrics")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith(
+            "text/plain;"))
+        samples = samples_of(body.decode())
+        self.assertEqual(samples[("speedy_chunkmaster_servers", (("state", "RW"),))], 3)
+        self.assertEqual(samples[("speedy_chunkmaster_servers", (("state", "DOWN"),))], 0)
+        self.assertEqual(samples[("speedy_chunkmaster_heartbeats_total", ())], 3)
+        self.assertEqual(samples[("speedy_chunkmaster_groups_writable", ())], 1)
+        self.assertEqual(samples[("speedy_chunkmaster_free_bytes", ())], 3 * 99 * GiB)
+        self.assertIn(("process_cpu_seconds_total", ()), samples)
+        self.clock.advance(61)
+        samples = samples_of(self.get("/metrics")[1].decode())
+        self.assertEqual(samples[("speedy_chunkmaster_servers", (("state", "DOWN"),))], 3)
+        self.assertEqual(samples[("speedy_chunkmaster_groups_writable", ())], 0)
+
+    def test_health(self):
+        """/healthz answers while the process lives; /readyz is 503 while a
+        check fails, naming it."""
+        response, body = self.get("/healthz")
+        self.assertEqual((response.code, json.loads(body)), (200, {"alive": True}))
+        response, body = self.get("/readyz")
+        self.assertEqual((response.code, json.loads(body)), (200, {
+            "ready": True, "checks": {"cluster": {"ok": True, "detail": "a detail"}}}))
+        self.ready = False
+        response, body = self.get("/readyz")
+        self.assertEqual((response.code, json.loads(body)["ready"]), (503, False))
+
+
+class ListenerTests(SynchronousTestCase):
+    """--metrics opens a side listener on each role."""
+
+    def test_chunkserver(self):
+        from speedy.chunkserver import tap
+        from speedy.test.util import with_secrets
+        with_secrets(self)
+        options = tap.Options()
+        options.parseOptions(["--data-dir", self.mktemp(), "--group-id", "1",
+                              "--listen", "tcp:8000:interface=127.0.0.1",
+                              "--metrics", "tcp:9100:interface=127.0.0.1"])
+        reactor = MemoryReactorClock()
+        service = tap.makeService(options, reactor=reactor)
+        [metrics] = [s for s in service if getattr(s, "endpoint", None) is not None
+                     and s.endpoint._port == 9100]
+        metrics.startService()
+        [(port, site, _, _)] = reactor.tcpServers
+        self.assertEqual(port, 9100)
+        response = self.successResultOf(StubTreq(site.resource).get("http://cs/readyz"))
+        self.assertEqual(response.code, 503)
+        self.assertIn(b"not open", self.successResultOf(response.content()))
+        metrics.stopService()
+
+    def test_imageserver(self):
+        from speedy.imageserver import tap
+        from speedy.test.util import with_secrets
+        with_secrets(self)
+        options = tap.Options()
+        options.parseOptions(["--db", "memory:", "--listen", "tcp:5000:interface=127.0.0.1",
+                              "--metrics", "tcp:9101:interface=127.0.0.1"])
+        reactor = MemoryReactorClock()
+        service = tap.makeService(options, reactor=reactor)
+        listeners = [s for s in service if getattr(s, "endpoint", None) is not None]
+        for listener in listeners:
+            listener.startService()
+        self.addCleanup(lambda: [listener.stopService() for listener in listeners])
+        ports = {port: site for (port, site, _, _) in reactor.tcpServers}
+        self.assertEqual(set(ports), {5000, 9101})
+        for port in (5000, 9101):
+            response = self.successResultOf(StubTreq(ports[port].resource).get(
+                "http://image/readyz"))
+            self.assertEqual(response.code, 503)  # no cluster view yet
+            body = json.loads(self.successResultOf(response.content()))
+            self.assertEqual(body["checks"]["cluster_view"]["ok"], False)
+        response = self.successResultOf(StubTreq(ports[9101].resource).get(
+            "http://image/metrics"))
+        samples = samples_of(self.successResultOf(response.content()).decode())
+        self.assertEqual(samples[("speedy_imageserver_chunks_written_total", ())], 0)
+        self.assertEqual(samples[("speedy_imageserver_view_version", ())], 0)
