@@ -25,7 +25,9 @@ C{speedy_may_pull}.
 
 import base64
 import binascii
+import hashlib
 import json
+from collections import OrderedDict
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -37,6 +39,7 @@ from twisted.web.server import NOT_DONE_YET
 from speedy.auth.access import ACTIONS
 from speedy.auth.htpasswd import IUserName
 from speedy.auth.scopes import scope_of
+from speedy.auth.tokens import BadToken
 from speedy.web.rest import Discard
 
 log = Logger()
@@ -202,6 +205,19 @@ class Gate:
             raise Refused(403, "requested access to the resource is denied")
         return user
 
+    def challenge(self, scope, refused):
+        """@return: the C{WWW-Authenticate} value of a 401."""
+        return f'Basic realm="{self.realm}"'.encode()
+
+    def may_pull(self, user):
+        """@return: a predicate on the repositories C{user} may pull, or None
+        for all of them."""
+        return None if self.policy.allows(user, "admin") else self.policy.may_pull(user)
+
+    def name_of(self, user):
+        """@return: the user's name (None: anonymous)."""
+        return user
+
     def refusal(self, request, refused):
         """Answer C{request} with C{refused}, in the error shape of its path."""
         scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
@@ -215,7 +231,7 @@ class Gate:
             body = {"error": {"code": code, "message": str(refused)}}
         request.setResponseCode(refused.status)
         if refused.status == 401:
-            request.setHeader(b"www-authenticate", f'Basic realm="{self.realm}"'.encode())
+            request.setHeader(b"www-authenticate", self.challenge(scope, refused))
         request.setHeader(b"content-type", b"application/json")
         data = json.dumps(body).encode("utf-8")
         request.setHeader(b"content-length", b"%d" % len(data))
@@ -266,9 +282,8 @@ class _GateResource(Resource):
             sink = getattr(request, "body_sink", None)
             if isinstance(sink, Discard) and isinstance(sink.error, Refused):
                 return gate.refusal(request, sink.error)
-            request.speedy_user = user
-            request.speedy_may_pull = (None if gate.policy.allows(user, "admin")
-                                       else gate.policy.may_pull(user))
+            request.speedy_user = gate.name_of(user)
+            request.speedy_may_pull = gate.may_pull(user)
             resource = getChildForRequest(gate.inner, request)
             body = resource.render(request)
             if body is not NOT_DONE_YET:
@@ -294,3 +309,123 @@ class _GateResource(Resource):
 
         d.addCallbacks(admitted, refused).addErrback(broken)
         return NOT_DONE_YET
+
+
+class TokenGate(Gate):
+    """
+    The gate with Docker's token authentication (L{speedy.auth.tokens}):
+    a request carries C{Authorization: Bearer JWT}; what it may do is what
+    the token's C{access} claims grant.  A request without a token, or with
+    one that does not grant its scope, gets C{401} and a C{Bearer} challenge
+    naming the token service and the scope to ask it for.
+
+    Tokens that passed are remembered (by their SHA-256) until they expire,
+    at most L{TOKEN_CACHE} of them.
+    """
+
+    def __init__(self, resource, body_sink_for, verifier, config, clock):
+        super().__init__(resource, body_sink_for, None, None, None)
+        self._verifier = verifier
+        self._config = config
+        self._clock = clock
+        self._tokens = OrderedDict()  # SHA-256 of a token -> (its Grant, its expiry)
+
+    def _grant(self, request):
+        """@return: the request's L{Grant}, None without a token.
+        @raise Refused: a token that does not pass, or other credentials."""
+        header = request.getHeader(b"authorization")
+        if header is None:
+            return None
+        if len(header) > MAX_AUTHORIZATION * 4:
+            raise Refused(401, "Authorization header too long")
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            raise Refused(401, "a bearer token is needed here")
+        key = hashlib.sha256(token).digest()
+        cached = self._tokens.get(key)
+        now = self._clock.seconds()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            grant = self._verifier.verify(token.strip())
+        except BadToken as e:
+            raise Refused(401, f"invalid token: {e}")
+        self._tokens[key] = (grant, min(grant.expires, now + 60))
+        while len(self._tokens) > TOKEN_CACHE:
+            self._tokens.popitem(last=False)
+        return grant
+
+    def body_sink_for(self, request):
+        scope = request.speedy_scope = scope_of(
+            request.method.decode("ascii", "replace"), request.uri)
+        if scope.kind == "public":
+            return self._inner_sink_for(request)
+        decided = self.admit_known(request)
+        if isinstance(decided, Refused):
+            return Discard()
+        return self._inner_sink_for(request)
+
+    def admit_known(self, request):
+        scope = getattr(request, "speedy_scope", None) or scope_of(
+            request.method.decode("ascii", "replace"), request.uri)
+        if scope.kind == "public":
+            return None
+        try:
+            grant = self._grant(request)
+        except Refused as e:
+            e.scope = scope
+            return e
+        if grant is not None and self.allowed(grant, scope):
+            return grant
+        refused = Refused(401, "authentication required" if grant is None
+                          else "the token does not grant this")
+        refused.insufficient = grant is not None
+        return refused
+
+    async def admit(self, request):
+        decided = self.admit_known(request)
+        if isinstance(decided, Refused):
+            raise decided
+        return decided
+
+    def allowed(self, grant, scope):
+        if scope.kind == "public":
+            return True
+        if grant is None:
+            return False
+        if scope.kind in ("login", "any", "somewhere"):
+            return True
+        if scope.kind == "repository":
+            if scope.also_pull and not grant.allows("pull", scope.also_pull):
+                return False
+            return grant.allows(scope.action, scope.repository) or grant.is_admin()
+        return grant.is_admin()
+
+    def challenge(self, scope, refused):
+        config = self._config
+        value = f'Bearer realm="{config.realm}",service="{config.service}"'
+        wanted = None
+        if scope.kind == "repository":
+            actions = {"pull": "pull", "push": "pull,push", "delete": "delete"}[scope.action]
+            wanted = f"repository:{scope.repository}:{actions}"
+        elif scope.kind == "admin":
+            wanted = "registry:admin:*"
+        elif scope.kind == "any":
+            wanted = "registry:catalog:*"
+        if wanted is not None:
+            value += f',scope="{wanted}"'
+        if getattr(refused, "insufficient", False):
+            value += ',error="insufficient_scope"'
+        return value.encode()
+
+    def may_pull(self, grant):
+        if grant is None:  # a public path
+            return None
+        return None if grant.is_admin() else grant.may_pull()
+
+    def name_of(self, grant):
+        return None if grant is None else grant.subject or None
+
+
+#: Tokens remembered.
+TOKEN_CACHE = 10_000

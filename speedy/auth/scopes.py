@@ -5,7 +5,7 @@ path, decided before its body arrives (so a refused push never streams).
 
 | path | needs |
 |---|---|
-| C{/v1/health}, C{/healthz}, C{/readyz}, C{/v1/_ping} | nothing |
+| C{/v1/health}, C{/healthz}, C{/readyz}, C{/v1/_ping}, C{/token} | nothing (the token service logs its callers in itself) |
 | C{/v2/} | a logged-in user (anonymous callers are asked to log in, so that clients send their credentials) |
 | C{/v2/_catalog}, C{/v1/search} | a caller with some access (the catalog is filtered) |
 | C{/v2/NAME/...} | C{pull} (GET, HEAD), C{push} (PUT, POST, PATCH), C{delete} (DELETE) on NAME; a cross-repository mount also C{pull} on its source |
@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from attrs import frozen
 
-PUBLIC = frozenset({"/v1/health", "/healthz", "/readyz", "/v1/_ping", "/v1/_ping/"})
+PUBLIC = frozenset({"/v1/health", "/healthz", "/readyz", "/v1/_ping", "/v1/_ping/", "/token"})
 _REGISTRY_PARTS = ("/manifests/", "/blobs/", "/tags/list", "/referrers/")
 _ACTION_OF = {"GET": "pull", "HEAD": "pull", "PUT": "push", "POST": "push", "PATCH": "push",
               "DELETE": "delete"}

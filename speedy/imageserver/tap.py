@@ -23,7 +23,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from speedy.auth.access import AccessError, AccessPolicy
-from speedy.auth.gate import Gate
+from speedy.auth.gate import Gate, TokenGate
+from speedy.auth.tokens import TokenConfig, TokenIssuer, TokenVerifier
 from speedy.auth.htpasswd import HtpasswdChecker, read_htpasswd, users_portal
 from speedy.config import (
     DaemonOptions, Option, choice, duration, endpoint, http_urls, number, positive, size)
@@ -53,13 +54,19 @@ MAX_READ_WINDOW = 64 << 20
 
 
 def auth_mode(text):
-    """C{none}, or C{htpasswd:PATH} naming a readable htpasswd file:
-    (mode, path)."""
+    """C{none}, C{htpasswd:PATH} naming a readable htpasswd file, or
+    C{token:PATH} naming a token configuration (L{speedy.auth.tokens}):
+    (mode, path or the L{TokenConfig})."""
     if text == "none":
         return ("none", None)
     kind, sep, path = text.partition(":")
-    if kind != "htpasswd" or not sep or not path:
-        raise ValueError(f"must be none or htpasswd:PATH, not {text!r}")
+    if kind not in ("htpasswd", "token") or not sep or not path:
+        raise ValueError(f"must be none, htpasswd:PATH or token:PATH, not {text!r}")
+    if kind == "token":
+        config = TokenConfig.load(path)
+        if config.htpasswd is not None:
+            read_htpasswd(config.htpasswd)
+        return ("token", config)
     read_htpasswd(path)  # fail at start, not at the first request
     return ("htpasswd", path)
 
@@ -79,8 +86,10 @@ class Options(DaemonOptions):
                secret=True, env="SPEEDY_CLUSTER_SECRET"),
         Option("db", "sqlite:meta.db", "Metadata store URL: sqlite:PATH or mysql://..."),
         Option("auth", "none", "Who may use the registry and the file and chunk APIs: none "
-               "(anyone who reaches the listener), or htpasswd:PATH (HTTP Basic against an "
-               "htpasswd file of bcrypt entries, htpasswd -B).", auth_mode),
+               "(anyone who reaches the listener), htpasswd:PATH (HTTP Basic against an "
+               "htpasswd file of bcrypt entries, htpasswd -B), or token:PATH (Docker's bearer "
+               "tokens, from the embedded token service or another; see docs/security.md).",
+               auth_mode),
         Option("access", None, "TOML file of allow rules: who may pull, push, delete, or "
                "admin (see docs/security.md) [default: every htpasswd user may pull, push and "
                "delete; file and chunk APIs for admin only]."),
@@ -196,6 +205,15 @@ def makeService(options, reactor=None):
         policy = AccessPolicy.load(options["access"]) if options["access"] else \
             AccessPolicy.default()
         gate = Gate(resource, body_sink_for, users_portal(checker), checker, policy)
+        resource, body_sink_for = gate.resource, gate.body_sink_for
+    elif mode == "token":
+        config = path
+        if config.private_key is not None:  # the embedded token service, at /token
+            checker = HtpasswdChecker(config.htpasswd, reactor, reactor)
+            policy = AccessPolicy.load(config.access) if config.access else \
+                AccessPolicy.default()
+            root.router.mount(b"token", TokenIssuer(config, users_portal(checker), policy))
+        gate = TokenGate(resource, body_sink_for, TokenVerifier(config), config, reactor)
         resource, body_sink_for = gate.resource, gate.body_sink_for
     elif options["access"]:
         log.warn("--access is ignored with --auth none: anyone who reaches the listener "

@@ -45,6 +45,8 @@ class UpOptions(_ClusterOptions):
         ["htpasswd", None, None, "imageservers take HTTP Basic credentials of this htpasswd "
          "file (bcrypt, htpasswd -B) and refuse anonymous requests [default: no auth]"],
         ["access", None, None, "with --htpasswd: TOML file of allow rules (docs/security.md)"],
+        ["auth-token", None, None, "imageservers take Docker bearer tokens: their token "
+         "configuration (TOML, docs/security.md)"],
         ["scrub-rate", None, None, "bytes a second each chunkserver's scrubber checks (e.g. 8MiB; "
          "0 turns it off) [default: the chunkserver's]", parse_size],
         ["scrub-period", None, None, "time between the starts of scrub passes (e.g. 1s: scrub "
@@ -99,7 +101,8 @@ async def _run_up(reactor, var, options):
         cache_size=options["cache-size"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
-        htpasswd=options["htpasswd"], access=options["access"])
+        htpasswd=options["htpasswd"], access=options["access"],
+        token_config=options["auth-token"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")
@@ -117,7 +120,9 @@ async def _run_up(reactor, var, options):
 
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
     await cluster.up()
-    if plan.htpasswd is None:
+    if plan.token_config is not None:
+        _say(f"bearer tokens as {plan.token_config} says: log in first (podman login)")
+    elif plan.htpasswd is None:
         _say(f"no authentication: anyone who reaches {plan.host} may push, pull and delete "
              "(--htpasswd FILE turns it on)")
     else:

@@ -97,6 +97,7 @@ class ClusterPlan:
     heartbeat_interval: float | None = None
     scrub_rate: int | None = None
     htpasswd: str | None = None
+    token_config: str | None = None
     access: str | None = None
     scrub_period: str | None = None
     db: str | None = None
@@ -221,6 +222,8 @@ class ClusterPlan:
                 args += ["--auth", "htpasswd:" + os.path.abspath(self.htpasswd)]
             if self.access is not None:
                 args += ["--access", os.path.abspath(self.access)]
+            if self.token_config is not None:
+                args += ["--auth", "token:" + os.path.abspath(self.token_config)]
             for w in range(self.imageserver_workers):
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",

@@ -210,3 +210,70 @@ class PodmanAuthTests(SkopeoMixin, SynchronousTestCase):
         wrong = self.podman("login", "--tls-verify=false", "-u", "bob", "-p", "wrong",
                             self.first, check=False)
         self.assertNotEqual(wrong.returncode, 0)
+
+
+def _token_cluster(workdir):
+    """A cluster whose imageservers take bearer tokens from the embedded
+    token service of the first one."""
+    from speedy.test.processes import free_port
+    from speedy.test.test_auth_tokens import pem_pair
+    _, private, public = pem_pair(workdir)
+    users = os.path.join(workdir, "users")
+    with open(users, "w") as f:
+        for user, password in USERS.items():
+            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6)).decode()}\n")
+    access = os.path.join(workdir, "access.toml")
+    with open(access, "w") as f:
+        f.write(POLICY)
+    port = free_port()
+    config = os.path.join(workdir, "token.toml")
+    with open(config, "w") as f:
+        f.write(f'realm = "http://127.0.0.1:{port}/token"\nservice = "speedy-e2e"\n'
+                f'issuer = "speedy-e2e-issuer"\npublic_key = "{public}"\n\n[token_service]\n'
+                f'private_key = "{private}"\nhtpasswd = "{users}"\naccess = "{access}"\n')
+    return _started(SpeedyLocalCluster(workdir, ["--registry", f"127.0.0.1:{port}",
+                                                 "--auth-token", config]))
+
+
+TOKEN_CLUSTER = SharedFixture(_token_cluster)
+
+
+class TokenAuthEndToEndTests(SkopeoMixin, SynchronousTestCase):
+    """Docker's token flow with real clients: the registry answers 401 with
+    a Bearer challenge, the client gets a token from the embedded service
+    with the user's password, and pushes or pulls with it."""
+
+    cluster = TOKEN_CLUSTER
+
+    def test_skopeo(self):
+        self.copy_in("small", f"{self.first}/alice/tok:small", "--dest-creds", creds("alice"))
+        self.assertSameImage(
+            self.copy_out(f"{self.second}/alice/tok:small", "small", "--src-creds", creds("bob")),
+            "small")
+        for flags in (["--dest-creds", creds("bob")], [],
+                      ["--dest-creds", "alice:not-her-password"]):
+            with self.assertRaises(self.failureException):
+                self.copy_in("small", f"{self.first}/alice/tok-intruded:small", *flags)
+        self.copy_in("small", f"{self.first}/public/tok:small", "--dest-creds", creds("ops"))
+        self.assertSameImage(self.copy_out(f"{self.first}/public/tok:small", "small"), "small")
+
+    def test_no_token_no_entry(self):
+        """Without a token every registry call is 401 with the challenge;
+        a forged or garbage token is 401 too."""
+        status, body = call("GET", f"http://{self.first}/v2/alice/tok/tags/list")
+        self.assertEqual((status, body["errors"][0]["code"]), (401, "UNAUTHORIZED"))
+        for header in ("Bearer garbage", "Bearer " + "A" * 100, "Basic YWxpY2U6eA=="):
+            self.assertEqual(call("GET", f"http://{self.first}/v2/alice/tok/tags/list",
+                                  headers={"Authorization": header})[0], 401)
+
+    def test_podman(self):
+        podman = PodmanAuthTests("test_login_pull_push")
+        podman.tmp, podman.podman_path = self.tmp, require_tool("podman")
+        self.copy_in("small", f"{self.first}/alice/tok-podman:small", "--dest-creds", creds("alice"))
+        podman.podman("login", "--tls-verify=false", "-u", "alice", "-p", USERS["alice"],
+                      self.first)
+        podman.podman("pull", "--tls-verify=false", f"{self.first}/alice/tok-podman:small")
+        podman.podman("tag", f"{self.first}/alice/tok-podman:small",
+                      f"{self.first}/alice/tok-pushed:v1")
+        podman.podman("push", "--tls-verify=false", f"{self.first}/alice/tok-pushed:v1")
+        self.copy_out(f"{self.first}/alice/tok-pushed:v1", "pushed", "--src-creds", creds("alice"))
