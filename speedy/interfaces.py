@@ -685,8 +685,14 @@ class IGarbageTables(Interface):
         @return: Deferred firing with None.
         """
 
-    def list_garbage(limit=1000):
-        """@return: Deferred firing with a list of L{GarbageChunk}."""
+    def list_garbage(limit=1000, after=None):
+        """
+        @param after: a L{GarbageChunk} listed before, or None: only the
+            records that come after it are listed (pages).
+        @return: Deferred firing with a list of L{GarbageChunk}, oldest
+            first (by C{recorded}, then group id and file id), at most
+            C{limit}.
+        """
 
     def forget_garbage(chunks):
         """Remove collected chunks from the garbage list.  @return: Deferred."""

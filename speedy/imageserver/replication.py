@@ -188,6 +188,17 @@ class ReplicatedStorage:
         if undeleted:
             await self.record_garbage(undeleted, "delete failed on a member")
 
+    def delete_replicas(self, chunk):
+        """
+        Delete C{chunk} from every member of its group, recording nothing
+        (the chunk collector's delete: the chunk is already garbage).
+
+        @return: a Deferred firing with True if every member deleted it
+            (or never had it), False if some member could not be reached,
+            failed, or the group is not in the cluster view.
+        """
+        return Deferred.fromCoroutine(self._delete_one(chunk))
+
     async def _delete_one(self, chunk):
         """@return: True if every member of the chunk's group deleted it (or
         never had it)."""

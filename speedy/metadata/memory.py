@@ -511,11 +511,14 @@ class MemoryMetadataStore:
                 self._garbage[key] = GarbageChunk(chunk, reason, now)
 
     @_deferred
-    def list_garbage(self, limit=1000):
+    def list_garbage(self, limit=1000, after=None):
         schema.check_limit(limit)
-        garbage = sorted(
-            self._garbage.values(),
-            key=lambda g: (g.recorded, g.chunk.group_id, g.chunk.file_id))
+
+        def key(g):
+            return g.recorded, g.chunk.group_id, g.chunk.file_id
+        garbage = sorted(self._garbage.values(), key=key)
+        if after is not None:
+            garbage = [g for g in garbage if key(g) > key(after)]
         return garbage if limit is None else garbage[:limit]
 
     @_deferred

@@ -887,13 +887,19 @@ class SQLMetadataStore:
             db.execute(insert, chunk.group_id, chunk.file_id, chunk.size, chunk.crc32c,
                        reason, now)
 
-    def list_garbage(self, limit=1000):
-        return self._read(self._list_garbage, limit)
+    def list_garbage(self, limit=1000, after=None):
+        return self._read(self._list_garbage, limit, after)
 
-    def _list_garbage(self, db, limit):
+    def _list_garbage(self, db, limit, after):
         schema.check_limit(limit)
-        rows = db.all(f"SELECT {_GARBAGE} FROM garbage ORDER BY recorded, group_id, file_id"
-                      + _limit(limit))
+        where, args = "", ()
+        if after is not None:
+            where = (" WHERE recorded > ? OR (recorded = ? AND (group_id > ?"
+                     " OR (group_id = ? AND file_id > ?)))")
+            args = (after.recorded, after.recorded, after.chunk.group_id,
+                    after.chunk.group_id, after.chunk.file_id)
+        rows = db.all(f"SELECT {_GARBAGE} FROM garbage{where}"
+                      " ORDER BY recorded, group_id, file_id" + _limit(limit), *args)
         return [_garbage(row) for row in rows]
 
     def forget_garbage(self, chunks):

@@ -106,7 +106,10 @@ class Blobs:
     async def remove(self, repository, digest):
         """
         Unlink C{digest} from C{repository}; when no repository links it
-        any more, delete the blob and its chunks.
+        any more, delete the blob and record its chunks as garbage: the
+        chunk collector (L{speedy.imageserver.collector}) deletes them
+        after its grace period, so a pull that found the blob before it
+        went keeps its bytes to the end.
 
         @raise RegistryError: C{BLOB_UNKNOWN} (404) when it was not linked.
         """
@@ -114,7 +117,7 @@ class Blobs:
             raise RegistryError(BLOB_UNKNOWN, detail={"digest": digest})
         removed = await self._metadata.delete_blob_if_unlinked(digest)
         if removed is not None:
-            await self._storage.delete(removed.chunks)
+            await self._metadata.record_garbage(removed.chunks, f"blob {digest} deleted")
 
 
 def parse_range(header, size):

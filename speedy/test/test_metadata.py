@@ -598,6 +598,9 @@ class MetadataStoreTestsMixin:
             GarbageChunk(chunks(2)[0], "aborted \u2014 twice", START + 1),
         ])
         self.assertEqual(await self.store.list_garbage(limit=1), garbage[:1])
+        self.assertEqual(await self.store.list_garbage(limit=1, after=garbage[0]), garbage[1:2])
+        self.assertEqual(await self.store.list_garbage(after=garbage[1]), garbage[2:])
+        self.assertEqual(await self.store.list_garbage(after=garbage[2]), [])
         await self.store.forget_garbage(chunks(1, 2) + chunks(9))
         self.assertEqual(await self.store.list_garbage(), garbage[1:2])
 
