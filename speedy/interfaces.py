@@ -734,8 +734,67 @@ class IRepairTables(Interface):
         """
 
 
+class ITransferTables(Interface):
+    """
+    Drains and rebalances (L{speedy.records.TransferRecord}) and the chunks
+    they are moving (L{speedy.records.ChunkMove}), kept so a transfer
+    resumes after a crash of any role.  Used by the chunkmaster's
+    L{speedy.chunkmaster.transfer.TransferService}.  Keeps the rules of
+    L{IMetadataStore}.
+
+    Garbage collection must treat both copies of every recorded move as
+    owned: the new one is not referenced until the switch, and the old one
+    is still read by imageservers that looked up its chunk list before the
+    switch until the move is forgotten.
+    """
+
+    def put_transfer(record):
+        """Create or replace a transfer, stamping a zero C{created} and
+        every C{updated} with the store's clock.  @return: Deferred firing
+        with the stored L{TransferRecord}."""
+
+    def get_transfer(transfer_id):
+        """@return: Deferred firing with the L{TransferRecord}, or None."""
+
+    def list_transfers():
+        """@return: Deferred firing with every L{TransferRecord}, oldest first."""
+
+    def record_move(move):
+        """
+        Record a L{ChunkMove} before its copy starts.
+
+        @return: Deferred firing with None.
+        @raise BadRequest: the old chunk is already on the move.
+        """
+
+    def list_moves(transfer_id=None, switched=None, switched_before=None, limit=None):
+        """
+        @param transfer_id: only that transfer's moves.
+        @param switched: True for switched moves only, False for moves not
+            switched yet, None for both.
+        @param switched_before: only moves switched before that time.
+        @return: Deferred firing with a list of L{ChunkMove}, by old group
+            and file id.
+        """
+
+    def switch_moves(moves):
+        """
+        In one transaction: every reference to each move's old chunk (files,
+        blobs, uploads, V1 image layers) names its new chunk instead, and
+        each move not switched yet is stamped switched now.  Running it
+        again for a switched move rewrites references written since (a
+        late writer) and keeps its time.
+
+        @return: Deferred firing with the number of chunk references rewritten.
+        """
+
+    def forget_moves(moves):
+        """The old copies are deleted (or a move was abandoned): forget
+        them.  @return: Deferred firing with None."""
+
+
 class IMetadataStore(IClusterTables, IFileTables, IRegistryTables, IUploadTables,
-                     IV1Tables, IGarbageTables, IRepairTables):
+                     IV1Tables, IGarbageTables, IRepairTables, ITransferTables):
     """
     Cluster and registry metadata: every role's tables in one database,
     which the daemons start and close.  Implementations: in memory

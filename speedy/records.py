@@ -219,3 +219,51 @@ class BadReplica:
     file_id: int
     reason: str
     recorded: float = 0.0
+
+
+# --- online data transfer (the chunkmaster's drains and rebalances) -----------
+
+#: Transfer states.  RUNNING: chunks are being moved.  DELETING: every chunk
+#: is moved; old copies wait for their delay.  DONE: nothing left.
+#: CANCELLED: stopped by an admin (moves already switched keep their new place).
+TRANSFER_RUNNING, TRANSFER_DELETING, TRANSFER_DONE, TRANSFER_CANCELLED = (
+    "running", "deleting", "done", "cancelled")
+TRANSFER_STATES = (TRANSFER_RUNNING, TRANSFER_DELETING, TRANSFER_DONE, TRANSFER_CANCELLED)
+TRANSFER_KINDS = ("drain", "rebalance")
+
+
+@frozen
+class TransferRecord:
+    """
+    A drain or rebalance: chunks moved out of C{source_group}, into
+    C{target_groups} (empty: any writable group but the source), until the
+    source holds none (drain) or C{byte_budget} bytes are moved (rebalance).
+    Its counters are saved after each batch, so it resumes after a restart.
+    """
+
+    transfer_id: str
+    kind: str
+    source_group: int
+    target_groups: tuple = ()
+    state: str = TRANSFER_RUNNING
+    byte_budget: int | None = None
+    chunks_done: int = 0
+    bytes_done: int = 0
+    chunks_left: int = 0  # as last counted
+    created: float = 0.0
+    updated: float = 0.0
+
+
+@frozen
+class ChunkMove:
+    """
+    One chunk on its way from C{old} to C{new} (same size and CRC32C, another
+    group and file id).  Recorded before the copy (so a crash leaves no
+    unknown copy), switched (every reference now names C{new}) at
+    C{switched}, and forgotten once the old copies are deleted.
+    """
+
+    old: ChunkRef
+    new: ChunkRef
+    transfer_id: str
+    switched: float | None = None

@@ -18,7 +18,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from speedy.admin import healing, registry_v1, status
+from speedy.admin import healing, registry_v1, status, transfers
 from speedy.admin.client import AdminClient, AdminError
 from speedy.admin.output import dump_json
 from speedy.admin.target import TargetError, find_target
@@ -31,6 +31,11 @@ COMMANDS = [
     ("repair", healing.RepairOptions, healing.repair, "the repair queue and group rebuilds"),
     ("replace-server", healing.ReplaceOptions, healing.replace_server,
      "put a new server in a lost one's place"),
+    ("drain", transfers.DrainOptions, transfers.drain, "move every chunk out of a group"),
+    ("rebalance", transfers.RebalanceOptions, transfers.rebalance,
+     "move chunks from the fullest group to the emptiest"),
+    ("transfers", transfers.TransfersOptions, transfers.transfers,
+     "drains and rebalances: progress, cancel"),
     ("registry-v1", registry_v1.RegistryV1Options, registry_v1.run,
      "Docker Registry V1 totals, unfinished pushes"),
 ]

@@ -21,6 +21,9 @@ table of them:
     /v1/admin/fsck                          GET     admin token
     /v1/admin/fsck                          POST    admin token (start a run)
     /v1/admin/registry-v1                   GET     admin token (V1 registry totals)
+    /v1/admin/transfers                     GET     admin token (drains, rebalances, progress)
+    /v1/admin/transfers                     POST    admin token (start a drain or rebalance)
+    /v1/admin/transfers/<transfer_id>       DELETE  admin token (cancel)
 
 A server id or group id that cannot be one is a 404.  Every refused call
 is logged (L{log_refusals}); a 500 with its traceback.
@@ -97,7 +100,8 @@ def log_refusals(route, handler):
 class ChunkmasterAPI:
     """The handlers of the API over a cluster and the file-id store."""
 
-    def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None):
+    def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None, transfers=None):
+        self._transfers = transfers
         self._cluster = cluster
         self._store = store
         self._max_file_ids = max_file_ids
@@ -195,6 +199,53 @@ class ChunkmasterAPI:
             raise HTTPError(409, "FSCK_RUNNING", "an fsck is running already")
         return json_answer(202, self._fsck.start(repair=repair, verify=verify))
 
+    async def transfers(self, request):
+        """Every drain and rebalance with its progress."""
+        self._needs(self._transfers, "transfer")
+        return json_answer(200, await self._transfers.status())
+
+    async def start_transfer(self, request):
+        """C{POST {"kind": "drain", "group_id": N}}, C{{"kind": "drain",
+        "server_id": ID}} (drains the server's group) or C{{"kind":
+        "rebalance", "spread": 0.1}}."""
+        self._needs(self._transfers, "transfer")
+        body = read_json(request)
+        if not isinstance(body, dict):
+            raise HTTPError(400, "BAD_REQUEST", "a JSON object is expected")
+        kind = body.get("kind")
+        if kind == "drain":
+            if "server_id" in body:
+                server = self._cluster.server(str(body["server_id"]))
+                if server is None:
+                    raise HTTPError(404, "UNKNOWN_SERVER", f"no server {body['server_id']!r}")
+                group_id = server.group_id
+            else:
+                group_id = body.get("group_id")
+                if not isinstance(group_id, int) or isinstance(group_id, bool) or group_id < 0:
+                    raise HTTPError(400, "BAD_REQUEST", "group_id must be a group's number")
+            try:
+                record = await self._transfers.drain(group_id)
+            except errors.BadRequest as e:
+                raise HTTPError(409, "CANNOT_DRAIN", str(e))
+        elif kind == "rebalance":
+            spread = body.get("spread", 0.1)
+            if not isinstance(spread, (int, float)) or isinstance(spread, bool) \
+                    or not 0 <= spread <= 1:
+                raise HTTPError(400, "BAD_REQUEST", "spread must be a ratio from 0 to 1")
+            record = await self._transfers.rebalance(float(spread))
+            if record is None:
+                return json_answer(200, {"balanced": True, "transfer": None})
+        else:
+            raise HTTPError(400, "BAD_REQUEST", 'kind must be "drain" or "rebalance"')
+        return json_answer(202, {"balanced": False, "transfer": _transfer_answer(record)})
+
+    async def cancel_transfer(self, request, transfer_id):
+        self._needs(self._transfers, "transfer")
+        record = await self._transfers.cancel(transfer_id)
+        if record is None:
+            raise HTTPError(404, "UNKNOWN_TRANSFER", f"no transfer {transfer_id!r}")
+        return json_answer(200, _transfer_answer(record))
+
     @staticmethod
     def _needs(service, what):
         if service is None:
@@ -212,7 +263,7 @@ class ChunkmasterAPI:
 
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
-              repairs=None, fsck=None, monitoring=None):
+              repairs=None, fsck=None, monitoring=None, transfers=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from
@@ -225,9 +276,10 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     @param fsck: the L{speedy.chunkmaster.fsck.FsckRunner}, or None.
     @param monitoring: the L{speedy.monitoring.endpoints.Monitoring} of
         C{/metrics}, C{/healthz} and C{/readyz} (no credentials), or None.
+    @param transfers: the L{speedy.chunkmaster.transfer.TransferService}, or None.
     @return: the root L{Resource} of the API.
     """
-    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck)
+    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers)
     member = BearerToken(cluster_secret, required=False).guard
     admin = BearerToken(admin_token, required=True).guard
     server = {"server_id": _server_in_path}
@@ -251,6 +303,10 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("GET", "/v1/admin/fsck", admin(api.fsck_status))
     router.route("POST", "/v1/admin/fsck", admin(api.start_fsck))
     router.route("GET", "/v1/admin/registry-v1", admin(api.registry_v1))
+    router.route("GET", "/v1/admin/transfers", admin(api.transfers))
+    router.route("POST", "/v1/admin/transfers", admin(api.start_transfer))
+    router.route("DELETE", "/v1/admin/transfers/{transfer_id}", admin(api.cancel_transfer),
+                 params={"transfer_id": str})
     router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
                  params={"group_id": _group_in_path})
     return router.resource
@@ -274,6 +330,12 @@ def _group_in_path(text):
 
 def _text(raw):
     return raw.decode("utf-8", "replace")
+
+
+def _transfer_answer(record):
+    return {"transfer_id": record.transfer_id, "kind": record.kind,
+            "source_group": record.source_group, "target_groups": list(record.target_groups),
+            "state": record.state, "byte_budget": record.byte_budget}
 
 
 def _server_answer(server):

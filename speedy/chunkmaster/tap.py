@@ -17,6 +17,7 @@ from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.fsck import FsckRunner
 from speedy.chunkmaster.repair import RepairService
+from speedy.chunkmaster.transfer import TransferService
 from speedy.chunkmaster.service import ChunkmasterService
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
@@ -62,6 +63,18 @@ class Options(DaemonOptions):
         Option("metrics", None, "Endpoint string of a second listener serving only /metrics, "
                "/healthz and /readyz, without credentials [default: none; they are served on "
                "--listen too].", endpoint),
+        Option("transfer-rate", "32MiB", "Bytes a second drains and rebalances write at most, "
+               "all together (each target replica counts); 0 for no limit.", size()),
+        Option("transfer-parallelism", "2", "Chunks drains and rebalances copy at once; 0 runs "
+               "no transfers here (a second chunkmaster on the same database).",
+               number(int, 0)),
+        Option("transfer-delete-delay", "10m", "Time between a chunk's switch to its new group "
+               "and the delete of its old copies (reads that looked up the old place finish).",
+               duration(0.0)),
+        Option("transfer-interval", "5", "Seconds between looks at the transfers.",
+               positive(float)),
+        Option("transfer-batch", "32", "Chunks a transfer copies before it switches their "
+               "references (one transaction) and saves its progress.", positive(int)),
     ]
 
 
@@ -103,6 +116,10 @@ def makeService(options, reactor=None):
         reactor, cluster, store, client, parallelism=options["repair-parallelism"],
         rate=options["repair-rate"], interval=options["repair-interval"])
     fsck = FsckRunner(reactor, cluster, store, client)
+    transfers = TransferService(
+        reactor, cluster, store, client, parallelism=options["transfer-parallelism"],
+        rate=options["transfer-rate"], delete_delay=options["transfer-delete-delay"],
+        interval=options["transfer-interval"], batch=options["transfer-batch"])
     http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),
@@ -110,12 +127,12 @@ def makeService(options, reactor=None):
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
-        repairs=repairs, fsck=fsck, monitoring=monitoring)
+        repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers)
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
     service = ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]), site,
-        background=[repairs] if repairs.enabled else [], closing=[fsck, client])
+        background=[s for s in (repairs, transfers) if s.enabled], closing=[fsck, client])
     if options["metrics"] is None:
         return service
     top = MultiService()

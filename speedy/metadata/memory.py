@@ -91,6 +91,8 @@ class MemoryMetadataStore:
         self._v1_images = {}  # image_id -> V1ImageRecord
         self._v1_repositories = {}  # name -> V1RepositoryRecord
         self._v1_tags = {}  # (repository, tag) -> V1TagRecord
+        self._transfers = {}  # transfer_id -> TransferRecord
+        self._moves = {}  # (group_id, file_id) -> ChunkMove
 
     def _stamp(self, when):
         """@return: C{when}, or the clock's time if C{when} is zero."""
@@ -560,3 +562,67 @@ class MemoryMetadataStore:
             for name, record in sorted(records.items()):
                 found.extend((f"{kind} {name}", chunk) for chunk in _copy_chunks(record.chunks))
         return found
+
+    # ITransferTables ----------------------------------------------------------
+
+    @_deferred
+    def put_transfer(self, record):
+        schema.check_transfer(record)
+        now = self._clock.seconds()
+        stored = attrs.evolve(record, target_groups=tuple(record.target_groups),
+                              created=record.created or now, updated=now)
+        self._transfers[stored.transfer_id] = stored
+        return stored
+
+    @_deferred
+    def get_transfer(self, transfer_id):
+        return self._transfers.get(transfer_id)
+
+    @_deferred
+    def list_transfers(self):
+        return sorted(self._transfers.values(), key=lambda t: (t.created, t.transfer_id))
+
+    @_deferred
+    def record_move(self, move):
+        schema.check_move(move)
+        key = move.old.group_id, move.old.file_id
+        if key in self._moves:
+            raise BadRequest(f"chunk {move.old.file_id} of group {move.old.group_id} "
+                             "is on the move already")
+        self._moves[key] = move
+
+    @_deferred
+    def list_moves(self, transfer_id=None, switched=None, switched_before=None, limit=None):
+        schema.check_limit(limit)
+        moves = [m for _, m in sorted(self._moves.items())
+                 if (transfer_id is None or m.transfer_id == transfer_id)
+                 and (switched is None or (m.switched is not None) == switched)
+                 and (switched_before is None
+                      or (m.switched is not None and m.switched < switched_before))]
+        return moves if limit is None else moves[:limit]
+
+    @_deferred
+    def switch_moves(self, moves):
+        moves = list(moves)
+        for move in moves:
+            schema.check_move(move)
+        new = {(m.old.group_id, m.old.file_id): m.new for m in moves}
+        rewritten = 0
+        for records in (self._files, self._blobs, self._uploads, self._v1_images):
+            for name, record in list(records.items()):
+                chunks = tuple(new.get((c.group_id, c.file_id), c) for c in record.chunks)
+                changed = sum(a is not b for a, b in zip(record.chunks, chunks))
+                if changed:
+                    records[name] = attrs.evolve(record, chunks=_copy_chunks(chunks))
+                    rewritten += changed
+        now = self._clock.seconds()
+        for move in moves:
+            key = move.old.group_id, move.old.file_id
+            if key in self._moves and self._moves[key].switched is None:
+                self._moves[key] = attrs.evolve(self._moves[key], switched=now)
+        return rewritten
+
+    @_deferred
+    def forget_moves(self, moves):
+        for move in list(moves):
+            self._moves.pop((move.old.group_id, move.old.file_id), None)

@@ -37,7 +37,7 @@ itself and every statement is written to be re-run safely).
 """
 
 from speedy.errors import BadRequest, Internal, ReferencesMissing, SizeMismatch
-from speedy.records import SERVER_STATES, ChunkRef
+from speedy.records import SERVER_STATES, TRANSFER_KINDS, TRANSFER_STATES, ChunkRef
 
 MAX_REPOSITORY = 255
 MAX_TAG = 128
@@ -308,6 +308,30 @@ def check_v1_tag(record):
         raise BadRequest("tag properties must be a dict")
 
 
+def check_transfer(record):
+    check_text(record.transfer_id, "transfer id", 64)
+    if record.kind not in TRANSFER_KINDS:
+        raise BadRequest(f"transfer kind must be one of {TRANSFER_KINDS}, not {record.kind!r}")
+    if record.state not in TRANSFER_STATES:
+        raise BadRequest(f"transfer state must be one of {TRANSFER_STATES}, not {record.state!r}")
+    check_int(record.source_group, "group id")
+    for group_id in record.target_groups:
+        check_int(group_id, "group id")
+    if record.byte_budget is not None:
+        check_int(record.byte_budget, "byte budget")
+    for name in ("chunks_done", "bytes_done", "chunks_left"):
+        check_int(getattr(record, name), name.replace("_", " "))
+
+
+def check_move(move):
+    check_chunks([move.old, move.new])
+    if (move.old.size, move.old.crc32c) != (move.new.size, move.new.crc32c):
+        raise BadRequest("a chunk moves with its size and CRC32C")
+    if move.old.group_id == move.new.group_id:
+        raise BadRequest("a chunk moves to another group")
+    check_text(move.transfer_id, "transfer id", 64)
+
+
 def check_bad_replica(bad):
     check_text(bad.server_id, "server id", MAX_SERVER_ID)
     check_int(bad.group_id, "group id")
@@ -440,6 +464,31 @@ SQLITE_MIGRATIONS = [
             created REAL NOT NULL,
             PRIMARY KEY (repository, tag)) WITHOUT ROWID""",
     ]),
+    (6, [  # online data transfer: drains, rebalances, chunks on the move
+        """CREATE TABLE transfers (
+            transfer_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            source_group INTEGER NOT NULL,
+            target_groups BLOB NOT NULL,
+            state TEXT NOT NULL,
+            byte_budget INTEGER,
+            chunks_done INTEGER NOT NULL,
+            bytes_done INTEGER NOT NULL,
+            chunks_left INTEGER NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE chunk_moves (
+            group_id INTEGER NOT NULL,
+            file_id INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            crc32c INTEGER NOT NULL,
+            new_group_id INTEGER NOT NULL,
+            new_file_id INTEGER NOT NULL,
+            transfer_id TEXT NOT NULL,
+            switched REAL,
+            PRIMARY KEY (group_id, file_id))""",
+        "CREATE INDEX chunk_moves_by_transfer ON chunk_moves (transfer_id)",
+    ]),
 ]
 
 _INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
@@ -564,6 +613,31 @@ MYSQL_MIGRATIONS = [
             properties LONGBLOB NOT NULL,
             created DOUBLE NOT NULL,
             PRIMARY KEY (repository, tag))""" + _INNODB,
+    ]),
+    (6, [
+        """CREATE TABLE IF NOT EXISTS transfers (
+            transfer_id VARBINARY(64) NOT NULL PRIMARY KEY,
+            kind VARBINARY(32) NOT NULL,
+            source_group BIGINT NOT NULL,
+            target_groups LONGBLOB NOT NULL,
+            state VARBINARY(16) NOT NULL,
+            byte_budget BIGINT NULL,
+            chunks_done BIGINT NOT NULL,
+            bytes_done BIGINT NOT NULL,
+            chunks_left BIGINT NOT NULL,
+            created DOUBLE NOT NULL,
+            updated DOUBLE NOT NULL)""" + _INNODB,
+        """CREATE TABLE IF NOT EXISTS chunk_moves (
+            group_id BIGINT NOT NULL,
+            file_id BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            crc32c BIGINT NOT NULL,
+            new_group_id BIGINT NOT NULL,
+            new_file_id BIGINT NOT NULL,
+            transfer_id VARBINARY(64) NOT NULL,
+            switched DOUBLE NULL,
+            PRIMARY KEY (group_id, file_id),
+            KEY chunk_moves_by_transfer (transfer_id))""" + _INNODB,
     ]),
 ]
 

@@ -24,6 +24,8 @@ Write transactions that the database aborts to break a deadlock are retried.
 
 import json
 
+import attrs
+
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
@@ -33,12 +35,14 @@ from speedy.metadata import schema
 from speedy.records import (
     BadReplica,
     BlobRecord,
+    ChunkMove,
     ChunkRef,
     FileRecord,
     GarbageChunk,
     GroupRecord,
     ManifestRecord,
     ServerRecord,
+    TransferRecord,
     UploadRecord,
     V1ImageRecord,
     V1RepositoryRecord,
@@ -202,6 +206,40 @@ def _v1_tag(row):
     repository, tag, image_id, properties, created = row
     return V1TagRecord(
         _text(repository), _text(tag), _text(image_id), json.loads(properties), float(created))
+
+
+_TRANSFER = ("transfer_id, kind, source_group, target_groups, state, byte_budget, chunks_done, "
+             "bytes_done, chunks_left, created, updated")
+
+
+def _transfer(row):
+    (transfer_id, kind, source_group, target_groups, state, byte_budget, chunks_done,
+     bytes_done, chunks_left, created, updated) = row
+    return TransferRecord(
+        _text(transfer_id), _text(kind), source_group, tuple(json.loads(target_groups)),
+        _text(state), byte_budget, chunks_done, bytes_done, chunks_left, float(created),
+        float(updated))
+
+
+_MOVE = "group_id, file_id, size, crc32c, new_group_id, new_file_id, transfer_id, switched"
+
+
+def _move(row):
+    group_id, file_id, size, crc32c, new_group_id, new_file_id, transfer_id, switched = row
+    return ChunkMove(ChunkRef(group_id, file_id, size, crc32c),
+                     ChunkRef(new_group_id, new_file_id, size, crc32c), _text(transfer_id),
+                     None if switched is None else float(switched))
+
+
+#: The tables that hold chunk lists, and the key of each (for switch_moves).
+_CHUNK_LISTS = (("files", "path"), ("blobs", "digest"), ("uploads", "upload_id"),
+                ("v1_images", "image_id"))
+
+
+def chunk_pattern(chunk):
+    """@return: the bytes that begin C{chunk}'s entry in a stored chunk list
+        (C{[group,file,}): an entry starts with C{[} and no other does."""
+    return b"[%d,%d," % (chunk.group_id, chunk.file_id)
 
 
 @implementer(IMetadataStore)
@@ -957,3 +995,107 @@ class SQLMetadataStore:
             for name, chunks in db.all(query):
                 found.extend((f"{kind} {_text(name)}", chunk) for chunk in _load_chunks(chunks))
         return found
+
+    # ITransferTables ----------------------------------------------------------
+
+    def put_transfer(self, record):
+        return self._write(self._put_transfer, record, self._now())
+
+    def _put_transfer(self, db, record, now):
+        schema.check_transfer(record)
+        stored = attrs.evolve(record, target_groups=tuple(record.target_groups),
+                              created=record.created or now, updated=now)
+        db.execute(self.dialect.upsert("transfers", _TRANSFER, ["transfer_id"]),
+                   stored.transfer_id, stored.kind, stored.source_group,
+                   _dump_json(list(stored.target_groups)), stored.state, stored.byte_budget,
+                   stored.chunks_done, stored.bytes_done, stored.chunks_left, stored.created,
+                   stored.updated)
+        return stored
+
+    def get_transfer(self, transfer_id):
+        return self._read(self._get_transfer, transfer_id)
+
+    def _get_transfer(self, db, transfer_id):
+        row = db.one(f"SELECT {_TRANSFER} FROM transfers WHERE transfer_id = ?", transfer_id)
+        return None if row is None else _transfer(row)
+
+    def list_transfers(self):
+        return self._read(self._list_transfers)
+
+    def _list_transfers(self, db):
+        rows = db.all(f"SELECT {_TRANSFER} FROM transfers ORDER BY created, transfer_id")
+        return [_transfer(row) for row in rows]
+
+    def record_move(self, move):
+        return self._write(self._record_move, move)
+
+    def _record_move(self, db, move):
+        schema.check_move(move)
+        if db.one("SELECT 1 FROM chunk_moves WHERE group_id = ? AND file_id = ?",
+                  move.old.group_id, move.old.file_id) is not None:
+            raise BadRequest(f"chunk {move.old.file_id} of group {move.old.group_id} "
+                             "is on the move already")
+        db.execute(f"INSERT INTO chunk_moves ({_MOVE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   move.old.group_id, move.old.file_id, move.old.size, move.old.crc32c,
+                   move.new.group_id, move.new.file_id, move.transfer_id, move.switched)
+
+    def list_moves(self, transfer_id=None, switched=None, switched_before=None, limit=None):
+        return self._read(self._list_moves, transfer_id, switched, switched_before, limit)
+
+    def _list_moves(self, db, transfer_id, switched, switched_before, limit):
+        schema.check_limit(limit)
+        where, params = [], []
+        if transfer_id is not None:
+            where.append("transfer_id = ?")
+            params.append(transfer_id)
+        if switched is not None:
+            where.append("switched IS NOT NULL" if switched else "switched IS NULL")
+        if switched_before is not None:
+            where.append("switched < ?")
+            params.append(switched_before)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = db.all(f"SELECT {_MOVE} FROM chunk_moves{clause} ORDER BY group_id, file_id"
+                      + _limit(limit), *params)
+        return [_move(row) for row in rows]
+
+    def switch_moves(self, moves):
+        return self._write(self._switch_moves, list(moves), self._now())
+
+    def _switch_moves(self, db, moves, now):
+        for move in moves:
+            schema.check_move(move)
+        new = {(m.old.group_id, m.old.file_id): m.new for m in moves}
+        rewritten = 0
+        # Each chunk list that names a moving chunk, found by its entry's
+        # bytes (a scan: chunk lists have no index by chunk).
+        for table, key in _CHUNK_LISTS:
+            owners = set()
+            for move in moves:
+                rows = db.all(f"SELECT {key} FROM {table} WHERE INSTR(chunks, ?) > 0",
+                              chunk_pattern(move.old))
+                owners.update(row[0] for row in rows)
+            for owner in sorted(owners):
+                row = db.one(f"SELECT chunks FROM {table} WHERE {key} = ?" + self.dialect.for_update,
+                             owner)
+                if row is None:
+                    continue
+                chunks = _load_chunks(row[0])
+                switched = tuple(new.get((c.group_id, c.file_id), c) for c in chunks)
+                changed = sum(a is not b for a, b in zip(chunks, switched))
+                if changed:
+                    db.execute(f"UPDATE {table} SET chunks = ? WHERE {key} = ?",
+                               _dump_chunks(switched), owner)
+                    rewritten += changed
+        for move in moves:
+            db.execute("UPDATE chunk_moves SET switched = COALESCE(switched, ?) "
+                       "WHERE group_id = ? AND file_id = ?",
+                       now, move.old.group_id, move.old.file_id)
+        return rewritten
+
+    def forget_moves(self, moves):
+        return self._write(self._forget_moves, list(moves))
+
+    def _forget_moves(self, db, moves):
+        for move in moves:
+            db.execute("DELETE FROM chunk_moves WHERE group_id = ? AND file_id = ?",
+                       move.old.group_id, move.old.file_id)

@@ -20,6 +20,7 @@ from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.fsck import FsckRunner
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.repair import RepairService
+from speedy.chunkmaster.transfer import TransferService
 from speedy.crc import crc32c
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import BlobRecord, ChunkRef, V1ImageRecord, V1TagRecord
@@ -327,3 +328,70 @@ class RegistryV1CommandTests(CommandTestCase):
             "repositories": 1, "tags": 1, "images": 1, "unfinished": 1,
             "layer_bytes": 3 * 2**20, "unfinished_layers": 1,
             "unfinished_layer_bytes": 3 * 2**20})
+
+
+class TransferCommandTests(CommandTestCase):
+    """C{speedy-admin drain}, C{rebalance} and C{transfers} over the real
+    admin API and transfer service, on fake chunkservers."""
+
+    def setUp(self):
+        super().setUp()
+        self.beat("s6", 2, free=40 * GiB)
+        self.transfers = TransferService(self.clock, self.cluster, self.store, self.chunks,
+                                         rate=0, delete_delay=60)
+        self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
+                                       admin_token=ADMIN, transfers=self.transfers))
+        data = b"layer" * 200
+        for n in (1, 2, 3):
+            self.successResultOf(self.chunks.put(f"10.0.0.{n}:8000", 7, data))
+        self.chunk = ChunkRef(1, 7, len(data), crc32c(data))
+        self.successResultOf(self.store.put_blob(BlobRecord("sha256:" + "b" * 64, len(data),
+                                                            (self.chunk,))))
+
+    def test_drain_group(self):
+        """drain group 1 moves the blob's chunk to group 2; transfers shows
+        it done but for the old copies, which go after the delay."""
+        code, lines, err = self.admin("drain", "group", "1")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("draining group 1", lines[0])
+        row = lines[-1].split()
+        self.assertEqual(row[1:6], ["drain", "1", "any", "deleting", "1/1"])
+        blob = self.successResultOf(self.store.get_blob("sha256:" + "b" * 64))
+        self.assertEqual(blob.chunks[0].group_id, 2)
+        self.clock.advance(61)
+        self.successResultOf(self.transfers.kick())
+        code, lines, err = self.admin("--json", "transfers")
+        transfer, = json.loads("\n".join(lines))["transfers"]
+        self.assertEqual((transfer["state"], transfer["chunks_done"], transfer["bytes_done"],
+                          transfer["old_copies_pending"]), ("done", 1, 1000, 0))
+
+    def test_drain_server_drains_its_group(self):
+        code, lines, err = self.admin("--json", "drain", "server", "s2")
+        self.assertEqual(code, 0)
+        self.assertEqual(json.loads("\n".join(lines))["transfers"][0]["source_group"], 1)
+
+    def test_drain_refused(self):
+        """An unknown server, a bad group id, or no group to move to: a
+        clear error, nothing started."""
+        self.assertEqual(self.admin("drain", "group", "x")[0], cli.EXIT_USAGE)
+        code, lines, err = self.admin("drain", "server", "s99")
+        self.assertEqual(code, cli.EXIT_UNREACHABLE)
+        self.assertIn("s99", err)
+        code, lines, err = self.admin("drain", "group", "2")
+        self.assertEqual(code, 0)
+        code, lines, err = self.admin("drain", "group", "1")
+        self.assertIn("no writable group", err)
+
+    def test_rebalance_balanced(self):
+        code, lines, err = self.admin("rebalance", "--spread", "0.5")
+        self.assertEqual((code, lines), (0, ["the groups are balanced: nothing to move"]))
+
+    def test_cancel(self):
+        self.transfers.enabled = False  # keep it running
+        code, lines, err = self.admin("--json", "drain", "group", "1")
+        transfer_id = json.loads("\n".join(lines))["transfers"][0]["transfer_id"]
+        code, lines, err = self.admin("transfers", "--cancel", transfer_id)
+        self.assertEqual(code, 0)
+        self.assertIn("cancelled", lines[-1])
+        code, lines, err = self.admin("transfers", "--cancel", "nope")
+        self.assertEqual(code, cli.EXIT_UNREACHABLE)

@@ -61,7 +61,9 @@ class OptionsTests(SynchronousTestCase):
              "admin-token": None, "heartbeat-timeout": 15.0, "group-size": 3,
              "file-id-range": 100000, "reserve": 16 << 20, "lost-after": 3600.0,
              "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0, "chunk-tls-ca": None,
-             "metrics": None})
+             "metrics": None,
+             "transfer-rate": 32 << 20, "transfer-parallelism": 2,
+             "transfer-delete-delay": 600.0, "transfer-interval": 5.0, "transfer-batch": 32})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""

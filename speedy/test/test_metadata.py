@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
 from speedy.interfaces import (
     IClusterTables, IFileTables, IGarbageTables, IMetadataStore, IRegistryTables, IRepairTables,
-    IUploadTables, IV1Tables)
+    ITransferTables, IUploadTables, IV1Tables)
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store, parse_url
 from speedy.metadata.schema import MYSQL_MIGRATIONS, SQLITE_MIGRATIONS, latest_version
@@ -31,12 +31,14 @@ from speedy.records import (
     RW,
     BadReplica,
     BlobRecord,
+    ChunkMove,
     ChunkRef,
     FileRecord,
     GarbageChunk,
     GroupRecord,
     ManifestRecord,
     ServerRecord,
+    TransferRecord,
     UploadRecord,
     V1ImageRecord,
     V1TagRecord,
@@ -58,7 +60,7 @@ SHA512 = "sha512:" + "0f" * 64
 
 #: The role interfaces IMetadataStore unites.
 ROLES = (IClusterTables, IFileTables, IRegistryTables, IUploadTables, IV1Tables,
-         IGarbageTables, IRepairTables)
+         IGarbageTables, IRepairTables, ITransferTables)
 
 
 def chunks(*file_ids, group_id=1):
@@ -642,6 +644,57 @@ class MetadataStoreTestsMixin:
         self.assertEqual(sorted((owner, chunk.file_id) for owner, chunk in found), [
             (f"blob {SHA}", 3), ("file f", 1), ("file f", 2), ("upload u1", 4),
             (f"v1-image {BASE}", 5)])
+
+    # online data transfer ----------------------------------------------------------
+
+    async def test_transfer_round_trip(self):
+        record = TransferRecord("drain-1-ab", "drain", 1, (2, 3), byte_budget=None,
+                                chunks_done=4, bytes_done=4000, chunks_left=9)
+        stored = await self.store.put_transfer(record)
+        self.assertEqual(stored, attrs.evolve(record, created=START, updated=START))
+        self.clock.advance(5)
+        later = await self.store.put_transfer(attrs.evolve(stored, state="done"))
+        self.assertEqual((later.created, later.updated), (START, START + 5))
+        self.assertEqual(await self.store.get_transfer("drain-1-ab"), later)
+        self.assertIsNone(await self.store.get_transfer("nope"))
+        self.assertEqual(await self.store.list_transfers(), [later])
+        await failure_of(self.store.put_transfer(attrs.evolve(record, kind="shuffle")),
+                         BadRequest)
+
+    async def test_switch_moves(self):
+        """One switch rewrites every chunk list naming a moving chunk (and no
+        other entry), stamps the move once, and a second switch catches a
+        chunk list written back with the old chunk."""
+        await self.store.put_file(FileRecord("f", 2, chunks(1, 2)))
+        await self.store.put_blob(BlobRecord(SHA, 1, chunks(1)))
+        await self.store.create_upload(UploadRecord("u1", "library/app", 1, chunks(12)))
+        image = v1_image(BASE)
+        await self.store.put_v1_image(image)
+        await self.store.set_v1_layer(BASE, image.json, 1, chunks(1), "sha256:x")
+        old, = chunks(1)
+        new = ChunkRef(2, 77, old.size, old.crc32c)
+        move = ChunkMove(old, new, "t1")
+        await self.store.record_move(move)
+        await failure_of(self.store.record_move(move), BadRequest)
+        self.assertEqual(await self.store.list_moves(switched=True), [])
+        self.assertEqual(await self.store.switch_moves([move]), 3)
+        self.assertEqual((await self.store.get_file("f")).chunks, (new,) + chunks(2))
+        self.assertEqual((await self.store.get_blob(SHA)).chunks, (new,))
+        self.assertEqual((await self.store.get_upload("u1")).chunks, chunks(12))
+        self.assertEqual((await self.store.get_v1_image(BASE)).chunks, (new,))
+        self.assertEqual(await self.store.list_moves(transfer_id="t1"),
+                         [attrs.evolve(move, switched=START)])
+        self.clock.advance(10)
+        await self.store.put_file(FileRecord("late", 1, chunks(1)))
+        self.assertEqual(await self.store.switch_moves([move]), 1)
+        self.assertEqual((await self.store.get_file("late")).chunks, (new,))
+        self.assertEqual(await self.store.list_moves(switched_before=START + 1),
+                         [attrs.evolve(move, switched=START)])
+        self.assertEqual(await self.store.list_moves(switched_before=START), [])
+        await self.store.forget_moves([move])
+        self.assertEqual(await self.store.list_moves(), [])
+        await failure_of(self.store.record_move(attrs.evolve(move, new=chunks(5, group_id=1)[0])),
+                         BadRequest)
 
     # Docker Registry V1 ----------------------------------------------------------
 

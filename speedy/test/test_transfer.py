@@ -1,0 +1,238 @@
+"""
+Tests for L{speedy.chunkmaster.transfer}: a drain moves every chunk of a
+group to the others under new file ids, switches every reference, keeps
+the old copies for the delay, resumes after a crash, and can be cancelled;
+a rebalance moves bytes from the fullest group to the emptiest.
+"""
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.messages import Heartbeat
+from speedy.chunkmaster.transfer import TransferService
+from speedy.crc import crc32c
+from speedy.metadata.memory import MemoryMetadataStore
+from speedy.records import BlobRecord, ChunkMove, ChunkRef, FileRecord, UploadRecord
+from speedy.testing import FakeChunkClient
+
+GiB = 1 << 30
+
+
+def address(server_id):
+    return f"10.0.0.{server_id[1:]}:8000"
+
+
+class TransferTestCase(SynchronousTestCase):
+    """Group 1 (s1-s3) holds a blob of three chunks and a file of one;
+    group 2 (s4-s6) is empty."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = MemoryMetadataStore(self.clock)
+        self.successResultOf(self.store.start())
+        self.cluster = Cluster(self.store, self.clock, heartbeat_timeout=3600, group_size=3,
+                               reserve=0)
+        self.addCleanup(self.cluster.stop)
+        self.client = FakeChunkClient(self.clock)
+        for n in range(1, 7):
+            self.beat(f"s{n}", 1 if n <= 3 else 2)
+        self.data = {}
+        chunks = [self.put(1, file_id, bytes([file_id]) * (1000 + file_id))
+                  for file_id in (11, 12, 13)]
+        self.successResultOf(self.store.put_blob(BlobRecord("sha256:" + "a" * 64, 3036,
+                                                            tuple(chunks))))
+        upload_chunk = self.put(1, 14, b"upload" * 10)
+        self.successResultOf(self.store.create_upload(UploadRecord(
+            "u1", "library/x", upload_chunk.size, (upload_chunk,))))
+        self.successResultOf(self.store.put_file(FileRecord("/f", 1012, (chunks[1],))))
+        self.transfers = self.new_service()
+
+    def new_service(self, **kwargs):
+        kwargs.setdefault("rate", 0)
+        kwargs.setdefault("delete_delay", 60.0)
+        return TransferService(self.clock, self.cluster, self.store, self.client, **kwargs)
+
+    def beat(self, server_id, group_id, used=0):
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.heartbeat(Heartbeat(
+            server_id, group_id, address(server_id), 100 * GiB, used, 100 * GiB - used,
+            False, {}))))
+
+    def put(self, group_id, file_id, data):
+        for server in self.cluster.members(group_id):
+            self.successResultOf(self.client.put(server.address, file_id, data))
+        chunk = ChunkRef(group_id, file_id, len(data), crc32c(data))
+        self.data[chunk] = data
+        return chunk
+
+    def held(self, server_id):
+        return set(self.client.server(address(server_id)).chunks)
+
+    def references(self):
+        return [chunk for _, chunk in self.successResultOf(self.store.referenced_chunks())]
+
+    def read_all(self):
+        """Every chunk list read back: the bytes each reference names,
+        from every member of its group."""
+        for chunk in self.references():
+            for server in self.cluster.members(chunk.group_id):
+                data = bytes(self.successResultOf(self.client.get(server.address,
+                                                                  chunk.file_id)))
+                self.assertEqual((len(data), crc32c(data)), (chunk.size, chunk.crc32c))
+
+    def drain(self, group_id=1):
+        return self.successResultOf(Deferred.fromCoroutine(self.transfers.drain(group_id)))
+
+    def work(self, service=None):
+        self.successResultOf((service or self.transfers).kick())
+
+    def status(self):
+        return self.successResultOf(Deferred.fromCoroutine(self.transfers.status()))
+
+
+class DrainTests(TransferTestCase):
+
+    def test_drain_moves_every_reference(self):
+        """A drain leaves no chunk list naming the group; each new chunk is
+        on every member of group 2 with the same bytes; the group takes no
+        more writes."""
+        before = self.references()
+        self.drain()
+        self.assertFalse(self.cluster.writable(1))
+        self.work()
+        after = self.references()
+        self.assertEqual(len(after), len(before))
+        self.assertEqual({c.group_id for c in after}, {2})
+        self.assertEqual([(c.size, c.crc32c) for c in after],
+                         [(c.size, c.crc32c) for c in before])
+        self.read_all()
+        # The blob and the file share a chunk: one move, one new id.
+        blob = self.successResultOf(self.store.get_blob("sha256:" + "a" * 64))
+        record = self.successResultOf(self.store.get_file("/f"))
+        self.assertEqual(record.chunks[0], blob.chunks[1])
+
+    def test_old_copies_kept_for_the_delay(self):
+        """Until the delay passes, the old copies stay (a read that looked
+        up the old chunk list still gets its bytes); then they go."""
+        self.drain()
+        self.work()
+        self.assertEqual(self.held("s1"), {11, 12, 13, 14})
+        self.assertEqual(self.status()["transfers"][0]["state"], "deleting")
+        self.clock.advance(59)
+        self.work()
+        self.assertEqual(self.held("s2"), {11, 12, 13, 14})
+        self.clock.advance(2)
+        self.work()
+        for server_id in ("s1", "s2", "s3"):
+            self.assertEqual(self.held(server_id), set())
+        transfer = self.status()["transfers"][0]
+        self.assertEqual((transfer["state"], transfer["chunks_done"], transfer["bytes_done"]),
+                         ("done", 4, 1011 + 1012 + 1013 + 60))
+        self.assertEqual(self.successResultOf(self.store.list_moves()), [])
+
+    def test_late_writer_switched_before_delete(self):
+        """A chunk list written back with an old chunk after the switch (a
+        writer that read before it) is switched again before the delete."""
+        self.drain()
+        self.work()
+        old = ChunkRef(1, 13, 1013, crc32c(bytes([13]) * 1013))
+        self.successResultOf(self.store.put_file(FileRecord("/late", 1013, (old,))))
+        self.clock.advance(61)
+        self.work()
+        late = self.successResultOf(self.store.get_file("/late"))
+        self.assertEqual(late.chunks[0].group_id, 2)
+        self.read_all()
+
+    def test_resumes_after_a_crash(self):
+        """A move recorded and copied but not switched (the chunkmaster died)
+        is copied again and switched by the next chunkmaster, under the same
+        new id: nothing lost, nothing copied twice."""
+        self.transfers = self.new_service(parallelism=0)  # the one that dies
+        self.drain()
+        old = ChunkRef(1, 11, 1011, crc32c(bytes([11]) * 1011))
+        new = ChunkRef(2, 500, old.size, old.crc32c)
+        transfer = self.status()["transfers"][0]["transfer_id"]
+        self.successResultOf(self.store.record_move(ChunkMove(old, new, transfer)))
+        self.successResultOf(self.client.put(address("s4"), 500, bytes([11]) * 1011))
+        restarted = self.new_service()
+        self.work(restarted)
+        after = self.references()
+        self.assertIn(new, after)
+        self.assertEqual({c.group_id for c in after}, {2})
+        self.assertEqual(len({c.file_id for c in after}), 4)
+        for server_id in ("s4", "s5", "s6"):
+            self.assertEqual(len(self.held(server_id)), 4)
+        self.read_all()
+
+    def test_source_damaged_replica_skipped(self):
+        """A source replica with other bytes than the metadata says is not
+        copied: another member's is."""
+        self.client.server(address("s1")).chunks[11] = b"x" * 1011
+        self.drain()
+        self.work()
+        self.read_all()
+
+    def test_no_target_waits(self):
+        """With no other writable group, a drain is refused."""
+        self.beat("s4", 2, used=0)
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.set_group_read_only(2, True)))
+        failure = self.failureResultOf(Deferred.fromCoroutine(self.transfers.drain(1)))
+        self.assertIn("no writable group", failure.getErrorMessage())
+
+    def test_cancel_abandons_unswitched(self):
+        """Cancelling deletes the new copies of a move not switched yet and
+        leaves the references where they were."""
+        self.transfers = self.new_service(parallelism=0)
+        record = self.drain()
+        old = ChunkRef(1, 11, 1011, crc32c(bytes([11]) * 1011))
+        new = ChunkRef(2, 500, old.size, old.crc32c)
+        self.successResultOf(self.store.record_move(ChunkMove(old, new, record.transfer_id)))
+        self.successResultOf(self.client.put(address("s4"), 500, bytes([11]) * 1011))
+        self.successResultOf(Deferred.fromCoroutine(self.transfers.cancel(record.transfer_id)))
+        self.work(self.new_service())
+        self.assertEqual(self.held("s4"), set())
+        self.assertIn(old, self.references())
+        self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
+
+    def test_rate_limit(self):
+        """At a rate limit, the copies take the time the bytes need."""
+        service = self.new_service(rate=3000, parallelism=1)
+        self.successResultOf(Deferred.fromCoroutine(service.drain(1)))
+        d = service.kick()
+        self.assertNoResult(d)
+        self.clock.pump([0.5] * 20)
+        self.successResultOf(d)
+        # Four chunks, three replicas each: about 12.2 kB at 3 kB/s.
+        self.assertGreaterEqual(self.clock.seconds(), 1000 + 3)
+
+
+class RebalanceTests(TransferTestCase):
+
+    def test_balanced(self):
+        self.assertIsNone(self.successResultOf(Deferred.fromCoroutine(
+            self.transfers.rebalance(0.1))))
+
+    def test_fullest_to_emptiest(self):
+        """Group 1 at 50%, group 2 at 0%: half the difference moves."""
+        for n in (1, 2, 3):
+            self.beat(f"s{n}", 1, used=50 * GiB)
+        record = self.successResultOf(Deferred.fromCoroutine(self.transfers.rebalance(0.1)))
+        self.assertEqual((record.source_group, record.target_groups, record.byte_budget),
+                         (1, (2,), 25 * GiB))
+        self.work()
+        self.assertEqual({c.group_id for c in self.references()}, {2})
+        self.assertTrue(self.cluster.writable(1))
+
+
+class StoreTests(SynchronousTestCase):
+    """switch_moves on the memory store; the SQL store is held to the same
+    in speedy.test.test_metadata's conformance tests when they cover it."""
+
+    def test_record_twice_refused(self):
+        store = MemoryMetadataStore(Clock())
+        move = ChunkMove(ChunkRef(1, 1, 5, 7), ChunkRef(2, 9, 5, 7), "t")
+        self.successResultOf(store.record_move(move))
+        self.failureResultOf(store.record_move(attrs.evolve(move, new=ChunkRef(2, 10, 5, 7))))
