@@ -62,6 +62,9 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
             ["--listen", f"tcp:{port}:interface=127.0.0.1", "--master", self.master_url,
              "--db", "sqlite:" + os.path.join(self.workdir, "meta.db"), "--chunk-size", "1MiB"],
             port=port, workdir=self.workdir, name="imageserver"))
+        # Its first cluster view may come a moment after it listens.
+        self.wait_for("the imageserver's cluster view",
+                      lambda: http("GET", f"{self.registry}/readyz")[0] == 200)
 
     def start(self, daemon):
         self.addCleanup(daemon.stop)
