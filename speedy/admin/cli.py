@@ -18,7 +18,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from speedy.admin import healing, registry_v1, status, transfers
+from speedy.admin import gc, healing, registry_v1, status, transfers
 from speedy.admin.client import AdminClient, AdminError
 from speedy.admin.output import dump_json
 from speedy.admin.target import TargetError, find_target
@@ -38,6 +38,7 @@ COMMANDS = [
      "drains and rebalances: progress, cancel"),
     ("registry-v1", registry_v1.RegistryV1Options, registry_v1.run,
      "Docker Registry V1 totals, unfinished pushes"),
+    ("gc", gc.GCOptions, gc.run, "garbage collection: a round now, --dry-run, --status"),
 ]
 
 EXIT_USAGE = 2

@@ -24,6 +24,8 @@ table of them:
     /v1/admin/transfers                     GET     admin token (drains, rebalances, progress)
     /v1/admin/transfers                     POST    admin token (start a drain or rebalance)
     /v1/admin/transfers/<transfer_id>       DELETE  admin token (cancel)
+    /v1/admin/gc                            GET     admin token (the chunk collector)
+    /v1/admin/gc                            POST    admin token (a round now, or a dry run)
 
 A server id or group id that cannot be one is a 404.  Every refused call
 is logged (L{log_refusals}); a 500 with its traceback.
@@ -100,13 +102,15 @@ def log_refusals(route, handler):
 class ChunkmasterAPI:
     """The handlers of the API over a cluster and the file-id store."""
 
-    def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None, transfers=None):
+    def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None, transfers=None,
+                 collector=None):
         self._transfers = transfers
         self._cluster = cluster
         self._store = store
         self._max_file_ids = max_file_ids
         self._repairs = repairs
         self._fsck = fsck
+        self._collector = collector
 
     async def health(self, request):
         return json_answer(200, {"ok": True})
@@ -188,6 +192,24 @@ class ChunkmasterAPI:
         """The Docker Registry V1 tables at a glance (IV1Tables.v1_summary)."""
         return json_answer(200, await self._store.v1_summary())
 
+    async def gc_status(self, request):
+        """The chunk collector: settings, the round in progress, the last."""
+        self._needs(self._collector, "garbage collection")
+        return json_answer(200, self._collector.status())
+
+    async def run_gc(self, request):
+        """C{POST {"dry_run": bool}}: a dry run answers what a round would
+        delete now (200); otherwise a round starts (or the one running is
+        joined) and the answer is the status (202)."""
+        self._needs(self._collector, "garbage collection")
+        dry_run = messages.parse_gc(read_json(request))
+        if dry_run:
+            run = await self._collector.dry_run()
+            return json_answer(200, run.as_json())
+        self._collector.collect().addErrback(
+            lambda f: log.failure("a garbage collection round failed", f))
+        return json_answer(202, self._collector.status())
+
     async def fsck_status(self, request):
         self._needs(self._fsck, "fsck")
         return json_answer(200, self._fsck.status())
@@ -263,7 +285,7 @@ class ChunkmasterAPI:
 
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
-              repairs=None, fsck=None, monitoring=None, transfers=None):
+              repairs=None, fsck=None, monitoring=None, transfers=None, collector=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from
@@ -277,9 +299,11 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     @param monitoring: the L{speedy.monitoring.endpoints.Monitoring} of
         C{/metrics}, C{/healthz} and C{/readyz} (no credentials), or None.
     @param transfers: the L{speedy.chunkmaster.transfer.TransferService}, or None.
+    @param collector: the L{speedy.chunkmaster.collector.ChunkCollector},
+        or None.
     @return: the root L{Resource} of the API.
     """
-    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers)
+    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers, collector)
     member = BearerToken(cluster_secret, required=False).guard
     admin = BearerToken(admin_token, required=True).guard
     server = {"server_id": _server_in_path}
@@ -307,6 +331,8 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("POST", "/v1/admin/transfers", admin(api.start_transfer))
     router.route("DELETE", "/v1/admin/transfers/{transfer_id}", admin(api.cancel_transfer),
                  params={"transfer_id": str})
+    router.route("GET", "/v1/admin/gc", admin(api.gc_status))
+    router.route("POST", "/v1/admin/gc", admin(api.run_gc))
     router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
                  params={"group_id": _group_in_path})
     return router.resource

@@ -108,6 +108,18 @@ def parse_fsck(body):
     return tuple(flags)
 
 
+def parse_gc(body):
+    """
+    @return: the C{dry_run} flag of a C{POST /v1/admin/gc} body (optional,
+        False by default).
+    @raise BadRequest: it is not a boolean.
+    """
+    value = body.get("dry_run", False)
+    if not isinstance(value, bool):
+        raise BadRequest("dry_run must be true or false")
+    return value
+
+
 def parse_group_update(body):
     """
     @return: the C{read_only} flag of a C{PUT /v1/admin/groups/<id>} body.

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
+from speedy.chunkmaster.collector import ChunkCollector, GroupDeleter
 from speedy.chunkmaster.fsck import FsckRunner
 from speedy.chunkmaster.repair import RepairService
 from speedy.chunkmaster.transfer import TransferService
@@ -75,6 +76,13 @@ class Options(DaemonOptions):
                positive(float)),
         Option("transfer-batch", "32", "Chunks a transfer copies before it switches their "
                "references (one transaction) and saves its progress.", positive(int)),
+        Option("gc-grace", "1h", "How long a chunk recorded as garbage (of a deleted blob or "
+               "file, a replaced file, a failed write) waits before the collector deletes it "
+               "from its chunkservers: longer than any pull (at least 60s).", duration(60.0)),
+        Option("gc-period", "1m", "Time between the chunk collector's rounds; 0 runs none "
+               "here (speedy-admin gc still does).", duration()),
+        Option("gc-parallelism", "8", "Chunk deletes the collector has in flight at once.",
+               positive(int)),
     ]
 
 
@@ -124,15 +132,20 @@ def makeService(options, reactor=None):
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),
         {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
+    collector = ChunkCollector(
+        GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
+        period=options["gc-period"], parallelism=options["gc-parallelism"])
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
-        repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers)
+        repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers,
+        collector=collector)
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
     service = ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]), site,
-        background=[s for s in (repairs, transfers) if s.enabled], closing=[fsck, client])
+        background=[s for s in (repairs, transfers) if s.enabled] + [collector],
+        closing=[fsck, client])
     if options["metrics"] is None:
         return service
     top = MultiService()

@@ -29,7 +29,6 @@ from speedy.auth.htpasswd import HtpasswdChecker, read_htpasswd, users_portal
 from speedy.config import (
     DaemonOptions, Option, choice, duration, endpoint, http_urls, number, positive, size)
 from speedy.imageserver.clusterview import ClusterViewPoller
-from speedy.imageserver.collector import ChunkCollector
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import master_client
 from speedy.imageserver.replication import ReplicatedStorage
@@ -124,11 +123,6 @@ class Options(DaemonOptions):
                "/healthz and /readyz, without credentials: one per worker when several share "
                "--listen [default: none; they are served on --listen, /metrics behind --auth].",
                endpoint),
-        Option("gc-grace", "1h", "How long a chunk recorded as garbage (of a deleted blob or "
-               "file, a replaced file, a failed write) waits before the collector deletes it "
-               "from its chunkservers: longer than any pull.", duration(60.0)),
-        Option("gc-period", "1m", "Seconds between the chunk collector's rounds; 0 turns "
-               "the collector off.", duration()),
     ]
 
     def check(self):
@@ -152,7 +146,7 @@ class Resources(Service):
     registries' timers) and closes it, with the connection pools, on stop.
 
     @param registries: objects with C{start()} and C{stop()} (the V2 and
-        V1 registries, the chunk collector).
+        V1 registries).
     """
 
     def __init__(self, metadata, closables, registries=()):
@@ -198,8 +192,6 @@ def makeService(options, reactor=None):
         zero_copy=options["zero-copy"] == "auto")
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
-    collector = ChunkCollector(storage, metadata, reactor, grace=options["gc-grace"],
-                               period=options["gc-period"])
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
     http_metrics = HTTPMetrics(imageserver_route, "speedy_imageserver_http")
     monitoring = Monitoring(
@@ -230,7 +222,7 @@ def makeService(options, reactor=None):
     site.http_metrics = http_metrics
     service = MultiService()
     Resources(metadata, [storage, client, master],
-              [registry, registry_v1, collector]).setServiceParent(service)
+              [registry, registry_v1]).setServiceParent(service)
     poller.setServiceParent(service)
     StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), site).setServiceParent(service)

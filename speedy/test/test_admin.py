@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.admin import cli
+from speedy.chunkmaster.collector import ChunkCollector, GroupDeleter
 from speedy.admin.output import ProgressBar, human_duration, human_size, table
 from speedy.admin.target import Target, TargetError, find_target
 from speedy.chunkmaster.api import build_api
@@ -159,9 +160,11 @@ class CommandTestCase(SynchronousTestCase):
         self.chunks = FakeChunkClient(self.clock)
         self.repairs = RepairService(self.clock, self.cluster, self.store, self.chunks, rate=0)
         self.fsck = FsckRunner(self.clock, self.cluster, self.store, self.chunks)
+        self.collector = ChunkCollector(GroupDeleter(self.cluster, self.chunks), self.store,
+                                        self.clock, grace=60.0, period=0)
         self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
                                        admin_token=ADMIN, repairs=self.repairs,
-                                       fsck=self.fsck))
+                                       fsck=self.fsck, collector=self.collector))
         for n, group in enumerate([1, 1, 1, 2, 2, 2], start=1):
             self.beat(f"s{n}", group, free=(100 - 10 * n) * GiB)
         for _ in range(10):
@@ -293,6 +296,76 @@ class HealingCommandTests(CommandTestCase):
         self.assertEqual(code, cli.EXIT_UNREACHABLE)
         self.assertIn("404", err)
         code, lines, err = self.admin("replace-server", "s2", "s7")
+        self.assertEqual(code, cli.EXIT_USAGE)
+
+
+class GCCommandTests(CommandTestCase):
+    """C{speedy-admin gc} over the real admin API and chunk collector, on
+    fake chunkservers."""
+
+    def setUp(self):
+        super().setUp()
+        self.old = self.garbage(1, b"o" * 3000)
+        self.clock.advance(120)  # past the grace period
+        self.new = self.garbage(2, b"n" * 1000)
+
+    def garbage(self, file_id, data):
+        for n in (1, 2, 3):
+            self.successResultOf(self.chunks.put(f"10.0.0.{n}:8000", file_id, data))
+        ref = ChunkRef(1, file_id, len(data), crc32c(data))
+        self.successResultOf(self.store.record_garbage([ref], "blob deleted"))
+        return ref
+
+    def held(self, file_id):
+        return [n for n in (1, 2, 3) if file_id in self.chunks.server(f"10.0.0.{n}:8000").chunks]
+
+    def beat_all(self):
+        for n in (1, 2, 3, 4, 5):
+            self.beat(f"s{n}", 1 if n <= 3 else 2, free=(100 - 10 * n) * GiB)
+
+    def test_dry_run(self):
+        """--dry-run shows what is due and what waits, and deletes nothing."""
+        self.beat_all()
+        code, lines, err = self.admin("gc", "--dry-run")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([line.split() for line in lines], [
+            ["GARBAGE", "CHUNKS", "BYTES"],
+            ["due", "(would", "be", "deleted)", "1", "2.9", "KiB"],
+            ["in", "the", "grace", "period", "1", "1000", "B"]])
+        self.assertEqual(self.held(1), [1, 2, 3])
+
+    def test_run_then_status(self):
+        """gc runs a round and shows it; --status shows it again, --json
+        too."""
+        self.beat_all()
+        code, lines, err = self.admin("gc")
+        self.assertEqual(code, 0, err)
+        text = "\n".join(lines)
+        self.assertIn("grace 1m00s, a round every - (off)", text)
+        self.assertEqual(lines[3].split(), ["deleted", "1", "2.9", "KiB"])
+        self.assertIn("since start: 1 rounds, 1 chunks, 2.9 KiB deleted", text)
+        self.assertEqual((self.held(1), self.held(2)), ([], [1, 2, 3]))
+        code, lines, err = self.admin("--json", "gc", "--status")
+        status = json.loads("\n".join(lines))
+        self.assertEqual((status["running"], status["last"]["chunks_deleted"],
+                          status["last"]["bytes_waiting"]), (False, 1, 1000))
+
+    def test_waits_for_the_round(self):
+        """While a member holds the deletes, gc polls until the round ends."""
+        self.beat_all()
+        self.chunks.hold.add("delete")
+        d = Deferred.fromCoroutine(cli.run(
+            self.clock, ["--master", MASTER, "gc"], out=[].append, err=_Terminal(),
+            environ={"SPEEDY_ADMIN_TOKEN": ADMIN}, http=self.http))
+        self.clock.advance(1)
+        self.assertNoResult(d)
+        self.chunks.release()
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.held(1), [])
+
+    def test_usage(self):
+        code, lines, err = self.admin("gc", "--dry-run", "--status")
         self.assertEqual(code, cli.EXIT_USAGE)
 
 

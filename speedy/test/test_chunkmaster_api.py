@@ -394,6 +394,11 @@ class AdminTests(APITestCase):
         self.store.down = True
         self.assertError(self.admin("GET", "/v1/admin/registry-v1"), 503, "UNAVAILABLE")
 
+    def test_gc_without_a_collector(self):
+        """A chunkmaster built without a collector answers 404 for it."""
+        self.assertError(self.admin("GET", "/v1/admin/gc"), 404, "NOT_FOUND")
+        self.assertError(self.admin("POST", "/v1/admin/gc", {}), 404, "NOT_FOUND")
+
     def test_credentials(self):
         """Admin calls need the admin token: not the cluster secret, not nothing."""
         self.beat()

@@ -63,7 +63,8 @@ class OptionsTests(SynchronousTestCase):
              "repair-rate": 64 << 20, "repair-parallelism": 2, "repair-interval": 5.0, "chunk-tls-ca": None,
              "metrics": None,
              "transfer-rate": 32 << 20, "transfer-parallelism": 2,
-             "transfer-delete-delay": 600.0, "transfer-interval": 5.0, "transfer-batch": 32})
+             "transfer-delete-delay": 600.0, "transfer-interval": 5.0, "transfer-batch": 32,
+             "gc-grace": 3600.0, "gc-period": 60.0, "gc-parallelism": 8})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""
@@ -93,7 +94,8 @@ class OptionsTests(SynchronousTestCase):
         for args in (["--heartbeat-timeout", "0"], ["--heartbeat-timeout", "nan"],
                      ["--heartbeat-timeout", "inf"], ["--group-size", "0"],
                      ["--group-size", "2.5"], ["--group-size", "4"], ["--file-id-range", "-1"],
-                     ["--reserve", "lots"]):
+                     ["--reserve", "lots"], ["--gc-grace", "10s"], ["--gc-grace", "soon"],
+                     ["--gc-period", "-1"], ["--gc-parallelism", "0"]):
             self.assertRaises(UsageError, parse, *args)
 
 

@@ -67,23 +67,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(self.storage_of("--config", ETC).zero_copy)
         self.assertRaises(usage.UsageError, self.parse, "--zero-copy", "yes")
 
-    def test_gc_options(self):
-        """--gc-grace (a duration, at least a minute) and --gc-period (0
-        turns it off) reach the chunk collector."""
-        collector = self.collector_of("--gc-grace", "2h", "--gc-period", "30s")
-        self.assertEqual((collector.grace, collector.period), (7200.0, 30.0))
-        collector = self.collector_of()
-        self.assertEqual((collector.grace, collector.period), (3600.0, 60.0))
-        self.assertEqual(self.collector_of("--gc-period", "0").period, 0)
-        for args in (["--gc-grace", "10s"], ["--gc-grace", "soon"], ["--gc-period", "-1"]):
-            self.assertRaises(usage.UsageError, self.parse, *args)
-
-    def collector_of(self, *args):
-        """@return: the chunk collector of the service built from C{args}."""
-        service = tap.makeService(self.parse("--db", "memory:", *args), reactor=MemoryReactorClock())
-        [collector] = [r for r in service.services[0]._registries if hasattr(r, "grace")]
-        return collector
-
     def storage_of(self, *args):
         """@return: the storage of the service built from C{args}."""
         service = tap.makeService(self.parse("--db", "memory:", *args), reactor=MemoryReactorClock())

@@ -1,0 +1,91 @@
+# -*- test-case-name: speedy.test.test_admin -*-
+"""
+C{speedy-admin gc}: the chunk collector on the chunkmaster.
+
+    gc              run a round now and wait for it (a progress bar on a terminal)
+    gc --dry-run    what a round would delete now: chunks and bytes, nothing deleted
+    gc --status     the collector's settings, the last round and the totals
+"""
+
+from twisted.internet.task import deferLater
+from twisted.python import usage
+
+from speedy.admin.output import ProgressBar, human_duration, human_size, table
+
+#: Seconds between polls while a round runs.
+POLL = 0.5
+
+
+class GCOptions(usage.Options):
+    synopsis = "[--dry-run | --status]"
+    longdesc = ("Delete, from every member of their groups, the chunks recorded as garbage "
+                "(deleted blobs and files, failed writes) longer than the grace period ago, "
+                "and wait until done.  The chunkmaster also does it every --gc-period.")
+    optFlags = [
+        ["dry-run", "n", "show what would be deleted now, and delete nothing"],
+        ["status", "s", "show the last round, the totals and the settings"],
+    ]
+
+    def postOptions(self):
+        if self["dry-run"] and self["status"]:
+            raise usage.UsageError("--dry-run and --status do not go together")
+
+
+async def run(client, options, context):
+    if options["status"]:
+        context.show(await client.get("/v1/admin/gc"), render_status)
+        return 0
+    if options["dry-run"]:
+        context.show(await client.post("/v1/admin/gc", {"dry_run": True}), render_dry_run)
+        return 0
+    status = await client.post("/v1/admin/gc", {"dry_run": False})
+    status = await _wait(client, context, status)
+    context.show(status, render_status)
+    return 0
+
+
+async def _wait(client, context, status):
+    """Poll until no round runs; draw the chunks deleted so far."""
+    bar = None
+    while status["running"]:
+        current = status["current"] or {}
+        if bar is None and current.get("chunks_due"):
+            bar = ProgressBar(context.err, current["chunks_due"], "gc ")
+        if bar is not None:
+            bar.update(current.get("chunks_deleted", 0) + current.get("chunks_kept", 0),
+                   f"{human_size(current.get('bytes_deleted', 0))} deleted")
+        await deferLater(context.reactor, POLL, lambda: None)
+        status = await client.get("/v1/admin/gc")
+    if bar is not None:
+        bar.finish()
+    return status
+
+
+def render_dry_run(run):
+    """@return: the lines of a dry run."""
+    return table(["GARBAGE", "CHUNKS", "BYTES"], [
+        ["due (would be deleted)", run["chunks_deleted"], human_size(run["bytes_deleted"])],
+        ["in the grace period", run["chunks_waiting"], human_size(run["bytes_waiting"])],
+    ])
+
+
+def render_status(status):
+    """@return: the lines of the collector's status."""
+    lines = [f"grace {human_duration(status['grace'])}, a round every "
+             + (human_duration(status["period"]) if status["period"] else "- (off)")
+             + (", a round is running" if status["running"] else "")]
+    last = status["last"]
+    lines.append("")
+    if last is None:
+        lines.append("no round has finished since the chunkmaster started")
+    else:
+        lines += table(["LAST ROUND", "CHUNKS", "BYTES"], [
+            ["deleted", last["chunks_deleted"], human_size(last["bytes_deleted"])],
+            ["kept (a member did not delete)", last["chunks_kept"], None],
+            ["in the grace period", last["chunks_waiting"], human_size(last["bytes_waiting"])],
+        ])
+        lines.append(f"took {human_duration(last['duration'])}")
+    totals = status["totals"]
+    lines.append(f"since start: {totals['runs']} rounds, {totals['chunks_deleted']} chunks, "
+                 f"{human_size(totals['bytes_deleted'])} deleted")
+    return lines
