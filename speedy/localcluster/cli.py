@@ -51,6 +51,8 @@ class UpOptions(_ClusterOptions):
          "0 turns it off) [default: the chunkserver's]", parse_size],
         ["scrub-period", None, None, "time between the starts of scrub passes (e.g. 1s: scrub "
          "without pause, 7d) [default: the chunkserver's]"],
+        ["gc-grace", None, None, "how old garbage chunks are when the chunkmaster deletes them "
+         "(e.g. 60s) [default: the chunkmaster's, 1h]"],
         ["start-timeout", None, 60.0, "seconds each role has to become healthy", float],
         ["db", None, None, "metadata store URL every role shares, e.g. "
          "mysql://root@127.0.0.1:3306/speedy (default: sqlite:VAR/metadata.sqlite)"],
@@ -101,7 +103,7 @@ async def _run_up(reactor, var, options):
         cache_size=options["cache-size"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
-        htpasswd=options["htpasswd"], access=options["access"],
+        gc_grace=options["gc-grace"], htpasswd=options["htpasswd"], access=options["access"],
         token_config=options["auth-token"])
     existing = read_state(var)
     if existing is not None and (

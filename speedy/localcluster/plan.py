@@ -100,6 +100,7 @@ class ClusterPlan:
     token_config: str | None = None
     access: str | None = None
     scrub_period: str | None = None
+    gc_grace: str | None = None
     db: str | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -115,7 +116,8 @@ class ClusterPlan:
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
             C{cut_through}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
-            C{scrub_period} (a duration: C{1s}, C{7d}), C{htpasswd} (the
+            C{scrub_period} (a duration: C{1s}, C{7d}), C{gc_grace} (the
+            chunkmaster's, a duration), C{htpasswd} (the
             imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
             allow rules), C{db} (the metadata store's
             URL; a SQLite file under C{var} by default), C{cluster_secret},
@@ -187,7 +189,8 @@ class ClusterPlan:
             ("--listen", self._listen(self.master_port), "--db", db,
              "--cluster-secret-file", self.secret_file("cluster-secret"),
              "--admin-token-file", self.secret_file("admin-token"),
-             "--group-size", str(self.group_size)),
+             "--group-size", str(self.group_size))
+            + (("--gc-grace", self.gc_grace) if self.gc_grace is not None else ()),
             self.host, self.master_port, health_url=f"{self.master_url}/v1/health")
         chunkservers = []
         for i, port in enumerate(self.chunkserver_ports):
