@@ -499,8 +499,10 @@ class IRegistryTables(Interface):
         has no manifests at all."""
 
     def list_repositories(limit=None, last=None):
-        """@return: Deferred firing with repository names in lexical order
-        (those with at least one manifest or linked blob)."""
+        """@return: Deferred firing with repository names in lexical order:
+        those with at least one manifest (a repository whose every manifest
+        was deleted is gone from the catalog, whatever blobs it links, as
+        its tag list is)."""
 
     def referrers(repository, digest, artifact_type=None):
         """@return: Deferred firing with the L{ManifestRecord}s in

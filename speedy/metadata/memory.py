@@ -302,7 +302,7 @@ class MemoryMetadataStore:
 
     @_deferred
     def list_repositories(self, limit=None, last=None):
-        names = {repo for repo, _ in self._manifests} | {repo for repo, _ in self._links}
+        names = {repo for repo, _ in self._manifests}
         return _page(sorted(names), limit, last)
 
     @_deferred

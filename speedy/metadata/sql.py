@@ -660,10 +660,9 @@ class SQLMetadataStore:
         schema.check_limit(limit)
         where, params = "", []
         if last is not None:
-            where, params = " WHERE repository > ?", [last, last]
+            where, params = " WHERE repository > ?", [last]
         rows = db.all(
-            f"SELECT repository FROM manifests{where}"
-            f" UNION SELECT repository FROM blob_links{where}"
+            f"SELECT DISTINCT repository FROM manifests{where}"
             " ORDER BY repository" + _limit(limit),
             *params)
         return [_text(repository) for (repository,) in rows]

@@ -481,11 +481,13 @@ class MetadataStoreTestsMixin:
             await self.store.put_manifest(manifest(repository))
         await self.store.put_manifest(manifest("a", SHA2))
         await self.store.link_blob("a", SHA)
-        await self.store.link_blob("bb", SHA)
-        self.assertEqual(await self.store.list_repositories(), ["a", "b/x", "bb", "c"])
+        await self.store.link_blob("bb", SHA)  # blobs only: not listed
+        self.assertEqual(await self.store.list_repositories(), ["a", "b/x", "c"])
         self.assertEqual(await self.store.list_repositories(limit=2), ["a", "b/x"])
-        self.assertEqual(await self.store.list_repositories(limit=2, last="b/x"), ["bb", "c"])
+        self.assertEqual(await self.store.list_repositories(limit=2, last="b/x"), ["c"])
         self.assertEqual(await self.store.list_repositories(limit=0), [])
+        await self.store.delete_manifest("c", manifest("c").digest)
+        self.assertEqual(await self.store.list_repositories(), ["a", "b/x"])
 
     async def test_referrers(self):
         signature = manifest(digest=SHA2, subject=SHA, artifact_type="sig")

@@ -1162,6 +1162,22 @@ class ListingTests(RegistryTestCase):
         self.assertIsNone(self.header(response, "Link"))
 
 
+    async def test_deleted_repository_leaves_the_catalog(self):
+        """Once every manifest of a repository is deleted it is gone from
+        the catalog (as from the tag list), though its blobs stay linked
+        until they are deleted too."""
+        await self.tag_all("gone/soon", ["v1", "v2"])
+        await self.tag_all("stays", ["v1"])
+        response, body = await self.request("GET", "/v2/gone/soon/manifests/v1")
+        digest = self.header(response, "Docker-Content-Digest")
+        response, body = await self.request("DELETE", f"/v2/gone/soon/manifests/{digest}")
+        self.assertEqual(response.code, 202, body)
+        response, body = await self.request("GET", "/v2/_catalog")
+        self.assertEqual(json.loads(body), {"repositories": ["stays"]})
+        response, body = await self.request("GET", "/v2/gone/soon/tags/list")
+        self.assertError(response, body, 404, "NAME_UNKNOWN")
+
+
 class ReferrersTests(RegistryTestCase):
 
     async def push_subject(self):
