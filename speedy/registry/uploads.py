@@ -110,7 +110,9 @@ class UploadSessions:
 
     async def expire(self):
         """
-        Delete every session untouched for C{expiry} seconds, and its chunks.
+        Delete every session untouched for C{expiry} seconds; its chunks
+        go to the garbage table (a re-hash reading them elsewhere finishes
+        before the collector's grace period ends).
 
         @return: the number of sessions deleted.
         """
@@ -122,7 +124,8 @@ class UploadSessions:
                 deleted = await self._metadata.delete_upload(
                     record.upload_id, expected_offset=record.offset)
                 if deleted is not None:
-                    await self._storage.delete(deleted.chunks)
+                    await self._metadata.record_garbage(
+                        deleted.chunks, f"upload {record.upload_id} expired")
                     count += 1
             if len(stale) < EXPIRY_BATCH:
                 return count
@@ -288,7 +291,7 @@ class UploadSessions:
 
     async def cancel(self, repository, upload_id):
         """
-        End a session and delete its chunks.
+        End a session; its chunks go to the garbage table.
 
         @raise RegistryError: C{BLOB_UPLOAD_UNKNOWN} (404).
         """
@@ -296,7 +299,7 @@ class UploadSessions:
         deleted = await self._metadata.delete_upload(upload_id)
         if deleted is None:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, detail={"upload": upload_id})
-        await self._storage.delete(deleted.chunks)
+        await self._metadata.record_garbage(deleted.chunks, f"upload {upload_id} cancelled")
 
 
 @implementer(IConsumer)

@@ -85,7 +85,7 @@ class UploadSessionTests(SynchronousTestCase):
 
     def test_stale_uploads_expire(self):
         """A session untouched for the expiry time is deleted by the timer,
-        with its chunks; a recently touched one stays; stop() leaves no
+        its chunks handed to the collector; a recently touched one stays; stop() leaves no
         timer behind."""
         old = self.result_of(self.uploads.create("repo"))
         self.successResultOf(self.patch_upload(old, b"o" * 150))
@@ -97,7 +97,10 @@ class UploadSessionTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.metadata.get_upload(old.upload_id)))
         self.assertIsNotNone(self.successResultOf(self.metadata.get_upload(fresh.upload_id)))
         fresh = self.successResultOf(self.metadata.get_upload(fresh.upload_id))
-        self.assertEqual(set(self.storage.chunks), {c.file_id for c in fresh.chunks})
+        garbage = self.successResultOf(self.metadata.list_garbage())
+        self.assertEqual({g.chunk.file_id for g in garbage},
+                         set(self.storage.chunks) - {c.file_id for c in fresh.chunks})
+        self.assertEqual({g.reason for g in garbage}, {f"upload {old.upload_id} expired"})
         self.uploads.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
