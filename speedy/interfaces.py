@@ -249,6 +249,22 @@ class IChunkClient(Interface):
             the chunkserver acknowledged it durable.
         """
 
+    def chain_put(address, file_id, data, route=(), keep_mask=0):
+        """
+        Store a chunk on a chain of chunkservers: the one at C{address}
+        stores it and forwards it as its bytes arrive to C{route[0]}, which
+        forwards it to C{route[1]}, and so on (CHAIN_PUT in C{protocol.md}).
+
+        @param data: as L{put}'s.
+        @param route: the addresses of the chain's members after the first.
+        @param keep_mask: bit i asks member i (0: C{address}) to keep the
+            chunk in its memory cache.
+        @return: a Deferred firing with a list of
+            L{speedy.records.ChunkInfo}, one per member in chain order, once
+            every member acknowledged it durable; failing with the error of
+            the first member that failed, its message naming the member.
+        """
+
     def get(address, file_id, offset=0, length=None):
         """
         @return: a Deferred firing with a bytearray holding the range (joined

@@ -38,12 +38,14 @@ from zope.interface import implementer
 
 from speedy.errors import (
     BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unauthenticated, Unavailable)
+from speedy.wire.client import parse_address
 from speedy.wire.frames import (
-    ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
+    ALL_BYTES, ALL_VOLUMES, CHAIN_PREFIX, CHUNK_INFO, MAX_CHAIN, MAX_ROUTE, OP_CHAIN_PUT, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
     LIST_BATCH, MAX_CHUNK, OP_AUTH, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE,
     REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
+from speedy.wire.growing import GrowingChunk
 from speedy.wire.handshake import HANDSHAKE_TIMEOUT, NONCE_SIZE, same_proof, server_challenge
 from speedy.wire.outbox import Outbox, no_delay
 from speedy.wire.reader import FrameReader
@@ -52,9 +54,15 @@ from speedy.zerocopy.internals import set_read_size
 from speedy.zerocopy.sendfile import range_body
 
 
-#: Reasons to stop reading a connection: too many requests in flight, or the
-#: store has too much of a PUT body in memory.
-IN_FLIGHT, STORE_LAGS = "in-flight", "store-lags"
+#: Reasons to stop reading a connection: too many requests in flight, the
+#: store has too much of a PUT body in memory, or the next member of a
+#: chain has not taken enough of a CHAIN_PUT body yet.
+IN_FLIGHT, STORE_LAGS, FORWARD_LAGS = "in-flight", "store-lags", "forward-lags"
+
+#: Bytes of a CHAIN_PUT body received and not yet handed to the connection
+#: to the next member, before the connection stops reading; it reads on
+#: once the next member took all but half of them.
+FORWARD_BUFFER_LIMIT = 4 * 1024 * 1024
 
 #: Bytes of a PUT body the store may hold in memory (L{IChunkWrite.buffered})
 #: before the connection stops reading; it reads on once
@@ -95,12 +103,21 @@ class ChunkServerFactory(Factory):
     @ivar secret: the cluster secret every connection must prove it knows
         (L{speedy.wire.handshake}) before its first request, or None to
         take requests from anyone (tests of other things).
+    @ivar forwarder: the L{speedy.wire.client.ChunkClient} (with the cluster
+        secret) a CHAIN_PUT is forwarded to the next member of its chain
+        with, or a callable C{forwarder(after)} returning the client to
+        forward to a member with C{after} members after it (so that each
+        member waits longer than the one after it, and a stalled member is
+        named by the one before it), or None: then a CHAIN_PUT with a route
+        is answered BAD_REQUEST.
     """
 
     def __init__(self, clock, store=None, max_in_flight=64, idle_timeout=120.0,
                  max_chunk=MAX_CHUNK, zero_copy=True, secret=None,
-                 handshake_timeout=HANDSHAKE_TIMEOUT):
+                 handshake_timeout=HANDSHAKE_TIMEOUT, forwarder=None):
         self.clock = clock
+        self.forwarder = forwarder
+
         self.secret = secret
         self.handshake_timeout = handshake_timeout
         self.store = store
@@ -111,10 +128,19 @@ class ChunkServerFactory(Factory):
         self._connections = set()
         self.counters = dict(connections=0, open_connections=0, requests=0,
                              error_frames=0, bad_frames=0, idle_timeouts=0,
-                             answers_abandoned=0, handshake_failures=0)
+                             answers_abandoned=0, handshake_failures=0,
+                             chains_forwarded=0)
 
     def buildProtocol(self, addr):
         return ChunkServerProtocol(self)
+
+    def forwarder_for(self, after):
+        """@return: the client to forward a chain to a member with C{after}
+        members after it, or None."""
+        forwarder = self.forwarder
+        if forwarder is None or hasattr(forwarder, "chain_put"):
+            return forwarder
+        return forwarder(after)
 
     def busy(self):
         """@return: True while some client has a request in flight."""
@@ -223,7 +249,8 @@ class ChunkServerProtocol(Protocol):
         """@return: what takes the body of the frame whose header is C{raw},
         or None when the stream broke (the connection is closing)."""
         try:
-            header = Header.unpack(raw, max_body=self.factory.max_chunk + FILE_ID.size)
+            header = Header.unpack(raw, max_body=self.factory.max_chunk + (
+                CHAIN_PREFIX.size + MAX_ROUTE if raw[5] == OP_CHAIN_PUT else FILE_ID.size))
         except BadFrame as e:
             return self._bad_stream(0, 0, e)
         except TooLarge as e:
@@ -263,6 +290,18 @@ class ChunkServerProtocol(Protocol):
         self._drain = write.drained(WRITE_BUFFER_LIMIT // 2)
         self._drain.addBoth(self._store_caught_up)
 
+    def _forward_lags(self, chunk):
+        """
+        The next member of a chain has not taken enough of the
+        L{GrowingChunk} forwarded to it: stop reading until it took all
+        but half of L{FORWARD_BUFFER_LIMIT}.
+        """
+        if FORWARD_LAGS in self._paused:
+            return
+        self._pause(FORWARD_LAGS)
+        chunk.when_taken(FORWARD_BUFFER_LIMIT // 2).addCallback(
+            lambda _: self._resume(FORWARD_LAGS))
+
     def _store_caught_up(self, result):
         """The store drained its write buffer, or the connection was lost
         meanwhile (C{result} is then the wait's cancellation)."""
@@ -284,6 +323,10 @@ class ChunkServerProtocol(Protocol):
                 return self._refuse(header, BadRequest("a PUT body starts with the file id"))
             return _PutBody(self, request_id, header.body_length,
                             keep=bool(header.flags & FLAG_KEEP))
+        if opcode == OP_CHAIN_PUT:
+            if header.body_length < CHAIN_PREFIX.size:
+                return self._refuse(header, BadRequest("a CHAIN_PUT body starts with its route"))
+            return _ChainPutBody(self, request_id, header.body_length)
         expected = REQUEST_BODY_SIZES.get(opcode)
         if opcode == OP_AUTH:
             return self._refuse(header, BadRequest(
@@ -467,12 +510,12 @@ class ChunkServerProtocol(Protocol):
             return CHUNK_INFO.pack(info.size, info.crc32c)
         self._respond(OP_PUT, request_id, Deferred.fromCoroutine(finish()))
 
-    def _put_refused(self, request_id, error):
+    def _put_refused(self, request_id, error, opcode=OP_PUT):
         """The store refused a PUT whose body is still arriving: answer now."""
         if not isinstance(error, SpeedyError):
             self._log.failure("PUT {request_id} failed", Failure(error), request_id=request_id)
             error = Internal(f"{type(error).__name__}: {error}")
-        self._answer_error(OP_PUT, request_id, error)
+        self._answer_error(opcode, request_id, error)
         self._request_done()
 
 
@@ -529,6 +572,8 @@ class _PutBody:
     the store to keep the chunk in its memory cache.
     """
 
+    opcode = OP_PUT
+
     def __init__(self, server, request_id, body_length, keep=False):
         self.remaining = body_length
         self._keep = keep
@@ -584,7 +629,7 @@ class _PutBody:
 
     def _refuse(self, error):
         self._refused = True
-        self._server._put_refused(self._request_id, error)
+        self._server._put_refused(self._request_id, error, self.opcode)
 
     def complete(self):
         if not self._refused:
@@ -593,6 +638,152 @@ class _PutBody:
     def abandon(self):
         if self._write is not None and not self._refused:
             self._write.abort()
+
+
+class _ChainPutBody(_PutBody):
+    """
+    A CHAIN_PUT body: the chain prefix and route, then the chunk's bytes,
+    each piece handed to the store (as a PUT's) and, when the route names
+    a next member, added to a L{GrowingChunk} that a CHAIN_PUT to that
+    member streams on as it fills (the rest of the route with it).  Pieces
+    are dropped once handed to the next member's connection; when more
+    than L{FORWARD_BUFFER_LIMIT} wait for it, this connection stops
+    reading, so a slow member slows the whole chain down to its pace.
+
+    The answer is this member's size and CRC-32C, then the next member's
+    answer, sent once both are in.  Anything failing fails the request:
+    the store refusing, the next member unreachable, refusing or timing
+    out (its error, prefixed with its address, is answered at once; the
+    rest of the body is skipped), or the connection lost (the write is
+    aborted and the forwarded body abandoned, so the next members drop
+    theirs too).
+    """
+
+    opcode = OP_CHAIN_PUT
+
+    def __init__(self, server, request_id, body_length):
+        super().__init__(server, request_id, body_length)
+        self._prefix = bytearray()
+        self._route_length = None
+        self._keep_mask = 0
+        self._next = None  # the GrowingChunk forwarded, with a route
+        self._next_address = None
+        self._outcome = None  # the next member's answer (infos) or Failure
+        self._waiting = None  # a Deferred waiting for _outcome
+        self._complete = False
+
+    def feed(self, piece):
+        if self._write is None and not self._refused:
+            piece = self._gather(piece)
+            if piece is None:
+                return
+        self.remaining -= len(piece)
+        if self._refused or not piece:
+            return
+        self._take(self._write.write, piece)
+        if self._next is not None and not self._refused:
+            self._next.add(bytes(piece))
+            if self._next.backlog() > FORWARD_BUFFER_LIMIT:
+                self._server._forward_lags(self._next)
+
+    def _gather(self, piece):
+        """Take the prefix and route from the front of C{piece}.
+        @return: the rest of C{piece}, or None while they are incomplete."""
+        want = CHAIN_PREFIX.size if self._route_length is None else self._route_length
+        used = min(want - len(self._prefix), len(piece))
+        self._prefix += piece[:used]
+        self.remaining -= used
+        piece = piece[used:]
+        if len(self._prefix) < want:
+            return None
+        if self._route_length is None:
+            self._file_id, self._keep_mask, self._route_length = CHAIN_PREFIX.unpack(self._prefix)
+            self._prefix = bytearray()
+            if self._route_length > min(MAX_ROUTE, self.remaining):
+                self._refuse(BadRequest(f"a route of {self._route_length} bytes"))
+                return piece
+            if self._route_length:
+                return self._gather(piece)
+        self._start()
+        return piece
+
+    def _start(self):
+        """The route is in: open the store's write and the next hop."""
+        route = bytes(self._prefix).decode("utf-8", "replace").split(",") \
+            if self._route_length else []
+        size = self.remaining
+        forwarder = self._server.factory.forwarder_for(max(0, len(route) - 1))
+        try:
+            if len(route) + 1 > MAX_CHAIN:
+                raise BadRequest(f"a chain of {len(route) + 1} members exceeds {MAX_CHAIN}")
+            for address in route:
+                parse_address(address)
+            if route and forwarder is None:
+                raise BadRequest("this chunkserver forwards to no one")
+            self._write = self._server._store().put(self._file_id, size,
+                                                    keep=bool(self._keep_mask & 1))
+        except Exception as e:
+            return self._refuse(e)
+        if route:
+            self._server.factory.counters["chains_forwarded"] += 1
+            self._next_address = route[0]
+            self._next = GrowingChunk(size, forget=True)
+            forwarder.chain_put(route[0], self._file_id, self._next, route[1:],
+                                self._keep_mask >> 1).addBoth(self._forwarded)
+
+    def space(self):
+        if self._next is not None:
+            return None  # the bytes go on to the next member: read them as bytes
+        return super().space()
+
+    def _forwarded(self, result):
+        """The next member answered, or failed."""
+        self._outcome = result if not isinstance(result, Failure) else self._hop_error(result)
+        if (isinstance(self._outcome, Exception) and not self._complete
+                and not self._refused and not self._server._closing):
+            if self._write is not None:
+                self._write.abort()
+            self._refuse(self._outcome)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def _hop_error(self, failure):
+        """@return: the error of the next member, naming it."""
+        error = failure.value
+        kind = type(error) if isinstance(error, SpeedyError) else Internal
+        try:
+            return kind(f"{self._next_address}: {error}")
+        except TypeError:
+            return Internal(f"{self._next_address}: {error}")
+
+    def _refuse(self, error):
+        if self._next is not None:
+            self._next.fail(error)
+        super()._refuse(error)
+
+    def complete(self):
+        self._complete = True
+        if not self._refused:
+            self._server._respond(OP_CHAIN_PUT, self._request_id,
+                                  Deferred.fromCoroutine(self._finish()))
+
+    async def _finish(self):
+        info = await self._server._store_call(self._write.finish)
+        answer = CHUNK_INFO.pack(info.size, info.crc32c)
+        if self._next is None:
+            return answer
+        if self._outcome is None:
+            self._waiting = Deferred()
+            await self._waiting
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        return answer + b"".join(CHUNK_INFO.pack(i.size, i.crc32c) for i in self._outcome)
+
+    def abandon(self):
+        if self._next is not None:
+            self._next.fail(ConnectionLost("the chain's previous member went away"))
+        super().abandon()
 
 
 @implementer(IPullProducer)

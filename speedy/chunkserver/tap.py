@@ -19,7 +19,7 @@ import uuid
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -31,6 +31,7 @@ from speedy.config import (
 from speedy.errors import Unavailable
 from speedy.monitoring.collectors import ChunkserverCollector
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
+from speedy.wire.client import ChunkClient
 from speedy.zerocopy import ZERO_COPY_MODES
 
 log = Logger()
@@ -270,6 +271,40 @@ def open_chunk_store(reactor, options):
     return Deferred.fromCoroutine(open_and_start())
 
 
+#: Seconds a chain's forwarded PUT to a last member may go without a byte
+#: moving, and more per member after the one forwarded to: less than an
+#: imageserver's request timeout (30 s) for chains of three, so the member
+#: before a stalled one answers first, naming it.
+FORWARD_TIMEOUT = 20.0
+FORWARD_TIMEOUT_PER_HOP = 2.0
+
+
+class _Forwarders(Service):
+    """
+    The chunk clients chains are forwarded with, by the number of members
+    after the one forwarded to (L{ChunkServerFactory.forwarder}); closed
+    when the service stops.
+    """
+
+    def __init__(self, reactor, secret):
+        self._reactor = reactor
+        self._secret = secret
+        self._clients = {}
+
+    def __call__(self, after):
+        client = self._clients.get(after)
+        if client is None:
+            client = self._clients[after] = ChunkClient(
+                self._reactor, secret=self._secret,
+                request_timeout=FORWARD_TIMEOUT + FORWARD_TIMEOUT_PER_HOP * after)
+        return client
+
+    def stopService(self):
+        super().stopService()
+        clients, self._clients = list(self._clients.values()), {}
+        return DeferredList([c.close() for c in clients], consumeErrors=True)
+
+
 def makeService(options, reactor=None):
     """@return: the chunkserver's L{MultiService} (see the module docstring)."""
     if reactor is None:
@@ -277,8 +312,12 @@ def makeService(options, reactor=None):
     if not options["server-id"]:
         options["server-id"] = server_id(options["data-dir"])
     top = MultiService()
+    # Chains (CHAIN_PUT) go on to their next member through these clients:
+    # one per number of members after that one, each waiting longer.
+    forwarders = _Forwarders(reactor, options["cluster-secret"])
     factory = ChunkServerFactory(reactor, zero_copy=options["zero-copy"] == "auto",
-                                 secret=options["cluster-secret"])
+                                 secret=options["cluster-secret"], forwarder=forwarders)
+    forwarders.setServiceParent(top)
     stores = ChunkStoreService(reactor, lambda: open_chunk_store(reactor, options), factory)
     stores.setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, options["listen"]), factory)

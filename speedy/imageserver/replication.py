@@ -39,6 +39,9 @@ log = Logger()
 
 DEFAULT_CHUNK_SIZE = 16 << 20
 
+#: How a chunk's bytes reach the members of its group.
+REPLICATION_MODES = ("fanout", "chain")
+
 #: Seconds a group with an unreachable member is avoided at most, when the
 #: cluster view does not change meanwhile.
 AVOID_FOR = 30.0
@@ -78,12 +81,20 @@ class ReplicatedStorage:
         later must not overtake chunks queued for the link.
     @param zero_copy: splice reads into plain-TCP responses where they
         can be (L{speedy.zerocopy}); False copies every read through Python.
+    @param replication: C{"fanout"}: a chunk's bytes go from here to every
+        member of its group; C{"chain"}: they go to one member, which
+        forwards them to the next as they arrive, and so on
+        (L{chain_order}; CHAIN_PUT in C{protocol.md}).  Either way a chunk
+        is stored once every member acknowledged it durable.
     """
 
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
                  preferred=preferred_replica, read_window=0, fill_slots=0,
-                 cut_through=0, zero_copy=True):
+                 cut_through=0, zero_copy=True, replication="fanout"):
+        if replication not in REPLICATION_MODES:
+            raise ValueError(f"replication is one of {REPLICATION_MODES}, not {replication!r}")
+        self.replication = replication
         self.client = client
         self.view = view
         self.file_ids = file_ids
@@ -276,6 +287,11 @@ class ReplicatedStorage:
         @return: a list of (server, (ok, result)), one per member."""
         self.pending[group.group_id] += 1
         keeper = self.preferred(group.servers, file_id)
+        if self.replication == "chain":
+            try:
+                return await self._put_chain(group, file_id, data, keeper)
+            finally:
+                self.pending[group.group_id] -= 1
         try:
             results = await DeferredList(
                 [self.client.put(s.address, file_id, data, keep=s is keeper)
@@ -284,6 +300,22 @@ class ReplicatedStorage:
         finally:
             self.pending[group.group_id] -= 1
         return list(zip(group.servers, results))
+
+    async def _put_chain(self, group, file_id, data, keeper):
+        """Put C{data} along the chain of C{group}'s members in
+        L{chain_order}.
+        @return: as L{_put_all}: every member with its acknowledgement, or
+            the chain's head with the chain's failure (whose message names
+            the member that failed)."""
+        order = chain_order(group.servers, file_id)
+        keep_mask = sum(1 << i for i, s in enumerate(order) if s is keeper)
+        self.counters["chain_puts"] += 1
+        try:
+            infos = await self.client.chain_put(order[0].address, file_id, data,
+                                                [s.address for s in order[1:]], keep_mask)
+        except Exception:
+            return [(order[0], (False, Failure()))]
+        return [(server, (True, info)) for server, info in zip(order, infos)]
 
     def _avoided(self):
         """@return: the groups not to write to: those with a member found
@@ -370,6 +402,19 @@ class ReplicatedStorage:
     def _group(self, group_id):
         view = self.view.current
         return None if view is None else view.groups.get(group_id)
+
+
+def chain_order(servers, file_id):
+    """
+    @return: the members of a group in the order a chain PUT of chunk
+        C{file_id} passes them: rotated by the file id, so each member is
+        first, middle and last for as many chunks as the others.
+    """
+    servers = sorted(servers, key=lambda s: str(s.server_id))
+    if not servers:
+        return servers
+    turn = file_id % len(servers)
+    return servers[turn:] + servers[:turn]
 
 
 def _failures(results, ref):

@@ -5,7 +5,7 @@ C{twistd speedy-imageserver}: options and service.
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
         --master http://127.0.0.1:8099 --cluster-secret-file F --db sqlite:meta.db \\
         [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--cut-through 8]
-        [--read-window 0]
+        [--read-window 0] [--replication fanout|chain]
         [--config etc/imageserver.ini]
 
 An option given on the command line wins over the C{--config} file (section
@@ -31,7 +31,7 @@ from speedy.config import (
 from speedy.imageserver.clusterview import ClusterViewPoller
 from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import master_client
-from speedy.imageserver.replication import ReplicatedStorage
+from speedy.imageserver.replication import REPLICATION_MODES, ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ImageserverCollector
@@ -116,6 +116,10 @@ class Options(DaemonOptions):
         Option("cut-through", "8", "Chunks of uploads with a Content-Length sent on to their "
                "replicas while they arrive, at once, while no whole chunk is being stored; the "
                "others are sent once whole. 0 for none.", number(int, 0)),
+        Option("replication", "fanout", "How a chunk reaches the members of its group: "
+               "fanout (this imageserver sends it to each) or chain (it sends it to one, "
+               "which forwards it to the next as it arrives; plain TCP only).",
+               choice(*REPLICATION_MODES)),
         Option("zero-copy", "auto", "Splice downloads from chunkserver sockets into plain-TCP "
                "responses: auto, or off to copy them through Python.",
                choice(*ZERO_COPY_MODES)),
@@ -126,6 +130,9 @@ class Options(DaemonOptions):
     ]
 
     def check(self):
+        if self["replication"] == "chain" and self["chunk-tls-ca"] is not None:
+            raise usage.UsageError("--replication chain: chunkservers forward chains over "
+                                   "plain TCP only; use fanout with --chunk-tls-ca")
         if self["access"] is not None:
             try:
                 AccessPolicy.load(self["access"])
@@ -189,7 +196,7 @@ def makeService(options, reactor=None):
         client, poller, file_ids, metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
         fill_slots=options["fill-slots"], cut_through=options["cut-through"],
-        zero_copy=options["zero-copy"] == "auto")
+        zero_copy=options["zero-copy"] == "auto", replication=options["replication"])
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)

@@ -203,6 +203,7 @@ class ChunkmasterCollector:
 _IMAGESERVER_COUNTERS = {
     "chunks_written": "Chunks stored on every replica of their group.",
     "chunks_cut_through": "Chunks sent on to their replicas while they arrived.",
+    "chain_puts": "Chunks sent along a chain of their group's members (--replication chain).",
     "chunk_write_retries": "Chunk writes retried on another group.",
     "chunk_writes_failed": "Chunk writes that failed on every try.",
     "groups_avoided": "Groups a chunk write avoided after a failure.",

@@ -39,7 +39,7 @@ MiB = 1 << 20
 class Cluster:
     """The processes, started once for the module."""
 
-    def __init__(self):
+    def __init__(self, imageserver_args=()):
         self.workdir = tempfile.mkdtemp(prefix="speedy-imageserver-e2e-")
         self.db = "sqlite:" + os.path.join(self.workdir, "meta.db")
         self.daemons = []
@@ -64,7 +64,7 @@ class Cluster:
             port = free_port()
             self.imageserver_daemons.append(self._start("speedy-imageserver", port, f"is{i}", [
                 "--master", self.master_url, "--db", self.db,
-                "--chunk-size", "1MiB", "--request-timeout", "5"]))
+                "--chunk-size", "1MiB", "--request-timeout", "5", *imageserver_args]))
             self.imageservers.append(f"http://127.0.0.1:{port}")
         self.wait_writable(2)
 
@@ -166,8 +166,10 @@ class Collect(Protocol):
 
 
 class EndToEndTests(TestCase):
+    imageserver_args = ()
+
     def setUp(self):
-        self.cluster = Cluster()
+        self.cluster = Cluster(self.imageserver_args)
         self.addCleanup(self.cluster.stop)
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)

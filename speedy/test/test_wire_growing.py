@@ -117,3 +117,32 @@ class GrowingBodyTests(SynchronousTestCase):
         body = GrowingBody(GrowingChunk(0))
         self.successResultOf(body.start(self.transport))
         self.assertIsNone(self.transport.producer)
+
+
+class ForgetfulChunkTests(SynchronousTestCase):
+    """A chunk forwarded along a chain holds only what its one body has
+    not taken yet."""
+
+    def test_pieces_dropped_once_taken(self):
+        chunk = GrowingChunk(30, forget=True)
+        body = GrowingBody(chunk)
+        transport = StringTransport()
+        body.start(transport)
+        chunk.add(b"a" * 10)
+        chunk.add(b"b" * 10)
+        self.assertEqual(chunk.backlog(), 20)
+        waiting = chunk.when_taken(5)
+        body.resumeProducing()
+        self.assertNoResult(waiting)
+        body.resumeProducing()
+        self.successResultOf(waiting)
+        self.assertEqual((chunk.backlog(), chunk.taken), (0, 20))
+        self.assertEqual(chunk.pieces, [None, None])
+        self.assertEqual(transport.value(), b"a" * 10 + b"b" * 10)
+
+    def test_failure_releases_waiters(self):
+        chunk = GrowingChunk(30, forget=True)
+        chunk.add(b"x" * 20)
+        waiting = chunk.when_taken(0)
+        chunk.fail(ConnectionError("gone"))
+        self.successResultOf(waiting)

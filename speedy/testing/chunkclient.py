@@ -68,6 +68,7 @@ class FakeChunkClient:
         self.hold = set()
         self.held = []  # (operation, address, file_id, go)
         self.growing_puts = []  # addresses of puts of GrowingChunks not yet whole
+        self.chains = []  # the members of each chain_put, in chain order
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -156,6 +157,26 @@ class FakeChunkClient:
             return ChunkInfo(file_id, len(chunk), server.crcs[file_id])
 
         return self._answer(address, "put", file_id, store)
+
+    def chain_put(self, address, file_id, data, route=(), keep_mask=0):
+        """Put C{data} on C{address}, then on each member of C{route} in
+        turn (as L{put}, holds and modes included); the chain is recorded
+        in C{chains}.  The first member that fails fails the chain, its
+        error prefixed with its address; the members after it get nothing."""
+        chain = [address, *route]
+        self.chains.append(tuple(chain))
+
+        async def along():
+            infos = []
+            for i, member in enumerate(chain):
+                try:
+                    infos.append(await self.put(member, file_id, data,
+                                                keep=bool(keep_mask >> i & 1)))
+                except errors.SpeedyError as e:
+                    raise type(e)(f"{member}: {e}")
+            return infos
+
+        return Deferred.fromCoroutine(along())
 
     def get(self, address, file_id, offset=0, length=None):
         def read(server):

@@ -54,7 +54,7 @@ from speedy.interfaces import IChunkClient
 from speedy.records import ChunkInfo
 from speedy.wire.connection import ChunkClientProtocol
 from speedy.wire.frames import (
-    ALL_BYTES, ALL_VOLUMES, CHUNK_INFO, COMPACT_REQUEST, COMPACT_RESPONSE,
+    ALL_BYTES, ALL_VOLUMES, CHAIN_PREFIX, CHUNK_INFO, MAX_CHAIN, MAX_ROUTE, OP_CHAIN_PUT, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY)
 from speedy.wire.growing import GrowingChunk
@@ -137,6 +137,27 @@ class ChunkClient:
         d = self._request(address, OP_PUT, FILE_ID.pack(file_id), data,
                           flags=FLAG_KEEP if keep else 0)
         return d.addCallback(lambda body: ChunkInfo(file_id, *CHUNK_INFO.unpack(body)))
+
+    def chain_put(self, address, file_id, data, route=(), keep_mask=0):
+        """
+        Store C{data} on the chain that starts at C{address} and goes on
+        through the addresses of C{route}: C{address} stores it and forwards
+        it, as its bytes arrive, to C{route[0]}, and so on (CHAIN_PUT in
+        C{protocol.md}).  C{data} is as L{put}'s.
+
+        @param keep_mask: bit i asks member i of the chain (0: C{address})
+            to keep the chunk in its memory cache.
+        @return: a Deferred firing with a list of L{ChunkInfo}, one per
+            member in chain order, once every member has it durable;
+            failing with the first error any member met (its message names
+            the member).
+        """
+        try:
+            prefix = chain_prefix(file_id, route, keep_mask)
+        except BadRequest as e:
+            return fail(e)
+        d = self._request(address, OP_CHAIN_PUT, prefix, data)
+        return d.addCallback(lambda body: chain_infos(file_id, body, 1 + len(route)))
 
     def get(self, address, file_id, offset=0, length=None):
         """
@@ -441,6 +462,33 @@ class _ServerPool:
                 closing.append(connection.when_lost())
                 connection.close()
         return DeferredList(closing, consumeErrors=True)
+
+
+def chain_prefix(file_id, route, keep_mask):
+    """
+    @return: the bytes of a CHAIN_PUT body before the chunk's.
+    @raise BadRequest: the route is too long or not addresses.
+    """
+    for address in route:
+        parse_address(address)
+        if "," in address:
+            raise BadRequest(f"not a host:port address: {address!r}")
+    encoded = ",".join(route).encode("utf-8")
+    if len(route) + 1 > MAX_CHAIN or len(encoded) > MAX_ROUTE:
+        raise BadRequest(f"a chain of {len(route) + 1} members ({len(encoded)} bytes of "
+                         f"route) exceeds {MAX_CHAIN} members or {MAX_ROUTE} bytes")
+    return CHAIN_PREFIX.pack(file_id, keep_mask & 0xFF, len(encoded)) + encoded
+
+
+def chain_infos(file_id, body, members):
+    """@return: the L{ChunkInfo}s of a CHAIN_PUT answer from a chain of
+    C{members}.
+    @raise ConnectionFailed: the answer does not have one per member."""
+    if len(body) != CHUNK_INFO.size * members:
+        raise ConnectionFailed(f"a CHAIN_PUT answer of {len(body)} bytes from a chain of "
+                               f"{members}")
+    return [ChunkInfo(file_id, *CHUNK_INFO.unpack_from(body, i * CHUNK_INFO.size))
+            for i in range(members)]
 
 
 def load_authority(path):

@@ -34,7 +34,7 @@ from speedy.wire.frames import (
     CHUNK_INFO, COMPACT_RESPONSE, FILE_ID, FLAG_ERROR, FLAG_MORE,
     FLAG_RESPONSE, GET_RESPONSE, LIST_BATCH, MAX_BODY,
     MAX_ERROR_MESSAGE, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_AUTH, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header,
+    OP_AUTH, OP_CHAIN_PUT, MAX_CHAIN, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE, ERROR_BODY, Header,
     decode_error, frame)
 from speedy.wire.growing import GrowingBody, GrowingChunk
 from speedy.wire.handshake import NONCE_SIZE, PROOF_SIZE, client_answer, new_nonce
@@ -55,6 +55,7 @@ RESPONSE_LIMITS = {
     OP_COMPACT: COMPACT_RESPONSE.size,
     OP_VERIFY: CHUNK_INFO.size,
     OP_AUTH: NONCE_SIZE + PROOF_SIZE,
+    OP_CHAIN_PUT: CHUNK_INFO.size * MAX_CHAIN,
 }
 
 

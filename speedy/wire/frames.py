@@ -40,10 +40,11 @@ OP_LIST = 7
 OP_COMPACT = 8
 OP_VERIFY = 9
 OP_AUTH = 10
+OP_CHAIN_PUT = 11
 OPCODES = {
     OP_PUT: "PUT", OP_GET: "GET", OP_STAT: "STAT", OP_DELETE: "DELETE",
     OP_PING: "PING", OP_STATUS: "STATUS", OP_LIST: "LIST", OP_COMPACT: "COMPACT",
-    OP_VERIFY: "VERIFY", OP_AUTH: "AUTH",
+    OP_VERIFY: "VERIFY", OP_AUTH: "AUTH", OP_CHAIN_PUT: "CHAIN_PUT",
 }
 
 #: Set on every frame the server sends.
@@ -61,7 +62,11 @@ REQUEST_FLAGS = {OP_PUT: FLAG_KEEP}
 
 #: The largest chunk a PUT may carry, and the largest body of any frame.
 MAX_CHUNK = 64 * 1024 * 1024
-MAX_BODY = MAX_CHUNK + 64
+#: Members of a chain (CHAIN_PUT) at most, the receiver included, and the
+#: longest route (the addresses of the members after the receiver).
+MAX_CHAIN = 8
+MAX_ROUTE = 1024
+MAX_BODY = MAX_CHUNK + 64 + MAX_ROUTE
 #: Bytes either end reads from its socket per call (the transport's
 #: C{bufferSize}): bodies are megabytes, and Twisted's default of 64 KiB
 #: costs a Python call chain per 64 KiB (on a 16 MiB PUT, a quarter of the
@@ -84,6 +89,11 @@ CHUNK_INFO = struct.Struct(">QI")  # PUT and STAT responses: size, crc32c
 COMPACT_REQUEST = struct.Struct(">I")  # volume_id
 COMPACT_RESPONSE = struct.Struct(">Q")  # bytes freed
 ERROR_BODY = struct.Struct(">B")  # error code; then the message
+#: CHAIN_PUT request: file_id, keep mask (bit i: member i of the chain keeps
+#: the chunk in its memory cache, bit 0 the receiver), route length; then
+#: the route (the next members' "host:port", comma-separated, UTF-8), then
+#: the chunk's bytes.  Its answer: one CHUNK_INFO per member, receiver first.
+CHAIN_PREFIX = struct.Struct(">QBH")
 
 #: Exact request body lengths of every opcode but PUT (FILE_ID + data).
 REQUEST_BODY_SIZES = {

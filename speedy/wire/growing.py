@@ -40,10 +40,18 @@ class GrowingChunk:
     @ivar filled: their total length.
     @ivar crc32c: the CRC32C of the bytes added so far.
     @ivar failure: the L{Failure} it was failed with, or None.
+    @ivar forget: True when the chunk is streamed by one body only and each
+        piece is dropped once that body handed it to its transport (a
+        chunkserver forwarding a chain PUT holds only what the next member
+        has not taken yet); L{whole} then never fires.
+    @ivar taken: bytes the body handed to its transport, with C{forget}.
     """
 
-    def __init__(self, length):
+    def __init__(self, length, forget=False):
         self.length = length
+        self.forget = forget
+        self.taken = 0
+        self._on_taken = []
         self.pieces = []
         self.filled = 0
         self.crc32c = 0
@@ -92,6 +100,9 @@ class GrowingChunk:
         whole, self._whole = self._whole, []
         for d in whole:
             d.errback(self.failure)
+        waiting, self._on_taken = self._on_taken, []
+        for _, d in waiting:
+            d.callback(None)
 
     def whole(self):
         """@return: a Deferred firing with the tuple of pieces once the chunk
@@ -104,6 +115,32 @@ class GrowingChunk:
         else:
             self._whole.append(d)
         return d
+
+    def backlog(self):
+        """@return: bytes added and not yet taken by the body (C{forget})."""
+        return self.filled - self.taken
+
+    def when_taken(self, backlog):
+        """@return: a Deferred firing once at most C{backlog} bytes wait to
+        be taken (C{forget}), or the chunk failed."""
+        d = Deferred()
+        if self.backlog() <= backlog or self.failure is not None:
+            d.callback(None)
+        else:
+            self._on_taken.append((backlog, d))
+        return d
+
+    def _took(self, index, count):
+        """The body handed C{count} bytes of piece C{index} on."""
+        self.taken += count
+        if self.forget and index is not None:
+            self.pieces[index] = None
+        waiting, self._on_taken = self._on_taken, []
+        for backlog, d in waiting:
+            if self.backlog() <= backlog:
+                d.callback(None)
+            else:
+                self._on_taken.append((backlog, d))
 
     def watch(self, wake):
         """Call C{wake()} after every piece added, and when the chunk fails."""
@@ -190,16 +227,20 @@ class GrowingBody:
         self._progress()
         piece = chunk.pieces[self._index]
         if self._whole:
+            done = self._index
             self._index += 1
             data = piece
         else:
+            done = None
             data = piece[self._offset:self._offset + PIECE]
             self._offset += len(data)
             if self._offset == len(piece):
+                done = self._index
                 self._index += 1
                 self._offset = 0
         self._sent += len(data)
         self._consumer.write(data)
+        chunk._took(done, len(data))
 
     def stopProducing(self):
         self._stopped = True
