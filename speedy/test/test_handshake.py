@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from speedy.chunkserver.protocol import ChunkServerFactory
+from speedy.wire.client import chain_prefix
 from speedy.errors import BadRequest, ConnectionFailed, Unauthenticated
 from speedy.testing import MemoryChunkStore
 from speedy.test.test_chunk_client import ADDRESS, ClientTestsMixin
@@ -22,7 +23,8 @@ from speedy.test.test_chunkserver_protocol import error_code, parse_frames, put_
 from speedy.wire.client import ChunkClient, load_authority
 from speedy.wire.frames import (
     ALL_VOLUMES, COMPACT_REQUEST, FILE_ID, FLAG_ERROR, FLAG_RESPONSE, GET_REQUEST, OP_AUTH,
-    OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY,
+    OP_CHAIN_PUT, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS,
+    OP_VERIFY,
     OPCODES, frame)
 from speedy.wire.handshake import (
     HANDSHAKE_TIMEOUT, NONCE_SIZE, client_answer, client_proof, new_nonce, server_proof)
@@ -154,6 +156,8 @@ class ServerTests(SynchronousTestCase):
             OP_COMPACT: frame(OP_COMPACT, 3, COMPACT_REQUEST.pack(ALL_VOLUMES)),
             OP_VERIFY: frame(OP_VERIFY, 3, FILE_ID.pack(1)),
             OP_DELETE: frame(OP_DELETE, 3, FILE_ID.pack(1)),
+            # the last member of a chain: it stores and forwards to no one
+            OP_CHAIN_PUT: frame(OP_CHAIN_PUT, 3, chain_prefix(2, [], 0) + b"new"),
         }
         self.assertEqual(set(requests) | {OP_AUTH}, set(OPCODES))
         for opcode, request in requests.items():
