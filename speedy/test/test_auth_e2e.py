@@ -153,6 +153,18 @@ class AuthEndToEndTests(SkopeoMixin, SynchronousTestCase):
                     self.assertEqual(body["errors"][0]["code"],
                                      "UNAUTHORIZED" if status == 401 else "DENIED")
 
+    def test_registry_v1(self):
+        """The V1 API takes the same users and rules: anonymous callers are
+        refused, a read-only user may read but not write, the owner may."""
+        base = f"http://{self.first}/v1/repositories/alice/v1app"
+        self.assertEqual(call("GET", base + "/tags")[0], 401)
+        self.assertEqual(call("PUT", base + "/", "bob", body=b"[]",
+                              headers={"Content-Type": "application/json"})[0], 403)
+        self.assertNotIn(call("GET", base + "/tags", "bob")[0], (401, 403))
+        self.assertNotIn(call("PUT", base + "/", "alice", body=b"[]",
+                              headers={"Content-Type": "application/json"})[0], (401, 403))
+        self.assertEqual(call("GET", f"http://{self.first}/v1/_ping")[0], 200)
+
     def test_bad_authorization_headers(self):
         """Huge, malformed or foreign Authorization headers get a clean 401,
         and the imageserver goes on serving."""
