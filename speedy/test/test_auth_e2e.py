@@ -224,10 +224,24 @@ class PodmanAuthTests(SkopeoMixin, SynchronousTestCase):
         self.assertNotEqual(wrong.returncode, 0)
 
 
+def _two_free_ports():
+    """@return: a port P such that P and P + 1 are free (the second
+    imageserver of a local cluster takes the port after the first's)."""
+    import socket
+    from speedy.test.processes import free_port
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def _token_cluster(workdir):
     """A cluster whose imageservers take bearer tokens from the embedded
     token service of the first one."""
-    from speedy.test.processes import free_port
     from speedy.test.test_auth_tokens import pem_pair
     _, private, public = pem_pair(workdir)
     users = os.path.join(workdir, "users")
@@ -237,7 +251,7 @@ def _token_cluster(workdir):
     access = os.path.join(workdir, "access.toml")
     with open(access, "w") as f:
         f.write(POLICY)
-    port = free_port()
+    port = _two_free_ports()
     config = os.path.join(workdir, "token.toml")
     with open(config, "w") as f:
         f.write(f'realm = "http://127.0.0.1:{port}/token"\nservice = "speedy-e2e"\n'
