@@ -7,6 +7,7 @@ table of them:
 
     /v1/health                              GET     no credentials
     /metrics, /healthz, /readyz             GET     no credentials (L{speedy.monitoring})
+    /dashboard, /dashboard/data             GET     no credentials (L{speedy.monitoring.dashboard})
     /v1/heartbeat                           POST    cluster secret
     /v1/cluster[?wait=S]                    GET     cluster secret
     /v1/file-ids                            POST    cluster secret
@@ -285,7 +286,8 @@ class ChunkmasterAPI:
 
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
-              repairs=None, fsck=None, monitoring=None, transfers=None, collector=None):
+              repairs=None, fsck=None, monitoring=None, transfers=None, collector=None,
+              dashboard=None, peers=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from
@@ -301,6 +303,10 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     @param transfers: the L{speedy.chunkmaster.transfer.TransferService}, or None.
     @param collector: the L{speedy.chunkmaster.collector.ChunkCollector},
         or None.
+    @param dashboard: the L{speedy.monitoring.dashboard.Dashboard} of
+        C{/dashboard} (no credentials), or None.
+    @param peers: a L{speedy.monitoring.dashboard.Peers} noting who polls
+        C{/v1/cluster}, or None.
     @return: the root L{Resource} of the API.
     """
     api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers, collector)
@@ -312,8 +318,10 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("GET", "/v1/health", api.health)
     if monitoring is not None:
         monitoring.add_routes(router)
+    if dashboard is not None:
+        dashboard.add_routes(router)
     router.route("POST", "/v1/heartbeat", member(api.heartbeat))
-    router.route("GET", "/v1/cluster", member(api.cluster_view))
+    router.route("GET", "/v1/cluster", member(_noting(peers, api.cluster_view)))
     router.route("POST", "/v1/file-ids", member(api.file_ids))
     router.route("GET", "/v1/admin/cluster", admin(api.cluster_view))
     router.route("POST", "/v1/admin/servers", admin(api.add_server))
@@ -336,6 +344,17 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("PUT", "/v1/admin/groups/{group_id}", admin(api.set_group),
                  params={"group_id": _group_in_path})
     return router.resource
+
+
+def _noting(peers, handler):
+    """@return: C{handler}, its callers noted in C{peers} first (if any)."""
+    if peers is None:
+        return handler
+
+    async def noted(request, **params):
+        peers.saw(request)
+        return await handler(request, **params)
+    return noted
 
 
 def _server_in_path(text):

@@ -23,6 +23,7 @@ from speedy.chunkmaster.service import ChunkmasterService
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ChunkmasterCollector
+from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.metadata.schema import GROUP_SIZE
@@ -96,7 +97,7 @@ class ChunkmasterSite(MeasuredSite, Site):
     """
 
     ROUTINE = frozenset([b"/v1/heartbeat", b"/v1/cluster", b"/metrics", b"/healthz",
-                         b"/readyz"])
+                         b"/readyz", b"/dashboard/data"])
     requestFactory = measured_request(Site.requestFactory)
 
     def log(self, request):
@@ -135,16 +136,18 @@ def makeService(options, reactor=None):
     collector = ChunkCollector(
         GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
         period=options["gc-period"], parallelism=options["gc-parallelism"])
+    history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
         repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers,
-        collector=collector)
+        collector=collector,
+        dashboard=Dashboard(reactor, cluster, history, peers, repairs), peers=peers)
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
     service = ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]), site,
-        background=[s for s in (repairs, transfers) if s.enabled] + [collector],
+        background=[s for s in (repairs, transfers) if s.enabled] + [collector, history],
         closing=[fsck, client])
     if options["metrics"] is None:
         return service

@@ -136,6 +136,7 @@ class HeartbeatService(Service):
         load = {name: value for name, value in status.get("counters", {}).items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
         load["chunks"] = status.get("chunks", 0)
+        load["garbage"] = sum(v.get("garbage", 0) for v in status.get("volumes", ()))
         damaged = list(islice(getattr(self._store, "damaged", ()), MAX_DAMAGED_REPORTED))
         return {
             "damaged": damaged,

@@ -44,13 +44,16 @@ class HTTPMasterClient:
     """
     L{IMasterClient} over HTTP with its own connection pool and a timeout
     on every request (long-polls get their wait on top).  C{secret} is
-    sent as a bearer token when not empty.
+    sent as a bearer token when not empty; C{name}, when given, as
+    C{X-Speedy-Imageserver} (the chunkmaster's dashboard lists who polls).
     """
 
-    def __init__(self, reactor, url, secret, timeout=10.0):
+    def __init__(self, reactor, url, secret, timeout=10.0, name=None):
         self._reactor = reactor
         self._url = url.rstrip("/")
         self._headers = {b"authorization": [b"Bearer " + secret.encode("utf-8")]} if secret else {}
+        if name:
+            self._headers[b"x-speedy-imageserver"] = [name.encode("utf-8")]
         self._timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._http = HTTPClient(
@@ -166,8 +169,8 @@ class FailoverMasterClient:
             await client.close()
 
 
-def master_client(reactor, urls, secret, timeout=10.0):
+def master_client(reactor, urls, secret, timeout=10.0, name=None):
     """@return: an L{IMasterClient} for one chunkmaster URL, or one failing
-    over between several."""
-    clients = [HTTPMasterClient(reactor, url, secret, timeout) for url in urls]
+    over between several; C{name} names this imageserver to them."""
+    clients = [HTTPMasterClient(reactor, url, secret, timeout, name) for url in urls]
     return clients[0] if len(clients) == 1 else FailoverMasterClient(clients)

@@ -15,6 +15,8 @@ V1 API beside the file API under C{/v1} (L{speedy.registry.v1}), when
 L{speedy.registry} can be imported.
 """
 
+import os
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList
@@ -187,7 +189,8 @@ def makeService(options, reactor=None):
     metadata = open_store(options["db"], reactor)
     client = ChunkClient(reactor, request_timeout=options["request-timeout"],
                          secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
-    master = master_client(reactor, options["master"], options["cluster-secret"])
+    master = master_client(reactor, options["master"], options["cluster-secret"],
+                           name=_name(options["listen"]))
     poller = ClusterViewPoller(master, reactor)
     file_ids = FileIdRange(master, batch=options["file-id-batch"],
                            low_water=max(1, options["file-id-batch"] // 4),
@@ -237,6 +240,13 @@ def makeService(options, reactor=None):
         from twisted.web.server import Site
         side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(service)
     return service
+
+
+def _name(listen):
+    """@return: how this imageserver names itself to the chunkmaster:
+    its host:port (or endpoint string) and pid."""
+    from speedy.chunkserver.tap import advertised_address
+    return f"{advertised_address(listen) or listen} pid {os.getpid()}"
 
 
 def _view_ready(poller):

@@ -41,7 +41,7 @@ class FakeChunkStore:
             raise Unavailable("the chunk store is not open")
         return {
             "capacity": 100 * GiB, "used": 10 * GiB, "free": 90 * GiB,
-            "read_only": self.read_only, "chunks": 42, "volumes": [],
+            "read_only": self.read_only, "chunks": 42, "volumes": [{"garbage": 5 << 20}, {"garbage": 7}],
             "counters": {"reads": 7, "writes": 3, "label": "not a number"},
         }
 
@@ -131,7 +131,7 @@ class RealMasterTests(HeartbeatTestCase):
         server = self.cluster.server("cs1")
         self.assertEqual((server.group_id, server.address, server.state), (1, "10.0.0.1:8001", RW))
         self.assertEqual((server.capacity, server.used, server.free), (100 * GiB, 10 * GiB, 90 * GiB))
-        self.assertEqual(server.load, {"reads": 7, "writes": 3, "chunks": 42})
+        self.assertEqual(server.load, {"reads": 7, "writes": 3, "chunks": 42, "garbage": (5 << 20) + 7})
         self.assertEqual(self.service.state, RW)
         self.assertEqual(self.service.cluster_version, self.cluster.version)
 

@@ -124,6 +124,17 @@ class InstalledTests(TestCase):
             version = self.venv_run(script, "--version")
             self.assertEqual(version.stdout.strip(), "speedy 0.1.0", version.stderr)
 
+    def test_dashboard_assets(self):
+        """The dashboard's page, stylesheet and script are installed with
+        the package (not only in a checkout)."""
+        done = self.venv_run(
+            os.path.join(self.venv, "bin", "python"), "-c",
+            "import os, speedy.monitoring.dashboard as d; print(d.ASSETS); "
+            "print(' '.join(sorted(os.listdir(d.ASSETS))))")
+        where, names = done.stdout.strip().splitlines()
+        self.assertTrue(where.startswith(self.venv), where + done.stderr)
+        self.assertEqual(names, "dashboard.css dashboard.js index.html")
+
     def test_sample_files(self):
         """C{speedy-cluster etc} names the installed sample configurations and
         systemd units, which the daemons accept."""
@@ -132,7 +143,8 @@ class InstalledTests(TestCase):
         self.assertTrue(etc.startswith(self.venv), etc + done.stderr)
         self.assertEqual(
             sorted(os.listdir(etc)),
-            ["chunkmaster.ini", "chunkserver.ini", "imageserver.ini", "systemd"])
+            ["chunkmaster.ini", "chunkserver.ini", "grafana-speedy.json", "imageserver.ini",
+             "prometheus.yml", "systemd"])
         self.assertEqual(
             sorted(os.listdir(os.path.join(etc, "systemd"))),
             ["speedy-chunkmaster.service", "speedy-chunkserver@.service",
