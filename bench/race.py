@@ -15,6 +15,7 @@ seconds and peak RSS (summed over its processes, from /proc).
 
     python bench/race.py [--count 100] [--size 16MiB] [--concurrency 10,50]
                          [--requests 2000] [--rounds 2] [--imageserver-workers N]
+                         [--replication fanout|chain]
                          [--congestion ALGORITHM] [--out DIR]
 
 Both sides' sockets use the kernel's default TCP congestion control, which
@@ -61,7 +62,8 @@ FIGURES = [
 ]
 
 
-def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_period=None):
+def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_period=None,
+                   replication=None):
     """
     @return: an unstarted L{ServerProcess} running C{tools/speedy-cluster
         up} with its var dir in C{workdir}, C{workers} imageservers sharing
@@ -77,6 +79,8 @@ def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_per
             "--master-port", "0", "--chunkserver-port", "0", "--imageserver-workers", str(workers)]
     if scrub_period is not None:
         argv += ["--scrub-period", scrub_period]
+    if replication is not None:
+        argv += ["--replication", replication]
     return ServerProcess("speedy-cluster", argv, "127.0.0.1", port, workdir,
                          ready=lambda: bool((read_state(var) or {}).get("ready")))
 
@@ -117,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--scrub-period", default=None,
                         help="Speedy's chunkservers start a scrub pass this often (1s: scrubbing "
                              "all along, to measure what the scrubber costs)")
+    parser.add_argument("--replication", choices=("fanout", "chain"), default=None,
+                        help="Speedy's imageservers replicate chunks this way (default: theirs)")
     parser.add_argument("--congestion", default=None,
                         help="TCP congestion control for the race, both sides (root; default: "
                              "the kernel's, left as it is)")
@@ -153,7 +159,8 @@ def race(args, levels, engine, congestion):
             try:
                 servers["speedy"] = speedy_cluster(os.path.join(workdir, "speedy"), free_port(),
                                                    args.imageserver_workers,
-                                                   args.scrub_period).start(timeout=120)
+                                                   args.scrub_period,
+                                                   args.replication).start(timeout=120)
             except (RuntimeError, OSError) as e:
                 missing = f"the Speedy cluster did not start: {e}"
                 print(f"race: {missing}\nrace: measuring Distribution alone", file=sys.stderr)

@@ -158,7 +158,7 @@ def _worker_ready(servers, index, port, healthy):
     return port in listening_ports(servers[index].process.pid) and healthy()
 
 
-def speedy_cluster(workdir, workers, read_window=None, cut_through=None):
+def speedy_cluster(workdir, workers, read_window=None, cut_through=None, replication=None):
     """
     @return: unstarted L{ServerProcess}es, in start order, for a Speedy
         cluster laid out like the original's: chunkmaster and C{workers}
@@ -170,11 +170,14 @@ def speedy_cluster(workdir, workers, read_window=None, cut_through=None):
         default).
     @param cut_through: the imageservers' C{--cut-through} (None: their
         default).
+    @param replication: the imageservers' C{--replication} (None: their
+        default).
     """
     plan = ClusterPlan.build(var=os.path.join(workdir, "var"), registry=f"{HOSTS['node1']}:{HTTP_PORT}",
                              master_port=MASTER_PORT, chunkserver_port=CHUNKSERVER_PORT,
                              chunkservers=len(CHUNKSERVER_NODES), imageserver_workers=workers,
-                             read_window=read_window, cut_through=cut_through)
+                             read_window=read_window, cut_through=cut_through,
+                             replication=replication)
     logs = os.path.join(plan.var, "logs")
     os.makedirs(logs, exist_ok=True)
     plan.write_secrets()  # where the roles read the cluster secret and admin token
@@ -290,7 +293,7 @@ def run(args):
                                      store_puts=True)]
                 else:
                     servers = speedy_cluster(workdir, args.imageserver_workers, args.read_window,
-                                             args.cut_through)
+                                             args.cut_through, args.replication)
                 started = []
                 try:
                     for server in servers:
@@ -304,7 +307,7 @@ def run(args):
             for phase in (put, get):
                 if args.server == "speedy":
                     phase = {**phase, "read_window": args.read_window,
-                             "cut_through": args.cut_through}
+                             "cut_through": args.cut_through, "replication": args.replication}
                 print(json_line(phase), flush=True)
             rows.append(original_row(put, get, args.size))
     print()
@@ -328,6 +331,8 @@ def main(argv=None):
     parser.add_argument("--cut-through", type=int, default=None,
                         help="the imageservers' --cut-through: chunks sent on while they "
                         "arrive, at once (default: theirs; 0: every chunk once whole)")
+    parser.add_argument("--replication", choices=("fanout", "chain"), default=None,
+                        help="the imageservers' --replication (default: theirs)")
     parser.add_argument("--rate", default="1gbit", help="tc rate of every link")
     parser.add_argument("--queue-latency", default=QUEUE_LATENCY,
                         help="depth of each link's queue, as time at the link rate (tc tbf latency)")

@@ -12,7 +12,9 @@ from twisted.python import usage
 from speedy.config import DaemonOptions
 from speedy.units import parse_size
 from speedy.localcluster.health import HealthProbe
-from speedy.localcluster.plan import DEFAULT_IMAGESERVER_WORKERS, ClusterError, ClusterPlan
+from speedy.localcluster.plan import (
+    DEFAULT_IMAGESERVER_WORKERS, LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT, ClusterError,
+    ClusterPlan)
 from speedy.localcluster.recorded import process_matches, report_status, stop_recorded
 from speedy.localcluster.state import read_state
 from speedy.localcluster.supervisor import LocalCluster
@@ -39,8 +41,13 @@ class UpOptions(_ClusterOptions):
         ["chunkserver-port", None, 8001, "first chunkserver port", int],
         ["chunk-size", None, None, "imageserver chunk size (e.g. 4MiB)", parse_size],
         ["volume-size", None, "256MiB", "size of each chunkserver volume file (preallocated)", parse_size],
-        ["cache-size", None, None, "memory cache of each chunkserver, reserved at its start "
-         "(default: the chunkserver's, 512MiB)", parse_size],
+        ["cache-size", None, LOCAL_CACHE_SIZE, "memory cache of each chunkserver, reserved at "
+         "its start (a workstation's default; the chunkserver's own is 512MiB)", parse_size],
+        ["staged-read-limit", None, LOCAL_STAGED_READ_LIMIT, "memory each chunkserver's large "
+         "GETs may hold to send from (a workstation's default; the chunkserver's own is 64MiB)",
+         parse_size],
+        ["replication", None, None, "how imageservers replicate chunks: fanout or chain "
+         "[default: the imageserver's]"],
         ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
         ["htpasswd", None, None, "imageservers take HTTP Basic credentials of this htpasswd "
          "file (bcrypt, htpasswd -B) and refuse anonymous requests [default: no auth]"],
@@ -60,6 +67,8 @@ class UpOptions(_ClusterOptions):
 
     def postOptions(self):
         db = self["db"]
+        if self["replication"] not in (None, "fanout", "chain"):
+            raise usage.UsageError(f"--replication is fanout or chain, not {self['replication']!r}")
         if db is not None and not db.startswith(("sqlite:", "mysql://", "memory:")):
             raise usage.UsageError(f"--db must be sqlite:PATH or mysql://..., not {db!r}")
 
@@ -100,11 +109,11 @@ async def _run_up(reactor, var, options):
         imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
         group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
-        cache_size=options["cache-size"],
+        cache_size=options["cache-size"], staged_read_limit=options["staged-read-limit"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
         gc_grace=options["gc-grace"], htpasswd=options["htpasswd"], access=options["access"],
-        token_config=options["auth-token"])
+        token_config=options["auth-token"], replication=options["replication"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")

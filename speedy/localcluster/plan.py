@@ -26,6 +26,13 @@ METADATA_FILE = "metadata.sqlite"
 #: measured on a 2-core machine (see docs/quickstart.md).
 DEFAULT_IMAGESERVER_WORKERS = 2
 
+#: Each chunkserver's memory cache and staged-read memory in a cluster
+#: C{up} starts unless told: sized for a workstation (the chunkservers'
+#: own defaults, 512 MiB and 64 MiB, are for servers; three of them faulted
+#: in 1.5 GiB of cache at start).  See docs/quickstart.md.
+LOCAL_CACHE_SIZE = 64 * 2**20
+LOCAL_STAGED_READ_LIMIT = 16 * 2**20
+
 
 class ClusterError(Exception):
     """The cluster could not be started, stopped or read."""
@@ -101,6 +108,8 @@ class ClusterPlan:
     access: str | None = None
     scrub_period: str | None = None
     gc_grace: str | None = None
+    replication: str | None = None
+    staged_read_limit: int | None = None
     db: str | None = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
@@ -115,7 +124,8 @@ class ClusterPlan:
         A port of 0 gives every role of that kind a free port of its own.
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
-            C{cut_through}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
+            C{cut_through}, C{replication} (C{fanout} or C{chain}),
+            C{staged_read_limit}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
             C{scrub_period} (a duration: C{1s}, C{7d}), C{gc_grace} (the
             chunkmaster's, a duration), C{htpasswd} (the
             imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
@@ -202,6 +212,8 @@ class ClusterPlan:
                 args += ["--volume-size", str(self.volume_size)]
             if self.cache_size is not None:
                 args += ["--cache-size", str(self.cache_size)]
+            if self.staged_read_limit is not None:
+                args += ["--staged-read-limit", str(self.staged_read_limit)]
             if self.heartbeat_interval is not None:
                 args += ["--heartbeat-interval", f"{self.heartbeat_interval:g}"]
             if self.scrub_rate is not None:
@@ -221,6 +233,8 @@ class ClusterPlan:
                 args += ["--read-window", str(self.read_window)]
             if self.cut_through is not None:
                 args += ["--cut-through", str(self.cut_through)]
+            if self.replication is not None:
+                args += ["--replication", self.replication]
             if self.htpasswd is not None:
                 args += ["--auth", "htpasswd:" + os.path.abspath(self.htpasswd)]
             if self.access is not None:

@@ -149,3 +149,31 @@ class ClusterPlanTests(SynchronousTestCase):
                        {"imageserver_workers": 0},
                        {"registry": "5000"}, {"registry": "localhost:http"}):
             self.assertRaises(ClusterError, plan, "v", **kwargs)
+
+
+class WorkstationDefaultsTests(SynchronousTestCase):
+    """C{speedy-cluster up} sizes chunkserver memory for a workstation and
+    passes the replication mode on."""
+
+    def test_up_defaults(self):
+        from speedy.localcluster.cli import UpOptions
+        from speedy.localcluster.plan import LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT
+        options = UpOptions()
+        options.parseOptions([])
+        self.assertEqual((options["cache-size"], options["staged-read-limit"]),
+                         (LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT))
+        self.assertLessEqual(LOCAL_CACHE_SIZE, 64 << 20)
+        self.assertIsNone(options["replication"])
+
+    def test_replication_refused_unless_known(self):
+        from twisted.python import usage
+        from speedy.localcluster.cli import UpOptions
+        self.assertRaises(usage.UsageError, UpOptions().parseOptions, ["--replication", "star"])
+
+    def test_passed_on(self):
+        roles = plan(os.path.abspath("v"), replication="chain", staged_read_limit=1 << 24).roles()
+        for role in roles:
+            if role.plugin == "speedy-imageserver":
+                self.assertEqual(option_after(role.args, "--replication"), "chain")
+            if role.plugin == "speedy-chunkserver":
+                self.assertEqual(option_after(role.args, "--staged-read-limit"), str(1 << 24))
