@@ -118,10 +118,10 @@ class Options(DaemonOptions):
         Option("cut-through", "8", "Chunks of uploads with a Content-Length sent on to their "
                "replicas while they arrive, at once, while no whole chunk is being stored; the "
                "others are sent once whole. 0 for none.", number(int, 0)),
-        Option("replication", "fanout", "How a chunk reaches the members of its group: "
-               "fanout (this imageserver sends it to each) or chain (it sends it to one, "
-               "which forwards it to the next as it arrives; plain TCP only).",
-               choice(*REPLICATION_MODES)),
+        Option("replication", None, "How a chunk reaches the members of its group: chain "
+               "(this imageserver sends it to one, which forwards it to the next as it "
+               "arrives; plain TCP only) or fanout (it sends it to each) [default: chain, "
+               "fanout with --chunk-tls-ca].", choice(*REPLICATION_MODES)),
         Option("zero-copy", "auto", "Splice downloads from chunkserver sockets into plain-TCP "
                "responses: auto, or off to copy them through Python.",
                choice(*ZERO_COPY_MODES)),
@@ -132,6 +132,8 @@ class Options(DaemonOptions):
     ]
 
     def check(self):
+        if self["replication"] is None:
+            self["replication"] = "fanout" if self["chunk-tls-ca"] is not None else "chain"
         if self["replication"] == "chain" and self["chunk-tls-ca"] is not None:
             raise usage.UsageError("--replication chain: chunkservers forward chains over "
                                    "plain TCP only; use fanout with --chunk-tls-ca")

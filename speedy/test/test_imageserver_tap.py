@@ -6,6 +6,7 @@ service it builds.
 import os
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.ssl import KeyPair
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -52,6 +53,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(self.storage_of("--fill-slots", "0").fill_gate)
         self.assertEqual(storage.cut_through, 8)
         self.assertEqual(self.storage_of("--cut-through", "0").cut_through, 0)
+
+    def test_replication(self):
+        """--replication reaches the storage: chain by default, fanout
+        when chunkservers are reached over TLS (chains are forwarded over
+        plain TCP), and chain with TLS is refused."""
+        self.assertEqual(self.storage_of().replication, "chain")
+        self.assertEqual(self.storage_of("--replication", "fanout").replication, "fanout")
+        self.assertRaises(usage.UsageError, self.parse, "--replication", "star")
+        ca = self.mktemp()
+        with open(ca, "wb") as f:
+            f.write(KeyPair.generate(size=2048).selfSignedCert(1, CN="ca").dumpPEM())
+        self.assertEqual(self.parse("--chunk-tls-ca", ca)["replication"], "fanout")
+        self.assertRaises(usage.UsageError, self.parse, "--chunk-tls-ca", ca,
+                          "--replication", "chain")
 
     def test_zero_copy(self):
         """--zero-copy (zero_copy in a config file) reaches the storage:
