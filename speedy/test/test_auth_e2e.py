@@ -43,7 +43,9 @@ actions = ["admin"]
 """
 
 
-def _cluster(workdir):
+def _users_and_rules(workdir):
+    """Write the htpasswd file of L{USERS} and the rules of L{POLICY}.
+    @return: their paths."""
     users = os.path.join(workdir, "users")
     with open(users, "w") as f:
         for user, password in USERS.items():
@@ -51,6 +53,11 @@ def _cluster(workdir):
     access = os.path.join(workdir, "access.toml")
     with open(access, "w") as f:
         f.write(POLICY)
+    return users, access
+
+
+def _cluster(workdir):
+    users, access = _users_and_rules(workdir)
     return _started(SpeedyLocalCluster(workdir, ["--htpasswd", users, "--access", access]))
 
 
@@ -244,13 +251,7 @@ def _token_cluster(workdir):
     token service of the first one."""
     from speedy.test.test_auth_tokens import pem_pair
     _, private, public = pem_pair(workdir)
-    users = os.path.join(workdir, "users")
-    with open(users, "w") as f:
-        for user, password in USERS.items():
-            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6)).decode()}\n")
-    access = os.path.join(workdir, "access.toml")
-    with open(access, "w") as f:
-        f.write(POLICY)
+    users, access = _users_and_rules(workdir)
     port = _two_free_ports()
     config = os.path.join(workdir, "token.toml")
     with open(config, "w") as f:

@@ -201,5 +201,7 @@ class IssuerAndGateTests(SynchronousTestCase):
         self.assertEqual(access(["repository:public/x:pull,push", "repository:alice/app:pull"]),
                          [{"type": "repository", "name": "public/x", "actions": ["pull"]}])
         self.assertEqual(access(["registry:catalog:*"], "alice", "alice-password"), [])
+        self.assertEqual(access(["repository:alice/app:*"], "alice", "alice-password"),
+                         [{"type": "repository", "name": "alice/app", "actions": ["pull", "push"]}])
         self.assertEqual(access(["registry:catalog:*"], "ops", "ops-password"),
                          [{"type": "registry", "name": "catalog", "actions": ["*"]}])
