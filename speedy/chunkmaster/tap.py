@@ -27,6 +27,8 @@ from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.metadata.schema import GROUP_SIZE
+from speedy.web.channel import GuardedSite
+from speedy.web.limits import http_limit_options, limits_from_options
 from speedy.wire.client import ChunkClient, load_authority
 
 
@@ -84,10 +86,10 @@ class Options(DaemonOptions):
                "here (speedy-admin gc still does).", duration()),
         Option("gc-parallelism", "8", "Chunk deletes the collector has in flight at once.",
                positive(int)),
-    ]
+    ] + http_limit_options(per_client="0")
 
 
-class ChunkmasterSite(MeasuredSite, Site):
+class ChunkmasterSite(MeasuredSite, GuardedSite):
     """
     The chunkmaster's site.  Heartbeats and cluster-view polls arrive from
     every chunkserver and imageserver every few seconds; the ones that
@@ -105,7 +107,7 @@ class ChunkmasterSite(MeasuredSite, Site):
             self.http_metrics.observe(request)
         if request.code < 400 and request.path in self.ROUTINE:
             return
-        Site.log(self, request)
+        GuardedSite.log(self, request)
 
 
 def makeService(options, reactor=None):
@@ -145,6 +147,8 @@ def makeService(options, reactor=None):
         dashboard=Dashboard(reactor, cluster, history, peers, repairs), peers=peers)
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
+
+    site.limit(limits_from_options(options))
     service = ChunkmasterService(
         reactor, store, cluster, serverFromString(reactor, options["listen"]), site,
         background=[s for s in (repairs, transfers) if s.enabled] + [collector, history],

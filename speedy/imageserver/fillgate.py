@@ -13,17 +13,26 @@ completions, so replication starts as soon as the first chunk is whole.
 The others' writes wait, and their HTTP bodies are not read meanwhile.
 
 A holder gives its pass back when its chunk is sealed, when its upload
-ends, when its client has sent nothing for C{idle} seconds, or after
-C{hold} seconds in all, so neither a stalled client nor one that trickles
-a byte a second can keep the others out; its next write queues again.
+ends, or after C{hold} seconds in all; its next write queues again.  A
+holder whose client sends less than C{min_rate} bytes a second (measured
+over each C{idle} seconds) gives its I{slot} back but keeps its pass: its
+writes go on, outside the count, until its chunk is sealed or its upload
+ends.  A slow upload takes too little of the link to need staggering, and
+neither a stalled client nor one that trickles a few bytes at a time keeps
+the others out: before, a hundred uploads trickling 100 bytes every half
+second queued every other upload behind them for a minute (bench/slowclients.py).
+A client that trickles for a second and then sends fast fills at most one
+chunk outside the count.
 """
 
 from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
 
-#: Seconds a pass is kept without a byte from its client.
+#: Seconds over which a holder's rate is measured.
 IDLE = 1.0
+#: Bytes a second a holder's client must send to keep its slot.
+MIN_RATE = 256 << 10
 #: Seconds a pass is kept at most.
 HOLD = 10.0
 
@@ -34,17 +43,20 @@ class FillGate:
 
     @param clock: an C{IReactorTime}, for the idle timers.
     @param slots: passes out at once (a positive int).
-    @param idle: seconds a pass lasts without a L{Pass.touch}.
-    @param hold: seconds a pass lasts at most.
+    @param idle: seconds over which a holder's rate is measured.
+    @param hold: seconds a pass holds its slot at most.
+    @param min_rate: bytes a second a holder must L{Pass.touch} to keep
+        its slot.
     """
 
-    def __init__(self, clock, slots, idle=IDLE, hold=HOLD):
+    def __init__(self, clock, slots, idle=IDLE, hold=HOLD, min_rate=MIN_RATE):
         if slots < 1:
             raise ValueError(f"a fill gate needs at least one slot, not {slots}")
         self._clock = clock
         self.slots = slots
         self.idle = idle
         self.hold = hold
+        self.min_rate = min_rate
         self._holders = set()
         self._waiting = deque()
 
@@ -73,7 +85,6 @@ class FillGate:
     def _admit(self):
         granted = Pass(self)
         self._holders.add(granted)
-        granted.touch()
         return granted
 
     def _released(self, granted):
@@ -84,34 +95,55 @@ class FillGate:
 
 class Pass:
     """
-    One slot of a L{FillGate}, held until L{leave}, until C{idle} seconds
-    pass without a L{touch}, or for C{hold} seconds at most.
+    One slot of a L{FillGate}, held until L{leave}, for C{hold} seconds at
+    most, and while its client sends at least C{min_rate} bytes a second;
+    below that rate the slot goes back but the pass stays L{valid}
+    (unmetered) until L{leave}.
 
-    @ivar valid: whether the slot is still held.
+    @ivar valid: whether the writer may go on writing with this pass.
+    @ivar metered: whether it still takes one of the gate's slots.
     """
 
     def __init__(self, gate):
         self._gate = gate
-        self._timer = None
+        self._received = 0  # bytes touched in the current window
+        self._window = gate._clock.callLater(gate.idle, self._measure)
         self._expiry = gate._clock.callLater(gate.hold, self.leave)
         self.valid = True
+        self.metered = True
 
-    def touch(self):
-        """Bytes arrived: the idle time starts again."""
-        if not self.valid:
+    def touch(self, size=0):
+        """C{size} bytes arrived from the client."""
+        self._received += size
+
+    def _measure(self):
+        gate = self._gate
+        if self._received < gate.min_rate * gate.idle:
+            self._window = None
+            self._unmeter()
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._gate.idle)
-        else:
-            self._timer = self._gate._clock.callLater(self._gate.idle, self.leave)
+        self._received = 0
+        self._window = gate._clock.callLater(gate.idle, self._measure)
+
+    def _unmeter(self):
+        """Give the slot back, keeping the pass."""
+        self.metered = False
+        self._cancel_timers()
+        self._gate._released(self)
+
+    def _cancel_timers(self):
+        for timer in (self._window, self._expiry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._window = self._expiry = None
 
     def leave(self):
-        """Give the slot back (again is a no-op)."""
+        """Give the pass (and its slot, if it still holds one) back; again
+        is a no-op."""
         if not self.valid:
             return
         self.valid = False
-        for timer in (self._timer, self._expiry):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._expiry = None
-        self._gate._released(self)
+        self._cancel_timers()
+        if self.metered:
+            self.metered = False
+            self._gate._released(self)

@@ -444,7 +444,8 @@ class ReplicatedWriter:
     With a C{storage.fill_gate}, a write that finds the writer without a
     L{Pass} waits for one first; the pass goes back when the chunk being
     filled is sealed (a write that straddles chunks is taken whole), when
-    the stream ends, or when the gate's idle or hold time runs out.
+    the stream ends, or when the gate's hold time runs out (a slow client's
+    pass stops taking a slot, see L{speedy.imageserver.fillgate}).
 
     Given the stream's C{length}, a chunk that starts while fewer than
     C{parallelism} are in flight, nothing is queued and the storage has
@@ -485,7 +486,7 @@ class ReplicatedWriter:
             self._entering = gate.enter()
             return self._entering.addCallback(self._admitted, data)
         if self._pass is not None:
-            self._pass.touch()
+            self._pass.touch(len(data))
         if type(data) is not bytes:
             data = bytes(data)  # a chunk's pieces must not change once handed on
         self.bytes_written += len(data)

@@ -40,6 +40,7 @@ from speedy.monitoring.collectors import ImageserverCollector
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import HTTPMetrics, MeasuredSite, imageserver_route, measured_request
 from speedy.web.streaming import StreamingRequest, StreamingSite
+from speedy.web.limits import http_limit_options, limits_from_options
 from speedy.wire.client import ChunkClient, load_authority
 from speedy.zerocopy import ZERO_COPY_MODES
 
@@ -129,7 +130,7 @@ class Options(DaemonOptions):
                "/healthz and /readyz, without credentials: one per worker when several share "
                "--listen [default: none; they are served on --listen, /metrics behind --auth].",
                endpoint),
-    ]
+    ] + http_limit_options(per_client="128")
 
     def check(self):
         if self["replication"] is None:
@@ -230,7 +231,8 @@ def makeService(options, reactor=None):
     elif options["access"]:
         log.warn("--access is ignored with --auth none: anyone who reaches the listener "
                  "may do anything")
-    site = ImageServerSite(resource, body_sink_for, reactor=reactor)
+    site = ImageServerSite(resource, body_sink_for, reactor=reactor,
+                          limits=limits_from_options(options))
     site.http_metrics = http_metrics
     service = MultiService()
     Resources(metadata, [storage, client, master],

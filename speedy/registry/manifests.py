@@ -138,6 +138,8 @@ def parse_manifest(body, content_type=None):
         document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise _invalid(f"not JSON: {e}")
+    except RecursionError:  # nested deeper than Python's stack: no manifest is
+        raise _invalid("JSON nested too deeply")
     if not isinstance(document, dict):
         raise _invalid("a manifest is a JSON object")
     declared = bare_media_type(content_type)

@@ -64,7 +64,9 @@ class OptionsTests(SynchronousTestCase):
              "metrics": None,
              "transfer-rate": 32 << 20, "transfer-parallelism": 2,
              "transfer-delete-delay": 600.0, "transfer-interval": 5.0, "transfer-batch": 32,
-             "gc-grace": 3600.0, "gc-period": 60.0, "gc-parallelism": 8})
+             "gc-grace": 3600.0, "gc-period": 60.0, "gc-parallelism": 8,
+             "header-timeout": 10.0, "idle-timeout": 60.0, "max-request-line": 64 << 10,
+             "max-header-size": 64 << 10, "max-connections-per-client": 0, "max-connections": 0})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""

@@ -134,19 +134,23 @@ class FillGateWriterTests(SynchronousTestCase):
         first.finish()
         self.successResultOf(waiting)
 
-    def test_idle_client_loses_the_pass(self):
-        """A writer whose client sends nothing for the idle time lets the
-        next one in; its own next write queues behind."""
-        first, second = self.storage.writer(), self.storage.writer()
+    def test_slow_client_gives_its_slot_back(self):
+        """A writer whose client sends less than the gate's minimum rate
+        lets the next one in, and goes on writing its chunk outside the
+        count; the chunk sealed, its next write queues again."""
+        first, second, third = (self.storage.writer() for _ in range(3))
         self.successResultOf(first.write(b"abc"))
         waiting = second.write(b"x")
         self.cluster.clock.advance(self.gate.idle)
         self.successResultOf(waiting)
-        again = first.write(b"def")
+        self.successResultOf(first.write(b"def"))  # unmetered: not held up
+        self.successResultOf(first.write(b"gh"))  # the chunk is sealed
+        again = first.write(b"i")
         self.assertNoResult(again)
+        self.assertNoResult(third.write(b"y"))
         self.successResultOf(second.finish())
         self.successResultOf(again)
-        self.assertEqual([r.size for r in self.successResultOf(first.finish())], [6])
+        self.assertEqual([r.size for r in self.successResultOf(first.finish())], [8, 1])
 
     def test_abort_while_waiting(self):
         """A writer aborted while it waits (its client went away) leaves the

@@ -23,6 +23,7 @@ from speedy.registry.v1.api import MAX_JSON_BODY, RegistryV1API, docker_version
 from speedy.registry.v1.errors import V1Error
 from speedy.registry.v1.names import parse_repository
 from speedy.testing import FakeCluster, MemoryChunkedStorage
+from speedy.test.util import connections_closed
 from speedy.web.streaming import StreamingSite
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
@@ -123,6 +124,7 @@ class V1TestCase(TestCase):
         site = StreamingSite(self.root.resource, self.root.body_sink_for, reactor=reactor)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        self.addCleanup(connections_closed, site)
         self.host = f"127.0.0.1:{port.getHost().port}"
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)

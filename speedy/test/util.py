@@ -66,3 +66,18 @@ def require_mysql():
     except Exception as e:
         skip_or_fail(f"MariaDB at {MYSQL_URL} is unreachable: {e}")
     return MYSQL_URL
+
+
+async def connections_closed(site, timeout=5.0):
+    """
+    Wait until every connection a L{speedy.web.channel.GuardedSite} counts
+    has closed on the server side (a connection answered before its body
+    closes by lingering: after the client's side does), at most C{timeout}
+    seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    waited = 0.0
+    while site.connections.total and waited < timeout:
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01

@@ -112,6 +112,8 @@ def read_json(request, max_bytes=1 << 20):
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise errors.BadRequest(f"malformed JSON: {e}")
+    except RecursionError:
+        raise errors.BadRequest("malformed JSON: nested too deeply")
     if not isinstance(value, dict):
         raise errors.BadRequest("expected a JSON object")
     return value

@@ -166,6 +166,12 @@ class Discard:
     def __init__(self, error=None):
         self.error = error
 
+    @property
+    def refusal(self):
+        """The error: a request that has one is answered before its body
+        (see L{speedy.web.streaming.IBodySink})."""
+        return self.error
+
     def write(self, data):
         """Drop C{data}."""
 

@@ -32,12 +32,13 @@ from io import BytesIO
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, parse_qs
-from twisted.web.server import Request, Site
+from twisted.web.http import parse_qs
+from twisted.web.server import Request
 from zope.interface import Interface
 
+from speedy.web.channel import GuardedSite, PlainHTTPChannel  # noqa: F401 (re-exported)
 from speedy.zerocopy.internals import (
-    request_line, restore_idle_timeout_after_response, set_read_size)
+    http_version, request_line, restore_idle_timeout_after_response, set_read_size)
 
 log = Logger()
 
@@ -47,7 +48,15 @@ BODY_READ_SIZE = 1 << 20
 
 
 class IBodySink(Interface):
-    """Where a streamed request body goes."""
+    """
+    Where a streamed request body goes.
+
+    A sink may have a C{refusal} attribute: an exception that refuses the
+    request (a 413 for a body declared too large).  A request whose sink
+    has one is rendered at once, before its body, which is dropped; the
+    connection closes after the answer
+    (L{speedy.web.channel.GuardedChannel.answer_before_body}).
+    """
 
     def write(data):
         """
@@ -132,7 +141,21 @@ class StreamingRequest(Request):
         self._streaming = True
         self._queue = deque()
         self.content = BytesIO()
+        if (getattr(sink, "refusal", None) is not None and length != 0
+                and hasattr(channel, "answer_before_body")):
+            self._answer_before_body()
+            return
         self._read_size = set_read_size(channel.transport, BODY_READ_SIZE)
+
+    def _answer_before_body(self):
+        """
+        Render now, before the body: the sink refuses the request (see
+        L{IBodySink.refusal}); the body that follows is dropped.
+        """
+        self._body_done = True
+        self.channel.answer_before_body(self)
+        Request.requestReceived(self, self.method, self.uri,
+                                http_version(self.channel) or b"HTTP/1.1")
 
     def handleContentChunk(self, data):
         if not self._streaming:
@@ -232,27 +255,7 @@ class StreamingRequest(Request):
             self.channel.transport.resumeProducing()
 
 
-class PlainHTTPChannel(HTTPChannel):
-    """
-    HTTP/1.1 only, and a connection that opens with a TLS handshake record
-    (first byte 0x16, which no HTTP method starts with) is closed at once, as
-    Go servers do: registry clients such as skopeo, podman and containerd try
-    HTTPS first even with TLS verification off, and would otherwise wait for
-    a handshake a plain HTTP listener never answers.
-    """
-
-    _first_data = True
-
-    def dataReceived(self, data):
-        if self._first_data and data:
-            self._first_data = False
-            if data[:1] == b"\x16":
-                self.transport.abortConnection()
-                return
-        HTTPChannel.dataReceived(self, data)
-
-
-class StreamingSite(Site):
+class StreamingSite(GuardedSite):
     """
     A L{Site} whose requests stream their bodies into the sink that
     C{body_sink_for(request)} returns (an L{IBodySink}, or None to spool the
@@ -261,8 +264,7 @@ class StreamingSite(Site):
     """
 
     requestFactory = StreamingRequest
-    protocol = PlainHTTPChannel
 
-    def __init__(self, resource, body_sink_for, reactor=None, **kw):
-        Site.__init__(self, resource, reactor=reactor, **kw)
+    def __init__(self, resource, body_sink_for, reactor=None, limits=None, **kw):
+        GuardedSite.__init__(self, resource, limits=limits, reactor=reactor, **kw)
         self.body_sink_for = body_sink_for

@@ -36,6 +36,7 @@ INTERNALS = [
     (tcp.Connection, "SEND_LIMIT"),      # bytes handed to the socket per send
     (http.HTTPChannel, "_command"),      # the request line, before the body
     (http.HTTPChannel, "_path"),
+    (http.HTTPChannel, "_version"),      # ...and its HTTP version
     (http.HTTPChannel, "_savedTimeOut"),  # the idle timeout kept during a response
     (http.HTTPChannel, "_requestProducer"),
     (server.Request, "_encoder"),        # a content encoder of the response
@@ -155,6 +156,15 @@ def request_line(channel):
     if command is None or path is None:
         return None
     return command, path
+
+
+def http_version(channel):
+    """
+    @return: the HTTP version (C{b"HTTP/1.1"}) of the request whose headers
+        C{channel} has just read, before its body, or None where it is not
+        held there.
+    """
+    return getattr(channel, "_version", None)
 
 
 def restore_idle_timeout_after_response(channel, timeout):
