@@ -38,6 +38,7 @@ import json
 import multiprocessing
 import os
 import queue
+import ssl
 import sys
 import threading
 import time
@@ -67,6 +68,11 @@ TABLE_COLUMNS = [
 ]
 
 
+def _port(url):
+    """@return: the port of a split URL, or its scheme's."""
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
 class RequestFailed(Exception):
     """One request did not do what the operation needs; C{args[0]} names why."""
 
@@ -74,12 +80,15 @@ class RequestFailed(Exception):
 class Connection:
     """
     One keep-alive HTTP/1.1 connection to C{host:port}, reopened after any
-    failure.  Not thread-safe: each lane owns one.
+    failure.  Not thread-safe: each lane owns one.  With C{tls}, HTTPS
+    checked against the system's CAs, or the PEM file C{$SSL_CERT_FILE}
+    names (the throwaway CA of C{speedy-cluster up --tls}).
     """
 
-    def __init__(self, host, port, timeout):
+    def __init__(self, host, port, timeout, tls=False):
         self._address = (host, port)
         self._timeout = timeout
+        self._tls = tls
         self._http = None
 
     def close(self):
@@ -99,7 +108,11 @@ class Connection:
         @raise RequestFailed: on a socket error, a malformed or truncated answer.
         """
         if self._http is None:
-            self._http = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+            if self._tls:
+                self._http = http.client.HTTPSConnection(
+                    *self._address, timeout=self._timeout, context=ssl.create_default_context())
+            else:
+                self._http = http.client.HTTPConnection(*self._address, timeout=self._timeout)
         try:
             self._http.request(method, path, body=body, headers=headers or {})
             response = self._http.getresponse()
@@ -255,7 +268,8 @@ def _worker(spec, jobs, ready, go, results):
     start_lanes = threading.Event()
 
     def lane():
-        conn = Connection(url.hostname, url.port or 80, spec["request_timeout"])
+        conn = Connection(url.hostname, _port(url), spec["request_timeout"],
+                          tls=url.scheme == "https")
         start_lanes.wait()
         deadline = time.monotonic() + deadline_budget
         try:
@@ -361,7 +375,7 @@ def push_manifest(url, repository, layers, tag="bench", timeout=60.0):
     @raise RequestFailed: the registry refused the config or the manifest.
     """
     parts = urlsplit(url)
-    conn = Connection(parts.hostname, parts.port or 80, timeout)
+    conn = Connection(parts.hostname, _port(parts), timeout, tls=parts.scheme == "https")
     operations = Operations(repository)
     try:
         config = json.dumps({"architecture": "amd64", "os": "linux",

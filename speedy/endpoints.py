@@ -17,6 +17,12 @@ A process that stops listening takes with it the connections still waiting
 in its own accept queue (they are reset), so stop a worker only when the
 others may lose a handshake or two, or all at once.
 
+With C{certKey=PEM} and C{privateKey=PEM} (as for C{ssl:}) the listener
+speaks TLS with that certificate (the certificate file may hold its chain
+after it)::
+
+    reuseport:5000:interface=127.0.0.1:certKey=server.pem:privateKey=server.key
+
 Interface addresses with a C{:} are IPv6 (C{interface=\\:\\:1}, escaped as
 in any endpoint string); the default interface is every IPv4 address, as
 with C{tcp:}.
@@ -27,7 +33,9 @@ import socket
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.ssl import PrivateCertificate
 from twisted.plugin import IPlugin
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 
@@ -97,6 +105,38 @@ class ReusePortEndpoint:
         return succeed(port)
 
 
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """Another server endpoint's connections, spoken over TLS with
+    C{options} (an C{IOpenSSLServerConnectionCreator})."""
+
+    def __init__(self, inner, options):
+        self._inner = inner
+        self._options = options
+
+    def listen(self, protocolFactory):
+        return self._inner.listen(TLSMemoryBIOFactory(self._options, False, protocolFactory))
+
+
+def tls_server_options(certificate, key=None):
+    """
+    @param certificate: a PEM file with the server's certificate (and its
+        chain after it, and its key if C{key} is None).
+    @param key: a PEM file with its private key.
+    @return: the TLS options of a server with them.
+    @raise ValueError: a file cannot be read or does not hold them.
+    """
+    try:
+        with open(certificate, "rb") as f:
+            pem = f.read()
+        if key is not None:
+            with open(key, "rb") as f:
+                pem += b"\n" + f.read()
+        return PrivateCertificate.loadPEM(pem).options()
+    except Exception as e:
+        raise ValueError(f"TLS certificate {certificate} / key {key}: {e}")
+
+
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class ReusePortParser:
     """
@@ -116,5 +156,8 @@ class ReusePortParser:
         # arguments one call further down.
         return self._endpoint(reactor, *args, **kwargs)
 
-    def _endpoint(self, reactor, port, backlog=50, interface=""):
-        return ReusePortEndpoint(reactor, int(port), int(backlog), interface)
+    def _endpoint(self, reactor, port, backlog=50, interface="", certKey=None, privateKey=None):
+        endpoint = ReusePortEndpoint(reactor, int(port), int(backlog), interface)
+        if certKey is None and privateKey is None:
+            return endpoint
+        return TLSServerEndpoint(endpoint, tls_server_options(certKey or privateKey, privateKey))

@@ -18,6 +18,7 @@ from speedy.localcluster.plan import (
 from speedy.localcluster.recorded import process_matches, report_status, stop_recorded
 from speedy.localcluster.state import read_state
 from speedy.localcluster.supervisor import LocalCluster
+from speedy.localcluster.tls import LocalTLS
 
 
 class _ClusterOptions(usage.Options):
@@ -29,6 +30,9 @@ class UpOptions(_ClusterOptions):
     longdesc = ("Start a local cluster and run it in the foreground (in its own terminal, or in the "
                 "background with '&' and stopped with 'down'); Ctrl-C or SIGTERM stops every role in "
                 "reverse order.  A port of 0 picks free ports.")
+    optFlags = [["tls", None, "listen with TLS on the registry ports, with a certificate of a "
+                              "throwaway CA made under VAR/tls (the CA, and how to make skopeo "
+                              "and podman trust it, are printed)"]]
     optParameters = [
         ["registry", None, "127.0.0.1:5000", "HOST:PORT of the first imageserver's registry; "
                                               "more imageservers take the following ports"],
@@ -95,15 +99,27 @@ def _say(line):
     print(line, flush=True)
 
 
-def _http_client(reactor):
+def _http_client(reactor, ca=None):
+    """@return: a treq client for health checks; with C{ca} (a PEM file)
+    it trusts the certificates that CA signed."""
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.internet.ssl import Certificate
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-    return HTTPClient(Agent(reactor, connectTimeout=2, pool=HTTPConnectionPool(reactor, persistent=False)))
+    policy = BrowserLikePolicyForHTTPS()
+    if ca is not None:
+        with open(ca, "rb") as f:
+            policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(f.read()))
+    return HTTPClient(Agent(reactor, contextFactory=policy, connectTimeout=2,
+                            pool=HTTPConnectionPool(reactor, persistent=False)))
 
 
 async def _run_up(reactor, var, options):
-    plan = ClusterPlan.build(
+    tls = None
+    if options["tls"]:
+        host = options["registry"].rpartition(":")[0]
+        tls = LocalTLS(os.path.join(os.path.abspath(var), "tls")).make(hosts=(host,))
+    plan = ClusterPlan.build(tls=tls,
         var=var, registry=options["registry"], master_port=options["master-port"],
         chunkserver_port=options["chunkserver-port"], chunkservers=options["chunkservers"],
         imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
@@ -119,7 +135,8 @@ async def _run_up(reactor, var, options):
             process_matches(existing["supervisor_pid"], "speedy")
             or any(process_matches(r["pid"], r["plugin"]) for r in existing["roles"])):
         raise ClusterError(f"a cluster already runs under {plan.var}: 'down' it first")
-    cluster = LocalCluster(reactor, plan, HealthProbe(reactor, _http_client(reactor)), _say,
+    ca = None if tls is None else tls.ca_certificate
+    cluster = LocalCluster(reactor, plan, HealthProbe(reactor, _http_client(reactor, ca)), _say,
                            start_timeout=options["start-timeout"])
     stopped = Deferred()
 
@@ -183,7 +200,9 @@ def main(argv=None, reactor=None):
             if command == "down":
                 await stop_recorded(reactor, var, _say)
                 return 0
-            return await report_status(var, HealthProbe(reactor, _http_client(reactor)), _say)
+            state = read_state(var) or {}
+            probe = HealthProbe(reactor, _http_client(reactor, state.get("tls_ca")))
+            return await report_status(var, probe, _say)
         except ClusterError as e:
             print(f"speedy-cluster: {e}", file=sys.stderr)
             return 1

@@ -111,6 +111,8 @@ class ClusterPlan:
     replication: str | None = None
     staged_read_limit: int | None = None
     db: str | None = None
+    #: a L{speedy.localcluster.tls.LocalTLS}: the registry listens with TLS
+    tls: object = None
     cluster_secret: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
     admin_token: str = field(factory=lambda: secrets.token_urlsafe(24), repr=False)
 
@@ -131,7 +133,8 @@ class ClusterPlan:
             imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
             allow rules), C{db} (the metadata store's
             URL; a SQLite file under C{var} by default), C{cluster_secret},
-            C{admin_token}.
+            C{admin_token}, C{tls} (a L{speedy.localcluster.tls.LocalTLS}:
+            the imageservers listen with TLS).
         @raise ClusterError: on counts that cannot make a cluster.
         @return: a L{ClusterPlan}.
         """
@@ -188,7 +191,14 @@ class ClusterPlan:
         """@return: the C{host:port} of every imageserver's registry."""
         return tuple(_address(self.host, p) for p in self.imageserver_ports)
 
-    def _listen(self, port, shared=False):
+    @property
+    def registry_scheme(self):
+        """@return: C{https} when the registry listens with TLS, else C{http}."""
+        return "https" if self.tls is not None else "http"
+
+    def _listen(self, port, shared=False, tls=False):
+        if tls and self.tls is not None:
+            return self.tls.listen("reuseport" if shared else "ssl", port, self.host)
         return f"{'reuseport' if shared else 'tcp'}:{port}:interface={self.host}"
 
     def roles(self):
@@ -225,7 +235,7 @@ class ClusterPlan:
         shared = self.imageserver_workers > 1
         imageservers = []
         for i, port in enumerate(self.imageserver_ports):
-            args = ["--listen", self._listen(port, shared), "--master", self.master_url,
+            args = ["--listen", self._listen(port, shared, tls=True), "--master", self.master_url,
                     "--cluster-secret-file", self.secret_file("cluster-secret"), "--db", db]
             if self.chunk_size is not None:
                 args += ["--chunk-size", str(self.chunk_size)]
@@ -245,6 +255,7 @@ class ClusterPlan:
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",
                     "speedy-imageserver", tuple(args), self.host, port,
-                    health_url=f"http://{self.host}:{port}/v1/health", needs_writable_group=True,
+                    health_url=f"{self.registry_scheme}://{self.host}:{port}/v1/health",
+                    needs_writable_group=True,
                     shares_port=shared))
         return (master, *chunkservers, *imageservers)

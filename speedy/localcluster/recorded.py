@@ -108,7 +108,7 @@ async def report_status(var, probe, out):
         out(f"{role.name:<16} pid {entry['pid']:<7} {role.address:<21} {detail}  log {entry['log']}")
     if state.get("ready"):
         for address in state["registries"]:
-            out(f"registry at http://{address}/v2/")
+            out(f"registry at {state.get('registry_scheme', 'http')}://{address}/v2/")
     else:
         out("cluster is still starting")
     return code

@@ -145,7 +145,10 @@ class LocalCluster:
         self._ready = True
         self._record(ready=True)
         for address in self.plan.registries:
-            self._out(f"registry at http://{address}/v2/")
+            self._out(f"registry at {self.plan.registry_scheme}://{address}/v2/")
+        if self.plan.tls is not None:
+            for line in self.plan.tls.instructions(self.plan.registries):
+                self._out(line)
 
     def _spawn(self, role):
         process = RoleProcess(role)
@@ -227,6 +230,8 @@ class LocalCluster:
             "supervisor_pid": os.getpid(),
             "ready": ready,
             "registries": list(self.plan.registries),
+            "registry_scheme": self.plan.registry_scheme,
+            "tls_ca": None if self.plan.tls is None else self.plan.tls.ca_certificate,
             "master": self.plan.master_url,
             "admin_token": self.plan.admin_token,
             "roles": [
