@@ -73,12 +73,18 @@ class PlainHTTPChannel(HTTPChannel):
     """
 
     _first_data = True
+    _tls_refused = False
 
     def dataReceived(self, data):
+        if self._tls_refused:
+            return
         if self._first_data and data:
             self._first_data = False
             if data[:1] == b"\x16" and not ISSLTransport.providedBy(self.transport):
-                self.transport.abortConnection()
+                # Closed (FIN), not reset: the client sees the end at once
+                # either way, and one that sent more reads no error.
+                self._tls_refused = True
+                self.transport.loseConnection()
                 return
         HTTPChannel.dataReceived(self, data)
 
