@@ -11,8 +11,10 @@ A transfer (L{TransferRecord}) moves chunks in batches.  One chunk
      source, the emptiest first) is allocated and the move is recorded
      I{before} any copy, so a crash leaves no copy nothing knows of;
   2. the chunk is read whole from a live member of the source group
-     (DRAINING and read-only members first: they serve no writes) and
-     checked against the metadata's size and CRC32C; it is written to
+     (DRAINING and read-only members first: they serve no writes; then
+     any member but the one imageservers read this chunk from first, its
+     rendezvous-hashed preferred replica, so the transfer reads from a
+     replica clients are not reading it from) and checked against the metadata's size and CRC32C; it is written to
      every member of the target group under the new id, each PUT's CRC32C
      checked (all three durable: a chunkserver answers a PUT once synced);
   3. the batch is switched: in one transaction of the metadata store every
@@ -54,6 +56,7 @@ from twisted.logger import Logger
 
 from speedy.crc import crc32c
 from speedy.errors import BadRequest, ChecksumMismatch, ChunkNotFound, SpeedyError
+from speedy.imageserver.placement import preferred_replica
 from speedy.pacing import Pacer
 from speedy.records import (
     DRAINING,
@@ -359,10 +362,17 @@ class TransferService(Service):
             moves.append(move)
         return moves
 
-    def _sources(self, group_id):
-        members = [s for s in self._cluster.members(group_id)
-                   if s.state in READABLE and not s.rebuilding]
-        return sorted(members, key=lambda s: READABLE.index(s.state))
+    def _sources(self, chunk):
+        """@return: the members of C{chunk}'s group to read it from, in
+        order: those serving no writes first, then, of the rest, the ones
+        clients do not read this chunk from (imageservers go to its
+        preferred replica first, L{preferred_replica}): the transfer keeps
+        off the disks and the cache clients are using."""
+        group = self._cluster.members(chunk.group_id)
+        keeper = preferred_replica(group, chunk.file_id)
+        members = [s for s in group if s.state in READABLE and not s.rebuilding]
+        return sorted(members, key=lambda s: (READABLE.index(s.state), s is keeper,
+                                              s.server_id))
 
     async def _copy(self, move):
         """
@@ -400,7 +410,7 @@ class TransferService(Service):
     async def _read(self, chunk):
         """@return: the bytes of C{chunk} from a live member of its group,
         checked against its size and CRC32C."""
-        for source in self._sources(chunk.group_id):
+        for source in self._sources(chunk):
             try:
                 data = bytes(await self._client.get(source.address, chunk.file_id))
             except ChunkNotFound:

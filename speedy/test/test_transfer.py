@@ -14,6 +14,7 @@ from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.transfer import TransferService
 from speedy.crc import crc32c
+from speedy.imageserver.placement import preferred_replica
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import BlobRecord, ChunkMove, ChunkRef, FileRecord, UploadRecord
 from speedy.testing import FakeChunkClient
@@ -174,6 +175,36 @@ class DrainTests(TransferTestCase):
         self.drain()
         self.work()
         self.read_all()
+
+    def reads(self):
+        """@return: a list that gets C{(address, file_id)} of every GET."""
+        reads, get = [], self.client.get
+
+        def logged(address, file_id, *args, **kwargs):
+            reads.append((address, file_id))
+            return get(address, file_id, *args, **kwargs)
+
+        self.patch(self.client, "get", logged)
+        return reads
+
+    def test_reads_from_a_replica_clients_do_not_read(self):
+        """Each chunk is read once, from a member other than its preferred
+        replica (the one imageservers read it from first)."""
+        members = self.cluster.members(1)
+        reads = self.reads()
+        self.drain()
+        self.work()
+        self.assertEqual(sorted(f for _, f in reads), [11, 12, 13, 14])
+        for source, file_id in reads:
+            self.assertNotEqual(source, preferred_replica(members, file_id).address)
+
+    def test_read_only_member_read_first(self):
+        """A member serving no writes (DRAINING) is read before the others."""
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.drain_server("s2")))
+        reads = self.reads()
+        self.drain()
+        self.work()
+        self.assertEqual(reads, [(address("s2"), f) for f in (11, 12, 13, 14)])
 
     def test_no_target_waits(self):
         """With no other writable group, a drain is refused."""

@@ -111,6 +111,12 @@ class TransferEndToEndTests(SynchronousTestCase):
         finally:
             db.close()
 
+    def held(self, group_id):
+        """@return: the live chunks each server of C{group_id} holds, as its
+        last heartbeat said."""
+        return [s["load"].get("chunks") for s in self.status()["servers"]
+                if s["group_id"] == group_id]
+
     def transfers(self):
         done = self.admin("--json", "transfers")
         self.assertEqual(done.returncode, 0, done.stderr)
@@ -129,6 +135,7 @@ class TransferEndToEndTests(SynchronousTestCase):
             status, body = http("GET", f"{self.registry}/v2/live/blobs/{digest}")
             self.assertEqual((status, body == data), (200, True), digest)
         self.assertEqual(self.group_references(1), 0)
+        self.wait_for("group 1's servers to report no chunk", lambda: self.held(1) == [0, 0, 0])
         report = self.fsck("--verify")
         self.assertTrue(report["clean"], report)
         self.assertEqual(report["orphaned"]["count"], 0, report["orphaned"])
