@@ -130,7 +130,8 @@ def makeService(options, reactor=None):
     transfers = TransferService(
         reactor, cluster, store, client, parallelism=options["transfer-parallelism"],
         rate=options["transfer-rate"], delete_delay=options["transfer-delete-delay"],
-        interval=options["transfer-interval"], batch=options["transfer-batch"])
+        interval=options["transfer-interval"], batch=options["transfer-batch"],
+        replication="fanout" if options["chunk-tls-ca"] is not None else "chain")
     http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),

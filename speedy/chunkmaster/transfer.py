@@ -57,6 +57,7 @@ from twisted.logger import Logger
 from speedy.crc import crc32c
 from speedy.errors import BadRequest, ChecksumMismatch, ChunkNotFound, SpeedyError
 from speedy.imageserver.placement import preferred_replica
+from speedy.imageserver.replication import chain_order
 from speedy.pacing import Pacer
 from speedy.records import (
     DRAINING,
@@ -113,7 +114,7 @@ class TransferService(Service):
     log = Logger()
 
     def __init__(self, clock, cluster, store, client, parallelism=2, rate=32 << 20,
-                 delete_delay=600.0, interval=5.0, batch=32):
+                 delete_delay=600.0, interval=5.0, batch=32, replication="chain"):
         """
         @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
         @param store: the L{speedy.interfaces.IMetadataStore}.
@@ -124,7 +125,13 @@ class TransferService(Service):
             (0: no limit).
         @param delete_delay: seconds between a switch and the delete of the
             old copies.
+        @param replication: C{"chain"} (one CHAIN_PUT through the target
+            group's members) or C{"fanout"} (a PUT to each; chunkservers
+            reached over TLS forward no chains).
         """
+        if replication not in ("chain", "fanout"):
+            raise ValueError(f"replication must be chain or fanout, not {replication!r}")
+        self.replication = replication
         self._clock = clock
         self._cluster = cluster
         self._store = store
@@ -387,9 +394,15 @@ class TransferService(Service):
             if not self._cluster.writable(move.new.group_id):
                 raise TransferFailed(f"group {move.new.group_id} takes no writes now")
             await self._pacer.spend(len(data) * len(targets))
-            infos = await gatherResults(
-                [self._client.put(t.address, move.new.file_id, data) for t in targets],
-                consumeErrors=True)
+            if self.replication == "chain":
+                targets = chain_order(targets, move.new.file_id)
+                infos = await self._client.chain_put(
+                    targets[0].address, move.new.file_id, data,
+                    [t.address for t in targets[1:]])
+            else:
+                infos = await gatherResults(
+                    [self._client.put(t.address, move.new.file_id, data) for t in targets],
+                    consumeErrors=True)
             for target, info in zip(targets, infos):
                 if (info.size, info.crc32c) != (move.new.size, move.new.crc32c):
                     raise ChecksumMismatch(

@@ -198,6 +198,26 @@ class DrainTests(TransferTestCase):
         for source, file_id in reads:
             self.assertNotEqual(source, preferred_replica(members, file_id).address)
 
+    def test_chain_copies(self):
+        """By default each chunk goes to the target group in one chain
+        through its three members (the chunkmaster sends it once)."""
+        self.drain()
+        self.work()
+        self.assertEqual(len(self.client.chains), 4)
+        for chain in self.client.chains:
+            self.assertEqual(sorted(chain), sorted(address(s) for s in ("s4", "s5", "s6")))
+        self.read_all()
+
+    def test_fanout_copies(self):
+        """With fan-out each member of the target group gets a PUT."""
+        self.transfers = self.new_service(replication="fanout")
+        self.drain()
+        self.work()
+        self.assertEqual(self.client.chains, [])
+        for server_id in ("s4", "s5", "s6"):
+            self.assertEqual(self.client.calls[("put", address(server_id))], 4)
+        self.read_all()
+
     def test_read_only_member_read_first(self):
         """A member serving no writes (DRAINING) is read before the others."""
         self.successResultOf(Deferred.fromCoroutine(self.cluster.drain_server("s2")))
