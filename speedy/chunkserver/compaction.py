@@ -4,7 +4,9 @@ Online compaction of one volume (SeaweedFS's vacuum, Haystack's compaction).
 
 While the volume takes no new puts (deletes still append tombstones to it,
 reads go on), its live records are copied, CRC-checked, into
-C{volume-<id>.dat.cpd}: a fresh volume file of the next generation.  Then
+C{volume-<id>.dat.cpd}: a fresh volume file of the next generation, a hole
+past the records it holds (so the space freed goes back to the file system:
+C{du} drops; puts reserve blocks again as they need them).  Then
 whatever was appended to the old file during the copy (tombstones) is copied
 after them ("makeupDiff"), until nothing new arrived, and the store renames
 the copy over the old file and remaps the index, all in one reactor turn.
@@ -16,7 +18,7 @@ from attrs import define
 from twisted.internet.defer import Deferred
 
 from speedy.chunkserver.volume import (
-    DATA_START, HEADER_SIZE, RECORD, RecordHeader, Superblock, Volume, crc32c,
+    DATA_START, HEADER_SIZE, RECORD, TOMBSTONE_SPAN, RecordHeader, Superblock, Volume, crc32c,
     record_span, scan_records, write_superblock)
 from speedy.errors import BadRequest, NoSpace
 
@@ -29,7 +31,8 @@ class CompactedCopy:
     The compacted copy of a volume, durable and ready to be renamed in.
 
     C{moved} lists C{(file_id, old offset, new offset)} of every record
-    copied.  Live records whose bytes fail their CRC are left behind (the
+    copied; the disk blocks below C{allocated} are reserved, the rest of
+    the file is a hole.  Live records whose bytes fail their CRC are left behind (the
     store then drops them from its index).
     """
 
@@ -37,6 +40,7 @@ class CompactedCopy:
     fd: int
     tail: int
     moved: list
+    allocated: int = 0
 
 
 async def copy_live(run_in_thread, disk, volume, is_live, max_span):
@@ -81,7 +85,13 @@ def _copy_records(disk, source, path, superblock, records):
     @return: a L{CompactedCopy}."""
     fd = disk.open(path, create=True)
     try:
-        disk.allocate(fd, superblock.size)
+        # A hole but for the live records and the tombstones they may need
+        # (those the old file got during the copy are among them): the
+        # bytes compaction frees go back to the file system.
+        records_end = DATA_START + sum(header.span for _, header in records)
+        allocated = min(superblock.size, records_end + (len(records) + 1) * TOMBSTONE_SPAN)
+        disk.set_size(fd, superblock.size)
+        disk.allocate(fd, allocated)
         write_superblock(disk, fd, superblock)
         tail = DATA_START
         moved = []
@@ -99,7 +109,7 @@ def _copy_records(disk, source, path, superblock, records):
         disk.close(fd)
         disk.unlink(path)
         raise
-    return CompactedCopy(path, fd, tail, moved)
+    return CompactedCopy(path, fd, tail, moved, allocated)
 
 
 def _copy_bytes(disk, source, start, end, destination, at):
@@ -177,7 +187,7 @@ class Compacting:
         replacement = Volume(
             self._disk, volume.path, copy.fd, volume_id,
             volume.generation + 1, volume.size, tail=copy.tail,
-            needs_directory_sync=True)
+            needs_directory_sync=True, allocated=copy.allocated)
         kept = set()
         for file_id, old_offset, new_offset in copy.moved:
             location = self._index.get(file_id)

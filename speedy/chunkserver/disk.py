@@ -112,9 +112,16 @@ class Disk:
         finally:
             os.close(fd)
 
-    def allocate(self, fd, size):
-        """Reserve C{size} bytes of disk for the file (C{posix_fallocate})."""
-        os.posix_fallocate(fd, 0, size)
+    def allocate(self, fd, end, start=0):
+        """Reserve the disk blocks of bytes C{start} to C{end} of the file
+        (C{posix_fallocate}), growing it to C{end} bytes if it is shorter.
+        @raise OSError: C{ENOSPC} when the file system has no room."""
+        os.posix_fallocate(fd, start, end - start)
+
+    def set_size(self, fd, size):
+        """Make the file C{size} bytes long (C{ftruncate}): bytes added are
+        a hole, which reads as zeros and takes no disk block."""
+        os.ftruncate(fd, size)
 
     def rename(self, source, destination):
         os.replace(source, destination)

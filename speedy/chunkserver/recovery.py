@@ -61,6 +61,8 @@ class Recovery:
         pending.sort(key=lambda item: item[0])
         for sequence, volume, offset, header in pending:
             self._apply(volume, offset, header)
+        for volume in volumes.values():
+            self._reserve_tombstones(volume)
         if self._repaired:
             # The old checkpoint no longer describes the files: replace it
             # before anything is written where the damage was.
@@ -131,11 +133,22 @@ class Recovery:
             self.counters["damaged_records"] += 1
         volume.tail = min(volume.tail, length - length % 8)
         try:
-            self._disk.allocate(volume.fd, volume.size)
+            self._disk.set_size(volume.fd, volume.size)
         except OSError as e:
             self.log.error("cannot re-extend volume {volume_id}: {e}",
                            volume_id=volume.volume_id, e=e)
             volume.size = length
+
+    def _reserve_tombstones(self, volume):
+        """Reserve the disk blocks of the log and of the tombstones its live
+        chunks may need (a volume is a hole past them), so a delete does not
+        fail for lack of room on a full disk."""
+        volume.allocated = volume.tail  # the log below it is written
+        try:
+            volume.reserve_to(volume.promised_end(), step=0)
+        except OSError as e:
+            self.log.error("cannot reserve room for the tombstones of volume"
+                           " {volume_id}: {e}", volume_id=volume.volume_id, e=e)
 
     def _replay_volume(self, volume, after):
         """

@@ -1,8 +1,9 @@
 # -*- test-case-name: speedy.test.test_store,speedy.test.test_direct_io -*-
 """
-The chunkserver's storage engine: chunks appended to preallocated volume
-files (L{speedy.chunkserver.volume}), found through a compact in-memory
-index (L{speedy.chunkserver.needle_index}), made durable by group commit
+The chunkserver's storage engine: chunks appended to sparse volume files
+(L{speedy.chunkserver.volume}; disk blocks reserved as puts need them),
+found through a compact in-memory index
+(L{speedy.chunkserver.needle_index}), made durable by group commit
 (L{speedy.chunkserver.group_commit}), restarted from an index checkpoint
 plus the journal that follows it (L{speedy.chunkserver.checkpoint}), and
 compacted online (L{speedy.chunkserver.compaction}).
@@ -74,6 +75,10 @@ SYNC_POLICIES = ("always", "batch", "none")
 #: read-only.
 DEFAULT_RESERVE = 2**30
 
+#: Default seconds between a delete that takes a volume past the compaction
+#: threshold and that compaction.
+DEFAULT_COMPACT_DELAY = 30.0
+
 #: Default largest chunk (the imageservers cut 16 MiB chunks).
 DEFAULT_MAX_CHUNK_SIZE = 64 * 2**20
 
@@ -135,7 +140,8 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
                  sync, reserve, compact_threshold, max_chunk_size,
                  checkpoint_interval, compact_interval, space_check_interval,
                  direct_io="off", direct_io_threshold=DIRECT_IO_THRESHOLD,
-                 staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE):
+                 staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE,
+                 compact_delay=DEFAULT_COMPACT_DELAY):
         self._reactor = reactor
         self.data_dir = data_dir
         self._disk = disk
@@ -158,6 +164,8 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         self._checkpoint_lock = DeferredLock()
         self._compaction_lock = DeferredLock()
         self._loops = []
+        self.compact_delay = compact_delay
+        self._compaction_soon = None
         self._closed = False
         self.read_only = False
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -180,7 +188,8 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
              disk=None, checkpoint_interval=60.0, compact_interval=15 * 60.0,
              space_check_interval=10.0, direct_io="auto",
              direct_io_threshold=DIRECT_IO_THRESHOLD,
-             staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE):
+             staged_read_limit=STAGED_READ_LIMIT, cache_size=CACHE_SIZE,
+             compact_delay=DEFAULT_COMPACT_DELAY):
         """
         Open (creating if needed) the store in C{data_dir}: load the index
         checkpoint and replay the journal that follows it, or scan every
@@ -209,6 +218,10 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         @param cache_size: the bytes of recently written chunks (those put
             with C{keep}) kept in memory to answer GETs from; 0 keeps none.
             Only with direct I/O.
+        @param compact_delay: once started, seconds after a delete takes a
+            volume past C{compact_threshold} that a compaction runs (the
+            deletes of one garbage collection round come in a burst: one
+            compaction follows them); None leaves it to the periodic one.
         @return: a ready L{ChunkStore}.
         @raise ValueError: for impossible settings.
         """
@@ -234,7 +247,7 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
                     volume_size, sync, reserve, compact_threshold,
                     max_chunk_size, checkpoint_interval, compact_interval,
                     space_check_interval, direct_io, direct_io_threshold,
-                    staged_read_limit, cache_size)
+                    staged_read_limit, cache_size, compact_delay)
         store._recover()
         store._setup_direct_io()
         store._check_space()
@@ -316,6 +329,9 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         volume = self._writable_volume(span)
         offset = volume.append(span)
         try:
+            # The span and the tombstones promised (this put's too) get
+            # their disk blocks first: a full disk fails the put here.
+            volume.reserve_to(volume.promised_end(more=1))
             self._disk.pwrite(volume.fd, RecordHeader(0, file_id, 0, size, 0).pack(), offset)
         except OSError as e:
             volume.tail = offset
@@ -375,7 +391,7 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         device took the data (possibly into its volatile cache), and it
         returned before C{finish} could ask for this sync; the sync then
         writes the inode's metadata those writes need (ext4 converting the
-        preallocated, unwritten extents to written ones) and flushes the
+        reserved, unwritten extents to written ones) and flushes the
         device's cache.
         """
         if self.sync == "always":
@@ -466,7 +482,21 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
         except NoSpace as e:
             return fail(e)
         self.counters["deletes"] += 1
+        self._compact_soon(volume)
         return self._durable(volume)
+
+    def _compact_soon(self, volume):
+        """Once started, compact C{compact_delay} seconds after a delete took
+        C{volume} past the threshold (one compaction for a burst)."""
+        if (self.compact_delay is None or not self._loops or self._compaction_soon is not None
+                or volume.garbage_ratio < self.compact_threshold):
+            return
+
+        def compact():
+            self._compaction_soon = None
+            self._periodic_compaction()
+
+        self._compaction_soon = self._reactor.callLater(self.compact_delay, compact)
 
     def _tombstone(self, file_id, location):
         """
@@ -586,6 +616,9 @@ class ChunkStore(Recovery, DirectIO, ReadPath, Checkpointing, Compacting):
             if loop.running:
                 loop.stop()
         self._loops = []
+        if self._compaction_soon is not None and self._compaction_soon.active():
+            self._compaction_soon.cancel()
+        self._compaction_soon = None
         await self._compaction_lock.acquire()
         try:
             await self._group_commit.flush()

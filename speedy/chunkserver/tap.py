@@ -84,6 +84,9 @@ class Options(DaemonOptions):
                                   "below it the store turns read-only.", reserve),
         Option("compact-threshold", "0.3", "Garbage ratio of a volume that triggers compaction, "
                "above 0 and at most 1.", ratio),
+        Option("compact-delay", "30", "Seconds after deletes take a volume past the compaction "
+               "threshold that it is compacted (the periodic compaction runs anyway).",
+               number(float, 0.0, 86400.0)),
         Option("direct-io", "auto", "Write and verify large chunks with O_DIRECT, bypassing the "
                "page cache: auto (where the file system allows it) or off.",
                choice(*DIRECT_IO_MODES)),
@@ -259,6 +262,7 @@ def open_chunk_store(reactor, options):
             ChunkStore.open, reactor, options["data-dir"],
             volume_size=options["volume-size"], sync=options["sync"],
             reserve=options["reserve"], compact_threshold=options["compact-threshold"],
+            compact_delay=options.get("compact-delay", 30.0),
             direct_io=options.get("direct-io") or "auto",
             staged_read_limit=options.get("staged-read-limit", STAGED_READ_LIMIT),
             cache_size=options.get("cache-size", CACHE_SIZE))

@@ -2,7 +2,9 @@
 """
 Volume files: the on-disk format of the chunk store, and one open volume.
 
-A volume is one large preallocated file, C{volume-<id>.dat}.  All integers
+A volume is one large sparse file, C{volume-<id>.dat}: its size is set
+when it is made, and its disk blocks are reserved (C{posix_fallocate}) as
+puts need them, L{ALLOCATE_STEP} at a time.  All integers
 are little-endian.  C{docs/on-disk-format.md} is the readable spec; the
 tables here are the same.
 
@@ -56,6 +58,11 @@ SUPERBLOCK_SLOTS = (0, 512)
 SUPERBLOCK_SIZE = 64
 SUPERBLOCK_MAGIC = b"SPDYVOL1"
 FORMAT_VERSION = 1
+
+#: Bytes of disk a volume reserves at once, ahead of its tail, when a put
+#: needs more than it holds (so its blocks are reserved in few, large
+#: extents, and a full disk fails the put before any byte is written).
+ALLOCATE_STEP = 32 * 2**20
 
 #: First byte of the first record.  Offset 0 is never a record, so the index
 #: uses it to mean "absent".
@@ -400,7 +407,9 @@ class Volume:
     the spans and number of records the index points at; every other byte
     below C{tail} is garbage.  C{reservations} are the offsets of puts still
     streaming.  A retired volume (replaced by its compacted copy) keeps its
-    descriptor open until the last pinned read is released.
+    descriptor open until the last pinned read is released.  C{allocated}:
+    every disk block below it is reserved (a lower bound; past it the file
+    may be a hole, see L{reserve_to}).
     """
 
     disk: object
@@ -416,6 +425,7 @@ class Volume:
     compacting: bool = False
     needs_directory_sync: bool = False
     pins: int = 0
+    allocated: int = 0
     retired: bool = False
     closed: bool = False
     #: A second descriptor of the file, opened with C{O_DIRECT} by the store
@@ -425,21 +435,24 @@ class Volume:
     @classmethod
     def create(cls, disk, path, volume_id, size, generation=1):
         """
-        Create, preallocate and format a new volume file.
+        Create and format a new volume file of C{size} bytes, a hole but for
+        its superblocks and the first L{ALLOCATE_STEP} bytes (reserved).
 
         @return: the open L{Volume}.
         @raise OSError: the file could not be made (no half-made file is left).
         """
         fd = disk.open(path, create=True)
+        allocated = min(size, ALLOCATE_STEP)
         try:
-            disk.allocate(fd, size)
+            disk.set_size(fd, size)
+            disk.allocate(fd, allocated)
             write_superblock(disk, fd, Superblock(volume_id, generation, size))
         except BaseException:
             disk.close(fd)
             disk.unlink(path)
             raise
         return cls(disk, path, fd, volume_id, generation, size,
-                   needs_directory_sync=True)
+                   needs_directory_sync=True, allocated=allocated)
 
     @classmethod
     def open(cls, disk, path):
@@ -476,6 +489,27 @@ class Volume:
         """
         promised = (self.live_count + len(self.reservations) + 1) * TOMBSTONE_SPAN
         return max(0, self.size - self.tail - promised)
+
+    def promised_end(self, more=0):
+        """@return: the end of the bytes the volume may need without another
+        put: its tail, plus a tombstone for every live chunk, every
+        streaming put, C{more} puts to come and one more (L{room})."""
+        promised = self.live_count + len(self.reservations) + more + 1
+        return min(self.size, self.tail + promised * TOMBSTONE_SPAN)
+
+    def reserve_to(self, end, step=ALLOCATE_STEP):
+        """
+        Make sure the disk blocks of every byte below C{end} are reserved,
+        reserving at least C{step} more when some are not.
+
+        @raise OSError: the file system has no room (C{ENOSPC}); nothing of
+            the volume changed.
+        """
+        if end <= self.allocated or self.allocated >= self.size:
+            return
+        target = min(self.size, max(end, self.allocated + step))
+        self.disk.allocate(self.fd, target, self.allocated)
+        self.allocated = target
 
     def replay_start(self):
         """@return: where recovery must start scanning if the store stopped now:

@@ -44,7 +44,7 @@ class UpOptions(_ClusterOptions):
         ["master-port", None, 8099, "chunkmaster port", int],
         ["chunkserver-port", None, 8001, "first chunkserver port", int],
         ["chunk-size", None, None, "imageserver chunk size (e.g. 4MiB)", parse_size],
-        ["volume-size", None, "256MiB", "size of each chunkserver volume file (preallocated)", parse_size],
+        ["volume-size", None, "256MiB", "size of each chunkserver volume file (sparse)", parse_size],
         ["cache-size", None, LOCAL_CACHE_SIZE, "memory cache of each chunkserver, reserved at "
          "its start (a workstation's default; the chunkserver's own is 512MiB)", parse_size],
         ["staged-read-limit", None, LOCAL_STAGED_READ_LIMIT, "memory each chunkserver's large "

@@ -135,9 +135,9 @@ class FaultyDisk(Disk):
     def fsync_directory(self, path):
         self._check("fsync")
 
-    def allocate(self, fd, size):
+    def allocate(self, fd, end, start=0):
         self._check("allocate")
-        super().allocate(fd, size)
+        super().allocate(fd, end, start)
 
     def space(self, path):
         total, available = super().space(path)

@@ -185,3 +185,132 @@ class CompactionTests(StoreTestMixin, SynchronousTestCase):
         corrupt(path, offset + 10, b"!")
         self.successResultOf(store.compact(1))
         self.assertEqual(list(store.damaged), [5])
+
+
+def disk_bytes(path):
+    """@return: the bytes of disk the file at C{path} takes (C{du})."""
+    return os.stat(path).st_blocks * 512
+
+
+class SpaceTests(StoreTestMixin, SynchronousTestCase):
+    """
+    Volumes are sparse: their disk blocks are reserved as puts need them,
+    and a compaction's copy is a hole past its records, so the space it
+    frees goes back to the file system (C{du} drops), also across a crash.
+    """
+
+    CHUNK = 1000_000
+
+    def open_store(self, **kwargs):
+        kwargs.setdefault("volume_size", 16 * 2**20)
+        kwargs.setdefault("max_chunk_size", 2**20)
+        return super().open_store(**kwargs)
+
+    def fill(self, store, count):
+        for n in range(count):
+            self.put(store, n, bytes([n]) * self.CHUNK)
+
+    def test_compaction_returns_the_space(self):
+        """Fill, delete, compact: the volume file's blocks drop to about
+        its live data; the live chunk reads back, before and after a crash."""
+        store = self.open_store()
+        self.fill(store, 12)
+        before = disk_bytes(self.volume_path())
+        self.assertGreaterEqual(before, 12 * self.CHUNK)
+        for n in range(11):
+            self.successResultOf(store.delete(n))
+        self.assertEqual(disk_bytes(self.volume_path()), before)  # deleting frees nothing yet
+        freed = self.successResultOf(store.compact(1))
+        self.assertGreater(freed, 11 * self.CHUNK)
+        after = disk_bytes(self.volume_path())
+        self.assertLess(after, self.CHUNK + 64 * 1024)
+        self.assertEqual(os.path.getsize(self.volume_path()), 16 * 2**20)
+        self.assertEqual(self.read(store, 11), bytes([11]) * self.CHUNK)
+        store = self.crash()
+        self.assertEqual(list(store.file_ids()), [11])
+        self.assertEqual(self.read(store, 11), bytes([11]) * self.CHUNK)
+        self.assertLess(disk_bytes(self.volume_path()), self.CHUNK + 64 * 1024)
+
+    def test_puts_reserve_blocks_again(self):
+        """After a compaction a volume takes puts again; they reserve their
+        blocks as they come, and survive a crash."""
+        store = self.open_store()
+        self.fill(store, 4)
+        for n in range(3):
+            self.successResultOf(store.delete(n))
+        self.successResultOf(store.compact(1))
+        shrunk = disk_bytes(self.volume_path())
+        for n in range(10, 14):
+            self.put(store, n, bytes([n]) * self.CHUNK)
+        self.assertGreaterEqual(disk_bytes(self.volume_path()), shrunk + 4 * self.CHUNK)
+        self.assertEqual([v["volume_id"] for v in store.status()["volumes"]], [1])
+        store = self.crash()
+        self.assertEqual(list(store.file_ids()), [3, 10, 11, 12, 13])
+        for n in (3, 10, 13):
+            self.assertEqual(self.read(store, n), bytes([n]) * self.CHUNK)
+
+    def test_full_disk_fails_the_put_before_its_bytes(self):
+        """A put into a volume's hole that finds no room fails with
+        L{NoSpace} before anything is written; the store carries on once
+        there is room, and a crash then loses nothing."""
+        store = self.open_store()
+        self.fill(store, 4)
+        for n in range(3):
+            self.successResultOf(store.delete(n))
+        self.successResultOf(store.compact(1))
+        tail = store.status()["volumes"][0]["used"]
+        self.disk.fail("allocate", errno.ENOSPC)
+        self.assertRaises(NoSpace, store.put, 20, self.CHUNK)
+        self.assertEqual(store.status()["volumes"][0]["used"], tail)
+        self.successResultOf(store.delete(3))  # a delete still has its room
+        self.disk.heal("allocate")
+        self.put(store, 21, b"room again")
+        store = self.crash()
+        self.assertEqual(list(store.file_ids()), [21])
+        self.assertEqual(self.read(store, 21), b"room again")
+
+    def test_crash_during_the_copy(self):
+        """A crash after the copy was written, before it was renamed in,
+        leaves the old volume in charge (with a delete that came during the
+        copy); its leftover copy is removed, and a later compaction frees
+        the space."""
+        threads = ManualThreads()
+        store = self.open_store(run_in_thread=threads)
+        for n in range(6):
+            write = store.put(n, self.CHUNK)
+            write.write(bytes([n]) * self.CHUNK)
+            finished = write.finish()
+            threads.run_all()
+            self.successResultOf(finished)
+        for n in range(4):
+            deleted = store.delete(n)
+            threads.run_all()
+            self.successResultOf(deleted)
+        store.compact(1)
+        threads.run_next()  # list the records
+        deleted = store.delete(4)  # its tombstone goes to the old file
+        threads.run_next()  # write the copy, chunk 4 in it
+        self.assertEqual([f.__name__ for f, _, _ in threads.calls][-1], "_copy_bytes")
+        self.assertTrue(os.path.exists(self.volume_path() + ".cpd"))
+        store = self.crash()
+        self.assertFalse(os.path.exists(self.volume_path() + ".cpd"))
+        self.assertEqual(list(store.file_ids()), [5])
+        self.assertGreater(self.successResultOf(store.compact(1)), 5 * self.CHUNK)
+        self.assertLess(disk_bytes(self.volume_path()), self.CHUNK + 64 * 1024)
+        self.assertEqual(self.read(store, 5), bytes([5]) * self.CHUNK)
+
+    def test_compacts_soon_after_deletes(self):
+        """Once started, a store compacts a volume shortly after deletes take
+        it past the threshold (one compaction for the burst), not only on
+        the periodic round."""
+        store = self.open_store(compact_delay=30.0)
+        store.start()
+        self.fill(store, 4)
+        for n in range(3):
+            self.successResultOf(store.delete(n))
+        self.clock.advance(29)
+        self.assertEqual(store.status()["counters"]["compactions"], 0)
+        self.clock.advance(1)
+        self.assertEqual(store.status()["counters"]["compactions"], 1)
+        self.assertLess(disk_bytes(self.volume_path()), self.CHUNK + 64 * 1024)
+        self.successResultOf(store.close())

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.chunkserver.disk import Disk
 from speedy.chunkserver.volume import (
-    COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, RECORD, SUPERBLOCK_SLOTS,
+    ALLOCATE_STEP, COMPLETE, DAMAGED, DATA_START, HEADER_SIZE, RECORD, SUPERBLOCK_SLOTS,
     TOMBSTONE, TORN, DamagedVolume, RecordHeader, Superblock, Volume,
     check_record, crc32c, parse_volume_file_name, read_record, read_superblock, record_span,
     scan_records, volume_file_name)
@@ -29,9 +29,27 @@ class SuperblockTests(SynchronousTestCase):
         sb = read_superblock(self.disk, self.volume.fd)
         self.assertEqual((sb.volume_id, sb.generation, sb.size), (7, 3, 1 << 20))
 
-    def test_preallocated(self):
-        """The file is allocated to its full size up front."""
+    def test_sparse(self):
+        """The file has its full size up front, but takes disk blocks only
+        for the bytes reserved (at most one L{ALLOCATE_STEP})."""
         self.assertEqual(os.fstat(self.volume.fd).st_size, 1 << 20)
+        self.assertEqual(self.volume.allocated, min(1 << 20, ALLOCATE_STEP))
+
+    def test_reserve_to(self):
+        """L{Volume.reserve_to} reserves the disk blocks below an offset,
+        a step at a time, and no more than the volume."""
+        path = self.mktemp()
+        volume = Volume.create(self.disk, path, 8, 64 << 20)
+        self.addCleanup(volume.close)
+        self.assertEqual(volume.allocated, ALLOCATE_STEP)
+        self.assertLess(os.stat(path).st_blocks * 512, ALLOCATE_STEP + 65536)
+        volume.reserve_to(ALLOCATE_STEP + 1)
+        self.assertEqual(volume.allocated, 2 * ALLOCATE_STEP)
+        self.assertGreaterEqual(os.stat(path).st_blocks * 512, 2 * ALLOCATE_STEP)
+        volume.reserve_to(10 << 30)
+        self.assertEqual(volume.allocated, 64 << 20)
+        volume.reserve_to(1 << 20)  # below: nothing to do
+        self.assertEqual(volume.allocated, 64 << 20)
 
     def test_torn_slot(self):
         """One damaged slot (a torn write) leaves the other in charge."""
