@@ -716,6 +716,73 @@ class IGarbageTables(Interface):
         """Remove collected chunks from the garbage list.  @return: Deferred."""
 
 
+class ISweepTables(Interface):
+    """
+    The mark and sweep of the registry's tables (C{docs/gc.md}): blobs no
+    manifest references and, under policies off by default, manifests
+    nothing keeps.  A I{mark} is a plain read that lists candidates; a
+    I{sweep} takes each candidate's row exclusively, checks it again with
+    reads that see the latest commit, and deletes it in the same
+    transaction, so a concurrent link, mount or manifest put either
+    committed first (and the candidate stays) or finds it gone.  Used by
+    L{speedy.chunkmaster.sweep}.  Keeps the rules of L{IMetadataStore}.
+
+    A blob is garbage when, at C{horizon} (a time: now less the grace
+    period): it was stored at or before the horizon; no manifest of any
+    repository references it (config, layers, index children: a
+    manifest's C{references}); no repository linked it (a push or mount)
+    after the horizon; and no repository that links it has an upload in
+    progress.
+
+    A manifest is garbage, under the C{untagged} policy, when it was
+    stored at or before the horizon, no tag names it, no manifest of its
+    repository lists it, and it has no subject or its subject is not in
+    its repository; under the C{orphans} policy, the same but only for a
+    manifest with a subject (an artifact whose subject is gone).  A tag
+    always keeps a manifest.
+    """
+
+    def unreferenced_blobs(horizon, limit=1000, after=None):
+        """
+        Mark: the blobs that are garbage now.
+
+        @param after: a digest, or None: only blobs after it (pages).
+        @return: Deferred firing with a list of L{BlobRecord}s, by digest,
+            at most C{limit}.
+        """
+
+    def collect_blobs(digests, horizon):
+        """
+        Sweep, in one transaction: each blob of C{digests} still garbage is
+        deleted with every repository's link to it, and its chunks are
+        recorded as garbage (L{IGarbageTables.record_garbage}, reason
+        C{"blob DIGEST collected"}).
+
+        @return: Deferred firing with the list of the L{BlobRecord}s deleted.
+        """
+
+    def unkept_manifests(horizon, untagged=False, orphans=False, limit=1000, after=None):
+        """
+        Mark: the manifests that are garbage now under the policies (none
+        when both are off).
+
+        @param after: a C{(repository, digest)}, or None: only manifests
+            after it (pages).
+        @return: Deferred firing with a list of C{(repository, digest)},
+            by repository and digest, at most C{limit}.
+        """
+
+    def collect_manifests(keys, horizon, untagged=False, orphans=False):
+        """
+        Sweep, in one transaction: each manifest of C{keys} (C{(repository,
+        digest)}) still garbage is deleted as L{IRegistryTables.delete_manifest}
+        does.  The manifests it listed may become garbage in turn: the
+        next mark finds them.
+
+        @return: Deferred firing with the list of the keys deleted.
+        """
+
+
 class IRepairTables(Interface):
     """
     Replicas found missing or damaged, waiting for repair.  Recorded by
@@ -812,7 +879,7 @@ class ITransferTables(Interface):
 
 
 class IMetadataStore(IClusterTables, IFileTables, IRegistryTables, IUploadTables,
-                     IV1Tables, IGarbageTables, IRepairTables, ITransferTables):
+                     IV1Tables, IGarbageTables, ISweepTables, IRepairTables, ITransferTables):
     """
     Cluster and registry metadata: every role's tables in one database,
     which the daemons start and close.  Implementations: in memory

@@ -81,7 +81,7 @@ class MemoryMetadataStore:
         self._next_file_id = FIRST_FILE_ID
         self._files = {}  # path -> FileRecord
         self._blobs = {}  # digest -> BlobRecord
-        self._links = set()  # (repository, digest)
+        self._links = {}  # (repository, digest) -> when linked
         self._manifests = {}  # (repository, digest) -> ManifestRecord
         self._tags = {}  # (repository, tag) -> digest
         self._uploads = {}  # upload_id -> UploadRecord
@@ -206,8 +206,11 @@ class MemoryMetadataStore:
 
     @_deferred
     def delete_blob(self, digest):
-        self._links = {(r, d) for (r, d) in self._links if d != digest}
+        self._unlink_all(digest)
         return self._blobs.pop(digest, None)
+
+    def _unlink_all(self, digest):
+        self._links = {key: when for key, when in self._links.items() if key[1] != digest}
 
     @_deferred
     def delete_blob_if_unlinked(self, digest):
@@ -220,15 +223,11 @@ class MemoryMetadataStore:
         schema.check_repository(repository)
         if digest not in self._blobs:
             raise BadRequest(f"no blob {digest!r} to link")
-        self._links.add((repository, digest))
+        self._links[repository, digest] = self._clock.seconds()
 
     @_deferred
     def unlink_blob(self, repository, digest):
-        try:
-            self._links.remove((repository, digest))
-        except KeyError:
-            return False
-        return True
+        return self._links.pop((repository, digest), None) is not None
 
     @_deferred
     def blob_linked(self, repository, digest):
@@ -529,6 +528,75 @@ class MemoryMetadataStore:
         schema.check_chunks(chunks)
         for chunk in chunks:
             self._garbage.pop((chunk.group_id, chunk.file_id), None)
+
+    # ISweepTables --------------------------------------------------------------
+
+    def _referenced(self, digest, repository=None):
+        """@return: True if a manifest (of C{repository}, if given) lists
+        C{digest}."""
+        return any(digest in m.references for (repo, _), m in self._manifests.items()
+                   if repository is None or repo == repository)
+
+    def _garbage_blob(self, blob, horizon):
+        repositories = {repo for repo, d in self._links if d == blob.digest}
+        return (blob.created <= horizon
+                and not self._referenced(blob.digest)
+                and not any(when > horizon for (_, d), when in self._links.items()
+                            if d == blob.digest)
+                and not any(u.repository in repositories for u in self._uploads.values()))
+
+    @_deferred
+    def unreferenced_blobs(self, horizon, limit=1000, after=None):
+        schema.check_limit(limit)
+        found = [blob for digest, blob in sorted(self._blobs.items())
+                 if (after is None or digest > after) and self._garbage_blob(blob, horizon)]
+        return found if limit is None else found[:limit]
+
+    @_deferred
+    def collect_blobs(self, digests, horizon):
+        collected = []
+        for digest in sorted(set(digests)):
+            schema.check_digest(digest)
+            blob = self._blobs.get(digest)
+            if blob is None or not self._garbage_blob(blob, horizon):
+                continue
+            self._unlink_all(digest)
+            del self._blobs[digest]
+            self.record_garbage(blob.chunks, f"blob {digest} collected")
+            collected.append(blob)
+        return collected
+
+    def _garbage_manifest(self, manifest, horizon, untagged, orphans):
+        repository, digest = manifest.repository, manifest.digest
+        if manifest.subject is None:
+            by_subject = untagged
+        else:
+            by_subject = ((untagged or orphans)
+                          and (repository, manifest.subject) not in self._manifests)
+        return (by_subject and manifest.created <= horizon
+                and not any(key[0] == repository and target == digest
+                            for key, target in self._tags.items())
+                and not self._referenced(digest, repository))
+
+    @_deferred
+    def unkept_manifests(self, horizon, untagged=False, orphans=False, limit=1000, after=None):
+        schema.check_limit(limit)
+        found = [key for key, manifest in sorted(self._manifests.items())
+                 if (after is None or key > tuple(after))
+                 and self._garbage_manifest(manifest, horizon, untagged, orphans)]
+        return found if limit is None else found[:limit]
+
+    @_deferred
+    def collect_manifests(self, keys, horizon, untagged=False, orphans=False):
+        collected = []
+        for key in sorted(set(map(tuple, keys))):
+            manifest = self._manifests.get(key)
+            if manifest is None or not self._garbage_manifest(
+                    manifest, horizon, untagged, orphans):
+                continue
+            self.delete_manifest(*key)
+            collected.append(key)
+        return collected
 
     # IRepairTables -----------------------------------------------------------
 

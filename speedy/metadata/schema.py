@@ -489,6 +489,20 @@ SQLITE_MIGRATIONS = [
             PRIMARY KEY (group_id, file_id))""",
         "CREATE INDEX chunk_moves_by_transfer ON chunk_moves (transfer_id)",
     ]),
+    (7, [  # mark and sweep: who references a blob, when a repository linked it
+        """CREATE TABLE manifest_refs (
+            digest TEXT NOT NULL,
+            repository TEXT NOT NULL,
+            manifest TEXT NOT NULL,
+            PRIMARY KEY (digest, repository, manifest)) WITHOUT ROWID""",
+        "CREATE INDEX manifest_refs_by_manifest ON manifest_refs (repository, manifest)",
+        """INSERT OR IGNORE INTO manifest_refs (digest, repository, manifest)
+            SELECT CAST(j.value AS TEXT), m.repository, m.digest
+            FROM manifests m, json_each(CAST(m.refs AS TEXT)) j""",
+        "ALTER TABLE blob_links ADD COLUMN linked REAL NOT NULL DEFAULT 0",
+        "UPDATE blob_links SET linked = (julianday('now') - 2440587.5) * 86400.0",
+        "CREATE INDEX uploads_by_repository ON uploads (repository)",
+    ]),
 ]
 
 _INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
@@ -638,6 +652,21 @@ MYSQL_MIGRATIONS = [
             switched DOUBLE NULL,
             PRIMARY KEY (group_id, file_id),
             KEY chunk_moves_by_transfer (transfer_id))""" + _INNODB,
+    ]),
+    (7, [
+        """CREATE TABLE IF NOT EXISTS manifest_refs (
+            digest VARBINARY(135) NOT NULL,
+            repository VARBINARY(1020) NOT NULL,
+            manifest VARBINARY(135) NOT NULL,
+            PRIMARY KEY (digest, repository, manifest),
+            KEY manifest_refs_by_manifest (repository, manifest))""" + _INNODB,
+        """INSERT IGNORE INTO manifest_refs (digest, repository, manifest)
+            SELECT j.ref, m.repository, m.digest
+            FROM manifests m, JSON_TABLE(CONVERT(m.refs USING utf8mb4), '$[*]'
+                COLUMNS (ref VARCHAR(135) CHARACTER SET ascii PATH '$')) j""",
+        "ALTER TABLE blob_links ADD COLUMN IF NOT EXISTS linked DOUBLE NOT NULL DEFAULT 0",
+        "UPDATE blob_links SET linked = UNIX_TIMESTAMP(NOW(6)) WHERE linked = 0",
+        "CREATE INDEX IF NOT EXISTS uploads_by_repository ON uploads (repository)",
     ]),
 ]
 

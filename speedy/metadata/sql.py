@@ -532,17 +532,21 @@ class SQLMetadataStore:
         return blob
 
     def link_blob(self, repository, digest):
-        return self._write(self._link_blob, repository, digest)
+        return self._write(self._link_blob, repository, digest, self._now())
 
-    def _link_blob(self, db, repository, digest):
+    def _link_blob(self, db, repository, digest, now):
         schema.check_repository(repository)
         # A shared lock: links of one blob into many repositories go on
-        # side by side, a delete of it waits (see _delete_blob_if_unlinked).
+        # side by side, a delete of it waits (see _delete_blob_if_unlinked
+        # and _collect_blobs).
         if self._get_blob(db, digest, self.dialect.for_share) is None:
             raise BadRequest(f"no blob {digest!r} to link")
+        # Linking again (a push or mount of a blob the repository has)
+        # stamps the link anew: the collector's grace period starts again.
         db.execute(
-            self.dialect.insert_new("blob_links", "repository, digest", ["repository", "digest"]),
-            repository, digest)
+            self.dialect.upsert("blob_links", "repository, digest, linked",
+                                ["repository", "digest"]),
+            repository, digest, now)
 
     def unlink_blob(self, repository, digest):
         return self._write(self._unlink_blob, repository, digest)
@@ -582,6 +586,12 @@ class SQLMetadataStore:
             db.execute(
                 self.dialect.upsert("tags", "repository, tag, digest", ["repository", "tag"]),
                 record.repository, tag, record.digest)
+        # What it references, by digest, for the collector (same digest,
+        # same content, same references: a put again adds nothing).
+        insert = self.dialect.insert_new(
+            "manifest_refs", "digest, repository, manifest", ["digest", "repository", "manifest"])
+        for reference in dict.fromkeys(record.references):
+            db.execute(insert, reference, record.repository, record.digest)
 
     def _linked_size(self, db, repository, digest):
         """
@@ -624,6 +634,8 @@ class SQLMetadataStore:
                 "DELETE FROM manifests WHERE repository = ? AND digest = ?", repository, digest):
             return False
         db.execute("DELETE FROM tags WHERE repository = ? AND digest = ?", repository, digest)
+        db.execute("DELETE FROM manifest_refs WHERE repository = ? AND manifest = ?",
+                   repository, digest)
         return True
 
     def resolve_tag(self, repository, tag):
@@ -947,6 +959,140 @@ class SQLMetadataStore:
         for chunk in chunks:
             db.execute("DELETE FROM garbage WHERE group_id = ? AND file_id = ?",
                        chunk.group_id, chunk.file_id)
+
+    # ISweepTables: the mark and sweep of the registry's tables ---------------
+    #
+    # A blob is garbage when no manifest references it, it is older than
+    # the horizon, no repository linked it after the horizon, and no
+    # repository that links it has an upload in progress; a manifest (under
+    # a policy) when no tag names it, no manifest of its repository lists
+    # it, it is older than the horizon and its subject (if any) is not in
+    # its repository.  Marks read these with plain reads; sweeps read them
+    # again with locking reads under the row's exclusive lock, in the
+    # transaction that deletes (docs/gc.md).
+
+    _GARBAGE_BLOB = (
+        "b.created <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = b.digest)"
+        " AND NOT EXISTS (SELECT 1 FROM blob_links l WHERE l.digest = b.digest AND l.linked > ?)"
+        " AND NOT EXISTS (SELECT 1 FROM blob_links l JOIN uploads u"
+        " ON u.repository = l.repository WHERE l.digest = b.digest)")
+
+    def unreferenced_blobs(self, horizon, limit=1000, after=None):
+        return self._read(self._unreferenced_blobs, horizon, limit, after)
+
+    def _unreferenced_blobs(self, db, horizon, limit, after):
+        schema.check_limit(limit)
+        where, params = "", ()
+        if after is not None:
+            where, params = " AND b.digest > ?", (after,)
+        rows = db.all(
+            f"SELECT b.digest, b.size, b.chunks, b.created FROM blobs b"
+            f" WHERE {self._GARBAGE_BLOB}{where} ORDER BY b.digest" + _limit(limit),
+            horizon, horizon, *params)
+        return [_blob(row) for row in rows]
+
+    def collect_blobs(self, digests, horizon):
+        return self._write(self._collect_blobs, sorted(set(digests)), horizon, self._now())
+
+    def _collect_blobs(self, db, digests, horizon, now):
+        """
+        Each blob's row is locked exclusively first: a L{_link_blob} or a
+        L{_put_manifest} that needs the blob locks it shared, so it either
+        committed before (and the locking reads below see its link or its
+        reference) or waits for this commit (and finds the blob gone).
+        """
+        share = self.dialect.for_share
+        collected = []
+        for digest in digests:
+            schema.check_digest(digest)
+            blob = self._get_blob(db, digest, self.dialect.for_update)
+            if (blob is None or blob.created > horizon
+                    or db.one("SELECT 1 FROM manifest_refs WHERE digest = ? LIMIT 1" + share,
+                              digest) is not None
+                    or db.one("SELECT 1 FROM blob_links WHERE digest = ? AND linked > ? LIMIT 1"
+                              + share, digest, horizon) is not None
+                    or db.one("SELECT 1 FROM blob_links l JOIN uploads u"
+                              " ON u.repository = l.repository WHERE l.digest = ? LIMIT 1"
+                              + share, digest) is not None):
+                continue
+            db.execute("DELETE FROM blob_links WHERE digest = ?", digest)
+            db.execute("DELETE FROM blobs WHERE digest = ?", digest)
+            self._record_garbage(db, list(blob.chunks), f"blob {digest} collected", now)
+            collected.append(blob)
+        return collected
+
+    @staticmethod
+    def _garbage_manifest(untagged, orphans):
+        """@return: the SQL condition on a manifest's row C{m} under these
+        policies (one C{?}: the horizon), or None when both are off."""
+        missing_subject = ("NOT EXISTS (SELECT 1 FROM manifests s"
+                           " WHERE s.repository = m.repository AND s.digest = m.subject)")
+        if untagged:
+            subject = f"(m.subject IS NULL OR {missing_subject})"
+        elif orphans:
+            subject = f"m.subject IS NOT NULL AND {missing_subject}"
+        else:
+            return None
+        return ("m.created <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM tags t"
+                " WHERE t.repository = m.repository AND t.digest = m.digest)"
+                " AND NOT EXISTS (SELECT 1 FROM manifest_refs r"
+                " WHERE r.digest = m.digest AND r.repository = m.repository)"
+                f" AND {subject}")
+
+    def unkept_manifests(self, horizon, untagged=False, orphans=False, limit=1000, after=None):
+        return self._read(self._unkept_manifests, horizon, untagged, orphans, limit, after)
+
+    def _unkept_manifests(self, db, horizon, untagged, orphans, limit, after):
+        schema.check_limit(limit)
+        condition = self._garbage_manifest(untagged, orphans)
+        if condition is None:
+            return []
+        where, params = "", ()
+        if after is not None:
+            where = " AND (m.repository > ? OR (m.repository = ? AND m.digest > ?))"
+            params = (after[0], after[0], after[1])
+        rows = db.all(
+            f"SELECT m.repository, m.digest FROM manifests m WHERE {condition}{where}"
+            " ORDER BY m.repository, m.digest" + _limit(limit), horizon, *params)
+        return [(_text(repository), _text(digest)) for repository, digest in rows]
+
+    def collect_manifests(self, keys, horizon, untagged=False, orphans=False):
+        return self._write(self._collect_manifests, sorted(set(map(tuple, keys))), horizon,
+                           untagged, orphans)
+
+    def _collect_manifests(self, db, keys, horizon, untagged, orphans):
+        """
+        Each manifest's row is locked exclusively first: a put of it (a tag
+        PUT too) writes the row, and a put of an index that lists it locks
+        it shared, so either committed before (and the locking reads below,
+        which see the latest commit, not a snapshot, find its tag or its
+        reference) or waits for this commit (and finds it gone).
+        """
+        if not (untagged or orphans):
+            return []
+        share = self.dialect.for_share
+        collected = []
+        for repository, digest in keys:
+            row = db.one("SELECT created, subject FROM manifests WHERE repository = ?"
+                         " AND digest = ?" + self.dialect.for_update, repository, digest)
+            if row is None or float(row[0]) > horizon:
+                continue
+            subject = _text(row[1])
+            if subject is None and not untagged:
+                continue
+            if (db.one("SELECT 1 FROM tags WHERE repository = ? AND digest = ? LIMIT 1" + share,
+                       repository, digest) is not None
+                    or db.one("SELECT 1 FROM manifest_refs WHERE digest = ? AND repository = ?"
+                              " LIMIT 1" + share, digest, repository) is not None
+                    or (subject is not None and db.one(
+                        "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?" + share,
+                        repository, subject) is not None)):
+                continue
+            self._delete_manifest(db, repository, digest)
+            collected.append((repository, digest))
+        return collected
 
     # IRepairTables -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ run against the in-memory store, SQLite and MariaDB.
 import atexit
 import os
 import sqlite3
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -21,7 +22,7 @@ from zope.interface.verify import verifyObject
 from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
 from speedy.interfaces import (
     IClusterTables, IFileTables, IGarbageTables, IMetadataStore, IRegistryTables, IRepairTables,
-    ITransferTables, IUploadTables, IV1Tables)
+    ISweepTables, ITransferTables, IUploadTables, IV1Tables)
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.metadata.mysql import mysql_store, parse_url
 from speedy.metadata.schema import MYSQL_MIGRATIONS, SQLITE_MIGRATIONS, latest_version
@@ -60,7 +61,7 @@ SHA512 = "sha512:" + "0f" * 64
 
 #: The role interfaces IMetadataStore unites.
 ROLES = (IClusterTables, IFileTables, IRegistryTables, IUploadTables, IV1Tables,
-         IGarbageTables, IRepairTables, ITransferTables)
+         IGarbageTables, ISweepTables, IRepairTables, ITransferTables)
 
 
 def chunks(*file_ids, group_id=1):
@@ -880,6 +881,203 @@ class MetadataStoreTestsMixin:
         await self.store.put_manifest(manifest(), tags=["latest"])
         self.assertEqual(await self.store.list_v1_tags("library/app"), [])
 
+    # mark and sweep ---------------------------------------------------------
+
+    async def old_blob(self, digest=SHA2, repository="library/app", *file_ids):
+        """Store a blob long before the test's horizons, linked in
+        C{repository} (if any) then too."""
+        blob = BlobRecord(digest, 5, chunks(*(file_ids or (1,))), created=START - 7200)
+        await self.store.put_blob(blob)
+        if repository is not None:
+            await self.store.link_blob(repository, digest)
+        return blob
+
+    async def test_unreferenced_blob_is_collected(self):
+        """A blob that no manifest references, linked before the horizon,
+        is marked; the sweep deletes it and its links, and records its
+        chunks as garbage."""
+        blob = await self.old_blob(SHA2, "library/app", 1, 2)
+        await self.store.link_blob("other/app", SHA2)
+        self.assertEqual(await self.store.unreferenced_blobs(START), [blob])
+        self.assertEqual(await self.store.collect_blobs([SHA2], START), [blob])
+        self.assertIsNone(await self.store.get_blob(SHA2))
+        self.assertIsNone(await self.store.blob_linked("library/app", SHA2))
+        self.assertIsNone(await self.store.blob_linked("other/app", SHA2))
+        garbage = await self.store.list_garbage()
+        self.assertEqual([g.chunk for g in garbage], list(blob.chunks))
+        self.assertEqual({g.reason for g in garbage}, {f"blob {SHA2} collected"})
+        self.assertEqual(await self.store.collect_blobs([SHA2], START), [])
+        self.assertEqual(len(await self.store.list_garbage()), 2)
+
+    async def test_referenced_blob_is_kept(self):
+        """A blob a manifest of any repository references stays, linked
+        or not; once that manifest is deleted it is garbage."""
+        blob = await self.old_blob(SHA2, "library/app")
+        await self.store.put_manifest(manifest(repository="other/app", references=(SHA2,)))
+        self.assertEqual(await self.store.unreferenced_blobs(START + 1), [])
+        self.assertEqual(await self.store.collect_blobs([SHA2], START + 1), [])
+        self.assertEqual(await self.store.get_blob(SHA2), blob)
+        await self.store.delete_manifest("other/app", SHA)
+        self.assertEqual(await self.store.unreferenced_blobs(START + 1), [blob])
+
+    async def test_manifest_put_again_keeps_its_references(self):
+        """A manifest put again (another tag) still references its blobs;
+        deleted, it does not."""
+        await self.old_blob(SHA2)
+        record = manifest(references=(SHA2,))
+        await self.store.put_manifest(record, tags=["a"])
+        await self.store.put_manifest(record, tags=["b"])
+        self.assertEqual(await self.store.unreferenced_blobs(START + 1), [])
+        await self.store.delete_manifest("library/app", SHA)
+        self.assertEqual(len(await self.store.unreferenced_blobs(START + 1)), 1)
+
+    async def test_young_blob_or_link_is_kept(self):
+        """A blob stored after the horizon, or linked (pushed, mounted)
+        again after it, is not garbage yet."""
+        await self.store.put_blob(BlobRecord(SHA2, 5, chunks(1), created=START))
+        self.assertEqual(await self.store.unreferenced_blobs(START - 1), [])
+        self.assertEqual(await self.store.collect_blobs([SHA2], START - 1), [])
+        self.assertEqual(len(await self.store.unreferenced_blobs(START)), 1)
+        await self.old_blob(SHA3, "library/app")
+        self.clock.advance(100)
+        await self.store.link_blob("library/app", SHA3)
+        self.assertEqual(await self.store.unreferenced_blobs(START + 50, after=SHA2), [])
+        self.assertEqual(await self.store.collect_blobs([SHA3], START + 50), [])
+        self.assertEqual(len(await self.store.unreferenced_blobs(START + 100, after=SHA2)), 1)
+
+    async def test_upload_in_progress_keeps_the_repository_blobs(self):
+        """A repository with an upload in progress keeps the blobs it
+        links: its push may reference them."""
+        await self.old_blob(SHA2, "library/app")
+        await self.store.create_upload(UploadRecord("u", "other/app", created=1.0))
+        self.assertEqual(len(await self.store.unreferenced_blobs(START)), 1)
+        await self.store.create_upload(UploadRecord("v", "library/app", created=1.0))
+        self.assertEqual(await self.store.unreferenced_blobs(START), [])
+        self.assertEqual(await self.store.collect_blobs([SHA2], START), [])
+        await self.store.delete_upload("v")
+        self.assertEqual(len(await self.store.collect_blobs([SHA2], START)), 1)
+
+    async def test_sweep_checks_again(self):
+        """A blob marked, then referenced by a manifest put before the
+        sweep, stays."""
+        await self.old_blob(SHA2)
+        marked = [b.digest for b in await self.store.unreferenced_blobs(START)]
+        self.assertEqual(marked, [SHA2])
+        await self.store.put_manifest(manifest(references=(SHA2,)), required_blobs=[(SHA2, 5)])
+        self.assertEqual(await self.store.collect_blobs(marked, START), [])
+        self.assertIsNotNone(await self.store.blob_linked("library/app", SHA2))
+
+    async def test_collected_blob_refuses_links_and_manifests(self):
+        """Once swept, a blob can be neither linked nor required."""
+        await self.old_blob(SHA2)
+        await self.store.collect_blobs([SHA2], START)
+        await failure_of(self.store.link_blob("library/app", SHA2), BadRequest)
+        await failure_of(self.store.put_manifest(
+            manifest(references=(SHA2,)), required_blobs=[(SHA2, 5)]), ReferencesMissing)
+
+    async def test_unlinked_blob_is_collected(self):
+        await self.old_blob(SHA2, None)
+        self.assertEqual(len(await self.store.collect_blobs([SHA2], START)), 1)
+
+    async def test_unreferenced_blobs_pages(self):
+        digests = ["sha256:%064x" % n for n in range(5)]
+        for n, digest in enumerate(digests):
+            await self.old_blob(digest, "r", n + 1)
+        first = await self.store.unreferenced_blobs(START, limit=3)
+        rest = await self.store.unreferenced_blobs(START, limit=3, after=first[-1].digest)
+        self.assertEqual([b.digest for b in first + rest], digests)
+        await failure_of(self.store.unreferenced_blobs(START, limit=-1), BadRequest)
+
+    async def put_manifests(self, *specs):
+        """Store manifests long ago: each spec is (digest, tags,
+        references, subject)."""
+        for digest, tags, references, subject in specs:
+            await self.store.put_manifest(
+                manifest(digest=digest, references=references, subject=subject,
+                         created=START - 7200), tags=tags)
+
+    async def test_manifest_policies_off(self):
+        """With no policy, no manifest is ever garbage."""
+        await self.put_manifests((SHA, [], (), None), (SHA2, [], (), "sha256:" + "00" * 32))
+        self.assertEqual(await self.store.unkept_manifests(START), [])
+        self.assertEqual(await self.store.collect_manifests(
+            [("library/app", SHA)], START), [])
+        self.assertIsNotNone(await self.store.get_manifest("library/app", SHA))
+
+    async def test_untagged_manifests(self):
+        """
+        Under the untagged policy: a tag keeps a manifest, an index keeps
+        its children, a subject its referrers, the grace period the young;
+        an untagged index goes first, then its children (the next mark).
+        """
+        tagged, index, child, referrer, young = (
+            "sha256:%064x" % n for n in range(1, 6))
+        await self.put_manifests(
+            (tagged, ["t"], (SHA2,), None),
+            (index, [], (child,), None),
+            (child, [], (SHA3,), None),
+            (referrer, [], (), tagged))
+        await self.store.put_manifest(manifest(digest=young))
+        keys = await self.store.unkept_manifests(START - 1, untagged=True)
+        self.assertEqual(keys, [("library/app", index)])
+        self.assertEqual(await self.store.collect_manifests(
+            [("library/app", d) for d in (tagged, referrer, young)], START - 1, untagged=True),
+            [])
+        self.assertEqual(await self.store.collect_manifests(keys, START - 1, untagged=True), keys)
+        self.assertEqual(await self.store.unkept_manifests(START - 1, untagged=True),
+                         [("library/app", child)])
+        await self.store.collect_manifests([("library/app", child)], START - 1, untagged=True)
+        self.assertIsNone(await self.store.get_manifest("library/app", child))
+        self.assertEqual(len(await self.store.unreferenced_blobs(START + 1)), 0)
+        # Untagging the subject lets the referrer go once the subject went.
+        await self.store.delete_tag("library/app", "t")
+        self.assertEqual(await self.store.unkept_manifests(START - 1, untagged=True),
+                         [("library/app", tagged)])
+        await self.store.collect_manifests([("library/app", tagged)], START - 1, untagged=True)
+        self.assertEqual(await self.store.unkept_manifests(START - 1, untagged=True),
+                         [("library/app", referrer)])
+
+    async def test_orphaned_artifacts(self):
+        """Under the orphans policy alone: only untagged artifacts whose
+        subject is not in their repository go."""
+        subject, orphan, tagged_orphan, attached, plain = (
+            "sha256:%064x" % n for n in range(1, 6))
+        await self.put_manifests(
+            (subject, ["s"], (), None),
+            (orphan, [], (), "sha256:" + "00" * 32),
+            (tagged_orphan, ["keep"], (), "sha256:" + "00" * 32),
+            (attached, [], (), subject),
+            (plain, [], (), None))
+        self.assertEqual(await self.store.unkept_manifests(START, orphans=True),
+                         [("library/app", orphan)])
+        collected = await self.store.collect_manifests(
+            [("library/app", d) for d in (subject, orphan, tagged_orphan, attached, plain)],
+            START, orphans=True)
+        self.assertEqual(collected, [("library/app", orphan)])
+        self.assertEqual(await self.store.referrers("library/app", "sha256:" + "00" * 32),
+                         [await self.store.get_manifest("library/app", tagged_orphan)])
+
+    async def test_manifest_sweep_checks_again(self):
+        """A manifest marked, then tagged (put again) or listed by an index
+        before the sweep, stays."""
+        child, index = "sha256:%064x" % 1, "sha256:%064x" % 2
+        await self.put_manifests((SHA, [], (), None), (child, [], (), None))
+        marked = await self.store.unkept_manifests(START, untagged=True)
+        self.assertEqual(len(marked), 2)
+        await self.store.put_manifest(manifest(), tags=["now"])
+        await self.store.put_manifest(manifest(digest=index, references=(child,),
+                                               content=b'{"schemaVersion": 2}'),
+                                      required_manifests=[(child, 20)])
+        self.assertEqual(await self.store.collect_manifests(marked, START, untagged=True), [])
+
+    async def test_unkept_manifests_pages(self):
+        await self.put_manifests(*[("sha256:%064x" % n, [], (), None) for n in range(5)])
+        await self.store.put_manifest(manifest(repository="a/b", created=START - 7200))
+        first = await self.store.unkept_manifests(START, untagged=True, limit=4)
+        rest = await self.store.unkept_manifests(START, untagged=True, after=first[-1])
+        self.assertEqual([r for r, _ in first + rest], ["a/b"] + ["library/app"] * 5)
+        self.assertEqual(len(set(first + rest)), 6)
+
     async def test_negative_limit_refused(self):
         await failure_of(self.store.list_tags("r", limit=-1), BadRequest)
         await failure_of(self.store.list_files("", limit=-1), BadRequest)
@@ -1067,6 +1265,27 @@ class SQLStoreTestsMixin:
         self.assertEqual(await store.allocate_file_ids(1), (start + 5, start + 6))
         await store.record_garbage(chunks(1), "r")
         self.assertEqual(len(await store.list_garbage()), 1)
+
+    async def test_migration_7_indexes_references(self):
+        """Upgrading to version 7 records what the stored manifests
+        reference, and stamps the stored links with the upgrade's time (so
+        their blobs wait a grace period from then)."""
+        store = self.new_store()
+        self.drop_tables()
+        await store.migrate(target=6)
+        refs = '["%s","%s"]' % (SHA2, SHA3)
+        self.run_sql("INSERT INTO manifests (repository, digest, media_type, content, created,"
+                     " annotations, refs) VALUES ('r', '%s', 'm', 'x', 1, '{}', '%s')" % (SHA, refs))
+        self.run_sql("INSERT INTO blobs (digest, size, chunks, created) VALUES"
+                     " ('%s', 1, '[]', 1), ('%s', 1, '[]', 1)" % (SHA2, SHA512))
+        self.run_sql("INSERT INTO blob_links (repository, digest) VALUES"
+                     " ('r', '%s'), ('r', '%s')" % (SHA2, SHA512))
+        self.assertEqual(await store.migrate(), (6, LATEST))
+        self.assertEqual(await store.unreferenced_blobs(START), [])
+        self.assertEqual([b.digest for b in await store.unreferenced_blobs(time.time() + 1)],
+                         [SHA512])
+        await store.delete_manifest("r", SHA)
+        self.assertEqual(len(await store.unreferenced_blobs(time.time() + 1)), 2)
 
     async def test_migrations_run_again(self):
         await self.store.put_file(FileRecord("kept", 1, ()))
