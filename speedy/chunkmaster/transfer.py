@@ -31,7 +31,11 @@ same bytes.  Everything is in the metadata store, so a crash of any role
 resumes: a recorded move not switched yet is copied again (a chunkserver
 takes a PUT of the same bytes under an id it holds), a switched one waits
 for its delete.  A cancelled transfer deletes the new copies of moves not
-switched yet and keeps the ones switched.
+switched yet and keeps the ones switched.  A copy that cannot be deleted
+now (a member down), or that nothing names once switched (its blob or file
+was deleted during the move), goes to the garbage collector's table
+(L{speedy.interfaces.IGarbageTables}), which deletes it from every member
+in time, so a move leaves no orphan behind.
 
 A drain sets its group read-only first (no new writes land there) and is
 done once no chunk list names the group; its servers then hold no live
@@ -83,16 +87,15 @@ class TransferFailed(SpeedyError):
 
 @define
 class Rate:
-    """A transfer's byte rate, a moving average (kept in memory)."""
+    """A transfer's byte rate, a moving average over its batches (kept in
+    memory: a restarted chunkmaster shows it again after one batch)."""
 
     rate: float = 0.0
-    last: float = 0.0
 
-    def add(self, now, size):
-        if self.last:
-            sample = size / max(now - self.last, 1e-3)
-            self.rate = sample if not self.rate else 0.8 * self.rate + 0.2 * sample
-        self.last = now
+    def add(self, began, now, size):
+        """Count a batch of C{size} bytes copied from C{began} to C{now}."""
+        sample = size / max(now - began, 1e-3)
+        self.rate = sample if not self.rate else 0.8 * self.rate + 0.2 * sample
 
 
 def fill(cluster, group_id):
@@ -274,8 +277,21 @@ class TransferService(Service):
     async def _abandon(self, record):
         for move in await self._store.list_moves(transfer_id=record.transfer_id,
                                                  switched=False):
-            await self._delete_copies(move.new)
-            await self._store.forget_moves([move])
+            await self._discard(move, "the copy of a cancelled transfer's move")
+
+    async def _discard(self, move, reason):
+        """Give up a move not switched: its new copies are deleted, and
+        recorded as garbage when a member did not answer (a target that
+        crashed mid-copy may hold one when it is back); then it is
+        forgotten."""
+        if not await self._delete_copies(move.new):
+            await self._store.record_garbage([move.new], reason)
+        await self._store.forget_moves([move])
+
+    async def _referenced(self):
+        """@return: the C{(group_id, file_id)} of every chunk a chunk list
+        names (a scan of the metadata)."""
+        return {(c.group_id, c.file_id) for _, c in await self._store.referenced_chunks()}
 
     async def _advance(self, record):
         """Move one batch of C{record}'s chunks (first those recorded and not
@@ -293,21 +309,29 @@ class TransferService(Service):
             moves = await self._plan(record, remaining[:self.batch])
             if not moves:
                 return  # no target has room now: tried again later
+        began = self._clock.seconds()
         copies = [self._slots.run(lambda m=m: Deferred.fromCoroutine(self._copy(m)))
                   for m in moves]
         results = await gatherResults(copies, consumeErrors=True)
         done = [move for move, ok in zip(moves, results) if ok]
-        for move, ok in zip(moves, results):
-            if not ok and not self._cluster.writable(move.new.group_id):
+        failed = [move for move, ok in zip(moves, results) if not ok]
+        referenced = await self._referenced() if failed else set()
+        for move in failed:
+            if not self._cluster.writable(move.new.group_id):
                 # Its target went away: plan it again elsewhere.
-                await self._delete_copies(move.new)
-                await self._store.forget_moves([move])
+                await self._discard(move, "the copy of a move whose target group failed")
+            elif (move.old.group_id, move.old.file_id) not in referenced:
+                # Its owner was deleted (and the collector may have taken the
+                # old copies already): nothing is left to move.
+                await self._discard(move, "the copy of a move whose chunk was deleted")
+                self._again = True  # the next batch at once
         if done:
             await self._store.switch_moves(done)
         size = sum(m.old.size for m in done)
         self.counters["moved"] += len(done)
         if done:
-            self._rates.setdefault(record.transfer_id, Rate()).add(self._clock.seconds(), size)
+            self._rates.setdefault(record.transfer_id, Rate()).add(
+                began, self._clock.seconds(), size)
         left = max(len(remaining) - len(done), 0) if remaining else record.chunks_left
         await self._store.put_transfer(evolve(
             record, chunks_done=record.chunks_done + len(done),
@@ -449,6 +473,14 @@ class TransferService(Service):
         if not due:
             return
         await self._store.switch_moves(due)
+        # A chunk whose owner was deleted between the move's record and the
+        # switch has a new copy nothing names: garbage.  (One deleted after
+        # the switch had its new copy recorded by its deleter.)
+        referenced = await self._referenced()
+        orphans = [m.new for m in due if (m.new.group_id, m.new.file_id) not in referenced]
+        if orphans:
+            await self._store.record_garbage(orphans, "the copy of a moved chunk whose owner "
+                                             "was deleted during the move")
         gone = []
         for move in due:
             if await self._delete_copies(move.old):

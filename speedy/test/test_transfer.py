@@ -18,6 +18,7 @@ from speedy.imageserver.placement import preferred_replica
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import BlobRecord, ChunkMove, ChunkRef, FileRecord, UploadRecord
 from speedy.testing import FakeChunkClient
+from speedy.testing.chunkclient import DOWN
 
 GiB = 1 << 30
 
@@ -248,6 +249,77 @@ class DrainTests(TransferTestCase):
         self.assertIn(old, self.references())
         self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
 
+    def release_all(self):
+        while self.client.held:
+            self.client.release()
+
+    def garbage(self):
+        return {g.chunk for g in self.successResultOf(self.store.list_garbage())}
+
+    def test_owner_deleted_mid_move(self):
+        """A chunk whose only owner is deleted while it is being copied
+        leaves no orphan: after the delay its old copies are deleted and
+        its new copy, named by nothing, is recorded as garbage."""
+        self.client.hold = {"put"}
+        self.drain()
+        d = self.transfers.kick()
+        moving = {m.old.file_id: m for m in self.successResultOf(self.store.list_moves())}
+        self.assertEqual(sorted(moving), [11, 12, 13, 14])
+        self.successResultOf(self.store.delete_upload("u1"))  # chunk 14's only owner
+        self.client.hold = set()
+        self.release_all()
+        self.successResultOf(d)
+        self.assertEqual(self.garbage(), set())
+        self.clock.advance(61)
+        self.work()
+        self.assertEqual(self.garbage(), {moving[14].new})
+        for server_id in ("s1", "s2", "s3"):
+            self.assertEqual(self.held(server_id), set())
+        self.assertEqual(self.status()["transfers"][0]["state"], "done")
+
+    def test_target_member_down_mid_copy(self):
+        """A target member dying mid-copy: the moves are given up, their
+        copies deleted where they can be and recorded as garbage for the
+        member that is down; nothing switched."""
+        self.client.hold = {"put"}
+        before = self.references()
+        self.drain()
+        d = self.transfers.kick()
+        self.client.server(address("s5")).mode = DOWN
+        self.clock.advance(3000)
+        for n in (1, 2, 3, 4, 6):
+            self.beat(f"s{n}", 1 if n <= 3 else 2)
+        self.clock.advance(599)
+        self.clock.pump([1] * 3)  # s5 unheard for its heartbeat timeout: DOWN
+        self.assertFalse(self.cluster.writable(2))
+        self.client.hold = set()
+        self.release_all()
+        self.successResultOf(d)
+        self.assertEqual(self.references(), before)
+        self.assertEqual(self.successResultOf(self.store.list_moves()), [])
+        self.assertEqual({(c.group_id, c.size) for c in self.garbage()},
+                         {(2, c.size) for c in before})
+        for server_id in ("s4", "s6"):
+            self.assertEqual(self.held(server_id), set())
+        self.assertEqual(self.status()["transfers"][0]["state"], "running")
+
+    def test_chunk_collected_before_its_copy(self):
+        """A move recorded before a crash whose chunk was then deleted and
+        collected (no copy left to read) is given up, not retried forever."""
+        self.transfers = self.new_service(parallelism=0)
+        record = self.drain()
+        old = ChunkRef(1, 14, 60, crc32c(b"upload" * 10))
+        new = ChunkRef(2, 500, old.size, old.crc32c)
+        self.successResultOf(self.store.record_move(ChunkMove(old, new, record.transfer_id)))
+        self.successResultOf(self.store.delete_upload("u1"))
+        for server_id in ("s1", "s2", "s3"):
+            del self.client.server(address(server_id)).chunks[14]
+        self.work(self.new_service())
+        self.assertEqual([m.old.file_id for m in self.successResultOf(self.store.list_moves())],
+                         [11, 12, 13])
+        self.assertEqual(self.status()["transfers"][0]["chunks_done"], 3)
+        self.assertNotIn(new, self.references())
+
     def test_rate_limit(self):
         """At a rate limit, the copies take the time the bytes need."""
         service = self.new_service(rate=3000, parallelism=1)
@@ -258,6 +330,32 @@ class DrainTests(TransferTestCase):
         self.successResultOf(d)
         # Four chunks, three replicas each: about 12.2 kB at 3 kB/s.
         self.assertGreaterEqual(self.clock.seconds(), 1000 + 3)
+
+
+    def test_progress(self):
+        """Half-way, the status shows chunks and bytes done and left, the
+        byte rate of the batches and the time left at that rate."""
+        service = self.new_service(rate=3000, parallelism=1, batch=2)
+        self.transfers = service
+        self.drain()
+        d = service.kick()
+        seen = None
+        while seen is None:
+            self.clock.advance(0.01)
+            transfer = self.status()["transfers"][0]
+            if transfer["chunks_done"]:
+                seen = transfer
+        self.assertEqual((seen["chunks_done"], seen["chunks_left"], seen["bytes_done"]),
+                         (2, 2, 1011 + 1012))
+        # The pacer lets the first chunk go at once and holds the second
+        # until the first's three copies are paid for: 3033 B at 3000 B/s.
+        self.assertLess(abs(seen["rate"] - 2023 / (3033 / 3000)), 100, seen)
+        # The two chunks left, at the average chunk size, at that rate.
+        self.assertLess(abs(seen["eta"] - 2 * 1011.5 / seen["rate"]), 0.1, seen)
+        self.clock.pump([0.5] * 20)
+        self.successResultOf(d)
+        done = self.status()["transfers"][0]
+        self.assertEqual((done["state"], done["chunks_left"], done["eta"]), ("deleting", 0, None))
 
 
 class RebalanceTests(TransferTestCase):
