@@ -3,7 +3,10 @@
 The chunk collector: deletes, on every member of their groups, the chunks
 recorded in the metadata store's C{garbage} table (deleted blobs and
 files, replaced files, partial writes, deletes that failed on a member),
-once they have been there longer than a grace period.
+once they have been there longer than a grace period.  Each round first
+runs the mark and sweep of the registry's tables
+(L{speedy.chunkmaster.sweep}), which adds the chunks of the blobs no
+manifest references to that table.
 
 The grace period is what makes deleting safe while the registry serves:
 a blob or file row is removed first (in the metadata store, atomically),
@@ -26,6 +29,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from speedy.chunkmaster.sweep import SweepCounts
 from speedy.errors import ChunkNotFound
 from speedy.records import RO, RW
 
@@ -87,6 +91,9 @@ class CollectionRun:
     @ivar bytes_waiting: their bytes.
     @ivar chunks_due: the chunks past the grace period when the round
         started (what it works through: the progress's total).
+    @ivar sweep: what the mark and sweep of the registry's tables deleted
+        (in a dry run: what is garbage now), a L{SweepCounts}; None when
+        the collector has no sweep.
     """
 
     started: float
@@ -98,6 +105,7 @@ class CollectionRun:
     chunks_waiting: int = 0
     bytes_waiting: int = 0
     chunks_due: int = 0
+    sweep: SweepCounts = None
 
     @property
     def duration(self):
@@ -123,16 +131,20 @@ class ChunkCollector(Service):
         (L{collect} still runs a round on demand).
     @param parallelism: chunk deletes in flight at once (the rate limit:
         each is one request to every member of a group).
+    @param sweep: the L{speedy.chunkmaster.sweep.MetadataSweep} each round
+        runs first, or None.
 
     @ivar last: the last finished L{CollectionRun} (dry runs excluded), or
         None.
     @ivar current: the L{CollectionRun} in progress, or None.
-    @ivar totals: C{runs}, C{chunks_deleted}, C{bytes_deleted} since start.
+    @ivar totals: C{runs}, C{chunks_deleted}, C{bytes_deleted},
+        C{blobs_deleted}, C{manifests_deleted} since start.
     """
 
     def __init__(self, deleter, metadata, clock, grace=DEFAULT_GRACE, period=60.0,
-                 parallelism=8, page=PAGE):
+                 parallelism=8, page=PAGE, sweep=None):
         self._deleter = deleter
+        self.sweep = sweep
         self._metadata = metadata
         self._clock = clock
         self.grace = grace
@@ -141,7 +153,8 @@ class ChunkCollector(Service):
         self.page = page
         self.last = None
         self.current = None
-        self.totals = {"runs": 0, "chunks_deleted": 0, "bytes_deleted": 0}
+        self.totals = {"runs": 0, "chunks_deleted": 0, "bytes_deleted": 0, "blobs_deleted": 0,
+                       "manifests_deleted": 0}
         self._loop = None
         self._waiters = None
 
@@ -196,9 +209,15 @@ class ChunkCollector(Service):
         Count what a round would delete now, deleting nothing.
 
         @return: a Deferred firing with a L{CollectionRun} (C{dry_run}
-            True; C{chunks_deleted} and C{bytes_deleted} are what is due).
+            True; C{chunks_deleted} and C{bytes_deleted} are what is due;
+            C{sweep} what the mark and sweep would delete now).
         """
-        return Deferred.fromCoroutine(self._count(CollectionRun(self._clock.seconds(), True)))
+        return Deferred.fromCoroutine(self._dry_run(CollectionRun(self._clock.seconds(), True)))
+
+    async def _dry_run(self, run):
+        if self.sweep is not None:
+            run.sweep = await self.sweep.dry_run()
+        return await self._count(run)
 
     async def _pages(self):
         after = None
@@ -223,6 +242,9 @@ class ChunkCollector(Service):
         return run
 
     async def _collect(self, run):
+        if self.sweep is not None:
+            run.sweep = SweepCounts()
+            await self.sweep.sweep(run.sweep)
         horizon = run.started - self.grace
         run.chunks_due = (await self._count(CollectionRun(run.started, True))).chunks_deleted
         async for records in self._pages():
@@ -245,6 +267,14 @@ class ChunkCollector(Service):
         self.totals["runs"] += 1
         self.totals["chunks_deleted"] += run.chunks_deleted
         self.totals["bytes_deleted"] += run.bytes_deleted
+        if run.sweep is not None:
+            self.totals["blobs_deleted"] += run.sweep.blobs
+            self.totals["manifests_deleted"] += run.sweep.manifests
+            if run.sweep.blobs or run.sweep.manifests:
+                log.info("garbage collection: {blobs} blobs no manifest references ({chunks} "
+                         "chunks, {size} bytes) and {manifests} manifests deleted",
+                         blobs=run.sweep.blobs, chunks=run.sweep.blob_chunks,
+                         size=run.sweep.blob_bytes, manifests=run.sweep.manifests)
         if run.chunks_deleted or run.chunks_kept:
             log.info("garbage collection: {deleted} chunks ({size} bytes) deleted, "
                      "{kept} kept for a later round", deleted=run.chunks_deleted,
@@ -257,6 +287,7 @@ class ChunkCollector(Service):
         return {
             "grace": self.grace,
             "period": self.period,
+            "sweep": None if self.sweep is None else self.sweep.settings(),
             "running": self.collecting,
             "current": None if self.current is None else self.current.as_json(),
             "last": None if self.last is None else self.last.as_json(),

@@ -20,6 +20,7 @@ from speedy.chunkmaster.fsck import FsckRunner
 from speedy.chunkmaster.repair import RepairService
 from speedy.chunkmaster.transfer import TransferService
 from speedy.chunkmaster.service import ChunkmasterService
+from speedy.chunkmaster.sweep import MetadataSweep, parse_policies
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ChunkmasterCollector
@@ -86,6 +87,16 @@ class Options(DaemonOptions):
                "here (speedy-admin gc still does).", duration()),
         Option("gc-parallelism", "8", "Chunk deletes the collector has in flight at once.",
                positive(int)),
+        Option("gc-sweep-grace", "1h", "How long a blob no manifest references waits after "
+               "its last push, link or mount (and a manifest under --gc-delete after its "
+               "push) before the collector deletes it: longer than any push takes between "
+               "its first layer and its manifest.", duration(1.0)),
+        Option("gc-delete", "none", "Manifests the collector deletes too, as "
+               "Distribution's garbage-collect --delete-untagged: none, untagged (nothing "
+               "tags, lists or is the subject of), orphans (artifacts whose subject is gone), "
+               "or untagged,orphans.", parse_policies),
+        Option("gc-sweep-rate", "1000", "Blobs and manifests the collector deletes from the "
+               "metadata store a second at most; 0 for no limit.", number(int, 0)),
     ] + http_limit_options(per_client="0")
 
 
@@ -136,9 +147,13 @@ def makeService(options, reactor=None):
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),
         {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
+    sweep = MetadataSweep(
+        store, reactor, grace=options["gc-sweep-grace"],
+        untagged="untagged" in options["gc-delete"], orphans="orphans" in options["gc-delete"],
+        rate=options["gc-sweep-rate"])
     collector = ChunkCollector(
         GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
-        period=options["gc-period"], parallelism=options["gc-parallelism"])
+        period=options["gc-period"], parallelism=options["gc-parallelism"], sweep=sweep)
     history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.admin import cli
 from speedy.chunkmaster.collector import ChunkCollector, GroupDeleter
+from speedy.chunkmaster.sweep import MetadataSweep
 from speedy.admin.output import ProgressBar, human_duration, human_size, table
 from speedy.admin.target import Target, TargetError, find_target
 from speedy.chunkmaster.api import build_api
@@ -160,8 +161,9 @@ class CommandTestCase(SynchronousTestCase):
         self.chunks = FakeChunkClient(self.clock)
         self.repairs = RepairService(self.clock, self.cluster, self.store, self.chunks, rate=0)
         self.fsck = FsckRunner(self.clock, self.cluster, self.store, self.chunks)
-        self.collector = ChunkCollector(GroupDeleter(self.cluster, self.chunks), self.store,
-                                        self.clock, grace=60.0, period=0)
+        self.collector = ChunkCollector(
+            GroupDeleter(self.cluster, self.chunks), self.store, self.clock, grace=60.0,
+            period=0, sweep=MetadataSweep(self.store, self.clock, grace=60.0, rate=0))
         self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
                                        admin_token=ADMIN, repairs=self.repairs,
                                        fsck=self.fsck, collector=self.collector))
@@ -306,6 +308,9 @@ class GCCommandTests(CommandTestCase):
     def setUp(self):
         super().setUp()
         self.old = self.garbage(1, b"o" * 3000)
+        layer = ChunkRef(1, 3, 2048, 0)
+        self.successResultOf(self.store.put_blob(BlobRecord("sha256:" + "3" * 64, 2048, (layer,))))
+        self.successResultOf(self.store.link_blob("old/app", "sha256:" + "3" * 64))
         self.clock.advance(120)  # past the grace period
         self.new = self.garbage(2, b"n" * 1000)
 
@@ -329,10 +334,12 @@ class GCCommandTests(CommandTestCase):
         code, lines, err = self.admin("gc", "--dry-run")
         self.assertEqual((code, err), (0, ""))
         self.assertEqual([line.split() for line in lines], [
-            ["GARBAGE", "CHUNKS", "BYTES"],
-            ["due", "(would", "be", "deleted)", "1", "2.9", "KiB"],
-            ["in", "the", "grace", "period", "1", "1000", "B"]])
+            ["WOULD", "BE", "FREED", "CHUNKS", "BYTES"],
+            ["blobs", "no", "manifest", "references:", "1", "1", "2.0", "KiB"],
+            ["garbage", "chunks", "due", "(would", "be", "deleted)", "1", "2.9", "KiB"],
+            ["garbage", "chunks", "in", "the", "grace", "period", "1", "1000", "B"]])
         self.assertEqual(self.held(1), [1, 2, 3])
+        self.assertIsNotNone(self.successResultOf(self.store.get_blob("sha256:" + "3" * 64)))
 
     def test_run_then_status(self):
         """gc runs a round and shows it; --status shows it again, --json
@@ -342,13 +349,20 @@ class GCCommandTests(CommandTestCase):
         self.assertEqual(code, 0, err)
         text = "\n".join(lines)
         self.assertIn("grace 1m00s, a round every - (off)", text)
-        self.assertEqual(lines[3].split(), ["deleted", "1", "2.9", "KiB"])
-        self.assertIn("since start: 1 rounds, 1 chunks, 2.9 KiB deleted", text)
+        self.assertIn("blobs no manifest references: collected 1m00s after their last push;"
+                      " manifests: kept (no --gc-delete policy)", text)
+        self.assertEqual(lines[4].split(), ["blobs", "collected:", "1", "(+", "0", "manifests)",
+                                            "1", "2.0", "KiB"])
+        self.assertEqual(lines[5].split(), ["deleted", "1", "2.9", "KiB"])
+        self.assertIn("since start: 1 rounds, 1 blobs and 0 manifests collected, 1 chunks, "
+                      "2.9 KiB deleted", text)
         self.assertEqual((self.held(1), self.held(2)), ([], [1, 2, 3]))
         code, lines, err = self.admin("--json", "gc", "--status")
         status = json.loads("\n".join(lines))
         self.assertEqual((status["running"], status["last"]["chunks_deleted"],
-                          status["last"]["bytes_waiting"]), (False, 1, 1000))
+                          status["last"]["bytes_waiting"]), (False, 1, 3048))
+        self.assertEqual(status["last"]["sweep"],
+                         {"manifests": 0, "blobs": 1, "blob_chunks": 1, "blob_bytes": 2048})
 
     def test_waits_for_the_round(self):
         """While a member holds the deletes, gc polls until the round ends."""

@@ -65,6 +65,7 @@ class OptionsTests(SynchronousTestCase):
              "transfer-rate": 32 << 20, "transfer-parallelism": 2,
              "transfer-delete-delay": 600.0, "transfer-interval": 5.0, "transfer-batch": 32,
              "gc-grace": 3600.0, "gc-period": 60.0, "gc-parallelism": 8,
+             "gc-sweep-grace": 3600.0, "gc-delete": frozenset(), "gc-sweep-rate": 1000,
              "header-timeout": 10.0, "idle-timeout": 60.0, "max-request-line": 64 << 10,
              "max-header-size": 64 << 10, "max-connections-per-client": 0, "max-connections": 0})
 
@@ -97,6 +98,7 @@ class OptionsTests(SynchronousTestCase):
                      ["--heartbeat-timeout", "inf"], ["--group-size", "0"],
                      ["--group-size", "2.5"], ["--group-size", "4"], ["--file-id-range", "-1"],
                      ["--reserve", "lots"], ["--gc-grace", "10s"], ["--gc-grace", "soon"],
+                     ["--gc-delete", "everything"], ["--gc-sweep-grace", "0"],
                      ["--gc-period", "-1"], ["--gc-parallelism", "0"]):
             self.assertRaises(UsageError, parse, *args)
 

@@ -98,7 +98,8 @@ class ChunkCollectorTests(SynchronousTestCase):
         for chunk in chunks:
             self.assertEqual(self.holders(chunk), [])
         self.assertEqual(self.collector.totals,
-                         {"runs": 1, "chunks_deleted": 5, "bytes_deleted": 40})
+                         {"runs": 1, "chunks_deleted": 5, "bytes_deleted": 40,
+                          "blobs_deleted": 0, "manifests_deleted": 0})
         self.assertEqual(self.collector.status()["last"]["chunks_deleted"], 5)
 
     def test_a_chunk_already_gone_counts_as_deleted(self):
