@@ -546,15 +546,20 @@ class IUploadTables(Interface):
     def get_upload(upload_id):
         """@return: Deferred firing with an L{UploadRecord} or None."""
 
-    def update_upload(record, expected_offset):
+    def update_upload(record, expected_offset, adopted=()):
         """
         Replace an upload's state only if its stored offset is still
         C{expected_offset} (compare-and-set, so two imageservers cannot both
         append at one offset).  The stored C{repository} and C{created}
         are kept: C{record}'s are ignored.
 
+        @param adopted: L{ChunkRef}s of C{record.chunks} written under an
+            intent (L{IGarbageTables.record_intents}): the upload takes
+            them over, and their intents are removed in the same
+            transaction.  If one of those intents is gone (expired into
+            the garbage table), nothing changes.
         @return: Deferred firing with True on success, False if the offset
-            moved or the upload is gone.
+            moved, the upload is gone or an adopted chunk's intent is gone.
         """
 
     def delete_upload(upload_id, expected_offset=None):
@@ -714,6 +719,34 @@ class IGarbageTables(Interface):
 
     def forget_garbage(chunks):
         """Remove collected chunks from the garbage list.  @return: Deferred."""
+
+    def record_intents(chunks, reason):
+        """
+        Record L{ChunkRef}s about to be written that nothing owns yet (a
+        PATCH's chunks before their bytes go out), stamped with the store's
+        clock: if their writer dies, the collector finds them here.  The
+        row that takes a chunk over removes its intent in its own
+        transaction (L{IUploadTables.update_upload}'s C{adopted}).  Only
+        C{group_id} and C{file_id} identify a chunk; C{crc32c} may be 0
+        when not known yet.  A chunk already recorded keeps its record.
+
+        @return: Deferred firing with None.
+        """
+
+    def list_intents(limit=1000):
+        """@return: Deferred firing with the intents, as L{GarbageChunk}s,
+        oldest first (by C{recorded}, then group id and file id), at most
+        C{limit} (None: all)."""
+
+    def expire_intents(recorded_before, limit=1000):
+        """
+        Move the intents recorded before C{recorded_before} (their chunks'
+        writers never handed them over) into the garbage table, keeping
+        their C{recorded} time, each in one transaction with its removal,
+        at most C{limit} of them.
+
+        @return: Deferred firing with the number moved.
+        """
 
 
 class ISweepTables(Interface):
@@ -923,12 +956,17 @@ class IChunkedStorage(Interface):
     failover.  Both the REST file API and the registry API sit on it.
     """
 
-    def writer(length=None):
+    def writer(length=None, record_intent=None):
         """
         @param length: the number of bytes the stream will carry, when
             known (a request's C{Content-Length}): chunks may then be sent
             on while they arrive, and a stream that carries more or ends
             short of it fails.
+        @param record_intent: None, or called with the L{ChunkRef} of each
+            chunk (its C{crc32c} 0 when not known yet) once its group and
+            file id are chosen and before any byte of it goes out; returns
+            a Deferred, and the chunk waits for it (the write fails if it
+            fails).  Each try of a chunk on another group is a new chunk.
         @return: a new L{IChunkedWriter}.
         """
 

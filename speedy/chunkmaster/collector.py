@@ -6,7 +6,9 @@ files, replaced files, partial writes, deletes that failed on a member),
 once they have been there longer than a grace period.  Each round first
 runs the mark and sweep of the registry's tables
 (L{speedy.chunkmaster.sweep}), which adds the chunks of the blobs no
-manifest references to that table.
+manifest references to that table, and moves the intents older than the
+grace period (chunks of upload bodies whose writer never handed them over:
+an imageserver killed in a PATCH) into it, due at once.
 
 The grace period is what makes deleting safe while the registry serves:
 a blob or file row is removed first (in the metadata store, atomically),
@@ -31,7 +33,7 @@ from twisted.logger import Logger
 
 from speedy.chunkmaster.sweep import SweepCounts
 from speedy.errors import ChunkNotFound
-from speedy.records import RO, RW
+from speedy.records import DRAINING, RO, RW
 
 log = Logger()
 
@@ -60,14 +62,16 @@ class GroupDeleter:
         """
         @return: a Deferred firing with True once every member of the
             chunk's group deleted it or did not hold it; False when the
-            group has no members, a member is not up (it is not asked: the
-            chunk waits for it) or a delete failed.
+            group has no members, a member is INIT or DOWN (it is not
+            asked: the chunk waits for it) or a delete failed.
         """
         return Deferred.fromCoroutine(self._delete(chunk))
 
     async def _delete(self, chunk):
         members = self._cluster.members(chunk.group_id)
-        if not members or any(s.state not in (RW, RO) for s in members):
+        # A DRAINING member stays DRAINING whether it is up or not: it is
+        # asked, and a delete it fails keeps the record as a down one does.
+        if not members or any(s.state not in (RW, RO, DRAINING) for s in members):
             return False
         results = await DeferredList(
             [self._client.delete(s.address, chunk.file_id) for s in members],
@@ -230,6 +234,14 @@ class ChunkCollector(Service):
 
     async def _count(self, run):
         horizon = run.started - self.grace
+        intents = await self._metadata.list_intents(limit=None)
+        for g in intents:
+            if g.recorded < horizon:
+                run.chunks_deleted += 1
+                run.bytes_deleted += g.chunk.size
+            else:
+                run.chunks_waiting += 1
+                run.bytes_waiting += g.chunk.size
         async for records in self._pages():
             for g in records:
                 if g.recorded <= horizon:
@@ -246,6 +258,10 @@ class ChunkCollector(Service):
             run.sweep = SweepCounts()
             await self.sweep.sweep(run.sweep)
         horizon = run.started - self.grace
+        # Chunks whose writer never handed them over (an imageserver died
+        # in a PATCH) become garbage, already due: nothing can name them.
+        while await self._metadata.expire_intents(horizon, limit=self.page) == self.page:
+            pass
         run.chunks_due = (await self._count(CollectionRun(run.started, True))).chunks_deleted
         async for records in self._pages():
             due = [g for g in records if g.recorded <= horizon]

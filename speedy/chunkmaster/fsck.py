@@ -16,7 +16,7 @@ uploads in progress) is then
   - I{lost} when no member holds a good copy;
 
 and every chunk a member holds that nothing owns and that is not waiting
-in the garbage table is I{orphaned} (a write that failed half-way, or an
+in the garbage table (or recorded as an upload's intent) is I{orphaned} (a write that failed half-way, or an
 upload's chunks written after the last recorded offset).  With C{repair},
 missing and damaged replicas are queued for repair (C{bad_replicas});
 orphans are only reported: a chunk being uploaded right now looks the same
@@ -86,6 +86,7 @@ class Fsck:
         """@return: the report (L{report})."""
         references = await self._store.referenced_chunks()
         garbage = await self._store.list_garbage(limit=None)
+        garbage += await self._store.list_intents(limit=None)
         owned = defaultdict(dict)  # group -> file id -> (owner, ChunkRef)
         for owner, chunk in references:
             owned[chunk.group_id][chunk.file_id] = (owner, chunk)

@@ -129,8 +129,8 @@ class ReplicatedStorage:
 
     # IChunkedStorage
 
-    def writer(self, length=None):
-        return ReplicatedWriter(self, length)
+    def writer(self, length=None, record_intent=None):
+        return ReplicatedWriter(self, length, record_intent)
 
     def read(self, chunks, offset, length, consumer):
         """
@@ -223,7 +223,7 @@ class ReplicatedStorage:
 
     # the chunk-level path, shared by writers and the chunk API
 
-    def store_chunk(self, data, crc32c=None):
+    def store_chunk(self, data, crc32c=None, record_intent=None):
         """
         Store one chunk on every member of a group, retrying on other
         groups.
@@ -232,6 +232,8 @@ class ReplicatedStorage:
             pieces (handed to L{IChunkClient.put} as they are, never joined;
             pieces other than C{bytes} are copied first, so the caller may
             reuse them).
+        @param record_intent: None, or called with each try's L{ChunkRef}
+            before its bytes go out (see L{IChunkedStorage.writer}).
         @return: a Deferred firing with its L{ChunkRef}; failing with
             L{NoWritableGroup} when no group can take it, with
             L{Unavailable} when every group tried failed.
@@ -241,14 +243,15 @@ class ReplicatedStorage:
             crc32c = 0
             for piece in pieces:
                 crc32c = crc32c_of(piece, crc32c)
-        return Deferred.fromCoroutine(self._store_chunk(pieces, crc32c))
+        return Deferred.fromCoroutine(
+            self._store_chunk(pieces, crc32c, record_intent=record_intent))
 
     def can_cut_through(self):
         """@return: True if one more chunk may be cut through now: fewer
         than C{cut_through} are, and no whole chunk waits for the link."""
         return self.cutting < self.cut_through and not self.storing_whole
 
-    def store_growing(self, chunk):
+    def store_growing(self, chunk, record_intent=None):
         """
         Store a L{GrowingChunk} as it fills: its PUTs go to every member of
         a group at once and send its bytes as they are added.  If a member
@@ -259,14 +262,16 @@ class ReplicatedStorage:
             chunk's own failure when it was never completed (nothing of it
             is stored), else as L{store_chunk}'s.
         """
-        return Deferred.fromCoroutine(self._store_growing(chunk))
+        return Deferred.fromCoroutine(self._store_growing(chunk, record_intent))
 
-    async def _store_growing(self, chunk):
+    async def _store_growing(self, chunk, record_intent):
         self.cutting += 1
         try:
             group = choose_group(self.view.current, chunk.length, self.pending, self.rng,
                                  exclude=self._avoided())
             file_id = await self.file_ids.next()
+            if record_intent is not None:
+                await record_intent(ChunkRef(group.group_id, file_id, chunk.length, 0))
             results = await self._put_all(group, file_id, chunk)
         finally:
             self.cutting -= 1
@@ -280,7 +285,8 @@ class ReplicatedStorage:
             return ref
         reasons = [self._retrying(ref, group, failed, results)]
         pieces = await chunk.whole()
-        return await self._store_chunk(pieces, chunk.crc32c, [group.group_id], reasons)
+        return await self._store_chunk(pieces, chunk.crc32c, [group.group_id], reasons,
+                                       record_intent)
 
     async def _put_all(self, group, file_id, data):
         """Put C{data} on every member of C{group} at once.
@@ -346,14 +352,14 @@ class ReplicatedStorage:
             _log_failure, "discarding a partial write")
         return f"group {group.group_id}: {why}"
 
-    async def _store_chunk(self, pieces, crc32c, tried=(), reasons=()):
+    async def _store_chunk(self, pieces, crc32c, tried=(), reasons=(), record_intent=None):
         self.storing_whole += 1
         try:
-            return await self._store_whole(pieces, crc32c, tried, reasons)
+            return await self._store_whole(pieces, crc32c, tried, reasons, record_intent)
         finally:
             self.storing_whole -= 1
 
-    async def _store_whole(self, pieces, crc32c, tried, reasons):
+    async def _store_whole(self, pieces, crc32c, tried, reasons, record_intent):
         size = sum(len(piece) for piece in pieces)
         tried = list(tried)
         reasons = list(reasons)
@@ -368,6 +374,8 @@ class ReplicatedStorage:
             tried.append(group.group_id)
             file_id = await self.file_ids.next()
             ref = ChunkRef(group.group_id, file_id, size, crc32c)
+            if record_intent is not None:
+                await record_intent(ref)
             results = await self._put_all(group, file_id, pieces)
             failed = _failures(results, ref)
             if not failed:
@@ -455,10 +463,11 @@ class ReplicatedWriter:
     it, fails.
     """
 
-    def __init__(self, storage, length=None):
+    def __init__(self, storage, length=None, record_intent=None):
         self._storage = storage
         self._chunk_size = storage.chunk_size
         self._length = length
+        self._record_intent = record_intent
         self._growing = None  # the GrowingChunk being filled, when cut through
         self._pieces = []  # of bytes: the chunk being filled
         self._filled = 0
@@ -589,7 +598,7 @@ class ReplicatedWriter:
         self._refs.append(None)
         self._growing = GrowingChunk(
             min(self._chunk_size, self._length - position * self._chunk_size))
-        self._send(position, storage.store_growing(self._growing))
+        self._send(position, storage.store_growing(self._growing, self._record_intent))
 
     def _send(self, position, stored):
         self._in_flight[position] = stored
@@ -620,7 +629,8 @@ class ReplicatedWriter:
         is stored."""
         while self._queued and len(self._in_flight) < self._storage.parallelism:
             position, pieces = self._queued.popleft()
-            self._send(position, self._storage.store_chunk(pieces))
+            self._send(position, self._storage.store_chunk(
+                pieces, record_intent=self._record_intent))
         if not self._queued:
             self._wake(None)
         if self._finished is not None and not self._in_flight and self._failure is None:

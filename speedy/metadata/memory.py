@@ -86,6 +86,7 @@ class MemoryMetadataStore:
         self._tags = {}  # (repository, tag) -> digest
         self._uploads = {}  # upload_id -> UploadRecord
         self._garbage = {}  # (group_id, file_id) -> GarbageChunk
+        self._intents = {}  # (group_id, file_id) -> GarbageChunk
         self._bad_replicas = {}  # (server_id, file_id) -> BadReplica
         self._removed = set()  # ids of removed servers
         self._v1_images = {}  # image_id -> V1ImageRecord
@@ -332,11 +333,18 @@ class MemoryMetadataStore:
         return self._uploads.get(upload_id)
 
     @_deferred
-    def update_upload(self, record, expected_offset):
+    def update_upload(self, record, expected_offset, adopted=()):
         schema.check_upload(record)
+        adopted = list(adopted)
+        schema.check_chunks(adopted)
+        adopted = [(c.group_id, c.file_id) for c in adopted]
         stored = self._uploads.get(record.upload_id)
         if stored is None or stored.offset != expected_offset:
             return False
+        if any(key not in self._intents for key in adopted):
+            return False
+        for key in adopted:
+            del self._intents[key]
         self._uploads[record.upload_id] = attrs.evolve(
             stored,
             offset=record.offset,
@@ -521,6 +529,39 @@ class MemoryMetadataStore:
         if after is not None:
             garbage = [g for g in garbage if key(g) > key(after)]
         return garbage if limit is None else garbage[:limit]
+
+    @_deferred
+    def record_intents(self, chunks, reason):
+        chunks = list(chunks)
+        schema.check_chunks(chunks)
+        schema.check_reason(reason)
+        now = self._clock.seconds()
+        for chunk in chunks:
+            key = chunk.group_id, chunk.file_id
+            if key not in self._intents:
+                self._intents[key] = GarbageChunk(_copy_chunks([chunk])[0], reason, now)
+
+    @_deferred
+    def list_intents(self, limit=1000):
+        schema.check_limit(limit)
+        intents = sorted(self._intents.values(),
+                         key=lambda g: (g.recorded, g.chunk.group_id, g.chunk.file_id))
+        return intents if limit is None else intents[:limit]
+
+    @_deferred
+    def expire_intents(self, recorded_before, limit=1000):
+        schema.check_limit(limit)
+        due = sorted((g for g in self._intents.values() if g.recorded < recorded_before),
+                     key=lambda g: (g.recorded, g.chunk.group_id, g.chunk.file_id))
+        if limit is not None:
+            due = due[:limit]
+        for g in due:
+            key = g.chunk.group_id, g.chunk.file_id
+            del self._intents[key]
+            if key not in self._garbage:
+                self._garbage[key] = GarbageChunk(
+                    g.chunk, f"never handed over: {g.reason}", g.recorded)
+        return len(due)
 
     @_deferred
     def forget_garbage(self, chunks):

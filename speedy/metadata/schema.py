@@ -503,6 +503,17 @@ SQLITE_MIGRATIONS = [
         "UPDATE blob_links SET linked = (julianday('now') - 2440587.5) * 86400.0",
         "CREATE INDEX uploads_by_repository ON uploads (repository)",
     ]),
+    (8, [  # garbage collection: chunks being written, owned by nothing yet
+        """CREATE TABLE chunk_intents (
+            group_id INTEGER NOT NULL,
+            file_id INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            crc32c INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            recorded REAL NOT NULL,
+            PRIMARY KEY (group_id, file_id))""",
+        "CREATE INDEX chunk_intents_by_recorded ON chunk_intents (recorded)",
+    ]),
 ]
 
 _INNODB = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 ROW_FORMAT=DYNAMIC"
@@ -667,6 +678,17 @@ MYSQL_MIGRATIONS = [
         "ALTER TABLE blob_links ADD COLUMN IF NOT EXISTS linked DOUBLE NOT NULL DEFAULT 0",
         "UPDATE blob_links SET linked = UNIX_TIMESTAMP(NOW(6)) WHERE linked = 0",
         "CREATE INDEX IF NOT EXISTS uploads_by_repository ON uploads (repository)",
+    ]),
+    (8, [
+        """CREATE TABLE IF NOT EXISTS chunk_intents (
+            group_id BIGINT NOT NULL,
+            file_id BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            crc32c BIGINT NOT NULL,
+            reason MEDIUMTEXT NOT NULL,
+            recorded DOUBLE NOT NULL,
+            PRIMARY KEY (group_id, file_id),
+            KEY chunk_intents_by_recorded (recorded))""" + _INNODB,
     ]),
 ]
 

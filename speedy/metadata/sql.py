@@ -242,6 +242,10 @@ def chunk_pattern(chunk):
     return b"[%d,%d," % (chunk.group_id, chunk.file_id)
 
 
+class _IntentGone(Exception):
+    """An upload's adopted chunk has no intent any more: roll back."""
+
+
 @implementer(IMetadataStore)
 class SQLMetadataStore:
     """
@@ -713,16 +717,29 @@ class SQLMetadataStore:
                      + (self.dialect.for_update if lock else ""), upload_id)
         return None if row is None else _upload(row)
 
-    def update_upload(self, record, expected_offset):
-        return self._write(self._update_upload, record, expected_offset, self._now())
+    def update_upload(self, record, expected_offset, adopted=()):
+        d = self._write(self._update_upload, record, expected_offset, list(adopted), self._now())
 
-    def _update_upload(self, db, record, expected_offset, now):
+        def intent_gone(failure):
+            failure.trap(_IntentGone)
+            return False
+        return d.addErrback(intent_gone)
+
+    def _update_upload(self, db, record, expected_offset, adopted, now):
         schema.check_upload(record)
-        return db.execute(
-            "UPDATE uploads SET upload_offset = ?, chunks = ?, hash_algorithm = ?,"
-            " hash_state = ?, updated = ? WHERE upload_id = ? AND upload_offset = ?",
-            record.offset, _dump_chunks(record.chunks), record.hash_algorithm,
-            record.hash_state, record.updated or now, record.upload_id, expected_offset) == 1
+        schema.check_chunks(adopted)
+        if db.execute(
+                "UPDATE uploads SET upload_offset = ?, chunks = ?, hash_algorithm = ?,"
+                " hash_state = ?, updated = ? WHERE upload_id = ? AND upload_offset = ?",
+                record.offset, _dump_chunks(record.chunks), record.hash_algorithm,
+                record.hash_state, record.updated or now, record.upload_id,
+                expected_offset) != 1:
+            return False
+        for chunk in adopted:
+            if db.execute("DELETE FROM chunk_intents WHERE group_id = ? AND file_id = ?",
+                          chunk.group_id, chunk.file_id) != 1:
+                raise _IntentGone()  # rolls the upload's update back too
+        return True
 
     def delete_upload(self, upload_id, expected_offset=None):
         return self._write(self._delete_upload, upload_id, expected_offset)
@@ -950,6 +967,45 @@ class SQLMetadataStore:
         rows = db.all(f"SELECT {_GARBAGE} FROM garbage{where}"
                       " ORDER BY recorded, group_id, file_id" + _limit(limit), *args)
         return [_garbage(row) for row in rows]
+
+    def record_intents(self, chunks, reason):
+        return self._write(self._record_intents, list(chunks), reason, self._now())
+
+    def _record_intents(self, db, chunks, reason, now):
+        schema.check_chunks(chunks)
+        schema.check_reason(reason)
+        insert = self.dialect.insert_new("chunk_intents", _GARBAGE, ["group_id", "file_id"])
+        for chunk in chunks:
+            db.execute(insert, chunk.group_id, chunk.file_id, chunk.size, chunk.crc32c,
+                       reason, now)
+
+    def list_intents(self, limit=1000):
+        return self._read(self._list_intents, limit)
+
+    def _list_intents(self, db, limit):
+        schema.check_limit(limit)
+        rows = db.all(f"SELECT {_GARBAGE} FROM chunk_intents"
+                      " ORDER BY recorded, group_id, file_id" + _limit(limit))
+        return [_garbage(row) for row in rows]
+
+    def expire_intents(self, recorded_before, limit=1000):
+        return self._write(self._expire_intents, recorded_before, limit)
+
+    def _expire_intents(self, db, recorded_before, limit):
+        schema.check_limit(limit)
+        rows = db.all(f"SELECT {_GARBAGE} FROM chunk_intents WHERE recorded < ?"
+                      " ORDER BY recorded, group_id, file_id" + _limit(limit), recorded_before)
+        insert = self.dialect.insert_new("garbage", _GARBAGE, ["group_id", "file_id"])
+        moved = 0
+        for group_id, file_id, size, crc32c, reason, recorded in rows:
+            # Only if this transaction removed it: an upload that took the
+            # chunk over meanwhile removed it first, and keeps it.
+            if db.execute("DELETE FROM chunk_intents WHERE group_id = ? AND file_id = ?",
+                          group_id, file_id) == 1:
+                db.execute(insert, group_id, file_id, size, crc32c,
+                           f"never handed over: {_text(reason)}", recorded)
+                moved += 1
+        return moved
 
     def forget_garbage(self, chunks):
         return self._write(self._forget_garbage, list(chunks))

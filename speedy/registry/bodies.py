@@ -60,11 +60,14 @@ class BlobBody:
         worker thread and returns a Deferred of its result; the body is
         then hashed there (a L{HashFeed}).  None: hashed inline, on the
         reactor thread.
+    @param record_intent: given to the storage's writer (see
+        L{IChunkedStorage.writer}).
     """
 
     def __init__(self, prepared, storage, expected_length=None, run_in_thread=None,
-                 body_length=None):
+                 body_length=None, record_intent=None):
         self._storage = storage
+        self._record_intent = record_intent
         self._expected_length = expected_length
         self._body_length = body_length
         self._run_in_thread = run_in_thread
@@ -77,7 +80,8 @@ class BlobBody:
         self._context, self._hash = prepared
         if self._run_in_thread is not None:
             self._feed = HashFeed(self._hash, self._run_in_thread)
-        self._writer = self._storage.writer(length=self._body_length)
+        self._writer = self._storage.writer(length=self._body_length,
+                                            record_intent=self._record_intent)
 
     def write(self, data):
         """Hash and store C{data}; @return: a Deferred firing when the next

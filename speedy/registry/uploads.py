@@ -10,6 +10,14 @@ chunks of its own (its tail may be a short chunk) appended to the session's
 list by a compare-and-set on the offset, so two imageservers can never both
 append at one offset: the loser deletes its chunks and answers 416.
 
+Each chunk of a session's body is recorded as an I{intent} in the metadata
+store before its bytes go out (L{IGarbageTables.record_intents}); the
+compare-and-set that appends it to the session takes it over in the same
+transaction.  So the chunks of a PATCH whose imageserver dies half-way are
+found by the chunk collector once the intents expire, and a PATCH slower
+than that expiry fails (416: the client resumes) instead of naming a chunk
+the collector deletes.
+
 Stale sessions (untouched for C{expiry} seconds) are deleted by a timer and
 their chunks deleted from storage.
 """
@@ -170,11 +178,14 @@ class UploadSessions:
         except ValueError as e:
             declared = e
         length = declared[1] if isinstance(declared, tuple) else content_length
+        def record_intent(chunk):
+            return self._metadata.record_intents([chunk], f"upload {upload_id}")
+
         return BlobBody(
             Deferred.fromCoroutine(
                 self._prepare_chunk(repository, upload_id, declared, content_length, final)),
             self._storage, expected_length=length, run_in_thread=self._run_in_thread,
-            body_length=body_length)
+            body_length=body_length, record_intent=record_intent)
 
     async def _prepare_chunk(self, repository, upload_id, declared, content_length, final):
         record = await self.find(repository, upload_id)
@@ -222,8 +233,9 @@ class UploadSessions:
             L{receive_chunk} body.
         @return: the session's new L{UploadRecord}.
         @raise RegistryError: 416 when another request moved the session on
-            meanwhile (the body's chunks are then deleted), 404 when it is
-            gone.
+            meanwhile, or the body's chunks took longer than the collector
+            waits for (their intents expired), the body's chunks are then
+            deleted; 404 when it is gone.
         """
         record = received.context
         updated = evolve(
@@ -232,7 +244,8 @@ class UploadSessions:
             hash_algorithm=received.hash.algorithm, hash_state=received.hash.state(),
             updated=self._clock.seconds())
         try:
-            moved_on = not await self._metadata.update_upload(updated, record.offset)
+            moved_on = not await self._metadata.update_upload(
+                updated, record.offset, adopted=received.chunks)
         except BaseException:
             await self._storage.delete(received.chunks)
             raise

@@ -147,6 +147,49 @@ class ChunkCollectorTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.collector.collect()).chunks_deleted, 1)
         self.assertEqual(self.holders(chunk), [])
 
+    def test_draining_member_is_asked(self):
+        """A DRAINING member (sticky, up or not) is asked: the chunk is
+        deleted from it while it answers, and kept while it does not."""
+        [chunk, other] = self.store_chunks(b"abcdefgh", b"ijklmnop")
+        self.successResultOf(self.store.record_garbage([chunk], "test"))
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.drain_server("s3")))
+        self.assertEqual(self.cluster.server("s3").state, "DRAINING")
+        self.clock.advance(GRACE)
+        self.assertEqual(self.successResultOf(self.collector.collect()).chunks_deleted, 1)
+        self.assertEqual(self.holders(chunk), [])
+        self.successResultOf(self.store.record_garbage([other], "test"))
+        self.clock.advance(GRACE)
+        self.beat("s1")
+        self.beat("s2")
+        self.client.server(address("s3")).mode = DOWN
+        self.assertEqual(self.successResultOf(self.collector.collect()).chunks_kept, 1)
+        self.assertEqual(self.holders(other), ["s3"])
+        self.client.server(address("s3")).mode = None
+        self.assertEqual(self.successResultOf(self.collector.collect()).chunks_deleted, 1)
+        self.assertEqual(self.holders(other), [])
+
+    def test_intents_never_handed_over_are_collected(self):
+        """The chunks of an upload body whose writer died (recorded as
+        intents, never adopted by the upload) wait for the grace period,
+        then are deleted from every member like garbage."""
+        chunks = self.store_chunks(b"01234567", b"89abcdef")
+        self.successResultOf(self.store.record_intents(chunks, "upload u1"))
+        self.clock.advance(GRACE - 1)
+        dry = self.successResultOf(self.collector.dry_run())
+        self.assertEqual((dry.chunks_deleted, dry.chunks_waiting), (0, 2))
+        run = self.successResultOf(self.collector.collect())
+        self.assertEqual((run.chunks_deleted, run.chunks_waiting), (0, 0))
+        self.assertEqual(len(self.successResultOf(self.store.list_intents())), 2)
+        self.assertEqual(self.holders(chunks[0]), list(SERVERS))
+        self.clock.advance(2)
+        self.assertEqual(self.successResultOf(self.collector.dry_run()).chunks_deleted, 2)
+        run = self.successResultOf(self.collector.collect())
+        self.assertEqual((run.chunks_deleted, run.bytes_deleted), (2, 16))
+        for chunk in chunks:
+            self.assertEqual(self.holders(chunk), [])
+        self.assertEqual(self.successResultOf(self.store.list_intents()), [])
+        self.assertEqual(self.garbage(), [])
+
     def test_rounds_on_a_timer(self):
         """Running as a service, the collector runs a round every period,
         and no more once stopped."""

@@ -276,6 +276,34 @@ class CutThroughWriterTests(SynchronousTestCase):
         [garbage] = self.successResultOf(self.cluster.metadata.list_garbage())
         self.assertEqual(garbage.chunk.group_id, 1)
 
+    def test_intent_before_the_first_byte(self):
+        """With C{record_intent}, each chunk's group and file id are
+        recorded (and waited for) before its puts start: cut through or
+        whole, and for a retry on another group too."""
+        self.client.server(G1[1]).mode = DOWN
+        self.storage.pending[2] = 1  # group 1 looks less busy: chosen first
+        recorded = []
+        held = Deferred()
+
+        def record_intent(ref):
+            recorded.append((ref, len(self.client.growing_puts), self.client.in_flight))
+            return held if len(recorded) == 1 else self.cluster.metadata.record_intents([ref], "t")
+        writer = self.storage.writer(length=12, record_intent=record_intent)
+        self.successResultOf(writer.write(b"abcd"))
+        self.assertEqual(recorded, [(recorded[0][0], 0, 0)])  # its puts wait for the intent
+        self.assertEqual(recorded[0][0].group_id, 1)
+        self.assertEqual(self.client.growing_puts, [])
+        held.callback(None)
+        self.assertEqual(sorted(self.client.growing_puts), [G1[0], G1[2]])
+        self.successResultOf(writer.write(b"efghijkl"))
+        refs = self.successResultOf(writer.finish())
+        tried = [ref for ref, _, _ in recorded]
+        # the first chunk tried on group 1 (a member down), then on group 2;
+        # the second chunk on group 2, which group 1's failure left alone
+        self.assertEqual(sorted((r.group_id, r.size) for r in tried), [(1, 8), (2, 4), (2, 8)])
+        for ref in refs:
+            self.assertIn((ref.group_id, ref.file_id), [(r.group_id, r.file_id) for r in tried])
+
     def test_abort_mid_chunk_stores_nothing(self):
         writer = self.storage.writer(length=16)
         self.successResultOf(writer.write(b"x" * 10))

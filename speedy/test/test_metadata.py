@@ -609,6 +609,54 @@ class MetadataStoreTestsMixin:
         await self.store.forget_garbage(chunks(1, 2) + chunks(9))
         self.assertEqual(await self.store.list_garbage(), garbage[1:2])
 
+    async def test_intents(self):
+        """Intents are listed oldest first; a chunk already recorded keeps
+        its first record."""
+        await self.store.record_intents(chunks(3, 1), "upload u1")
+        self.clock.advance(1)
+        await self.store.record_intents(chunks(2, 1), "upload u2")
+        self.assertEqual(await self.store.list_intents(), [
+            GarbageChunk(chunks(1)[0], "upload u1", START),
+            GarbageChunk(chunks(3)[0], "upload u1", START),
+            GarbageChunk(chunks(2)[0], "upload u2", START + 1),
+        ])
+        self.assertEqual(len(await self.store.list_intents(limit=1)), 1)
+        self.assertEqual(await self.store.list_garbage(), [])
+
+    async def test_adopted_intents_go(self):
+        """An upload update that adopts chunks removes their intents in its
+        transaction; a failed compare-and-set removes none."""
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0, updated=1.0))
+        await self.store.record_intents(chunks(1, 2, 3), "upload u1")
+        step = UploadRecord("u1", "r", 2002, chunks(1, 2), created=1.0)
+        self.assertFalse(await self.store.update_upload(step, 7, adopted=chunks(1, 2)))
+        self.assertEqual(len(await self.store.list_intents()), 3)
+        self.assertTrue(await self.store.update_upload(step, 0, adopted=chunks(1, 2)))
+        self.assertEqual([g.chunk for g in await self.store.list_intents()], list(chunks(3)))
+        self.assertEqual((await self.store.get_upload("u1")).chunks, chunks(1, 2))
+
+    async def test_expired_intent_is_not_adopted(self):
+        """Intents recorded before a time move into the garbage table (their
+        time kept); an upload update adopting one of them then changes
+        nothing, so no upload names a chunk the collector deletes."""
+        await self.store.create_upload(UploadRecord("u1", "r", created=1.0, updated=1.0))
+        await self.store.record_intents(chunks(1, 2), "upload u1")
+        self.clock.advance(10)
+        await self.store.record_intents(chunks(3), "upload u1")
+        self.assertEqual(await self.store.expire_intents(START + 5), 2)
+        self.assertEqual(await self.store.expire_intents(START + 5), 0)
+        garbage = await self.store.list_garbage()
+        self.assertEqual([(g.chunk, g.recorded) for g in garbage],
+                         [(c, START) for c in chunks(1, 2)])
+        self.assertIn("upload u1", garbage[0].reason)
+        step = UploadRecord("u1", "r", 3003, chunks(2, 3), created=1.0)
+        self.assertFalse(await self.store.update_upload(step, 0, adopted=chunks(2, 3)))
+        self.assertEqual(await self.store.get_upload("u1"),
+                         UploadRecord("u1", "r", created=1.0, updated=1.0))
+        self.assertEqual([g.chunk for g in await self.store.list_intents()], list(chunks(3)))
+        self.assertEqual(await self.store.expire_intents(START + 11, limit=None), 1)
+        self.assertEqual(await self.store.list_intents(), [])
+
     async def test_garbage_keyed_by_group(self):
         """The same file id in two groups is two garbage chunks."""
         await self.store.record_garbage(chunks(5, group_id=1) + chunks(5, group_id=2), "r")

@@ -22,6 +22,10 @@ from speedy.registry.uploads import UploadSessions, parse_content_range
 from speedy.testing import MemoryChunkedStorage
 
 
+async def _raise(exception):
+    raise exception
+
+
 def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -71,6 +75,60 @@ class UploadSessionTests(SynchronousTestCase):
         self.assertEqual(set(self.storage.chunks), {c.file_id for c in first.chunks})
         blob = self.result_of(self.uploads.complete("repo", record.upload_id, sha256(b"a" * 150)))
         self.assertEqual(self.storage.contents(blob.chunks), b"a" * 150)
+
+    def intents(self):
+        return [g.chunk.file_id for g in self.successResultOf(self.metadata.list_intents())]
+
+    def test_chunks_recorded_before_they_are_stored(self):
+        """Each chunk of a PATCH body is recorded as an intent before it is
+        stored (an imageserver that dies then leaves them findable); the
+        append hands them to the session, and their intents go."""
+        record = self.result_of(self.uploads.create("repo"))
+        seen = []
+        record_intents = self.metadata.record_intents
+
+        def recording(chunks, reason):
+            for chunk in chunks:
+                seen.append((chunk.file_id, chunk.file_id in self.storage.chunks, reason))
+            return record_intents(chunks, reason)
+        self.patch(self.metadata, "record_intents", recording)
+        body = self.uploads.receive_chunk("repo", record.upload_id, "0-249", 250)
+        received = self.successResultOf(self.send(body, b"z" * 250))
+        self.assertEqual(seen, [(c.file_id, False, f"upload {record.upload_id}")
+                                for c in received.chunks])
+        self.assertEqual(self.intents(), [c.file_id for c in received.chunks])
+        record = self.result_of(self.uploads.append(received))
+        self.assertEqual(record.chunks, received.chunks)
+        self.assertEqual(self.intents(), [])
+
+    def test_patch_slower_than_the_intents(self):
+        """A body whose intents expired before its append (the collector
+        may delete its chunks) is refused with 416 at the session's offset;
+        the session does not take the chunks, and the client resends."""
+        record = self.result_of(self.uploads.create("repo"))
+        body = self.uploads.receive_chunk("repo", record.upload_id, "0-149", 150)
+        received = self.successResultOf(self.send(body, b"s" * 150))
+        self.clock.advance(7200)
+        self.assertEqual(self.successResultOf(self.metadata.expire_intents(self.clock.seconds())), 2)
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(self.uploads.append(received)), RegistryError)
+        self.assertEqual((failure.value.status, failure.value.headers["Range"]), (416, "0-0"))
+        self.assertEqual(self.successResultOf(self.metadata.get_upload(record.upload_id)).chunks, ())
+        record = self.successResultOf(self.patch_upload(record, b"s" * 150, start=0))
+        blob = self.result_of(self.uploads.complete("repo", record.upload_id, sha256(b"s" * 150)))
+        self.assertEqual(self.storage.contents(blob.chunks), b"s" * 150)
+
+    def test_no_chunk_without_its_intent(self):
+        """When the intent cannot be recorded (the database is away), the
+        chunk is not stored and the body fails."""
+        record = self.result_of(self.uploads.create("repo"))
+        self.patch(self.metadata, "record_intents",
+                   lambda chunks, reason: Deferred.fromCoroutine(_raise(Busy("db away"))))
+        body = self.uploads.receive_chunk("repo", record.upload_id, "0-149", 150)
+        body.write(b"q" * 150)
+        body.finish()
+        self.failureResultOf(body.outcome())
+        self.assertEqual(self.storage.chunks, {})
 
     def test_hash_state_saved(self):
         """Each append saves the running hash so that another imageserver

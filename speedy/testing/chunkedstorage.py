@@ -50,17 +50,22 @@ class MemoryChunkedStorage:
         self.reads_in_progress = 0
         self._next_file_id = 1
 
-    def writer(self, length=None):
+    def writer(self, length=None, record_intent=None):
         """@return: a new L{MemoryChunkedWriter}; C{length} is recorded in
         C{writer_lengths}."""
         self.writer_lengths.append(length)
-        return MemoryChunkedWriter(self, length)
+        return MemoryChunkedWriter(self, length, record_intent)
 
     def store(self, data):
         """@return: the L{ChunkRef} of C{data} stored as one new chunk."""
+        ref = self.new_ref(data)
+        self.chunks[ref.file_id] = bytes(data)
+        return ref
+
+    def new_ref(self, data):
+        """@return: the L{ChunkRef} C{data} gets as a new chunk (a new file id)."""
         file_id = self._next_file_id
         self._next_file_id += 1
-        self.chunks[file_id] = bytes(data)
         return ChunkRef(self.group_id, file_id, len(data), crc32c(data))
 
     def contents(self, chunks):
@@ -163,9 +168,12 @@ class MemoryChunkedWriter:
     that carries more than its declared C{length}, or ends short of it,
     fails."""
 
-    def __init__(self, storage, length=None):
+    def __init__(self, storage, length=None, record_intent=None):
         self._storage = storage
         self._length = length
+        self._record_intent = record_intent
+        self._intents = succeed(None)  # chunks wait for their intents, in order
+        self._failure = None
         self._buffer = bytearray()
         self._written = []
         self._closed = False
@@ -182,16 +190,54 @@ class MemoryChunkedWriter:
         if self._length is not None and self.bytes_written + len(data) > self._length:
             return fail(BadRequest(f"the stream carries more than the {self._length} bytes "
                                    f"it declared"))
+        if self._failure is not None:
+            return fail(self._failure)
         self.bytes_written += len(data)
         self._buffer += data
         while len(self._buffer) >= storage.chunk_size:
-            self._written.append(storage.store(self._buffer[:storage.chunk_size]))
+            self._store(bytes(self._buffer[:storage.chunk_size]))
             del self._buffer[:storage.chunk_size]
+        if self._record_intent is not None:
+            return self._stored()
         if storage.write_gate is not None:
             ready = Deferred()
             storage.write_gate.addBoth(lambda result: ready.callback(None) or result)
             return ready
         return succeed(None)
+
+    def _store(self, data):
+        """Store a chunk, after its intent was recorded if there is a
+        C{record_intent}."""
+        if self._record_intent is None:
+            self._written.append(self._storage.store(data))
+            return
+        ref = self._storage.new_ref(data)
+
+        def record(_):
+            if self._failure is None:
+                return self._record_intent(ref).addCallback(stored)
+
+        def stored(_):
+            self._storage.chunks[ref.file_id] = data
+            self._written.append(ref)
+
+        def failed(failure):
+            if self._failure is None:
+                self._failure = failure
+        self._intents.addCallback(record).addErrback(failed)
+
+    def _stored(self):
+        """@return: a Deferred firing once every chunk so far is stored, or
+        failing if one's intent could not be recorded."""
+        done = Deferred()
+
+        def report(_):
+            if self._failure is not None:
+                done.errback(self._failure)
+            else:
+                done.callback(None)
+        self._intents.addCallback(report)
+        return done
 
     def finish(self):
         """See L{IChunkedWriter.finish}."""
@@ -202,8 +248,10 @@ class MemoryChunkedWriter:
             return fail(BadRequest(f"the stream ended after {self.bytes_written} of the "
                                    f"{self._length} bytes it declared"))
         if self._buffer:
-            self._written.append(self._storage.store(self._buffer))
+            self._store(bytes(self._buffer))
             self._buffer = bytearray()
+        if self._record_intent is not None:
+            return self._stored().addCallback(lambda _: tuple(self._written))
         return succeed(tuple(self._written))
 
     def abort(self):
