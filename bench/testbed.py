@@ -29,6 +29,26 @@ by C{--cleanup} after a crash.  Needs root (C{ip netns}, C{tc}).
         for each row
     sudo python bench/testbed.py --cleanup
 
+Scale-out (issue 20) adds a second client, a second imageserver node and a
+second replica group to the same bridge:
+
+    speedybench-client2 198.18.0.20   a second load generator
+    speedybench-node5   198.18.0.15   imageserver workers (the second node)
+    speedybench-node6-8 198.18.0.16-18  chunkservers, replica group 2
+
+    sudo python bench/testbed.py --scenario scale-out [--counts 100] [--concurrency 10]
+        both clients at once (each C{count} files at C{concurrency}) against
+        one imageserver node and one group, then against two and two (each
+        client its own node): the aggregate upload and download
+    sudo python bench/testbed.py --scenario rebalance [--transfer-rate 32MiB]
+        group 1 filled, group 2 started in the running cluster, the client's
+        put/get without a transfer, then again during C{speedy-admin
+        rebalance --spread 0} at the chunkmaster's rate limit, then the
+        rebalance's own throughput
+    sudo python bench/testbed.py --scenario transfer [--transfer-rate 0]
+        group 1 filled, group 2 started, group 1 drained with no client:
+        the transfer's throughput (C{--no-shape}: unshaped veths)
+
 It prints every phase as a JSON line, then the table in the original
 README's columns.  C{--iperf} adds a raw TCP measurement (iperf3) of the
 client-node1 link in each direction.
@@ -125,17 +145,18 @@ def shape(namespace, device, rate, latency=QUEUE_LATENCY):
          "tbf", "rate", rate, "burst", "256kb", "latency", latency)
 
 
-def build(rate, latency=QUEUE_LATENCY):
+def build(rate, latency=QUEUE_LATENCY, hosts=None):
     """
     Create the namespaces, the bridge and one shaped veth pair per host.
 
     @param rate: a tc rate such as C{"1gbit"}, or None for unshaped links.
     @param latency: the depth of each shaped link's queue (L{shape}).
+    @param hosts: C{{name: address}} of the hosts (default: L{HOSTS}).
     """
     _run("ip", "netns", "add", BRIDGE_NS)
     _run("ip", "-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
     _run("ip", "-n", BRIDGE_NS, "link", "set", "br0", "up")
-    for host, address in HOSTS.items():
+    for host, address in (hosts or HOSTS).items():
         ns, port = netns(host), f"v-{host}"
         _run("ip", "netns", "add", ns)
         _run("ip", "-n", BRIDGE_NS, "link", "add", port, "type", "veth", "peer", "name", "eth0",
@@ -269,6 +290,295 @@ def print_original_table(rows):
                   "files that succeeded")
 
 
+# --- scale-out: two imageserver nodes, two groups, transfers (issue 20) ------
+
+#: The hosts the scale-out scenarios add to L{HOSTS}.
+SCALE_OUT_HOSTS = {"client2": "198.18.0.20", "node5": "198.18.0.15", "node6": "198.18.0.16",
+                   "node7": "198.18.0.17", "node8": "198.18.0.18"}
+#: The nodes of each replica group's chunkservers, and of each imageserver.
+GROUP_NODES = {1: ("node2", "node3", "node4"), 2: ("node6", "node7", "node8")}
+IMAGESERVER_NODES = ("node1", "node5")
+CLIENTS = ("client", "client2")
+ALL_HOSTS = {**HOSTS, **SCALE_OUT_HOSTS}
+
+
+@attrs.frozen
+class ScaleOutCluster:
+    """A cluster laid out over the scale-out hosts: its plan, and its
+    L{ServerProcess}es in start order, each with its replica group (None
+    for the chunkmaster and the imageservers)."""
+
+    plan: object
+    servers: tuple  # of (group_id or None, ServerProcess)
+
+    def admin(self, *argv):
+        """@return: C{speedy-admin --json ARGV}'s answer, run in node1."""
+        done = subprocess.run(
+            netns_prefix(netns("node1")) + [
+                sys.executable, "-m", "speedy.admin", "--master",
+                f"http://{HOSTS['node1']}:{MASTER_PORT}", "--token-file",
+                self.plan.secret_file("admin-token"), "--json", *argv],
+            capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"speedy-admin {' '.join(argv)}: {done.stderr[-2000:]}")
+        return json.loads(done.stdout)
+
+
+def scale_out_cluster(workdir, *, workers, imageserver_nodes, groups, master_args=(),
+                      read_window=None, replication=None):
+    """
+    @return: an unstarted L{ScaleOutCluster}: the chunkmaster (with
+        C{master_args} added) and C{workers} imageserver workers on each of
+        the first C{imageserver_nodes} of L{IMAGESERVER_NODES}, all on
+        L{HTTP_PORT}, and C{groups} replica groups on L{GROUP_NODES}.
+        The roles and their flags are L{speedy.localcluster}'s.
+    """
+    plan = ClusterPlan.build(var=os.path.join(workdir, "var"),
+                             registry=f"{HOSTS['node1']}:{HTTP_PORT}", master_port=MASTER_PORT,
+                             chunkserver_port=CHUNKSERVER_PORT, chunkservers=3 * groups,
+                             imageservers=imageserver_nodes, imageserver_workers=workers,
+                             read_window=read_window, replication=replication)
+    os.makedirs(os.path.join(plan.var, "logs"), exist_ok=True)
+    plan.write_secrets()
+    servers, processes = [], []
+    for role in plan.roles():
+        args, node, group = list(role.args), "node1", None
+        if role.plugin == "speedy-chunkmaster":
+            args += list(master_args)
+        elif role.plugin == "speedy-chunkserver":
+            index = int(role.name.rsplit("-", 1)[1]) - 1
+            group = index // 3 + 1
+            node = GROUP_NODES[group][index % 3]
+            args[args.index("--listen") + 1] = f"tcp:{role.port}:interface={ALL_HOSTS[node]}"
+        else:
+            node = IMAGESERVER_NODES[int(role.name.split("-")[1].split(".")[0]) - 1]
+            at = args.index("--listen") + 1
+            args[at] = f"{args[at].split(':')[0]}:{HTTP_PORT}:interface={ALL_HOSTS[node]}"
+            role = attrs.evolve(role, port=HTTP_PORT,
+                                health_url=f"http://{ALL_HOSTS[node]}:{HTTP_PORT}/v1/health")
+        role = attrs.evolve(role, args=tuple(args), host=ALL_HOSTS[node])
+        ready = None
+        if role.health_url:
+            ready = functools.partial(probe, netns(node), http_healthy, role.health_url,
+                                      role.needs_writable_group)
+        if role.shares_port:
+            ready = functools.partial(_worker_ready, processes, len(processes), role.port, ready)
+        processes.append(ServerProcess(
+            role.name, role.command(sys.executable, os.path.join(plan.var, "logs",
+                                                                  role.name + ".log")),
+            role.host, role.port, workdir, netns=netns(node), ready=ready, new_session=False))
+        servers.append((group, processes[-1]))
+    return ScaleOutCluster(plan, tuple(servers))
+
+
+def concurrent_load(targets, *, count, size, concurrency, label, phase_timeout, ops="put,get"):
+    """
+    Run the file API workload from several clients at once, each
+    C{(client, node)} of C{targets} against the imageserver in C{node}.
+
+    @return: C{{op: row}}: per op, the clients' rows and the aggregate,
+        the bytes all moved over the longest client's wall time (a lower
+        bound: the clients started together).
+    """
+    outs, running = [], []
+    try:
+        for client, node in targets:
+            out = tempfile.NamedTemporaryFile("r", suffix=".jsonl")
+            outs.append(out)
+            running.append(subprocess.Popen(netns_prefix(netns(client)) + [
+                sys.executable, os.path.join(HERE, "loadgen.py"),
+                f"http://{ALL_HOSTS[node]}:{HTTP_PORT}", "--api", "files", "--ops", ops,
+                "--count", str(count), "--size", str(size), "--concurrency", str(concurrency),
+                "--label", f"{label}-{client}", "--phase-timeout", str(phase_timeout),
+                "--jsonl", out.name],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        results = {}
+        for (client, node), process, out in zip(targets, running, outs):
+            _, err = process.communicate(timeout=2 * phase_timeout + 120)
+            rows = {row["op"]: row for row in map(json.loads, out.read().splitlines())}
+            for op in ops.split(","):
+                if op not in rows:
+                    raise RuntimeError(f"load generator in {client} failed "
+                                       f"({process.returncode}): {err[-2000:]}")
+                results.setdefault(op, []).append(dict(rows[op], client=client, node=node))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+        for out in outs:
+            out.close()
+    answer = {}
+    for op, rows in results.items():
+        moved = sum(row["ok"] for row in rows) * size
+        wall = max(row["wall_s"] for row in rows)
+        answer[op] = {"op": op, "clients": rows, "errors": sum(row["errors"] for row in rows),
+                      "aggregate_MiB_s": round(moved / (1 << 20) / wall, 2),
+                      "sum_MiB_s": round(sum(row["MiB_s"] for row in rows), 2),
+                      "wall_s": wall}
+    return answer
+
+
+def _start(servers, started, group=None):
+    for server_group, server in servers:
+        if server_group == group or (group is None and server_group in (None, 1)):
+            started.append(server.start(timeout=120))
+
+
+def scale_out(args, workdir_for):
+    """The scale-out table: both clients against one imageserver node and one
+    group, then against two and two.  @return: the rows."""
+    rows = []
+    for nodes, groups in ((1, 1), (2, 2)):
+        with workdir_for(args.counts[0] * 2 * args.size * 3) as workdir:
+            cluster = scale_out_cluster(workdir, workers=args.imageserver_workers,
+                                        imageserver_nodes=nodes, groups=groups,
+                                        read_window=args.read_window,
+                                        replication=args.replication)
+            started = []
+            try:
+                for _, server in cluster.servers:
+                    started.append(server.start(timeout=120))
+                targets = [(client, IMAGESERVER_NODES[i % nodes])
+                           for i, client in enumerate(CLIENTS)]
+                result = concurrent_load(targets, count=args.counts[0], size=args.size,
+                                         concurrency=args.concurrency[0],
+                                         label=f"scale-{nodes}x{groups}",
+                                         phase_timeout=args.phase_timeout)
+            finally:
+                for server in reversed(started):
+                    server.stop()
+        row = {"imageserver_nodes": nodes, "groups": groups, "clients": len(CLIENTS),
+               "files_per_client": args.counts[0], "concurrency_per_client": args.concurrency[0],
+               "put": result["put"], "get": result["get"]}
+        print(json_line(row), flush=True)
+        rows.append(row)
+    print()
+    print("| imageserver nodes x groups | upload MiB/s (aggregate) | download MiB/s (aggregate) |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row['imageserver_nodes']} x {row['groups']} | "
+              f"{row['put']['aggregate_MiB_s']} | {row['get']['aggregate_MiB_s']} |")
+    if len(rows) == 2:
+        print(f"scale-out: upload {rows[1]['put']['aggregate_MiB_s'] / rows[0]['put']['aggregate_MiB_s']:.2f}x, "
+              f"download {rows[1]['get']['aggregate_MiB_s'] / rows[0]['get']['aggregate_MiB_s']:.2f}x")
+    return rows
+
+
+def _started(answer):
+    """@return: the transfer C{speedy-admin --json drain|rebalance} started."""
+    if not answer.get("transfers"):
+        raise RuntimeError(f"no transfer started: {answer}")
+    return answer["transfers"][0]
+
+
+def _wait_transfer(cluster, transfer_id, timeout, until=("deleting", "done")):
+    """@return: the transfer's row once its state is in C{until}."""
+    deadline = time.monotonic() + timeout
+    while True:
+        transfers = cluster.admin("transfers")["transfers"]
+        row = next(t for t in transfers if t["transfer_id"] == transfer_id)
+        if row["state"] in until:
+            return row
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"transfer {transfer_id} still {row['state']} after {timeout}s")
+        time.sleep(0.5)
+
+
+def transfers(args, workdir_for):
+    """
+    The rebalance scenario (clients without and during a rebalance onto a
+    new group) or the transfer scenario (a drain's own throughput).
+    @return: the result row.
+    """
+    rebalance = args.scenario == "rebalance"
+    master_args = ["--transfer-rate", str(args.transfer_rate), "--transfer-parallelism",
+                   str(args.transfer_parallelism), "--transfer-interval", "1",
+                   "--transfer-delete-delay", "5s"]
+    fill = args.fill or args.counts[0]
+    need = (fill + (2 * args.counts[0] if rebalance else 0)) * args.size * 3 * 2
+    with workdir_for(need) as workdir:
+        cluster = scale_out_cluster(workdir, workers=args.imageserver_workers,
+                                    imageserver_nodes=1, groups=2, master_args=master_args,
+                                    read_window=args.read_window, replication=args.replication)
+        started = []
+        row = {"scenario": args.scenario, "transfer_rate": args.transfer_rate,
+               "transfer_parallelism": args.transfer_parallelism, "fill_files": fill,
+               "size": args.size, "shaped": not args.no_shape}
+        try:
+            _start(cluster.servers, started)
+            load_args = dict(size=args.size, phase_timeout=args.phase_timeout)
+            concurrent_load([("client", "node1")], count=fill, concurrency=10, ops="put",
+                            label="fill", **load_args)
+            _start(cluster.servers, started, group=2)  # a group joins the running cluster
+            deadline = time.monotonic() + 120
+            while cluster.admin("status")["writable_groups"] < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("group 2 never became writable")
+                time.sleep(0.5)
+            if rebalance:
+                clients = dict(count=args.counts[0], concurrency=args.concurrency[0],
+                               **load_args)
+                row["without"] = concurrent_load([("client", "node1")], label="without",
+                                                 **clients)
+                began = time.monotonic()
+                transfer = _started(cluster.admin("rebalance", "--spread", "0"))
+                row["during"] = concurrent_load([("client", "node1")], label="during",
+                                                **clients)
+                row["transfer_at_clients_end"] = next(
+                    t for t in cluster.admin("transfers")["transfers"]
+                    if t["transfer_id"] == transfer["transfer_id"])
+            else:
+                began = time.monotonic()
+                transfer = _started(cluster.admin("drain", "group", "1"))
+            done = _wait_transfer(cluster, transfer["transfer_id"], args.phase_timeout)
+            seconds = time.monotonic() - began
+            if done["state"] == "deleting":  # its last save: the last chunk switched
+                seconds = done["updated"] - done["created"]
+            row["transfer"] = dict(done, seconds=round(seconds, 1),
+                                   MiB_s=round(done["bytes_done"] / (1 << 20) / seconds, 2))
+        finally:
+            for server in reversed(started):
+                server.stop()
+    print(json_line(row), flush=True)
+    print()
+    moved = row["transfer"]
+    print(f"{args.scenario}: {moved['chunks_done']} chunks, {moved['bytes_done'] / (1 << 20):.0f} MiB "
+          f"moved in {moved['seconds']} s: {moved['MiB_s']} MiB/s of chunks "
+          f"({3 * moved['MiB_s']:.1f} MiB/s written to the target group's disks)")
+    if rebalance:
+        print("| clients | upload MiB/s | download MiB/s |")
+        print("|---|---|---|")
+        for name in ("without", "during"):
+            print(f"| {name} a rebalance | {row[name]['put']['aggregate_MiB_s']} | "
+                  f"{row[name]['get']['aggregate_MiB_s']} |")
+        print(f"the rebalance at the end of the clients' run: "
+              f"{row['transfer_at_clients_end']['state']}, "
+              f"{row['transfer_at_clients_end']['chunks_done']} chunks moved")
+    return row
+
+
+def run_scale_out(args):
+    """Build the scale-out testbed, run C{args.scenario}, tear it down.
+    @return: the exit code."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def workdir_for(need):
+        with tempfile.TemporaryDirectory(prefix="speedy-testbed-") as workdir:
+            if shutil.disk_usage(workdir).free < need * 1.1:
+                raise RuntimeError(f"needs {need >> 30} GiB of disk")
+            yield workdir
+
+    build(None if args.no_shape else args.rate, args.queue_latency, hosts=ALL_HOSTS)
+    if args.scenario == "scale-out":
+        rows = scale_out(args, workdir_for)
+        return 1 if any(row[op]["errors"] for row in rows for op in ("put", "get")) else 0
+    row = transfers(args, workdir_for)
+    errors = sum(row[name][op]["errors"] for name in ("without", "during") if name in row
+                 for op in ("put", "get"))
+    return 1 if errors else 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -340,6 +650,16 @@ def main(argv=None):
     parser.add_argument("--iperf", action="store_true", help="measure the raw TCP rate with iperf3 first")
     parser.add_argument("--phase-timeout", type=float, default=1800.0)
     parser.add_argument("--cleanup", action="store_true", help="remove a testbed left behind, and exit")
+    parser.add_argument("--scenario", choices=("table", "scale-out", "rebalance", "transfer"),
+                        default="table", help="table: the original's table (one node, one "
+                        "group); the others: see the module docstring (first of --counts and "
+                        "--concurrency only)")
+    parser.add_argument("--transfer-rate", default="32MiB",
+                        help="the chunkmaster's --transfer-rate (rebalance, transfer; 0: none)")
+    parser.add_argument("--transfer-parallelism", type=int, default=2,
+                        help="the chunkmaster's --transfer-parallelism (rebalance, transfer)")
+    parser.add_argument("--fill", type=int, default=None,
+                        help="files put into group 1 before the transfer (default: --counts)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("testbed.py needs root: it creates network namespaces and tc qdiscs", file=sys.stderr)
@@ -355,6 +675,8 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     try:
+        if args.scenario != "table":
+            return run_scale_out(args)
         return run(args)
     except KeyboardInterrupt as e:
         print(f"testbed: interrupted ({e}); removing the testbed", file=sys.stderr)
