@@ -1278,6 +1278,44 @@ class SQLStoreTestsMixin:
             self.run_sql("SELECT COUNT(*) FROM blob_links l LEFT JOIN blobs b"
                          " ON b.digest = l.digest WHERE b.digest IS NULL")[0][0], 0)
 
+    async def test_two_stores_race_sweep_and_push(self):
+        """
+        A sweep by one process while another puts a manifest that requires
+        the blob, or links it again: either the put (or link) comes first
+        and the blob stays, or the sweep does and the put (or link) fails.
+        A manifest never references a swept blob.
+        """
+        other = await self.make_store(self.clock)
+        digests = ["sha256:%064x" % n for n in range(16)]
+        for n, digest in enumerate(digests):
+            await self.old_blob(digest, "r", n + 1)
+        self.clock.advance(10)  # the links below are after the horizon
+
+        async def push(store, n, digest):
+            try:
+                if n % 4 < 2:
+                    await store.put_manifest(
+                        manifest(repository="r", digest="sha256:%064x" % (100 + n),
+                                 references=(digest,)), required_blobs=[(digest, 5)])
+                else:
+                    await store.link_blob("r", digest)
+            except (ReferencesMissing, BadRequest):
+                return False
+            return True
+
+        outcomes = await gatherResults([
+            gatherResults([sweeper.collect_blobs([digest], START),
+                           Deferred.fromCoroutine(push(pusher, n, digest))])
+            for n, digest in enumerate(digests)
+            for sweeper, pusher in [(self.store, other) if n % 2 else (other, self.store)]
+        ])
+        for n, (digest, (swept, pushed)) in enumerate(zip(digests, outcomes)):
+            self.assertNotEqual(bool(swept), pushed, digest)
+            self.assertEqual(await self.store.get_blob(digest) is not None, pushed)
+            if n % 4 < 2:
+                self.assertEqual(await other.get_manifest(
+                    "r", "sha256:%064x" % (100 + n)) is not None, pushed)
+
     async def test_two_stores_race_delete_and_append(self):
         """An upload appended to by one process while another deletes it at
         the old offset: exactly one of them wins."""
