@@ -64,6 +64,8 @@ class UpOptions(_ClusterOptions):
          "without pause, 7d) [default: the chunkserver's]"],
         ["gc-grace", None, None, "how old garbage chunks are when the chunkmaster deletes them "
          "(e.g. 60s) [default: the chunkmaster's, 1h]"],
+        ["gc-sweep-grace", None, None, "how long a blob no manifest references waits before "
+         "the chunkmaster's collector deletes it (e.g. 60s) [default: the chunkmaster's, 1h]"],
         ["start-timeout", None, 60.0, "seconds each role has to become healthy", float],
         ["db", None, None, "metadata store URL every role shares, e.g. "
          "mysql://root@127.0.0.1:3306/speedy (default: sqlite:VAR/metadata.sqlite)"],
@@ -128,7 +130,8 @@ async def _run_up(reactor, var, options):
         cache_size=options["cache-size"], staged_read_limit=options["staged-read-limit"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
-        gc_grace=options["gc-grace"], htpasswd=options["htpasswd"], access=options["access"],
+        gc_grace=options["gc-grace"], gc_sweep_grace=options["gc-sweep-grace"],
+        htpasswd=options["htpasswd"], access=options["access"],
         token_config=options["auth-token"], replication=options["replication"])
     existing = read_state(var)
     if existing is not None and (

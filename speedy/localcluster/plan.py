@@ -108,6 +108,7 @@ class ClusterPlan:
     access: str | None = None
     scrub_period: str | None = None
     gc_grace: str | None = None
+    gc_sweep_grace: str | None = None
     replication: str | None = None
     staged_read_limit: int | None = None
     db: str | None = None
@@ -128,8 +129,8 @@ class ClusterPlan:
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
             C{cut_through}, C{replication} (C{fanout} or C{chain}),
             C{staged_read_limit}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
-            C{scrub_period} (a duration: C{1s}, C{7d}), C{gc_grace} (the
-            chunkmaster's, a duration), C{htpasswd} (the
+            C{scrub_period} (a duration: C{1s}, C{7d}), C{gc_grace} and
+            C{gc_sweep_grace} (the chunkmaster's, durations), C{htpasswd} (the
             imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
             allow rules), C{db} (the metadata store's
             URL; a SQLite file under C{var} by default), C{cluster_secret},
@@ -210,7 +211,9 @@ class ClusterPlan:
              "--cluster-secret-file", self.secret_file("cluster-secret"),
              "--admin-token-file", self.secret_file("admin-token"),
              "--group-size", str(self.group_size))
-            + (("--gc-grace", self.gc_grace) if self.gc_grace is not None else ()),
+            + (("--gc-grace", self.gc_grace) if self.gc_grace is not None else ())
+            + (("--gc-sweep-grace", self.gc_sweep_grace)
+               if self.gc_sweep_grace is not None else ()),
             self.host, self.master_port, health_url=f"{self.master_url}/v1/health")
         chunkservers = []
         for i, port in enumerate(self.chunkserver_ports):
