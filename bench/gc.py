@@ -61,7 +61,12 @@ def sha(data):
 
 
 def push_blob(address, repo, data):
+    """Push C{data} unless the repository has it already (a client's HEAD
+    first, as skopeo and docker do: a blob pushed again is stored again,
+    and its new chunks are garbage).  @return: its descriptor."""
     digest = sha(data)
+    if request(address, "HEAD", f"/v2/{repo}/blobs/{digest}")[0] == 200:
+        return {"mediaType": LAYER, "digest": digest, "size": len(data)}
     status = request(address, "POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data,
                      {"Content-Type": "application/octet-stream"})[0]
     if status != 201:
