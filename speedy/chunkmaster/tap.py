@@ -29,6 +29,7 @@ from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listen
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.metadata.schema import GROUP_SIZE
 from speedy.web.channel import GuardedSite
+from speedy.logs import log_format_option, with_log_format
 from speedy.web.limits import http_limit_options, limits_from_options
 from speedy.wire.client import ChunkClient, load_authority
 
@@ -97,7 +98,7 @@ class Options(DaemonOptions):
                "or untagged,orphans.", parse_policies),
         Option("gc-sweep-rate", "1000", "Blobs and manifests the collector deletes from the "
                "metadata store a second at most; 0 for no limit.", number(int, 0)),
-    ] + http_limit_options(per_client="0")
+    ] + http_limit_options(per_client="0") + [log_format_option()]
 
 
 class ChunkmasterSite(MeasuredSite, GuardedSite):
@@ -170,8 +171,8 @@ def makeService(options, reactor=None):
         background=[s for s in (repairs, transfers) if s.enabled] + [collector, history],
         closing=[fsck, client])
     if options["metrics"] is None:
-        return service
+        return with_log_format(service, options, "chunkmaster")
     top = MultiService()
     service.setServiceParent(top)
     side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
-    return top
+    return with_log_format(top, options, "chunkmaster")

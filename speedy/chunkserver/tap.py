@@ -29,6 +29,7 @@ from speedy.chunkserver.scrubber import Scrubber
 from speedy.config import (
     DaemonOptions, Option, choice, duration, endpoint, http_urls, number, size)
 from speedy.errors import Unavailable
+from speedy.logs import log_format_option, with_log_format
 from speedy.monitoring.collectors import ChunkserverCollector
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.wire.client import ChunkClient
@@ -117,6 +118,7 @@ class Options(DaemonOptions):
         Option("metrics", None, "Endpoint string of an HTTP listener serving /metrics "
                "(Prometheus), /healthz and /readyz, e.g. tcp:9100:interface=127.0.0.1 "
                "[default: none].", endpoint),
+        log_format_option(),
     ]
 
     def check(self):
@@ -343,4 +345,4 @@ def makeService(options, reactor=None):
                                "the chunk store is open" if stores.store is not None
                                else "the chunk store is not open yet")})
         side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
-    return top
+    return with_log_format(top, options, "chunkserver")

@@ -35,6 +35,7 @@ from speedy.imageserver.fileids import FileIdRange
 from speedy.imageserver.master import master_client
 from speedy.imageserver.replication import REPLICATION_MODES, ReplicatedStorage
 from speedy.imageserver.root import ImageServerRoot
+from speedy.logs import log_format_option, with_log_format
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ImageserverCollector
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
@@ -130,7 +131,7 @@ class Options(DaemonOptions):
                "/healthz and /readyz, without credentials: one per worker when several share "
                "--listen [default: none; they are served on --listen, /metrics behind --auth].",
                endpoint),
-    ] + http_limit_options(per_client="128")
+    ] + http_limit_options(per_client="128") + [log_format_option()]
 
     def check(self):
         if self["replication"] is None:
@@ -243,7 +244,7 @@ def makeService(options, reactor=None):
     if options["metrics"] is not None:
         from twisted.web.server import Site
         side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(service)
-    return service
+    return with_log_format(service, options, "imageserver")
 
 
 def _name(listen):
