@@ -67,7 +67,8 @@ class OptionsTests(SynchronousTestCase):
              "gc-grace": 3600.0, "gc-period": 60.0, "gc-parallelism": 8,
              "gc-sweep-grace": 3600.0, "gc-delete": frozenset(), "gc-sweep-rate": 1000,
              "header-timeout": 10.0, "idle-timeout": 60.0, "max-request-line": 64 << 10,
-             "max-header-size": 64 << 10, "max-connections-per-client": 0, "max-connections": 0})
+             "max-header-size": 64 << 10, "max-connections-per-client": 0, "max-connections": 0,
+             "log-format": "text"})
 
     def test_config_file(self):
         """The [chunkmaster] section sets options; the command line wins."""
