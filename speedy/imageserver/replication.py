@@ -503,10 +503,12 @@ class ReplicatedWriter:
             self._add(data)
         else:  # it straddles chunks: only then are pieces of it copied
             view = memoryview(data)
-            while view:
+            while view and self._failure is None:
                 piece = view[: self._chunk_size - self._filled]
                 view = view[len(piece):]
                 self._add(bytes(piece))
+        if self._failure is not None:
+            return fail(self._failure)
         self._pump()
         if not self._queued:
             return succeed(None)
@@ -574,16 +576,21 @@ class ReplicatedWriter:
     def _add(self, piece):
         if not piece:
             return
+        if self._failure is not None:  # a chunk failed, maybe during this write: drop the rest
+            return
         if self._filled == 0:
             self._begin()
+            if self._failure is not None:
+                return
         self._filled += len(piece)
         if self._growing is None:
             self._pieces.append(piece)
             if self._filled == self._chunk_size:
                 self._seal()
         else:
-            self._growing.add(piece)
-            if self._growing.complete:
+            growing = self._growing
+            growing.add(piece)  # may fail the chunk at once (every member refused it)
+            if self._growing is growing and growing.complete:
                 self._seal()
 
     def _begin(self):

@@ -324,6 +324,22 @@ class CutThroughWriterTests(SynchronousTestCase):
         for server in self.client.servers.values():
             self.assertEqual(server.chunks, {})
 
+    def test_every_member_refuses_mid_write(self):
+        """Every member of every group refuses a cut-through chunk (as
+        chunkservers with another cluster secret refuse the handshake): the
+        write that completes the chunk fails with Unavailable, as do later
+        ones and finish, and nothing stays stored once aborted."""
+        for address in G1 + G2:
+            self.client.server(address).mode = DOWN
+        writer = self.storage.writer(length=16)
+        self.successResultOf(writer.write(b"abcd"))
+        self.failureResultOf(writer.write(b"efghijkl"), errors.Unavailable)
+        self.failureResultOf(writer.write(b"mnop"), errors.Unavailable)
+        self.failureResultOf(writer.finish(), errors.Unavailable)
+        self.successResultOf(writer.abort())
+        for server in self.client.servers.values():
+            self.assertEqual(server.chunks, {})
+
     def test_stream_longer_than_declared(self):
         writer = self.storage.writer(length=4)
         self.failureResultOf(writer.write(b"abcde"), errors.BadRequest)
