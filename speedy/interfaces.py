@@ -232,6 +232,9 @@ class IChunkClient(Interface):
     connect_timeout = Attribute("Seconds a connection attempt may take.")
     request_timeout = Attribute(
         "Seconds a request may go without a byte moving on its connection.")
+    timings = Attribute(
+        "A L{speedy.wire.timings.RequestTimings}: every request's duration, or "
+        "the class of its error, by chunkserver address and operation.")
 
     def put(address, file_id, data, keep=False):
         """

@@ -63,6 +63,7 @@ class ReplicaReader:
     def __init__(self, client, view, metadata, clock, counters, preferred=preferred_replica,
                  rng=None):
         self._client = client
+        self.timings = getattr(client, "timings", None)  # its RequestTimings
         self._view = view
         self._metadata = metadata
         self._clock = clock

@@ -145,6 +145,9 @@ class SpliceFileReader:
             except Exception as e:
                 if self._gone is not None and not replicas.is_bad_replica(e):
                     raise self._gone
+                if replicas.timings is not None:
+                    # Not through the chunk client: count its failure here.
+                    replicas.timings.failed(server.address, "get", e)
                 reasons.append(replicas.failed(server, chunk.group_id, chunk.file_id, e,
                                                at=(reached + get.moved, length)))
                 continue

@@ -209,7 +209,7 @@ def makeService(options, reactor=None):
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)
     http_metrics = HTTPMetrics(imageserver_route, "speedy_imageserver_http")
     monitoring = Monitoring(
-        daemon_registry(ImageserverCollector(storage, file_ids), http_metrics),
+        daemon_registry(ImageserverCollector(storage, file_ids, client.timings), http_metrics),
         {"cluster_view": lambda: _view_ready(poller)})
     monitoring.add_routes(root.router)
     resource, body_sink_for = root.resource, root.body_sink_for

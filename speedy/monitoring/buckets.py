@@ -33,11 +33,17 @@ class Buckets:
     def count(self):
         return sum(self.counts)
 
-    def family(self, name, documentation):
-        """@return: a L{HistogramMetricFamily} of the observations so far."""
+    def cumulative(self):
+        """@return: the C{(upper bound, observations at or below it)} pairs
+        of a Prometheus histogram, C{+Inf} last."""
         cumulative, buckets = 0, []
         for bound, count in zip(self.bounds, self.counts):
             cumulative += count
             buckets.append((repr(float(bound)), cumulative))
         buckets.append(("+Inf", cumulative + self.counts[-1]))
-        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
+        return buckets
+
+    def family(self, name, documentation):
+        """@return: a L{HistogramMetricFamily} of the observations so far."""
+        return HistogramMetricFamily(name, documentation, buckets=self.cumulative(),
+                                     sum_value=self.sum)

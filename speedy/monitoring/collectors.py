@@ -9,7 +9,7 @@ labels of bounded cardinality (a state, a volume id, a group id: never a
 digest or a repository).
 """
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from speedy.records import DOWN, DRAINING, INIT, RO, RW
 
@@ -222,11 +222,14 @@ class ImageserverCollector:
 
     @param storage: the L{speedy.imageserver.replication.ReplicatedStorage}.
     @param file_ids: its L{speedy.imageserver.fileids.FileIdRange}, or None.
+    @param timings: its chunk client's L{speedy.wire.timings.RequestTimings},
+        or None: request durations and errors per chunkserver.
     """
 
-    def __init__(self, storage, file_ids=None):
+    def __init__(self, storage, file_ids=None, timings=None):
         self._storage = storage
         self._file_ids = file_ids
+        self._timings = timings
 
     def collect(self):
         counters = self._storage.counters
@@ -249,3 +252,28 @@ class ImageserverCollector:
                                      "Writable replica groups in the cluster view at hand.")
         writable.add_metric([], 0 if view is None else len(view.writable()))
         yield from (known, writable)
+        if self._timings is not None:
+            yield from _chunk_request_families(self._timings)
+
+
+def _chunk_request_families(timings):
+    """
+    The families of a L{speedy.wire.timings.RequestTimings}: labelled by
+    chunkserver address (the cluster's members: bounded), operation and,
+    for errors, the error's class.
+    """
+    durations = HistogramMetricFamily(
+        "speedy_imageserver_chunk_request_duration_seconds",
+        "Time chunkservers took to answer this imageserver's requests (queueing, "
+        "connecting and the transfer included), by chunkserver and operation.",
+        labels=["server", "operation"])
+    for (address, operation), buckets in sorted(timings.durations.items()):
+        durations.add_metric([address, operation], buckets.cumulative(), buckets.sum)
+    failed = CounterMetricFamily(
+        "speedy_imageserver_chunk_request_errors",
+        "Requests to chunkservers that failed, by chunkserver, operation and error.",
+        labels=["server", "operation", "error"])
+    for (address, operation, error), count in sorted(timings.errors.items()):
+        failed.add_metric([address, operation, error], count)
+    yield durations
+    yield failed

@@ -136,6 +136,37 @@ class BucketsTests(SynchronousTestCase):
         self.assertEqual(buckets.sum, 14)
 
 
+class ChunkRequestMetricsTests(SynchronousTestCase):
+    def test_per_chunkserver_latency_and_errors(self):
+        """The imageserver's chunk client timings come out as one histogram
+        and one error counter labelled by chunkserver and operation: a slow
+        member stands apart from a fast one."""
+        from speedy.monitoring.collectors import _chunk_request_families
+        from speedy.wire.timings import RequestTimings
+
+        timings = RequestTimings()
+        for seconds in (0.002, 0.003):
+            timings.observe("10.0.0.1:8001", "put", seconds)
+        timings.observe("10.0.0.2:8001", "put", 4.0)
+        timings.failed("10.0.0.2:8001", "get", ConnectionRefusedError())
+
+        class Families:
+            def collect(self):
+                return _chunk_request_families(timings)
+
+        samples = exposition(Families())
+        name = "speedy_imageserver_chunk_request_duration_seconds"
+        fast = (("operation", "put"), ("server", "10.0.0.1:8001"))
+        slow = (("operation", "put"), ("server", "10.0.0.2:8001"))
+        self.assertEqual(samples[(name + "_count", fast)], 2)
+        self.assertEqual(samples[(name + "_bucket", (("le", "0.005"),) + fast)], 2)
+        self.assertEqual(samples[(name + "_bucket", (("le", "2.5"),) + slow)], 0)
+        self.assertEqual(samples[(name + "_bucket", (("le", "5.0"),) + slow)], 1)
+        self.assertEqual(samples[("speedy_imageserver_chunk_request_errors_total", (
+            ("error", "ConnectionRefusedError"), ("operation", "get"),
+            ("server", "10.0.0.2:8001")))], 1)
+
+
 class FakeStore:
     """What the chunkserver collector reads of a chunk store."""
 

@@ -90,6 +90,7 @@ class MonitoringEndToEndTests(SynchronousTestCase):
              "--reserve", "0", "--metrics", f"tcp:{metrics}:interface=127.0.0.1"],
             port=port, workdir=self.workdir, name=f"cs{n}")
         daemon.metrics_url = f"http://127.0.0.1:{metrics}"
+        daemon.address = f"127.0.0.1:{port}"
         self.start(daemon)
         self.wait_for(f"cs{n}'s metrics listener", lambda: _answers(daemon.metrics_url))
         return daemon
@@ -150,6 +151,17 @@ class MonitoringEndToEndTests(SynchronousTestCase):
         self.assertEqual((status, body == data), (200, True))
         later = scrape(image)
         self.assertGreater(total(later, "speedy_imageserver_read_failovers_total"), 0)
+        # Per chunkserver: every chunk's write was timed on some member,
+        # and the read errors are counted on the killed one alone.
+        writes = sum(total(after, "speedy_imageserver_chunk_request_duration_seconds_count",
+                           server=cs.address, operation=operation)
+                     for cs in self.chunkservers for operation in ("put", "chain_put"))
+        self.assertGreaterEqual(writes, 16)
+        killed, alive = self.chunkservers[0].address, self.chunkservers[1].address
+        self.assertGreater(total(later, "speedy_imageserver_chunk_request_errors_total",
+                                 server=killed, operation="get"), 0)
+        self.assertEqual(total(later, "speedy_imageserver_chunk_request_errors_total",
+                               server=alive), 0)
         sent = total(later, "speedy_imageserver_http_sent_bytes_total", route="v1_files")
         self.assertGreaterEqual(sent, len(data))  # and the PUT's small answer
         self.assertLess(sent, len(data) + 4 * KiB)

@@ -15,6 +15,7 @@ import os
 from collections import Counter
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -23,6 +24,7 @@ from speedy.crc import crc32c
 from speedy.interfaces import IChunkClient
 from speedy.records import ChunkInfo
 from speedy.wire.growing import GrowingChunk
+from speedy.wire.timings import RequestTimings
 
 #: Failure modes of a L{FakeChunkServer}.
 #: down: every request fails with ConnectionFailed.
@@ -71,6 +73,7 @@ class FakeChunkClient:
         self.chains = []  # the members of each chain_put, in chain order
         self.in_flight = 0
         self.max_in_flight = 0
+        self.timings = RequestTimings()
 
     def server(self, address):
         """@return: the L{FakeChunkServer} at C{address}."""
@@ -86,6 +89,18 @@ class FakeChunkClient:
             go()
 
     def _answer(self, address, operation, file_id, compute):
+        started = self._clock.seconds()
+
+        def timed(result):
+            if isinstance(result, Failure):
+                self.timings.failed(address, operation, result.value)
+            else:
+                self.timings.observe(address, operation, self._clock.seconds() - started)
+            return result
+
+        return self._held(address, operation, file_id, compute).addBoth(timed)
+
+    def _held(self, address, operation, file_id, compute):
         self.calls[operation, address] += 1
         if operation not in self.hold:
             return self._respond(address, compute)
@@ -515,6 +530,36 @@ class ChunkClientTestsMixin:
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.clock.advance(self.client.request_timeout)
+
+    def test_timings(self):
+        """Every answered request's duration is kept by chunkserver and
+        operation, and every failed one counted by its error's class: a
+        slow member, a missing chunk and a dead member each show on their
+        own address.  A cancelled request is not the chunkserver's fault
+        and is not counted."""
+        other = self.addresses[1]
+        self.put(1, b"x")
+        self.put(1, b"x", address=other)
+        self.answer(self.client.get(self.address, 1))
+        self.fails(self.client.get(self.address, 7), errors.ChunkNotFound)
+        self.stall(other)
+        slow = self.client.get(other, 1)
+        self.settle()
+        self.clock.advance(self.client.request_timeout)
+        self.failureResultOf(slow, errors.Timeout)
+        cancelled = self.client.stat(other, 1)
+        self.settle()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        timings = self.client.timings
+        self.assertEqual(timings.durations[self.address, "put"].count, 1)
+        self.assertEqual(timings.durations[self.address, "get"].count, 1)
+        self.assertEqual(timings.durations[other, "put"].count, 1)
+        self.assertNotIn((other, "get"), timings.durations)
+        self.assertEqual(dict(timings.errors), {
+            (self.address, "get", "ChunkNotFound"): 1,
+            (other, "get", "Timeout"): 1,
+        })
 
     def test_close(self):
         """close() fires once the connections are closed."""

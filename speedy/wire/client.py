@@ -47,6 +47,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.errors import BadRequest, ConnectionFailed, Timeout, Unauthenticated
@@ -58,6 +59,7 @@ from speedy.wire.frames import (
     FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
     OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY)
 from speedy.wire.growing import GrowingChunk
+from speedy.wire.timings import OPERATIONS, RequestTimings
 
 
 def parse_address(address):
@@ -86,6 +88,8 @@ class ChunkClient:
         L{load_authority}) that signed the chunkservers' certificates, to
         connect to them over TLS; None for plain TCP.
 
+    @ivar timings: a L{RequestTimings} of every request's duration or
+        failure, by chunkserver and operation.
     @ivar backoff_initial: seconds to wait after the first failed connect.
     @ivar backoff_max: the longest wait between connect attempts.
     """
@@ -103,6 +107,7 @@ class ChunkClient:
         self._max_connections = max_connections_per_server
         self._pools = {}
         self._closed = False
+        self.timings = RequestTimings()
 
     def _pool(self, address):
         if self._closed:
@@ -118,9 +123,20 @@ class ChunkClient:
             pool = self._pool(address)
         except ConnectionFailed as e:
             return fail(e)
+        started = self._reactor.seconds()
         if isinstance(data, GrowingChunk):
-            return pool.request_alone(opcode, body, data, flags)
-        return pool.request(opcode, body, data, sink, length, flags, expect)
+            d = pool.request_alone(opcode, body, data, flags)
+        else:
+            d = pool.request(opcode, body, data, sink, length, flags, expect)
+        return d.addBoth(self._timed, address, opcode, started)
+
+    def _timed(self, result, address, opcode, started):
+        operation = OPERATIONS.get(opcode, "other")
+        if isinstance(result, Failure):
+            self.timings.failed(address, operation, result.value)
+        else:
+            self.timings.observe(address, operation, self._reactor.seconds() - started)
+        return result
 
     def put(self, address, file_id, data, keep=False):
         """
