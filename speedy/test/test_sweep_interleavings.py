@@ -3,7 +3,7 @@ The mark and sweep under concurrent pushes: randomized interleavings of
 pushes (layers then manifest, some layers skipped because a HEAD found
 them), cross-repository mounts, tags, index pushes, referrers, manifest
 and tag deletes, and collections, run by a seeded scheduler over the
-in-memory store and over real SQLite.
+in-memory store, real SQLite and MariaDB.
 
 Every metadata store call is one transaction; the scheduler holds each
 call and runs the pending ones one at a time in a random order (and moves
@@ -37,12 +37,15 @@ from twisted.trial.unittest import TestCase
 from speedy.chunkmaster.sweep import MetadataSweep
 from speedy.errors import Busy
 from speedy.metadata.memory import MemoryMetadataStore
+from speedy.metadata.mysql import mysql_store
 from speedy.metadata.sqlite import sqlite_store
 from speedy.records import ChunkRef
 from speedy.registry.blobs import Blobs
 from speedy.registry.digests import digest_of
 from speedy.registry.errors import RegistryError
 from speedy.registry.manifests import OCI_INDEX, OCI_MANIFEST, Manifests
+from speedy.test.test_metadata import _mysql_admin, new_mysql_database
+from speedy.test.util import require_mysql
 
 #: Seconds a blob or manifest waits before it may be garbage; the clock
 #: moves up to a second a step.
@@ -353,4 +356,32 @@ class SQLiteInterleavingsTests(InterleavingsMixin, TestCase):
         store = sqlite_store(os.path.abspath(self.mktemp() + ".db"), reactor, clock)
         await store.start()
         self.addCleanup(store.close)
+        return store
+
+
+_mariadb = None
+
+
+class MariaDBInterleavingsTests(InterleavingsMixin, TestCase):
+    """The same over MariaDB: its statements (locking reads, joins) under
+    the random workload; each seed starts on emptied tables."""
+
+    SEEDS = range(3)
+
+    async def make_store(self, clock):
+        global _mariadb
+        if _mariadb is None:
+            _mariadb = new_mysql_database(require_mysql(), f"speedy_sweep_{os.getpid()}")
+        store = mysql_store(_mariadb, reactor, clock)
+        await store.start()
+        self.addCleanup(store.close)
+        admin = _mysql_admin(_mariadb)
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute("SHOW TABLES")
+                for (table,) in cursor.fetchall():
+                    if table not in ("schema_version", "file_ids"):
+                        cursor.execute(f"DELETE FROM {table}")
+        finally:
+            admin.close()
         return store
