@@ -174,5 +174,6 @@ def makeService(options, reactor=None):
         return with_log_format(service, options, "chunkmaster")
     top = MultiService()
     service.setServiceParent(top)
-    side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
+    side_listener(reactor, options["metrics"], monitoring,
+                  limits_from_options(options)).setServiceParent(top)
     return with_log_format(top, options, "chunkmaster")

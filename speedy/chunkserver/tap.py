@@ -338,11 +338,10 @@ def makeService(options, reactor=None):
             options["advertise"], stores, options["heartbeat-interval"],
         ).setServiceParent(top)
     if options["metrics"] is not None:
-        from twisted.web.server import Site
         monitoring = Monitoring(
             daemon_registry(ChunkserverCollector(lambda: stores.store, factory.counters)),
             {"store": lambda: (stores.store is not None,
                                "the chunk store is open" if stores.store is not None
                                else "the chunk store is not open yet")})
-        side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(top)
+        side_listener(reactor, options["metrics"], monitoring).setServiceParent(top)
     return with_log_format(top, options, "chunkserver")

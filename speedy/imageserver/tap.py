@@ -242,8 +242,8 @@ def makeService(options, reactor=None):
     StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), site).setServiceParent(service)
     if options["metrics"] is not None:
-        from twisted.web.server import Site
-        side_listener(reactor, options["metrics"], monitoring, Site).setServiceParent(service)
+        side_listener(reactor, options["metrics"], monitoring,
+                      limits_from_options(options)).setServiceParent(service)
     return with_log_format(service, options, "imageserver")
 
 

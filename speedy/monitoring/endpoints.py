@@ -23,7 +23,9 @@ except ImportError:
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 
+from speedy.web.channel import GuardedSite
 from speedy.web.json import answer_json_error, json_answer
+from speedy.web.limits import HTTPLimits
 from speedy.web.rest import Answer, Router
 
 
@@ -79,12 +81,16 @@ class Monitoring:
         return json_answer(200 if ready else 503, {"ready": ready, "checks": results})
 
 
-def side_listener(reactor, endpoint, monitoring, site_class):
+def side_listener(reactor, endpoint, monitoring, limits=None):
     """
+    @param limits: the L{HTTPLimits} of the listener (header and idle
+        timeouts, request line and header sizes, connections per client
+        and in all): the daemon's main listener's, so the C{--metrics}
+        port is no softer a target; the defaults without one.
     @return: a service listening on C{endpoint} (an endpoint string) with a
-        site (C{site_class(resource, reactor=reactor)}) serving only the
-        routes of C{monitoring}: the C{--metrics} listener.
+        L{GuardedSite} serving only the routes of C{monitoring}: the
+        C{--metrics} listener.
     """
     router = monitoring.add_routes(Router(answer_json_error))
-    site = site_class(router.resource, reactor=reactor)
+    site = GuardedSite(router.resource, limits=limits or HTTPLimits(), reactor=reactor)
     return StreamServerEndpointService(serverFromString(reactor, endpoint), site)

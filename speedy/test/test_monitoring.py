@@ -312,3 +312,87 @@ class ListenerTests(SynchronousTestCase):
         samples = samples_of(self.successResultOf(response.content()).decode())
         self.assertEqual(samples[("speedy_imageserver_chunks_written_total", ())], 0)
         self.assertEqual(samples[("speedy_imageserver_view_version", ())], 0)
+
+
+class SideListenerLimitsTests(SynchronousTestCase):
+    """The --metrics listener of each role holds its clients to the same
+    HTTP limits as the role's main listener: a connection that never
+    finishes its headers is answered 408 at the header timeout, oversized
+    headers 431, and one address cannot hold more connections than allowed."""
+
+    def metrics_site(self, role, args):
+        from importlib import import_module
+        from speedy.test.util import with_secrets
+        with_secrets(self, admin="an-admin-token-of-the-test")
+        tap = import_module(f"speedy.{role}.tap")
+        options = tap.Options()
+        options.parseOptions(args + ["--metrics", "tcp:9109:interface=127.0.0.1"])
+        self.reactor = MemoryReactorClock()
+        service = tap.makeService(options, reactor=self.reactor)
+        [metrics] = [s for s in _services(service) if getattr(s, "endpoint", None) is not None
+                     and s.endpoint._port == 9109]
+        metrics.startService()
+        self.addCleanup(metrics.stopService)
+        [site] = [site for (port, site, _, _) in self.reactor.tcpServers if port == 9109]
+        return site
+
+    def assert_guarded(self, site, header_timeout, per_client):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        channels = []
+
+        def connect():
+            channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channels.append(channel)
+            return transport
+
+        self.addCleanup(lambda: [c.connectionLost(None) for c in channels
+                                 if getattr(c, "transport", None) is not None])
+        stalled = connect()
+        stalled.protocol = channels[-1]
+        channels[-1].dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        self.reactor.advance(header_timeout - 0.5)
+        self.assertEqual(stalled.value(), b"")
+        self.reactor.advance(1)
+        self.assertTrue(stalled.value().startswith(b"HTTP/1.1 408 "), stalled.value()[:40])
+        huge = connect()
+        channels[-1].dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-a: "
+                                  + b"a" * (65 << 10) + b"\r\n\r\n")
+        self.assertTrue(huge.value().startswith(b"HTTP/1.1 431 "), huge.value()[:40])
+        if per_client:
+            for c in list(channels):
+                c.connectionLost(None)
+            channels.clear()
+            for _ in range(per_client):
+                connect()
+            refused = connect()
+            self.assertIn(b" 429 ", refused.value())
+
+    def test_imageserver(self):
+        site = self.metrics_site("imageserver", [
+            "--db", "memory:", "--listen", "tcp:5000:interface=127.0.0.1",
+            "--header-timeout", "3", "--max-connections-per-client", "4"])
+        self.assert_guarded(site, 3, 4)
+
+    def test_chunkmaster(self):
+        site = self.metrics_site("chunkmaster", [
+            "--db", "memory:", "--listen", "tcp:8099:interface=127.0.0.1",
+            "--header-timeout", "4"])
+        self.assert_guarded(site, 4, 0)
+
+    def test_chunkserver(self):
+        """A chunkserver has no HTTP listener of its own: its metrics
+        listener takes the defaults (10 s, 128 connections an address)."""
+        site = self.metrics_site("chunkserver", [
+            "--data-dir", self.mktemp(), "--group-id", "1",
+            "--listen", "tcp:8000:interface=127.0.0.1"])
+        self.assert_guarded(site, 10, 128)
+
+
+def _services(service):
+    """@return: C{service} and every service under it."""
+    yield service
+    for child in getattr(service, "services", ()):
+        yield from _services(child)
