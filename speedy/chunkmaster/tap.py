@@ -23,7 +23,8 @@ from speedy.chunkmaster.service import ChunkmasterService
 from speedy.chunkmaster.sweep import MetadataSweep, parse_policies
 from speedy.config import DaemonOptions, Option, duration, endpoint, number, positive, size
 from speedy.metadata import open_store
-from speedy.monitoring.collectors import ChunkmasterCollector
+from speedy.monitoring.collectors import (
+    ChunkmasterCollector, CollectorMetrics, TransferMetrics)
 from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
@@ -145,9 +146,6 @@ def makeService(options, reactor=None):
         interval=options["transfer-interval"], batch=options["transfer-batch"],
         replication="fanout" if options["chunk-tls-ca"] is not None else "chain")
     http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
-    monitoring = Monitoring(
-        daemon_registry(ChunkmasterCollector(cluster, repairs), http_metrics),
-        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
     sweep = MetadataSweep(
         store, reactor, grace=options["gc-sweep-grace"],
         untagged="untagged" in options["gc-delete"], orphans="orphans" in options["gc-delete"],
@@ -155,6 +153,10 @@ def makeService(options, reactor=None):
     collector = ChunkCollector(
         GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
         period=options["gc-period"], parallelism=options["gc-parallelism"], sweep=sweep)
+    monitoring = Monitoring(
+        daemon_registry(ChunkmasterCollector(cluster, repairs), CollectorMetrics(collector),
+                        TransferMetrics(transfers), http_metrics),
+        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
     history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],

@@ -277,3 +277,88 @@ def _chunk_request_families(timings):
         failed.add_metric([address, operation, error], count)
     yield durations
     yield failed
+
+
+#: the garbage collector's totals -> (metric name, help).
+_GC_TOTALS = {
+    "runs": ("speedy_chunkmaster_gc_runs", "Garbage collection rounds finished."),
+    "chunks_deleted": ("speedy_chunkmaster_gc_deleted_chunks",
+                       "Garbage chunks deleted from every member of their group."),
+    "bytes_deleted": ("speedy_chunkmaster_gc_deleted_bytes",
+                      "Bytes of the garbage chunks deleted (one replica's worth)."),
+    "blobs_deleted": ("speedy_chunkmaster_gc_deleted_blobs",
+                      "Blobs no manifest referenced, deleted by the mark and sweep."),
+    "manifests_deleted": ("speedy_chunkmaster_gc_deleted_manifests",
+                          "Manifests deleted by the mark and sweep's policies."),
+}
+
+
+class CollectorMetrics:
+    """
+    The garbage collector's progress: its totals since start, the round in
+    progress (chunks due and done) and the last round's duration.
+
+    @param collector: the L{speedy.chunkmaster.collector.ChunkCollector}.
+    """
+
+    def __init__(self, collector):
+        self._collector = collector
+
+    def collect(self):
+        collector = self._collector
+        for key, (name, documentation) in _GC_TOTALS.items():
+            family = CounterMetricFamily(name, documentation)
+            family.add_metric([], collector.totals.get(key, 0))
+            yield family
+        current, last = collector.current, collector.last
+        running = GaugeMetricFamily("speedy_chunkmaster_gc_running",
+                                    "1 while a garbage collection round runs.")
+        running.add_metric([], 0 if current is None else 1)
+        due = GaugeMetricFamily("speedy_chunkmaster_gc_round_due_chunks",
+                                "Chunks past their grace the running round works through.")
+        due.add_metric([], 0 if current is None else current.chunks_due)
+        done = GaugeMetricFamily("speedy_chunkmaster_gc_round_deleted_chunks",
+                                 "Chunks the running round deleted so far.")
+        done.add_metric([], 0 if current is None else current.chunks_deleted)
+        yield from (running, due, done)
+        if last is not None and last.duration is not None:
+            duration = GaugeMetricFamily("speedy_chunkmaster_gc_last_duration_seconds",
+                                         "Duration of the last finished round.")
+            duration.add_metric([], last.duration)
+            waiting = GaugeMetricFamily(
+                "speedy_chunkmaster_gc_waiting_chunks",
+                "Garbage chunks still inside their grace at the last round.")
+            waiting.add_metric([], last.chunks_waiting)
+            kept = GaugeMetricFamily(
+                "speedy_chunkmaster_gc_kept_chunks",
+                "Due chunks some member did not delete at the last round (retried).")
+            kept.add_metric([], last.chunks_kept)
+            yield from (duration, waiting, kept)
+
+
+class TransferMetrics:
+    """
+    The transfer service's progress: chunks and bytes moved, old copies
+    deleted and moves failed (a rate over C{moved_bytes} is the transfer
+    rate; C{speedy-admin transfers} shows each transfer's own and its ETA).
+
+    @param transfers: the L{speedy.chunkmaster.transfer.TransferService}.
+    """
+
+    _COUNTERS = {
+        "moved": ("speedy_chunkmaster_transfer_moved_chunks", "Chunks moved to another group."),
+        "bytes": ("speedy_chunkmaster_transfer_moved_bytes", "Bytes moved to another group."),
+        "deleted": ("speedy_chunkmaster_transfer_deleted_chunks",
+                    "Old copies of moved chunks deleted."),
+        "failed": ("speedy_chunkmaster_transfer_failed_moves", "Chunk moves that failed."),
+    }
+
+    def __init__(self, transfers):
+        self._transfers = transfers
+
+    def collect(self):
+        counters = self._transfers.counters
+        for key, (name, documentation) in self._COUNTERS.items():
+            family = CounterMetricFamily(name, documentation)
+            family.add_metric([], counters.get(key, 0))
+            yield family

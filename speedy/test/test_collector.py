@@ -102,6 +102,37 @@ class ChunkCollectorTests(SynchronousTestCase):
                           "blobs_deleted": 0, "manifests_deleted": 0})
         self.assertEqual(self.collector.status()["last"]["chunks_deleted"], 5)
 
+    def test_metrics(self):
+        """The collector's totals and its last round show on /metrics: a
+        round past the grace counts its deleted chunks and bytes and the
+        ones still waiting; one member down shows as chunks kept."""
+        from speedy.monitoring.collectors import CollectorMetrics
+        from speedy.test.test_monitoring import exposition
+
+        metrics = CollectorMetrics(self.collector)
+        before = exposition(metrics)
+        self.assertEqual(before[("speedy_chunkmaster_gc_runs_total", ())], 0)
+        self.assertEqual(before[("speedy_chunkmaster_gc_running", ())], 0)
+        self.assertNotIn(("speedy_chunkmaster_gc_last_duration_seconds", ()), before)
+        old = self.store_chunks(b"x" * 8, b"y" * 8)
+        self.successResultOf(self.store.record_garbage(old, "test"))
+        self.clock.advance(GRACE)
+        self.successResultOf(self.store.record_garbage(self.store_chunks(b"z" * 8), "test"))
+        self.successResultOf(self.collector.collect())
+        after = exposition(metrics)
+        self.assertEqual(after[("speedy_chunkmaster_gc_runs_total", ())], 1)
+        self.assertEqual(after[("speedy_chunkmaster_gc_deleted_chunks_total", ())], 2)
+        self.assertEqual(after[("speedy_chunkmaster_gc_deleted_bytes_total", ())], 16)
+        self.assertEqual(after[("speedy_chunkmaster_gc_waiting_chunks", ())], 1)
+        self.assertEqual(after[("speedy_chunkmaster_gc_kept_chunks", ())], 0)
+        self.assertEqual(after[("speedy_chunkmaster_gc_last_duration_seconds", ())], 0)
+        self.client.server(address("s2")).mode = DOWN
+        self.clock.advance(GRACE)
+        self.successResultOf(self.collector.collect())
+        down = exposition(metrics)
+        self.assertEqual(down[("speedy_chunkmaster_gc_kept_chunks", ())], 1)
+        self.assertEqual(down[("speedy_chunkmaster_gc_deleted_chunks_total", ())], 2)
+
     def test_a_chunk_already_gone_counts_as_deleted(self):
         """A member that does not hold the chunk (another collector
         deleted it, or its write never reached it) is no obstacle."""

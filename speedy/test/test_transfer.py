@@ -135,6 +135,26 @@ class DrainTests(TransferTestCase):
                          ("done", 4, 1011 + 1012 + 1013 + 60))
         self.assertEqual(self.successResultOf(self.store.list_moves()), [])
 
+    def test_metrics(self):
+        """/metrics counts the chunks and bytes a drain moved and the old
+        copies it deleted after the delay."""
+        from speedy.monitoring.collectors import TransferMetrics
+        from speedy.test.test_monitoring import exposition
+
+        metrics = TransferMetrics(self.transfers)
+        self.assertEqual(exposition(metrics)[
+            ("speedy_chunkmaster_transfer_moved_chunks_total", ())], 0)
+        self.drain()
+        self.work()
+        self.clock.advance(61)
+        self.work()
+        samples = exposition(metrics)
+        self.assertEqual(samples[("speedy_chunkmaster_transfer_moved_chunks_total", ())], 4)
+        self.assertEqual(samples[("speedy_chunkmaster_transfer_moved_bytes_total", ())],
+                         1011 + 1012 + 1013 + 60)
+        self.assertEqual(samples[("speedy_chunkmaster_transfer_deleted_chunks_total", ())], 4)
+        self.assertEqual(samples[("speedy_chunkmaster_transfer_failed_moves_total", ())], 0)
+
     def test_late_writer_switched_before_delete(self):
         """A chunk list written back with an old chunk after the switch (a
         writer that read before it) is switched again before the delete."""
