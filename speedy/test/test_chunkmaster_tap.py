@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 import speedy
 from speedy.chunkmaster import tap
+from speedy.chunkmaster.collector import ChunkCollector
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.messages import Heartbeat
@@ -87,6 +88,17 @@ class OptionsTests(SynchronousTestCase):
         """The sample etc/chunkmaster.ini parses."""
         sample = Path(speedy.__file__).parent.parent / "etc" / "chunkmaster.ini"
         self.assertEqual(parse("--config", str(sample))["heartbeat-timeout"], 15.0)
+        self.assertEqual(parse("--config", str(sample))["gc-delete"], frozenset())
+
+    def test_gc_sweep(self):
+        """The sweep's options reach the collector's sweep."""
+        reactor = MemoryReactorClock()
+        service = tap.makeService(parse(
+            "--db", "memory:", "--gc-delete", "untagged", "--gc-sweep-grace", "2m",
+            "--gc-sweep-rate", "50"), reactor=reactor)
+        [collector] = [s for s in service._background if isinstance(s, ChunkCollector)]
+        self.assertEqual(collector.status()["sweep"],
+                         {"grace": 120.0, "untagged": True, "orphans": False, "rate": 50})
 
     def test_bad_config(self):
         """A missing file, a missing section, an unknown key or garbage is a usage error."""
