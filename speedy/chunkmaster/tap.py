@@ -28,6 +28,7 @@ from speedy.monitoring.collectors import (
 from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
+from speedy.monitoring.progress import WorkProgress
 from speedy.metadata.schema import GROUP_SIZE
 from speedy.web.channel import GuardedSite
 from speedy.logs import log_format_option, with_log_format
@@ -145,7 +146,6 @@ def makeService(options, reactor=None):
         rate=options["transfer-rate"], delete_delay=options["transfer-delete-delay"],
         interval=options["transfer-interval"], batch=options["transfer-batch"],
         replication="fanout" if options["chunk-tls-ca"] is not None else "chain")
-    http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
     sweep = MetadataSweep(
         store, reactor, grace=options["gc-sweep-grace"],
         untagged="untagged" in options["gc-delete"], orphans="orphans" in options["gc-delete"],
@@ -153,17 +153,20 @@ def makeService(options, reactor=None):
     collector = ChunkCollector(
         GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
         period=options["gc-period"], parallelism=options["gc-parallelism"], sweep=sweep)
+    progress = WorkProgress(reactor, collector, transfers)
+    http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), CollectorMetrics(collector),
-                        TransferMetrics(transfers), http_metrics),
-        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")})
+                        TransferMetrics(transfers), progress, http_metrics),
+        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")},
+        before_scrape=[progress.refresh])
     history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
         repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers,
         collector=collector,
-        dashboard=Dashboard(reactor, cluster, history, peers, repairs), peers=peers)
+        dashboard=Dashboard(reactor, cluster, history, peers, repairs, progress), peers=peers)
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
 

@@ -45,15 +45,19 @@ class HTTPMasterClient:
     L{IMasterClient} over HTTP with its own connection pool and a timeout
     on every request (long-polls get their wait on top).  C{secret} is
     sent as a bearer token when not empty; C{name}, when given, as
-    C{X-Speedy-Imageserver} (the chunkmaster's dashboard lists who polls).
+    C{X-Speedy-Imageserver} (the chunkmaster's dashboard lists who polls);
+    C{counters}, when given, returns a dict of counters sent with each
+    poll of the view as C{X-Speedy-Imageserver-Counters: name=value,...}
+    (the dashboard shows the imageservers' failovers).
     """
 
-    def __init__(self, reactor, url, secret, timeout=10.0, name=None):
+    def __init__(self, reactor, url, secret, timeout=10.0, name=None, counters=None):
         self._reactor = reactor
         self._url = url.rstrip("/")
         self._headers = {b"authorization": [b"Bearer " + secret.encode("utf-8")]} if secret else {}
         if name:
             self._headers[b"x-speedy-imageserver"] = [name.encode("utf-8")]
+        self._counters = counters
         self._timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._http = HTTPClient(
@@ -65,6 +69,9 @@ class HTTPMasterClient:
 
     async def _cluster(self, etag, wait):
         headers = dict(self._headers)
+        if self._counters is not None:
+            headers[b"x-speedy-imageserver-counters"] = [",".join(
+                f"{k}={int(v)}" for k, v in sorted(self._counters().items())).encode("ascii")]
         params = {}
         if etag is not None:
             headers[b"if-none-match"] = [b'"%d"' % (etag,)]
@@ -169,8 +176,9 @@ class FailoverMasterClient:
             await client.close()
 
 
-def master_client(reactor, urls, secret, timeout=10.0, name=None):
+def master_client(reactor, urls, secret, timeout=10.0, name=None, counters=None):
     """@return: an L{IMasterClient} for one chunkmaster URL, or one failing
-    over between several; C{name} names this imageserver to them."""
-    clients = [HTTPMasterClient(reactor, url, secret, timeout, name) for url in urls]
+    over between several; C{name} names this imageserver to them, and
+    C{counters} reports its counters (L{HTTPMasterClient})."""
+    clients = [HTTPMasterClient(reactor, url, secret, timeout, name, counters) for url in urls]
     return clients[0] if len(clients) == 1 else FailoverMasterClient(clients)

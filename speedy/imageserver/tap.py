@@ -38,6 +38,7 @@ from speedy.imageserver.root import ImageServerRoot
 from speedy.logs import log_format_option, with_log_format
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ImageserverCollector
+from speedy.monitoring.dashboard import reported_counters
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import HTTPMetrics, MeasuredSite, imageserver_route, measured_request
 from speedy.web.streaming import StreamingRequest, StreamingSite
@@ -194,7 +195,8 @@ def makeService(options, reactor=None):
     client = ChunkClient(reactor, request_timeout=options["request-timeout"],
                          secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
     master = master_client(reactor, options["master"], options["cluster-secret"],
-                           name=_name(options["listen"]))
+                           name=_name(options["listen"]),
+                           counters=lambda: reported_counters(storage.counters))
     poller = ClusterViewPoller(master, reactor)
     file_ids = FileIdRange(master, batch=options["file-id-batch"],
                            low_water=max(1, options["file-id-batch"] // 4),

@@ -20,7 +20,18 @@ reads C{/dashboard/data} every few seconds and draws the cluster.
                  per second, oldest first, one every L{ClusterHistory} interval
      "counters": {"heartbeats", "checksum_errors", "scrub_damaged",
                   "repaired", "repair_failed", ...},
-     "imageservers": [{"name", "address", "seen_ago"}]}
+     "imageservers": [{"name", "address", "seen_ago", "counters"}],
+     "gc": {"running", "runs", "chunks_freed", "bytes_freed", "pending_chunks",
+            "pending_bytes", "last_duration", "current", ...} or null,
+     "transfers": {"chunks_moved", "bytes_moved", "active", "rate",
+                   "chunks_left", "failures", ...} or null}
+
+The imageservers' counters (L{IMAGESERVER_REPORTED}: read failovers, bad
+replicas, write retries...) come with their polls of the cluster view, as
+of their last poll (a long-poll: at most about 20 seconds old); the
+dashboard's C{counters} sums them over the imageservers seen as
+C{imageserver_<name>}.  GC and transfer progress come from
+L{speedy.monitoring.progress.WorkProgress}.
 
 Everything comes from what the chunkmaster already has: the heartbeats'
 load counters (summed over the servers and sampled by L{ClusterHistory}),
@@ -50,6 +61,28 @@ _RATED = (("read_bytes", "bytes_read"), ("written_bytes", "bytes_written"),
 _SUMMED = ("checksum_errors", "damaged_records", "sync_errors", "nospace_errors",
            "scrub_damaged", "scrub_chunks", "compactions", "bytes_compacted_away",
            "cache_hits", "cache_misses")
+
+
+#: the imageserver counters reported with each poll of the cluster view
+IMAGESERVER_REPORTED = ("read_failovers", "bad_replicas", "reads_failed",
+                        "chunk_write_retries", "chunk_writes_failed")
+
+
+def reported_counters(counters):
+    """@return: the L{IMAGESERVER_REPORTED} of an imageserver's replication
+    C{counters}."""
+    return {name: counters.get(name, 0) for name in IMAGESERVER_REPORTED}
+
+
+def _parse_counters(header):
+    """@return: the L{IMAGESERVER_REPORTED} counters in the header
+    C{name=value,...} (bytes); unknown names and bad values are left out."""
+    counters = {}
+    for item in header.decode("ascii", "replace").split(",")[:len(IMAGESERVER_REPORTED) * 2]:
+        name, _, value = item.strip().partition("=")
+        if name in IMAGESERVER_REPORTED and value.isdigit() and len(value) < 20:
+            counters[name] = int(value)
+    return counters
 
 
 def _load_totals(servers):
@@ -118,7 +151,7 @@ class Peers:
         self._clock = clock
         self.forget_after = forget_after
         self.most = most
-        self._seen = {}  # name -> (address, time)
+        self._seen = {}  # name -> (address, time, counters)
 
     def saw(self, request):
         """Note the caller of C{request}."""
@@ -129,19 +162,24 @@ class Peers:
             self._expire()
             if len(self._seen) >= self.most:
                 return
-        self._seen[name] = (host, self._clock.seconds())
+        header = request.getHeader(b"x-speedy-imageserver-counters")
+        counters = _parse_counters(header) if header else {}
+        if not counters and name in self._seen:
+            counters = self._seen[name][2]
+        self._seen[name] = (host, self._clock.seconds(), counters)
 
     def _expire(self):
         now = self._clock.seconds()
-        for name in [n for n, (_, t) in self._seen.items() if now - t > self.forget_after]:
+        for name in [n for n, (_, t, _) in self._seen.items() if now - t > self.forget_after]:
             del self._seen[name]
 
     def seen(self):
-        """@return: C{[{"name", "address", "seen_ago"}]}, by name."""
+        """@return: C{[{"name", "address", "seen_ago", "counters"}]}, by name."""
         self._expire()
         now = self._clock.seconds()
-        return [{"name": name, "address": address, "seen_ago": round(now - t, 1)}
-                for name, (address, t) in sorted(self._seen.items())]
+        return [{"name": name, "address": address, "seen_ago": round(now - t, 1),
+                 "counters": dict(counters)}
+                for name, (address, t, counters) in sorted(self._seen.items())]
 
 
 class Dashboard:
@@ -152,11 +190,13 @@ class Dashboard:
     @param history: a L{ClusterHistory}.
     @param peers: a L{Peers}.
     @param repairs: the L{speedy.chunkmaster.repair.RepairService}, or None.
+    @param progress: a L{speedy.monitoring.progress.WorkProgress}, or None.
     """
 
     STATES = (INIT, RW, RO, DOWN, DRAINING)
 
-    def __init__(self, clock, cluster, history, peers, repairs=None):
+    def __init__(self, clock, cluster, history, peers, repairs=None, progress=None):
+        self._progress = progress
         self._clock = clock
         self._cluster = cluster
         self._history = history
@@ -191,6 +231,8 @@ class Dashboard:
                       content_type=_TYPES[kind])
 
     async def data(self, request):
+        if self._progress is not None:
+            await self._progress.refresh()
         return json_answer(200, self.snapshot(), {b"cache-control": b"no-store"})
 
     def snapshot(self):
@@ -235,6 +277,11 @@ class Dashboard:
             counters["repair_queued"] = status["queued"] or 0
             counters["repairing"] = status["repairing"]
             counters["rebuilds"] = len(status["rebuilds"])
+        imageservers = self._peers.seen()
+        for name in IMAGESERVER_REPORTED:
+            counters["imageserver_" + name] = sum(
+                i["counters"].get(name, 0) for i in imageservers)
+        progress = self._progress
         return {
             "version": view["version"],
             "time": now,
@@ -248,5 +295,7 @@ class Dashboard:
             "groups": groups,
             "rates": list(self._history.rates),
             "counters": counters,
-            "imageservers": self._peers.seen(),
+            "imageservers": imageservers,
+            "gc": None if progress is None else progress.gc(),
+            "transfers": None if progress is None else progress.transfers(),
         }

@@ -49,11 +49,14 @@ class Monitoring:
 
     @param registry: its L{prometheus_client.CollectorRegistry}.
     @param checks: name to readiness check (see the module docstring).
+    @param before_scrape: coroutine functions awaited before each scrape, to
+        fetch what a collector cannot read synchronously (they must not fail).
     """
 
-    def __init__(self, registry, checks=None):
+    def __init__(self, registry, checks=None, before_scrape=()):
         self.registry = registry
         self.checks = dict(checks or {})
+        self.before_scrape = list(before_scrape)
 
     def add_routes(self, router):
         """Declare C{/metrics}, C{/healthz} and C{/readyz} on C{router}."""
@@ -63,6 +66,8 @@ class Monitoring:
         return router
 
     async def metrics(self, request):
+        for fetch in self.before_scrape:
+            await fetch()
         return Answer(200, generate_latest(self.registry), content_type=CONTENT_TYPE)
 
     async def healthz(self, request):

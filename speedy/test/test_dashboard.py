@@ -13,6 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
 from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
+from speedy.monitoring.progress import WorkProgress
+from speedy.test.test_monitoring_progress import Collector, Transfers, transfer
 from speedy.test.test_chunkmaster_api import GiB, SECRET, heartbeat
 from speedy.testing import OutageStore
 
@@ -101,6 +103,39 @@ class DashboardTests(SynchronousTestCase):
         self.assertEqual((seen["name"], seen["seen_ago"]), ("10.0.0.9:5000 pid 7", 3))
         self.clock.advance(300)
         self.assertEqual(self.data()["imageservers"], [])
+
+    def test_imageserver_counters(self):
+        """The counters an imageserver sends with its poll are listed with
+        it and summed into the dashboard's counters; unknown names and bad
+        values are dropped, and a poll without them keeps the last ones."""
+        for name, counters in [("a pid 1", "read_failovers=3,bad_replicas=1,digest=9"),
+                               ("b pid 2", "read_failovers=2,chunk_write_retries=x")]:
+            response, _ = self.get("/v1/cluster", Authorization="Bearer " + SECRET,
+                                   **{"X-Speedy-Imageserver": name,
+                                      "X-Speedy-Imageserver-Counters": counters})
+            self.assertEqual(response.code, 200)
+        self.get("/v1/cluster", Authorization="Bearer " + SECRET,
+                 **{"X-Speedy-Imageserver": "a pid 1"})
+        data = self.data()
+        self.assertEqual([i["counters"] for i in data["imageservers"]],
+                         [{"read_failovers": 3, "bad_replicas": 1}, {"read_failovers": 2}])
+        self.assertEqual(data["counters"]["imageserver_read_failovers"], 5)
+        self.assertEqual(data["counters"]["imageserver_bad_replicas"], 1)
+        self.assertEqual(data["counters"]["imageserver_chunk_write_retries"], 0)
+
+    def test_gc_and_transfers(self):
+        """With a L{WorkProgress}, the data carries the collector's and the
+        transfers' progress; without, null."""
+        self.assertEqual((self.data()["gc"], self.data()["transfers"]), (None, None))
+        collector, transfers = Collector(), Transfers()
+        collector.totals.update(runs=4, chunks_deleted=9)
+        transfers.counters.update(moved=6)
+        transfers.transfers = [transfer("running", 100.0, 3)]
+        self.dashboard._progress = WorkProgress(self.clock, collector, transfers)
+        data = self.data()
+        self.assertEqual((data["gc"]["runs"], data["gc"]["chunks_freed"]), (4, 9))
+        self.assertEqual((data["transfers"]["chunks_moved"], data["transfers"]["active"],
+                          data["transfers"]["rate"]), (6, 1, 100.0))
 
     def test_page_and_assets(self):
         """The page, its stylesheet and script are served without

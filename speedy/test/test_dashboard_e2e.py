@@ -102,6 +102,13 @@ class DashboardInChromiumTests(SynchronousTestCase):
         self.assertEqual(server_states(dom), {"cs1": "RW", "cs2": "RW", "cs3": "RW"})
         self.assertRegex(dom, r'id="card-groups".*?1 / 1')
         self.assertIn('class="imageserver"', dom)
+        # Garbage collection and transfers (idle), and the imageserver's
+        # failovers as it reported them with its poll.
+        self.assertRegex(dom, r'id="gc".*data-row="state"><td>state</td><td>(idle|running)<')
+        self.assertRegex(dom, r'id="gc".*data-row="rounds"')
+        self.assertRegex(dom, r'id="transfers".*data-row="active"><td>active</td><td>0<')
+        self.assertRegex(dom, r'class="imageserver">.*?<td class="failovers">0<')
+        self.assertIn('data-counter="imageserver_read_failovers"', dom)
         self.assertNotIn('class="group degraded', dom)
 
         screenshot = os.path.join(self.workdir, "dashboard.png")

@@ -6,6 +6,7 @@ are read with the Prometheus library's own parser, and they move as a user
 stores and reads a file and as a replica dies.
 """
 
+import json
 import os
 import time
 from urllib.error import HTTPError
@@ -145,6 +146,13 @@ class MonitoringEndToEndTests(SynchronousTestCase):
         self.assertEqual(total(master, "speedy_chunkmaster_servers", state="RW"), 3)
         self.assertEqual(total(master, "speedy_chunkmaster_groups_writable"), 1)
         self.assertGreater(total(master, "speedy_chunkmaster_heartbeats_total"), 0)
+        # The collector's and the transfers' progress are there from the start.
+        for name in ("speedy_chunkmaster_gc_runs_total", "speedy_chunkmaster_gc_running",
+                     "speedy_chunkmaster_transfer_moved_bytes_total",
+                     "speedy_chunkmaster_transfer_rate_bytes_per_second",
+                     "speedy_chunkmaster_transfer_left_chunks"):
+            self.assertIn((name, ()), master)
+        self.assertEqual(total(master, "speedy_chunkmaster_transfers", state="running"), 0)
 
         self.chunkservers[0].kill()
         status, body = http("GET", self.registry + "/v1/files/monitored")
@@ -165,6 +173,12 @@ class MonitoringEndToEndTests(SynchronousTestCase):
         sent = total(later, "speedy_imageserver_http_sent_bytes_total", route="v1_files")
         self.assertGreaterEqual(sent, len(data))  # and the PUT's small answer
         self.assertLess(sent, len(data) + 4 * KiB)
+        # The imageserver reports its failovers with its next poll of the
+        # cluster view (the view changes as the killed server goes DOWN):
+        # the dashboard shows them.
+        self.wait_for("the failovers on the dashboard", lambda: json.loads(http(
+            "GET", self.master_url + "/dashboard/data")[1])["counters"][
+                "imageserver_read_failovers"] > 0)
 
 
 def _answers(url):

@@ -104,12 +104,36 @@ function drawRates(data) {
 function drawCounters(data) {
   const rows = Object.entries(data.counters).sort().map(([k, v]) =>
     el("tr", {"data-counter": k}, el("td", {}, k.replaceAll("_", " ")),
-       el("td", {class: v && /error|damaged|failed/.test(k) ? "nonzero" : ""},
+       el("td", {class: v && /error|damaged|failed|failover/.test(k) ? "nonzero" : ""},
           /bytes/.test(k) ? bytes(v) : v)));
   document.getElementById("counters").replaceChildren(...rows);
   const body = document.querySelector("#imageservers tbody");
   body.replaceChildren(...data.imageservers.map(i =>
-    el("tr", {class: "imageserver"}, el("td", {}, i.name), el("td", {}, i.address), el("td", {}, i.seen_ago + " s ago"))));
+    el("tr", {class: "imageserver"}, el("td", {}, i.name), el("td", {}, i.address), el("td", {}, i.seen_ago + " s ago"),
+       el("td", {class: "failovers"}, (i.counters || {}).read_failovers ?? "–"),
+       el("td", {}, (i.counters || {}).bad_replicas ?? "–"),
+       el("td", {}, (i.counters || {}).chunk_write_retries ?? "–"))));
+}
+
+function kvRows(id, rows) {
+  document.getElementById(id).replaceChildren(...rows.map(([k, v]) =>
+    el("tr", {"data-row": k}, el("td", {}, k), el("td", {}, v))));
+}
+
+function drawWork(data) {
+  const gc = data.gc, t = data.transfers;
+  if (gc) {
+    const round = gc.current ? `${gc.current.chunks_deleted} / ${gc.current.chunks_due} chunks` : "idle";
+    kvRows("gc", [["state", gc.running ? "running" : "idle"], ["round in progress", round],
+                  ["rounds", gc.runs], ["chunks freed", gc.chunks_freed], ["bytes freed", bytes(gc.bytes_freed)],
+                  ["blobs deleted", gc.blobs_deleted], ["pending garbage", `${gc.pending_chunks} chunks, ${bytes(gc.pending_bytes)}`],
+                  ["last round took", gc.last_duration === null ? "–" : gc.last_duration.toFixed(1) + " s"]]);
+  } else kvRows("gc", [["state", "no collector"]]);
+  if (t) {
+    kvRows("transfers", [["active", t.active], ["rate", bytes(t.rate) + "/s"], ["chunks left", t.chunks_left],
+                         ["chunks moved", t.chunks_moved], ["bytes moved", bytes(t.bytes_moved)],
+                         ["old copies deleted", t.old_copies_deleted], ["failures", t.failures]]);
+  } else kvRows("transfers", [["active", "no transfer service"]]);
 }
 
 async function refresh() {
@@ -118,7 +142,7 @@ async function refresh() {
     const response = await fetch("/dashboard/data", {cache: "no-store"});
     if (!response.ok) throw new Error("HTTP " + response.status);
     const data = await response.json();
-    drawTotals(data); drawGroups(data); drawRates(data); drawCounters(data);
+    drawTotals(data); drawGroups(data); drawRates(data); drawCounters(data); drawWork(data);
     status.textContent = "updated " + new Date().toLocaleTimeString() + ", view version " + data.version;
     status.classList.remove("stale");
     document.body.dataset.version = data.version;
