@@ -11,9 +11,11 @@ route as without the gate; refused, its body is dropped.  A request with
 credentials not checked yet has its body spooled while bcrypt runs in a
 thread, and handed to its route once they passed (the first request of a
 client only: registry clients begin with C{GET /v2/}), up to
-L{SPOOL_LIMIT} bytes; a larger one is dropped and answered 401, and its
-client, asking again, finds its credentials known.  So a stranger cannot
-have large bodies stored anywhere.
+L{SPOOL_LIMIT} bytes; a larger one waits, unread in its socket, until they
+passed, then streams to its route (L{_CheckedFirst}).  Workers sharing a
+port each keep their own cache, so a client's large PATCH may well be the
+first request a worker sees of it.  So a stranger cannot have a byte of a
+body stored anywhere.
 
 Refusals are the spec's: C{401 UNAUTHORIZED} with C{WWW-Authenticate:
 Basic realm="speedy"} for missing, malformed or wrong credentials, C{403
@@ -123,7 +125,7 @@ class Gate:
         elif self._checker.known(*credentials):
             user = credentials[0].decode("utf-8")
         elif _declared_length(request) > SPOOL_LIMIT:
-            return Discard(Refused(401, "credentials not checked yet: send the request again"))
+            return _CheckedFirst(self, request)
         else:
             request.body_sink_chosen = False  # the router feeds it on, once admitted
             return None
@@ -258,6 +260,70 @@ def _covers_some(policy, user, action):
     """@return: whether some rule lets C{user} do C{action} somewhere."""
     return any(rule.covers(user) and (action in rule.actions or "admin" in rule.actions)
                for rule in policy.rules)
+
+
+class _CheckedFirst:
+    """
+    The sink of a large body whose credentials are not checked yet (its
+    client's connection reached a worker that has not seen them: workers
+    sharing a port keep their own caches).  The body's first piece is held,
+    and with it the client's socket (a pending write: TCP back-pressure,
+    nothing spooled), while bcrypt runs in its thread; then the body goes
+    to its route's sink as if the credentials had been known, or, refused,
+    is dropped (the request is answered 401 or 403 when it renders).
+    """
+
+    refusal = None
+
+    def __init__(self, gate, request):
+        self._gate = gate
+        self._request = request
+        self._checked = Deferred.fromCoroutine(gate.admit(request))
+
+    def write(self, data):
+        request = self._request
+
+        def admitted(_):
+            sink = self._gate._inner_sink_for(request)
+            if sink is None:  # a route that takes its body whole
+                sink = _ContentSpool(request.content)
+            request.body_sink = sink
+            return sink.write(data)
+
+        def refused(failure):
+            request.body_sink = Discard()
+            if not failure.check(Refused):
+                log.failure("checking credentials failed", failure)
+            raise Refused(401, "authentication failed") if not failure.check(
+                Refused) else failure.value
+
+        checked, self._checked = self._checked, None
+        return checked.addCallbacks(admitted, refused)
+
+    def finish(self):
+        """An empty body: the request is admitted when it renders."""
+
+    def connection_lost(self, reason):
+        """Nothing went anywhere yet."""
+        if self._checked is not None:
+            self._checked.addErrback(lambda _: None)
+
+
+class _ContentSpool:
+    """A sink that keeps the body in the request's C{content}, as a route
+    without a sink of its own expects it."""
+
+    def __init__(self, content):
+        self._content = content
+
+    def write(self, data):
+        self._content.write(data)
+
+    def finish(self):
+        """Already there."""
+
+    def connection_lost(self, reason):
+        """Nothing to clean up."""
 
 
 class _GateResource(Resource):

@@ -35,6 +35,22 @@ class SyncPool(ThreadPool):
             onResult(True, result)
 
 
+class HeldPool(ThreadPool):
+    """Holds what it is given until L{run_all}: bcrypt still running."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def callInThreadWithCallback(self, onResult, func, *args, **kw):
+        self.held.append((onResult, func, args, kw))
+
+    def run_all(self):
+        held, self.held = self.held, []
+        for onResult, func, args, kw in held:
+            SyncPool.callInThreadWithCallback(self, onResult, func, *args, **kw)
+
+
 class FakeReactor(Clock):
     def callFromThread(self, f, *args, **kw):
         f(*args, **kw)
@@ -255,9 +271,11 @@ class GateTests(SynchronousTestCase):
                 outer.served.append((request.method, request.uri, request.speedy_user))
                 return b"ok"
 
+        self.route_sink = "the route's sink"
+
         def sink_for(request):
             self.sinks.append(request.uri)
-            return "the route's sink"
+            return self.route_sink
 
         self.gate = Gate(Recorder(), sink_for, users_portal(self.checker), self.checker,
                          AccessPolicy.load(policy_path))
@@ -326,18 +344,58 @@ class GateTests(SynchronousTestCase):
         for authorization in (None, b"garbage"):
             request = self.request("PUT", "/v2/alice/app/manifests/1", authorization)
             self.assertIsInstance(self.gate.body_sink_for(request), Discard)
-        # Credentials not checked yet: a small body waits for the check,
-        # a large one is dropped, and answered 401 even if they pass.
+        # Credentials not checked yet: a small body is spooled while they
+        # are checked.
         request = self.request("PUT", "/v2/bob/app/manifests/1", basic("bob", "bob-password"))
         self.assertIsNone(self.gate.body_sink_for(request))
-        request.requestHeaders.setRawHeaders(b"content-length", [b"%d" % (64 << 20)])
-        request.body_sink = self.gate.body_sink_for(request)
-        self.assertIsInstance(request.body_sink, Discard)
-        self.gate.resource.render(request)
-        self.assertEqual(request.responseCode, 401)
         self.assertIsInstance(self.gate.body_sink_for(
             self.request("PUT", "/v2/bob/app/manifests/1", alice)), Discard)
         self.assertEqual(self.sinks, ["/v2/alice/app/manifests/1".encode()])
+
+    def test_large_body_waits_for_its_check(self):
+        """
+        A large body whose credentials this worker has not seen (another
+        worker on the same port checked them) is held, not refused: its
+        first piece waits for bcrypt, then the whole body goes to its
+        route's sink.  Refused credentials drop it, and nothing reaches a
+        route.
+        """
+        received = []
+
+        class RouteSink:
+            def write(self, data):
+                received.append(data)
+
+        self.route_sink = RouteSink()
+        pool = HeldPool()
+        self.checker._threadpool = pool
+        alice = basic("alice", "alice-password")
+        request = self.request("PATCH", "/v2/alice/app/blobs/uploads/u1", alice)
+        request.requestHeaders.setRawHeaders(b"content-length", [b"%d" % (64 << 20)])
+        request.body_sink = sink = self.gate.body_sink_for(request)
+        self.assertIsNone(getattr(sink, "refusal", None))
+        first = sink.write(b"first piece")
+        self.assertNoResult(first)  # the socket is not read meanwhile
+        self.assertEqual((received, self.sinks), ([], []))
+        pool.run_all()
+        self.successResultOf(first)
+        self.assertIs(request.body_sink, self.route_sink)
+        self.assertEqual(received, [b"first piece"])
+        self.assertEqual(self.sinks, [b"/v2/alice/app/blobs/uploads/u1"])
+
+        wrong = self.request("PATCH", "/v2/alice/app/blobs/uploads/u2",
+                             basic("alice", "not-her-password"))
+        wrong.requestHeaders.setRawHeaders(b"content-length", [b"%d" % (64 << 20)])
+        wrong.body_sink = sink = self.gate.body_sink_for(wrong)
+        written = sink.write(b"x" * 100)
+        pool.run_all()
+        self.failureResultOf(written, Refused)
+        self.assertIsInstance(wrong.body_sink, Discard)
+        self.gate.resource.render(wrong)
+        pool.run_all()
+        self.assertEqual(wrong.responseCode, 401)
+        self.assertEqual(received, [b"first piece"])
+        self.assertEqual(self.served, [])
 
     def test_basic_credentials(self):
         self.assertEqual(basic_credentials(self.request("GET", "/", basic("a", "p:q"))),
