@@ -13,12 +13,13 @@ from speedy.config import DaemonOptions
 from speedy.units import parse_size
 from speedy.localcluster.health import HealthProbe
 from speedy.localcluster.plan import (
-    DEFAULT_IMAGESERVER_WORKERS, LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT, ClusterError,
-    ClusterPlan)
+    DEFAULT_IMAGESERVER_WORKERS, LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT, SECRETS_DIR,
+    ClusterError, ClusterPlan)
 from speedy.localcluster.recorded import process_matches, report_status, stop_recorded
 from speedy.localcluster.state import read_state
 from speedy.localcluster.supervisor import LocalCluster
 from speedy.localcluster.tls import LocalTLS
+from speedy.localcluster.tokens import write_token_service
 
 
 class _ClusterOptions(usage.Options):
@@ -56,8 +57,12 @@ class UpOptions(_ClusterOptions):
         ["htpasswd", None, None, "imageservers take HTTP Basic credentials of this htpasswd "
          "file (bcrypt, htpasswd -B) and refuse anonymous requests [default: no auth]"],
         ["access", None, None, "with --htpasswd: TOML file of allow rules (docs/security.md)"],
+        ["auth", None, None, "none, htpasswd (the users of --htpasswd log in with HTTP "
+         "Basic) or token (Docker bearer tokens from an embedded token service on the first "
+         "imageserver, logging in the users of --htpasswd: its signing key and configuration "
+         "are made under VAR/secrets) [default: htpasswd with --htpasswd, else none]"],
         ["auth-token", None, None, "imageservers take Docker bearer tokens: their token "
-         "configuration (TOML, docs/security.md)"],
+         "configuration (TOML, docs/security.md; a key pair of yours)"],
         ["scrub-rate", None, None, "bytes a second each chunkserver's scrubber checks (e.g. 8MiB; "
          "0 turns it off) [default: the chunkserver's]", parse_size],
         ["scrub-period", None, None, "time between the starts of scrub passes (e.g. 1s: scrub "
@@ -75,6 +80,19 @@ class UpOptions(_ClusterOptions):
         db = self["db"]
         if self["replication"] not in (None, "fanout", "chain"):
             raise usage.UsageError(f"--replication is fanout or chain, not {self['replication']!r}")
+        auth = self["auth"]
+        if auth is None:
+            auth = "htpasswd" if self["htpasswd"] is not None else "none"
+        if auth not in ("none", "htpasswd", "token"):
+            raise usage.UsageError(f"--auth is none, htpasswd or token, not {auth!r}")
+        if auth in ("htpasswd", "token") and self["htpasswd"] is None:
+            raise usage.UsageError(f"--auth {auth} needs --htpasswd FILE: the users who log in")
+        if auth == "none" and self["htpasswd"] is not None:
+            raise usage.UsageError("--auth none and --htpasswd: say which")
+        if auth == "token" and self["auth-token"] is not None:
+            raise usage.UsageError("--auth token makes its own token configuration: "
+                                   "leave out --auth-token")
+        self["auth"] = auth
         if db is not None and not db.startswith(("sqlite:", "mysql://", "memory:")):
             raise usage.UsageError(f"--db must be sqlite:PATH or mysql://..., not {db!r}")
 
@@ -121,6 +139,7 @@ async def _run_up(reactor, var, options):
     if options["tls"]:
         host = options["registry"].rpartition(":")[0]
         tls = LocalTLS(os.path.join(os.path.abspath(var), "tls")).make(hosts=(host,))
+    token = options["auth"] == "token"
     plan = ClusterPlan.build(tls=tls,
         var=var, registry=options["registry"], master_port=options["master-port"],
         chunkserver_port=options["chunkserver-port"], chunkservers=options["chunkservers"],
@@ -131,14 +150,21 @@ async def _run_up(reactor, var, options):
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
         gc_grace=options["gc-grace"], gc_sweep_grace=options["gc-sweep-grace"],
-        htpasswd=options["htpasswd"], access=options["access"],
-        token_config=options["auth-token"], replication=options["replication"])
+        htpasswd=None if token else options["htpasswd"],
+        access=None if token else options["access"],
+        token_config=(os.path.join(os.path.abspath(var), SECRETS_DIR, "token.toml") if token
+                      else options["auth-token"]),
+        replication=options["replication"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")
             or any(process_matches(r["pid"], r["plugin"]) for r in existing["roles"])):
         raise ClusterError(f"a cluster already runs under {plan.var}: 'down' it first")
     ca = None if tls is None else tls.ca_certificate
+    if token:
+        realm = f"{plan.registry_scheme}://{plan.registries[0]}/token"
+        write_token_service(os.path.dirname(plan.token_config), realm,
+                            options["htpasswd"], options["access"])
     cluster = LocalCluster(reactor, plan, HealthProbe(reactor, _http_client(reactor, ca)), _say,
                            start_timeout=options["start-timeout"])
     stopped = Deferred()
@@ -151,7 +177,13 @@ async def _run_up(reactor, var, options):
 
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
     await cluster.up()
-    if plan.token_config is not None:
+    if token:
+        cert_dir = "" if tls is None else f" --cert-dir {tls.ca_dir}"
+        _say(f"bearer tokens from the token service at {plan.registry_scheme}://"
+             f"{plan.registries[0]}/token for the users of {options['htpasswd']} (its signing key "
+             f"and configuration: {os.path.dirname(plan.token_config)}): "
+             f"podman login{cert_dir} {plan.registries[0]}, or skopeo --creds USER:PASSWORD")
+    elif plan.token_config is not None:
         _say(f"bearer tokens as {plan.token_config} says: log in first (podman login)")
     elif plan.htpasswd is None:
         _say(f"no authentication: anyone who reaches {plan.host} may push, pull and delete "
