@@ -81,6 +81,45 @@ class RouterTestCase(SynchronousTestCase):
         return handler
 
 
+class RequestIdTests(RouterTestCase):
+    """Every request gets an id (L{speedy.logs}): answered in
+    C{X-Request-Id}, current while its handler runs."""
+
+    def setUp(self):
+        super().setUp()
+        self.seen = []
+
+        async def handler(request):
+            from speedy.logs import request_id
+            await succeed(None)
+            self.seen.append(request_id.get())
+            return json_answer(200, {})
+        self.router.route("GET", "/x", handler)
+
+    def test_generated(self):
+        _, headers, _ = self.call("GET", "/x")
+        (rid,) = headers.getRawHeaders("x-request-id")
+        self.assertRegex(rid, r"\A[0-9a-f]{16}\Z")
+        self.assertEqual(self.seen, [rid])
+
+    def test_honoured(self):
+        _, headers, _ = self.call("GET", "/x", headers={"X-Request-Id": "pull-1.a:b_c"})
+        self.assertEqual(headers.getRawHeaders("x-request-id"), ["pull-1.a:b_c"])
+        self.assertEqual(self.seen, ["pull-1.a:b_c"])
+
+    def test_insane_replaced(self):
+        for bad in ["a b", "x" * 65, "quote\"", "\u00e9"]:
+            _, headers, _ = self.call("GET", "/x", headers={"X-Request-Id": bad})
+            (rid,) = headers.getRawHeaders("x-request-id")
+            self.assertRegex(rid, r"\A[0-9a-f]{16}\Z")
+
+    def test_on_errors(self):
+        """An error answer (no route) carries it too."""
+        status, headers, _ = self.call("GET", "/nowhere")
+        self.assertEqual(status, 404)
+        self.assertEqual(len(headers.getRawHeaders("x-request-id")), 1)
+
+
 class RoutingTests(RouterTestCase):
     def test_patterns(self):
         """A placeholder takes one segment, a :path one takes the rest,

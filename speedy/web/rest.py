@@ -68,6 +68,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from speedy.logs import new_request_id, request_id, sane_request_id
 from speedy.web.streaming import IBodySink
 
 log = Logger()
@@ -363,8 +364,13 @@ class Router:
         request.defaultContentType = None
         for name, value in self._headers.items():
             request.setHeader(name, value)
+        rid = _request_id(request)
         call = _Call(request)
-        d = Deferred.fromCoroutine(self._serve(call))
+        token = request_id.set(rid)
+        try:  # the coroutine runs in a copy of this context: under the request's id
+            d = Deferred.fromCoroutine(self._serve(call))
+        finally:
+            request_id.reset(token)
         d.addErrback(self._last_resort, call)
         return NOT_DONE_YET
 
@@ -444,6 +450,20 @@ class Router:
             request.finish()
         except Exception:
             request.loseConnection()
+
+
+def _request_id(request):
+    """
+    @return: the id of C{request} (L{speedy.logs}): its sane C{X-Request-Id},
+        else a new one; kept on the request as C{request_id} and answered
+        in C{X-Request-Id}.
+    """
+    rid = getattr(request, "request_id", None)
+    if rid is None:
+        rid = sane_request_id(request.getHeader(b"x-request-id")) or new_request_id()
+        request.request_id = rid
+        request.setHeader(b"X-Request-Id", rid.encode("ascii"))
+    return rid
 
 
 class _RouterResource(Resource):
