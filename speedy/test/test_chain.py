@@ -146,6 +146,36 @@ class ChainOnMemoryNetworkTests(SynchronousTestCase):
         error = self.failureResultOf(d, errors.Timeout).value
         self.assertIn(C, str(error))
 
+    def test_corrupted_hop(self):
+        """A byte flipped on the wire between the second and the last member
+        shows in the answer: the last member's CRC-32C is not the chunk's,
+        the others' are, so the writer can tell the copy is bad (and
+        L{ChainReplicationTests.test_corrupted_hop} retries it)."""
+        data = os.urandom(200_000)
+        total = len(frame(OP_CHAIN_PUT, 1, chain_prefix(15, [], 0) + data))
+        [factory] = [server[1] for server in self.clock.tcpServers
+                     if server[0] == self.network.port(C)]
+        build = factory.buildProtocol
+
+        def corrupting(addr):
+            protocol = build(addr)
+            received, deliver = [0], protocol.dataReceived
+
+            def dataReceived(piece):
+                start, received[0] = received[0], received[0] + len(piece)
+                if start < total - 1 < received[0]:
+                    at = total - 1 - start
+                    piece = piece[:at] + bytes([piece[at] ^ 0xFF]) + piece[at + 1:]
+                deliver(piece)
+            protocol.dataReceived = dataReceived
+            return protocol
+        factory.buildProtocol = corrupting
+        d = self.client.chain_put(A, 15, data, [B, C])
+        self.network.settle()
+        infos = self.successResultOf(d)
+        self.assertEqual([i.size for i in infos], [len(data)] * 3)
+        self.assertEqual([i.crc32c == crc32c(data) for i in infos], [True, True, False])
+
     def test_store_refuses_mid_chain(self):
         """A member whose store refuses fails the chain with its error."""
         self.stores[C].read_only = True
