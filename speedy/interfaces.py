@@ -579,6 +579,10 @@ class IUploadTables(Interface):
         """@return: Deferred firing with uploads last touched before the
         given time (for expiry)."""
 
+    def count_uploads():
+        """@return: Deferred firing with C{(sessions, bytes)}: the upload
+        sessions open and the bytes they received so far."""
+
 
 class IV1Tables(Interface):
     """

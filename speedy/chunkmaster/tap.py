@@ -29,6 +29,7 @@ from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.monitoring.progress import WorkProgress
+from speedy.monitoring.uploads import UploadSessions
 from speedy.metadata.schema import GROUP_SIZE
 from speedy.web.channel import GuardedSite
 from speedy.logs import log_format_option, with_log_format
@@ -154,12 +155,13 @@ def makeService(options, reactor=None):
         GroupDeleter(cluster, client), store, reactor, grace=options["gc-grace"],
         period=options["gc-period"], parallelism=options["gc-parallelism"], sweep=sweep)
     progress = WorkProgress(reactor, collector, transfers)
+    uploads = UploadSessions(reactor, store)
     http_metrics = HTTPMetrics(chunkmaster_route, "speedy_chunkmaster_http")
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), CollectorMetrics(collector),
-                        TransferMetrics(transfers), progress, http_metrics),
+                        TransferMetrics(transfers), progress, uploads, http_metrics),
         {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")},
-        before_scrape=[progress.refresh])
+        before_scrape=[progress.refresh, uploads.refresh])
     history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(
         cluster, store, cluster_secret=options["cluster-secret"],

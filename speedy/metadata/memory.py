@@ -369,6 +369,10 @@ class MemoryMetadataStore:
             key=lambda upload: (upload.updated, upload.upload_id))
         return stale if limit is None else stale[:limit]
 
+    @_deferred
+    def count_uploads(self):
+        return len(self._uploads), sum(upload.offset for upload in self._uploads.values())
+
     # IV1Tables ---------------------------------------------------------------
 
     @_deferred

@@ -761,6 +761,13 @@ class SQLMetadataStore:
             + _limit(limit), updated_before)
         return [_upload(row) for row in rows]
 
+    def count_uploads(self):
+        return self._read(self._count_uploads)
+
+    def _count_uploads(self, db):
+        sessions, received = db.one("SELECT COUNT(*), COALESCE(SUM(upload_offset), 0) FROM uploads")
+        return int(sessions), int(received)
+
     # IV1Tables ---------------------------------------------------------------
 
     def put_v1_image(self, record):

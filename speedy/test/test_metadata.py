@@ -590,6 +590,16 @@ class MetadataStoreTestsMixin:
             [u.upload_id for u in await self.store.stale_uploads(35.0, limit=1)], ["u2"])
         self.assertEqual(await self.store.stale_uploads(10.0), [])
 
+    async def test_count_uploads(self):
+        self.assertEqual(await self.store.count_uploads(), (0, 0))
+        await self.store.create_upload(UploadRecord("u1", "r"))
+        await self.store.create_upload(UploadRecord("u2", "r"))
+        self.assertTrue(await self.store.update_upload(
+            UploadRecord("u2", "r", 1001, chunks(1)), 0))
+        self.assertEqual(await self.store.count_uploads(), (2, 1001))
+        await self.store.delete_upload("u1")
+        self.assertEqual(await self.store.count_uploads(), (1, 1001))
+
     # garbage and bad replicas ----------------------------------------------------
 
     async def test_garbage(self):

@@ -8,6 +8,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -165,6 +166,38 @@ class ChunkRequestMetricsTests(SynchronousTestCase):
         self.assertEqual(samples[("speedy_imageserver_chunk_request_errors_total", (
             ("error", "ConnectionRefusedError"), ("operation", "get"),
             ("server", "10.0.0.2:8001")))], 1)
+
+
+class UploadSessionsTests(SynchronousTestCase):
+    def test_counted_from_the_store_at_most_every_max_age(self):
+        """The chunkmaster counts the registry's open upload sessions from
+        the metadata store before a scrape, at most every C{max_age}
+        seconds; a store that fails leaves the last count."""
+        from speedy.metadata.memory import MemoryMetadataStore
+        from speedy.monitoring.uploads import UploadSessions
+        from speedy.records import UploadRecord
+        from twisted.internet.defer import Deferred
+
+        clock = Clock()
+        store = MemoryMetadataStore(clock)
+        self.successResultOf(store.start())
+        sessions = UploadSessions(clock, store, max_age=5.0)
+
+        def scrape():
+            self.successResultOf(Deferred.fromCoroutine(sessions.refresh()))
+            return exposition(sessions)
+
+        self.assertEqual(scrape()[("speedy_chunkmaster_upload_sessions", ())], 0)
+        self.successResultOf(store.create_upload(UploadRecord("u1", "r", 7)))
+        self.assertEqual(scrape()[("speedy_chunkmaster_upload_sessions", ())], 0)  # kept
+        clock.advance(5)
+        samples = scrape()
+        self.assertEqual(samples[("speedy_chunkmaster_upload_sessions", ())], 1)
+        self.assertEqual(samples[("speedy_chunkmaster_upload_session_bytes", ())], 7)
+        store.count_uploads = lambda: fail(RuntimeError("database gone"))
+        clock.advance(5)
+        self.assertEqual(scrape()[("speedy_chunkmaster_upload_sessions", ())], 1)
+        self.flushLoggedErrors()
 
 
 class FakeStore:

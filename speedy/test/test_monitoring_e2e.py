@@ -142,7 +142,10 @@ class MonitoringEndToEndTests(SynchronousTestCase):
             self.assertEqual(total(samples, "speedy_chunkserver_store_open"), 1)
             self.assertGreaterEqual(total(samples, "speedy_chunkserver_written_bytes_total"),
                                     len(data))
+        status, _ = http("POST", self.registry + "/v2/monitored/app/blobs/uploads/", b"")
+        self.assertEqual(status, 202)
         master = scrape(self.master_url + "/metrics")
+        self.assertEqual(total(master, "speedy_chunkmaster_upload_sessions"), 1)
         self.assertEqual(total(master, "speedy_chunkmaster_servers", state="RW"), 3)
         self.assertEqual(total(master, "speedy_chunkmaster_groups_writable"), 1)
         self.assertGreater(total(master, "speedy_chunkmaster_heartbeats_total"), 0)
