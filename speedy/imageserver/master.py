@@ -13,6 +13,7 @@ from zope.interface import Interface, implementer
 
 from speedy import errors
 from speedy.imageserver.clusterview import ClusterView
+from speedy.logs import request_id
 from speedy.web.body import BytesBody
 
 
@@ -106,6 +107,10 @@ class HTTPMasterClient:
         @raise Unavailable: unreachable, timed out, an error status or a
             body that is not JSON.
         """
+        rid = request_id.get()
+        if rid is not None:  # the HTTP request this call serves (speedy.logs)
+            headers = dict(headers)
+            headers[b"x-request-id"] = [rid.encode("ascii")]
         try:
             response = await self._http.request(
                 method, self._url + path, headers=headers, json=body, params=params,

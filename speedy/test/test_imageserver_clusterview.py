@@ -99,6 +99,7 @@ class ChunkmasterStub(Resource):
         super().__init__()
         self.garbage = False
         self.auth = []
+        self.request_ids = []
 
     def render_GET(self, request):
         self.auth.append(request.getHeader(b"authorization"))
@@ -111,6 +112,7 @@ class ChunkmasterStub(Resource):
         return json.dumps(VIEW_JSON).encode()
 
     def render_POST(self, request):
+        self.request_ids.append(request.getHeader(b"x-request-id"))
         if self.garbage:
             return b'{"start": "x"}'
         count = json.loads(request.content.read())["count"]
@@ -160,6 +162,18 @@ class HTTPMasterClientTests(TestCase):
 
     async def test_file_ids(self):
         self.assertEqual(await self.client.allocate_file_ids(5), (100, 105))
+
+    async def test_request_id(self):
+        """A call made for an HTTP request sends its id on; others none."""
+        from speedy.logs import request_id
+        await self.client.allocate_file_ids(5)
+        token = request_id.set("pull-7")
+        try:
+            calling = self.client.allocate_file_ids(5)
+        finally:
+            request_id.reset(token)
+        await calling
+        self.assertEqual(self.stub.request_ids, [None, b"pull-7"])
 
     async def test_garbage_answers_are_unavailable(self):
         self.stub.garbage = True
