@@ -131,6 +131,7 @@ class Gate:
             return None
         if not self.allowed(user, scope):
             return Discard()
+        request.speedy_admitted = (user,)  # decided: admit_known need not again
         return self._inner_sink_for(request)
 
     def allowed(self, user, scope):
@@ -158,6 +159,9 @@ class Gate:
         @return: what L{admit} would return, a L{Refused} it would raise,
             or L{_UNKNOWN} when the credentials must be checked first.
         """
+        admitted = getattr(request, "speedy_admitted", None)
+        if admitted is not None:  # body_sink_for decided on these headers
+            return admitted[0]
         scope = getattr(request, "speedy_scope", None) or scope_of(
             request.method.decode("ascii", "replace"), request.uri)
         if scope.kind == "public":
