@@ -12,11 +12,9 @@ a fast scrape, costs the database one read every C{max_age} seconds.
 """
 
 from prometheus_client.core import GaugeMetricFamily
-from twisted.logger import Logger
 
+from speedy.monitoring.recent import RecentRead
 from speedy.records import TRANSFER_RUNNING, TRANSFER_STATES
-
-log = Logger()
 
 
 class WorkProgress:
@@ -33,23 +31,14 @@ class WorkProgress:
         self._clock = clock
         self._collector = collector
         self._transfers = transfers
-        self.max_age = max_age
-        self._transfer_status = None
-        self._read_at = None
+        self._status = None if transfers is None else RecentRead(
+            clock, transfers.status, max_age, "transfers' status")
 
     async def refresh(self):
         """Read the transfers' status unless the one at hand is recent.
         Never fails: a store that does not answer leaves the last one."""
-        if self._transfers is None:
-            return
-        now = self._clock.seconds()
-        if self._read_at is not None and now - self._read_at < self.max_age:
-            return
-        self._read_at = now
-        try:
-            self._transfer_status = await self._transfers.status()
-        except Exception as e:
-            log.warn("transfers' status unreadable for the metrics: {error!r}", error=e)
+        if self._status is not None:
+            await self._status.refresh()
 
     def gc(self):
         """
@@ -90,7 +79,7 @@ class WorkProgress:
         if self._transfers is None:
             return None
         counters = self._transfers.counters
-        status = self._transfer_status or {"transfers": []}
+        status = self._status.value or {"transfers": []}
         by_state = dict.fromkeys(TRANSFER_STATES, 0)
         rate = left = 0
         for t in status["transfers"]:

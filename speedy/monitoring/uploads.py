@@ -9,9 +9,8 @@ store: read before a scrape, at most every C{max_age} seconds.
 """
 
 from prometheus_client.core import GaugeMetricFamily
-from twisted.logger import Logger
 
-log = Logger()
+from speedy.monitoring.recent import RecentRead
 
 
 class UploadSessions:
@@ -25,28 +24,17 @@ class UploadSessions:
     """
 
     def __init__(self, clock, store, max_age=5.0):
-        self._clock = clock
-        self._store = store
-        self.max_age = max_age
-        self._counted = None  # (sessions, bytes), once read
-        self._read_at = None
+        self._count = RecentRead(clock, store.count_uploads, max_age, "upload sessions")
 
     async def refresh(self):
         """Count the sessions unless the count at hand is recent.  Never
         fails: a store that does not answer leaves the last count."""
-        now = self._clock.seconds()
-        if self._read_at is not None and now - self._read_at < self.max_age:
-            return
-        self._read_at = now
-        try:
-            self._counted = await self._store.count_uploads()
-        except Exception as e:
-            log.warn("upload sessions uncountable for the metrics: {error!r}", error=e)
+        await self._count.refresh()
 
     def collect(self):
-        if self._counted is None:
+        if self._count.value is None:
             return
-        sessions, received = self._counted
+        sessions, received = self._count.value
         open_ = GaugeMetricFamily("speedy_chunkmaster_upload_sessions",
                                   "Registry upload sessions open (not finished, cancelled "
                                   "or expired), all imageservers together.")

@@ -181,7 +181,16 @@ class UploadSessionsTests(SynchronousTestCase):
         clock = Clock()
         store = MemoryMetadataStore(clock)
         self.successResultOf(store.start())
-        sessions = UploadSessions(clock, store, max_age=5.0)
+
+        class Uploads:
+            broken = False
+
+            def count_uploads(self):
+                return fail(RuntimeError("database gone")) if self.broken else \
+                    store.count_uploads()
+
+        uploads = Uploads()
+        sessions = UploadSessions(clock, uploads, max_age=5.0)
 
         def scrape():
             self.successResultOf(Deferred.fromCoroutine(sessions.refresh()))
@@ -194,7 +203,7 @@ class UploadSessionsTests(SynchronousTestCase):
         samples = scrape()
         self.assertEqual(samples[("speedy_chunkmaster_upload_sessions", ())], 1)
         self.assertEqual(samples[("speedy_chunkmaster_upload_session_bytes", ())], 7)
-        store.count_uploads = lambda: fail(RuntimeError("database gone"))
+        uploads.broken = True
         clock.advance(5)
         self.assertEqual(scrape()[("speedy_chunkmaster_upload_sessions", ())], 1)
         self.flushLoggedErrors()
