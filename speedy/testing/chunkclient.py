@@ -15,7 +15,6 @@ import os
 from collections import Counter
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -90,15 +89,9 @@ class FakeChunkClient:
 
     def _answer(self, address, operation, file_id, compute):
         started = self._clock.seconds()
-
-        def timed(result):
-            if isinstance(result, Failure):
-                self.timings.failed(address, operation, result.value)
-            else:
-                self.timings.observe(address, operation, self._clock.seconds() - started)
-            return result
-
-        return self._held(address, operation, file_id, compute).addBoth(timed)
+        return self._held(address, operation, file_id, compute).addBoth(
+            lambda result: self.timings.settled(
+                result, address, operation, self._clock.seconds() - started))
 
     def _held(self, address, operation, file_id, compute):
         self.calls[operation, address] += 1

@@ -47,7 +47,6 @@ from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.errors import BadRequest, ConnectionFailed, Timeout, Unauthenticated
@@ -128,15 +127,8 @@ class ChunkClient:
             d = pool.request_alone(opcode, body, data, flags)
         else:
             d = pool.request(opcode, body, data, sink, length, flags, expect)
-        return d.addBoth(self._timed, address, opcode, started)
-
-    def _timed(self, result, address, opcode, started):
-        operation = OPERATIONS.get(opcode, "other")
-        if isinstance(result, Failure):
-            self.timings.failed(address, operation, result.value)
-        else:
-            self.timings.observe(address, operation, self._reactor.seconds() - started)
-        return result
+        return d.addBoth(lambda result: self.timings.settled(
+            result, address, OPERATIONS.get(opcode, "other"), self._reactor.seconds() - started))
 
     def put(self, address, file_id, data, keep=False):
         """

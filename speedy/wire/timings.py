@@ -13,6 +13,7 @@ Prometheus families only when scraped
 from collections import Counter
 
 from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
 
 from speedy.monitoring.buckets import Buckets
 from speedy.wire.frames import (
@@ -57,6 +58,17 @@ class RequestTimings:
         if buckets is None:
             buckets = self.durations[key] = Buckets(self._bounds)
         buckets.observe(seconds)
+
+    def settled(self, result, address, operation, seconds):
+        """
+        Record how a request ended: answered after C{seconds}, or failed
+        with the L{Failure} C{result}.  For C{addBoth}: @return: C{result}.
+        """
+        if isinstance(result, Failure):
+            self.failed(address, operation, result.value)
+        else:
+            self.observe(address, operation, seconds)
+        return result
 
     def failed(self, address, operation, error):
         """Record a request for C{operation} that failed with the
