@@ -514,14 +514,19 @@ class MemoryMetadataStore:
 
     @_deferred
     def record_garbage(self, chunks, reason):
+        self._record_chunks(self._garbage, chunks, reason)
+
+    def _record_chunks(self, table, chunks, reason):
+        """Add fresh copies of C{chunks} to C{table} (the garbage or the
+        intents), keeping the records already there."""
         chunks = list(chunks)
         schema.check_chunks(chunks)
         schema.check_reason(reason)
         now = self._clock.seconds()
-        for chunk in chunks:
+        for chunk in _copy_chunks(chunks):
             key = chunk.group_id, chunk.file_id
-            if key not in self._garbage:
-                self._garbage[key] = GarbageChunk(chunk, reason, now)
+            if key not in table:
+                table[key] = GarbageChunk(chunk, reason, now)
 
     @_deferred
     def list_garbage(self, limit=1000, after=None):
@@ -536,14 +541,7 @@ class MemoryMetadataStore:
 
     @_deferred
     def record_intents(self, chunks, reason):
-        chunks = list(chunks)
-        schema.check_chunks(chunks)
-        schema.check_reason(reason)
-        now = self._clock.seconds()
-        for chunk in chunks:
-            key = chunk.group_id, chunk.file_id
-            if key not in self._intents:
-                self._intents[key] = GarbageChunk(_copy_chunks([chunk])[0], reason, now)
+        self._record_chunks(self._intents, chunks, reason)
 
     @_deferred
     def list_intents(self, limit=1000):

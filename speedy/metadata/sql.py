@@ -953,9 +953,14 @@ class SQLMetadataStore:
         return self._write(self._record_garbage, list(chunks), reason, self._now())
 
     def _record_garbage(self, db, chunks, reason, now):
+        self._record_chunks(db, "garbage", chunks, reason, now)
+
+    def _record_chunks(self, db, table, chunks, reason, now):
+        """Insert C{chunks} into C{table} (C{garbage} or C{chunk_intents},
+        whose columns are the same), keeping the rows already there."""
         schema.check_chunks(chunks)
         schema.check_reason(reason)
-        insert = self.dialect.insert_new("garbage", _GARBAGE, ["group_id", "file_id"])
+        insert = self.dialect.insert_new(table, _GARBAGE, ["group_id", "file_id"])
         for chunk in chunks:
             db.execute(insert, chunk.group_id, chunk.file_id, chunk.size, chunk.crc32c,
                        reason, now)
@@ -979,12 +984,7 @@ class SQLMetadataStore:
         return self._write(self._record_intents, list(chunks), reason, self._now())
 
     def _record_intents(self, db, chunks, reason, now):
-        schema.check_chunks(chunks)
-        schema.check_reason(reason)
-        insert = self.dialect.insert_new("chunk_intents", _GARBAGE, ["group_id", "file_id"])
-        for chunk in chunks:
-            db.execute(insert, chunk.group_id, chunk.file_id, chunk.size, chunk.crc32c,
-                       reason, now)
+        self._record_chunks(db, "chunk_intents", chunks, reason, now)
 
     def list_intents(self, limit=1000):
         return self._read(self._list_intents, limit)
