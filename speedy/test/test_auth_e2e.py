@@ -193,23 +193,31 @@ class AuthEndToEndTests(SkopeoMixin, SynchronousTestCase):
                         "-p", "wrong", self.first)
 
 
+def run_podman(case, *args, check=True):
+    """
+    Run C{case.podman_path} with C{args}, its storage, runtime files and
+    auth file (C{auth.json}) under C{case.tmp}; a failure fails C{case}
+    unless C{check} is false.  @return: the C{CompletedProcess}.
+    """
+    env = dict(os.environ, HOME=case.tmp, XDG_RUNTIME_DIR=case.tmp, TMPDIR=case.tmp,
+               REGISTRY_AUTH_FILE=os.path.join(case.tmp, "auth.json"))
+    done = subprocess.run(
+        [case.podman_path, "--root", os.path.join(case.tmp, "root"),
+         "--runroot", os.path.join(case.tmp, "run"), "--storage-driver", "vfs", *args],
+        env=env, capture_output=True, timeout=300)
+    if check and done.returncode != 0:
+        case.fail(f"podman {' '.join(args)} failed ({done.returncode}):\n"
+                  f"{done.stderr.decode('utf-8', 'replace')}")
+    return done
+
+
 class PodmanAuthTests(SkopeoMixin, SynchronousTestCase):
     """podman logs in, pulls and pushes (a chunked PATCH, no length) with
     the users of the cluster above."""
 
     cluster = CLUSTER
 
-    def podman(self, *args, check=True):
-        env = dict(os.environ, HOME=self.tmp, XDG_RUNTIME_DIR=self.tmp, TMPDIR=self.tmp,
-                   REGISTRY_AUTH_FILE=os.path.join(self.tmp, "auth.json"))
-        done = subprocess.run(
-            [self.podman_path, "--root", os.path.join(self.tmp, "root"),
-             "--runroot", os.path.join(self.tmp, "run"), "--storage-driver", "vfs", *args],
-            env=env, capture_output=True, timeout=300)
-        if check and done.returncode != 0:
-            self.fail(f"podman {' '.join(args)} failed ({done.returncode}):\n"
-                      f"{done.stderr.decode('utf-8', 'replace')}")
-        return done
+    podman = run_podman
 
     def test_login_pull_push(self):
         self.podman_path = require_tool("podman")

@@ -7,11 +7,10 @@ trusting the throwaway CA (C{--cert-dir}), never C{--tls-verify=false}.
 """
 
 import os
-import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.test.test_auth_e2e import USERS, _users_and_rules, creds
+from speedy.test.test_auth_e2e import USERS, _users_and_rules, creds, run_podman
 from speedy.test.test_registry_clients import (
     SharedFixture, SkopeoMixin, SpeedyLocalCluster, _started)
 from speedy.test.util import require_tool
@@ -38,17 +37,7 @@ class _ClientsOverTLS(SkopeoMixin):
         self.ca_dir = os.path.join(self.registry.var, "tls", "ca")
         self.auth_file = os.path.join(self.tmp, "auth.json")
 
-    def podman(self, *args, check=True):
-        env = dict(os.environ, HOME=self.tmp, XDG_RUNTIME_DIR=self.tmp, TMPDIR=self.tmp,
-                   REGISTRY_AUTH_FILE=self.auth_file)
-        done = subprocess.run(
-            [self.podman_path, "--root", os.path.join(self.tmp, "root"),
-             "--runroot", os.path.join(self.tmp, "run"), "--storage-driver", "vfs", *args],
-            env=env, capture_output=True, timeout=300)
-        if check and done.returncode != 0:
-            self.fail(f"podman {' '.join(args)} failed ({done.returncode}):\n"
-                      f"{done.stderr.decode('utf-8', 'replace')}")
-        return done
+    podman = run_podman
 
     def test_skopeo_and_podman(self):
         """skopeo pushes with --dest-creds, podman logs in, pulls, pushes to
