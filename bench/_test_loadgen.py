@@ -158,6 +158,8 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     uploads = {}
     lie = False
+    #: the credentials every request must carry, or None for any
+    required = None
 
     def log_message(self, *args):
         pass
@@ -173,6 +175,8 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
     def do_POST(self):
+        if self.required is not None and self.headers.get("Authorization") != self.required:
+            return self._answer(401)
         upload = str(len(self.uploads))
         self.uploads[upload] = b""
         self._answer(202, [("Location", f"/v2/r/blobs/uploads/{upload}?state=s")])
@@ -200,7 +204,8 @@ class PushTests(TestCase):
     def setUp(self):
         RegistryHandler.uploads = {}
         RegistryHandler.lie = False
-        port = int(serve(self, RegistryHandler).rsplit(":", 1)[1])
+        RegistryHandler.required = None
+        port = self.port = int(serve(self, RegistryHandler).rsplit(":", 1)[1])
         self.conn = Connection("127.0.0.1", port, timeout=10)
         self.addCleanup(self.conn.close)
         self.payload = os.urandom(10_000)
@@ -213,6 +218,15 @@ class PushTests(TestCase):
     def test_chunked_patches_are_contiguous(self):
         operations = Operations("r", upload="chunked", patch_size=3000)
         self.assertEqual(operations.push(self.conn, self.item, self.payload), len(self.payload))
+
+    def test_headers_go_with_every_request(self):
+        RegistryHandler.required = "Basic dTpw"
+        refused = self.assertRaises(RequestFailed, Operations("r").push, self.conn, self.item,
+                                    self.payload)
+        self.assertIn("401", str(refused))
+        conn = Connection("127.0.0.1", self.port, timeout=10, headers={"Authorization": "Basic dTpw"})
+        self.addCleanup(conn.close)
+        self.assertEqual(Operations("r").push(conn, self.item, self.payload), len(self.payload))
 
     def test_registry_storing_other_bytes_is_an_error(self):
         RegistryHandler.lie = True

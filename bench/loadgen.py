@@ -82,13 +82,15 @@ class Connection:
     One keep-alive HTTP/1.1 connection to C{host:port}, reopened after any
     failure.  Not thread-safe: each lane owns one.  With C{tls}, HTTPS
     checked against the system's CAs, or the PEM file C{$SSL_CERT_FILE}
-    names (the throwaway CA of C{speedy-cluster up --tls}).
+    names (the throwaway CA of C{speedy-cluster up --tls}).  C{headers} go
+    with every request (credentials, say).
     """
 
-    def __init__(self, host, port, timeout, tls=False):
+    def __init__(self, host, port, timeout, tls=False, headers=None):
         self._address = (host, port)
         self._timeout = timeout
         self._tls = tls
+        self._headers = dict(headers or {})
         self._http = None
 
     def close(self):
@@ -114,7 +116,7 @@ class Connection:
             else:
                 self._http = http.client.HTTPConnection(*self._address, timeout=self._timeout)
         try:
-            self._http.request(method, path, body=body, headers=headers or {})
+            self._http.request(method, path, body=body, headers={**self._headers, **(headers or {})})
             response = self._http.getresponse()
             received = 0
             kept = bytearray()
@@ -269,7 +271,7 @@ def _worker(spec, jobs, ready, go, results):
 
     def lane():
         conn = Connection(url.hostname, _port(url), spec["request_timeout"],
-                          tls=url.scheme == "https")
+                          tls=url.scheme == "https", headers=spec["headers"])
         start_lanes.wait()
         deadline = time.monotonic() + deadline_budget
         try:
@@ -314,7 +316,7 @@ def _worker(spec, jobs, ready, go, results):
 
 def run_phase(url, op, jobs, concurrency, *, dataset=None, repository="bench/load",
               run_prefix="bench", upload="monolithic", patch_size=16 * MiB, processes=None,
-              preload_budget=4 << 30, request_timeout=120.0, phase_timeout=600.0):
+              preload_budget=4 << 30, request_timeout=120.0, phase_timeout=600.0, headers=None):
     """
     Run one closed-loop phase of C{op} over C{jobs} at C{concurrency}.
 
@@ -337,7 +339,7 @@ def run_phase(url, op, jobs, concurrency, *, dataset=None, repository="bench/loa
         lanes = concurrency // processes + (1 if p < concurrency % processes else 0)
         spec = dict(op=op, url=url, dataset=dataset, repository=repository, run_prefix=run_prefix,
                     upload=upload, patch_size=patch_size, lanes=lanes, preload=preload,
-                    request_timeout=request_timeout, phase_timeout=phase_timeout)
+                    request_timeout=request_timeout, phase_timeout=phase_timeout, headers=headers)
         worker = context.Process(target=_worker, args=(spec, jobs[p::processes], ready, go, results),
                                  daemon=True)
         worker.start()
@@ -364,7 +366,7 @@ def run_phase(url, op, jobs, concurrency, *, dataset=None, repository="bench/loa
     return summary, uploaded
 
 
-def push_manifest(url, repository, layers, tag="bench", timeout=60.0):
+def push_manifest(url, repository, layers, tag="bench", timeout=60.0, headers=None):
     """
     Push a small config blob and an OCI image manifest over C{layers}
     (already pushed L{Item}s) tagged C{tag}, as the GET manifest workload's
@@ -375,7 +377,8 @@ def push_manifest(url, repository, layers, tag="bench", timeout=60.0):
     @raise RequestFailed: the registry refused the config or the manifest.
     """
     parts = urlsplit(url)
-    conn = Connection(parts.hostname, _port(parts), timeout, tls=parts.scheme == "https")
+    conn = Connection(parts.hostname, _port(parts), timeout, tls=parts.scheme == "https",
+                      headers=headers)
     operations = Operations(repository)
     try:
         config = json.dumps({"architecture": "amd64", "os": "linux",
@@ -430,7 +433,7 @@ def measure_server(server, phase):
 
 def registry_suite(url, *, label, count, size, concurrency, ops, requests, upload="monolithic",
                    patch_size=16 * MiB, processes=None, dataset=None, phase_timeout=600.0,
-                   server=None, small_engine="python", small_seconds=5.0):
+                   server=None, small_engine="python", small_seconds=5.0, headers=None):
     """
     The registry workload at one concurrency: push C{count} fresh blobs of
     C{size}, then (each if in C{ops}) pull them all, HEAD them in turn and
@@ -443,12 +446,14 @@ def registry_suite(url, *, label, count, size, concurrency, ops, requests, uploa
         HEAD always uses the lanes: wrk's parser expects a body after a
         HEAD answer's Content-Length and hangs.
     @param server: the server's L{_procstat.ProcessTree}, to measure its CPU.
+    @param headers: sent with every request (credentials, say).
     @return: a list of phase summaries, each tagged with C{target=label},
         C{size} and C{api="registry"}.
     """
     dataset = dataset or Dataset(count=count, size=size)
     repository = f"bench/r{dataset.run_id}c{concurrency}"
-    common = dict(repository=repository, processes=processes, phase_timeout=phase_timeout)
+    common = dict(repository=repository, processes=processes, phase_timeout=phase_timeout,
+                  headers=headers)
     rows = []
 
     def record(op_size, phase):
@@ -456,6 +461,7 @@ def registry_suite(url, *, label, count, size, concurrency, ops, requests, uploa
 
     def small(op, paths, jobs, **check):
         if small_engine == "wrk" and op != "head":  # wrk waits for a HEAD answer's body forever
+            check["headers"] = {**(headers or {}), **check.get("headers", {})}
             summary = wrk_phase(url, paths, concurrency, seconds=small_seconds, **check)
             summary.update(op=op, concurrency=concurrency, processes=1)
             return summary
@@ -478,7 +484,7 @@ def registry_suite(url, *, label, count, size, concurrency, ops, requests, uploa
             [pushed[i % len(pushed)] for i in range(requests)],
             method="HEAD", expect_length=size))
     if "manifest" in ops and pushed:
-        manifest, body = push_manifest(url, repository, pushed[:10])
+        manifest, body = push_manifest(url, repository, pushed[:10], headers=headers)
         record(manifest.size, lambda: small(
             "manifest", [f"/v2/{repository}/manifests/{manifest.name}"], [manifest] * requests,
             headers={"Accept": OCI_MANIFEST}, expect_body=body.decode()))
@@ -543,10 +549,13 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=None, help="worker processes (default: cores)")
     parser.add_argument("--phase-timeout", type=float, default=600.0)
     parser.add_argument("--label", default="target")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="send this header with every request (e.g. credentials); repeatable")
     parser.add_argument("--jsonl", help="append the JSON lines to this file too")
     parser.add_argument("--plot", metavar="DIR", help="write throughput and p99 PNGs here")
     args = parser.parse_args(argv)
 
+    headers = dict(_header(h, parser) for h in args.header)
     ops = (args.ops or ("push,pull,head,manifest" if args.api == "registry" else "put,get")).split(",")
     rows = []
     for concurrency in [int(c) for c in args.concurrency.split(",")]:
@@ -555,7 +564,8 @@ def main(argv=None):
                 args.url, label=args.label, count=args.count, size=args.size,
                 concurrency=concurrency, ops=ops, requests=args.requests, upload=args.upload,
                 patch_size=args.patch_size, processes=args.processes, phase_timeout=args.phase_timeout,
-                small_engine=small_engine(args.small_engine), small_seconds=args.small_seconds)
+                small_engine=small_engine(args.small_engine), small_seconds=args.small_seconds,
+                headers=headers)
         else:
             phase_rows = files_suite(
                 args.url, label=args.label, count=args.count, size=args.size,
@@ -565,6 +575,13 @@ def main(argv=None):
             print(json_line(row), flush=True)
         rows.extend(phase_rows)
     return report(rows, TABLE_COLUMNS, args.jsonl, args.plot)
+
+
+def _header(text, parser):
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        parser.error(f"--header must be 'NAME: VALUE', not {text!r}")
+    return name.strip(), value.strip()
 
 
 def report(rows, columns, jsonl=None, plot_dir=None):

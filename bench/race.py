@@ -63,7 +63,7 @@ FIGURES = [
 
 
 def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_period=None,
-                   replication=None):
+                   replication=None, extra=()):
     """
     @return: an unstarted L{ServerProcess} running C{tools/speedy-cluster
         up} with its var dir in C{workdir}, C{workers} imageservers sharing
@@ -73,6 +73,7 @@ def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_per
         the last worker listened would never reach it).
     @param scrub_period: the chunkservers' C{--scrub-period} (C{1s}: their
         scrubbers check without pause, at their default rate), or None.
+    @param extra: more arguments of C{up}.
     """
     var = os.path.join(workdir, "var")
     argv = [sys.executable, SPEEDY_CLUSTER, "up", "--var", var, "--registry", f"127.0.0.1:{port}",
@@ -81,6 +82,7 @@ def speedy_cluster(workdir, port, workers=DEFAULT_IMAGESERVER_WORKERS, scrub_per
         argv += ["--scrub-period", scrub_period]
     if replication is not None:
         argv += ["--replication", replication]
+    argv += list(extra)
     return ServerProcess("speedy-cluster", argv, "127.0.0.1", port, workdir,
                          ready=lambda: bool((read_state(var) or {}).get("ready")))
 

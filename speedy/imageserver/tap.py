@@ -132,6 +132,9 @@ class Options(DaemonOptions):
                "/healthz and /readyz, without credentials: one per worker when several share "
                "--listen [default: none; they are served on --listen, /metrics behind --auth].",
                endpoint),
+        Option("request-metrics", "on", "Count and time every HTTP request by route and status "
+               "for /metrics (speedy_imageserver_http_*): on, or off to spare each request the "
+               "bookkeeping (the other metrics stay).", choice("on", "off")),
     ] + http_limit_options(per_client="128") + [log_format_option()]
 
     def check(self):
@@ -236,7 +239,7 @@ def makeService(options, reactor=None):
                  "may do anything")
     site = ImageServerSite(resource, body_sink_for, reactor=reactor,
                           limits=limits_from_options(options))
-    site.http_metrics = http_metrics
+    site.http_metrics = http_metrics if options["request-metrics"] == "on" else None
     service = MultiService()
     Resources(metadata, [storage, client, master],
               [registry, registry_v1]).setServiceParent(service)

@@ -53,6 +53,8 @@ class UpOptions(_ClusterOptions):
          parse_size],
         ["replication", None, None, "how imageservers replicate chunks: fanout or chain "
          "[default: the imageserver's]"],
+        ["request-metrics", None, None, "imageservers count and time every request for "
+         "/metrics: on or off [default: the imageserver's, on]"],
         ["heartbeat-interval", None, 1.0, "chunkserver heartbeat interval, seconds", float],
         ["htpasswd", None, None, "imageservers take HTTP Basic credentials of this htpasswd "
          "file (bcrypt, htpasswd -B) and refuse anonymous requests [default: no auth]"],
@@ -80,6 +82,9 @@ class UpOptions(_ClusterOptions):
         db = self["db"]
         if self["replication"] not in (None, "fanout", "chain"):
             raise usage.UsageError(f"--replication is fanout or chain, not {self['replication']!r}")
+        if self["request-metrics"] not in (None, "on", "off"):
+            raise usage.UsageError(
+                f"--request-metrics is on or off, not {self['request-metrics']!r}")
         auth = self["auth"]
         if auth is None:
             auth = "htpasswd" if self["htpasswd"] is not None else "none"
@@ -154,7 +159,7 @@ async def _run_up(reactor, var, options):
         access=None if token else options["access"],
         token_config=(os.path.join(os.path.abspath(var), SECRETS_DIR, "token.toml") if token
                       else options["auth-token"]),
-        replication=options["replication"])
+        replication=options["replication"], request_metrics=options["request-metrics"])
     existing = read_state(var)
     if existing is not None and (
             process_matches(existing["supervisor_pid"], "speedy")

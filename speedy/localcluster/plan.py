@@ -110,6 +110,8 @@ class ClusterPlan:
     gc_grace: str | None = None
     gc_sweep_grace: str | None = None
     replication: str | None = None
+    #: the imageservers' C{--request-metrics}: C{on}, C{off} or theirs
+    request_metrics: str | None = None
     staged_read_limit: int | None = None
     db: str | None = None
     #: a L{speedy.localcluster.tls.LocalTLS}: the registry listens with TLS
@@ -248,6 +250,8 @@ class ClusterPlan:
                 args += ["--cut-through", str(self.cut_through)]
             if self.replication is not None:
                 args += ["--replication", self.replication]
+            if self.request_metrics is not None:
+                args += ["--request-metrics", self.request_metrics]
             if self.htpasswd is not None:
                 args += ["--auth", "htpasswd:" + os.path.abspath(self.htpasswd)]
             if self.access is not None:

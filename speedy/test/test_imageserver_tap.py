@@ -82,6 +82,23 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(self.storage_of("--config", ETC).zero_copy)
         self.assertRaises(usage.UsageError, self.parse, "--zero-copy", "yes")
 
+    def test_request_metrics(self):
+        """--request-metrics on (the default) hands the site the HTTP request
+        metrics; off leaves each request unmeasured; another value is a
+        UsageError."""
+        self.assertIsNotNone(self.site_of().http_metrics)
+        self.assertIsNone(self.site_of("--request-metrics", "off").http_metrics)
+        self.assertRaises(usage.UsageError, self.parse, "--request-metrics", "sometimes")
+
+    def site_of(self, *args):
+        """@return: the HTTP site of the service built from C{args}."""
+        reactor = MemoryReactorClock()
+        service = tap.makeService(self.parse("--db", "memory:", *args), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(_, site, _, _)] = reactor.tcpServers
+        return site
+
     def storage_of(self, *args):
         """@return: the storage of the service built from C{args}."""
         service = tap.makeService(self.parse("--db", "memory:", *args), reactor=MemoryReactorClock())

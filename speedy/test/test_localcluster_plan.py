@@ -169,11 +169,15 @@ class WorkstationDefaultsTests(SynchronousTestCase):
         from twisted.python import usage
         from speedy.localcluster.cli import UpOptions
         self.assertRaises(usage.UsageError, UpOptions().parseOptions, ["--replication", "star"])
+        self.assertRaises(usage.UsageError, UpOptions().parseOptions,
+                          ["--request-metrics", "sometimes"])
 
     def test_passed_on(self):
-        roles = plan(os.path.abspath("v"), replication="chain", staged_read_limit=1 << 24).roles()
+        roles = plan(os.path.abspath("v"), replication="chain", staged_read_limit=1 << 24,
+                     request_metrics="off").roles()
         for role in roles:
             if role.plugin == "speedy-imageserver":
                 self.assertEqual(option_after(role.args, "--replication"), "chain")
+                self.assertEqual(option_after(role.args, "--request-metrics"), "off")
             if role.plugin == "speedy-chunkserver":
                 self.assertEqual(option_after(role.args, "--staged-read-limit"), str(1 << 24))
