@@ -11,37 +11,18 @@ C{speedy-admin gc} run as an operator runs it.
     their blocks back to the file system.
 """
 
-import json
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.test.processes import Daemon, free_port
-from speedy.test.util import TEST_ADMIN_TOKEN
+from speedy.test.realcluster import MiB, RealCluster, http
 
-ADMIN = TEST_ADMIN_TOKEN
-PATIENCE = 60.0
-MiB = 1 << 20
 #: The shortest grace period the chunkmaster takes; the test ages the
 #: intents' rows in the database past it rather than wait.
 GRACE = 60.0
-
-
-def http(method, url, body=None, headers=None, timeout=30):
-    """@return: (status, headers, body bytes)."""
-    request = Request(url, method=method, data=body, headers=headers or {})
-    try:
-        with urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except HTTPError as e:
-        return e.code, e.headers, e.read()
 
 
 def disk_bytes(directory):
@@ -50,62 +31,13 @@ def disk_bytes(directory):
                for name in os.listdir(directory) if name.endswith(".dat"))
 
 
-class ChunkCollectionEndToEndTests(SynchronousTestCase):
+class ChunkCollectionEndToEndTests(RealCluster, SynchronousTestCase):
+
+    master_args = ("--gc-grace", f"{GRACE:g}s", "--gc-period", "0")
+    chunkserver_args = ("--compact-delay", "0.5", "--volume-size", "64MiB")
 
     def setUp(self):
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-        self.db = os.path.join(self.workdir, "meta.db")
-        self.master_port = free_port()
-        self.master_url = f"http://127.0.0.1:{self.master_port}"
-        self.master = self.start(Daemon(
-            "speedy-chunkmaster",
-            ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1",
-             "--db", "sqlite:" + self.db, "--heartbeat-timeout", "2",
-             "--gc-grace", f"{GRACE:g}s", "--gc-period", "0"],
-            port=self.master_port, workdir=self.workdir, name="chunkmaster",
-            env={"SPEEDY_ADMIN_TOKEN": ADMIN}))
-        self.chunkservers = {n: self.start(self.chunkserver(n)) for n in (1, 2, 3)}
-        self.wait_for("a writable group", lambda: self.status()["writable_groups"] == 1)
-        self.registry_port = free_port()
-        self.registry = f"http://127.0.0.1:{self.registry_port}"
-        self.imageserver = self.start(Daemon(
-            "speedy-imageserver",
-            ["--listen", f"tcp:{self.registry_port}:interface=127.0.0.1",
-             "--master", self.master_url, "--db", "sqlite:" + self.db,
-             "--chunk-size", "1MiB"],
-            port=self.registry_port, workdir=self.workdir, name="imageserver"))
-        self.wait_for("the imageserver's cluster view",
-                      lambda: http("GET", f"{self.registry}/readyz")[0] == 200)
-
-    def start(self, daemon):
-        self.addCleanup(daemon.stop)
-        return daemon.start()
-
-    def chunkserver(self, n):
-        port = free_port()
-        data_dir = os.path.join(self.workdir, f"cs{n}")
-        daemon = Daemon(
-            "speedy-chunkserver",
-            ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
-             "--group-id", "1", "--server-id", f"cs{n}", "--master", self.master_url,
-             "--heartbeat-interval", "0.5", "--compact-delay", "0.5",
-             "--volume-size", "64MiB", "--cache-size", "4MiB", "--reserve", "0"],
-            port=port, workdir=self.workdir, name=f"cs{n}")
-        daemon.data_dir = data_dir
-        return daemon
-
-    def admin(self, *argv):
-        """@return: the finished C{speedy-admin} process."""
-        return subprocess.run(
-            [sys.executable, "-m", "speedy.admin", "--master", self.master_url, *argv],
-            capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, SPEEDY_ADMIN_TOKEN=ADMIN))
-
-    def status(self):
-        done = self.admin("--json", "status")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        return json.loads(done.stdout)
+        self.start_cluster()
 
     def chunks_held(self):
         """@return: {server id: chunks it reports holding}, for servers up."""
@@ -113,9 +45,7 @@ class ChunkCollectionEndToEndTests(SynchronousTestCase):
                 if s["state"] in ("RW", "RO")}
 
     def gc(self):
-        done = self.admin("--json", "gc")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        return json.loads(done.stdout)["last"]
+        return self.admin_json("gc")["last"]
 
     def intents(self):
         with sqlite3.connect(self.db, timeout=30) as db:
@@ -126,14 +56,6 @@ class ChunkCollectionEndToEndTests(SynchronousTestCase):
         rows are made older, in the database, instead of waiting)."""
         with sqlite3.connect(self.db, timeout=30) as db:
             db.execute("UPDATE chunk_intents SET recorded = recorded - ?", (seconds,))
-
-    def wait_for(self, what, predicate, patience=PATIENCE):
-        deadline = time.monotonic() + patience
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f"waited {patience:.0f}s in vain for {what}:\n"
-                          + self.master.log()[-3000:])
-            time.sleep(0.3)
 
     def test_killed_patch_chunks_are_collected(self):
         """SIGKILL to the imageserver while a PATCH of 24 MiB streams in:

@@ -11,113 +11,21 @@ operator runs it.
     writes again.
 """
 
-import json
 import os
-import subprocess
-import sys
-import time
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.test.processes import Daemon, free_port
-from speedy.test.util import TEST_ADMIN_TOKEN
-
-ADMIN = TEST_ADMIN_TOKEN
-PATIENCE = 60.0
-MiB = 1 << 20
+from speedy.test.realcluster import MiB, RealCluster
 
 
-def http(method, url, body=None, timeout=30):
-    """@return: (status, body bytes)."""
-    request = Request(url, method=method, data=body)
-    try:
-        with urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except HTTPError as e:
-        return e.code, e.read()
+class SelfHealingEndToEndTests(RealCluster, SynchronousTestCase):
 
-
-class SelfHealingEndToEndTests(SynchronousTestCase):
+    master_args = ("--repair-interval", "0.5", "--repair-rate", "0")
+    chunkserver_args = ("--volume-size", "16MiB", "--scrub-rate", "64MiB",
+                        "--scrub-period", "2s")
 
     def setUp(self):
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
-        self.master_port = free_port()
-        self.master_url = f"http://127.0.0.1:{self.master_port}"
-        self.master = self.start(Daemon(
-            "speedy-chunkmaster",
-            ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1",
-             "--db", "sqlite:" + os.path.join(self.workdir, "meta.db"),
-             "--heartbeat-timeout", "2", "--repair-interval", "0.5", "--repair-rate", "0"],
-            port=self.master_port, workdir=self.workdir, name="chunkmaster",
-            env={"SPEEDY_ADMIN_TOKEN": ADMIN}))
-        self.chunkservers = {n: self.chunkserver(n) for n in (1, 2, 3)}
-        self.wait_for("a writable group", lambda: self.status()["writable_groups"] == 1)
-        port = free_port()
-        self.registry = f"http://127.0.0.1:{port}"
-        self.start(Daemon(
-            "speedy-imageserver",
-            ["--listen", f"tcp:{port}:interface=127.0.0.1", "--master", self.master_url,
-             "--db", "sqlite:" + os.path.join(self.workdir, "meta.db"), "--chunk-size", "1MiB"],
-            port=port, workdir=self.workdir, name="imageserver"))
-        # Its first cluster view may come a moment after it listens.
-        self.wait_for("the imageserver's cluster view",
-                      lambda: http("GET", f"{self.registry}/readyz")[0] == 200)
-
-    def start(self, daemon):
-        self.addCleanup(daemon.stop)
-        return daemon.start()
-
-    def chunkserver(self, n, scrub_period="2s"):
-        port = free_port()
-        data_dir = os.path.join(self.workdir, f"cs{n}")
-        daemon = Daemon(
-            "speedy-chunkserver",
-            ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
-             "--group-id", "1", "--server-id", f"cs{n}", "--master", self.master_url,
-             "--heartbeat-interval", "0.5",
-             "--volume-size", "16MiB", "--cache-size", "4MiB", "--reserve", "0",
-             "--scrub-rate", "64MiB", "--scrub-period", scrub_period],
-            port=port, workdir=self.workdir, name=f"cs{n}")
-        daemon.address = f"127.0.0.1:{port}"
-        daemon.data_dir = data_dir
-        return self.start(daemon)
-
-    def admin(self, *argv):
-        """@return: the finished C{speedy-admin} process."""
-        return subprocess.run(
-            [sys.executable, "-m", "speedy.admin", "--master", self.master_url, *argv],
-            capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, SPEEDY_ADMIN_TOKEN=ADMIN))
-
-    def status(self):
-        done = self.admin("--json", "status")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        return json.loads(done.stdout)
-
-    def wait_for(self, what, predicate, patience=PATIENCE):
-        deadline = time.monotonic() + patience
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f"waited {patience:.0f}s in vain for {what}:\n"
-                          + self.master.log()[-3000:])
-            time.sleep(0.3)
-
-    def put_file(self, name, data):
-        status, body = http("PUT", f"{self.registry}/v1/files/{name}", data)
-        self.assertIn(status, (200, 201), body)
-
-    def get_file(self, name):
-        status, body = http("GET", f"{self.registry}/v1/files/{name}")
-        self.assertEqual(status, 200, body[:300])
-        return body
-
-    def fsck(self, *flags):
-        done = self.admin("--json", "fsck", *flags)
-        self.assertIn(done.returncode, (0, 1), done.stderr)
-        return json.loads(done.stdout)["report"]
+        self.start_cluster()
 
     def test_rot_is_scrubbed_and_repaired(self):
         """Three bytes flipped in a chunk on one replica's disk: its
@@ -139,7 +47,7 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
         report = self.fsck("--verify")
         self.assertTrue(report["clean"], report)
         self.assertEqual(self.get_file("rotting"), data)
-        repairs = json.loads(self.admin("--json", "repair").stdout)
+        repairs = self.admin_json("repair")
         self.assertEqual(repairs["queued"], 0)
         self.assertGreaterEqual(repairs["counters"]["repaired"], 1)
 
@@ -153,7 +61,7 @@ class SelfHealingEndToEndTests(SynchronousTestCase):
         self.chunkservers[2].kill()
         self.wait_for("the group to stop taking writes",
                       lambda: self.status()["writable_groups"] == 0)
-        newcomer = self.chunkserver(4, scrub_period="7d")
+        newcomer = self.start(self.chunkserver(4, 1, "--scrub-period", "7d"))
         done = self.admin("replace-server", "cs2", "cs4", newcomer.address, "--wait")
         self.assertEqual(done.returncode, 0, done.stderr + done.stdout)
         self.assertIn("cs4 replaces cs2 in group 1", done.stdout)

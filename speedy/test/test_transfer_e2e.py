@@ -18,13 +18,11 @@ import json
 import os
 import sqlite3
 import threading
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.test.processes import Daemon, free_port
-from speedy.test import test_selfheal_e2e as selfheal
-from speedy.test.test_selfheal_e2e import MiB, PATIENCE, http
+from speedy.test.realcluster import MiB, PATIENCE, RealCluster, http
+from speedy.test.test_selfheal_e2e import SelfHealingEndToEndTests
 
 
 class Client(threading.Thread):
@@ -46,14 +44,14 @@ class Client(threading.Thread):
             data = os.urandom(MiB + n * 77_777 % MiB)
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             try:
-                status, body = http("POST", f"{self.registry}/v2/live/blobs/uploads/?digest="
+                status, _, body = http("POST", f"{self.registry}/v2/live/blobs/uploads/?digest="
                                     + digest, data)
                 if status != 201:
                     self.errors.append(f"push {n}: {status} {body[:200]!r}")
                     continue
                 self.pushed[digest] = data
                 for name, expected in list(self.pushed.items())[-3:]:
-                    status, body = http("GET", f"{self.registry}/v2/live/blobs/{name}")
+                    status, _, body = http("GET", f"{self.registry}/v2/live/blobs/{name}")
                     if status != 200 or body != expected:
                         self.errors.append(f"pull {name} during the drain: {status}, "
                                            f"{len(body)} bytes")
@@ -62,41 +60,20 @@ class Client(threading.Thread):
             self.rounds += 1
 
 
-class TransferEndToEndTests(SynchronousTestCase):
+class TransferEndToEndTests(RealCluster, SynchronousTestCase):
     """Group 1 (cs1-cs3) holds files; group 2 (cs4-cs6) joins later."""
 
+    master_args = SelfHealingEndToEndTests.master_args + (
+        "--transfer-interval", "0.5", "--transfer-delete-delay", "3")
+    chunkserver_args = SelfHealingEndToEndTests.chunkserver_args
+
     def setUp(self):
-        self.extra_master_args = ["--transfer-interval", "0.5", "--transfer-delete-delay", "3"]
-        selfheal.SelfHealingEndToEndTests.setUp(self)
-
-    def start(self, daemon):
-        if daemon.name == "chunkmaster":
-            daemon.args += self.extra_master_args
-        self.addCleanup(daemon.stop)
-        return daemon.start()
-
-    chunkserver = selfheal.SelfHealingEndToEndTests.chunkserver
-    admin = selfheal.SelfHealingEndToEndTests.admin
-    status = selfheal.SelfHealingEndToEndTests.status
-    wait_for = selfheal.SelfHealingEndToEndTests.wait_for
-    put_file = selfheal.SelfHealingEndToEndTests.put_file
-    get_file = selfheal.SelfHealingEndToEndTests.get_file
-    fsck = selfheal.SelfHealingEndToEndTests.fsck
+        self.start_cluster()
 
     def add_group(self):
         """Start cs4-cs6 in group 2 against the running chunkmaster."""
         for n in (4, 5, 6):
-            port = free_port()
-            data_dir = os.path.join(self.workdir, f"cs{n}")
-            daemon = Daemon(
-                "speedy-chunkserver",
-                ["--data-dir", data_dir, "--listen", f"tcp:{port}:interface=127.0.0.1",
-                 "--group-id", "2", "--server-id", f"cs{n}", "--master", self.master_url,
-                 "--heartbeat-interval", "0.5", "--volume-size", "16MiB",
-                 "--cache-size", "4MiB", "--reserve", "0", "--scrub-period", "7d"],
-                port=port, workdir=self.workdir, name=f"cs{n}")
-            daemon.data_dir = data_dir
-            self.chunkservers[n] = self.start(daemon)
+            self.chunkservers[n] = self.start(self.chunkserver(n, 2, "--scrub-period", "7d"))
         self.wait_for("two writable groups", lambda: self.status()["writable_groups"] == 2)
 
     def group_references(self, group_id):
@@ -118,9 +95,7 @@ class TransferEndToEndTests(SynchronousTestCase):
                 if s["group_id"] == group_id]
 
     def transfers(self):
-        done = self.admin("--json", "transfers")
-        self.assertEqual(done.returncode, 0, done.stderr)
-        return json.loads(done.stdout)["transfers"]
+        return self.admin_json("transfers")["transfers"]
 
     def fill(self, count=8):
         files = {f"f{n}": os.urandom(MiB // 2 + n * 200_003) for n in range(count)}
@@ -132,7 +107,7 @@ class TransferEndToEndTests(SynchronousTestCase):
         for name, data in files.items():
             self.assertEqual(self.get_file(name), data, name)
         for digest, data in client.pushed.items():
-            status, body = http("GET", f"{self.registry}/v2/live/blobs/{digest}")
+            status, _, body = http("GET", f"{self.registry}/v2/live/blobs/{digest}")
             self.assertEqual((status, body == data), (200, True), digest)
         self.assertEqual(self.group_references(1), 0)
         self.wait_for("group 1's servers to report no chunk", lambda: self.held(1) == [0, 0, 0])
