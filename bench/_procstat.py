@@ -5,9 +5,15 @@ CPU time and peak memory of a server's processes, read from /proc.
 A L{ProcessTree} follows a root process and every descendant it has seen;
 each L{ProcessTree.sample} adds processes that appeared and updates the
 figures of those still alive, so sample at least at the end of every phase.
+Peak RSS comes two ways: the sum over the processes of each one's own peak
+(C{VmHWM}, kept by the kernel, so never missed; an upper bound, as the
+processes need not peak together), and the largest sum of their current
+RSS at any sample (a lower bound: sample often, e.g. with a
+L{ProcessTree.sample_every} thread, to come close to the true peak).
 """
 
 import os
+import threading
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -24,16 +30,33 @@ def _stat(pid):
     return int(fields[1]), sum(int(v) for v in fields[11:15]) / _TICKS
 
 
-def _peak_rss(pid):
-    """@return: the VmHWM (peak resident set) of C{pid} in bytes, or None if gone."""
+def _rss(pid):
+    """@return: (VmHWM, VmRSS) of C{pid} in bytes (its peak and current
+    resident set), or None if gone."""
+    found = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    found[line[:5]] = int(line.split()[1]) * 1024
     except OSError:
         return None
-    return 0
+    return found.get("VmHWM", 0), found.get("VmRSS", 0)
+
+
+def process_name(pid):
+    """@return: a short name of C{pid}: the base name of its twistd
+    C{--logfile} less C{.log} (a local cluster's role: C{chunkserver-1}),
+    else of its program and first argument, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return None
+    if "--logfile" in argv[:-1]:
+        name = os.path.basename(argv[argv.index("--logfile") + 1])
+        return name[:-4] if name.endswith(".log") else name
+    return " ".join(os.path.basename(arg) for arg in argv[:2] if arg)
 
 
 def descendants(root):
@@ -60,15 +83,47 @@ class ProcessTree:
         self.root = root
         self._cpu = {}
         self._rss = {}
+        self._names = {}
+        self._peak_sum = 0
+        self._lock = threading.Lock()
 
     def sample(self):
-        """Record the current CPU time and peak RSS of every process of the tree."""
+        """Record the current CPU time, peak RSS and current RSS of every
+        process of the tree (from any thread)."""
+        current = 0
         for pid in descendants(self.root):
             stat = _stat(pid)
-            rss = _peak_rss(pid)
+            rss = _rss(pid)
             if stat is not None and rss is not None:
-                self._cpu[pid] = stat[1]
-                self._rss[pid] = max(rss, self._rss.get(pid, 0))
+                with self._lock:
+                    if pid not in self._names:
+                        self._names[pid] = process_name(pid) or str(pid)
+                    self._cpu[pid] = stat[1]
+                    self._rss[pid] = max(rss[0], self._rss.get(pid, 0))
+                current += rss[1]
+        with self._lock:
+            self._peak_sum = max(self._peak_sum, current)
+
+    def sample_every(self, interval):
+        """
+        Sample in a daemon thread every C{interval} seconds until the
+        returned callable is called.
+
+        @return: a callable that stops the thread (and samples once more).
+        """
+        done = threading.Event()
+
+        def run():
+            while not done.wait(interval):
+                self.sample()
+        thread = threading.Thread(target=run, name=f"sample {self.root}", daemon=True)
+        thread.start()
+
+        def stop():
+            done.set()
+            thread.join()
+            self.sample()
+        return stop
 
     def cpu_seconds(self):
         """@return: CPU seconds (user + system, reaped children included) used so far, summed."""
@@ -80,4 +135,21 @@ class ProcessTree:
 
     def peak_rss(self):
         """@return: the sum over the processes seen of each one's peak resident set, in bytes."""
-        return sum(self._rss.values())
+        with self._lock:
+            return sum(self._rss.values())
+
+    def peak_rss_sampled(self):
+        """@return: the largest sum of the processes' current resident sets
+        at any one sample, in bytes."""
+        with self._lock:
+            return self._peak_sum
+
+    def peak_rss_by_name(self):
+        """@return: {name: peak resident set in bytes} of every process seen,
+        named by L{process_name} (processes of one name: the largest)."""
+        by_name = {}
+        with self._lock:
+            for pid, rss in self._rss.items():
+                name = self._names[pid]
+                by_name[name] = max(rss, by_name.get(name, 0))
+        return by_name

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -246,9 +247,17 @@ class ProcessTreeTests(TestCase):
         self.addCleanup(os.killpg, child.pid, signal.SIGKILL)
         self.assertEqual(child.stdout.readline(), b"ready\n")
         tree = ProcessTree(child.pid)
-        tree.sample()
+        stop = tree.sample_every(0.05)
+        time.sleep(0.2)
+        stop()
         self.assertEqual(tree.process_count(), 2)
         self.assertGreater(tree.peak_rss(), 64 << 20)
+        self.assertGreater(tree.peak_rss_sampled(), 64 << 20)
+        self.assertLessEqual(tree.peak_rss_sampled(), tree.peak_rss())
+        by_name = tree.peak_rss_by_name()
+        self.assertEqual(len(by_name), 2)
+        self.assertIn("sh -c", by_name)
+        self.assertGreater(max(by_name.values()), 64 << 20)
 
 
 class CongestionControlTests(TestCase):

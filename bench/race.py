@@ -10,12 +10,14 @@ round runs the registry workload (L{loadgen.registry_suite}: push C{--count}
 fresh blobs, pull them verified, HEAD blob and GET manifest C{--requests}
 times) at every concurrency on Distribution, then on Speedy, with the same
 payloads (A B A B ...).  It prints every phase as a JSON line, then the
-medians over the rounds, the Speedy/Distribution ratios, and each side's CPU
-seconds and peak RSS (summed over its processes, from /proc).
+medians over the rounds, the Speedy/Distribution ratios, each side's CPU
+seconds and peak RSS over the whole race, two ways (the sum of each
+process's own peak, and the largest sum of their RSS sampled every half
+second; L{_procstat}), and each process's peak RSS.
 
     python bench/race.py [--count 100] [--size 16MiB] [--concurrency 10,50]
                          [--requests 2000] [--rounds 2] [--imageserver-workers N]
-                         [--replication fanout|chain]
+                         [--replication fanout|chain] [--up-arg=--cache-size=512MiB ...]
                          [--congestion ALGORITHM] [--out DIR]
 
 Both sides' sockets use the kernel's default TCP congestion control, which
@@ -46,6 +48,9 @@ from plot import plot_rows
 
 from speedy.localcluster import DEFAULT_IMAGESERVER_WORKERS, read_state
 from speedy.units import parse_size
+
+#: Seconds between samples of each side's processes' RSS.
+SAMPLE_INTERVAL = 0.5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEEDY_CLUSTER = os.path.join(ROOT, "tools", "speedy-cluster")
@@ -125,6 +130,9 @@ def main(argv=None):
                              "all along, to measure what the scrubber costs)")
     parser.add_argument("--replication", choices=("fanout", "chain"), default=None,
                         help="Speedy's imageservers replicate chunks this way (default: theirs)")
+    parser.add_argument("--up-arg", action="append", default=[],
+                        help="one more argument of Speedy's speedy-cluster up (repeatable), "
+                             "e.g. --up-arg=--cache-size=512MiB")
     parser.add_argument("--congestion", default=None,
                         help="TCP congestion control for the race, both sides (root; default: "
                              "the kernel's, left as it is)")
@@ -152,6 +160,7 @@ def race(args, levels, engine, congestion):
     @return: the exit status.
     """
     rows, servers, missing = [], {}, None
+    stack = contextlib.ExitStack()
     with tempfile.TemporaryDirectory(prefix="speedy-race-") as workdir:
         try:
             for name in ("distribution", "speedy"):
@@ -161,11 +170,13 @@ def race(args, levels, engine, congestion):
             try:
                 servers["speedy"] = speedy_cluster(os.path.join(workdir, "speedy"), free_port(),
                                                    args.imageserver_workers,
-                                                   args.scrub_period,
-                                                   args.replication).start(timeout=120)
+                                                   args.scrub_period, args.replication,
+                                                   args.up_arg).start(timeout=120)
             except (RuntimeError, OSError) as e:
                 missing = f"the Speedy cluster did not start: {e}"
                 print(f"race: {missing}\nrace: measuring Distribution alone", file=sys.stderr)
+            for server in servers.values():
+                stack.callback(server.tree.sample_every(SAMPLE_INTERVAL))
             with open(os.path.join(args.out, "race.jsonl"), "w") as jsonl:
                 for round_number in range(1, args.rounds + 1):
                     for concurrency in levels:
@@ -183,12 +194,17 @@ def race(args, levels, engine, congestion):
                                 jsonl.write(json_line(row) + "\n")
                                 rows.append(row)
         finally:
+            stack.close()  # the samplers: stopped, with a last sample
             for server in servers.values():
                 server.tree.sample()
             resources = [{"side": name, "cpu_s": round(server.tree.cpu_seconds(), 1),
                           "peak_rss": human_size(server.tree.peak_rss()),
+                          "peak_rss_sampled": human_size(server.tree.peak_rss_sampled()),
                           "processes": server.tree.process_count()}
                          for name, server in servers.items()]
+            processes = [{"side": name, "process": process, "peak_rss": human_size(rss)}
+                         for name, server in servers.items()
+                         for process, rss in sorted(server.tree.peak_rss_by_name().items())]
             for server in reversed(list(servers.values())):
                 server.stop()
 
@@ -203,7 +219,11 @@ def race(args, levels, engine, congestion):
                        [("figure", "figure"), ("conc", "concurrency")]
                        + [(side, side) for side in sides] + [("speedy/distribution", "ratio")]),
         markdown_table(resources, [("side", "side"), ("CPU s (whole race)", "cpu_s"),
-                                   ("peak RSS (sum)", "peak_rss"), ("processes", "processes")]),
+                                   ("peak RSS (sum of peaks)", "peak_rss"),
+                                   ("peak RSS (sampled sum)", "peak_rss_sampled"),
+                                   ("processes", "processes")]),
+        markdown_table(processes, [("side", "side"), ("process", "process"),
+                                   ("peak RSS", "peak_rss")]),
         markdown_table(rows, TABLE_COLUMNS + [("round", "round"), ("server cores", "server_cores")]),
     ] + ([f"Speedy not measured: {missing}"] if missing else []))
     print("\n" + report)
