@@ -23,6 +23,15 @@ the others out: before, a hundred uploads trickling 100 bytes every half
 second queued every other upload behind them for a minute (bench/slowclients.py).
 A client that trickles for a second and then sends fast fills at most one
 chunk outside the count.
+
+With a C{backlog} (bytes), the gate also bounds the memory of chunks that
+are whole but not yet stored: their writers tell it how many such bytes
+they hold (L{FillGate.hold}, L{FillGate.release}), and while more than
+C{backlog} are held no pass is given, so no upload starts a new chunk until
+the chunkservers have acknowledged enough.  When clients send faster than
+the chunkservers store, as on loopback, whole chunks otherwise pile up in
+memory at one per upload: at concurrency 50, two imageserver processes
+held 0.55 GiB each.  A chunk waiting here holds only the client's socket.
 """
 
 from collections import deque
@@ -47,16 +56,21 @@ class FillGate:
     @param hold: seconds a pass holds its slot at most.
     @param min_rate: bytes a second a holder must L{Pass.touch} to keep
         its slot.
+    @param backlog: bytes of whole chunks not yet stored (L{hold}) above
+        which no pass is given, or 0 for no limit.
+    @ivar held: the bytes of whole chunks not yet stored.
     """
 
-    def __init__(self, clock, slots, idle=IDLE, hold=HOLD, min_rate=MIN_RATE):
+    def __init__(self, clock, slots, idle=IDLE, hold=HOLD, min_rate=MIN_RATE, backlog=0):
         if slots < 1:
             raise ValueError(f"a fill gate needs at least one slot, not {slots}")
         self._clock = clock
         self.slots = slots
         self.idle = idle
-        self.hold = hold
+        self.hold_time = hold
         self.min_rate = min_rate
+        self.backlog = backlog
+        self.held = 0
         self._holders = set()
         self._waiting = deque()
 
@@ -76,11 +90,25 @@ class FillGate:
             the order of the calls.  Cancelling it gives up the place in
             the queue.
         """
-        if len(self._holders) < self.slots and not self._waiting:
+        if self._open() and not self._waiting:
             return succeed(self._admit())
         waiter = Deferred(lambda d: self._waiting.remove(d))
         self._waiting.append(waiter)
         return waiter
+
+    def hold(self, size):
+        """C{size} more bytes of whole chunks wait to be stored."""
+        self.held += size
+
+    def release(self, size):
+        """C{size} bytes of whole chunks were stored (or dropped)."""
+        self.held -= size
+        self._admit_waiting()
+
+    def _open(self):
+        """@return: whether a pass may be given now."""
+        return len(self._holders) < self.slots and (
+            not self.backlog or self.held <= self.backlog)
 
     def _admit(self):
         granted = Pass(self)
@@ -89,7 +117,10 @@ class FillGate:
 
     def _released(self, granted):
         self._holders.discard(granted)
-        while self._waiting and len(self._holders) < self.slots:
+        self._admit_waiting()
+
+    def _admit_waiting(self):
+        while self._waiting and self._open():
             self._waiting.popleft().callback(self._admit())
 
 
@@ -108,7 +139,7 @@ class Pass:
         self._gate = gate
         self._received = 0  # bytes touched in the current window
         self._window = gate._clock.callLater(gate.idle, self._measure)
-        self._expiry = gate._clock.callLater(gate.hold, self.leave)
+        self._expiry = gate._clock.callLater(gate.hold_time, self.leave)
         self.valid = True
         self.metered = True
 

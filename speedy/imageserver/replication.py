@@ -74,6 +74,9 @@ class ReplicatedStorage:
         come in on, or 0 for the kernel's sizing (L{SourcePool}).
     @param fill_slots: writers that take client bytes into a chunk at once
         (L{FillGate}), or 0 for no limit.
+    @param upload_backlog: bytes of whole chunks of writers, not yet
+        stored, above which no writer starts a new chunk (the L{FillGate}'s
+        C{backlog}), or 0 for no limit.
     @param cut_through: chunks sent on while they arrive, at once (each
         holds a connection to every member of its group to itself); more
         wait to be whole, as does every chunk with 0.  No chunk is cut
@@ -91,7 +94,7 @@ class ReplicatedStorage:
     def __init__(self, client, view, file_ids, metadata, clock,
                  chunk_size=DEFAULT_CHUNK_SIZE, parallelism=4, tries=3, rng=None,
                  preferred=preferred_replica, read_window=0, fill_slots=0,
-                 cut_through=0, zero_copy=True, replication="fanout"):
+                 cut_through=0, zero_copy=True, replication="fanout", upload_backlog=0):
         if replication not in REPLICATION_MODES:
             raise ValueError(f"replication is one of {REPLICATION_MODES}, not {replication!r}")
         self.replication = replication
@@ -107,7 +110,9 @@ class ReplicatedStorage:
         self.preferred = preferred
         self.read_window = read_window
         #: admission of chunk fills, or None
-        self.fill_gate = FillGate(clock, fill_slots) if fill_slots else None
+        self.fill_gate = None
+        if fill_slots or upload_backlog:
+            self.fill_gate = FillGate(clock, fill_slots or 1 << 30, backlog=upload_backlog)
         self.cut_through = cut_through
         self.zero_copy = zero_copy
         #: chunks being cut through now
@@ -480,6 +485,7 @@ class ReplicatedWriter:
         self._closed = False
         self._pass = None  # the FillGate Pass held, if any
         self._entering = None  # the Deferred of a FillGate.enter waited for
+        self._held = {}  # position -> bytes of a sealed chunk held in the gate's backlog
         self.bytes_written = 0
 
     def write(self, data):
@@ -558,7 +564,7 @@ class ReplicatedWriter:
         self._leave_gate()
         if self._failure is None:
             self._failure = Failure(errors.BadRequest("the write was aborted"))
-        self._queued.clear()
+        self._drop_queued()
         self._pieces = []
         self._fail_growing(self._failure)
         self._wake(self._failure)
@@ -619,16 +625,34 @@ class ReplicatedWriter:
 
     def _seal(self):
         """Queue the chunk filled so far, as the pieces it arrived in (a
-        chunk cut through is on its way already), and give back the fill
-        pass."""
+        chunk cut through is on its way already), hold its bytes in the
+        gate's backlog, and give back the fill pass."""
+        filled, self._filled = self._filled, 0
+        if self._growing is None:
+            pieces, self._pieces = tuple(self._pieces), []
+            self._refs.append(None)
+            self._queued.append((len(self._refs) - 1, pieces))
+        position = len(self._refs) - 1
+        # A chunk cut through may be stored (or failed) already: nothing to hold.
+        waiting = self._growing is None or position in self._in_flight
+        self._growing = None
+        gate = self._storage.fill_gate
+        if gate is not None and waiting:
+            self._held[position] = filled
+            gate.hold(filled)
         self._give_back_pass()
-        self._filled = 0
-        if self._growing is not None:
-            self._growing = None
-            return
-        pieces, self._pieces = tuple(self._pieces), []
-        self._refs.append(None)
-        self._queued.append((len(self._refs) - 1, pieces))
+
+    def _unhold(self, position):
+        """The chunk at C{position} is stored, failed or dropped: its bytes
+        leave the gate's backlog."""
+        size = self._held.pop(position, 0)
+        if size:
+            self._storage.fill_gate.release(size)
+
+    def _drop_queued(self):
+        for position, _ in self._queued:
+            self._unhold(position)
+        self._queued.clear()
 
     def _pump(self):
         """Start queued chunks while fewer than C{parallelism} are in flight;
@@ -646,12 +670,14 @@ class ReplicatedWriter:
 
     def _stored(self, ref, position):
         del self._in_flight[position]
+        self._unhold(position)
         self._refs[position] = ref
         if self._failure is None:
             self._pump()
 
     def _failed(self, failure, position):
         del self._in_flight[position]
+        self._unhold(position)
         if self._failure is not None:
             return
         self._stop(failure)
@@ -659,7 +685,7 @@ class ReplicatedWriter:
     def _stop(self, failure):
         """Fail the stream: nothing more is taken or sent."""
         self._failure = failure
-        self._queued.clear()
+        self._drop_queued()
         self._give_back_pass()
         self._fail_growing(failure)
         self._wake(failure)

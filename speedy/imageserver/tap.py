@@ -4,7 +4,8 @@ C{twistd speedy-imageserver}: options and service.
 
     twistd -n speedy-imageserver --listen tcp:5000:interface=127.0.0.1 \\
         --master http://127.0.0.1:8099 --cluster-secret-file F --db sqlite:meta.db \\
-        [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--cut-through 8]
+        [--chunk-size 16MiB] [--parallelism 4] [--fill-slots 8] [--upload-backlog 0]
+        [--cut-through 8]
         [--read-window 0] [--replication fanout|chain]
         [--config etc/imageserver.ini]
 
@@ -118,6 +119,10 @@ class Options(DaemonOptions):
                "the kernel size it.", size(0, MAX_READ_WINDOW)),
         Option("fill-slots", "8", "Uploads that take client bytes into a chunk at once; the "
                "others wait their turn. 0 for no limit.", number(int, 0)),
+        Option("upload-backlog", "0", "Bytes of uploads' whole chunks waiting for their replicas "
+               "(per process) above which no upload starts a new chunk until enough are "
+               "stored: bounds the memory uploads take when clients send faster than the "
+               "chunkservers store. 0 for no limit.", size()),
         Option("cut-through", "8", "Chunks of uploads with a Content-Length sent on to their "
                "replicas while they arrive, at once, while no whole chunk is being stored; the "
                "others are sent once whole. 0 for none.", number(int, 0)),
@@ -208,7 +213,8 @@ def makeService(options, reactor=None):
         client, poller, file_ids, metadata, reactor, chunk_size=options["chunk-size"],
         parallelism=options["parallelism"], read_window=options["read-window"],
         fill_slots=options["fill-slots"], cut_through=options["cut-through"],
-        zero_copy=options["zero-copy"] == "auto", replication=options["replication"])
+        zero_copy=options["zero-copy"] == "auto", replication=options["replication"],
+        upload_backlog=options["upload-backlog"])
     registry = None if RegistryAPI is None else RegistryAPI(metadata, storage, reactor)
     registry_v1 = None if RegistryV1API is None else RegistryV1API(metadata, storage, reactor)
     root = ImageServerRoot(storage, metadata, reactor, registry, registry_v1)

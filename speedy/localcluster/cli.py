@@ -51,6 +51,11 @@ class UpOptions(_ClusterOptions):
         ["staged-read-limit", None, LOCAL_STAGED_READ_LIMIT, "memory each chunkserver's large "
          "GETs may hold to send from (a workstation's default; the chunkserver's own is 64MiB)",
          parse_size],
+        ["fill-slots", None, None, "uploads each imageserver process takes bytes into a chunk "
+         "for at once [default: the imageserver's, 8]", int],
+        ["upload-backlog", None, None, "bytes of uploads' whole chunks waiting for their "
+         "replicas above which an imageserver process starts no new chunk [default: the "
+         "imageserver's, no limit]", parse_size],
         ["replication", None, None, "how imageservers replicate chunks: fanout or chain "
          "[default: the imageserver's]"],
         ["request-metrics", None, None, "imageservers count and time every request for "
@@ -152,6 +157,7 @@ async def _run_up(reactor, var, options):
         group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),
         cache_size=options["cache-size"], staged_read_limit=options["staged-read-limit"],
+        fill_slots=options["fill-slots"], upload_backlog=options["upload-backlog"],
         heartbeat_interval=options["heartbeat-interval"], db=options["db"],
         scrub_rate=options["scrub-rate"], scrub_period=options["scrub-period"],
         gc_grace=options["gc-grace"], gc_sweep_grace=options["gc-sweep-grace"],

@@ -113,6 +113,9 @@ class ClusterPlan:
     #: the imageservers' C{--request-metrics}: C{on}, C{off} or theirs
     request_metrics: str | None = None
     staged_read_limit: int | None = None
+    #: the imageservers' C{--fill-slots} and C{--upload-backlog}
+    fill_slots: int | None = None
+    upload_backlog: int | None = None
     db: str | None = None
     #: a L{speedy.localcluster.tls.LocalTLS}: the registry listens with TLS
     tls: object = None
@@ -130,7 +133,7 @@ class ClusterPlan:
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
             C{cut_through}, C{replication} (C{fanout} or C{chain}),
-            C{staged_read_limit}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
+            C{staged_read_limit}, C{fill_slots}, C{upload_backlog}, C{heartbeat_interval}, C{scrub_rate} (bytes a second),
             C{scrub_period} (a duration: C{1s}, C{7d}), C{gc_grace} and
             C{gc_sweep_grace} (the chunkmaster's, durations), C{htpasswd} (the
             imageservers' users: C{--auth htpasswd:PATH}), C{access} (their
@@ -248,6 +251,10 @@ class ClusterPlan:
                 args += ["--read-window", str(self.read_window)]
             if self.cut_through is not None:
                 args += ["--cut-through", str(self.cut_through)]
+            if self.fill_slots is not None:
+                args += ["--fill-slots", str(self.fill_slots)]
+            if self.upload_backlog is not None:
+                args += ["--upload-backlog", str(self.upload_backlog)]
             if self.replication is not None:
                 args += ["--replication", self.replication]
             if self.request_metrics is not None:

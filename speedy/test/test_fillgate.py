@@ -29,6 +29,22 @@ class FillGateTests(SynchronousTestCase):
         self.successResultOf(fourth)
         self.assertEqual((self.gate.holders, self.gate.waiting), (2, 0))
 
+    def test_backlog(self):
+        """With a backlog, no pass goes out while more than that many bytes
+        of whole chunks are held; released bytes let the waiters in, in
+        order, while the backlog allows."""
+        gate = FillGate(self.clock, 8, idle=1.0, min_rate=0, backlog=100)
+        gate.hold(100)
+        self.successResultOf(gate.enter()).leave()  # at the backlog: still open
+        gate.hold(50)
+        first, second = gate.enter(), gate.enter()
+        self.assertNoResult(first)
+        self.assertEqual((gate.held, gate.waiting), (150, 2))
+        gate.release(50)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual((gate.held, gate.holders, gate.waiting), (100, 2, 0))
+
     def test_slow_holder_gives_its_slot_back(self):
         """A holder whose client sent less than the minimum rate over the
         last window gives its slot to the next caller but keeps a valid,

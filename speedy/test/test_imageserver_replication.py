@@ -103,6 +103,73 @@ class PlacementTests(SynchronousTestCase):
         self.assertIsNone(preferred_replica((), 1))
 
 
+class UploadBacklogTests(SynchronousTestCase):
+    """Writers of a storage whose whole chunks waiting for their replicas
+    may hold 8 bytes at most (chunks of 8 bytes, no fill slot limit)."""
+
+    def setUp(self):
+        self.cluster = FakeCluster({1: G1}, chunk_size=8, parallelism=2, upload_backlog=8)
+        self.storage = self.cluster.storage
+        self.gate = self.storage.fill_gate
+
+    def test_whole_chunks_hold_back_new_ones(self):
+        """While two whole chunks wait for their puts, no writer starts a
+        new chunk; once they are stored the waiting write goes on, and
+        every stream is stored whole with nothing left held."""
+        self.cluster.client.hold = {"put"}
+        first, second, third = (self.storage.writer() for _ in range(3))
+        self.successResultOf(first.write(b"a" * 8))
+        self.successResultOf(second.write(b"b" * 8))  # 8 bytes held: still open
+        self.assertEqual(self.gate.held, 16)
+        waiting = third.write(b"c")
+        self.assertNoResult(waiting)
+        self.cluster.client.hold = set()
+        self.cluster.client.release()
+        self.successResultOf(waiting)
+        self.assertEqual(self.gate.held, 0)
+        for writer, data in ((first, b"a" * 8), (second, b"b" * 8), (third, b"c")):
+            refs = self.successResultOf(writer.finish())
+            self.assertEqual(b"".join(self.cluster.copies(r)[G1[0]] for r in refs), data)
+        self.assertEqual((self.gate.held, self.gate.holders, self.gate.waiting), (0, 0, 0))
+
+    def test_failed_chunks_are_released(self):
+        """Chunks that failed leave the backlog."""
+        for address in G1:
+            self.cluster.client.server(address).mode = DOWN
+        failing = self.storage.writer()
+        self.successResultOf(failing.write(b"a" * 8))
+        self.failureResultOf(failing.finish(), errors.Unavailable)
+        self.assertEqual(self.gate.held, 0)
+
+    def test_aborted_chunks_are_released(self):
+        """Queued chunks an abort dropped leave the backlog at once, those
+        in flight when their puts end."""
+        self.cluster.client.hold = {"put"}
+        aborted = self.storage.writer()
+        written = aborted.write(b"x" * 8 * 3)  # two chunks in flight, one queued
+        self.assertEqual(self.gate.held, 24)
+        done = aborted.abort()
+        self.failureResultOf(written, errors.BadRequest)
+        self.assertEqual(self.gate.held, 16)
+        self.cluster.client.hold = set()
+        self.cluster.client.release()
+        self.successResultOf(done)
+        self.assertEqual(self.gate.held, 0)
+
+    def test_cut_through_chunks_are_held_until_stored(self):
+        """A chunk cut through is held from its seal until its puts end."""
+        self.storage.cut_through = 4
+        self.cluster.client.hold = {"put"}
+        writer = self.storage.writer(length=8)
+        self.successResultOf(writer.write(b"z" * 8))
+        self.assertEqual(self.gate.held, 8)
+        finished = writer.finish()
+        self.cluster.client.hold = set()
+        self.cluster.client.release()
+        self.successResultOf(finished)
+        self.assertEqual(self.gate.held, 0)
+
+
 class FillGateWriterTests(SynchronousTestCase):
     """Writers of a storage with one fill slot (chunks of 8 bytes)."""
 

@@ -26,7 +26,7 @@ class FakeCluster:
     """
 
     def __init__(self, groups, chunk_size=8, parallelism=2, tries=3, seed=0, id_batch=100,
-                 fill_slots=0, cut_through=0, replication="fanout"):
+                 fill_slots=0, cut_through=0, replication="fanout", upload_backlog=0):
         self.clock = Clock()
         self.client = FakeChunkClient(self.clock)
         self.view = StaticClusterView(make_view(groups))
@@ -36,7 +36,8 @@ class FakeCluster:
         self.storage = ReplicatedStorage(
             self.client, self.view, self.file_ids, self.metadata, self.clock,
             chunk_size=chunk_size, parallelism=parallelism, tries=tries, rng=Random(seed),
-            fill_slots=fill_slots, cut_through=cut_through, replication=replication)
+            fill_slots=fill_slots, cut_through=cut_through, replication=replication,
+            upload_backlog=upload_backlog)
 
     def copies(self, ref):
         """@return: {address: bytes} of the copies of C{ref} on its group's members."""
