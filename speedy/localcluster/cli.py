@@ -13,7 +13,8 @@ from speedy.config import DaemonOptions
 from speedy.units import parse_size
 from speedy.localcluster.health import HealthProbe
 from speedy.localcluster.plan import (
-    DEFAULT_IMAGESERVER_WORKERS, LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT, SECRETS_DIR,
+    DEFAULT_IMAGESERVER_WORKERS, LOCAL_CACHE_SIZE, LOCAL_FILL_SLOTS, LOCAL_STAGED_READ_LIMIT,
+    LOCAL_UPLOAD_BACKLOG, SECRETS_DIR,
     ClusterError, ClusterPlan)
 from speedy.localcluster.recorded import process_matches, report_status, stop_recorded
 from speedy.localcluster.state import read_state
@@ -51,11 +52,11 @@ class UpOptions(_ClusterOptions):
         ["staged-read-limit", None, LOCAL_STAGED_READ_LIMIT, "memory each chunkserver's large "
          "GETs may hold to send from (a workstation's default; the chunkserver's own is 64MiB)",
          parse_size],
-        ["fill-slots", None, None, "uploads each imageserver process takes bytes into a chunk "
-         "for at once [default: the imageserver's, 8]", int],
-        ["upload-backlog", None, None, "bytes of uploads' whole chunks waiting for their "
-         "replicas above which an imageserver process starts no new chunk [default: the "
-         "imageserver's, no limit]", parse_size],
+        ["fill-slots", None, LOCAL_FILL_SLOTS, "uploads each imageserver process takes bytes "
+         "into a chunk for at once (a workstation's default; the imageserver's own is 8)", int],
+        ["upload-backlog", None, LOCAL_UPLOAD_BACKLOG, "bytes of uploads' whole chunks waiting "
+         "for their replicas above which an imageserver process starts no new chunk (a "
+         "workstation's default; the imageserver's own is 0, no limit)", parse_size],
         ["replication", None, None, "how imageservers replicate chunks: fanout or chain "
          "[default: the imageserver's]"],
         ["request-metrics", None, None, "imageservers count and time every request for "

@@ -157,12 +157,16 @@ class WorkstationDefaultsTests(SynchronousTestCase):
 
     def test_up_defaults(self):
         from speedy.localcluster.cli import UpOptions
-        from speedy.localcluster.plan import LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT
+        from speedy.localcluster.plan import (
+            LOCAL_CACHE_SIZE, LOCAL_FILL_SLOTS, LOCAL_STAGED_READ_LIMIT, LOCAL_UPLOAD_BACKLOG)
         options = UpOptions()
         options.parseOptions([])
         self.assertEqual((options["cache-size"], options["staged-read-limit"]),
                          (LOCAL_CACHE_SIZE, LOCAL_STAGED_READ_LIMIT))
         self.assertLessEqual(LOCAL_CACHE_SIZE, 64 << 20)
+        self.assertEqual((options["fill-slots"], options["upload-backlog"]),
+                         (LOCAL_FILL_SLOTS, LOCAL_UPLOAD_BACKLOG))
+        self.assertGreater(LOCAL_UPLOAD_BACKLOG, 0)
         self.assertIsNone(options["replication"])
 
     def test_replication_refused_unless_known(self):
@@ -174,10 +178,12 @@ class WorkstationDefaultsTests(SynchronousTestCase):
 
     def test_passed_on(self):
         roles = plan(os.path.abspath("v"), replication="chain", staged_read_limit=1 << 24,
-                     request_metrics="off").roles()
+                     request_metrics="off", fill_slots=3, upload_backlog=1 << 25).roles()
         for role in roles:
             if role.plugin == "speedy-imageserver":
                 self.assertEqual(option_after(role.args, "--replication"), "chain")
                 self.assertEqual(option_after(role.args, "--request-metrics"), "off")
+                self.assertEqual(option_after(role.args, "--fill-slots"), "3")
+                self.assertEqual(option_after(role.args, "--upload-backlog"), str(1 << 25))
             if role.plugin == "speedy-chunkserver":
                 self.assertEqual(option_after(role.args, "--staged-read-limit"), str(1 << 24))
