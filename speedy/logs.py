@@ -7,7 +7,7 @@ operation's lines together across daemons.
 JSON logs are one object per line (JSON Lines), every role with the same
 keys:
 
-    {"time": "2026-12-05T13:20:01.123Z", "level": "warn", "role": "chunkserver",
+    {"time": "2026-12-05T13:20:01.123Z", "level": "info", "role": "chunkserver",
      "pid": 4242, "namespace": "speedy.chunkserver.protocol",
      "message": "GET of chunk 42 failed: CHUNK_NOT_FOUND no chunk 42",
      "request_id": "5f0c1d2e3a4b5c6d", "failure": null}
@@ -30,9 +30,10 @@ L{new_request_id}), answers it in C{X-Request-Id} and in its error body,
 and runs under it (L{request_id}, a context variable: Twisted runs a
 coroutine in the context it was started in, so everything the request's
 handler calls, and every line it logs, sees it).  The imageserver's calls
-to chunkservers carry it on the wire (C{TRACE}, protocol.md) and its calls
-to the chunkmaster in C{X-Request-Id}, so the chunkserver's lines about
-the operation carry the same id.
+to chunkservers carry it on the wire (a request's I{trace}, protocol.md)
+and its calls to the chunkmaster in C{X-Request-Id}, so the chunkserver's
+lines about the operation carry the same id (and a chunkserver forwarding
+a chain passes it on).
 """
 
 import contextvars
@@ -84,6 +85,23 @@ def sane_request_id(value):
         except UnicodeDecodeError:
             return None
     return value if _SANE.match(value) else None
+
+
+def run_as(rid, f, *args, **kwargs):
+    """
+    @param rid: a request id, or None.
+    @return: C{f(*args, **kwargs)}, called with C{rid} as the current
+        L{request_id} (a coroutine wrapped there runs under it to its end;
+        a chunk client's request made there carries it); with None, called
+        as it is.
+    """
+    if rid is None:
+        return f(*args, **kwargs)
+    token = request_id.set(rid)
+    try:
+        return f(*args, **kwargs)
+    finally:
+        request_id.reset(token)
 
 
 def log_format_option():

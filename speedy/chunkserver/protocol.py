@@ -22,6 +22,15 @@ counted in C{handshake_failures} and logged, before it touched any data.
 The only request flag taken is C{KEEP}, on a PUT (C{REQUEST_FLAGS}): it is
 passed to L{IChunkStore.put} as C{keep}, asking the store to keep the chunk
 in its memory cache.  Any other flag of a request is answered BAD_REQUEST.
+
+A request's trace (the id of the operation it serves, C{protocol.md}) is
+taken off the front of its body and becomes the C{request_id} of the log
+events about it (and the current L{speedy.logs.request_id} while it is
+handled); a CHAIN_PUT's forward to the next member carries it on.  Every
+error answered to a request is logged: C{info} for a chunk or range that
+is not there, C{warn} for every other (a damaged record, a refused write,
+a chain's next member failing), with the opcode, file id, error code, the
+wire request id (C{wire_id}) and the peer.
 """
 
 import json
@@ -32,19 +41,21 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from speedy.errors import (
-    BadRequest, ChunkNotFound, Internal, SpeedyError, TooLarge, Unauthenticated, Unavailable)
+    BY_CODE, BadRequest, ChunkNotFound, Internal, RangeNotSatisfiable, SpeedyError, TooLarge,
+    Unauthenticated, Unavailable)
+from speedy.logs import run_as
 from speedy.wire.client import parse_address
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHAIN_PREFIX, CHUNK_INFO, MAX_CHAIN, MAX_ROUTE, OP_CHAIN_PUT, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST, GET_RESPONSE,
     LIST_BATCH, MAX_CHUNK, OP_AUTH, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, OPCODES, RECEIVE_SIZE,
-    REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame)
+    REQUEST_BODY_SIZES, REQUEST_FLAGS, BadFrame, Header, error_frame, frame, read_trace)
 from speedy.wire.growing import GrowingChunk
 from speedy.wire.handshake import HANDSHAKE_TIMEOUT, NONCE_SIZE, same_proof, server_challenge
 from speedy.wire.outbox import Outbox, no_delay
@@ -72,6 +83,18 @@ WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
 #: GET answers up to this size are read and written in one piece: one
 #: write, no producer, no separate segment for the header.
 SMALL_BODY = 64 * 1024
+
+#: The opcodes whose request body begins with a file id.
+_ABOUT_A_CHUNK = frozenset((OP_GET, OP_STAT, OP_DELETE, OP_VERIFY, OP_PUT, OP_CHAIN_PUT))
+#: Errors that say a chunk or range is not there: logged as info, not warn
+#: (a reader checking, a sweep deleting twice).
+_QUIET_ERRORS = (ChunkNotFound, RangeNotSatisfiable)
+
+
+def error_name(error):
+    """@return: the wire name of a L{SpeedyError}'s code (C{CHUNK_NOT_FOUND})."""
+    name = BY_CODE.get(error.code, Internal).__name__
+    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
 def _read_all(read):
@@ -318,28 +341,34 @@ class ChunkServerProtocol(Protocol):
             return self._refuse(header, BadRequest(
                 f"request flags {header.flags:#x} not allowed"
                 f" (a {OPCODES.get(opcode, opcode)} request may set {allowed:#x})"))
+        trace_length = header.trace_length
         if opcode == OP_PUT:
-            if header.body_length < FILE_ID.size:
+            if header.body_length < FILE_ID.size + trace_length:
                 return self._refuse(header, BadRequest("a PUT body starts with the file id"))
             return _PutBody(self, request_id, header.body_length,
-                            keep=bool(header.flags & FLAG_KEEP))
+                            keep=bool(header.flags & FLAG_KEEP), trace_length=trace_length)
         if opcode == OP_CHAIN_PUT:
-            if header.body_length < CHAIN_PREFIX.size:
+            if header.body_length < CHAIN_PREFIX.size + trace_length:
                 return self._refuse(header, BadRequest("a CHAIN_PUT body starts with its route"))
-            return _ChainPutBody(self, request_id, header.body_length)
+            return _ChainPutBody(self, request_id, header.body_length, trace_length)
         expected = REQUEST_BODY_SIZES.get(opcode)
         if opcode == OP_AUTH:
             return self._refuse(header, BadRequest(
                 "no handshake here" if self.factory.secret is None else "handshake already done"))
         if expected is None:
             return self._refuse(header, BadRequest(f"unknown opcode {opcode}"))
-        if header.body_length != expected:
+        if header.body_length != expected + trace_length:
             return self._refuse(header, BadRequest(
-                f"a {OPCODES[opcode]} body is {expected} bytes, not {header.body_length}"))
+                f"a {OPCODES[opcode]} body is {expected} bytes, not "
+                f"{header.body_length - trace_length}"))
+        if trace_length:
+            return _SmallBody(header.body_length, lambda body: self._dispatch_traced(
+                opcode, request_id, body, trace_length))
         return _SmallBody(expected, lambda body: self._dispatch(opcode, request_id, body))
 
     def _refuse(self, header, error):
         """Answer C{error} now and skip the frame's body."""
+        self._log_error(header.opcode, header.request_id, error)
         self._answer_error(header.opcode, header.request_id, error)
         self._request_done()
         return _SkippedBody(header.body_length)
@@ -361,7 +390,8 @@ class ChunkServerProtocol(Protocol):
     def _handshake_frame(self, header):
         """@return: what takes the body of a frame that arrived before the
         handshake was done: an AUTH step, else nothing (it is refused)."""
-        if header.opcode != OP_AUTH or header.flags or header.body_length != NONCE_SIZE:
+        if (header.opcode != OP_AUTH or header.flags or header.trace_length
+                or header.body_length != NONCE_SIZE):
             return self._refuse_peer(f"{OPCODES.get(header.opcode, header.opcode)} "
                                      "before the handshake")
         return _SmallBody(NONCE_SIZE, lambda body: self._handshake_step(header.request_id, body))
@@ -393,13 +423,28 @@ class ChunkServerProtocol(Protocol):
 
     def _dispatch(self, opcode, request_id, body):
         handler = self._handlers[opcode]
-        self._respond(opcode, request_id, Deferred.fromCoroutine(handler(self, request_id, body)))
+        self._respond(opcode, request_id, Deferred.fromCoroutine(handler(self, request_id, body)),
+                      file_id=_file_id(opcode, body))
 
-    def _respond(self, opcode, request_id, result):
+    def _dispatch_traced(self, opcode, request_id, body, trace_length):
+        """Handle a small request whose body begins with a trace, under it."""
+        try:
+            trace = read_trace(body[:trace_length])
+        except BadRequest as e:
+            self._log_error(opcode, request_id, e)
+            self._answer_error(opcode, request_id, e)
+            return self._request_done()
+        body = body[trace_length:]
+        handler = self._handlers[opcode]
+        result = run_as(trace, Deferred.fromCoroutine, handler(self, request_id, body))
+        self._respond(opcode, request_id, result, trace, _file_id(opcode, body))
+
+    def _respond(self, opcode, request_id, result, trace=None, file_id=None):
         """
         Answer a request once C{result} (a Deferred) fires: with its bytes as
         the response body, with nothing when the handler answered itself
-        (None), or with an error frame.
+        (None), or with an error frame (logged with the request's C{trace}
+        and C{file_id}).
         """
         def answered(response):
             if response is not None:
@@ -415,15 +460,29 @@ class ChunkServerProtocol(Protocol):
                 return
             if reason.check(SpeedyError):
                 error = reason.value
+                self._log_error(opcode, request_id, error, trace, file_id)
             else:
-                self._log.failure("{op} request {request_id} failed", reason,
-                                  op=OPCODES.get(opcode, opcode), request_id=request_id)
+                self._log.failure("{op} request {wire_id} failed", reason,
+                                  op=OPCODES.get(opcode, opcode), wire_id=request_id,
+                                  file_id=file_id, request_id=trace)
                 error = Internal(f"{reason.type.__name__}: {reason.value}")
             self._answer_error(opcode, request_id, error)
 
         result.addCallbacks(answered, failed)
         result.addErrback(lambda reason: self._log.failure("answering request failed", reason))
         result.addBoth(lambda _: self._request_done())
+
+    def _log_error(self, opcode, request_id, error, trace=None, file_id=None):
+        """Log the error answered to a request: C{info} for a chunk or range
+        that is not there, C{warn} for any other."""
+        text = "{op} of chunk {file_id} failed: {code} {error}" if file_id is not None \
+            else "{op} request failed: {code} {error}"
+        if trace is not None:
+            text += " (request {request_id})"
+        self._log.emit(LogLevel.info if isinstance(error, _QUIET_ERRORS) else LogLevel.warn,
+                       text, op=OPCODES.get(opcode, f"opcode {opcode}"), file_id=file_id,
+                       code=error_name(error), error=error, wire_id=request_id,
+                       peer=self.transport.getPeer(), request_id=trace)
 
     def _answer_error(self, opcode, request_id, error):
         self.factory.counters["error_frames"] += 1
@@ -504,22 +563,35 @@ class ChunkServerProtocol(Protocol):
         OP_STATUS: _status, OP_LIST: _list, OP_COMPACT: _compact, OP_VERIFY: _verify,
     }
 
-    def _put_received(self, request_id, write):
+    def _put_received(self, put):
+        """The whole body of C{put} (a L{_PutBody}) went to the store."""
         async def finish():
-            info = await self._store_call(write.finish)
+            info = await self._store_call(put.write.finish)
             return CHUNK_INFO.pack(info.size, info.crc32c)
-        self._respond(OP_PUT, request_id, Deferred.fromCoroutine(finish()))
+        result = run_as(put.trace, Deferred.fromCoroutine, finish())
+        self._respond(OP_PUT, put.request_id, result, put.trace, put.file_id)
 
-    def _put_refused(self, request_id, error, opcode=OP_PUT):
-        """The store refused a PUT whose body is still arriving: answer now."""
+    def _put_refused(self, put, error):
+        """The store (or the chain's next member) refused C{put}, a
+        L{_PutBody} whose body is still arriving: answer now."""
+        opcode, request_id = put.opcode, put.request_id
         if not isinstance(error, SpeedyError):
-            self._log.failure("PUT {request_id} failed", Failure(error), request_id=request_id)
+            self._log.failure("{op} request {wire_id} failed", Failure(error),
+                              op=OPCODES[opcode], wire_id=request_id, file_id=put.file_id,
+                              request_id=put.trace)
             error = Internal(f"{type(error).__name__}: {error}")
+        else:
+            self._log_error(opcode, request_id, error, put.trace, put.file_id)
         self._answer_error(opcode, request_id, error)
         self._request_done()
 
 
 # --- frame bodies as they arrive --------------------------------------------
+
+
+def _file_id(opcode, body):
+    """@return: the file id a small request's C{body} begins with, or None."""
+    return int.from_bytes(body[:FILE_ID.size], "big") if opcode in _ABOUT_A_CHUNK else None
 
 
 class _SmallBody:
@@ -569,51 +641,61 @@ class _PutBody:
     L{IChunkWrite} as they arrive.  If the store refuses, the rest is
     skipped and an error frame answers at once; if the connection dies
     first, the write is aborted.  C{keep} (the request's C{KEEP} flag) asks
-    the store to keep the chunk in its memory cache.
+    the store to keep the chunk in its memory cache.  A body that begins
+    with a trace (C{trace_length} bytes) has it taken off first.
+
+    @ivar trace: the request's trace (str), or None.
+    @ivar file_id: the chunk's file id, once it arrived, else None.
+    @ivar write: the store's L{IChunkWrite}, once opened, else None.
     """
 
     opcode = OP_PUT
 
-    def __init__(self, server, request_id, body_length, keep=False):
+    def __init__(self, server, request_id, body_length, keep=False, trace_length=0):
         self.remaining = body_length
+        self.request_id = request_id
+        self.trace = None
+        self.file_id = None
+        self.write = None
         self._keep = keep
         self._server = server
-        self._request_id = request_id
-        self._file_id = bytearray()
-        self._write = None
+        self._trace_length = trace_length
+        self._head = bytearray()  # the trace and the file id, as they arrive
         self._refused = False
 
     def feed(self, piece):
         self.remaining -= len(piece)
         if self._refused:
             return
-        if self._write is None:
-            need = FILE_ID.size - len(self._file_id)
-            self._file_id += piece[:need]
+        if self.write is None:
+            need = self._trace_length + FILE_ID.size - len(self._head)
+            self._head += piece[:need]
             piece = piece[need:]
-            if len(self._file_id) < FILE_ID.size:
+            if len(self._head) < self._trace_length + FILE_ID.size:
                 return
-            (file_id,) = FILE_ID.unpack(self._file_id)
             try:
-                self._write = self._server._store().put(
-                    file_id, len(piece) + self.remaining, keep=self._keep)
+                if self._trace_length:
+                    self.trace = read_trace(self._head[:self._trace_length])
+                (self.file_id,) = FILE_ID.unpack_from(self._head, self._trace_length)
+                self.write = run_as(self.trace, self._server._store().put,
+                                    self.file_id, len(piece) + self.remaining, keep=self._keep)
             except Exception as e:
                 return self._refuse(e)
         if piece:
-            self._take(self._write.write, piece)
+            self._take(self.write.write, piece)
 
     def space(self):
         """@return: the store's buffer for this body's next bytes, at most
         the rest of the body, or None."""
-        if self._write is None or self._refused:
+        if self.write is None or self._refused:
             return None
-        space = self._write.write_space()
+        space = self.write.write_space()
         return None if space is None else space[:self.remaining]
 
     def received(self, count):
         """C{count} bytes were read into the last L{space}."""
         self.remaining -= count
-        self._take(self._write.wrote, count)
+        self._take(self.write.wrote, count)
 
     def _take(self, take, data):
         """Hand the store the next bytes (C{take} is its write's C{write}
@@ -622,22 +704,22 @@ class _PutBody:
         try:
             take(data)
         except Exception as e:
-            self._write.abort()
+            self.write.abort()
             return self._refuse(e)
-        if self._write.buffered > WRITE_BUFFER_LIMIT:
-            self._server._store_lags(self._write)
+        if self.write.buffered > WRITE_BUFFER_LIMIT:
+            self._server._store_lags(self.write)
 
     def _refuse(self, error):
         self._refused = True
-        self._server._put_refused(self._request_id, error, self.opcode)
+        self._server._put_refused(self, error)
 
     def complete(self):
         if not self._refused:
-            self._server._put_received(self._request_id, self._write)
+            self._server._put_received(self)
 
     def abandon(self):
-        if self._write is not None and not self._refused:
-            self._write.abort()
+        if self.write is not None and not self._refused:
+            self.write.abort()
 
 
 class _ChainPutBody(_PutBody):
@@ -661,8 +743,8 @@ class _ChainPutBody(_PutBody):
 
     opcode = OP_CHAIN_PUT
 
-    def __init__(self, server, request_id, body_length):
-        super().__init__(server, request_id, body_length)
+    def __init__(self, server, request_id, body_length, trace_length=0):
+        super().__init__(server, request_id, body_length, trace_length=trace_length)
         self._prefix = bytearray()
         self._route_length = None
         self._keep_mask = 0
@@ -673,39 +755,51 @@ class _ChainPutBody(_PutBody):
         self._complete = False
 
     def feed(self, piece):
-        if self._write is None and not self._refused:
+        if self.write is None and not self._refused:
             piece = self._gather(piece)
             if piece is None:
                 return
         self.remaining -= len(piece)
         if self._refused or not piece:
             return
-        self._take(self._write.write, piece)
+        self._take(self.write.write, piece)
         if self._next is not None and not self._refused:
             self._next.add(bytes(piece))
             if self._next.backlog() > FORWARD_BUFFER_LIMIT:
                 self._server._forward_lags(self._next)
 
     def _gather(self, piece):
-        """Take the prefix and route from the front of C{piece}.
+        """Take the trace, the prefix and the route from the front of C{piece}.
         @return: the rest of C{piece}, or None while they are incomplete."""
-        want = CHAIN_PREFIX.size if self._route_length is None else self._route_length
-        used = min(want - len(self._prefix), len(piece))
-        self._prefix += piece[:used]
-        self.remaining -= used
-        piece = piece[used:]
-        if len(self._prefix) < want:
-            return None
-        if self._route_length is None:
-            self._file_id, self._keep_mask, self._route_length = CHAIN_PREFIX.unpack(self._prefix)
-            self._prefix = bytearray()
-            if self._route_length > min(MAX_ROUTE, self.remaining):
-                self._refuse(BadRequest(f"a route of {self._route_length} bytes"))
-                return piece
-            if self._route_length:
-                return self._gather(piece)
-        self._start()
-        return piece
+        while True:
+            tracing = self._trace_length and self.trace is None
+            want = (self._trace_length if tracing else CHAIN_PREFIX.size
+                    if self._route_length is None else self._route_length)
+            used = min(want - len(self._prefix), len(piece))
+            self._prefix += piece[:used]
+            self.remaining -= used
+            piece = piece[used:]
+            if len(self._prefix) < want:
+                return None
+            if tracing:
+                try:
+                    self.trace = read_trace(self._prefix)
+                except BadRequest as e:
+                    self._refuse(e)
+                    return piece
+                self._prefix = bytearray()
+                continue
+            if self._route_length is None:
+                self.file_id, self._keep_mask, self._route_length = \
+                    CHAIN_PREFIX.unpack(self._prefix)
+                self._prefix = bytearray()
+                if self._route_length > min(MAX_ROUTE, self.remaining):
+                    self._refuse(BadRequest(f"a route of {self._route_length} bytes"))
+                    return piece
+                if self._route_length:
+                    continue
+            self._start()
+            return piece
 
     def _start(self):
         """The route is in: open the store's write and the next hop."""
@@ -720,16 +814,17 @@ class _ChainPutBody(_PutBody):
                 parse_address(address)
             if route and forwarder is None:
                 raise BadRequest("this chunkserver forwards to no one")
-            self._write = self._server._store().put(self._file_id, size,
-                                                    keep=bool(self._keep_mask & 1))
+            self.write = run_as(self.trace, self._server._store().put, self.file_id, size,
+                                keep=bool(self._keep_mask & 1))
         except Exception as e:
             return self._refuse(e)
         if route:
             self._server.factory.counters["chains_forwarded"] += 1
             self._next_address = route[0]
             self._next = GrowingChunk(size, forget=True)
-            forwarder.chain_put(route[0], self._file_id, self._next, route[1:],
-                                self._keep_mask >> 1).addBoth(self._forwarded)
+            # Under the trace: the forward carries it to the next member.
+            run_as(self.trace, forwarder.chain_put, route[0], self.file_id, self._next,
+                   route[1:], self._keep_mask >> 1).addBoth(self._forwarded)
 
     def space(self):
         if self._next is not None:
@@ -741,8 +836,8 @@ class _ChainPutBody(_PutBody):
         self._outcome = result if not isinstance(result, Failure) else self._hop_error(result)
         if (isinstance(self._outcome, Exception) and not self._complete
                 and not self._refused and not self._server._closing):
-            if self._write is not None:
-                self._write.abort()
+            if self.write is not None:
+                self.write.abort()
             self._refuse(self._outcome)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
@@ -765,11 +860,12 @@ class _ChainPutBody(_PutBody):
     def complete(self):
         self._complete = True
         if not self._refused:
-            self._server._respond(OP_CHAIN_PUT, self._request_id,
-                                  Deferred.fromCoroutine(self._finish()))
+            result = run_as(self.trace, Deferred.fromCoroutine, self._finish())
+            self._server._respond(OP_CHAIN_PUT, self.request_id, result, self.trace,
+                                  self.file_id)
 
     async def _finish(self):
-        info = await self._server._store_call(self._write.finish)
+        info = await self._server._store_call(self.write.finish)
         answer = CHUNK_INFO.pack(info.size, info.crc32c)
         if self._next is None:
             return answer

@@ -8,6 +8,7 @@ anywhere fails the whole chain.
 import os
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,6 +16,7 @@ from speedy import errors
 from speedy.chunkserver.protocol import FORWARD_BUFFER_LIMIT, ChunkServerFactory
 from speedy.crc import crc32c
 from speedy.imageserver.replication import chain_order
+from speedy.logs import run_as
 from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import parse_frames
 from speedy.test.test_testing import MemoryNetwork
@@ -183,6 +185,34 @@ class ChainOnMemoryNetworkTests(SynchronousTestCase):
         self.network.settle()
         error = self.failureResultOf(d, errors.ReadOnly).value
         self.assertIn(C, str(error))
+
+
+    def test_trace_travels_the_chain(self):
+        """
+        A chain PUT made under a request id (an imageserver serving an HTTP
+        request) carries it as its trace to the head, which passes it on to
+        the next member, and so on: the last member's refusal and each
+        member's failed forward are logged with that C{request_id}.
+        """
+        self.stores[C].read_only = True
+        with capturedLogs() as events:
+            d = run_as("push-5f0c", self.client.chain_put, A, 15, b"t" * 70_000, [B, C])
+            self.network.settle()
+        self.failureResultOf(d, errors.ReadOnly)
+        failed = [e for e in events if "wire_id" in e]
+        self.assertEqual({e["request_id"] for e in failed}, {"push-5f0c"})
+        messages = sorted(str(e["error"]) for e in failed)
+        self.assertEqual(len(messages), 3, messages)
+        self.assertTrue(messages[0].startswith(B + ": " + C + ": "), messages)
+        self.assertTrue(messages[1].startswith(C + ": "), messages)
+        self.assertEqual({e["code"] for e in failed}, {"READ_ONLY"})
+        self.assertEqual({e["file_id"] for e in failed}, {15})
+
+    def test_untraced_chain(self):
+        """Without a request id, no trace: the chain works as before."""
+        d = self.client.chain_put(A, 16, b"u" * 1000, [B, C])
+        self.network.settle()
+        self.assertEqual(len(self.successResultOf(d)), 3)
 
 
 class ChainHeadOnStringTransportTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ from speedy.errors import (
     BadRequest, ChecksumMismatch, ChunkNotFound, ConnectionFailed,
     RangeNotSatisfiable, ReadOnly, Timeout)
 from speedy.interfaces import IChunkClient
+from speedy.logs import request_id as current_request_id, run_as
 from speedy.records import ChunkInfo
 from speedy.test.test_chunkserver_protocol import GatedStore
 from speedy.testing import MemoryChunkStore
@@ -195,6 +196,57 @@ class RequestTests(ClientTestsMixin, SynchronousTestCase):
         self.failureResultOf(pending, ConnectionFailed)
         self.assertEqual(self.factory.counters["open_connections"], 0)
         self.fails(self.client.ping(ADDRESS), ConnectionFailed)
+
+
+class _TraceRecordingStore(MemoryChunkStore):
+    """A memory store noting, per file id, the request id a PUT or GET of it
+    ran under on the server (the trace its request carried)."""
+
+    def __init__(self):
+        super().__init__()
+        self.traces = {}
+
+    def put(self, file_id, size, keep=False):
+        self.traces[file_id] = current_request_id.get()
+        return super().put(file_id, size, keep)
+
+    def get(self, file_id, offset=0, length=None):
+        self.traces[file_id] = current_request_id.get()
+        return super().get(file_id, offset, length)
+
+
+class TraceTests(ClientTestsMixin, SynchronousTestCase):
+    """A request made while a request id is current carries it as its
+    trace, read when the request is made, however late it goes out."""
+
+    def setUp(self):
+        super().setUp()
+        self.serve(_TraceRecordingStore())
+
+    def test_request_carries_current_id(self):
+        """PUT and GET made under a request id reach the server's store under
+        it; one made under none carries none."""
+        self.answer(run_as("req-1", self.client.put, ADDRESS, 1, b"one"))
+        self.answer(self.client.put(ADDRESS, 2, b"two"))
+        self.assertEqual(self.store.traces, {1: "req-1", 2: None})
+        self.answer(run_as("req-3", self.client.get, ADDRESS, 2))
+        self.assertEqual(self.store.traces[2], "req-3")
+
+    def test_queued_put_keeps_its_trace(self):
+        """PUTs queued behind busy connections go out later, from another
+        request's callbacks, each with its own trace."""
+        data = os.urandom(300_000)
+        puts = [run_as(f"req-{i}", self.client.put, ADDRESS, i, data) for i in range(1, 7)]
+        self.flush()
+        for d in puts:
+            self.successResultOf(d)
+        self.assertEqual(self.store.traces, {i: f"req-{i}" for i in range(1, 7)})
+
+    def test_insane_id_not_sent(self):
+        """A current id that is not a sane one goes out as no trace, never as
+        a request the server refuses."""
+        self.answer(run_as("not sane\n", self.client.put, ADDRESS, 4, b"four"))
+        self.assertEqual(self.store.traces, {4: None})
 
 
 class QueuedPutTests(ClientTestsMixin, SynchronousTestCase):
@@ -530,6 +582,26 @@ class ConnectionTests(SynchronousTestCase):
         header = Header.unpack(self.transport.value()[:HEADER_SIZE])
         self.assertEqual((header.opcode, header.flags, header.body_length),
                          (OP_PUT, FLAG_KEEP, FILE_ID.size + 4))
+
+    def test_traced_request_frame(self):
+        """A request with a trace: byte 7 its length, the trace first in the
+        body, the body's length counting it."""
+        d = self.connection.request(OP_PUT, FILE_ID.pack(7), b"data", trace=b"req-9")
+        d.addErrback(lambda f: f.trap(ConnectionFailed))  # never answered
+        raw = self.transport.value()
+        header = Header.unpack(raw[:HEADER_SIZE])
+        self.assertEqual((header.trace_length, header.body_length), (5, 5 + FILE_ID.size + 4))
+        self.assertEqual(raw[HEADER_SIZE:HEADER_SIZE + 13], b"req-9" + FILE_ID.pack(7))
+
+    def test_answer_with_trace_is_a_violation(self):
+        """An answer carrying a trace breaks the protocol: the connection
+        closes and the request fails."""
+        d = self.connection.request(OP_PING)
+        raw = bytearray(frame(OP_PING, 1, b"abc", FLAG_RESPONSE))
+        raw[7] = 3
+        self.feed(bytes(raw))
+        self.failureResultOf(d, ProtocolViolation)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_get_byte_at_a_time(self):
         data = b"some chunk bytes"

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -29,6 +30,7 @@ from speedy.wire.frames import (
     ERROR_BODY, FILE_ID, FLAG_ERROR, FLAG_KEEP, FLAG_MORE, FLAG_RESPONSE, GET_REQUEST,
     GET_RESPONSE, HEADER_SIZE, LIST_BATCH, OP_COMPACT, OP_DELETE, OP_GET,
     OP_LIST, OP_PING, OP_PUT, OP_STAT, OP_STATUS, RECEIVE_SIZE, Header, frame)
+from speedy.logs import request_id as current_request_id
 
 
 def put_request(request_id, file_id, data):
@@ -592,6 +594,157 @@ class FlagTests(ServerTestsMixin, SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.factory.counters["bad_frames"], 1)
         self.assertEqual(list(self.store.file_ids()), [])
+
+
+class _RecordingStore(MemoryChunkStore):
+    """A memory store that notes the request id current at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def get(self, file_id, offset=0, length=None):
+        self.seen.append(("get", current_request_id.get()))
+        return super().get(file_id, offset, length)
+
+    def put(self, file_id, size, keep=False):
+        self.seen.append(("put", current_request_id.get()))
+        return super().put(file_id, size, keep)
+
+
+def failures(events):
+    """@return: the chunkserver protocol's events about failed requests."""
+    return [e for e in events if "wire_id" in e]
+
+
+class TraceTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    A request's trace (the request id of the operation it serves) is taken
+    off its body; the log events about the request carry it as
+    C{request_id}, and the store runs under it.
+    """
+
+    def test_get_missing_logged_with_trace(self):
+        """A traced GET of a missing chunk: answered CHUNK_NOT_FOUND as
+        without the trace, and logged (info) with the request id, file id,
+        code and wire id."""
+        self.connect()
+        with capturedLogs() as events:
+            self.send(frame(OP_GET, 5, GET_REQUEST.pack(99, 0, ALL_BYTES), trace=b"5f0c1d2e3a4b5c6d"),
+                      piece=3)
+        self.assertError(self.only_response(), ChunkNotFound, 5)
+        [event] = failures(events)
+        self.assertEqual(event["request_id"], "5f0c1d2e3a4b5c6d")
+        self.assertEqual((event["file_id"], event["code"], event["wire_id"], event["log_level"]),
+                         (99, "CHUNK_NOT_FOUND", 5, LogLevel.info))
+        self.assertIn("5f0c1d2e3a4b5c6d", event["log_format"].format(**event))
+
+    def test_damaged_chunk_logged_with_trace(self):
+        """A traced GET of a damaged record: CHECKSUM_MISMATCH, logged as a
+        warning with the request id; the store ran under it."""
+        self.connect(_RecordingStore())
+        self.send(put_request(1, 7, b"data"))
+        self.responses()
+        self.store.damage(7)
+        with capturedLogs() as events:
+            self.send(frame(OP_GET, 2, GET_REQUEST.pack(7, 0, ALL_BYTES), trace=b"pull-1"))
+        self.assertError(self.only_response(), ChecksumMismatch, 2)
+        [event] = failures(events)
+        self.assertEqual((event["request_id"], event["code"], event["log_level"]),
+                         ("pull-1", "CHECKSUM_MISMATCH", LogLevel.warn))
+        self.assertEqual(self.store.seen[-1], ("get", "pull-1"))
+        self.assertIsNone(current_request_id.get())
+
+    def test_traced_requests_answered_as_untraced(self):
+        """Traced PUT, GET, STAT and PING (a PUT byte by byte, KEEP kept)
+        answer as they would without a trace."""
+        self.connect(KeepingStore())
+        data = b"traced" * 50
+        self.send(frame(OP_PUT, 1, FILE_ID.pack(9) + data, FLAG_KEEP, trace=b"push-7"), piece=1)
+        self.send(frame(OP_GET, 2, GET_REQUEST.pack(9, 1, 4), trace=b"pull-8")
+                  + frame(OP_STAT, 3, FILE_ID.pack(9), trace=b"x")
+                  + frame(OP_PING, 4, trace=b"y"))
+        put, get, stat, ping = self.responses()
+        self.assertEqual(CHUNK_INFO.unpack(put[1]), (len(data), google_crc32c.value(data)))
+        self.assertEqual(bytes(get[1][GET_RESPONSE.size:]), data[1:5])
+        self.assertEqual(CHUNK_INFO.unpack(stat[1]), (len(data), google_crc32c.value(data)))
+        self.assertEqual((ping[0].flags, ping[1]), (FLAG_RESPONSE, b""))
+        self.assertEqual(self.store.keeps, [(9, True)])
+        self.assertEqual(self.store.contents(9), data)
+
+    def test_put_refused_logged_with_trace(self):
+        """A traced PUT the store refuses (read-only): its error, logged
+        with the request id and file id; nothing stored."""
+        store = MemoryChunkStore()
+        store.read_only = True
+        self.connect(store)
+        with capturedLogs() as events:
+            self.send(frame(OP_PUT, 4, FILE_ID.pack(3) + b"abc", trace=b"push-2"), piece=5)
+        self.assertError(self.only_response(), ReadOnly, 4)
+        [event] = failures(events)
+        self.assertEqual((event["request_id"], event["file_id"], event["code"]),
+                         ("push-2", 3, "READ_ONLY"))
+
+    def test_untraced_error_logged_without_id(self):
+        """An error answered to a request without a trace is logged too,
+        its C{request_id} None."""
+        self.connect()
+        with capturedLogs() as events:
+            self.send(frame(OP_DELETE, 8, FILE_ID.pack(4)))
+        self.assertError(self.only_response(), ChunkNotFound, 8)
+        [event] = failures(events)
+        self.assertEqual((event["request_id"], event["file_id"], event["op"]), (None, 4, "DELETE"))
+
+    def test_bad_trace_refused(self):
+        """A trace of other bytes than an id's (a forged log line, say):
+        BAD_REQUEST, nothing done, and the connection goes on."""
+        self.connect()
+        self.send(frame(OP_PUT, 1, FILE_ID.pack(7) + b"abc", trace=b"a\nb")
+                  + frame(OP_GET, 2, GET_REQUEST.pack(7, 0, ALL_BYTES), trace=b"{x}")
+                  + frame(OP_PING, 3))
+        put, get, ping = self.responses()
+        self.assertError(put, BadRequest, 1)
+        self.assertError(get, BadRequest, 2)
+        self.assertEqual(ping[0].flags, FLAG_RESPONSE)
+        self.assertEqual(list(self.store.file_ids()), [])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_trace_counts_in_body_length(self):
+        """A small request whose body is its opcode's length plus its trace
+        is taken; one byte short is BAD_REQUEST, the connection kept."""
+        self.connect()
+        short = bytearray(frame(OP_STAT, 1, FILE_ID.pack(7)[:-1], trace=b"abc"))
+        self.send(bytes(short) + frame(OP_PING, 2))
+        stat, ping = self.responses()
+        self.assertError(stat, BadRequest, 1)
+        self.assertEqual(ping[0].flags, FLAG_RESPONSE)
+
+    def test_trace_beyond_limit_closes(self):
+        """Byte 7 above the longest trace: a bad frame, answered, closed."""
+        self.connect()
+        raw = bytearray(frame(OP_PING, 1, b"x" * 70))
+        raw[7] = 70
+        self.send(bytes(raw))
+        header, body = self.only_response()
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unknown_flag_with_trace(self):
+        """A traced request with a flag bit the protocol does not define is
+        a bad frame all the same; a known flag it may not carry is
+        BAD_REQUEST with the connection kept."""
+        self.connect()
+        self.send(frame(OP_GET, 1, GET_REQUEST.pack(7, 0, ALL_BYTES), FLAG_KEEP, trace=b"t")
+                  + frame(OP_PING, 2))
+        get, ping = self.responses()
+        self.assertError(get, BadRequest, 1)
+        self.assertEqual(ping[0].flags, FLAG_RESPONSE)
+        raw = bytearray(frame(OP_PING, 3, trace=b"t"))
+        raw[6] = 0x40
+        self.send(bytes(raw))
+        header, body = self.only_response()
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(self.transport.disconnecting)
 
 
 class TLSTests(ServerTestsMixin, SynchronousTestCase):

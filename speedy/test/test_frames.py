@@ -8,9 +8,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from speedy.errors import BY_CODE, BadRequest, ChunkNotFound, Internal, TooLarge
 from speedy.wire.frames import (
-    FLAG_ERROR, FLAG_RESPONSE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_BODY,
-    MAX_ERROR_MESSAGE, OP_GET, OP_STAT, BadFrame, Header, decode_error,
-    error_frame, frame)
+    FLAG_ERROR, FLAG_KEEP, FLAG_RESPONSE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_BODY,
+    MAX_ERROR_MESSAGE, MAX_TRACE, OP_GET, OP_PUT, OP_STAT, BadFrame, Header, decode_error,
+    error_frame, frame, read_trace, trace_of)
+from speedy.logs import MAX_REQUEST_ID, new_request_id
 
 headers = st.builds(
     Header,
@@ -18,16 +19,24 @@ headers = st.builds(
     request_id=st.integers(0, 2**32 - 1),
     body_length=st.integers(0, MAX_BODY),
     flags=st.sampled_from([0, FLAG_RESPONSE, FLAG_RESPONSE | FLAG_ERROR, KNOWN_FLAGS]),
-)
+).flatmap(lambda h: st.integers(0, min(MAX_TRACE, h.body_length)).map(
+    lambda n: Header(h.opcode, h.request_id, h.body_length, h.flags, trace_length=n)))
+
+#: Traces: what L{speedy.logs.sane_request_id} lets through.
+traces = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-",
+                 min_size=1, max_size=MAX_TRACE)
 
 
 class HeaderTests(SynchronousTestCase):
 
     def test_layout(self):
-        """The header is magic, version, opcode, flags, reserved, id, length."""
+        """The header is magic, version, opcode, flags, trace length, id, length."""
         self.assertEqual(
             Header(OP_STAT, 7, 8).pack(),
             bytes.fromhex("5350434b 01 03 00 00 00000007 00000008".replace(" ", "")))
+        self.assertEqual(
+            Header(OP_STAT, 7, 24, trace_length=16).pack(),
+            bytes.fromhex("5350434b 01 03 00 10 00000007 00000018".replace(" ", "")))
         self.assertEqual(HEADER_SIZE, 16)
 
     @given(headers)
@@ -48,11 +57,28 @@ class HeaderTests(SynchronousTestCase):
         raw[4] = version
         self.assertRaises(BadFrame, Header.unpack, bytes(raw))
 
-    @given(headers, st.integers(1, 255))
-    def test_reserved_byte(self, header, reserved):
+    @given(headers, st.integers(MAX_TRACE + 1, 255))
+    def test_trace_too_long(self, header, trace_length):
+        """Byte 7, the trace length, beyond L{MAX_TRACE}: the header is refused."""
         raw = bytearray(header.pack())
-        raw[7] = reserved
+        raw[7] = trace_length
         self.assertRaises(BadFrame, Header.unpack, bytes(raw))
+
+    @given(st.integers(0, MAX_TRACE - 1), st.data())
+    def test_trace_beyond_body(self, body_length, data):
+        """A trace longer than the body it is part of: the header is refused."""
+        trace_length = data.draw(st.integers(body_length + 1, MAX_TRACE))
+        raw = bytearray(Header(OP_GET, 1, body_length).pack())
+        raw[7] = trace_length
+        self.assertRaises(BadFrame, Header.unpack, bytes(raw))
+        self.assertRaises(ValueError, Header(OP_GET, 1, body_length, trace_length=trace_length).pack)
+
+    def test_trace_not_counted_in_limit(self):
+        """The body limit is the opcode's body's: a trace comes on top."""
+        raw = Header(OP_GET, 1, 100 + MAX_TRACE, trace_length=MAX_TRACE).pack()
+        self.assertEqual(Header.unpack(raw, max_body=100).trace_length, MAX_TRACE)
+        raw = Header(OP_GET, 1, 101 + MAX_TRACE, trace_length=MAX_TRACE).pack()
+        self.assertRaises(TooLarge, Header.unpack, raw, max_body=100)
 
     @given(headers, st.integers(0, 255).filter(lambda f: f & ~KNOWN_FLAGS))
     def test_unknown_flags(self, header, flags):
@@ -91,6 +117,45 @@ class HeaderTests(SynchronousTestCase):
     def test_bad_frame_is_bad_request(self):
         """Servers answer BadFrame with the BAD_REQUEST code."""
         self.assertEqual(BadFrame.code, BadRequest.code)
+
+
+class TraceTests(SynchronousTestCase):
+    """A request's trace: the request id of the operation it serves."""
+
+    def test_limit(self):
+        """A trace holds any request id L{speedy.logs} lets through."""
+        self.assertEqual(MAX_TRACE, MAX_REQUEST_ID)
+
+    @given(traces, st.binary(max_size=40), st.sampled_from([0, FLAG_KEEP]))
+    def test_round_trip(self, trace, body, flags):
+        """A traced frame is the header (byte 7 the trace's length), the
+        trace, the body; both come back whole."""
+        raw = frame(OP_PUT, 3, body, flags, trace=trace.encode())
+        header = Header.unpack(raw[:HEADER_SIZE])
+        self.assertEqual((header.trace_length, header.body_length, header.flags),
+                         (len(trace), len(trace) + len(body), flags))
+        self.assertEqual(read_trace(raw[HEADER_SIZE:HEADER_SIZE + header.trace_length]), trace)
+        self.assertEqual(raw[HEADER_SIZE + header.trace_length:], body)
+
+    def test_untraced_frame_unchanged(self):
+        """Without a trace a frame is the bytes it was before traces existed."""
+        self.assertEqual(frame(OP_STAT, 7, b"\0" * 8, trace=b""),
+                         bytes.fromhex("5350434b 01 03 00 00 00000007 00000008".replace(" ", ""))
+                         + b"\0" * 8)
+
+    def test_trace_of(self):
+        """A request id becomes a trace; None, or anything that is not a
+        sane id, none at all."""
+        rid = new_request_id()
+        self.assertEqual(trace_of(rid), rid.encode())
+        for bad in (None, "", "a b", "x" * (MAX_TRACE + 1), "caf\u00e9", "a\nb"):
+            self.assertEqual(trace_of(bad), b"", bad)
+
+    def test_read_trace_refuses(self):
+        """A trace of other bytes than letters, digits and . _ : - is a bad request."""
+        for bad in (b"", b"a b", b"\xff", b"a\nforged line", b"{}"):
+            self.assertRaises(BadRequest, read_trace, bad)
+        self.assertEqual(read_trace(memoryview(b"req-1.2:3_x")), "req-1.2:3_x")
 
 
 class ErrorFrameTests(SynchronousTestCase):

@@ -36,6 +36,11 @@ the handshake of L{speedy.wire.handshake}; a chunkserver that fails it
 counts as unreachable (L{Unauthenticated}, a L{ConnectionFailed}).  With
 C{tls} every connection is TLS, the chunkserver's certificate checked
 against the given authority for the address connected to.
+
+A request made while a request id is current (L{speedy.logs.request_id}:
+an imageserver serving an HTTP request, a chunkserver forwarding a chain)
+carries it as its trace (C{protocol.md}, *Traces*), read when the request
+is made, so that the chunkserver's log lines about it carry the same id.
 """
 
 import json
@@ -51,12 +56,13 @@ from zope.interface import implementer
 
 from speedy.errors import BadRequest, ConnectionFailed, Timeout, Unauthenticated
 from speedy.interfaces import IChunkClient
+from speedy.logs import request_id as current_request_id
 from speedy.records import ChunkInfo
 from speedy.wire.connection import ChunkClientProtocol
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHAIN_PREFIX, CHUNK_INFO, MAX_CHAIN, MAX_ROUTE, OP_CHAIN_PUT, COMPACT_REQUEST, COMPACT_RESPONSE,
     FILE_ID, FLAG_KEEP, GET_REQUEST, OP_COMPACT, OP_DELETE, OP_GET, OP_LIST, OP_PING,
-    OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY)
+    OP_PUT, OP_STAT, OP_STATUS, OP_VERIFY, trace_of)
 from speedy.wire.growing import GrowingChunk
 from speedy.wire.timings import OPERATIONS, RequestTimings
 
@@ -123,10 +129,11 @@ class ChunkClient:
         except ConnectionFailed as e:
             return fail(e)
         started = self._reactor.seconds()
+        trace = trace_of(current_request_id.get())
         if isinstance(data, GrowingChunk):
-            d = pool.request_alone(opcode, body, data, flags)
+            d = pool.request_alone(opcode, body, data, flags, trace)
         else:
-            d = pool.request(opcode, body, data, sink, length, flags, expect)
+            d = pool.request(opcode, body, data, sink, length, flags, expect, trace)
         return d.addBoth(lambda result: self.timings.settled(
             result, address, OPERATIONS.get(opcode, "other"), self._reactor.seconds() - started))
 
@@ -258,19 +265,20 @@ class _ServerPool:
         self._failures = 0
         self._retry_at = 0.0
 
-    def request(self, opcode, body, data, sink=None, length=None, flags=0, expect=None):
+    def request(self, opcode, body, data, sink=None, length=None, flags=0, expect=None,
+                trace=b""):
         """
         @return: the Deferred of the request, sent on a pooled connection
             (see L{ChunkClientProtocol.request} for the arguments).
         """
         if data is not None:
-            return self._queue_put(opcode, body, data, flags)
+            return self._queue_put(opcode, body, data, flags, trace)
         connection = self._choose()
         if connection is not None:
-            return connection.request(opcode, body, data, sink, length, flags, expect)
-        return _sent_on(self._acquire(), opcode, body, data, sink, length, flags, expect)
+            return connection.request(opcode, body, data, sink, length, flags, expect, trace)
+        return _sent_on(self._acquire(), opcode, body, data, sink, length, flags, expect, trace)
 
-    def _queue_put(self, opcode, body, data, flags):
+    def _queue_put(self, opcode, body, data, flags, trace=b""):
         """
         @return: the Deferred of a PUT with a whole body, sent in its turn
             on the first pooled connection with no body going out
@@ -279,7 +287,7 @@ class _ServerPool:
         """
         if self._backing_off():
             return fail(self._unreachable())
-        put = _Put(opcode, body, data, flags, self._client._reactor.seconds())
+        put = _Put(opcode, body, data, flags, self._client._reactor.seconds(), trace)
         put.answer = Deferred(lambda _: self._cancel_put(put))
         self._bodies.append(put)
         self._send_puts()
@@ -330,7 +338,8 @@ class _ServerPool:
             put = self._bodies.popleft()
             self._queue_moved = self._client._reactor.seconds()
             connection = min(free, key=lambda c: c.in_flight)
-            put.sent = connection.request(put.opcode, put.body, put.data, flags=put.flags)
+            put.sent = connection.request(put.opcode, put.body, put.data, flags=put.flags,
+                                          trace=put.trace)
             put.sent.chainDeferred(put.answer)
         self._watch_queue()
         if not self._bodies:
@@ -348,7 +357,7 @@ class _ServerPool:
         for put in puts:
             put.answer.errback(error)
 
-    def request_alone(self, opcode, body, data, flags=0):
+    def request_alone(self, opcode, body, data, flags=0, trace=b""):
         """
         @return: the Deferred of a request whose body (a L{GrowingChunk})
             waits for bytes to arrive: sent on an idle connection kept for
@@ -357,11 +366,11 @@ class _ServerPool:
         """
         idle = [c for c in self._alone if c.connected and c.in_flight == 0]
         if idle:
-            return idle[0].request(opcode, body, data, flags=flags)
+            return idle[0].request(opcode, body, data, flags=flags, trace=trace)
         if self._backing_off():
             return fail(self._unreachable())
         dedicated = Deferred()
-        answer = _sent_on(dedicated, opcode, body, data, flags=flags)
+        answer = _sent_on(dedicated, opcode, body, data, flags=flags, trace=trace)
         self._connect(dedicated)
         return answer
 
@@ -532,11 +541,13 @@ class _Put:
     data: object
     flags: int
     queued_at: float
+    trace: bytes = b""
     answer: Deferred = None  # the Deferred the caller holds
     sent: Deferred = None  # the connection's Deferred, once sent
 
 
-def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0, expect=None):
+def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0, expect=None,
+             trace=b""):
     """
     @param connecting: a Deferred firing with the L{ChunkClientProtocol} to
         send the request on, or failing.
@@ -547,7 +558,8 @@ def _sent_on(connecting, opcode, body, data, sink=None, length=None, flags=0, ex
 
     def send(connection):
         if not answer.called:  # else cancelled meanwhile
-            sent.append(connection.request(opcode, body, data, sink, length, flags, expect))
+            sent.append(connection.request(opcode, body, data, sink, length, flags, expect,
+                                           trace))
             sent[0].chainDeferred(answer)
 
     def no_connection(reason):

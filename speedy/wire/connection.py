@@ -165,7 +165,8 @@ class ChunkClientProtocol(Protocol):
 
     # --- requests out ----------------------------------------------------
 
-    def request(self, opcode, body=b"", data=None, sink=None, length=None, flags=0, expect=None):
+    def request(self, opcode, body=b"", data=None, sink=None, length=None, flags=0, expect=None,
+                trace=b""):
         """
         Send a request: C{body} and, for a PUT, the chunk C{data} streamed
         after it (bytes-like, or a list or tuple of bytes-like pieces: see
@@ -183,6 +184,8 @@ class ChunkClientProtocol(Protocol):
             written with: an answer naming others fails with
             L{ChecksumMismatch} and hands on none of its bytes (they are
             read and dropped; the connection is kept).
+        @param trace: the request's trace (L{speedy.wire.frames.trace_of}),
+            sent at the front of its body; empty for none.
         @return: a Deferred firing with the response body (bytes; for GET
             the L{GetResult}, its C{pieces} empty with a C{sink}; for LIST
             the list of file ids), or failing with the L{speedy.errors}
@@ -203,7 +206,11 @@ class ChunkClientProtocol(Protocol):
         body_length = len(body) + (0 if chunk is None else chunk.length)
         if body_length > MAX_BODY:
             return fail(TooLarge(f"a body of {body_length} bytes exceeds the limit of {MAX_BODY}"))
-        head = Header(opcode, request_id, body_length, flags=flags).pack() + body
+        if trace:
+            head = Header(opcode, request_id, len(trace) + body_length, flags=flags,
+                          trace_length=len(trace)).pack() + trace + body
+        else:
+            head = Header(opcode, request_id, body_length, flags=flags).pack() + body
         call = _Call(self, request_id, opcode, self._clock.seconds(), sink, length, expect)
         self._calls[request_id] = call
         self._watch()
@@ -290,8 +297,8 @@ class ChunkClientProtocol(Protocol):
         header = Header.unpack(raw)
         call = self._calls.get(header.request_id)
         if call is None:  # timed out or cancelled: drop the answer
-            if not header.flags & FLAG_RESPONSE:
-                raise BadRequest("a frame without the RESPONSE flag")
+            if not header.flags & FLAG_RESPONSE or header.trace_length:
+                raise BadRequest("a frame without the RESPONSE flag, or with a trace")
             return _Response(header, None, header.body_length)
         check_answer(header, call.opcode)
         if header.flags & FLAG_ERROR:

@@ -10,14 +10,23 @@ Every frame is a 16-byte header followed by C{body_length} body bytes::
     4      1    version      1
     5      1    opcode       OP_* below
     6      1    flags        FLAG_* below
-    7      1    reserved     0
+    7      1    trace_length 0, or (requests only) the length of the trace
+                             the body begins with, at most MAX_TRACE
     8      4    request_id   chosen by the client, echoed by the server
-    12     4    body_length  bytes following the header
+    12     4    body_length  bytes following the header (the trace's included)
 
 All integers are unsigned big-endian.  The fixed parts of the bodies are
 described by the C{*_BODY} structs below.
+
+A request may carry a I{trace}: the id of the operation it serves (the
+HTTP request id of L{speedy.logs}, 1 to L{MAX_TRACE} ASCII letters, digits
+or C{. _ : -}), as the first C{trace_length} bytes of its body, before the
+opcode's own body; the server logs the request's errors with it and passes
+it on to the next member of a chain.  A frame without one is the same
+bytes as before traces existed (byte 7 was a reserved 0).
 """
 
+import re
 import struct
 
 from attrs import frozen
@@ -67,6 +76,8 @@ MAX_CHUNK = 64 * 1024 * 1024
 MAX_CHAIN = 8
 MAX_ROUTE = 1024
 MAX_BODY = MAX_CHUNK + 64 + MAX_ROUTE
+#: The longest trace a request may carry (L{speedy.logs.MAX_REQUEST_ID}).
+MAX_TRACE = 64
 #: Bytes either end reads from its socket per call (the transport's
 #: C{bufferSize}): bodies are megabytes, and Twisted's default of 64 KiB
 #: costs a Python call chain per 64 KiB (on a 16 MiB PUT, a quarter of the
@@ -95,6 +106,9 @@ ERROR_BODY = struct.Struct(">B")  # error code; then the message
 #: the chunk's bytes.  Its answer: one CHUNK_INFO per member, receiver first.
 CHAIN_PREFIX = struct.Struct(">QBH")
 
+_TRACE = re.compile(r"[A-Za-z0-9._:\-]{1,%d}\Z" % MAX_TRACE)
+_TRACE_BYTES = re.compile(rb"[A-Za-z0-9._:\-]{1,%d}\Z" % MAX_TRACE)
+
 #: Exact request body lengths of every opcode but PUT (FILE_ID + data).
 REQUEST_BODY_SIZES = {
     OP_GET: GET_REQUEST.size,
@@ -110,8 +124,9 @@ REQUEST_BODY_SIZES = {
 
 
 class BadFrame(BadRequest):
-    """A header that cannot be trusted (magic, version, reserved byte); the
-    stream cannot be resynchronised, so the connection is closed."""
+    """A header that cannot be trusted (magic, version, flag bits, a trace
+    length beyond L{MAX_TRACE} or the body); the stream cannot be
+    resynchronised, so the connection is closed."""
 
 
 def _u8(value):
@@ -127,6 +142,8 @@ class Header:
     body_length: int
     flags: int = 0
     version: int = VERSION
+    #: Bytes of trace at the front of the body (L{MAX_TRACE} at most).
+    trace_length: int = 0
 
     def pack(self):
         """
@@ -134,9 +151,10 @@ class Header:
         @raise ValueError: a field does not fit its width.
         """
         if not (_u8(self.opcode) and _u8(self.flags) and _u8(self.version)
+                and 0 <= self.trace_length <= min(MAX_TRACE, self.body_length)
                 and 0 <= self.request_id < 2**32 and 0 <= self.body_length < 2**32):
             raise ValueError(f"header field out of range: {self!r}")
-        return HEADER.pack(MAGIC, self.version, self.opcode, self.flags, 0,
+        return HEADER.pack(MAGIC, self.version, self.opcode, self.flags, self.trace_length,
                            self.request_id, self.body_length)
 
     @classmethod
@@ -144,32 +162,65 @@ class Header:
         """
         Decode and validate exactly L{HEADER_SIZE} bytes.
 
+        @param max_body: the largest body taken, not counting a trace.
         @return: a L{Header}.
-        @raise BadFrame: wrong size, magic, version, reserved byte or unknown
-            flag bits.
-        @raise TooLarge: C{body_length} exceeds C{max_body}.
+        @raise BadFrame: wrong size, magic, version, unknown flag bits, or a
+            trace longer than L{MAX_TRACE} or than the body.
+        @raise TooLarge: C{body_length} exceeds C{max_body} (plus the trace).
         """
         if len(data) != HEADER_SIZE:
             raise BadFrame(f"a header is {HEADER_SIZE} bytes, not {len(data)}")
-        magic, version, opcode, flags, reserved, request_id, body_length = HEADER.unpack(data)
+        magic, version, opcode, flags, trace_length, request_id, body_length = HEADER.unpack(data)
         if magic != MAGIC:
             raise BadFrame(f"bad magic {bytes(magic)!r}")
         if version != VERSION:
             raise BadFrame(f"unsupported protocol version {version}")
-        if reserved != 0 or flags & ~KNOWN_FLAGS:
-            raise BadFrame(f"reserved bits set (flags {flags:#x}, reserved {reserved:#x})")
-        if body_length > max_body:
+        if flags & ~KNOWN_FLAGS:
+            raise BadFrame(f"reserved flag bits set (flags {flags:#x})")
+        if trace_length and (trace_length > MAX_TRACE or trace_length > body_length):
+            raise BadFrame(f"a trace of {trace_length} bytes in a body of {body_length}")
+        if body_length > max_body + trace_length:
             raise TooLarge(f"body of {body_length} bytes exceeds the limit of {max_body}")
         return cls(opcode=opcode, request_id=request_id, body_length=body_length,
-                   flags=flags, version=version)
+                   flags=flags, version=version, trace_length=trace_length)
 
 
-def frame(opcode, request_id, body=b"", flags=0):
+def frame(opcode, request_id, body=b"", flags=0, trace=b""):
     """
+    @param trace: the request's trace (ASCII bytes, at most L{MAX_TRACE}),
+        sent before C{body}; empty for none.
     @return: the bytes of a whole frame carrying C{body}.
     @raise struct.error: a field does not fit its width.
     """
+    if trace:
+        return HEADER.pack(MAGIC, VERSION, opcode, flags, len(trace), request_id,
+                           len(trace) + len(body)) + trace + body
     return HEADER.pack(MAGIC, VERSION, opcode, flags, 0, request_id, len(body)) + body
+
+
+def trace_of(value):
+    """
+    @param value: a request id (str; L{speedy.logs.request_id}'s value), or
+        None.
+    @return: it as the bytes of a trace, or C{b""} for None or an id that
+        is not one (see L{speedy.logs.sane_request_id}): a request is never
+        refused for its trace's sake by its own sender.
+    """
+    if value is None:
+        return b""
+    return value.encode("ascii") if _TRACE.match(value) else b""
+
+
+def read_trace(data):
+    """
+    @param data: the first C{trace_length} bytes of a request's body.
+    @return: the trace as str.
+    @raise BadRequest: it is not letters, digits and C{. _ : -}.
+    """
+    data = bytes(data)
+    if not _TRACE_BYTES.match(data):
+        raise BadRequest(f"a trace is letters, digits and . _ : -, not {data[:MAX_TRACE]!r}")
+    return data.decode("ascii")
 
 
 def error_frame(opcode, request_id, error):

@@ -86,13 +86,16 @@ class FrameReader:
 def check_answer(header, opcode, request_id=None):
     """
     Check that a frame header is an answer to a request of C{opcode} (and
-    C{request_id}, when given), and that an error answer's body is no
-    longer than an error message can be.
+    C{request_id}, when given), that it carries no trace (only requests
+    do), and that an error answer's body is no longer than an error
+    message can be.
 
     @raise BadRequest: it is not; the connection cannot be trusted further.
     """
     if not header.flags & FLAG_RESPONSE:
         raise BadRequest("a frame without the RESPONSE flag")
+    if header.trace_length:
+        raise BadRequest("an answer carries no trace")
     if request_id is not None and header.request_id != request_id:
         raise BadRequest(f"answer to request {header.request_id}, not {request_id}")
     if header.opcode != opcode:

@@ -19,9 +19,11 @@ import os
 from twisted.internet.defer import Deferred
 
 from speedy.errors import BadRequest, ChecksumMismatch, ConnectionFailed, SpeedyError, Timeout
+from speedy.logs import request_id as current_request_id
 from speedy.wire.connection import ProtocolViolation
 from speedy.wire.frames import (
-    FLAG_ERROR, GET_REQUEST, GET_RESPONSE, HEADER_SIZE, OP_GET, Header, decode_error, frame)
+    FLAG_ERROR, GET_REQUEST, GET_RESPONSE, HEADER_SIZE, OP_GET, Header, decode_error, frame,
+    trace_of)
 from speedy.wire.reader import check_answer
 from speedy.zerocopy.pipes import _SPLICE_FLAGS
 
@@ -61,6 +63,9 @@ class SpliceGet:
         self._last_moved = self._clock.seconds()
         self._stall = None  # DelayedCall of _check_stall
         self._on_stall = None  # called with a Timeout while someone waits
+        # The request id current when the GET was asked for (the HTTP
+        # request it serves): its trace.
+        self._trace = trace_of(current_request_id.get())
         self._sending = Deferred.fromCoroutine(self._send())
         self._sending.addBoth(self._sent)
 
@@ -77,7 +82,8 @@ class SpliceGet:
         self._request_id = source.next_id
         source.next_id = source.next_id % (2**32 - 1) + 1
         data = memoryview(frame(OP_GET, self._request_id,
-                                GET_REQUEST.pack(self.file_id, self.offset, self.length)))
+                                GET_REQUEST.pack(self.file_id, self.offset, self.length),
+                                trace=self._trace))
         while data:
             try:
                 data = data[source.sock.send(data):]
