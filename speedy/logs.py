@@ -42,6 +42,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from datetime import datetime, timezone
 
 from twisted.logger import ILogObserver, formatEvent
@@ -102,6 +103,52 @@ def run_as(rid, f, *args, **kwargs):
         return f(*args, **kwargs)
     finally:
         request_id.reset(token)
+
+
+class LogBudget:
+    """
+    At most C{burst} log lines of one kind per C{interval} seconds: what a
+    peer can cause by sending garbage (refused handshakes, refused
+    credentials) must not let a flood of it fill the disk.  The lines held
+    back are counted, and the next line that goes through says how many.
+
+        budget = LogBudget(reactor)
+        held = budget.take()
+        if held is not None:
+            log.warn("refused ...{more}", more=LogBudget.more(held), ...)
+
+    @param clock: an C{IReactorTime} (its C{seconds}); None for
+        C{time.monotonic}.
+    """
+
+    def __init__(self, clock=None, burst=20, interval=10.0):
+        self._seconds = clock.seconds if clock is not None else time.monotonic
+        self.burst = burst
+        self.interval = interval
+        self._window = None  # when the current window began
+        self._spent = 0  # lines logged in it
+        self.held = 0  # lines held back since the last one logged
+
+    def take(self):
+        """
+        @return: None when this line must not be logged (it is counted),
+            else the number of lines held back before it (usually 0).
+        """
+        now = self._seconds()
+        if self._window is None or now - self._window >= self.interval:
+            self._window, self._spent = now, 0
+        if self._spent >= self.burst:
+            self.held += 1
+            return None
+        self._spent += 1
+        held, self.held = self.held, 0
+        return held
+
+    @staticmethod
+    def more(held):
+        """@return: the text to end a line with that follows C{held} lines
+        held back ("" for none)."""
+        return f" ({held} more like it not logged)" if held else ""
 
 
 def log_format_option():

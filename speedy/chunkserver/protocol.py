@@ -16,8 +16,14 @@ aborted, and every pinned read is released.
 With a cluster secret (C{ChunkServerFactory(secret=...)}, which every
 chunkserver daemon has) a connection must pass the handshake of
 L{speedy.wire.handshake} before its first request is read: any other frame
-first, a wrong proof, or no proof within L{HANDSHAKE_TIMEOUT} closes it,
-counted in C{handshake_failures} and logged, before it touched any data.
+first (random bytes included), a wrong proof, or no proof within
+L{HANDSHAKE_TIMEOUT} closes it, counted in C{handshake_failures} and
+logged (C{warn}, with the peer's address and the reason), before it
+touched any data.  Each such connection is refused once and closed, so
+limiting lines per connection would limit nothing: a flood is many
+connections.  The lines are limited per listener instead
+(L{ChunkServerFactory.refusals}, a L{LogBudget}: 20 per 10 seconds, the
+next line saying how many were held back); the counter counts them all.
 
 The only request flag taken is C{KEEP}, on a PUT (C{REQUEST_FLAGS}): it is
 passed to L{IChunkStore.put} as C{keep}, asking the store to keep the chunk
@@ -48,7 +54,7 @@ from zope.interface import implementer
 from speedy.errors import (
     BY_CODE, BadRequest, ChunkNotFound, Internal, RangeNotSatisfiable, SpeedyError, TooLarge,
     Unauthenticated, Unavailable)
-from speedy.logs import run_as
+from speedy.logs import LogBudget, run_as
 from speedy.wire.client import parse_address
 from speedy.wire.frames import (
     ALL_BYTES, ALL_VOLUMES, CHAIN_PREFIX, CHUNK_INFO, MAX_CHAIN, MAX_ROUTE, OP_CHAIN_PUT, COMPACT_REQUEST, COMPACT_RESPONSE,
@@ -126,6 +132,8 @@ class ChunkServerFactory(Factory):
     @ivar secret: the cluster secret every connection must prove it knows
         (L{speedy.wire.handshake}) before its first request, or None to
         take requests from anyone (tests of other things).
+    @ivar refusals: the L{LogBudget} of the lines about refused
+        connections (failed handshakes).
     @ivar forwarder: the L{speedy.wire.client.ChunkClient} (with the cluster
         secret) a CHAIN_PUT is forwarded to the next member of its chain
         with, or a callable C{forwarder(after)} returning the client to
@@ -143,6 +151,7 @@ class ChunkServerFactory(Factory):
 
         self.secret = secret
         self.handshake_timeout = handshake_timeout
+        self.refusals = LogBudget(clock)
         self.store = store
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
@@ -374,11 +383,17 @@ class ChunkServerProtocol(Protocol):
         return _SkippedBody(header.body_length)
 
     def _bad_stream(self, opcode, request_id, error):
-        """The byte stream cannot be trusted any more: say why, then close."""
+        """The byte stream cannot be trusted any more: say why, then close.
+        Before the handshake it is a failed one (random bytes, another
+        protocol)."""
         self.factory.counters["bad_frames"] += 1
         self._closing = True
-        self._log.info("closing connection from {peer}: {error}",
-                       peer=self.transport.getPeer(), error=error)
+        if self._owed is not None:
+            self.factory.counters["handshake_failures"] += 1
+            self._log_refused(f"not a frame of this protocol ({error})")
+        else:
+            self._log.info("closing connection from {peer}: {error}",
+                           peer=self.transport.getPeer(), error=error)
         if self._outbox.idle:
             self._answer_error(opcode, request_id, error)
             self.transport.loseConnection()
@@ -414,10 +429,21 @@ class ChunkServerProtocol(Protocol):
         touched anything."""
         self.factory.counters["handshake_failures"] += 1
         self._closing = True
-        self._log.warn("refused connection from {peer}: {why}",
-                       peer=self.transport.getPeer(), why=why)
+        self._log_refused(why)
         self._answer_error(OP_AUTH, request_id, Unauthenticated(f"handshake failed: {why}"))
         self.transport.loseConnection()
+
+    def _log_refused(self, why):
+        """Log a refused connection, within the listener's L{LogBudget}; it
+        is refused once (its handshake timer stopped)."""
+        timer = self._handshake_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        held = self.factory.refusals.take()
+        if held is not None:
+            self._log.warn("refused connection from {peer}: {why}{more}",
+                           peer=self.transport.getPeer(), why=why, held_back=held,
+                           more=LogBudget.more(held))
 
     # --- requests --------------------------------------------------------
 

@@ -11,7 +11,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from speedy.chunkserver.protocol import ChunkServerFactory
@@ -227,6 +229,97 @@ class ServerTests(SynchronousTestCase):
         frames, _ = parse_frames(transport.value())
         self.assertEqual(error_code(frames[0][1]), BadRequest.code)
         self.assertEqual((frames[1][0].opcode, frames[1][0].flags), (OP_PING, FLAG_RESPONSE))
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    Bad input on a chunkserver port (random bytes, a request before the
+    handshake, a wrong proof, silence): each connection is refused, closed,
+    counted and logged with the peer's address and the reason, within the
+    listener's budget of lines; nothing is stored; the server goes on
+    serving the next client.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryChunkStore()
+        self.factory = ChunkServerFactory(self.clock, self.store, secret=SECRET)
+
+    def connect(self, port=40000):
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def refusals(self, events):
+        return [e for e in events if e.get("log_format", "").startswith("refused connection")]
+
+    def test_random_bytes_logged(self):
+        """A handshake of random bytes: answered BAD_REQUEST, closed, counted
+        as a failed handshake, and one warning naming the peer and why."""
+        protocol, transport = self.connect()
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\x16\x03\x01" + os.urandom(4093))  # a TLS hello, say
+        [(header, body)] = parse_frames(transport.value())[0]
+        self.assertEqual(error_code(body), BadRequest.code)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.counters["handshake_failures"], 1)
+        [event] = self.refusals(events)
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["peer"].host, "192.0.2.7")
+        self.assertIn("not a frame", event["why"])
+        self.assertEqual(list(self.store.file_ids()), [])
+
+    def test_each_refusal_logged_with_reason(self):
+        """A request first, a wrong proof, no handshake in time: each a
+        warning with its own reason."""
+        with capturedLogs() as events:
+            first, _ = self.connect(1)
+            first.dataReceived(put_request(1, 9, b"intruder"))
+            second, transport = self.connect(2)
+            nonce = new_nonce()
+            second.dataReceived(frame(OP_AUTH, 1, nonce))
+            second.dataReceived(frame(OP_AUTH, 0, b"\0" * 32))
+            self.connect(3)
+            self.clock.advance(HANDSHAKE_TIMEOUT + 1)
+        whys = [(e["peer"].port, e["why"]) for e in self.refusals(events)]
+        self.assertEqual([port for port, _ in whys], [1, 2, 3])
+        self.assertIn("PUT before the handshake", whys[0][1])
+        self.assertIn("wrong proof", whys[1][1])
+        self.assertIn("no handshake within", whys[2][1])
+        self.assertEqual(self.factory.counters["handshake_failures"], 3)
+        self.assertIsNone(self.store.contents(9))
+
+    def test_flood_is_rate_limited(self):
+        """A flood of garbage connections: every one refused and counted,
+        but at most the budget's lines per interval are logged; the next
+        line after it says how many were held back.  Then a client with
+        the secret is served as ever."""
+        burst = self.factory.refusals.burst
+        with capturedLogs() as events:
+            for port in range(1000):
+                protocol, transport = self.connect(port)
+                protocol.dataReceived(os.urandom(64))
+                self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.counters["handshake_failures"], 1000)
+        self.assertEqual(len(self.refusals(events)), burst)
+        self.clock.advance(self.factory.refusals.interval)
+        with capturedLogs() as events:
+            protocol, _ = self.connect()
+            protocol.dataReceived(os.urandom(64))
+        [event] = self.refusals(events)
+        self.assertEqual(event["held_back"], 1000 - burst)
+        self.assertIn(f"{1000 - burst} more like it not logged", event["log_format"].format(**event))
+        protocol, transport = self.connect()
+        nonce = new_nonce()
+        protocol.dataReceived(frame(OP_AUTH, 1, nonce))
+        [(_, challenge)] = parse_frames(transport.value())[0]
+        transport.clear()
+        protocol.dataReceived(frame(OP_AUTH, 0, client_answer(SECRET, nonce, challenge))
+                              + put_request(2, 5, b"data"))
+        [(header, _)] = parse_frames(transport.value())[0]
+        self.assertEqual((header.opcode, header.flags), (OP_PUT, FLAG_RESPONSE))
+        self.assertEqual(self.store.contents(5), b"data")
 
 
 class ClientTests(ClientTestsMixin, SynchronousTestCase):

@@ -14,8 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from speedy.logs import (
-    JSON_KEYS, MAX_REQUEST_ID, JSONLinesObserver, new_request_id, request_id,
-    sane_request_id, twistd_log_file, with_log_format)
+    JSON_KEYS, MAX_REQUEST_ID, JSONLinesObserver, LogBudget, new_request_id, request_id,
+    run_as, sane_request_id, twistd_log_file, with_log_format)
 
 
 def _logged(role="imageserver", pid=7):
@@ -224,3 +224,48 @@ class LogFormatTests(SynchronousTestCase):
         service = MultiService()
         self.assertIs(with_log_format(service, {"log-format": "text"}, "x"), service)
         self.assertNotIn("setServiceParent", service.__dict__)
+
+
+class RunAsTests(SynchronousTestCase):
+
+    def test_run_as(self):
+        """C{run_as} calls under the id and restores the one before; None
+        leaves it as it is."""
+        self.assertEqual(run_as("r-1", request_id.get), "r-1")
+        self.assertIsNone(request_id.get())
+        token = request_id.set("outer")
+        try:
+            self.assertEqual(run_as(None, request_id.get), "outer")
+            self.assertEqual(run_as("inner", request_id.get), "inner")
+            self.assertEqual(request_id.get(), "outer")
+        finally:
+            request_id.reset(token)
+
+    def test_restored_on_error(self):
+        def boom():
+            raise ValueError()
+        self.assertRaises(ValueError, run_as, "r-2", boom)
+        self.assertIsNone(request_id.get())
+
+
+class LogBudgetTests(SynchronousTestCase):
+
+    def test_burst_then_held(self):
+        """C{burst} lines go per interval; the rest are held back and
+        counted; the first line of the next interval says how many."""
+        clock = MemoryReactorClock()
+        budget = LogBudget(clock, burst=3, interval=10.0)
+        self.assertEqual([budget.take() for _ in range(5)], [0, 0, 0, None, None])
+        clock.advance(9.9)
+        self.assertIsNone(budget.take())
+        clock.advance(0.1)
+        self.assertEqual(budget.take(), 3)
+        self.assertEqual(budget.take(), 0)
+        self.assertEqual(LogBudget.more(3), " (3 more like it not logged)")
+        self.assertEqual(LogBudget.more(0), "")
+
+    def test_default_clock(self):
+        """Without a clock it keeps time with C{time.monotonic}."""
+        budget = LogBudget(burst=1)
+        self.assertEqual(budget.take(), 0)
+        self.assertIsNone(budget.take())
