@@ -109,7 +109,8 @@ def answer_registry_error(error, request):
     """The registry's error shape (its L{Router}'s C{answer_error}): the
     spec's C{{"errors": [...]}} body with the status of L{registry_error}."""
     error = registry_error(error)
-    return Answer(error.status, error.body(), error.headers, content_type="application/json")
+    return Answer(error.status, error.body(getattr(request, "request_id", None)), error.headers,
+                  content_type="application/json")
 
 
 def _arg(request, name):

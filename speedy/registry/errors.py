@@ -3,7 +3,13 @@
 The distribution-spec's error codes and the JSON body every failed answer
 carries::
 
-    {"errors": [{"code": "BLOB_UNKNOWN", "message": "...", "detail": {...}}]}
+    {"errors": [{"code": "BLOB_UNKNOWN", "message": "...", "detail": {...}}],
+     "request_id": "5f0c1d2e3a4b5c6d"}
+
+C{request_id} is the request's id (L{speedy.logs}; also in the
+C{X-Request-Id} header), beside the spec's C{errors}: clients read only
+C{errors}, and an operator finds the request's log lines, the
+chunkservers' included, by it.
 
 A handler raises L{RegistryError}; L{speedy.registry.api} turns it into the
 status and body.  Besides the spec's codes we use three that Distribution
@@ -73,17 +79,22 @@ class RegistryError(Exception):
     def status(self):
         return self.code.status
 
-    def body(self):
+    def body(self, request_id=None):
         """@return: the JSON error body as bytes."""
-        return error_body([self] + list(self.more))
+        return error_body([self] + list(self.more), request_id)
 
 
-def error_body(errors):
+def error_body(errors, request_id=None):
     """
     @param errors: L{RegistryError}s.
-    @return: the UTF-8 JSON C{{"errors": [...]}} body listing them.
+    @param request_id: the id of the request answered, or None.
+    @return: the UTF-8 JSON C{{"errors": [...]}} body listing them (and
+        C{request_id}, when given).
     """
-    return json.dumps({"errors": [
+    body = {"errors": [
         {"code": e.code.name, "message": e.message, "detail": e.detail if e.detail is not None else {}}
         for e in errors
-    ]}, separators=(",", ":")).encode("utf-8")
+    ]}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")

@@ -114,10 +114,27 @@ class RequestIdTests(RouterTestCase):
             self.assertRegex(rid, r"\A[0-9a-f]{16}\Z")
 
     def test_on_errors(self):
-        """An error answer (no route) carries it too."""
-        status, headers, _ = self.call("GET", "/nowhere")
+        """An error answer (no route) carries it too, in its header and in
+        its body."""
+        status, headers, body = self.call("GET", "/nowhere")
         self.assertEqual(status, 404)
-        self.assertEqual(len(headers.getRawHeaders("x-request-id")), 1)
+        (rid,) = headers.getRawHeaders("x-request-id")
+        self.assertEqual(json.loads(body)["request_id"], rid)
+
+    def test_in_registry_error_body(self):
+        """The registry's error shape carries it beside the spec's errors."""
+        from speedy.registry.api import answer_registry_error
+        from speedy.registry.errors import BLOB_UNKNOWN, RegistryError
+        router = Router(answer_registry_error)
+
+        async def missing(request):
+            raise RegistryError(BLOB_UNKNOWN)
+        router.route("GET", "/v2/x/blobs/y", missing)
+        response = self.successResultOf(StubTreq(router.resource).request(
+            "GET", URL + "/v2/x/blobs/y", headers={"X-Request-Id": "pull-77"}))
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(body["request_id"], "pull-77")
+        self.assertEqual([e["code"] for e in body["errors"]], ["BLOB_UNKNOWN"])
 
 
 class RoutingTests(RouterTestCase):

@@ -50,8 +50,13 @@ def json_answer(status, value, headers=None):
     return Answer(status, payload, dict(headers or {}), content_type=b"application/json")
 
 
-def error_body(code, message):
-    return {"error": {"code": code, "message": message}}
+def error_body(code, message, request_id=None):
+    """@return: the JSON APIs' error body, with the request's id (see
+    L{speedy.web.rest.request_id_of}) when it has one."""
+    body = {"error": {"code": code, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def json_error(error):
@@ -74,10 +79,12 @@ def json_error(error):
 
 def answer_json_error(error, request):
     """The error shape of the JSON APIs (a L{speedy.web.rest.Router}'s
-    C{answer_error}): C{{"error": {"code", "message"}}} with the status of
-    L{json_error}."""
+    C{answer_error}): C{{"error": {"code", "message"}, "request_id"}} with
+    the status of L{json_error}."""
     refusal = json_error(error)
-    return json_answer(refusal.status, error_body(refusal.code, str(refusal)), refusal.headers)
+    return json_answer(refusal.status, error_body(refusal.code, str(refusal),
+                                                  getattr(request, "request_id", None)),
+                       refusal.headers)
 
 
 def status_for(exc):

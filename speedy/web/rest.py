@@ -364,7 +364,7 @@ class Router:
         request.defaultContentType = None
         for name, value in self._headers.items():
             request.setHeader(name, value)
-        rid = _request_id(request)
+        rid = request_id_of(request)
         call = _Call(request)
         token = request_id.set(rid)
         try:  # the coroutine runs in a copy of this context: under the request's id
@@ -452,11 +452,12 @@ class Router:
             request.loseConnection()
 
 
-def _request_id(request):
+def request_id_of(request):
     """
     @return: the id of C{request} (L{speedy.logs}): its sane C{X-Request-Id},
         else a new one; kept on the request as C{request_id} and answered
-        in C{X-Request-Id}.
+        in C{X-Request-Id}.  Every error shape puts it in its body too
+        (C{"request_id"}), so a failed request can be found in the logs.
     """
     rid = getattr(request, "request_id", None)
     if rid is None:
