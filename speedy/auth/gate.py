@@ -20,7 +20,15 @@ body stored anywhere.
 Refusals are the spec's: C{401 UNAUTHORIZED} with C{WWW-Authenticate:
 Basic realm="speedy"} for missing, malformed or wrong credentials, C{403
 DENIED} for a user the policy does not allow; in the registry's error body
-under C{/v2}, in the JSON APIs' elsewhere.  The user's name, and what it
+under C{/v2}, in the JSON APIs' elsewhere, with the request's id (in the
+body's C{request_id} and in C{X-Request-Id}).  Each is logged with that
+id, the method and path, the peer, the user when known (the one the
+policy denied, the name a wrong password was given for, a token's
+subject) and the reason: C{info} for a request that brought no
+credentials (the challenge every registry client starts with), C{warn}
+for credentials refused.  Lines are limited per gate (a L{LogBudget} for
+each of the two kinds: 20 per 10 seconds, the next line saying how many
+were held back), so a flood of garbage credentials cannot fill the disk.  The user's name, and what it
 may pull (for the catalog), are left on the request as C{speedy_user} and
 C{speedy_may_pull}.
 """
@@ -34,7 +42,7 @@ from collections import OrderedDict
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -42,7 +50,8 @@ from speedy.auth.access import ACTIONS
 from speedy.auth.htpasswd import IUserName
 from speedy.auth.scopes import scope_of
 from speedy.auth.tokens import BadToken
-from speedy.web.rest import Discard
+from speedy.logs import LogBudget
+from speedy.web.rest import Discard, request_id_of
 
 log = Logger()
 
@@ -53,11 +62,13 @@ SPOOL_LIMIT = 4 << 20
 
 
 class Refused(Exception):
-    """A request the gate turns away: C{status} 401 or 403."""
+    """A request the gate turns away: C{status} 401 or 403; C{user}, the
+    user's name when known (for the log)."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, user=None):
         super().__init__(message)
         self.status = status
+        self.user = user
 
 
 def basic_credentials(request):
@@ -97,10 +108,15 @@ class Gate:
     @param checker: its L{HtpasswdChecker} (asked whether credentials
         passed lately, without a thread).
     @param policy: the L{AccessPolicy}.
+    @param clock: the C{IReactorTime} the log's budget keeps time with
+        (None: C{time.monotonic}).
     @ivar resource: the gate's own resource, the site's root.
+    @ivar refusals: the L{LogBudget}s of the refusal lines: C{"challenge"}
+        (no credentials) and C{"refused"} (credentials refused).
     """
 
-    def __init__(self, resource, body_sink_for, portal, checker, policy, realm="speedy"):
+    def __init__(self, resource, body_sink_for, portal, checker, policy, realm="speedy",
+                 clock=None):
         self.inner = resource
         self._inner_sink_for = body_sink_for
         self._portal = portal
@@ -108,6 +124,7 @@ class Gate:
         self.policy = policy
         self.realm = realm
         self.resource = _GateResource(self)
+        self.refusals = {"challenge": LogBudget(clock), "refused": LogBudget(clock)}
 
     def body_sink_for(self, request):
         """The sink of an allowed request's body, a L{Discard} for a refused
@@ -180,7 +197,7 @@ class Gate:
             return user
         if user is None:
             return Refused(401, "authentication required")
-        return Refused(403, "requested access to the resource is denied")
+        return Refused(403, "requested access to the resource is denied", user)
 
     async def admit(self, request):
         """
@@ -201,14 +218,12 @@ class Gate:
                 _, user, _ = await self._portal.login(
                     UsernamePassword(*credentials), None, IUserName)
             except UnauthorizedLogin:
-                log.info("refused {who} from {peer}: wrong user or password",
-                         who=credentials[0].decode("utf-8", "replace")[:64],
-                         peer=request.getClientAddress())
-                raise Refused(401, "unknown user or wrong password")
+                raise Refused(401, "unknown user or wrong password",
+                              credentials[0].decode("utf-8", "replace"))
         if not self.allowed(user, scope):
             if user is None:
                 raise Refused(401, "authentication required")
-            raise Refused(403, "requested access to the resource is denied")
+            raise Refused(403, "requested access to the resource is denied", user)
         return user
 
     def challenge(self, scope, refused):
@@ -225,7 +240,10 @@ class Gate:
         return user
 
     def refusal(self, request, refused):
-        """Answer C{request} with C{refused}, in the error shape of its path."""
+        """Answer C{request} with C{refused}, in the error shape of its path,
+        and log it."""
+        rid = request_id_of(request)
+        self.log_refusal(request, refused, rid)
         scope = scope_of(request.method.decode("ascii", "replace"), request.uri)
         code = "UNAUTHORIZED" if refused.status == 401 else "DENIED"
         if scope.registry == "v2":
@@ -235,6 +253,7 @@ class Gate:
             body = {"error": str(refused)}
         else:
             body = {"error": {"code": code, "message": str(refused)}}
+        body["request_id"] = rid
         request.setResponseCode(refused.status)
         if refused.status == 401:
             request.setHeader(b"www-authenticate", self.challenge(scope, refused))
@@ -244,6 +263,37 @@ class Gate:
         if request.method != b"HEAD":
             request.write(data)
         request.finish()
+
+
+    def log_refusal(self, request, refused, rid):
+        """Log the refusal of C{request} (see the module docstring)."""
+        log_refusal(self.refusals, request, refused.status, str(refused), refused.user, rid)
+
+
+def log_refusal(budgets, request, status, reason, user, rid):
+    """
+    Log a refused request: C{info} when it brought no credentials, else
+    C{warn}; within C{budgets} (L{Gate.refusals}).
+    """
+    kind = "challenge" if request.getHeader(b"authorization") is None else "refused"
+    held = budgets[kind].take()
+    if held is None:
+        return
+    who = "" if user is None else " as {user}"
+    log.emit(LogLevel.info if kind == "challenge" else LogLevel.warn,
+             "refused {method} {path} from {peer}" + who
+             + ": {status} {reason} (request {request_id}){more}",
+             method=request.method.decode("ascii", "replace"),
+             path=request.uri.partition(b"?")[0].decode("utf-8", "replace")[:256],
+             peer=_peer(request),
+             user=None if user is None else user[:64], status=status, reason=reason,
+             request_id=rid, held_back=held, more=LogBudget.more(held))
+
+
+def _peer(request):
+    address = request.getClientAddress()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return str(address) if host is None else f"{host}:{port}"
 
 
 _UNKNOWN = object()
@@ -394,7 +444,7 @@ class TokenGate(Gate):
     """
 
     def __init__(self, resource, body_sink_for, verifier, config, clock):
-        super().__init__(resource, body_sink_for, None, None, None)
+        super().__init__(resource, body_sink_for, None, None, None, clock=clock)
         self._verifier = verifier
         self._config = config
         self._clock = clock
@@ -448,7 +498,8 @@ class TokenGate(Gate):
         if grant is not None and self.allowed(grant, scope):
             return grant
         refused = Refused(401, "authentication required" if grant is None
-                          else "the token does not grant this")
+                          else "the token does not grant this",
+                          None if grant is None else grant.subject or None)
         refused.insufficient = grant is not None
         return refused
 

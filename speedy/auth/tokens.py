@@ -44,6 +44,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from speedy.auth.htpasswd import IUserName
+from speedy.logs import LogBudget
+from speedy.web.rest import request_id_of
 
 log = Logger()
 
@@ -179,23 +181,35 @@ class TokenIssuer(Resource):
     caller in (HTTP Basic, the htpasswd portal; anonymous without
     credentials) and answers C{{"token", "access_token", "expires_in",
     "issued_at"}}, granting each scope the actions the access rules allow
-    (a scope of another service, or none allowed, is left out).
+    (a scope of another service, or none allowed, is left out).  A refusal
+    carries the request's id (C{X-Request-Id}, C{request_id} in the body)
+    and is logged as the gate's are (L{speedy.auth.gate.log_refusal}).
+
+    @param budget_clock: the C{IReactorTime} the refusal lines' budget
+        keeps time with (None: C{time.monotonic}).
     """
 
     isLeaf = True
 
-    def __init__(self, config, portal, policy, clock=time):
+    def __init__(self, config, portal, policy, clock=time, budget_clock=None):
         super().__init__()
         self._config = config
         self._portal = portal
         self._policy = policy
         self._clock = clock
+        self.refusals = {"challenge": LogBudget(budget_clock), "refused": LogBudget(budget_clock)}
 
     def render_GET(self, request):
+        from speedy.auth.gate import log_refusal  # one module each way
+        rid = request_id_of(request)
         d = Deferred.fromCoroutine(self._issue(request))
 
         def done(answer):
-            status, body = answer
+            status, body, user = answer
+            if status >= 400:
+                body["request_id"] = rid
+                log_refusal(self.refusals, request, status, body["errors"][0]["message"],
+                            user, rid)
             request.setResponseCode(status)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
@@ -220,11 +234,11 @@ class TokenIssuer(Resource):
         args = request.args
         service = (args.get(b"service") or [config.service.encode()])[0].decode("utf-8", "replace")
         if service != config.service:
-            return 400, {"errors": [{"code": "DENIED", "message": f"unknown service {service}"}]}
+            return 400, {"errors": [{"code": "DENIED", "message": f"unknown service {service}"}]}, None
         try:
             credentials = basic_credentials(request)
         except Refused as e:
-            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": str(e)}]}
+            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": str(e)}]}, None
         user = None
         if credentials is not None:
             try:
@@ -232,7 +246,8 @@ class TokenIssuer(Resource):
                                                       IUserName)
             except UnauthorizedLogin:
                 return 401, {"errors": [{"code": "UNAUTHORIZED",
-                                         "message": "unknown user or wrong password"}]}
+                                         "message": "unknown user or wrong password"}]}, \
+                    credentials[0].decode("utf-8", "replace")
         access = []
         for raw in (args.get(b"scope") or [])[:MAX_SCOPES]:
             for text in raw.decode("utf-8", "replace").split(" "):
@@ -257,4 +272,4 @@ class TokenIssuer(Resource):
                   "jti": os.urandom(12).hex(), "access": access}
         token = jwt.encode(claims, config.private_key, algorithm=_algorithm(config.private_key))
         return 200, {"token": token, "access_token": token, "expires_in": int(config.expiry),
-                     "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+                     "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}, None

@@ -229,7 +229,8 @@ def makeService(options, reactor=None):
         checker = HtpasswdChecker(path, reactor, reactor)
         policy = AccessPolicy.load(options["access"]) if options["access"] else \
             AccessPolicy.default()
-        gate = Gate(resource, body_sink_for, users_portal(checker), checker, policy)
+        gate = Gate(resource, body_sink_for, users_portal(checker), checker, policy,
+                    clock=reactor)
         resource, body_sink_for = gate.resource, gate.body_sink_for
     elif mode == "token":
         config = path
@@ -237,7 +238,8 @@ def makeService(options, reactor=None):
             checker = HtpasswdChecker(config.htpasswd, reactor, reactor)
             policy = AccessPolicy.load(config.access) if config.access else \
                 AccessPolicy.default()
-            root.router.mount(b"token", TokenIssuer(config, users_portal(checker), policy))
+            root.router.mount(b"token", TokenIssuer(config, users_portal(checker), policy,
+                                                    budget_clock=reactor))
         gate = TokenGate(resource, body_sink_for, TokenVerifier(config), config, reactor)
         resource, body_sink_for = gate.resource, gate.body_sink_for
     elif options["access"]:

@@ -10,7 +10,10 @@ import subprocess
 import bcrypt
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+import json
+
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -277,8 +280,9 @@ class GateTests(SynchronousTestCase):
             self.sinks.append(request.uri)
             return self.route_sink
 
+        self.clock = clock
         self.gate = Gate(Recorder(), sink_for, users_portal(self.checker), self.checker,
-                         AccessPolicy.load(policy_path))
+                         AccessPolicy.load(policy_path), clock=clock)
 
     def request(self, method, uri, authorization=None):
         request = DummyRequest(uri.lstrip("/").split("/"))
@@ -329,6 +333,74 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(request.responseCode, 403)
         self.assertIn(b'{"error": {"code": "DENIED"', b"".join(request.written))
         self.assertEqual(self.served, [])
+
+    def refusal_events(self, events):
+        return [e for e in events if e.get("log_format", "").startswith("refused {method}")]
+
+    def test_refusals_logged(self):
+        """
+        Every refusal is answered with the request's id (in C{X-Request-Id}
+        and the body) and logged with it, the peer, the user when known and
+        the reason: bad input (a malformed, huge or foreign Authorization,
+        a garbage token) and wrong passwords as warnings, the challenge of
+        a request without credentials as info.  Nothing was served.
+        """
+        cases = [
+            (None, 401, LogLevel.info, None, "authentication required"),
+            (basic("alice", "bob-password"), 401, LogLevel.warn, "alice", "wrong password"),
+            (basic("mallory", "x"), 401, LogLevel.warn, "mallory", "wrong password"),
+            (b"Basic !!!not base64", 401, LogLevel.warn, None, "malformed"),
+            (b"Basic " + b"A" * 100_000, 401, LogLevel.warn, None, "too long"),
+            (b"Bearer eyJhbGciOiJub25lIn0.garbage.", 401, LogLevel.warn, None, "only Basic"),
+            (b"\x00\xff\xfe garbage", 401, LogLevel.warn, None, "only Basic"),
+            (basic("bob", "bob-password"), 403, LogLevel.warn, "bob", "denied"),
+        ]
+        for authorization, status, level, user, reason in cases:
+            with capturedLogs() as events:
+                request = self.render("PUT", "/v2/alice/app/manifests/1", authorization)
+            self.assertEqual(request.responseCode, status, reason)
+            rid = request.responseHeaders.getRawHeaders(b"x-request-id")[0].decode()
+            self.assertEqual(json.loads(b"".join(request.written))["request_id"], rid)
+            [event] = self.refusal_events(events)
+            self.assertEqual((event["request_id"], event["status"], event["log_level"],
+                              event["user"]), (rid, status, level, user), reason)
+            self.assertIn(reason, event["reason"])
+            self.assertEqual(event["path"], "/v2/alice/app/manifests/1")
+            self.assertIn(f"(request {rid})", event["log_format"].format(**event))
+        self.assertEqual(self.served, [])
+        self.assertEqual(self.render("GET", "/v2/alice/app/manifests/1",
+                                     basic("alice", "alice-password")).responseCode, None)
+        self.assertEqual(len(self.served), 1)
+
+    def test_client_request_id_kept(self):
+        """A sane X-Request-Id of the client is the refusal's id."""
+        request = self.request("GET", "/v2/alice/app/tags/list")
+        request.requestHeaders.setRawHeaders(b"x-request-id", [b"client-42"])
+        with capturedLogs() as events:
+            self.gate.resource.render(request)
+        self.assertEqual(json.loads(b"".join(request.written))["request_id"], "client-42")
+        [event] = self.refusal_events(events)
+        self.assertEqual(event["request_id"], "client-42")
+
+    def test_refusal_flood_rate_limited(self):
+        """A flood of garbage credentials: each refused, but at most the
+        budget's lines per interval logged, the next saying how many were
+        held back; challenges have their own budget, so the flood does
+        not hide them."""
+        budget = self.gate.refusals["refused"]
+        with capturedLogs() as events:
+            for i in range(200):
+                self.assertEqual(self.render("GET", "/v2/alice/app/tags/list",
+                                             b"Basic !!" + b"%d" % i).responseCode, 401)
+            self.render("GET", "/v2/alice/app/tags/list")
+        logged = self.refusal_events(events)
+        self.assertEqual(len(logged), budget.burst + 1)
+        self.assertEqual(logged[-1]["log_level"], LogLevel.info)
+        self.clock.advance(budget.interval)
+        with capturedLogs() as events:
+            self.render("GET", "/v2/alice/app/tags/list", b"Basic !!")
+        [event] = self.refusal_events(events)
+        self.assertEqual(event["held_back"], 200 - budget.burst)
 
     def test_body_sinks(self):
         """Known credentials are decided as the headers arrive: allowed,

@@ -14,6 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -188,6 +189,48 @@ class IssuerAndGateTests(SynchronousTestCase):
                           request.responseHeaders.getRawHeaders(b"www-authenticate")[0])
         self.assertEqual(self.served, [b"/v2/alice/app/manifests/1"])
         self.assertEqual(self.get_token(["repository:alice/app:pull"], "alice", "wrong")[0], 401)
+
+    def refusals(self, events):
+        return [e for e in events if e.get("log_format", "").startswith("refused {method}")]
+
+    def test_garbage_tokens_refused_and_logged(self):
+        """A garbage JWT, a forged one (C{alg: none}), a huge one, one for
+        another repository: 401, the request id in the body, and a warning
+        with it and the reason (the subject, for a token that does not
+        grant); then a good token passes as ever."""
+        _, answer = self.get_token(["repository:alice/app:pull,push"], "alice", "alice-password")
+        granted = answer["token"]
+        header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+        payload = base64.urlsafe_b64encode(json.dumps(
+            {"sub": "mallory", "access": [{"type": "repository", "name": "alice/app",
+                                           "actions": ["push"]}]}).encode()).rstrip(b"=").decode()
+        cases = [("not.a.jwt", "invalid token", None), (f"{header}.{payload}.", "invalid token", None),
+                 ("A" * 20_000, "too long", None), ("\u00e9\u00e9", "invalid token", None)]
+        for token, reason, user in cases:
+            with capturedLogs() as events:
+                request = self.call("PUT", "/v2/alice/app/manifests/1", token)
+            self.assertEqual(request.responseCode, 401, token[:20])
+            rid = json.loads(b"".join(request.written))["request_id"]
+            [event] = self.refusals(events)
+            self.assertEqual((event["request_id"], event["log_level"], event["user"]),
+                             (rid, LogLevel.warn, user))
+            self.assertIn(reason, event["reason"])
+        with capturedLogs() as events:
+            self.call("PUT", "/v2/bob/app/manifests/1", granted)
+        [event] = self.refusals(events)
+        self.assertEqual((event["user"], event["reason"]), ("alice", "the token does not grant this"))
+        self.assertEqual(self.served, [])
+        self.assertEqual(self.call("PUT", "/v2/alice/app/manifests/1", granted).responseCode, None)
+
+    def test_issuer_refusals_logged(self):
+        """The token service's refusals (a wrong password, malformed
+        credentials) carry the request id and are logged with the user."""
+        with capturedLogs() as events:
+            status, answer = self.get_token(["repository:alice/app:pull"], "alice", "wrong")
+        self.assertEqual(status, 401)
+        [event] = self.refusals(events)
+        self.assertEqual((event["request_id"], event["user"], event["log_level"]),
+                         (answer["request_id"], "alice", LogLevel.warn))
 
     def test_grants_follow_the_rules(self):
         """bob asking for push on alice/app gets pull only; anonymous gets
