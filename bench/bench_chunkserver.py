@@ -2,7 +2,7 @@
 Benchmark one chunkserver process on loopback, driven by ChunkClient.
 
     .venv/bin/python bench/bench_chunkserver.py [--sync always] [--small-ops 20000]
-        [--procs 2] [--small-only] [--server-path DIR]
+        [--procs 2] [--small-only] [--server-path DIR] [--trace]
 
 Measures 16 MiB PUT and GET throughput (MiB/s) at concurrency 1 and 16,
 4 KiB PUT and GET operations per second at concurrency 16, and 16 MiB GET
@@ -15,7 +15,8 @@ on 4 KiB chunks, so the small-chunk phase runs in --procs client processes
 ops/s is all their operations over the time from the first one's start to
 the last one's end.  --server-path runs the daemon from another checkout
 (e.g. C{git archive HEAD | tar -x -C DIR}), to compare before and after a
-change with the same client.
+change with the same client.  --trace makes every 4 KiB request carry a
+16-character trace (protocol.md, *Traces*), as an imageserver's do.
 """
 
 import argparse
@@ -97,6 +98,9 @@ async def client_process(reactor, args):
             operation = lambda i: client.put(args.client, args.first_id + i, data)  # noqa: E731
         else:
             operation = lambda i: client.get(args.client, args.first_id + i)  # noqa: E731
+        if args.trace:
+            from speedy.logs import request_id
+            request_id.set(new_request_id_like())
         start = time.time()
         await concurrently(args.count, args.concurrency, operation)
         return {"ops": args.count, "start": start, "end": time.time()}
@@ -104,7 +108,12 @@ async def client_process(reactor, args):
         await client.close()
 
 
-async def in_processes(reactor, address, op, procs, concurrency, count, first_id):
+def new_request_id_like():
+    """@return: an id of the imageserver's kind (16 hex digits)."""
+    return os.urandom(8).hex()
+
+
+async def in_processes(reactor, address, op, procs, concurrency, count, first_id, trace=False):
     """
     Run C{count} 4 KiB C{op}s in C{procs} client processes.
 
@@ -115,7 +124,8 @@ async def in_processes(reactor, address, op, procs, concurrency, count, first_id
         getProcessOutputAndValue(sys.executable, [
             os.path.abspath(__file__), "--client", address, "--op", op,
             "--first-id", str(first_id + n * share), "--count", str(share),
-            "--concurrency", str(max(1, concurrency // procs))], env=os.environ)
+            "--concurrency", str(max(1, concurrency // procs))] + (["--trace"] if trace else []),
+            env=os.environ)
         for n in range(procs)]
     results = []
     for out, err, code in await defer.gatherResults(runs, consumeErrors=True):
@@ -126,14 +136,15 @@ async def in_processes(reactor, address, op, procs, concurrency, count, first_id
     return sum(r["ops"] for r in results) / elapsed
 
 
-async def small_chunks(reactor, daemon, address, concurrency, count, first_id, procs):
+async def small_chunks(reactor, daemon, address, concurrency, count, first_id, procs, trace=False):
     cpu = cpu_seconds(daemon.process.pid)
-    put = await in_processes(reactor, address, "put", procs, concurrency, count, first_id)
+    put = await in_processes(reactor, address, "put", procs, concurrency, count, first_id, trace)
     put_cpu = cpu_seconds(daemon.process.pid) - cpu
     cpu = cpu_seconds(daemon.process.pid)
-    get = await in_processes(reactor, address, "get", procs, concurrency, count, first_id)
+    get = await in_processes(reactor, address, "get", procs, concurrency, count, first_id, trace)
     get_cpu = cpu_seconds(daemon.process.pid) - cpu
-    print(f"{'4 KiB chunks, ' + str(procs) + ' client process(es)':<44} c={concurrency:<3}"
+    label = f"4 KiB chunks, {procs} client process(es)" + (", traced" if trace else "")
+    print(f"{label:<44} c={concurrency:<3}"
           f" PUT {put:7.0f} ops/s    GET {get:7.0f} ops/s"
           f"   server CPU {put_cpu * 1e6 / count:4.0f} us per PUT, {get_cpu * 1e6 / count:4.0f} us per GET",
           flush=True)
@@ -167,7 +178,8 @@ def main(reactor, args):
             if not args.small_only:
                 await big_chunks(daemon, client, address, 1, args.big, 1_000_000, data, label)
                 await big_chunks(daemon, client, address, 16, args.big * 2, 2_000_000, data, label)
-            await small_chunks(reactor, daemon, address, 16, args.small_ops, 3_000_000, args.procs)
+            await small_chunks(reactor, daemon, address, 16, args.small_ops, 3_000_000, args.procs,
+                               args.trace)
 
         async def without_sendfile(daemon, client, address):
             label = "16 MiB chunks (read, --zero-copy off)"
@@ -192,6 +204,8 @@ if __name__ == "__main__":
     parser.add_argument("--procs", type=int, default=1, help="client processes for the 4 KiB phase")
     parser.add_argument("--small-only", action="store_true", help="run only the 4 KiB phase")
     parser.add_argument("--server-path", help="run the daemon from this checkout instead")
+    parser.add_argument("--trace", action="store_true",
+                        help="4 KiB requests carry a trace, as an imageserver's do")
     # The client processes of --procs: this script again, with these.
     parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--op", choices=["put", "get"], help=argparse.SUPPRESS)
