@@ -20,6 +20,7 @@ import urllib.request
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -31,7 +32,10 @@ from speedy.chunkserver.volume import HEADER_SIZE, RecordHeader
 from speedy.imageserver.clusterview import ServerView
 from speedy.imageserver.placement import preferred_replica
 from speedy.metadata import open_store
+from speedy.errors import ChunkNotFound
 from speedy.test.processes import Daemon, free_port
+from speedy.test.util import TEST_SECRET
+from speedy.wire.client import ChunkClient
 
 MiB = 1 << 20
 
@@ -182,8 +186,8 @@ class EndToEndTests(TestCase):
         response.deliverBody(body)
         return response.code, await body.done
 
-    async def get(self, base, path, at_bytes=lambda n: None):
-        response = await self.agent.request(b"GET", f"{base}/v1/files/{path}".encode())
+    async def get(self, base, path, at_bytes=lambda n: None, headers=None):
+        response = await self.agent.request(b"GET", f"{base}/v1/files/{path}".encode(), headers)
         body = Collect(at_bytes)
         response.deliverBody(body)
         return response.code, await body.done
@@ -195,6 +199,7 @@ class EndToEndTests(TestCase):
         """
         await self.write_here_read_there()
         await self.damaged_replica()
+        await self.failed_read_traced()
 
     async def test_chunkservers_killed(self):
         """Chunkservers die during an upload and during a download; neither
@@ -289,6 +294,51 @@ class EndToEndTests(TestCase):
         finally:
             await store.close()
         self.assertTrue(bad, "no bad replica was recorded")
+
+
+    async def failed_read_traced(self):
+        """
+        A read that fails (its chunk deleted from every replica behind the
+        imageserver's back) is traced across daemons: the request id the
+        client sent comes back in the error body, and the chunkservers'
+        log lines about the chunk carry it.
+        """
+        from twisted.web.http_headers import Headers
+        marker = b"speedy-e2e-traced!" * 64
+        data = marker + os.urandom(1000)
+        a, b = self.cluster.imageservers
+        code, _ = await self.put(a, "e2e/traced", data)
+        self.assertEqual(code, 201)
+        file_id = None
+        for i in range(len(self.cluster.chunkservers)):
+            for path in glob.glob(os.path.join(self.cluster.workdir, f"cs{i}", "volume-*")):
+                header = _header_before(path, marker)
+                if header is not None:
+                    file_id = header.file_id
+        self.assertIsNotNone(file_id)
+        client = ChunkClient(reactor, secret=TEST_SECRET)
+        try:
+            for daemon in self.cluster.chunkservers:
+                try:
+                    await client.delete(f"127.0.0.1:{daemon.port}", file_id)
+                except ChunkNotFound:
+                    pass
+        finally:
+            await client.close()
+        rid = "e2e-failed-pull-" + os.urandom(4).hex()
+        code, body = await self.get(b, "e2e/traced",
+                                    headers=Headers({b"x-request-id": [rid.encode()]}))
+        self.assertGreaterEqual(code, 400, body)
+        self.assertEqual(json.loads(body)["request_id"], rid)
+        needle = f"(request {rid})"
+        deadline = time.monotonic() + 10
+        while True:
+            traced = [d.name for d in self.cluster.chunkservers
+                      if needle in open(d.log_path, errors="replace").read()]
+            if traced or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.1)
+        self.assertTrue(traced, f"no chunkserver logged {needle}")
 
 
 def _header_before(path, marker):
