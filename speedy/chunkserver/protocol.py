@@ -34,8 +34,9 @@ taken off the front of its body and becomes the C{request_id} of the log
 events about it (and the current L{speedy.logs.request_id} while it is
 handled); a CHAIN_PUT's forward to the next member carries it on.  Every
 error answered to a request is logged: C{info} for a chunk or range that
-is not there, C{warn} for every other (a damaged record, a refused write,
-a chain's next member failing), with the opcode, file id, error code, the
+is not there (or a store still opening), at most 1,000 such lines per 10
+seconds, C{warn} for every other (a damaged record, a refused write, a
+chain's next member failing), with the opcode, file id, error code, the
 wire request id (C{wire_id}) and the peer.
 """
 
@@ -92,9 +93,11 @@ SMALL_BODY = 64 * 1024
 
 #: The opcodes whose request body begins with a file id.
 _ABOUT_A_CHUNK = frozenset((OP_GET, OP_STAT, OP_DELETE, OP_VERIFY, OP_PUT, OP_CHAIN_PUT))
-#: Errors that say a chunk or range is not there: logged as info, not warn
-#: (a reader checking, a sweep deleting twice).
-_QUIET_ERRORS = (ChunkNotFound, RangeNotSatisfiable)
+#: Errors that say a chunk or range is not there, or the store not open
+#: yet: logged as info, not warn (a reader checking, a sweep deleting
+#: twice, imageservers calling while the store opens), within
+#: L{ChunkServerFactory.quiet_errors}.
+_QUIET_ERRORS = (ChunkNotFound, RangeNotSatisfiable, Unavailable)
 
 
 def error_name(error):
@@ -134,6 +137,8 @@ class ChunkServerFactory(Factory):
         take requests from anyone (tests of other things).
     @ivar refusals: the L{LogBudget} of the lines about refused
         connections (failed handshakes).
+    @ivar quiet_errors: the L{LogBudget} of the C{info} lines about
+        requests answered with a missing chunk or range.
     @ivar forwarder: the L{speedy.wire.client.ChunkClient} (with the cluster
         secret) a CHAIN_PUT is forwarded to the next member of its chain
         with, or a callable C{forwarder(after)} returning the client to
@@ -152,6 +157,7 @@ class ChunkServerFactory(Factory):
         self.secret = secret
         self.handshake_timeout = handshake_timeout
         self.refusals = LogBudget(clock)
+        self.quiet_errors = LogBudget(clock, burst=1000)
         self.store = store
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
@@ -501,14 +507,20 @@ class ChunkServerProtocol(Protocol):
     def _log_error(self, opcode, request_id, error, trace=None, file_id=None):
         """Log the error answered to a request: C{info} for a chunk or range
         that is not there, C{warn} for any other."""
+        held = 0
+        if isinstance(error, _QUIET_ERRORS):
+            held = self.factory.quiet_errors.take()
+            if held is None:
+                return
         text = "{op} of chunk {file_id} failed: {code} {error}" if file_id is not None \
             else "{op} request failed: {code} {error}"
         if trace is not None:
             text += " (request {request_id})"
         self._log.emit(LogLevel.info if isinstance(error, _QUIET_ERRORS) else LogLevel.warn,
-                       text, op=OPCODES.get(opcode, f"opcode {opcode}"), file_id=file_id,
-                       code=error_name(error), error=error, wire_id=request_id,
-                       peer=self.transport.getPeer(), request_id=trace)
+                       text + "{more}", op=OPCODES.get(opcode, f"opcode {opcode}"),
+                       file_id=file_id, code=error_name(error), error=error, wire_id=request_id,
+                       peer=self.transport.getPeer(), request_id=trace, held_back=held,
+                       more=LogBudget.more(held))
 
     def _answer_error(self, opcode, request_id, error):
         self.factory.counters["error_frames"] += 1

@@ -695,6 +695,23 @@ class TraceTests(ServerTestsMixin, SynchronousTestCase):
         [event] = failures(events)
         self.assertEqual((event["request_id"], event["file_id"], event["op"]), (None, 4, "DELETE"))
 
+    def test_quiet_errors_limited(self):
+        """Lines about missing chunks are info and limited per listener (a
+        sweep deleting thousands twice); the next says how many were held
+        back.  Warnings are not limited."""
+        self.connect()
+        budget = self.factory.quiet_errors
+        with capturedLogs() as events:
+            self.send(b"".join(frame(OP_STAT, i, FILE_ID.pack(i)) for i in range(1, budget.burst + 11)),
+                      piece=4096)
+        self.assertEqual(len(self.responses()), budget.burst + 10)
+        self.assertEqual(len(failures(events)), budget.burst)
+        self.clock.advance(budget.interval)
+        with capturedLogs() as events:
+            self.send(frame(OP_STAT, 1, FILE_ID.pack(1)))
+        [event] = failures(events)
+        self.assertEqual(event["held_back"], 10)
+
     def test_bad_trace_refused(self):
         """A trace of other bytes than an id's (a forged log line, say):
         BAD_REQUEST, nothing done, and the connection goes on."""
