@@ -122,7 +122,7 @@ class LogBudget:
     """
 
     def __init__(self, clock=None, burst=20, interval=10.0):
-        self._seconds = clock.seconds if clock is not None else time.monotonic
+        self._clock = clock
         self.burst = burst
         self.interval = interval
         self._window = None  # when the current window began
@@ -134,7 +134,7 @@ class LogBudget:
         @return: None when this line must not be logged (it is counted),
             else the number of lines held back before it (usually 0).
         """
-        now = self._seconds()
+        now = self._clock.seconds() if self._clock is not None else time.monotonic()
         if self._window is None or now - self._window >= self.interval:
             self._window, self._spent = now, 0
         if self._spent >= self.burst:

@@ -120,7 +120,15 @@ class ChunkserverProcessTests(TestCase):
         (header, body), closed = self.garbage(b"\x00" * 4096, None)
         self.assertEqual(error_code(body), BadRequest.code)
         self.assertTrue(closed)
-        self.assertEqual((await self.client.status(self.address))["wire"]["handshake_failures"], 2)
+        # Random bytes first are a failed handshake too: three, each logged
+        # with the peer and the reason.
+        self.assertEqual((await self.client.status(self.address))["wire"]["handshake_failures"], 3)
+        with open(self.daemon.log_path, errors="replace") as f:
+            log = f.read()
+        self.assertEqual(log.count("refused connection from"), 3, log)
+        self.assertIn("not a frame of this protocol (bad magic", log)
+        self.assertIn("DELETE before the handshake", log)
+        self.assertIn("wrong proof", log)
         self.assertEqual(await self.client.stat(self.address, 1), info)
 
         await self.client.delete(self.address, 2)
