@@ -7,6 +7,7 @@ protocol a real registry accepts.
 """
 
 import hashlib
+import json
 import http.server
 import os
 import signal
@@ -28,7 +29,9 @@ from _stats import markdown_table, percentile, summarize  # noqa: E402
 from _wrk import wrk_phase  # noqa: E402
 from loadgen import Connection, Operations, RequestFailed, registry_suite, run_phase  # noqa: E402
 from race import compare  # noqa: E402
-from testbed import original_row  # noqa: E402
+from testbed import original_row, use_loopback  # noqa: E402
+import testbed  # noqa: E402
+from _transferwatch import copied_between, read_samples, transfer_at  # noqa: E402
 
 from speedy.test.util import require_tool  # noqa: E402
 
@@ -134,6 +137,10 @@ class VerifiedPullTests(TestCase):
             "BadStatusLine": 1})
         moved = summary["MiB_s"] * summary["wall_s"]
         self.assertLess(abs(moved - 5 * len(GOOD) / (1 << 20)), 0.01)
+        # When the phase ran, on the wall clock (to line it up with others' samples).
+        self.assertLess(abs(summary["ended_at"] - summary["started_at"] - summary["wall_s"]),
+                        0.01)
+        self.assertLess(abs(summary["started_at"] - time.time()), 60)
 
 
 class WrkTests(TestCase):
@@ -321,6 +328,53 @@ class ReportTests(TestCase):
             "concurrent": 10, "fileSize(M)": 16, "file count": 100, "upload time(seconds)": 42.85,
             "download time(seconds)": 15.23, "upload speed(M/s)": 37.34,
             "download speed(M/s)": 105.06, "errors": 1, "error_kinds": {"digest mismatch": 1}})
+
+
+class TransferWatchTests(TestCase):
+    """What testbed.py reads from the transfer watcher's samples."""
+
+    def samples(self):
+        def sample(t, copied, state):
+            return {"t": t, "counters": {"bytes": copied},
+                    "transfers": [{"transfer_id": "drain-1-x", "state": state}]}
+
+        path = self.mktemp()
+        with open(path, "w") as out:
+            for t, copied, state in ((10.0, 0, "running"), (11.0, 16, "running"),
+                                     (12.0, 48, "running"), (13.0, 64, "deleting")):
+                out.write(json.dumps(sample(t, copied, state)) + "\n")
+            out.write('{"t": 14.0, "coun')  # cut short by the watcher's end
+        return read_samples(path)
+
+    def test_copied_between_counts_the_samples_at_each_end(self):
+        samples = self.samples()
+        self.assertEqual(len(samples), 4)
+        self.assertEqual(copied_between(samples, 10.5, 12.5), 48)
+        self.assertEqual(copied_between(samples, 5.0, 11.0), 16)
+        self.assertEqual(copied_between(samples, 12.0, 99.0), 16)
+
+    def test_transfer_at(self):
+        samples = self.samples()
+        self.assertEqual(transfer_at(samples, "drain-1-x", 12.9)["state"], "running")
+        self.assertEqual(transfer_at(samples, "drain-1-x", 13.0)["state"], "deleting")
+        self.assertIsNone(transfer_at(samples, "drain-1-x", 9.0))
+        self.assertIsNone(transfer_at(samples, "other", 13.0))
+
+
+class TestbedLoopbackTests(TestCase):
+    def test_every_host_on_its_own_loopback_address(self):
+        saved = (dict(testbed.HOSTS), dict(testbed.ALL_HOSTS), testbed._namespaces)
+        self.addCleanup(self.restore, saved)
+        use_loopback()
+        self.assertEqual(testbed.HOSTS["node1"], "127.0.100.11")
+        self.assertEqual(testbed.ALL_HOSTS["client2"], "127.0.100.20")
+        self.assertEqual(len(set(testbed.ALL_HOSTS.values())), len(testbed.ALL_HOSTS))
+        self.assertIsNone(testbed.netns("node1"))
+
+    def restore(self, saved):
+        hosts, all_hosts, testbed._namespaces = saved
+        testbed.HOSTS.update(hosts)
+        testbed.ALL_HOSTS.update(all_hosts)
 
 
 class DistributionTests(TestCase):

@@ -347,7 +347,7 @@ def run_phase(url, op, jobs, concurrency, *, dataset=None, repository="bench/loa
     try:
         for _ in workers:
             ready.get(timeout=phase_timeout)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         go.set()
         outcomes = [results.get(timeout=phase_timeout + request_timeout) for _ in workers]
     except queue.Empty:
@@ -361,7 +361,8 @@ def run_phase(url, op, jobs, concurrency, *, dataset=None, repository="bench/loa
     ended = max((s[3] for s in samples), default=started)
     summary = summarize([s[:3] for s in samples], wall=ended - started,
                         cpu_seconds=sum(o["cpu"] for o in outcomes))
-    summary.update(op=op, concurrency=concurrency, processes=processes, preloaded=preload)
+    summary.update(op=op, concurrency=concurrency, processes=processes, preloaded=preload,
+                   started_at=round(started_at, 3), ended_at=round(started_at + ended - started, 3))
     uploaded = sorted((item for o in outcomes for item in o["uploaded"]), key=lambda i: i.index)
     return summary, uploaded
 

@@ -40,14 +40,24 @@ second replica group to the same bridge:
         both clients at once (each C{count} files at C{concurrency}) against
         one imageserver node and one group, then against two and two (each
         client its own node): the aggregate upload and download
-    sudo python bench/testbed.py --scenario rebalance [--transfer-rate 32MiB]
+    sudo python bench/testbed.py --scenario rebalance|drain [--transfer-rate 32MiB]
         group 1 filled, group 2 started in the running cluster, the client's
         put/get without a transfer, then again during C{speedy-admin
-        rebalance --spread 0} at the chunkmaster's rate limit, then the
-        rebalance's own throughput
-    sudo python bench/testbed.py --scenario transfer [--transfer-rate 0]
-        group 1 filled, group 2 started, group 1 drained with no client:
-        the transfer's throughput (C{--no-shape}: unshaped veths)
+        rebalance --spread 0} (or C{drain group 1}) at the chunkmaster's
+        rate limit; the chunk bytes the transfer copied during the client's
+        upload and download (watched by L{_transferwatch}), then the
+        transfer's own throughput
+    sudo python bench/testbed.py --scenario transfer [--transfer-rate 0,48MiB]
+        for each rate, a fresh cluster: group 1 filled, group 2 started,
+        group 1 drained with no client: the transfer's chunks/s and MiB/s
+        against its limit (C{--no-shape}: unshaped veths)
+    python bench/testbed.py --loopback --scenario transfer|rebalance|drain|scale-out
+        the same, every host an address of this machine's loopback
+        (127.0.100.x), no namespaces, no shaping, no root
+
+The chunkmaster's C{--transfer-rate} counts every byte written to each
+target replica: a chunk is written three times, so 48MiB lets at most 16
+MiB/s of chunks move.
 
 It prints every phase as a JSON line, then the table in the original
 README's columns.  C{--iperf} adds a raw TCP measurement (iperf3) of the
@@ -55,6 +65,7 @@ client-node1 link in each direction.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -68,6 +79,7 @@ import time
 import attrs
 from _servers import ServerProcess, http_healthy, netns_prefix, nginx, probe
 from _stats import json_line
+from _transferwatch import copied_between, read_samples, transfer_at
 
 from speedy.localcluster import DEFAULT_IMAGESERVER_WORKERS, ClusterPlan, listening_ports
 from speedy.units import parse_size
@@ -102,8 +114,13 @@ ORIGINAL_COLUMNS = ("concurrent", "fileSize(M)", "file count", "upload time(seco
                     "download time(seconds)", "upload speed(M/s)", "download speed(M/s)")
 
 
+#: Whether the hosts are network namespaces (False with C{--loopback}).
+_namespaces = True
+
+
 def netns(name):
-    return PREFIX + name
+    """@return: host C{name}'s network namespace, or None on loopback."""
+    return PREFIX + name if _namespaces else None
 
 
 def _run(*argv):
@@ -302,6 +319,20 @@ CLIENTS = ("client", "client2")
 ALL_HOSTS = {**HOSTS, **SCALE_OUT_HOSTS}
 
 
+def use_loopback():
+    """
+    Run the scale-out scenarios in this machine's own network namespace,
+    unshaped (C{--loopback}, no root needed): each host becomes an address
+    of the loopback's 127.0.0.0/8 with the last byte of its testbed
+    address (node1 is 127.0.100.11), so the roles keep their ports.
+    """
+    global _namespaces
+    _namespaces = False
+    for hosts in (HOSTS, ALL_HOSTS):
+        for name, address in hosts.items():
+            hosts[name] = "127.0.100." + address.rsplit(".", 1)[1]
+
+
 @attrs.frozen
 class ScaleOutCluster:
     """A cluster laid out over the scale-out hosts: its plan, and its
@@ -484,83 +515,194 @@ def _wait_transfer(cluster, transfer_id, timeout, until=("deleting", "done")):
         time.sleep(0.5)
 
 
-def transfers(args, workdir_for):
+@contextlib.contextmanager
+def watching(cluster, interval=1.0):
     """
-    The rebalance scenario (clients without and during a rebalance onto a
-    new group) or the transfer scenario (a drain's own throughput).
-    @return: the result row.
+    Run L{_transferwatch} against the chunkmaster, in node1, while the
+    block runs.
+
+    @return: a context manager giving a callable that answers the
+        watcher's samples so far.
     """
-    rebalance = args.scenario == "rebalance"
-    master_args = ["--transfer-rate", str(args.transfer_rate), "--transfer-parallelism",
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
+        process = subprocess.Popen(netns_prefix(netns("node1")) + [
+            sys.executable, os.path.join(HERE, "_transferwatch.py"),
+            f"http://{HOSTS['node1']}:{MASTER_PORT}", cluster.plan.secret_file("admin-token"),
+            out.name, "--interval", str(interval)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield functools.partial(read_samples, out.name)
+        finally:
+            process.kill()
+            process.wait()
+
+
+def _rate_limit(rate):
+    """@return: the chunkmaster's C{--transfer-rate} in bytes a second (0: none)."""
+    return parse_size(rate) if rate not in ("0", "") else 0
+
+
+def _two_groups(args, workdir, started, rate, fill):
+    """
+    Start a cluster of one imageserver node and replica group 1, put
+    C{fill} files into it from the client, then start group 2 in the
+    running cluster (no restart of any role) and wait until it takes writes.
+
+    @return: the L{ScaleOutCluster}.
+    """
+    master_args = ["--transfer-rate", rate, "--transfer-parallelism",
                    str(args.transfer_parallelism), "--transfer-interval", "1",
                    "--transfer-delete-delay", "5s"]
+    cluster = scale_out_cluster(workdir, workers=args.imageserver_workers,
+                                imageserver_nodes=1, groups=2, master_args=master_args,
+                                read_window=args.read_window, replication=args.replication)
+    _start(cluster.servers, started)
+    concurrent_load([("client", "node1")], count=fill, size=args.size, concurrency=10, ops="put",
+                    label="fill", phase_timeout=args.phase_timeout)
+    _start(cluster.servers, started, group=2)  # a group joins the running cluster
+    deadline = time.monotonic() + 120
+    while cluster.admin("status")["writable_groups"] < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("group 2 never became writable")
+        time.sleep(0.5)
+    return cluster
+
+
+def _finished(done, began):
+    """@return: a finished transfer's row with its time and rates: from
+    C{began} (or its creation) to its last switch."""
+    seconds = time.time() - began
+    if done["state"] == "deleting":  # its last save: the last chunk switched
+        seconds = done["updated"] - done["created"]
+    return dict(done, seconds=round(seconds, 1),
+                chunks_s=round(done["chunks_done"] / seconds, 2),
+                MiB_s=round(done["bytes_done"] / (1 << 20) / seconds, 2),
+                loadavg=round(os.getloadavg()[0], 2))
+
+
+def _copied_during(samples, transfer_id, phase):
+    """@return: what the transfer did during a client phase C{phase} (a
+    L{concurrent_load} row): chunk bytes copied, their MiB/s, and its state
+    at the phase's end."""
+    start = min(row["started_at"] for row in phase["clients"])
+    end = max(row["ended_at"] for row in phase["clients"])
+    copied = copied_between(samples, start, end)
+    at_end = transfer_at(samples, transfer_id, end)
+    return {"seconds": round(end - start, 1), "copied_MiB": round(copied / (1 << 20), 1),
+            "copied_MiB_s": round(copied / (1 << 20) / max(end - start, 1e-9), 2),
+            "state_at_end": at_end and at_end["state"]}
+
+
+def during_transfer(args, workdir_for):
+    """
+    The rebalance and drain scenarios: the client's put/get without a
+    transfer, then again while a rebalance onto group 2 (or a drain of
+    group 1) runs at the chunkmaster's rate limit; what the transfer copied
+    meanwhile; then the transfer's own throughput.
+
+    @return: the result row.
+    """
+    rate = args.transfer_rate[0]
     fill = args.fill or args.counts[0]
-    need = (fill + (2 * args.counts[0] if rebalance else 0)) * args.size * 3 * 2
+    need = (fill + 2 * args.counts[0]) * args.size * 3 * 2
+    row = {"scenario": args.scenario, "transfer_rate": rate,
+           "limit_chunk_MiB_s": round(_rate_limit(rate) / 3 / (1 << 20), 2),
+           "transfer_parallelism": args.transfer_parallelism, "fill_files": fill,
+           "files": args.counts[0], "concurrency": args.concurrency[0], "size": args.size,
+           "shaped": not (args.no_shape or args.loopback), "loopback": args.loopback}
     with workdir_for(need) as workdir:
-        cluster = scale_out_cluster(workdir, workers=args.imageserver_workers,
-                                    imageserver_nodes=1, groups=2, master_args=master_args,
-                                    read_window=args.read_window, replication=args.replication)
         started = []
-        row = {"scenario": args.scenario, "transfer_rate": args.transfer_rate,
-               "transfer_parallelism": args.transfer_parallelism, "fill_files": fill,
-               "size": args.size, "shaped": not args.no_shape}
         try:
-            _start(cluster.servers, started)
-            load_args = dict(size=args.size, phase_timeout=args.phase_timeout)
-            concurrent_load([("client", "node1")], count=fill, concurrency=10, ops="put",
-                            label="fill", **load_args)
-            _start(cluster.servers, started, group=2)  # a group joins the running cluster
-            deadline = time.monotonic() + 120
-            while cluster.admin("status")["writable_groups"] < 2:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("group 2 never became writable")
-                time.sleep(0.5)
-            if rebalance:
-                clients = dict(count=args.counts[0], concurrency=args.concurrency[0],
-                               **load_args)
+            cluster = _two_groups(args, workdir, started, rate, fill)
+            clients = dict(count=args.counts[0], concurrency=args.concurrency[0], size=args.size,
+                           phase_timeout=args.phase_timeout)
+            with watching(cluster) as samples:
                 row["without"] = concurrent_load([("client", "node1")], label="without",
                                                  **clients)
-                began = time.monotonic()
-                transfer = _started(cluster.admin("rebalance", "--spread", "0"))
+                began = time.time()
+                if args.scenario == "rebalance":
+                    transfer = _started(cluster.admin("rebalance", "--spread", "0"))
+                else:
+                    transfer = _started(cluster.admin("drain", "group", "1"))
                 row["during"] = concurrent_load([("client", "node1")], label="during",
                                                 **clients)
-                row["transfer_at_clients_end"] = next(
-                    t for t in cluster.admin("transfers")["transfers"]
-                    if t["transfer_id"] == transfer["transfer_id"])
-            else:
-                began = time.monotonic()
-                transfer = _started(cluster.admin("drain", "group", "1"))
-            done = _wait_transfer(cluster, transfer["transfer_id"], args.phase_timeout)
-            seconds = time.monotonic() - began
-            if done["state"] == "deleting":  # its last save: the last chunk switched
-                seconds = done["updated"] - done["created"]
-            row["transfer"] = dict(done, seconds=round(seconds, 1),
-                                   MiB_s=round(done["bytes_done"] / (1 << 20) / seconds, 2))
+                done = _wait_transfer(cluster, transfer["transfer_id"], args.phase_timeout)
+                row["transfer"] = _finished(done, began)
+                for op in ("put", "get"):
+                    row["transfer"][f"during_{op}"] = _copied_during(
+                        samples(), transfer["transfer_id"], row["during"][op])
         finally:
             for server in reversed(started):
                 server.stop()
     print(json_line(row), flush=True)
     print()
     moved = row["transfer"]
-    print(f"{args.scenario}: {moved['chunks_done']} chunks, {moved['bytes_done'] / (1 << 20):.0f} MiB "
-          f"moved in {moved['seconds']} s: {moved['MiB_s']} MiB/s of chunks "
-          f"({3 * moved['MiB_s']:.1f} MiB/s written to the target group's disks)")
-    if rebalance:
-        print("| clients | upload MiB/s | download MiB/s |")
-        print("|---|---|---|")
-        for name in ("without", "during"):
-            print(f"| {name} a rebalance | {row[name]['put']['aggregate_MiB_s']} | "
-                  f"{row[name]['get']['aggregate_MiB_s']} |")
-        print(f"the rebalance at the end of the clients' run: "
-              f"{row['transfer_at_clients_end']['state']}, "
-              f"{row['transfer_at_clients_end']['chunks_done']} chunks moved")
+    print(f"{args.scenario} at --transfer-rate {rate} (chunks at most "
+          f"{row['limit_chunk_MiB_s'] or 'unlimited'} MiB/s): {moved['chunks_done']} chunks, "
+          f"{moved['bytes_done'] / (1 << 20):.0f} MiB moved in {moved['seconds']} s, "
+          f"{moved['MiB_s']} MiB/s of chunks")
+    print("| clients | upload MiB/s | download MiB/s | transfer MiB/s of chunks during "
+          "upload / download | load average |")
+    print("|---|---|---|---|---|")
+    for name in ("without", "during"):
+        put, get = row[name]["put"], row[name]["get"]
+        copied = "-"
+        if name == "during":
+            copied = (f"{moved['during_put']['copied_MiB_s']} / "
+                      f"{moved['during_get']['copied_MiB_s']}")
+        print(f"| {name} a {args.scenario} | {put['aggregate_MiB_s']} | "
+              f"{get['aggregate_MiB_s']} | {copied} | "
+              f"{put['clients'][0]['loadavg']} / {get['clients'][0]['loadavg']} |")
+    print(f"the {args.scenario} at the end of the clients' download: "
+          f"{moved['during_get']['state_at_end']}")
     return row
 
 
+def transfer_throughput(args, workdir_for):
+    """
+    The transfer scenario: for each of C{--transfer-rate}, a fresh cluster,
+    group 1 filled, group 2 started, group 1 drained with no client: the
+    drain's chunks/s and MiB/s against its limit.
+
+    @return: the result rows.
+    """
+    fill = args.fill or args.counts[0]
+    rows = []
+    for rate in args.transfer_rate:
+        with workdir_for(fill * args.size * 3 * 2) as workdir:
+            started = []
+            try:
+                cluster = _two_groups(args, workdir, started, rate, fill)
+                began = time.time()
+                transfer = _started(cluster.admin("drain", "group", "1"))
+                done = _wait_transfer(cluster, transfer["transfer_id"], args.phase_timeout)
+            finally:
+                for server in reversed(started):
+                    server.stop()
+        limit = _rate_limit(rate) / 3 / (1 << 20)
+        finished = _finished(done, began)
+        row = dict(finished, scenario="transfer", transfer_rate=rate,
+                   limit_chunk_MiB_s=round(limit, 2),
+                   of_limit=round(finished["MiB_s"] / limit, 3) if limit else None,
+                   transfer_parallelism=args.transfer_parallelism, fill_files=fill,
+                   size=args.size, shaped=not (args.no_shape or args.loopback),
+                   loopback=args.loopback, replication=args.replication)
+        print(json_line(row), flush=True)
+        rows.append(row)
+    print()
+    print("| --transfer-rate | limit, MiB/s of chunks | chunks | MiB | seconds | chunks/s | "
+          "MiB/s of chunks | written MiB/s (x3) | load average |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['transfer_rate']} | {row['limit_chunk_MiB_s'] or 'none'} | "
+              f"{row['chunks_done']} | {row['bytes_done'] / (1 << 20):.0f} | {row['seconds']} | "
+              f"{row['chunks_s']} | {row['MiB_s']} | {3 * row['MiB_s']:.2f} | {row['loadavg']} |")
+    return rows
+
+
 def run_scale_out(args):
-    """Build the scale-out testbed, run C{args.scenario}, tear it down.
-    @return: the exit code."""
-    import contextlib
+    """Build the scale-out testbed (unless C{--loopback}), run
+    C{args.scenario}, tear it down.  @return: the exit code."""
 
     @contextlib.contextmanager
     def workdir_for(need):
@@ -569,12 +711,16 @@ def run_scale_out(args):
                 raise RuntimeError(f"needs {need >> 30} GiB of disk")
             yield workdir
 
-    build(None if args.no_shape else args.rate, args.queue_latency, hosts=ALL_HOSTS)
+    if not args.loopback:
+        build(None if args.no_shape else args.rate, args.queue_latency, hosts=ALL_HOSTS)
     if args.scenario == "scale-out":
         rows = scale_out(args, workdir_for)
         return 1 if any(row[op]["errors"] for row in rows for op in ("put", "get")) else 0
-    row = transfers(args, workdir_for)
-    errors = sum(row[name][op]["errors"] for name in ("without", "during") if name in row
+    if args.scenario == "transfer":
+        transfer_throughput(args, workdir_for)
+        return 0
+    row = during_transfer(args, workdir_for)
+    errors = sum(row[name][op]["errors"] for name in ("without", "during")
                  for op in ("put", "get"))
     return 1 if errors else 0
 
@@ -650,25 +796,35 @@ def main(argv=None):
     parser.add_argument("--iperf", action="store_true", help="measure the raw TCP rate with iperf3 first")
     parser.add_argument("--phase-timeout", type=float, default=1800.0)
     parser.add_argument("--cleanup", action="store_true", help="remove a testbed left behind, and exit")
-    parser.add_argument("--scenario", choices=("table", "scale-out", "rebalance", "transfer"),
+    parser.add_argument("--scenario",
+                        choices=("table", "scale-out", "rebalance", "drain", "transfer"),
                         default="table", help="table: the original's table (one node, one "
                         "group); the others: see the module docstring (first of --counts and "
                         "--concurrency only)")
-    parser.add_argument("--transfer-rate", default="32MiB",
-                        help="the chunkmaster's --transfer-rate (rebalance, transfer; 0: none)")
+    parser.add_argument("--transfer-rate", default=["32MiB"], type=lambda s: s.split(","),
+                        help="the chunkmaster's --transfer-rate (rebalance, drain: the first; "
+                        "transfer: a fresh cluster for each of a comma-separated list; 0: none)")
     parser.add_argument("--transfer-parallelism", type=int, default=2,
                         help="the chunkmaster's --transfer-parallelism (rebalance, transfer)")
     parser.add_argument("--fill", type=int, default=None,
                         help="files put into group 1 before the transfer (default: --counts)")
+    parser.add_argument("--loopback", action="store_true",
+                        help="scale-out, rebalance, drain, transfer: every host on an address "
+                        "of this machine's loopback, unshaped, no namespaces (no root needed)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
+    if args.loopback:
+        if args.scenario == "table" or args.cleanup:
+            parser.error("--loopback runs the scale-out, rebalance, drain and transfer "
+                         "scenarios only")
+        use_loopback()
+    elif os.geteuid() != 0:
         print("testbed.py needs root: it creates network namespaces and tc qdiscs", file=sys.stderr)
         return 2
-    if args.cleanup:
+    elif args.cleanup:
         for name in cleanup():
             print(f"removed {name}")
         return 0
-    if our_namespaces():
+    elif our_namespaces():
         print(f"testbed: namespaces {PREFIX}* exist already (another run, or a crash): "
               "run with --cleanup first", file=sys.stderr)
         return 2
@@ -682,7 +838,8 @@ def main(argv=None):
         print(f"testbed: interrupted ({e}); removing the testbed", file=sys.stderr)
         return 130
     finally:
-        cleanup()
+        if not args.loopback:
+            cleanup()
 
 
 if __name__ == "__main__":
