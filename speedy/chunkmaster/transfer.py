@@ -45,8 +45,9 @@ and C{parallelism} chunks at once.
 """
 
 import secrets
+from collections import deque
 
-from attrs import define, evolve
+from attrs import define, evolve, field
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
@@ -87,15 +88,43 @@ class TransferFailed(SpeedyError):
 
 @define
 class Rate:
-    """A transfer's byte rate, a moving average over its batches (kept in
-    memory: a restarted chunkmaster shows it again after one batch)."""
+    """
+    A transfer's byte rate: the chunk bytes copied in the last C{window}
+    seconds (or since its first batch began, when that is more recent),
+    counted as each chunk's copies are written, so the status moves with
+    every chunk rather than once a batch.  Kept in memory: a restarted
+    chunkmaster shows it again after its first copy.
+    """
 
-    rate: float = 0.0
+    window: float = 30.0
+    since: float | None = None
+    copies: deque = field(factory=deque)  # (when copied, size)
+    count: int = 0
+    total: int = 0
 
-    def add(self, began, now, size):
-        """Count a batch of C{size} bytes copied from C{began} to C{now}."""
-        sample = size / max(now - began, 1e-3)
-        self.rate = sample if not self.rate else 0.8 * self.rate + 0.2 * sample
+    def start(self, now):
+        """A batch of copies begins at C{now} (the first one counts from there)."""
+        if self.since is None or not self.copies:
+            self.since = now
+
+    def add(self, now, size):
+        """Count a chunk of C{size} bytes whose copies were all written at C{now}."""
+        self._forget(now)
+        self.copies.append((now, size))
+        self.count += 1
+        self.total += size
+
+    def _forget(self, now):
+        while self.copies and self.copies[0][0] < now - self.window:
+            self.copies.popleft()
+
+    def rate(self, now):
+        """@return: bytes a second copied over the last C{window} seconds."""
+        self._forget(now)
+        if not self.copies or self.since is None:
+            return 0.0
+        span = min(self.window, now - self.since)
+        return sum(size for _, size in self.copies) / max(span, 1e-3)
 
 
 def fill(cluster, group_id):
@@ -306,10 +335,14 @@ class TransferService(Service):
                 self.log.info("transfer {id}: every chunk moved; old copies are deleted "
                               "after {delay}s", id=record.transfer_id, delay=self.delete_delay)
                 return
+            if record.chunks_left != len(remaining):
+                # The total is shown from the first batch on, not after it.
+                record = await self._store.put_transfer(evolve(
+                    record, chunks_left=len(remaining)))
             moves = await self._plan(record, remaining[:self.batch])
             if not moves:
                 return  # no target has room now: tried again later
-        began = self._clock.seconds()
+        self._rates.setdefault(record.transfer_id, Rate()).start(self._clock.seconds())
         copies = [self._slots.run(lambda m=m: Deferred.fromCoroutine(self._copy(m)))
                   for m in moves]
         results = await gatherResults(copies, consumeErrors=True)
@@ -329,9 +362,6 @@ class TransferService(Service):
             await self._store.switch_moves(done)
         size = sum(m.old.size for m in done)
         self.counters["moved"] += len(done)
-        if done:
-            self._rates.setdefault(record.transfer_id, Rate()).add(
-                began, self._clock.seconds(), size)
         left = max(len(remaining) - len(done), 0) if remaining else record.chunks_left
         await self._store.put_transfer(evolve(
             record, chunks_done=record.chunks_done + len(done),
@@ -355,8 +385,8 @@ class TransferService(Service):
         if record.byte_budget is not None:
             left, within = record.byte_budget - record.bytes_done, []
             for chunk in chunks:
-                if left <= 0:
-                    break
+                if left < chunk.size / 2:
+                    break  # moving it would leave the groups further apart
                 within.append(chunk)
                 left -= chunk.size
             chunks = within
@@ -442,6 +472,7 @@ class TransferService(Service):
                           why=why)
             return False
         self.counters["bytes"] += len(data)
+        self._rates.setdefault(move.transfer_id, Rate()).add(self._clock.seconds(), len(data))
         return True
 
     async def _read(self, chunk):
@@ -512,8 +543,12 @@ class TransferService(Service):
         for record in await self._store.list_transfers():
             pending = len(await self._store.list_moves(
                 transfer_id=record.transfer_id, switched=True))
-            rate = self._rates.get(record.transfer_id, Rate()).rate
-            average = record.bytes_done / record.chunks_done if record.chunks_done else 0
+            copied = self._rates.get(record.transfer_id, Rate())
+            rate = copied.rate(self._clock.seconds())
+            if record.chunks_done:
+                average = record.bytes_done / record.chunks_done
+            else:  # the first batch: the chunks copied so far
+                average = copied.total / copied.count if copied.count else 0
             if record.byte_budget is not None:
                 bytes_left = max(record.byte_budget - record.bytes_done, 0)
             else:

@@ -351,6 +351,19 @@ class DrainTests(TransferTestCase):
         # Four chunks, three replicas each: about 12.2 kB at 3 kB/s.
         self.assertGreaterEqual(self.clock.seconds(), 1000 + 3)
 
+    def test_rate_limit_holds(self):
+        """Two copies at once share the limit: the drain takes what its
+        bytes need at that rate (the first chunk's go at once), no more."""
+        service = self.new_service(rate=3000, parallelism=2)
+        self.successResultOf(Deferred.fromCoroutine(service.drain(1)))
+        d = service.kick()
+        while not d.called:
+            self.clock.advance(0.01)
+        self.successResultOf(d)
+        written = 3 * (1011 + 1012 + 1013 + 60)
+        took = self.clock.seconds() - 1000
+        self.assertGreaterEqual(took, (written - 3 * 60) / 3000)
+        self.assertLessEqual(took, written / 3000 + 0.05)
 
     def test_progress(self):
         """Half-way, the status shows chunks and bytes done and left, the
@@ -378,6 +391,36 @@ class DrainTests(TransferTestCase):
         self.assertEqual((done["state"], done["chunks_left"], done["eta"]), ("deleting", 0, None))
 
 
+    def test_progress_before_the_first_switch(self):
+        """With batches larger than the transfer, the status shows the chunks
+        left, the rate and the time left from the first chunk copied on,
+        not once the batch is switched."""
+        service = self.new_service(rate=3000, parallelism=1)
+        self.transfers = service
+        self.drain()
+        d = service.kick()
+        self.clock.advance(0.5)  # the first chunk's copies went at once
+        transfer = self.status()["transfers"][0]
+        self.assertEqual((transfer["chunks_done"], transfer["chunks_left"]), (0, 4))
+        self.assertLess(abs(transfer["rate"] - 1011 / 0.5), 1, transfer)
+        self.assertLess(abs(transfer["eta"] - 4 * 1011 / transfer["rate"]), 0.1, transfer)
+        self.clock.pump([0.5] * 20)
+        self.successResultOf(d)
+
+    def test_rate_is_of_the_last_window(self):
+        """A transfer's rate is the bytes copied in the last window: it
+        falls to 0 once copies stop."""
+        service = self.new_service(rate=3000, parallelism=1)
+        self.transfers = service
+        self.drain()
+        d = service.kick()
+        self.clock.pump([0.5] * 20)
+        self.successResultOf(d)
+        self.assertGreater(self.status()["transfers"][0]["rate"], 0)
+        self.clock.advance(31)
+        self.assertEqual(self.status()["transfers"][0]["rate"], 0)
+
+
 class RebalanceTests(TransferTestCase):
 
     def test_balanced(self):
@@ -394,6 +437,18 @@ class RebalanceTests(TransferTestCase):
         self.work()
         self.assertEqual({c.group_id for c in self.references()}, {2})
         self.assertTrue(self.cluster.writable(1))
+
+    def test_budget_moves_no_chunk_past_the_balance(self):
+        """A budget of 1500 B with chunks of about 1000 B moves one: a
+        second would leave the groups further apart than they were."""
+        for n in (1, 2, 3):
+            self.beat(f"s{n}", 1, used=3000)
+        record = self.successResultOf(Deferred.fromCoroutine(self.transfers.rebalance(0)))
+        self.assertEqual(record.byte_budget, 1500)
+        self.work()
+        moved = [c for c in self.references() if c.group_id == 2]
+        self.assertEqual([c.size for c in moved], [1011])
+        self.assertEqual(self.status()["transfers"][0]["state"], "deleting")
 
 
 class StoreTests(SynchronousTestCase):
