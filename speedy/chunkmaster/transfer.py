@@ -31,7 +31,9 @@ same bytes.  Everything is in the metadata store, so a crash of any role
 resumes: a recorded move not switched yet is copied again (a chunkserver
 takes a PUT of the same bytes under an id it holds), a switched one waits
 for its delete.  A cancelled transfer deletes the new copies of moves not
-switched yet and keeps the ones switched.  A copy that cannot be deleted
+switched yet and keeps the ones switched; a cancel that comes while a batch
+copies stops it there (no copy starts after it) and stays, whatever the
+batch saves afterwards.  A copy that cannot be deleted
 now (a member down), or that nothing names once switched (its blob or file
 was deleted during the move), goes to the garbage collector's table
 (L{speedy.interfaces.IGarbageTables}), which deletes it from every member
@@ -178,6 +180,7 @@ class TransferService(Service):
         self._working = None
         self._again = False
         self._rates = {}  # transfer_id -> Rate
+        self._cancelled = set()  # transfer ids cancelled through this service
         self.counters = dict(moved=0, bytes=0, deleted=0, failed=0)
 
     def startService(self):
@@ -257,6 +260,7 @@ class TransferService(Service):
         record = await self._store.get_transfer(transfer_id)
         if record is None or record.state in (TRANSFER_DONE, TRANSFER_CANCELLED):
             return record
+        self._cancelled.add(transfer_id)  # copies of a batch under way stop
         record = await self._store.put_transfer(evolve(record, state=TRANSFER_CANCELLED))
         self.kick()
         return record
@@ -298,7 +302,7 @@ class TransferService(Service):
             for record in await self._store.list_transfers():
                 if record.state == TRANSFER_DELETING and not await self._store.list_moves(
                         transfer_id=record.transfer_id, limit=1):
-                    await self._store.put_transfer(evolve(record, state=TRANSFER_DONE))
+                    await self._save(record, state=TRANSFER_DONE)
                     self.log.info("transfer {id} is done", id=record.transfer_id)
             if not self._again:
                 break
@@ -330,15 +334,13 @@ class TransferService(Service):
         if not moves:
             remaining = await self._remaining(record)
             if not remaining:
-                await self._store.put_transfer(evolve(
-                    record, state=TRANSFER_DELETING, chunks_left=0))
+                await self._save(record, state=TRANSFER_DELETING, chunks_left=0)
                 self.log.info("transfer {id}: every chunk moved; old copies are deleted "
                               "after {delay}s", id=record.transfer_id, delay=self.delete_delay)
                 return
             if record.chunks_left != len(remaining):
                 # The total is shown from the first batch on, not after it.
-                record = await self._store.put_transfer(evolve(
-                    record, chunks_left=len(remaining)))
+                record = await self._save(record, chunks_left=len(remaining))
             moves = await self._plan(record, remaining[:self.batch])
             if not moves:
                 return  # no target has room now: tried again later
@@ -363,11 +365,25 @@ class TransferService(Service):
         size = sum(m.old.size for m in done)
         self.counters["moved"] += len(done)
         left = max(len(remaining) - len(done), 0) if remaining else record.chunks_left
-        await self._store.put_transfer(evolve(
-            record, chunks_done=record.chunks_done + len(done),
-            bytes_done=record.bytes_done + size, chunks_left=left))
+        await self._save(record, chunks_done=record.chunks_done + len(done),
+                         bytes_done=record.bytes_done + size, chunks_left=left)
         if done:
             self._again = True  # the next batch at once
+
+    async def _save(self, record, **changes):
+        """
+        Save C{changes} to a transfer this service works, keeping a cancel
+        that came meanwhile (the API's, while a batch copied): the state
+        is read back first, so only a cancel in the last instant before
+        the write could be lost, and none made through this service.
+
+        @return: the L{TransferRecord} saved.
+        """
+        current = await self._store.get_transfer(record.transfer_id)
+        if record.transfer_id in self._cancelled or (
+                current is not None and current.state == TRANSFER_CANCELLED):
+            changes["state"] = TRANSFER_CANCELLED
+        return await self._store.put_transfer(evolve(record, **changes))
 
     async def _remaining(self, record):
         """@return: the distinct chunks the metadata still places in the
@@ -442,12 +458,16 @@ class TransferService(Service):
         @return: True once every copy is written and checked; False when it
             is tried again later.
         """
+        if move.transfer_id in self._cancelled:
+            return False  # left unswitched: the cancel deletes what it copied
         try:
             data = await self._read(move.old)
             targets = self._cluster.members(move.new.group_id)
             if not self._cluster.writable(move.new.group_id):
                 raise TransferFailed(f"group {move.new.group_id} takes no writes now")
             await self._pacer.spend(len(data) * len(targets))
+            if move.transfer_id in self._cancelled:
+                return False
             if self.replication == "chain":
                 targets = chain_order(targets, move.new.file_id)
                 infos = await self._client.chain_put(

@@ -269,6 +269,35 @@ class DrainTests(TransferTestCase):
         self.assertIn(old, self.references())
         self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
 
+    def test_cancel_during_a_batch(self):
+        """A cancel that comes while a batch copies is not undone by the
+        batch's save of its counters: the transfer stops, the chunks the
+        batch switched stay moved, and nothing more moves."""
+        service = self.new_service(rate=3000, parallelism=1)
+        self.transfers = service
+        record = self.drain()
+        d = service.kick()
+        self.clock.advance(0.5)  # the first of four chunks copied
+        self.assertNoResult(d)
+        self.successResultOf(Deferred.fromCoroutine(service.cancel(record.transfer_id)))
+        self.clock.pump([0.5] * 20)
+        self.successResultOf(d)
+        self.work()
+        transfer = self.status()["transfers"][0]
+        self.assertEqual(transfer["state"], "cancelled")
+        moved = transfer["chunks_done"]
+        # The chunk copied before the cancel is switched, the rest are not.
+        self.assertEqual(moved, 1)
+        self.assertEqual({c.file_id for c in self.references() if c.group_id == 1},
+                         {12, 13, 14})
+        self.assertEqual(self.held("s4"), {c.file_id for c in self.references()
+                                           if c.group_id == 2})
+        self.clock.pump([1.0] * 100)
+        self.work()
+        self.assertEqual(self.status()["transfers"][0]["chunks_done"], moved)
+        self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
+        self.read_all()
+
     def release_all(self):
         while self.client.held:
             self.client.release()
