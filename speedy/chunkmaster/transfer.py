@@ -327,23 +327,26 @@ class TransferService(Service):
         return {(c.group_id, c.file_id) for _, c in await self._store.referenced_chunks()}
 
     async def _advance(self, record):
-        """Move one batch of C{record}'s chunks (first those recorded and not
-        switched before a crash); mark it deleting once none is left."""
-        moves = await self._store.list_moves(transfer_id=record.transfer_id, switched=False)
-        remaining = []
+        """Move one batch of C{record}'s chunks: those recorded and not
+        switched (before a crash, or whose copy failed) and up to C{batch}
+        new ones, so that a chunk no copy succeeds for holds up no other;
+        mark it deleting once none is left."""
+        moves = list(await self._store.list_moves(transfer_id=record.transfer_id,
+                                                  switched=False))
+        remaining = await self._remaining(record, pending=sum(m.old.size for m in moves))
+        if not remaining and not moves:
+            await self._save(record, state=TRANSFER_DELETING, chunks_left=0)
+            self.log.info("transfer {id}: every chunk moved; old copies are deleted "
+                          "after {delay}s", id=record.transfer_id, delay=self.delete_delay)
+            return
+        total = len(moves) + len(remaining)
+        if record.chunks_left != total:
+            # The total is shown from the first batch on, not after it.
+            record = await self._save(record, chunks_left=total)
+        if remaining:
+            moves += await self._plan(record, remaining[:self.batch])
         if not moves:
-            remaining = await self._remaining(record)
-            if not remaining:
-                await self._save(record, state=TRANSFER_DELETING, chunks_left=0)
-                self.log.info("transfer {id}: every chunk moved; old copies are deleted "
-                              "after {delay}s", id=record.transfer_id, delay=self.delete_delay)
-                return
-            if record.chunks_left != len(remaining):
-                # The total is shown from the first batch on, not after it.
-                record = await self._save(record, chunks_left=len(remaining))
-            moves = await self._plan(record, remaining[:self.batch])
-            if not moves:
-                return  # no target has room now: tried again later
+            return  # no target has room now: tried again later
         self._rates.setdefault(record.transfer_id, Rate()).start(self._clock.seconds())
         copies = [self._slots.run(lambda m=m: Deferred.fromCoroutine(self._copy(m)))
                   for m in moves]
@@ -364,7 +367,7 @@ class TransferService(Service):
             await self._store.switch_moves(done)
         size = sum(m.old.size for m in done)
         self.counters["moved"] += len(done)
-        left = max(len(remaining) - len(done), 0) if remaining else record.chunks_left
+        left = max(total - len(done), 0)
         await self._save(record, chunks_done=record.chunks_done + len(done),
                          bytes_done=record.bytes_done + size, chunks_left=left)
         if done:
@@ -385,11 +388,13 @@ class TransferService(Service):
             changes["state"] = TRANSFER_CANCELLED
         return await self._store.put_transfer(evolve(record, **changes))
 
-    async def _remaining(self, record):
+    async def _remaining(self, record, pending=0):
         """@return: the distinct chunks the metadata still places in the
         source group and that are not on the move, or none once a
-        rebalance's budget is spent."""
-        if record.byte_budget is not None and record.bytes_done >= record.byte_budget:
+        rebalance's budget is spent (by the bytes done and the C{pending}
+        bytes of its moves not switched yet)."""
+        spent = record.bytes_done + pending
+        if record.byte_budget is not None and spent >= record.byte_budget:
             return []
         moving = {(m.old.group_id, m.old.file_id) for m in await self._store.list_moves()}
         found = {}
@@ -399,7 +404,7 @@ class TransferService(Service):
                 found[key] = chunk
         chunks = [found[key] for key in sorted(found)]
         if record.byte_budget is not None:
-            left, within = record.byte_budget - record.bytes_done, []
+            left, within = record.byte_budget - spent, []
             for chunk in chunks:
                 if left < chunk.size / 2:
                     break  # moving it would leave the groups further apart

@@ -269,6 +269,22 @@ class DrainTests(TransferTestCase):
         self.assertIn(old, self.references())
         self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
 
+    def test_unreadable_chunk_holds_up_no_other(self):
+        """A chunk no member of the source gives back right is tried again
+        at every batch, beside the others: they all move, it stays, and
+        the transfer runs on with one chunk left."""
+        for n in (1, 2, 3):
+            self.client.server(address(f"s{n}")).chunks[13] = b"x" * 1013
+        self.transfers = self.new_service(batch=1)
+        self.drain()
+        for _ in range(6):
+            self.work()
+            self.clock.advance(5)
+        self.assertEqual({c.file_id for c in self.references() if c.group_id == 1}, {13})
+        transfer = self.status()["transfers"][0]
+        self.assertEqual((transfer["state"], transfer["chunks_done"], transfer["chunks_left"]),
+                         ("running", 3, 1))
+
     def test_cancel_during_a_batch(self):
         """A cancel that comes while a batch copies is not undone by the
         batch's save of its counters: the transfer stops, the chunks the
