@@ -18,9 +18,15 @@ Variants:
     the cluster's embedded token service, for the round's repository.
   - C{metrics-off}: C{--request-metrics off}: the imageservers do not count
     and time each request (against C{open}, where they do).
+  - C{tls}: C{--tls}: the registry listens with TLS (a throwaway CA, which
+    the load generator trusts through C{$SSL_CERT_FILE}).
+  - C{chain}, C{fanout}: C{--replication chain} or C{fanout}: how the
+    imageservers send each chunk to its three replicas.
 
   python bench/ab.py --variants open,basic,token --rounds 6
   python bench/ab.py --variants open,metrics-off --rounds 6
+  python bench/ab.py --variants open,tls --ops push,pull --count 50 --size 16MiB
+  python bench/ab.py --variants fanout,chain --ops push,pull --count 50 --size 16MiB
 """
 
 import argparse
@@ -53,10 +59,15 @@ VARIANTS = {
     "basic": (("--htpasswd", "{users}"), "basic"),
     "token": (("--auth", "token", "--htpasswd", "{users}"), "token"),
     "metrics-off": (("--request-metrics", "off"), None),
+    "tls": (("--tls",), None),
+    "chain": (("--replication", "chain"), None),
+    "fanout": (("--replication", "fanout"), None),
 }
 
 #: (label, op, summary key) of every figure compared.
 FIGURES = [
+    ("push MiB/s", "push", "MiB_s"), ("push p99 ms", "push", "p99_ms"),
+    ("pull MiB/s", "pull", "MiB_s"), ("pull p99 ms", "pull", "p99_ms"),
     ("HEAD blob req/s", "head", "req_s"), ("HEAD blob p99 ms", "head", "p99_ms"),
     ("GET manifest req/s", "manifest", "req_s"), ("GET manifest p99 ms", "manifest", "p99_ms"),
 ]
@@ -106,10 +117,12 @@ def credentials(kind, url, repository):
     return {}
 
 
-def compare(rows, names):
-    """@return: per figure, each variant's median and its ratio to the first."""
+def compare(rows, names, ops):
+    """@return: per figure of C{ops}, each variant's median and its ratio to the first."""
     table = []
     for label, op, key in FIGURES:
+        if op not in ops:
+            continue
         entry = {"figure": label}
         for name in names:
             entry[name] = median(row.get(key) for row in rows
@@ -131,6 +144,9 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=20, help="blobs pushed per round")
     parser.add_argument("--size", type=parse_size, default="1MiB")
     add_small_engine_options(parser, requests=5000)
+    parser.add_argument("--ops", default="head,manifest",
+                        help="comma-separated, of push,pull,head,manifest (every round pushes; "
+                             "push is reported only when named)")
     parser.add_argument("--imageserver-workers", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       time.strftime("ab-%Y%m%d-%H%M%S")))
@@ -139,6 +155,9 @@ def main(argv=None):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or len(names) < 2:
         parser.error(f"--variants: two or more of {', '.join(VARIANTS)}")
+    ops = args.ops.split(",")
+    if not ops or set(ops) - {"push", "pull", "head", "manifest"}:
+        parser.error("--ops: of push, pull, head, manifest")
     engine = small_engine(args.small_engine)
     os.makedirs(args.out, exist_ok=True)
 
@@ -153,6 +172,10 @@ def main(argv=None):
                 clusters[name] = speedy_cluster(
                     os.path.join(workdir, name), free_port(), args.imageserver_workers,
                     extra=[a.format(users=users) for a in up_args]).start(timeout=120)
+                if "--tls" in up_args:
+                    clusters[name].tls_url = clusters[name].url.replace("http:", "https:", 1)
+                    os.environ["SSL_CERT_FILE"] = os.path.join(
+                        workdir, name, "var", "tls", "ca", "ca.crt")
             with open(os.path.join(args.out, "ab.jsonl"), "w") as jsonl:
                 for round_number in range(1, args.rounds + 1):
                     dataset = Dataset(count=args.count, size=args.size)
@@ -160,10 +183,11 @@ def main(argv=None):
                     order = names if round_number % 2 else names[::-1]
                     for name in order:
                         server = clusters[name]
-                        headers = credentials(VARIANTS[name][1], server.url, repository)
+                        url = getattr(server, "tls_url", None) or server.url
+                        headers = credentials(VARIANTS[name][1], url, repository)
                         for row in registry_suite(
-                                server.url, label=name, count=args.count, size=args.size,
-                                concurrency=args.concurrency, ops=("head", "manifest"),
+                                url, label=name, count=args.count, size=args.size,
+                                concurrency=args.concurrency, ops=ops,
                                 requests=args.requests, dataset=dataset, server=server.tree,
                                 small_engine=engine, small_seconds=args.small_seconds,
                                 headers=headers):
@@ -175,7 +199,7 @@ def main(argv=None):
             for server in clusters.values():
                 server.stop()
 
-    measured = [row for row in rows if row["op"] in ("head", "manifest")]
+    measured = [row for row in rows if row["op"] in ops]
     columns = [("figure", "figure")] + [(n, n) for n in names] + [
         (f"{n}/{names[0]}", f"{n}/{names[0]}") for n in names[1:]]
     report = "\n\n".join([
@@ -184,7 +208,7 @@ def main(argv=None):
         + (f"for {args.small_seconds:g} s (wrk)" if engine == "wrk" else
            f"{args.requests} requests") + f", HEAD {args.requests} requests (Python lanes); "
         f"{args.imageserver_workers} imageserver workers; medians over the rounds",
-        markdown_table(compare(measured, names), columns),
+        markdown_table(compare(measured, names, ops), columns),
         markdown_table(measured, TABLE_COLUMNS + [("round", "round")]),
     ])
     print("\n" + report)
