@@ -41,8 +41,9 @@ from collections import OrderedDict
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -391,44 +392,51 @@ class _GateResource(Resource):
         self._gate = gate
 
     def render(self, request):
-        gate = self._gate
-        known = gate.admit_known(request)
-        if known is not _UNKNOWN:  # decided now, no Deferred to pay for
-            d = succeed(known) if not isinstance(known, Refused) else fail(known)
-        else:
-            d = Deferred.fromCoroutine(gate.admit(request))
-
-        def admitted(user):
-            sink = getattr(request, "body_sink", None)
-            if isinstance(sink, Discard) and isinstance(sink.error, Refused):
-                return gate.refusal(request, sink.error)
-            request.speedy_user = gate.name_of(user)
-            request.speedy_may_pull = gate.may_pull(user)
-            resource = getChildForRequest(gate.inner, request)
-            body = resource.render(request)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-                request.finish()
-
-        def refused(failure):
-            if request.finished or getattr(request, "_disconnected", False):
-                return
-            if failure.check(Refused):
-                return gate.refusal(request, failure.value)
-            log.failure("checking credentials failed", failure)
-            gate.refusal(request, Refused(401, "authentication failed"))
-
-        def broken(failure):
-            log.failure("serving an admitted request failed", failure)
-            if not request.finished and not getattr(request, "_disconnected", False):
-                if request.startedWriting:
-                    request.loseConnection()
-                else:
-                    request.setResponseCode(500)
-                    request.finish()
-
-        d.addCallbacks(admitted, refused).addErrback(broken)
+        known = self._gate.admit_known(request)
+        if known is _UNKNOWN:  # bcrypt first, in a thread
+            d = Deferred.fromCoroutine(self._gate.admit(request))
+            d.addCallbacks(self._admitted, self._refused, callbackArgs=(request,),
+                           errbackArgs=(request,)).addErrback(self._broken, request)
+            return NOT_DONE_YET
+        try:  # decided now (the common case): no Deferred to pay for
+            if isinstance(known, Refused):
+                self._refused(Failure(known), request)
+            else:
+                self._admitted(known, request)
+        except Exception:
+            self._broken(Failure(), request)
         return NOT_DONE_YET
+
+    def _admitted(self, user, request):
+        gate = self._gate
+        sink = getattr(request, "body_sink", None)
+        if isinstance(sink, Discard) and isinstance(sink.error, Refused):
+            return gate.refusal(request, sink.error)
+        request.speedy_user = gate.name_of(user)
+        request.speedy_may_pull = gate.may_pull(user)
+        resource = getChildForRequest(gate.inner, request)
+        body = resource.render(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _refused(self, failure, request):
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if failure.check(Refused):
+            return self._gate.refusal(request, failure.value)
+        log.failure("checking credentials failed", failure)
+        self._gate.refusal(request, Refused(401, "authentication failed"))
+
+    @staticmethod
+    def _broken(failure, request):
+        log.failure("serving an admitted request failed", failure)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            if request.startedWriting:
+                request.loseConnection()
+            else:
+                request.setResponseCode(500)
+                request.finish()
 
 
 class TokenGate(Gate):
