@@ -491,9 +491,13 @@ class TokenGate(Gate):
         decided = self.admit_known(request)
         if isinstance(decided, Refused):
             return Discard()
+        request.speedy_admitted = (decided,)  # decided: admit_known need not again
         return self._inner_sink_for(request)
 
     def admit_known(self, request):
+        admitted = getattr(request, "speedy_admitted", None)
+        if admitted is not None:  # body_sink_for decided on these headers
+            return admitted[0]
         scope = getattr(request, "speedy_scope", None) or scope_of(
             request.method.decode("ascii", "replace"), request.uri)
         if scope.kind == "public":

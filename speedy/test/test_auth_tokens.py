@@ -232,6 +232,26 @@ class IssuerAndGateTests(SynchronousTestCase):
         self.assertEqual((event["request_id"], event["user"], event["log_level"]),
                          (answer["request_id"], "alice", LogLevel.warn))
 
+    def test_decided_once(self):
+        """A token decided as the headers arrived (the body went to its
+        route) is not looked up again when the request renders; a request
+        the gate did not see arrive is decided when it renders."""
+        status, answer = self.get_token(["repository:alice/app:pull,push"], "alice",
+                                        "alice-password")
+        looked = []
+        real = self.gate._grant
+        self.gate._grant = lambda request: looked.append(request.uri) or real(request)
+        request = DummyRequest(["v2", "alice", "app", "manifests", "1"])
+        request.method, request.uri = b"PUT", b"/v2/alice/app/manifests/1"
+        request.requestHeaders.setRawHeaders(b"authorization",
+                                             [b"Bearer " + answer["token"].encode()])
+        self.assertIsNone(self.gate.body_sink_for(request))  # the route's (none here)
+        self.gate.resource.render(request)
+        self.assertEqual((looked, self.served), ([request.uri], [request.uri]))
+        self.assertEqual(self.call("PUT", "/v2/bob/app/manifests/1",
+                                   answer["token"]).responseCode, 401)
+        self.assertEqual(len(looked), 2)
+
     def test_grants_follow_the_rules(self):
         """bob asking for push on alice/app gets pull only; anonymous gets
         public pulls; only ops gets the catalog of everything."""
