@@ -16,6 +16,7 @@ never a repository name, digest or server id, so the series stay bounded.
 """
 
 from bisect import bisect_left
+from functools import lru_cache
 from time import monotonic
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -24,7 +25,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-_METHODS = frozenset(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"])
+#: The methods counted by name (bytes -> str); any other is C{other}.
+_METHODS = {m.encode("ascii"): m for m in
+            ("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS")}
 
 #: The parts of a /v2 path that name the endpoint, looked for from the end.
 _V2_KINDS = (("/blobs/uploads", "v2_uploads"), ("/blobs/", "v2_blobs"),
@@ -44,6 +47,22 @@ def imageserver_route(path):
         C{v1_<kind>} for the file, chunk and V1 registry APIs, C{metrics},
         C{healthz}, C{readyz}, or C{other}.
     """
+    if len(path) <= _REMEMBERED_PATH:
+        return _remembered_route(path)
+    return _imageserver_route(path)
+
+
+#: Paths up to this long have their routes remembered (the same ones come
+#: again and again: a layer's HEAD, a tag's manifest), 1,024 at most.
+_REMEMBERED_PATH = 256
+
+
+@lru_cache(maxsize=1024)
+def _remembered_route(path):
+    return _imageserver_route(path)
+
+
+def _imageserver_route(path):
     text = path.decode("latin-1")
     if text.startswith("/v2"):
         if text in ("/v2", "/v2/"):
@@ -99,9 +118,7 @@ class HTTPMetrics:
         started = getattr(request, "speedy_started", None)
         elapsed = 0.0 if started is None else max(0.0, self.now() - started)
         route = self._route_of(request.path or b"")
-        method = request.method.decode("ascii", "replace") if request.method else "-"
-        if method not in _METHODS:
-            method = "other"
+        method = _METHODS.get(request.method, "other")
         key = (route, method, request.code)
         entry = self._requests.get(key)
         if entry is None:
