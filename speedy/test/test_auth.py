@@ -20,7 +20,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from speedy.auth.access import AccessError, AccessPolicy
 from speedy.auth.gate import Gate, Refused, basic_credentials
-from speedy.auth.htpasswd import HtpasswdChecker, HtpasswdError, read_htpasswd, users_portal
+from speedy.auth.htpasswd import (
+    HtpasswdChecker, HtpasswdError, VerifiedCache, read_htpasswd, users_portal)
 from speedy.auth.scopes import Scope, scope_of
 from speedy.test.util import require_tool
 from speedy.web.rest import Discard
@@ -114,6 +115,15 @@ class HtpasswdTests(SynchronousTestCase):
         self.assertFalse(self.checker.known(b"alice", b"alice-password"))
         self.successResultOf(self.login("alice", "alice-password"))
         self.assertEqual(self.checks, 4)
+
+    def test_verified_pairs_stay_apart(self):
+        """The cache's MAC tells apart pairs whose user and password run
+        together the same way."""
+        cache = VerifiedCache(self.clock)
+        cache.add(b"alice", b"x\0y")
+        self.assertIn((b"alice", b"x\0y"), cache)
+        for other in [(b"alice\0x", b"y"), (b"alicex", b"\0y"), (b"alice", b"x\0y ")]:
+            self.assertNotIn(other, cache)
 
     def test_file_changes(self):
         """A changed file is read again within a second and forgets what was
