@@ -268,7 +268,13 @@ def _name(listen):
 
 
 def _view_ready(poller):
+    """@return: the readiness check of the cluster view (L{Monitoring}):
+    ready with a view; its version and writable groups for programs
+    (C{speedy-cluster up} waits for a writable group)."""
     view = poller.current
     if view is None:
-        return False, "no cluster view from the chunkmaster yet"
-    return True, f"cluster view version {view.version}, {len(view.writable())} writable groups"
+        return {"ok": False, "detail": "no cluster view from the chunkmaster yet",
+                "view_version": None, "writable_groups": 0}
+    writable = len(view.writable())
+    return {"ok": True, "detail": f"cluster view version {view.version}, {writable} writable groups",
+            "view_version": view.version, "writable_groups": writable}

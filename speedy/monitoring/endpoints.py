@@ -9,7 +9,12 @@ C{/metrics}, C{/healthz} and C{/readyz}: routes of L{speedy.web.rest}.
 
 A readiness check is a callable returning C{(ok, detail)}: whether the
 daemon can serve what it is for (its store open, a cluster view at hand, its
-database reachable), and a short text an operator reads.
+database reachable), and a short text an operator reads.  It may instead
+return a mapping with C{ok}, C{detail} and figures a program reads (the
+imageserver's C{writable_groups}), answered beside them::
+
+    {"ready": true, "checks": {"cluster_view": {"ok": true, "detail": "...",
+                                                "view_version": 7, "writable_groups": 1}}}
 """
 
 from prometheus_client import (
@@ -78,11 +83,17 @@ class Monitoring:
         ready = True
         for name, check in self.checks.items():
             try:
-                ok, detail = check()
+                result = check()
+                if isinstance(result, dict):
+                    result = dict(result, ok=bool(result.get("ok")),
+                                  detail=str(result.get("detail", "")))
+                else:
+                    ok, detail = result
+                    result = {"ok": bool(ok), "detail": detail}
             except Exception as e:
-                ok, detail = False, f"check failed: {e}"
-            results[name] = {"ok": bool(ok), "detail": detail}
-            ready = ready and bool(ok)
+                result = {"ok": False, "detail": f"check failed: {e}"}
+            results[name] = result
+            ready = ready and result["ok"]
         return json_answer(200 if ready else 503, {"ready": ready, "checks": results})
 
 

@@ -304,6 +304,21 @@ class ChunkmasterMetricsTests(SynchronousTestCase):
         response, body = self.get("/readyz")
         self.assertEqual((response.code, json.loads(body)["ready"]), (503, False))
 
+    def test_check_with_figures(self):
+        """A check may answer a mapping: its figures are answered beside
+        C{ok} and C{detail}, and its C{ok} decides readiness."""
+        from speedy.web.json import answer_json_error
+        from speedy.web.rest import Router
+        answers = [{"ok": True, "detail": "view 7", "writable_groups": 2},
+                   {"ok": False, "detail": "no view", "writable_groups": 0}]
+        monitoring = Monitoring(daemon_registry(), {"view": lambda: answers.pop(0)})
+        http = StubTreq(monitoring.add_routes(Router(answer_json_error)).resource)
+        for code, ok, writable in [(200, True, 2), (503, False, 0)]:
+            response = self.successResultOf(http.get("http://m/readyz"))
+            body = json.loads(self.successResultOf(response.content()))
+            self.assertEqual((response.code, body["ready"]), (code, ok))
+            self.assertEqual(body["checks"]["view"]["writable_groups"], writable)
+
 
 class ListenerTests(SynchronousTestCase):
     """--metrics opens a side listener on each role."""
@@ -349,6 +364,7 @@ class ListenerTests(SynchronousTestCase):
             self.assertEqual(response.code, 503)  # no cluster view yet
             body = json.loads(self.successResultOf(response.content()))
             self.assertEqual(body["checks"]["cluster_view"]["ok"], False)
+            self.assertEqual(body["checks"]["cluster_view"]["writable_groups"], 0)
         response = self.successResultOf(StubTreq(ports[9101].resource).get(
             "http://image/metrics"))
         samples = samples_of(self.successResultOf(response.content()).decode())
