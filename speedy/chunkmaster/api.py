@@ -104,7 +104,7 @@ class ChunkmasterAPI:
     """The handlers of the API over a cluster and the file-id store."""
 
     def __init__(self, cluster, store, max_file_ids, repairs=None, fsck=None, transfers=None,
-                 collector=None):
+                 collector=None, members=None):
         self._transfers = transfers
         self._cluster = cluster
         self._store = store
@@ -112,6 +112,7 @@ class ChunkmasterAPI:
         self._repairs = repairs
         self._fsck = fsck
         self._collector = collector
+        self._members = members
 
     async def health(self, request):
         return json_answer(200, {"ok": True})
@@ -120,6 +121,8 @@ class ChunkmasterAPI:
         """Chunkservers report here every few seconds."""
         report = messages.parse_heartbeat(read_json(request))
         state = await self._cluster.heartbeat(report)
+        if self._members is not None:
+            self._members.heard(report)
         for file_id in report.damaged:
             # Recorded before the answer: the server forgets them once answered.
             await self._store.record_bad_replica(BadReplica(
@@ -143,6 +146,12 @@ class ChunkmasterAPI:
         if known == version:
             return Answer(304, headers=headers)
         return json_answer(200, self._cluster.view(), headers)
+
+    async def members(self, request):
+        """Every member and where its health checks answer
+        (L{speedy.monitoring.members})."""
+        self._needs(self._members, "member list")
+        return json_answer(200, self._members.listing())
 
     async def file_ids(self, request):
         """Ranges of never-issued file ids, straight from the store."""
@@ -287,7 +296,7 @@ class ChunkmasterAPI:
 
 def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_ids=10000,
               repairs=None, fsck=None, monitoring=None, transfers=None, collector=None,
-              dashboard=None, peers=None):
+              dashboard=None, peers=None, members=None):
     """
     @param cluster: the L{speedy.chunkmaster.cluster.Cluster}.
     @param store: the L{speedy.interfaces.IClusterTables} file ids come from
@@ -307,9 +316,12 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
         C{/dashboard} (no credentials), or None.
     @param peers: a L{speedy.monitoring.dashboard.Peers} noting who polls
         C{/v1/cluster}, or None.
+    @param members: the L{speedy.monitoring.members.Members} of
+        C{/v1/admin/members}, told of each heartbeat, or None.
     @return: the root L{Resource} of the API.
     """
-    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers, collector)
+    api = ChunkmasterAPI(cluster, store, max_file_ids, repairs, fsck, transfers, collector,
+                         members)
     member = BearerToken(cluster_secret, required=False).guard
     admin = BearerToken(admin_token, required=True).guard
     server = {"server_id": _server_in_path}
@@ -324,6 +336,7 @@ def build_api(cluster, store, cluster_secret=None, admin_token=None, max_file_id
     router.route("GET", "/v1/cluster", member(_noting(peers, api.cluster_view)))
     router.route("POST", "/v1/file-ids", member(api.file_ids))
     router.route("GET", "/v1/admin/cluster", admin(api.cluster_view))
+    router.route("GET", "/v1/admin/members", admin(api.members))
     router.route("POST", "/v1/admin/servers", admin(api.add_server))
     router.route("DELETE", "/v1/admin/servers/{server_id}", admin(api.remove_server), params=server)
     router.route("POST", "/v1/admin/servers/{server_id}/drain", admin(api.drain_server),

@@ -33,6 +33,8 @@ class Heartbeat:
     read_only: bool
     load: dict
     damaged: tuple = ()
+    #: where its /healthz and /readyz answer (its --metrics listener), or None
+    health: str | None = None
 
 
 #: The most damaged chunk ids one heartbeat may report.
@@ -44,8 +46,8 @@ def parse_heartbeat(body):
     @return: a L{Heartbeat} from a heartbeat body: C{server_id}, C{group_id},
         C{address}, C{capacity}, C{used}, C{free}, C{read_only} are required,
         C{load} (an object of numbers) and C{damaged} (the ids of chunks
-        found damaged and dropped, at most L{MAX_DAMAGED_REPORTED}) are
-        optional.
+        found damaged and dropped, at most L{MAX_DAMAGED_REPORTED}) and
+        C{health} (L{parse_health_url}) are optional.
     @raise BadRequest: a field is missing or has the wrong type or range.
     """
     return Heartbeat(
@@ -58,6 +60,7 @@ def parse_heartbeat(body):
         read_only=_boolean(body, "read_only"),
         load=_load(body.get("load", {})),
         damaged=_file_ids(body.get("damaged", []), "damaged", MAX_DAMAGED_REPORTED),
+        health=None if body.get("health") is None else parse_health_url(body["health"]),
     )
 
 
@@ -172,6 +175,35 @@ def parse_address(value):
         if host and port.isdigit() and 1 <= int(port) <= 65535 and not any(c.isspace() for c in host):
             return value
     raise BadRequest(f"address must be 'host:port', not {value!r}")
+
+
+def health_url(value):
+    """
+    @return: C{value} if it is the base URL of a member's C{/healthz} and
+        C{/readyz}: C{http://host:port} or C{https://host:port}, nothing
+        after the port, at most 255 characters; else None.
+    """
+    if isinstance(value, str) and len(value) <= 255:
+        scheme, sep, rest = value.partition("://")
+        if scheme in ("http", "https") and sep:
+            try:
+                parse_address(rest)
+            except BadRequest:
+                return None
+            if "/" not in rest:
+                return value
+    return None
+
+
+def parse_health_url(value):
+    """
+    @return: C{value} if L{health_url} takes it.
+    @raise BadRequest: otherwise.
+    """
+    if health_url(value) is None:
+        raise BadRequest(f"health must be 'http://host:port' or 'https://host:port', "
+                         f"not {value!r}")
+    return value
 
 
 def _field(body, name):

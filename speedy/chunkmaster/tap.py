@@ -28,6 +28,7 @@ from speedy.monitoring.collectors import (
 from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
+from speedy.monitoring.members import Members
 from speedy.monitoring.progress import WorkProgress
 from speedy.monitoring.uploads import UploadSessions
 from speedy.metadata.schema import GROUP_SIZE
@@ -168,7 +169,8 @@ def makeService(options, reactor=None):
         admin_token=options["admin-token"], max_file_ids=options["file-id-range"],
         repairs=repairs, fsck=fsck, monitoring=monitoring, transfers=transfers,
         collector=collector,
-        dashboard=Dashboard(reactor, cluster, history, peers, repairs, progress), peers=peers)
+        dashboard=Dashboard(reactor, cluster, history, peers, repairs, progress), peers=peers,
+        members=Members(reactor, cluster, peers))
     site = ChunkmasterSite(api, reactor=reactor)
     site.http_metrics = http_metrics
 

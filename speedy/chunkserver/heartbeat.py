@@ -47,7 +47,7 @@ class HeartbeatService(Service):
     log = Logger()
 
     def __init__(self, reactor, master_url, cluster_secret, server_id, group_id,
-                 address, store, interval, *, timeout=10.0, agent=None):
+                 address, store, interval, *, timeout=10.0, agent=None, health=None):
         """
         @param reactor: provides L{IReactorTime} and L{IReactorTCP}.
         @param master_url: the chunkmaster's base URL, C{http://host:8099}.
@@ -64,6 +64,9 @@ class HeartbeatService(Service):
         @param timeout: seconds a heartbeat may take before it is given up.
         @param agent: the L{IAgent} to send through; by default one over this
             service's own connection pool (closed on stop).
+        @param health: C{http://host:port} of this server's C{--metrics}
+            listener, where its C{/healthz} and C{/readyz} answer (sent with
+            every beat, so C{speedy-admin health} finds it), or None.
         """
         self._reactor = reactor
         self._url = master_url.rstrip("/").encode("utf-8") + b"/v1/heartbeat"
@@ -73,6 +76,7 @@ class HeartbeatService(Service):
         self._server_id = server_id
         self._group_id = group_id
         self._address = address
+        self._health = health
         self._store = store
         self._interval = interval
         self._timeout = timeout
@@ -138,7 +142,7 @@ class HeartbeatService(Service):
         load["chunks"] = status.get("chunks", 0)
         load["garbage"] = sum(v.get("garbage", 0) for v in status.get("volumes", ()))
         damaged = list(islice(getattr(self._store, "damaged", ()), MAX_DAMAGED_REPORTED))
-        return {
+        report = {
             "damaged": damaged,
             "server_id": self._server_id,
             "group_id": self._group_id,
@@ -149,6 +153,9 @@ class HeartbeatService(Service):
             "read_only": bool(status["read_only"]),
             "load": load,
         }
+        if self._health is not None:
+            report["health"] = self._health
+        return report
 
     async def _send(self, report):
         response = await self._http.post(

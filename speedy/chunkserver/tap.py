@@ -160,6 +160,26 @@ def advertised_address(listen):
     return f"{interface}:{port}"
 
 
+def health_base(metrics, advertise=None):
+    """
+    @param metrics: the C{--metrics} endpoint string, or None.
+    @param advertise: the C{host:port} others reach the server at: its
+        host stands for a wildcard (or missing) interface of C{metrics}.
+    @return: C{http://host:port} where that listener's C{/healthz} and
+        C{/readyz} answer, or None without one (or for an endpoint type
+        L{advertised_address} does not read).
+    """
+    address = None if metrics is None else advertised_address(metrics)
+    if address is None:
+        return None
+    named = any(part.partition("=")[0] == "interface"
+                and part.partition("=")[2] not in ("", "0.0.0.0", "::")
+                for part in metrics.split(":"))
+    if not named and advertise:
+        address = advertise.rpartition(":")[0] + ":" + address.rpartition(":")[2]
+    return "http://" + address
+
+
 def server_id(data_dir):
     """
     @return: the id kept in C{data_dir}/server-id, written (a new uuid) on
@@ -336,6 +356,7 @@ def makeService(options, reactor=None):
             reactor, master, options["cluster-secret"],
             options["server-id"], options["group-id"],
             options["advertise"], stores, options["heartbeat-interval"],
+            health=health_base(options["metrics"], options["advertise"]),
         ).setServiceParent(top)
     if options["metrics"] is not None:
         monitoring = Monitoring(

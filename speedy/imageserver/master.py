@@ -49,15 +49,21 @@ class HTTPMasterClient:
     C{X-Speedy-Imageserver} (the chunkmaster's dashboard lists who polls);
     C{counters}, when given, returns a dict of counters sent with each
     poll of the view as C{X-Speedy-Imageserver-Counters: name=value,...}
-    (the dashboard shows the imageservers' failovers).
+    (the dashboard shows the imageservers' failovers); C{health}, when
+    given, as C{X-Speedy-Imageserver-Health}: the C{http://host:port}
+    where this imageserver's C{/healthz} and C{/readyz} answer (what
+    C{speedy-admin health} probes).
     """
 
-    def __init__(self, reactor, url, secret, timeout=10.0, name=None, counters=None):
+    def __init__(self, reactor, url, secret, timeout=10.0, name=None, counters=None,
+                 health=None):
         self._reactor = reactor
         self._url = url.rstrip("/")
         self._headers = {b"authorization": [b"Bearer " + secret.encode("utf-8")]} if secret else {}
         if name:
             self._headers[b"x-speedy-imageserver"] = [name.encode("utf-8")]
+        if health:
+            self._headers[b"x-speedy-imageserver-health"] = [health.encode("utf-8")]
         self._counters = counters
         self._timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -181,9 +187,11 @@ class FailoverMasterClient:
             await client.close()
 
 
-def master_client(reactor, urls, secret, timeout=10.0, name=None, counters=None):
+def master_client(reactor, urls, secret, timeout=10.0, name=None, counters=None, health=None):
     """@return: an L{IMasterClient} for one chunkmaster URL, or one failing
-    over between several; C{name} names this imageserver to them, and
-    C{counters} reports its counters (L{HTTPMasterClient})."""
-    clients = [HTTPMasterClient(reactor, url, secret, timeout, name, counters) for url in urls]
+    over between several; C{name} names this imageserver to them,
+    C{counters} reports its counters and C{health} says where its health
+    checks answer (L{HTTPMasterClient})."""
+    clients = [HTTPMasterClient(reactor, url, secret, timeout, name, counters, health)
+               for url in urls]
     return clients[0] if len(clients) == 1 else FailoverMasterClient(clients)

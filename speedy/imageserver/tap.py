@@ -18,6 +18,7 @@ L{speedy.registry} can be imported.
 
 import os
 
+from prometheus_client import Info
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import DeferredList
@@ -202,8 +203,9 @@ def makeService(options, reactor=None):
     metadata = open_store(options["db"], reactor)
     client = ChunkClient(reactor, request_timeout=options["request-timeout"],
                          secret=options["cluster-secret"], tls=options["chunk-tls-ca"])
+    name, health = worker_name(options["listen"]), health_base(options)
     master = master_client(reactor, options["master"], options["cluster-secret"],
-                           name=_name(options["listen"]),
+                           name=name, health=health,
                            counters=lambda: reported_counters(storage.counters))
     poller = ClusterViewPoller(master, reactor)
     file_ids = FileIdRange(master, batch=options["file-id-batch"],
@@ -222,6 +224,9 @@ def makeService(options, reactor=None):
     monitoring = Monitoring(
         daemon_registry(ImageserverCollector(storage, file_ids, client.timings), http_metrics),
         {"cluster_view": lambda: _view_ready(poller)})
+    Info("speedy_imageserver_worker", "This imageserver process: the name it gives the "
+         "chunkmaster (host:port pid N) and where its health checks answer.",
+         registry=monitoring.registry).info({"name": name, "health": health or ""})
     monitoring.add_routes(root.router)
     resource, body_sink_for = root.resource, root.body_sink_for
     mode, path = options["auth"]
@@ -260,11 +265,39 @@ def makeService(options, reactor=None):
     return with_log_format(service, options, "imageserver")
 
 
-def _name(listen):
-    """@return: how this imageserver names itself to the chunkmaster:
-    its host:port (or endpoint string) and pid."""
+def _address(endpoint):
+    """@return: the C{(scheme, host:port)} an endpoint string (C{tcp:},
+    C{ssl:}, C{reuseport:} with or without a certificate) is reached at, or
+    C{(scheme, None)} for other kinds."""
     from speedy.chunkserver.tap import advertised_address
-    return f"{advertised_address(listen) or listen} pid {os.getpid()}"
+    kind, _, rest = endpoint.partition(":")
+    tls = kind == "ssl" or (kind == "reuseport" and "privateKey=" in rest)
+    if kind == "reuseport":
+        endpoint = "tcp:" + rest
+    return ("https" if tls else "http"), advertised_address(endpoint)
+
+
+def worker_name(listen, pid=None):
+    """
+    @return: how this imageserver names itself to the chunkmaster (the
+        dashboard's and C{speedy-admin health}'s imageservers, the
+        C{speedy_imageserver_worker_info} metric): C{host:port pid N}, its
+        registry address and process, which tells apart the workers
+        sharing one port; the endpoint string for kinds without an address.
+    """
+    address = _address(listen)[1] or listen
+    return f"{address} pid {os.getpid() if pid is None else pid}"
+
+
+def health_base(options):
+    """
+    @return: C{scheme://host:port} where this imageserver's C{/healthz}
+        and C{/readyz} answer: its own C{--metrics} listener, else its
+        C{--listen} (which, shared by several workers, answers for
+        whichever the kernel picks); None when neither has an address.
+    """
+    scheme, address = _address(options["metrics"] or options["listen"])
+    return None if address is None else f"{scheme}://{address}"
 
 
 def _view_ready(poller):

@@ -20,7 +20,7 @@ reads C{/dashboard/data} every few seconds and draws the cluster.
                  per second, oldest first, one every L{ClusterHistory} interval
      "counters": {"heartbeats", "checksum_errors", "scrub_damaged",
                   "repaired", "repair_failed", ...},
-     "imageservers": [{"name", "address", "seen_ago", "counters"}],
+     "imageservers": [{"name", "address", "seen_ago", "counters", "health"}],
      "gc": {"running", "runs", "chunks_freed", "bytes_freed", "pending_chunks",
             "pending_bytes", "last_duration", "current", ...} or null,
      "transfers": {"chunks_moved", "bytes_moved", "active", "rate",
@@ -44,6 +44,7 @@ import os
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
+from speedy.chunkmaster.messages import health_url
 from speedy.records import DOWN, DRAINING, INIT, RO, RW
 from speedy.web.json import json_answer
 from speedy.web.rest import Answer
@@ -72,6 +73,10 @@ def reported_counters(counters):
     """@return: the L{IMAGESERVER_REPORTED} of an imageserver's replication
     C{counters}."""
     return {name: counters.get(name, 0) for name in IMAGESERVER_REPORTED}
+
+
+def _text(header):
+    return None if header is None else header.decode("utf-8", "replace")
 
 
 def _parse_counters(header):
@@ -143,8 +148,9 @@ class ClusterHistory(Service):
 class Peers:
     """
     The imageservers that poll the cluster view, by the name they give in
-    C{X-Speedy-Imageserver} (their address otherwise), forgotten after
-    C{forget_after} seconds of silence.
+    C{X-Speedy-Imageserver} (their address otherwise), with where their
+    health checks answer (C{X-Speedy-Imageserver-Health}, a base URL, or
+    None), forgotten after C{forget_after} seconds of silence.
     """
 
     def __init__(self, clock, forget_after=300.0, most=1000):
@@ -152,6 +158,7 @@ class Peers:
         self.forget_after = forget_after
         self.most = most
         self._seen = {}  # name -> (address, time, counters)
+        self._health = {}  # name -> base URL of its /healthz and /readyz
 
     def saw(self, request):
         """Note the caller of C{request}."""
@@ -167,18 +174,21 @@ class Peers:
         if not counters and name in self._seen:
             counters = self._seen[name][2]
         self._seen[name] = (host, self._clock.seconds(), counters)
+        self._health[name] = health_url(_text(request.getHeader(b"x-speedy-imageserver-health")))
 
     def _expire(self):
         now = self._clock.seconds()
         for name in [n for n, (_, t, _) in self._seen.items() if now - t > self.forget_after]:
             del self._seen[name]
+            self._health.pop(name, None)
 
     def seen(self):
-        """@return: C{[{"name", "address", "seen_ago", "counters"}]}, by name."""
+        """@return: C{[{"name", "address", "seen_ago", "counters", "health"}]},
+        by name."""
         self._expire()
         now = self._clock.seconds()
         return [{"name": name, "address": address, "seen_ago": round(now - t, 1),
-                 "counters": dict(counters)}
+                 "counters": dict(counters), "health": self._health.get(name)}
                 for name, (address, t, counters) in sorted(self._seen.items())]
 
 

@@ -83,11 +83,11 @@ class HeartbeatTestCase(SynchronousTestCase):
         """Nothing is left scheduled once everything stopped."""
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def start(self, resource, secret=SECRET):
+    def start(self, resource, secret=SECRET, health=None):
         self.agent = RequestTraversalAgent(resource)
         self.service = HeartbeatService(
             self.reactor, "http://master:8099/", secret, "cs1", 1, "10.0.0.1:8001",
-            self.chunks, INTERVAL, timeout=TIMEOUT, agent=self.agent)
+            self.chunks, INTERVAL, timeout=TIMEOUT, agent=self.agent, health=health)
         self.service.startService()
         self.agent.flush()
         self.addCleanup(self.stop)
@@ -134,6 +134,17 @@ class RealMasterTests(HeartbeatTestCase):
         self.assertEqual(server.load, {"reads": 7, "writes": 3, "chunks": 42, "garbage": (5 << 20) + 7})
         self.assertEqual(self.service.state, RW)
         self.assertEqual(self.service.cluster_version, self.cluster.version)
+
+    def test_health_url(self):
+        """A chunkserver with a --metrics listener says where with every
+        beat; the chunkmaster lists it among its members."""
+        from speedy.monitoring.members import Members
+        self.stop()
+        members = Members(self.reactor, self.cluster)
+        self.start(build_api(self.cluster, self.metadata, cluster_secret=SECRET,
+                             members=members), health="http://10.0.0.1:9100")
+        [server] = members.listing()["chunkservers"]
+        self.assertEqual((server["server_id"], server["health"]), ("cs1", "http://10.0.0.1:9100"))
 
     def test_keeps_alive(self):
         """Beats every interval keep the server RW past the master's timeout."""
