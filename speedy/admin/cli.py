@@ -18,7 +18,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from speedy.admin import gc, healing, registry_v1, status, transfers
+from speedy.admin import gc, healing, health, registry_v1, status, transfers
 from speedy.admin.client import AdminClient, AdminError
 from speedy.admin.output import dump_json
 from speedy.admin.target import TargetError, find_target
@@ -27,6 +27,8 @@ from speedy.config import version
 #: C{(name, options class, run, one line of help)} of every subcommand.
 COMMANDS = [
     ("status", status.StatusOptions, status.run, "servers, groups, state and fill"),
+    ("health", health.HealthOptions, health.run,
+     "probe every member's /healthz and /readyz; exit code 1 if one is not ready"),
     ("fsck", healing.FsckOptions, healing.fsck, "check every chunk list against the groups"),
     ("repair", healing.RepairOptions, healing.repair, "the repair queue and group rebuilds"),
     ("replace-server", healing.ReplaceOptions, healing.replace_server,

@@ -79,6 +79,24 @@ class AdminClient:
     def get(self, path):
         return self.call("GET", path)
 
+    async def probe(self, url, timeout):
+        """
+        GET C{url}, anywhere (a member's C{/healthz} or C{/readyz}),
+        without the admin token: it is for the chunkmaster only.
+
+        @return: C{(status, decoded JSON answer or None)}.
+        @raise AdminError: no answer came within C{timeout} seconds.
+        """
+        try:
+            response = await self._http.request("GET", url, timeout=timeout)
+            raw = await treq.content(response)
+        except Exception as e:
+            raise AdminError(f"no answer ({e.__class__.__name__}: {e})".replace(": )", ")"))
+        try:
+            return response.code, json.loads(raw)
+        except ValueError:
+            return response.code, None
+
     def post(self, path, body=None):
         return self.call("POST", path, {} if body is None else body)
 
