@@ -6,11 +6,16 @@ what C{make run} and C{tools/speedy-cluster} run.
 C{up} starts the roles in dependency order, each only once the one before
 is healthy:
 
-    1. the chunkmaster         healthy: C{GET /v1/health} answers C{{"ok": true}}
-    2. every chunkserver       healthy: its wire-protocol port accepts connections
-    3. every imageserver       healthy: C{GET /v1/health} answers C{{"ok": true}}
-                               with C{writable_groups} >= 1 (a worker sharing
-                               its port: and it listens on that port)
+    1. the chunkmaster         healthy: C{GET /readyz} answers 200 C{{"ready": true}}
+                               (it has loaded the cluster from its database)
+    2. every chunkserver       healthy: C{GET /readyz} of its own C{--metrics}
+                               listener answers 200 (its store is open); with
+                               C{--metrics-port none}, its wire port accepts
+                               connections
+    3. every imageserver       healthy: C{GET /readyz} of its own C{--metrics}
+    worker                     listener answers 200 and its C{cluster_view}
+                               check counts C{writable_groups} >= 1; and it
+                               listens on its shared registry port itself
 
 then prints the registry address and runs until Ctrl-C or SIGTERM, when it
 stops the roles in reverse order (SIGTERM, then SIGKILL after a grace
@@ -30,7 +35,11 @@ imageserver processes (C{imageserver-1.1}, C{imageserver-1.2}, ...) that all
 listen on it with the C{reuseport:} endpoint (L{speedy.endpoints}): the
 kernel spreads the clients' connections over them, so a registry uses up to
 N cores.  Clients see one registry; any worker continues any upload, since
-upload sessions live in the metadata store.  Linux only.
+upload sessions live in the metadata store.  Linux only.  Each worker (and
+each chunkserver) has a C{--metrics} listener of its own (C{/metrics},
+C{/healthz}, C{/readyz} of that process alone; ports from C{--metrics-port},
+recorded in the state file), and a worker names itself to the chunkmaster
+as C{host:port pid N} (the dashboard, C{speedy-admin health}).
 
 Each role runs as C{python -c "...; twistd.run()" -n --pidfile= --logfile
 LOG PLUGIN ...} in a process group of its own, so a Ctrl-C in the terminal

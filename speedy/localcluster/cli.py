@@ -23,6 +23,11 @@ from speedy.localcluster.tls import LocalTLS
 from speedy.localcluster.tokens import write_token_service
 
 
+def _metrics_port(text):
+    """@return: C{--metrics-port}'s port, or None for C{none}."""
+    return None if text == "none" else int(text)
+
+
 class _ClusterOptions(usage.Options):
     optParameters = [["var", None, "var", "directory of the cluster's data, logs and state file"]]
 
@@ -45,6 +50,9 @@ class UpOptions(_ClusterOptions):
         ["group-size", None, 3, "chunkservers per replica group", int],
         ["master-port", None, 8099, "chunkmaster port", int],
         ["chunkserver-port", None, 8001, "first chunkserver port", int],
+        ["metrics-port", None, 0, "first port of the --metrics listeners every chunkserver "
+         "and every imageserver worker gets (/metrics, /healthz, /readyz; chunkservers first, "
+         "then the workers); 0 picks free ports, none gives them none", _metrics_port],
         ["chunk-size", None, None, "imageserver chunk size (e.g. 4MiB)", parse_size],
         ["volume-size", None, "256MiB", "size of each chunkserver volume file (sparse)", parse_size],
         ["cache-size", None, LOCAL_CACHE_SIZE, "memory cache of each chunkserver, reserved at "
@@ -154,6 +162,7 @@ async def _run_up(reactor, var, options):
     plan = ClusterPlan.build(tls=tls,
         var=var, registry=options["registry"], master_port=options["master-port"],
         chunkserver_port=options["chunkserver-port"], chunkservers=options["chunkservers"],
+        metrics_port=options["metrics-port"],
         imageservers=options["imageservers"], imageserver_workers=options["imageserver-workers"],
         group_size=options["group-size"],
         chunk_size=options["chunk-size"], volume_size=parse_size(options["volume-size"]),

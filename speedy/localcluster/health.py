@@ -57,13 +57,16 @@ class Health:
 
 class HealthProbe:
     """
-    Checks roles the way C{up} and C{status} need: an HTTP health URL must
-    answer 200 with a JSON object whose C{ok} is true (and, for an
-    imageserver, C{writable_groups} >= 1); a role without one must accept a
-    TCP connection on its port.  A role that shares its port with others
-    must in addition be seen listening on it, as only then does the
-    answer on that port tell anything about it (the kernel picks which of
-    them answers).
+    Checks roles the way C{up} and C{status} need: an HTTP health URL (a
+    role's C{/readyz}) must answer 200 with a JSON object whose C{ready}
+    is true (and, for an imageserver, whose C{cluster_view} check counts
+    C{writable_groups} >= 1; C{ok} and a top-level C{writable_groups} for
+    the C{/v1/health} URLs of state files written before); a role without
+    one must accept a TCP connection on its port.  A role that shares its
+    port with others must in addition be seen listening on it, as only
+    then does the answer on that port tell anything about it (the kernel
+    picks which of them answers); each worker's own C{--metrics} listener
+    answers for that worker alone.
     """
 
     def __init__(self, reactor, http_client, timeout=2.0):
@@ -102,16 +105,27 @@ class HealthProbe:
             body = await response.content()
         except Exception as e:
             return Health(False, f"{role.health_url}: {e.__class__.__name__}: {e}")
-        if response.code != 200:
-            return Health(False, f"{role.health_url} answered {response.code}")
         try:
             health = json.loads(body)
         except ValueError:
-            return Health(False, f"{role.health_url} answered something that is not JSON")
-        if not isinstance(health, dict) or health.get("ok") is not True:
+            health = None
+        checks = health.get("checks") if isinstance(health, dict) else None
+        checks = checks if isinstance(checks, dict) else {}
+        if response.code != 200:
+            failing = "; ".join(f"{name}: {check.get('detail')}"
+                                for name, check in sorted(checks.items())
+                                if isinstance(check, dict) and not check.get("ok"))
+            return Health(False, f"{role.health_url} answered {response.code}"
+                                 + (f" ({failing})" if failing else ""))
+        if not isinstance(health, dict):
+            return Health(False, f"{role.health_url} answered something that is not a "
+                                 "JSON object")
+        if health.get("ready", health.get("ok")) is not True:
             return Health(False, f"{role.health_url} answered {body[:200]!r}")
         if role.needs_writable_group:
-            writable = health.get("writable_groups")
-            if not isinstance(writable, int) or writable < 1:
+            view = checks.get("cluster_view")
+            writable = (view.get("writable_groups") if isinstance(view, dict)
+                        else health.get("writable_groups"))
+            if not isinstance(writable, int) or isinstance(writable, bool) or writable < 1:
                 return Health(False, f"no writable replica group yet (writable_groups={writable!r})")
         return Health(True)

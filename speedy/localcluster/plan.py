@@ -67,9 +67,11 @@ def pick_free_port(host="127.0.0.1"):
 class Role:
     """
     One daemon of the cluster: its twistd plugin and arguments, where it
-    listens, and how to tell it is healthy (an HTTP health URL, or None to
-    wait for its port to accept connections).  A role that C{shares_port}
-    with others (an imageserver worker) must also be seen listening on it.
+    listens, and how to tell it is healthy (an HTTP health URL, its
+    C{/readyz}, or None to wait for its port to accept connections).  A
+    role that C{shares_port} with others (an imageserver worker) must also
+    be seen listening on it.  C{metrics_port} is its C{--metrics} side
+    listener's, or None.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Role:
     health_url: str | None = None
     needs_writable_group: bool = False
     shares_port: bool = False
+    metrics_port: int | None = None
 
     @property
     def address(self):
@@ -104,6 +107,11 @@ class ClusterPlan:
     master_port: int
     chunkserver_ports: tuple
     imageserver_ports: tuple
+    #: each chunkserver's C{--metrics} port, in order, or none
+    chunkserver_metrics_ports: tuple = ()
+    #: each imageserver worker's C{--metrics} port (imageserver by
+    #: imageserver, worker by worker), or none
+    imageserver_metrics_ports: tuple = ()
     group_size: int = 3
     imageserver_workers: int = 1
     chunk_size: int | None = None
@@ -134,12 +142,19 @@ class ClusterPlan:
 
     @classmethod
     def build(cls, var="var", registry="127.0.0.1:5000", master_port=8099, chunkserver_port=8001,
-              chunkservers=3, imageservers=1, group_size=3, imageserver_workers=1, **options):
+              chunkservers=3, imageservers=1, group_size=3, imageserver_workers=1,
+              metrics_port=None, **options):
         """
         Lay out a cluster: imageservers on the registry port and the ones
         after it, C{imageserver_workers} processes sharing each of those
         ports, chunkservers on C{chunkserver_port} and the ones after it.
         A port of 0 gives every role of that kind a free port of its own.
+        With C{metrics_port}, every chunkserver and every imageserver
+        worker gets a C{--metrics} listener of its own, on that port and the
+        ones after it (chunkservers first; 0: free ports), whose C{/readyz}
+        tells C{up} that very process is ready; without, chunkservers are
+        waited for by their wire port and imageservers by their registry
+        port's C{/readyz}.
 
         @param options: C{chunk_size}, C{volume_size}, C{cache_size}, C{read_window},
             C{cut_through}, C{replication} (C{fanout} or C{chain}),
@@ -171,11 +186,15 @@ class ClusterPlan:
                 return tuple(pick_free_port(host) for _ in range(count))
             return tuple(range(first, first + count))
 
+        metrics = () if metrics_port is None else ports(
+            int(metrics_port), chunkservers + imageservers * imageserver_workers)
         return cls(
             var=os.path.abspath(var), host=host,
             master_port=ports(int(master_port), 1)[0],
             chunkserver_ports=ports(int(chunkserver_port), chunkservers),
             imageserver_ports=ports(int(port), imageservers),
+            chunkserver_metrics_ports=metrics[:chunkservers],
+            imageserver_metrics_ports=metrics[chunkservers:],
             group_size=group_size, imageserver_workers=imageserver_workers, **options)
 
     def secret_file(self, name):
@@ -229,7 +248,7 @@ class ClusterPlan:
             + (("--gc-grace", self.gc_grace) if self.gc_grace is not None else ())
             + (("--gc-sweep-grace", self.gc_sweep_grace)
                if self.gc_sweep_grace is not None else ()),
-            self.host, self.master_port, health_url=f"{self.master_url}/v1/health")
+            self.host, self.master_port, health_url=f"{self.master_url}/readyz")
         chunkservers = []
         for i, port in enumerate(self.chunkserver_ports):
             args = ["--data-dir", os.path.join(self.var, f"chunkserver-{i + 1}"),
@@ -248,8 +267,12 @@ class ClusterPlan:
                 args += ["--scrub-rate", str(self.scrub_rate)]
             if self.scrub_period is not None:
                 args += ["--scrub-period", self.scrub_period]
-            chunkservers.append(Role(f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args),
-                                     self.host, port))
+            metrics = self._metrics_port(self.chunkserver_metrics_ports, i)
+            if metrics is not None:
+                args += ["--metrics", self._listen(metrics)]
+            chunkservers.append(Role(
+                f"chunkserver-{i + 1}", "speedy-chunkserver", tuple(args), self.host, port,
+                health_url=self._readyz(metrics), metrics_port=metrics))
         shared = self.imageserver_workers > 1
         imageservers = []
         for i, port in enumerate(self.imageserver_ports):
@@ -276,10 +299,23 @@ class ClusterPlan:
             if self.token_config is not None:
                 args += ["--auth", "token:" + os.path.abspath(self.token_config)]
             for w in range(self.imageserver_workers):
+                metrics = self._metrics_port(self.imageserver_metrics_ports,
+                                             i * self.imageserver_workers + w)
                 imageservers.append(Role(
                     f"imageserver-{i + 1}.{w + 1}" if shared else f"imageserver-{i + 1}",
-                    "speedy-imageserver", tuple(args), self.host, port,
-                    health_url=f"{self.registry_scheme}://{self.host}:{port}/v1/health",
-                    needs_writable_group=True,
-                    shares_port=shared))
+                    "speedy-imageserver",
+                    tuple(args) + (() if metrics is None else ("--metrics", self._listen(metrics))),
+                    self.host, port,
+                    health_url=(self._readyz(metrics) if metrics is not None else
+                                f"{self.registry_scheme}://{self.host}:{port}/readyz"),
+                    needs_writable_group=True, shares_port=shared, metrics_port=metrics))
         return (master, *chunkservers, *imageservers)
+
+    @staticmethod
+    def _metrics_port(ports, index):
+        return ports[index] if index < len(ports) else None
+
+    def _readyz(self, metrics_port):
+        """@return: the C{/readyz} URL of a C{--metrics} listener (plain
+        HTTP: it never has TLS), or None without one."""
+        return None if metrics_port is None else f"http://{self.host}:{metrics_port}/readyz"

@@ -138,7 +138,9 @@ class LocalCluster:
                 process = self._spawn(role)
                 self._record(ready=False)
                 await self._wait_healthy(process)
-                self._out(f"{role.name} is up: pid {process.pid}, {role.address}")
+                metrics = ("" if role.metrics_port is None
+                           else f" (metrics, /readyz on port {role.metrics_port})")
+                self._out(f"{role.name} is up: pid {process.pid}, {role.address}{metrics}")
         except Exception:
             await self._stop_all()
             raise
@@ -238,7 +240,8 @@ class LocalCluster:
                 {"name": p.role.name, "plugin": p.role.plugin, "pid": p.pid,
                  "address": p.role.address, "health_url": p.role.health_url,
                  "needs_writable_group": p.role.needs_writable_group,
-                 "shares_port": p.role.shares_port, "log": self._log_path(p.role)}
+                 "shares_port": p.role.shares_port, "metrics_port": p.role.metrics_port,
+                 "log": self._log_path(p.role)}
                 for p in self.processes
             ],
         })

@@ -60,6 +60,21 @@ class HealthProbeTests(SynchronousTestCase):
         self.assertIn("writable", health.detail)
         self.assertTrue(self.check(self.image, b'{"ok": true, "writable_groups": 2}').healthy)
 
+    def test_readyz(self):
+        """A /readyz answer: ready is what counts, and an imageserver's
+        cluster_view check must count a writable group; a 503 says which
+        check fails."""
+        ready = b'{"ready": true, "checks": {"cluster_view": {"ok": true, "writable_groups": %d}}}'
+        self.assertEqual(self.check(self.image, ready % 1), Health(True))
+        health = self.check(self.image, ready % 0)
+        self.assertFalse(health.healthy)
+        self.assertIn("writable_groups=0", health.detail)
+        health = self.check(self.image, b'{"ready": false, "checks": {"cluster_view": '
+                                         b'{"ok": false, "detail": "no view yet"}}}', 503)
+        self.assertFalse(health.healthy)
+        self.assertIn("503 (cluster_view: no view yet)", health.detail)
+        self.assertEqual(self.check(self.master, b'{"ready": true, "checks": {}}'), Health(True))
+
     def test_bad_answers_are_unhealthy(self):
         for body, code in ((b'{"ok": true}', 503), (b"\x00\xffgarbage", 200), (b"[1, 2]", 200),
                            (b'{"ok": "yes"}', 200), (b'{"ok": true, "writable_groups": "1"}', 200)):

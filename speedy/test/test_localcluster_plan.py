@@ -47,7 +47,7 @@ class ClusterPlanTests(SynchronousTestCase):
             "--listen", "tcp:8099:interface=127.0.0.1", "--db", f"sqlite:{var}/metadata.sqlite",
             "--cluster-secret-file", f"{var}/secrets/cluster-secret",
             "--admin-token-file", f"{var}/secrets/admin-token", "--group-size", "3"))
-        self.assertEqual(master.health_url, "http://127.0.0.1:8099/v1/health")
+        self.assertEqual(master.health_url, "http://127.0.0.1:8099/readyz")
         self.assertFalse(master.needs_writable_group)
 
     def test_chunkserver_command_lines(self):
@@ -80,7 +80,7 @@ class ClusterPlanTests(SynchronousTestCase):
             "--db", f"sqlite:{var}/metadata.sqlite", "--chunk-size", str(4 << 20),
             "--read-window", str(1 << 16), "--cut-through", "0"))
         self.assertEqual([(r.health_url, r.needs_writable_group) for r in images],
-                         [("http://127.0.0.1:6000/v1/health", True), ("http://127.0.0.1:6001/v1/health", True)])
+                         [("http://127.0.0.1:6000/readyz", True), ("http://127.0.0.1:6001/readyz", True)])
 
     def test_secrets_in_files(self):
         """The secrets are written where the roles read them, readable by
@@ -124,10 +124,30 @@ class ClusterPlanTests(SynchronousTestCase):
             [(r.name, r.port, option_after(r.args, "--listen"), r.shares_port) for r in images],
             [(f"imageserver-{i}.{w}", 5999 + i, f"reuseport:{5999 + i}:interface=127.0.0.1", True)
              for i in (1, 2) for w in (1, 2, 3)])
-        self.assertEqual([r.health_url for r in images[:3]], ["http://127.0.0.1:6000/v1/health"] * 3)
+        self.assertEqual([r.health_url for r in images[:3]], ["http://127.0.0.1:6000/readyz"] * 3)
         self.assertEqual(plan(var, registry="127.0.0.1:6000", imageservers=2,
                               imageserver_workers=3).registries, ("127.0.0.1:6000", "127.0.0.1:6001"))
         self.assertFalse(any(r.shares_port for r in plan(var).roles()))
+
+    def test_metrics_listeners(self):
+        """
+        With a metrics port, every chunkserver and every imageserver worker
+        gets a --metrics listener of its own, chunkservers first, and is
+        waited for by that listener's /readyz: a worker's answers for that
+        worker alone, not for whichever shares the registry port.
+        """
+        roles = plan(os.path.abspath("v"), imageserver_workers=2, metrics_port=9200).roles()
+        self.assertEqual(
+            [(r.name, r.metrics_port, option_after(r.args, "--metrics") if "--metrics" in r.args
+              else None, r.health_url) for r in roles],
+            [("chunkmaster", None, None, "http://127.0.0.1:8099/readyz")]
+            + [(f"chunkserver-{n}", 9199 + n, f"tcp:{9199 + n}:interface=127.0.0.1",
+                f"http://127.0.0.1:{9199 + n}/readyz") for n in (1, 2, 3)]
+            + [(f"imageserver-1.{w}", 9202 + w, f"tcp:{9202 + w}:interface=127.0.0.1",
+                f"http://127.0.0.1:{9202 + w}/readyz") for w in (1, 2)])
+        free = [r.metrics_port for r in plan("v", imageserver_workers=2, metrics_port=0).roles()
+                if r.metrics_port is not None]
+        self.assertEqual(len(set(free)), 5)
 
     def test_role_command(self):
         """A role runs as twistd in the foreground, logging to its file."""

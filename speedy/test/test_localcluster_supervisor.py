@@ -138,7 +138,7 @@ class LocalClusterTests(SynchronousTestCase):
                          [(name, self.reactor.spawned[name].pid, role.address)
                           for name, role in zip(ROLES, self.plan.roles())])
         self.assertEqual(localcluster.role_from_state(state["roles"][4]).health_url,
-                         "http://127.0.0.1:5000/v1/health")
+                         "http://127.0.0.1:5000/readyz")
 
     def test_workers_are_checked_each_by_its_own_pid(self):
         """
