@@ -3,11 +3,14 @@ Monitoring end to end, with real daemons on loopback: a chunkmaster, three
 chunkservers (each with a C{--metrics} side listener) and an imageserver.
 Every daemon answers C{/healthz}, C{/readyz} and C{/metrics}; the metrics
 are read with the Prometheus library's own parser, and they move as a user
-stores and reads a file and as a replica dies.
+stores and reads a file and as a replica dies; C{speedy-admin health}
+finds every member ready, then names the dead one.
 """
 
 import json
 import os
+import subprocess
+import sys
 import time
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
@@ -19,6 +22,7 @@ from speedy.test.processes import Daemon, free_port
 
 PATIENCE = 60.0
 KiB = 1 << 10
+ADMIN_TOKEN = "e2e-admin-token"
 
 
 def http(method, url, body=None, timeout=30):
@@ -60,9 +64,13 @@ class MonitoringEndToEndTests(SynchronousTestCase):
         self.master_port = free_port()
         self.master_url = f"http://127.0.0.1:{self.master_port}"
         db = "sqlite:" + os.path.join(self.workdir, "meta.db")
+        token_file = os.path.join(self.workdir, "admin-token")
+        with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(ADMIN_TOKEN + "\n")
         self.master = self.start(Daemon(
             "speedy-chunkmaster",
-            ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1", "--db", db],
+            ["--listen", f"tcp:{self.master_port}:interface=127.0.0.1", "--db", db,
+             "--admin-token-file", token_file],
             port=self.master_port, workdir=self.workdir, name="chunkmaster"))
         self.chunkservers = [self.chunkserver(n) for n in (1, 2, 3)]
         port, self.image_metrics_port = free_port(), free_port()
@@ -95,6 +103,15 @@ class MonitoringEndToEndTests(SynchronousTestCase):
         self.start(daemon)
         self.wait_for(f"cs{n}'s metrics listener", lambda: _answers(daemon.metrics_url))
         return daemon
+
+    def admin_health(self):
+        """@return: C{(exit code, report)} of C{speedy-admin --json health}."""
+        done = subprocess.run(
+            [sys.executable, "-m", "speedy.admin", "--master", self.master_url, "--json",
+             "health"], capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, SPEEDY_ADMIN_TOKEN=ADMIN_TOKEN))
+        self.assertIn(done.returncode, (0, 1), done.stderr)
+        return done.returncode, json.loads(done.stdout)
 
     def wait_for(self, what, predicate, patience=PATIENCE):
         deadline = time.monotonic() + patience
@@ -157,7 +174,16 @@ class MonitoringEndToEndTests(SynchronousTestCase):
             self.assertIn((name, ()), master)
         self.assertEqual(total(master, "speedy_chunkmaster_transfers", state="running"), 0)
 
+        code, report = self.admin_health()
+        self.assertEqual((code, report["ready"]), (0, True), report)
+        self.assertEqual(sorted(m["role"] for m in report["members"]),
+                         ["chunkmaster"] + ["chunkserver"] * 3 + ["imageserver"])
+
         self.chunkservers[0].kill()
+        code, report = self.admin_health()
+        self.assertEqual(code, 1)
+        self.assertEqual([(m["name"], m["alive"]) for m in report["members"] if not m["ready"]],
+                         [("cs1", False)])
         status, body = http("GET", self.registry + "/v1/files/monitored")
         self.assertEqual((status, body == data), (200, True))
         later = scrape(image)
