@@ -5,6 +5,7 @@ C{/metrics}, C{/healthz}, C{/readyz} routes and C{--metrics} listeners.
 """
 
 import json
+import os
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
@@ -370,6 +371,10 @@ class ListenerTests(SynchronousTestCase):
         samples = samples_of(self.successResultOf(response.content()).decode())
         self.assertEqual(samples[("speedy_imageserver_chunks_written_total", ())], 0)
         self.assertEqual(samples[("speedy_imageserver_view_version", ())], 0)
+        # Which worker this is: its name at the chunkmaster, its health listener.
+        self.assertEqual(samples[("speedy_imageserver_worker_info", (
+            ("health", "http://127.0.0.1:9101"), ("name", f"127.0.0.1:5000 pid {os.getpid()}")))],
+            1)
 
 
 class SideListenerLimitsTests(SynchronousTestCase):
