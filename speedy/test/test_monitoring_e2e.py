@@ -22,7 +22,7 @@ from speedy.test.processes import Daemon, free_port
 
 PATIENCE = 60.0
 KiB = 1 << 10
-ADMIN_TOKEN = "e2e-admin-token"
+ADMIN_TOKEN = "e2e-admin-token-of-the-monitoring-test"
 
 
 def http(method, url, body=None, timeout=30):

@@ -83,7 +83,7 @@ class LocalTLSTests(SynchronousTestCase):
         args = roles["imageserver-1.1"].args
         listen = args[args.index("--listen") + 1]
         self.assertTrue(listen.startswith("reuseport:5000:interface=127.0.0.1:privateKey="))
-        self.assertEqual(roles["imageserver-1.1"].health_url, "https://127.0.0.1:5000/v1/health")
+        self.assertEqual(roles["imageserver-1.1"].health_url, "https://127.0.0.1:5000/readyz")
         self.assertIn("tcp:8099", " ".join(roles["chunkmaster"].args))
         lines = "\n".join(self.tls.instructions(plan.registries))
         self.assertIn(f"--dest-cert-dir {self.tls.ca_dir}", lines)
