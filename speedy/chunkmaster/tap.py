@@ -26,6 +26,7 @@ from speedy.metadata import open_store
 from speedy.monitoring.collectors import (
     ChunkmasterCollector, CollectorMetrics, TransferMetrics)
 from speedy.monitoring.dashboard import ClusterHistory, Dashboard, Peers
+from speedy.monitoring.database import DatabaseCheck
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import MeasuredSite, chunkmaster_route, HTTPMetrics, measured_request
 from speedy.monitoring.members import Members
@@ -161,7 +162,8 @@ def makeService(options, reactor=None):
     monitoring = Monitoring(
         daemon_registry(ChunkmasterCollector(cluster, repairs), CollectorMetrics(collector),
                         TransferMetrics(transfers), progress, uploads, http_metrics),
-        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}")},
+        {"cluster": lambda: (cluster.version > 0, f"cluster view version {cluster.version}"),
+         "database": DatabaseCheck(reactor, store.count_uploads)},
         before_scrape=[progress.refresh, uploads.refresh])
     history, peers = ClusterHistory(reactor, cluster), Peers(reactor)
     api = build_api(

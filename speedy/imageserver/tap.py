@@ -41,6 +41,7 @@ from speedy.logs import log_format_option, with_log_format
 from speedy.metadata import open_store
 from speedy.monitoring.collectors import ImageserverCollector
 from speedy.monitoring.dashboard import reported_counters
+from speedy.monitoring.database import DatabaseCheck
 from speedy.monitoring.endpoints import Monitoring, daemon_registry, side_listener
 from speedy.monitoring.http import HTTPMetrics, MeasuredSite, imageserver_route, measured_request
 from speedy.web.streaming import StreamingRequest, StreamingSite
@@ -223,7 +224,8 @@ def makeService(options, reactor=None):
     http_metrics = HTTPMetrics(imageserver_route, "speedy_imageserver_http")
     monitoring = Monitoring(
         daemon_registry(ImageserverCollector(storage, file_ids, client.timings), http_metrics),
-        {"cluster_view": lambda: _view_ready(poller)})
+        {"cluster_view": lambda: _view_ready(poller),
+         "database": DatabaseCheck(reactor, metadata.count_uploads)})
     Info("speedy_imageserver_worker", "This imageserver process: the name it gives the "
          "chunkmaster (host:port pid N) and where its health checks answer.",
          registry=monitoring.registry).info({"name": name, "health": health or ""})

@@ -11,11 +11,14 @@ A readiness check is a callable returning C{(ok, detail)}: whether the
 daemon can serve what it is for (its store open, a cluster view at hand, its
 database reachable), and a short text an operator reads.  It may instead
 return a mapping with C{ok}, C{detail} and figures a program reads (the
-imageserver's C{writable_groups}), answered beside them::
+imageserver's C{writable_groups}), answered beside them; and it may
+return an awaitable of either (L{speedy.monitoring.database.DatabaseCheck})::
 
     {"ready": true, "checks": {"cluster_view": {"ok": true, "detail": "...",
                                                 "view_version": 7, "writable_groups": 1}}}
 """
+
+from inspect import isawaitable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector,
@@ -84,6 +87,8 @@ class Monitoring:
         for name, check in self.checks.items():
             try:
                 result = check()
+                if isawaitable(result):  # a check that asks something (the database)
+                    result = await result
                 if isinstance(result, dict):
                     result = dict(result, ok=bool(result.get("ok")),
                                   detail=str(result.get("detail", "")))

@@ -9,7 +9,7 @@ import os
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,9 +19,11 @@ from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.api import build_api
 from speedy.monitoring.buckets import Buckets
 from speedy.monitoring.collectors import ChunkmasterCollector, ChunkserverCollector
+from speedy.monitoring.database import DatabaseCheck
 from speedy.monitoring.endpoints import Monitoring, daemon_registry
 from speedy.monitoring.http import HTTPMetrics, chunkmaster_route, imageserver_route
 from speedy.test.test_chunkmaster_api import GiB, SECRET, heartbeat
+from speedy.errors import Unavailable
 from speedy.testing import OutageStore
 
 DIGEST = "sha256:" + "ab" * 32
@@ -459,3 +461,70 @@ def _services(service):
     yield service
     for child in getattr(service, "services", ()):
         yield from _services(child)
+
+
+class DatabaseCheckTests(SynchronousTestCase):
+    """The database readiness check of the imageserver's and chunkmaster's
+    /readyz."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.asked = []
+        self.check = DatabaseCheck(self.clock, self.read, max_age=2.0, timeout=5.0)
+
+    def read(self):
+        d = Deferred()
+        self.asked.append(d)
+        return d
+
+    def test_answer_kept_and_shared(self):
+        """Callers while a question is out share it; the answer is kept
+        max_age seconds, then the store is asked again."""
+        first, second = self.check(), self.check()
+        self.assertEqual(len(self.asked), 1)
+        self.assertNoResult(first)
+        self.clock.advance(0.012)
+        self.asked[0].callback(0)
+        for d in (first, second):
+            self.assertEqual(self.successResultOf(d),
+                             (True, "the metadata store answered in 12 ms"))
+        self.clock.advance(1)
+        self.assertTrue(self.successResultOf(self.check())[0])
+        self.assertEqual(len(self.asked), 1)
+        self.clock.advance(1.5)
+        self.check()
+        self.assertEqual(len(self.asked), 2)
+
+    def test_failure_and_timeout_are_not_ready(self):
+        """A store that fails or does not answer in time: not ready, saying
+        why; never an exception."""
+        d = self.check()
+        self.asked[0].errback(Unavailable("database is locked"))
+        ok, detail = self.successResultOf(d)
+        self.assertEqual((ok, detail), (False, "the metadata store did not answer: "
+                                               "database is locked"))
+        self.clock.advance(3)
+        d = self.check()
+        self.clock.advance(5)
+        ok, detail = self.successResultOf(d)
+        self.assertEqual((ok, detail), (False, "the metadata store did not answer in 5 s"))
+
+    def test_readyz_awaits_it(self):
+        """/readyz waits for an asynchronous check and answers 503 when the
+        database does not answer."""
+        from speedy.web.json import answer_json_error
+        from speedy.web.rest import Router
+        monitoring = Monitoring(daemon_registry(), {"database": self.check})
+        http = StubTreq(monitoring.add_routes(Router(answer_json_error)).resource)
+        pending = http.get("http://m/readyz")
+        self.assertNoResult(pending)
+        self.asked[0].errback(Unavailable("gone"))
+        http.flush()
+        response = self.successResultOf(pending)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual((response.code, body["checks"]["database"]["ok"]), (503, False))
+        self.clock.advance(3)
+        pending = http.get("http://m/readyz")
+        self.asked[1].callback(0)
+        http.flush()
+        self.assertEqual(self.successResultOf(pending).code, 200)
