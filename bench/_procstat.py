@@ -153,3 +153,27 @@ class ProcessTree:
                 name = self._names[pid]
                 by_name[name] = max(rss, by_name.get(name, 0))
         return by_name
+
+
+def cpu_during_child(pid, argv, timeout=60):
+    """
+    Run the load generator C{argv} (a child that prints the JSON line
+    C{{"start": true}} once ready, then one JSON line of its result), and
+    measure the CPU of process C{pid} and its descendants meanwhile.
+
+    @return: (the child's result, C{pid}'s CPU percent of one core from its
+        start line to its result line).
+    """
+    import json
+    import subprocess
+    import time
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    tree = ProcessTree(pid)
+    assert json.loads(child.stdout.readline()) == {"start": True}
+    tree.sample()
+    cpu_start, wall_start = tree.cpu_seconds(), time.monotonic()
+    result = json.loads(child.stdout.readline())
+    tree.sample()
+    cpu = 100 * (tree.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
+    child.wait(timeout)
+    return result, cpu

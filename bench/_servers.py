@@ -92,17 +92,25 @@ def accepts(host, port):
 
 def http_healthy(url, writable_group=False):
     """
-    @return: whether C{url} answers 200 with a JSON object whose C{ok} is
-        true (and, with C{writable_group}, whose C{writable_groups} >= 1: an
-        imageserver that can take writes).
+    @return: whether C{url} answers 200 with a JSON object saying so: a
+        C{/readyz} answer whose C{ready} is true, or a C{/v1/health} answer
+        whose C{ok} is; with C{writable_group}, also that it counts a
+        writable group (C{writable_groups} >= 1, of its C{cluster_view}
+        check for C{/readyz}): an imageserver that can take writes.
     """
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             health = json.loads(response.read())
     except (OSError, ValueError):
         return False
-    return (isinstance(health, dict) and health.get("ok") is True
-            and (not writable_group or (health.get("writable_groups") or 0) >= 1))
+    if not isinstance(health, dict):
+        return False
+    if "ready" in health:  # /readyz
+        view = (health.get("checks") or {}).get("cluster_view") or {}
+        return health["ready"] is True and (
+            not writable_group or (view.get("writable_groups") or 0) >= 1)
+    return health.get("ok") is True and (
+        not writable_group or (health.get("writable_groups") or 0) >= 1)
 
 
 def probe(netns, check, *args):

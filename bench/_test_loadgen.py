@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _dataset import Dataset, Item, sha256_digest  # noqa: E402
 from _procstat import ProcessTree  # noqa: E402
 import _sysctl  # noqa: E402
-from _servers import distribution, free_port  # noqa: E402
+from _servers import distribution, free_port, http_healthy  # noqa: E402
 from _stats import markdown_table, percentile, summarize  # noqa: E402
 from _wrk import wrk_phase  # noqa: E402
 from loadgen import Connection, Operations, RequestFailed, registry_suite, run_phase  # noqa: E402
@@ -392,3 +392,38 @@ class DistributionTests(TestCase):
         self.assertEqual([(r["op"], r["ok"], r["errors"]) for r in rows],
                          [("push", 4, 0), ("pull", 4, 0), ("head", 20, 0), ("manifest", 20, 0)])
         self.assertGreater(rows[0]["server_cpu_s"], 0)
+
+
+class HealthAnswers(http.server.BaseHTTPRequestHandler):
+    """Answers GET with the JSON of C{answers[path]}."""
+
+    answers = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps(self.answers[self.path]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class HttpHealthyTests(TestCase):
+    def test_readyz_and_v1_health(self):
+        """The harnesses' readiness probe reads a /readyz answer (ready, and
+        the cluster view's writable groups) and a /v1/health answer (ok)."""
+        view = {"ok": True, "detail": "", "writable_groups": 0}
+        HealthAnswers.answers = {
+            "/readyz": {"ready": True, "checks": {"cluster_view": view}},
+            "/down": {"ready": False, "checks": {}},
+            "/v1/health": {"ok": True, "writable_groups": 1},
+        }
+        url = serve(self, HealthAnswers)
+        self.assertTrue(http_healthy(url + "/readyz"))
+        self.assertFalse(http_healthy(url + "/readyz", writable_group=True))
+        view["writable_groups"] = 1
+        self.assertTrue(http_healthy(url + "/readyz", writable_group=True))
+        self.assertFalse(http_healthy(url + "/down"))
+        self.assertTrue(http_healthy(url + "/v1/health", writable_group=True))

@@ -23,10 +23,8 @@ far less CPU per request than the master.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -34,7 +32,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _procstat import ProcessTree  # noqa: E402
+from _procstat import cpu_during_child  # noqa: E402
 
 from speedy.test.processes import TEST_SECRET, Daemon, free_port  # noqa: E402
 
@@ -163,17 +161,9 @@ def loadgen_main(argv):
 
 def measure(master, mode, port, clients, seconds, interval=0.0):
     """@return: (answers per second by status, the master's CPU percent)."""
-    loadgen = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--loadgen", mode, str(port), str(clients),
-         str(seconds), str(interval)], stdout=subprocess.PIPE, text=True)
-    tree = ProcessTree(master.process.pid)
-    assert json.loads(loadgen.stdout.readline()) == {"start": True}
-    tree.sample()
-    cpu_start, wall_start = tree.cpu_seconds(), time.monotonic()
-    result = json.loads(loadgen.stdout.readline())
-    tree.sample()
-    cpu = 100 * (tree.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
-    loadgen.wait(60)
+    result, cpu = cpu_during_child(master.process.pid, [
+        sys.executable, os.path.abspath(__file__), "--loadgen", mode, str(port), str(clients),
+        str(seconds), str(interval)])
     rates = {status: count / result["seconds"] for status, count in result["answered"].items()}
     return rates, cpu
 

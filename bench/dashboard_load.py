@@ -40,7 +40,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _procstat import ProcessTree  # noqa: E402
+from _procstat import ProcessTree, cpu_during_child  # noqa: E402
 from bench_chunkmaster import KeepAliveClient  # noqa: E402
 
 from speedy.test.processes import Daemon, free_port  # noqa: E402
@@ -127,19 +127,9 @@ def master_cpu(master, seconds):
 
 def dashboards(master, port, clients, seconds, refresh):
     """@return: (the load generator's result, the master's CPU percent over it)."""
-    loadgen = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--loadgen", str(port), str(clients),
-         str(seconds), str(refresh)], stdout=subprocess.PIPE, text=True)
-    assert json.loads(loadgen.stdout.readline()) == {"start": True}
-    tree = ProcessTree(master.process.pid)
-    tree.sample()
-    cpu_start, wall_start = tree.cpu_seconds(), time.monotonic()
-    result = json.loads(loadgen.stdout.readline())
-    tree.sample()
-    cpu = 100 * (tree.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
-    loadgen.wait(60)
-    return result, cpu
-
+    return cpu_during_child(master.process.pid, [
+        sys.executable, os.path.abspath(__file__), "--loadgen", str(port), str(clients),
+        str(seconds), str(refresh)])
 
 def main():
     if sys.argv[1:2] == ["--loadgen"]:
