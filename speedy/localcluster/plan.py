@@ -181,10 +181,23 @@ class ClusterPlan:
                 f"{chunkservers} chunkservers cannot form replica groups of {group_size}: "
                 f"use a positive multiple of {group_size}")
 
+        taken = set()
+
         def ports(first, count):
-            if first == 0:
-                return tuple(pick_free_port(host) for _ in range(count))
-            return tuple(range(first, first + count))
+            """C{count} ports from C{first} on, or free ones (0), each
+            distinct from every other port of the plan: the kernel may hand
+            out a port it handed out a moment ago, once nothing holds it."""
+            if first != 0:
+                chosen = tuple(range(first, first + count))
+            else:
+                chosen = []
+                while len(chosen) < count:
+                    port = pick_free_port(host)
+                    if port not in taken and port not in chosen:
+                        chosen.append(port)
+                chosen = tuple(chosen)
+            taken.update(chosen)
+            return chosen
 
         metrics = () if metrics_port is None else ports(
             int(metrics_port), chunkservers + imageservers * imageserver_workers)

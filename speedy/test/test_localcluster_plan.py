@@ -164,6 +164,20 @@ class ClusterPlanTests(SynchronousTestCase):
         self.assertEqual(len(set(ports)), 6)
         self.assertNotIn(0, ports)
 
+    def test_free_ports_never_repeat_within_a_plan(self):
+        """The kernel may hand the same free port out twice (nothing holds
+        it between picks): the plan takes each port once, metrics ports
+        included."""
+        from speedy.localcluster import plan as plan_module
+        handed = iter([41000, 41000, 41001, 41001, 41002] + list(range(41002, 41100)))
+        self.patch(plan_module, "pick_free_port", lambda host="127.0.0.1": next(handed))
+        cluster = plan("v", registry="127.0.0.1:0", master_port=0, chunkserver_port=0,
+                       imageservers=2, imageserver_workers=2, metrics_port=0)
+        ports = [cluster.master_port, *cluster.chunkserver_ports, *cluster.imageserver_ports,
+                 *cluster.chunkserver_metrics_ports, *cluster.imageserver_metrics_ports]
+        self.assertEqual(len(ports), 1 + 3 + 2 + 3 + 4)
+        self.assertEqual(len(set(ports)), len(ports))
+
     def test_impossible_layouts(self):
         for kwargs in ({"chunkservers": 4}, {"chunkservers": 2}, {"imageservers": 0},
                        {"imageserver_workers": 0},
