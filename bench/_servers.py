@@ -6,7 +6,6 @@ Distribution 2.8, filesystem storage).  Each listens where it is told,
 optionally inside a network namespace (C{netns}).
 """
 
-import json
 import os
 import pwd
 import shutil
@@ -15,9 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from _procstat import ProcessTree, descendants
+
+from speedy.localcluster.health import judge_health
 
 NGINX_CONF = """\
 daemon off;
@@ -92,26 +94,20 @@ def accepts(host, port):
 
 def http_healthy(url, writable_group=False):
     """
-    @return: whether C{url} answers 200 with a JSON object saying so: a
-        C{/readyz} answer whose C{ready} is true, or a C{/v1/health} answer
-        whose C{ok} is; with C{writable_group}, also that it counts a
-        writable group (C{writable_groups} >= 1, of its C{cluster_view}
-        check for C{/readyz}): an imageserver that can take writes.
+    @return: whether C{url} answers as a ready role does, judged as
+        C{speedy-cluster} judges it (L{judge_health}: a C{/readyz} whose
+        C{ready} is true, or a C{/v1/health} whose C{ok} is; with
+        C{writable_group}, counting a writable group: an imageserver that
+        can take writes).
     """
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            health = json.loads(response.read())
-    except (OSError, ValueError):
+            code, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        code, body = e.code, e.read()
+    except OSError:
         return False
-    if not isinstance(health, dict):
-        return False
-    if "ready" in health:  # /readyz
-        view = (health.get("checks") or {}).get("cluster_view") or {}
-        return health["ready"] is True and (
-            not writable_group or (view.get("writable_groups") or 0) >= 1)
-    return health.get("ok") is True and (
-        not writable_group or (health.get("writable_groups") or 0) >= 1)
-
+    return judge_health(url, code, body, writable_group).healthy
 
 def probe(netns, check, *args):
     """

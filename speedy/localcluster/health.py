@@ -55,6 +55,40 @@ class Health:
     detail: str = "ok"
 
 
+def judge_health(url, code, body, needs_writable_group=False):
+    """
+    @return: the L{Health} that answer C{code} with C{body} (bytes) of
+        C{url} tells: 200 with a JSON object whose C{ready} (a C{/readyz})
+        or C{ok} (an older C{/v1/health}) is true, and, with
+        C{needs_writable_group}, whose C{cluster_view} check (or top-level
+        C{writable_groups}) counts a writable group.
+    """
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    checks = health.get("checks") if isinstance(health, dict) else None
+    checks = checks if isinstance(checks, dict) else {}
+    if code != 200:
+        failing = "; ".join(f"{name}: {check.get('detail')}"
+                            for name, check in sorted(checks.items())
+                            if isinstance(check, dict) and not check.get("ok"))
+        return Health(False, f"{url} answered {code}"
+                             + (f" ({failing})" if failing else ""))
+    if not isinstance(health, dict):
+        return Health(False, f"{url} answered something that is not a "
+                             "JSON object")
+    if health.get("ready", health.get("ok")) is not True:
+        return Health(False, f"{url} answered {body[:200]!r}")
+    if needs_writable_group:
+        view = checks.get("cluster_view")
+        writable = (view.get("writable_groups") if isinstance(view, dict)
+                    else health.get("writable_groups"))
+        if not isinstance(writable, int) or isinstance(writable, bool) or writable < 1:
+            return Health(False, f"no writable replica group yet (writable_groups={writable!r})")
+    return Health(True)
+
+
 class HealthProbe:
     """
     Checks roles the way C{up} and C{status} need: an HTTP health URL (a
@@ -105,27 +139,4 @@ class HealthProbe:
             body = await response.content()
         except Exception as e:
             return Health(False, f"{role.health_url}: {e.__class__.__name__}: {e}")
-        try:
-            health = json.loads(body)
-        except ValueError:
-            health = None
-        checks = health.get("checks") if isinstance(health, dict) else None
-        checks = checks if isinstance(checks, dict) else {}
-        if response.code != 200:
-            failing = "; ".join(f"{name}: {check.get('detail')}"
-                                for name, check in sorted(checks.items())
-                                if isinstance(check, dict) and not check.get("ok"))
-            return Health(False, f"{role.health_url} answered {response.code}"
-                                 + (f" ({failing})" if failing else ""))
-        if not isinstance(health, dict):
-            return Health(False, f"{role.health_url} answered something that is not a "
-                                 "JSON object")
-        if health.get("ready", health.get("ok")) is not True:
-            return Health(False, f"{role.health_url} answered {body[:200]!r}")
-        if role.needs_writable_group:
-            view = checks.get("cluster_view")
-            writable = (view.get("writable_groups") if isinstance(view, dict)
-                        else health.get("writable_groups"))
-            if not isinstance(writable, int) or isinstance(writable, bool) or writable < 1:
-                return Health(False, f"no writable replica group yet (writable_groups={writable!r})")
-        return Health(True)
+        return judge_health(role.health_url, response.code, body, role.needs_writable_group)
