@@ -1679,11 +1679,14 @@ class MySQLMetadataStoreTests(SQLStoreTestsMixin, MetadataStoreTestsMixin, TestC
             cursor.execute("SELECT digest FROM blobs WHERE digest = %s FOR UPDATE", (SHA2,))
             cursor.execute("DELETE FROM blob_links WHERE digest = %s", (SHA2,))
         putting = self.store.put_manifest(manifest(), required_blobs=[(SHA2, 5)])
+        # InnoDB refills information_schema.innodb_trx only when nobody has
+        # read it for 0.1 s: polling faster would read the same snapshot,
+        # taken before the put began to wait, until the put timed out.
         while not putting.called and not self.run_sql(
                 "SELECT 1 FROM information_schema.innodb_trx t"
                 " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
                 " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()"):
-            await deferLater(reactor, 0.001, lambda: None)
+            await deferLater(reactor, 0.2, lambda: None)
         with deleter.cursor() as cursor:
             cursor.execute("DELETE FROM blobs WHERE digest = %s", (SHA2,))
         deleter.commit()
