@@ -974,7 +974,10 @@ class IChunkedStorage(Interface):
             file id are chosen and before any byte of it goes out; returns
             a Deferred, and the chunk waits for it (the write fails if it
             fails).  Each try of a chunk on another group is a new chunk.
-        @return: a new L{IChunkedWriter}.
+        @return: a new L{IChunkedWriter}.  It serves the request whose id
+            is current when it is made (L{speedy.logs.request_id}): what it
+            asks of chunkservers carries that id as its trace, whatever
+            context its methods are called in.
         """
 
     def read(chunks, offset, length, consumer):
@@ -989,6 +992,8 @@ class IChunkedStorage(Interface):
             failing with L{Unavailable} when no replica of some chunk could
             serve it, or with L{RangeNotSatisfiable} when the range lies
             outside the file.  Cancelling it stops the work upstream.
+            Its fetches carry the id of the request current when C{read}
+            is called (L{speedy.logs.request_id}) as their trace.
         """
 
     def delete(chunks):

@@ -105,6 +105,24 @@ def run_as(rid, f, *args, **kwargs):
         request_id.reset(token)
 
 
+def run_for(rid, f, *args, **kwargs):
+    """
+    Like L{run_as}, but None too is set: C{f(*args, **kwargs)} runs for the
+    request C{rid}, or for no request, whatever request the caller's code
+    ran for.  For work started from a callback, which runs in the context
+    of whatever fired it (a chunkserver's answer, another request's
+    handler, the reactor's loop), on behalf of a request known beforehand:
+    a writer's chunks, a reader's fetches, a chunkmaster job.
+
+    @return: C{f(*args, **kwargs)}.
+    """
+    token = request_id.set(rid)
+    try:
+        return f(*args, **kwargs)
+    finally:
+        request_id.reset(token)
+
+
 class LogBudget:
     """
     At most C{burst} log lines of one kind per C{interval} seconds: what a

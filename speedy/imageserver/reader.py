@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from speedy import errors
 from speedy.imageserver.placement import preferred_replica
+from speedy.logs import request_id, run_for
 from speedy.records import DOWN, BadReplica
 
 log = Logger()
@@ -353,10 +354,17 @@ class FileReader:
     A chunk that fails after some of its bytes were written fails the
     whole read (see L{ReplicaReader.stream}): the caller must then break
     off the response, which its client sees truncated.
+
+    The reader serves the request whose id (L{speedy.logs.request_id}) is
+    current when it is made: each chunk's fetch (and its failover to other
+    replicas) runs under it, so its GETs carry the request's trace, though
+    most fetches start from a fetch's bytes arriving or the consumer
+    resuming, outside the request's handler.
     """
 
     def __init__(self, replicas, chunks, offset, length, consumer, read_ahead=4):
         self._replicas = replicas
+        self._request_id = request_id.get()
         self._segments = deque(segments(chunks, offset, length))
         self._consumer = consumer
         self._read_ahead = max(1, read_ahead)
@@ -406,8 +414,9 @@ class FileReader:
             chunk, offset, length = self._segments.popleft()
             fetch = _Fetch()
             self._fetches.append(fetch)
-            fetch.deferred = self._replicas.stream(
-                chunk.group_id, chunk.file_id, offset, length,
+            fetch.deferred = run_for(
+                self._request_id, self._replicas.stream, chunk.group_id, chunk.file_id,
+                offset, length,
                 lambda piece, fetch=fetch: self._arrived(fetch, piece), written(chunk))
             fetch.deferred.addBoth(self._fetched, fetch)
 

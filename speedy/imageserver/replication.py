@@ -29,6 +29,7 @@ from speedy.imageserver.placement import choose_group, preferred_replica
 from speedy.imageserver.reader import FileReader, ReplicaReader
 from speedy.imageserver.splicereader import SpliceFileReader
 from speedy.interfaces import IChunkedStorage, IChunkedWriter
+from speedy.logs import request_id, run_for
 from speedy.records import ChunkRef
 from speedy.wire.growing import GrowingChunk
 from speedy.wire.producers import frozen_pieces
@@ -466,10 +467,21 @@ class ReplicatedWriter:
     start with its first byte (L{ReplicatedStorage.store_growing}).  A
     stream that then carries more bytes than C{length}, or ends short of
     it, fails.
+
+    The writer serves the request whose id (L{speedy.logs.request_id}) is
+    current when it is made: each chunk is stored under that id
+    (L{run_for}), so its PUTs, its retries on other groups, the deletes of
+    its failed tries and of an aborted stream carry the request's trace,
+    whatever context C{write}, C{finish} or C{abort} are called in.  They
+    are called from a connection's bytes, from a fill gate's admission
+    (another writer's context) or from a chunk's acknowledgement, and a
+    coroutine keeps the context it was started in: the id is set once per
+    chunk, never looked up per piece.
     """
 
     def __init__(self, storage, length=None, record_intent=None):
         self._storage = storage
+        self._request_id = request_id.get()
         self._chunk_size = storage.chunk_size
         self._length = length
         self._record_intent = record_intent
@@ -571,7 +583,7 @@ class ReplicatedWriter:
         if self._finished is not None:
             finished, self._finished = self._finished, None
             finished.errback(self._failure)
-        return Deferred.fromCoroutine(self._abort())
+        return run_for(self._request_id, Deferred.fromCoroutine, self._abort())
 
     async def _abort(self):
         await DeferredList(list(self._in_flight.values()), consumeErrors=True)
@@ -611,7 +623,8 @@ class ReplicatedWriter:
         self._refs.append(None)
         self._growing = GrowingChunk(
             min(self._chunk_size, self._length - position * self._chunk_size))
-        self._send(position, storage.store_growing(self._growing, self._record_intent))
+        self._send(position, run_for(self._request_id, storage.store_growing, self._growing,
+                                     self._record_intent))
 
     def _send(self, position, stored):
         self._in_flight[position] = stored
@@ -660,8 +673,8 @@ class ReplicatedWriter:
         is stored."""
         while self._queued and len(self._in_flight) < self._storage.parallelism:
             position, pieces = self._queued.popleft()
-            self._send(position, self._storage.store_chunk(
-                pieces, record_intent=self._record_intent))
+            self._send(position, run_for(self._request_id, self._storage.store_chunk,
+                                         pieces, record_intent=self._record_intent))
         if not self._queued:
             self._wake(None)
         if self._finished is not None and not self._in_flight and self._failure is None:

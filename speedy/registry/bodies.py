@@ -21,6 +21,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
+from speedy.logs import request_id, run_for
 from speedy.registry.digests import HashFeed
 from speedy.registry.errors import MANIFEST_TOO_LARGE, SIZE_INVALID, RegistryError
 
@@ -62,6 +63,11 @@ class BlobBody:
         reactor thread.
     @param record_intent: given to the storage's writer (see
         L{IChunkedStorage.writer}).
+
+    The body serves the request whose id (L{speedy.logs.request_id}) is
+    current when it is made (the router chooses sinks under it): its
+    writer is made under that id whenever C{prepared} fires, so every
+    chunk it stores carries the request's trace.
     """
 
     def __init__(self, prepared, storage, expected_length=None, run_in_thread=None,
@@ -74,14 +80,16 @@ class BlobBody:
         self._writer = None
         self._feed = None
         self._length = 0
+        self._request_id = request_id.get()
         self._chain = prepared.addCallback(self._start)
 
     def _start(self, prepared):
         self._context, self._hash = prepared
         if self._run_in_thread is not None:
             self._feed = HashFeed(self._hash, self._run_in_thread)
-        self._writer = self._storage.writer(length=self._body_length,
-                                            record_intent=self._record_intent)
+        # prepared fired in whatever context finished it (a database's answer)
+        self._writer = run_for(self._request_id, self._storage.writer,
+                               length=self._body_length, record_intent=self._record_intent)
 
     def write(self, data):
         """Hash and store C{data}; @return: a Deferred firing when the next

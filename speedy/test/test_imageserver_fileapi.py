@@ -21,6 +21,7 @@ from speedy import errors
 from speedy.imageserver.clusterview import ClusterView
 from speedy.imageserver.fileapi import byte_range
 from speedy.imageserver.root import ImageServerRoot
+from speedy.logs import request_id
 from speedy.testing import DOWN, FakeCluster
 from speedy.web.streaming import StreamingSite
 
@@ -350,23 +351,33 @@ class RegistryMountTests(SynchronousTestCase):
         class Registry:
             resource = Resource()
             sink = object()
+            chosen_for = None
 
             def body_sink_for(self, request):
+                self.chosen_for = request_id.get()
                 return self.sink
 
         class Request:
-            def __init__(self, method, path):
+            def __init__(self, method, path, rid=None):
                 self.method, self.path = method, path
+                self.headers = {b"x-request-id": rid}
 
             def getHeader(self, name):
-                return None
+                return self.headers.get(name)
+
+            def setHeader(self, name, value):
+                self.headers[name.lower()] = value
 
         cluster = FakeCluster({1: G1})
         registry = Registry()
         root = ImageServerRoot(cluster.storage, cluster.metadata, cluster.clock, registry)
         self.assertIs(root.resource.children[b"v2"], registry.resource)
-        self.assertIs(root.body_sink_for(Request(b"PATCH", b"/v2/a/blobs/uploads/x")),
-                      registry.sink)
+        patch = Request(b"PATCH", b"/v2/a/blobs/uploads/x", b"patch-1")
+        self.assertIs(root.body_sink_for(patch), registry.sink)
+        # chosen under the request's id, which the answer will carry
+        self.assertEqual(registry.chosen_for, "patch-1")
+        self.assertEqual(patch.headers[b"x-request-id"], b"patch-1")
+        self.assertIsNone(request_id.get())
         self.assertIsNot(root.body_sink_for(Request(b"PUT", b"/v1/files/a")), None)
         self.assertIsNot(root.body_sink_for(Request(b"POST", b"/v1/chunks")), None)
         self.assertIsNone(root.body_sink_for(Request(b"POST", b"/v2x")))

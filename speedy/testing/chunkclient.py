@@ -3,7 +3,9 @@
 L{FakeChunkClient}: chunkservers in memory behind the
 L{speedy.interfaces.IChunkClient} an imageserver talks to them through,
 with failure injection (a server down, slow, corrupt or partial) and
-requests that can be held in flight.
+requests that can be held in flight.  Like the real client, a request
+carries the request id current when it is made (L{speedy.logs.request_id})
+as its trace; the fake records it in C{traces}.
 
 L{ChunkClientTestsMixin} is the contract: it runs against
 L{FakeChunkClient}, and against the real L{speedy.wire.client.ChunkClient}
@@ -21,6 +23,7 @@ from zope.interface.verify import verifyObject
 from speedy import errors
 from speedy.crc import crc32c
 from speedy.interfaces import IChunkClient
+from speedy.logs import request_id
 from speedy.records import ChunkInfo
 from speedy.wire.growing import GrowingChunk
 from speedy.wire.timings import RequestTimings
@@ -34,6 +37,10 @@ from speedy.wire.timings import RequestTimings
 #:     (ConnectionFailed); reads answer only the first half of the bytes
 #:     (streamed reads then fail with ConnectionFailed).
 DOWN, SLOW, CORRUPT, PARTIAL = "down", "slow", "corrupt", "partial"
+
+#: The trace of a request is the request id current when it is made
+#: (_CURRENT), unless it was recorded already (_RECORDED).
+_CURRENT, _RECORDED = object(), object()
 
 
 class FakeChunkServer:
@@ -57,6 +64,12 @@ class FakeChunkClient:
     L{IChunkClient} over in-memory chunkservers, one per address (created on
     first use).  Operations named in C{hold} (e.g. C{{"put"}}) wait until
     L{release}, so tests can watch requests in flight.
+
+    @ivar traces: (operation, address, file_id, trace) of every request,
+        in the order made, C{trace} being the request id current when it
+        was made (None for none), which the real client sends along; each
+        member of a chain is recorded as a C{put} with the chain's trace,
+        which the real chunkservers pass along the chain.
     """
 
     connect_timeout = 5.0
@@ -70,6 +83,7 @@ class FakeChunkClient:
         self.held = []  # (operation, address, file_id, go)
         self.growing_puts = []  # addresses of puts of GrowingChunks not yet whole
         self.chains = []  # the members of each chain_put, in chain order
+        self.traces = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.timings = RequestTimings()
@@ -87,7 +101,10 @@ class FakeChunkClient:
         for _, _, _, go in reversed(held) if reverse else held:
             go()
 
-    def _answer(self, address, operation, file_id, compute):
+    def _answer(self, address, operation, file_id, compute, trace=_CURRENT):
+        if trace is not _RECORDED:
+            self.traces.append((operation, address, file_id,
+                                request_id.get() if trace is _CURRENT else trace))
         started = self._clock.seconds()
         return self._held(address, operation, file_id, compute).addBoth(
             lambda result: self.timings.settled(
@@ -136,14 +153,19 @@ class FakeChunkClient:
         goes in the server's C{kept}.  A L{GrowingChunk} is put once it is
         whole (the put fails as its connection would if it fails first);
         its address is in C{growing_puts} meanwhile."""
+        return self._put(address, file_id, data, keep, request_id.get())
+
+    def _put(self, address, file_id, data, keep, trace):
         if isinstance(data, GrowingChunk):
+            # It goes out (with its trace) now, its bytes as they come.
+            self.traces.append(("put", address, file_id, trace))
             if self.server(address).mode == DOWN:
                 return fail(errors.ConnectionFailed(f"{address} is down"))
             self.growing_puts.append(address)
 
-            def whole(pieces):
+            def whole(pieces):  # called from whoever completed the chunk
                 self.growing_puts.remove(address)
-                return self.put(address, file_id, pieces, keep)
+                return self._put(address, file_id, pieces, keep, _RECORDED)
 
             def abandoned(failure):
                 self.growing_puts.remove(address)
@@ -164,7 +186,7 @@ class FakeChunkClient:
                 raise errors.ConnectionFailed(f"{address} dropped the acknowledgement")
             return ChunkInfo(file_id, len(chunk), server.crcs[file_id])
 
-        return self._answer(address, "put", file_id, store)
+        return self._answer(address, "put", file_id, store, trace)
 
     def chain_put(self, address, file_id, data, route=(), keep_mask=0):
         """Put C{data} on C{address}, then on each member of C{route} in

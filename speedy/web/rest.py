@@ -48,7 +48,9 @@ A sink that cannot be chosen (its factory raised) drops the body and its
 error is the answer: the handler does not run.  The body of a request that
 reaches no route is dropped, never spooled.  Under a plain C{Site} the kit
 feeds the spooled body to the route's sink before the handler runs, so a
-handler sees the same either way.
+handler sees the same either way.  A sink is chosen under the request's id
+(L{speedy.logs.request_id}), as the handler runs, so a sink that captures
+it (a blob body's chunk writer) has its work carry it too.
 
 B{Wrappers} (L{Router.wrap}) see every routed request: C{wrapper(route,
 handler)} returns the handler to run instead, for authentication, metrics
@@ -68,7 +70,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from speedy.logs import new_request_id, request_id, sane_request_id
+from speedy.logs import new_request_id, request_id, run_as, sane_request_id
 from speedy.web.streaming import IBodySink
 
 log = Logger()
@@ -324,8 +326,15 @@ class Router:
         """
         @return: the L{IBodySink} for the body of C{request}: its route's,
             a mount's, a L{Discard} (no route, or no sink could be chosen),
-            or None to spool it.
+            or None to spool it.  It is chosen under the request's id
+            (L{request_id_of}), as its handler runs later: what the sink
+            starts then (a blob's chunk writer, a session's lookup) serves
+            the request, though its body's pieces arrive from the
+            connection, outside the handler.
         """
+        return run_as(request_id_of(request), self._body_sink_for, request)
+
+    def _body_sink_for(self, request):
         for prefix, body_sink_for in self._mounts.items():
             if _under(request.path, prefix):
                 return None if body_sink_for is None else body_sink_for(request)
