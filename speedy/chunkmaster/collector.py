@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from speedy.chunkmaster.sweep import SweepCounts
 from speedy.errors import ChunkNotFound
+from speedy.logs import run_for
 from speedy.records import DRAINING, RO, RW
 
 log = Logger()
@@ -205,7 +206,9 @@ class ChunkCollector(Service):
             self.current = None
             for waiter in waiters:
                 waiter.callback(result)
-        Deferred.fromCoroutine(self._collect(self.current)).addBoth(done)
+        # For no request (an admin's POST joins the round running): its
+        # chunkserver requests carry no trace.
+        run_for(None, Deferred.fromCoroutine, self._collect(self.current)).addBoth(done)
         return d
 
     def dry_run(self):
@@ -216,7 +219,8 @@ class ChunkCollector(Service):
             True; C{chunks_deleted} and C{bytes_deleted} are what is due;
             C{sweep} what the mark and sweep would delete now).
         """
-        return Deferred.fromCoroutine(self._dry_run(CollectionRun(self._clock.seconds(), True)))
+        return run_for(None, Deferred.fromCoroutine,
+                       self._dry_run(CollectionRun(self._clock.seconds(), True)))
 
     async def _dry_run(self, run):
         if self.sweep is not None:

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.logger import Logger
 
 from speedy.errors import ChecksumMismatch, ChunkNotFound, SpeedyError
+from speedy.logs import run_for
 from speedy.records import RO, RW, BadReplica
 
 log = Logger()
@@ -198,7 +199,9 @@ class FsckRunner:
         self._fsck = Fsck(self._cluster, self._store, self._client, repair=repair, verify=verify)
         self._state = {"state": "running", "repair": repair, "verify": verify,
                        "started": self._clock.seconds(), "ended": None}
-        self._running = Deferred.fromCoroutine(self._fsck.run())
+        # For no request (it outlives the admin's POST that started it):
+        # its chunkserver requests carry no trace.
+        self._running = run_for(None, Deferred.fromCoroutine, self._fsck.run())
         self._running.addCallbacks(self._done, self._failed)
         return self.status()
 

@@ -49,6 +49,7 @@ from twisted.logger import Logger
 
 from speedy.crc import crc32c
 from speedy.errors import ChecksumMismatch, ChunkNotFound, SpeedyError
+from speedy.logs import run_for
 from speedy.pacing import Pacer
 from speedy.records import RO, RW, BadReplica
 
@@ -163,7 +164,9 @@ class RepairService(Service):
         if self._working is not None:
             self._again = True
             return self._working
-        d = Deferred.fromCoroutine(self._work())
+        # For no request, whoever kicked it (a heartbeat, an admin's POST):
+        # its chunkserver requests carry no trace.
+        d = run_for(None, Deferred.fromCoroutine, self._work())
         d.addErrback(self._look_failed)
         if not d.called:
             self._working = d

@@ -44,6 +44,13 @@ done once no chunk list names the group; its servers then hold no live
 chunk (see docs/operations.md for removing them).  Copies share one
 L{Pacer} (C{rate} bytes a second, counted once per target replica written)
 and C{parallelism} chunks at once.
+
+A transfer's chunkserver requests (its reads, copies and deletes) carry
+its id (C{drain-3-1a2b3c4d}) as their trace, and the lines logged about it
+carry it as their C{request_id} (L{speedy.logs}): an operator follows one
+transfer through every log as one request.  The rest of the work carries
+none, whoever kicked it (an admin's request starts a transfer, and the
+next look serves every transfer at once).
 """
 
 import secrets
@@ -65,6 +72,7 @@ from speedy.crc import crc32c
 from speedy.errors import BadRequest, ChecksumMismatch, ChunkNotFound, SpeedyError
 from speedy.imageserver.placement import preferred_replica
 from speedy.imageserver.replication import chain_order
+from speedy.logs import run_for
 from speedy.pacing import Pacer
 from speedy.records import (
     DRAINING,
@@ -275,7 +283,7 @@ class TransferService(Service):
         if self._working is not None:
             self._again = True
             return self._working
-        d = Deferred.fromCoroutine(self._work())
+        d = run_for(None, Deferred.fromCoroutine, self._work())
         d.addErrback(self._look_failed)
         if not d.called:
             self._working = d
@@ -295,9 +303,11 @@ class TransferService(Service):
             self._again = False
             for record in await self._store.list_transfers():
                 if record.state == TRANSFER_CANCELLED:
-                    await self._abandon(record)
+                    await run_for(record.transfer_id, Deferred.fromCoroutine,
+                                  self._abandon(record))
                 elif record.state == TRANSFER_RUNNING:
-                    await self._advance(record)
+                    await run_for(record.transfer_id, Deferred.fromCoroutine,
+                                  self._advance(record))
             await self.delete_old()
             for record in await self._store.list_transfers():
                 if record.state == TRANSFER_DELETING and not await self._store.list_moves(
@@ -348,7 +358,9 @@ class TransferService(Service):
         if not moves:
             return  # no target has room now: tried again later
         self._rates.setdefault(record.transfer_id, Rate()).start(self._clock.seconds())
-        copies = [self._slots.run(lambda m=m: Deferred.fromCoroutine(self._copy(m)))
+        # A slot may free up in any context: each copy starts under its id.
+        copies = [self._slots.run(lambda m=m: run_for(m.transfer_id, Deferred.fromCoroutine,
+                                                      self._copy(m)))
                   for m in moves]
         results = await gatherResults(copies, consumeErrors=True)
         done = [move for move, ok in zip(moves, results) if ok]
@@ -539,7 +551,8 @@ class TransferService(Service):
                                              "was deleted during the move")
         gone = []
         for move in due:
-            if await self._delete_copies(move.old):
+            if await run_for(move.transfer_id, Deferred.fromCoroutine,
+                             self._delete_copies(move.old)):
                 gone.append(move)
         await self._store.forget_moves(gone)
         self.counters["deleted"] += len(gone)

@@ -14,6 +14,7 @@ from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.collector import ChunkCollector, CollectionRun, GroupDeleter
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.crc import crc32c
+from speedy.logs import run_for
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import ChunkRef
 from speedy.registry.blobs import Blobs
@@ -66,6 +67,17 @@ class ChunkCollectorTests(SynchronousTestCase):
 
     def garbage(self):
         return [g.chunk for g in self.successResultOf(self.store.list_garbage())]
+
+    def test_no_trace(self):
+        """A round runs for no request: its deletes carry no trace, though
+        an admin's request asked for it."""
+        chunks = self.store_chunks(b"01234567")
+        self.successResultOf(self.store.record_garbage(chunks, "test"))
+        self.clock.advance(GRACE)
+        self.client.traces.clear()
+        self.successResultOf(run_for("admin-gc", self.collector.collect))
+        self.assertEqual({(operation, trace) for operation, _, _, trace in self.client.traces},
+                         {("delete", None)})
 
     def test_kept_during_the_grace_period(self):
         """A chunk recorded as garbage is not deleted before the grace

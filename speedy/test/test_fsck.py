@@ -4,6 +4,7 @@ what each member of each group holds.
 """
 
 from speedy.chunkmaster.fsck import MAX_LISTED, FsckRunner
+from speedy.logs import run_for
 from speedy.crc import crc32c
 from speedy.records import BlobRecord, ChunkRef, FileRecord
 from speedy.test.test_repair import RepairTestCase, address
@@ -37,6 +38,15 @@ class FsckTests(RepairTestCase):
     def counts(self, report):
         return {kind: value["count"] for kind, value in report.items()
                 if isinstance(value, dict) and "count" in value}
+
+    def test_no_trace(self):
+        """An fsck runs for no request: its chunkserver requests carry no
+        trace, though the admin's request that started it was current."""
+        self.own(1, b"a" * 100)
+        self.client.traces.clear()
+        run_for("admin-post", self.fsck, verify=True)
+        self.assertEqual({trace for _, _, _, trace in self.client.traces}, {None})
+        self.assertNotEqual(self.client.traces, [])
 
     def test_clean(self):
         for file_id in range(1, 6):

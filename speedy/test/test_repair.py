@@ -12,6 +12,7 @@ from speedy.chunkmaster.cluster import Cluster
 from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.repair import RepairService
 from speedy.crc import crc32c
+from speedy.logs import run_for
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import RW, BadReplica
 from speedy.testing import DOWN, FakeChunkClient
@@ -87,6 +88,18 @@ class RepairTests(RepairTestCase):
         self.bad("s2", 7, "missing")
         self.work()
         self.assertEqual(self.chunk("s2", 7), b"x" * 1000)
+
+    def test_no_trace(self):
+        """A repair runs for no request: its chunkserver requests carry no
+        trace, though the look was kicked while handling one (a
+        heartbeat's, which reported the damage)."""
+        self.put(7, b"x" * 1000)
+        self.client.server(address("s2")).chunks[7] = b"y" * 1000
+        self.bad("s2", 7)
+        self.client.traces.clear()
+        run_for("heartbeat-1", self.work)
+        self.assertEqual(self.chunk("s2", 7), b"x" * 1000)
+        self.assertEqual({trace for _, _, _, trace in self.client.traces}, {None})
 
     def test_good_copy_left_alone(self):
         """A copy that checks out (a read failed for a passing reason) is

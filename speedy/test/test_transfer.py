@@ -15,6 +15,7 @@ from speedy.chunkmaster.messages import Heartbeat
 from speedy.chunkmaster.transfer import TransferService
 from speedy.crc import crc32c
 from speedy.imageserver.placement import preferred_replica
+from speedy.logs import run_for
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import BlobRecord, ChunkMove, ChunkRef, FileRecord, UploadRecord
 from speedy.testing import FakeChunkClient
@@ -268,6 +269,34 @@ class DrainTests(TransferTestCase):
         self.assertEqual(self.held("s4"), set())
         self.assertIn(old, self.references())
         self.assertEqual(self.status()["transfers"][0]["state"], "cancelled")
+
+    def test_requests_carry_the_transfer_id(self):
+        """A transfer's reads, copies and deletes carry its id as their
+        trace, not the id of the admin's request that started it, and a
+        cancelled transfer's deletes carry it too."""
+        self.client.traces.clear()
+        record = run_for("admin-post", self.drain)
+        run_for("admin-post", self.work)
+        self.clock.advance(61)
+        run_for("another-request", self.work)
+        traces = {(operation, trace) for operation, _, _, trace in self.client.traces}
+        self.assertEqual(traces, {(operation, record.transfer_id)
+                                  for operation in ("get", "put", "delete")})
+
+    def test_cancelled_deletes_carry_the_transfer_id(self):
+        """The deletes of a cancelled transfer's copies carry its id."""
+        self.transfers = self.new_service(parallelism=0)
+        record = self.drain()
+        old = ChunkRef(1, 11, 1011, crc32c(bytes([11]) * 1011))
+        new = ChunkRef(2, 500, old.size, old.crc32c)
+        self.successResultOf(self.store.record_move(ChunkMove(old, new, record.transfer_id)))
+        self.successResultOf(self.client.put(address("s4"), 500, bytes([11]) * 1011))
+        self.successResultOf(Deferred.fromCoroutine(self.transfers.cancel(record.transfer_id)))
+        self.client.traces.clear()
+        run_for("admin-delete", self.work, self.new_service())
+        self.assertEqual(self.held("s4"), set())
+        self.assertEqual({(operation, trace) for operation, _, _, trace in self.client.traces},
+                         {("delete", record.transfer_id)})
 
     def test_unreadable_chunk_holds_up_no_other(self):
         """A chunk no member of the source gives back right is tried again
