@@ -34,6 +34,15 @@ to chunkservers carry it on the wire (a request's I{trace}, protocol.md)
 and its calls to the chunkmaster in C{X-Request-Id}, so the chunkserver's
 lines about the operation carry the same id (and a chunkserver forwarding
 a chain passes it on).
+
+A callback runs in the context of whatever fired it (a chunkserver's
+answer, a connection's bytes, another request's handler), not of the
+request that set it up.  So what a request starts to run later takes the
+id when it is made and runs its pieces under it with L{run_for}: a body's
+chunk writer, a download's reader, a body sink (chosen under the id when
+the headers arrive).  Work for no request (the chunkmaster's repairs,
+collector and fsck) runs under None, whatever request kicked it; a
+transfer runs under its own id.
 """
 
 import contextvars
