@@ -54,10 +54,14 @@ def carried(client, *operations):
 
 
 class HTTPTraceTests(TestCase):
-    """An imageserver's file API and registry on loopback, on fakes."""
+    """An imageserver's file API and registry on loopback, on fakes, each
+    chunk sent by the imageserver to every member of its group."""
+
+    replication = "fanout"
 
     def setUp(self):
-        self.cluster = FakeCluster({1: G1, 2: G2}, chunk_size=1000, parallelism=2)
+        self.cluster = FakeCluster({1: G1, 2: G2}, chunk_size=1000, parallelism=2,
+                                   replication=self.replication)
         self.storage = self.cluster.storage
         self.client = self.cluster.client
         registry = RegistryAPI(self.cluster.metadata, self.storage, reactor)
@@ -182,6 +186,12 @@ class HTTPTraceTests(TestCase):
         self.assertEqual(body, BLOB)
         self.assertGreater(self.storage.counters["read_failovers"], 0)
         self.assertEqual(carried(self.client, "get"), ["pull"])
+
+
+class ChainHTTPTraceTests(HTTPTraceTests):
+    """The same, each chunk sent along a chain of its group's members."""
+
+    replication = "chain"
 
 
 class WriterTraceTests(SynchronousTestCase):
