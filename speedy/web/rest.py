@@ -49,8 +49,8 @@ error is the answer: the handler does not run.  The body of a request that
 reaches no route is dropped, never spooled.  Under a plain C{Site} the kit
 feeds the spooled body to the route's sink before the handler runs, so a
 handler sees the same either way.  A sink is chosen under the request's id
-(L{speedy.logs.request_id}), as the handler runs, so a sink that captures
-it (a blob body's chunk writer) has its work carry it too.
+(L{speedy.logs.request_id}), as its handler runs under it, so a sink that
+takes the id (a blob body's chunk writer) has its work carry it too.
 
 B{Wrappers} (L{Router.wrap}) see every routed request: C{wrapper(route,
 handler)} returns the handler to run instead, for authentication, metrics
@@ -327,9 +327,9 @@ class Router:
         @return: the L{IBodySink} for the body of C{request}: its route's,
             a mount's, a L{Discard} (no route, or no sink could be chosen),
             or None to spool it.  It is chosen under the request's id
-            (L{request_id_of}), as its handler runs later: what the sink
-            starts then (a blob's chunk writer, a session's lookup) serves
-            the request, though its body's pieces arrive from the
+            (L{request_id_of}), the one its handler runs under later: what
+            the sink starts (a blob's chunk writer, a session's lookup)
+            serves the request, though the body's pieces arrive from the
             connection, outside the handler.
         """
         return run_as(request_id_of(request), self._body_sink_for, request)
