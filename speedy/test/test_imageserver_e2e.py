@@ -11,6 +11,7 @@ few scenarios on it.
 
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
 from zope.interface import implementer
 
@@ -199,7 +201,8 @@ class EndToEndTests(TestCase):
         """
         await self.write_here_read_there()
         await self.damaged_replica()
-        await self.failed_read_traced()
+        last_file_id = await self.failed_read_traced()
+        await self.chunked_push_traced(last_file_id)
 
     async def test_chunkservers_killed(self):
         """Chunkservers die during an upload and during a download; neither
@@ -303,7 +306,6 @@ class EndToEndTests(TestCase):
         client sent comes back in the error body, and the chunkservers'
         log lines about the chunk carry it.
         """
-        from twisted.web.http_headers import Headers
         marker = b"speedy-e2e-traced!" * 64
         data = marker + os.urandom(1000)
         a, b = self.cluster.imageservers
@@ -339,6 +341,61 @@ class EndToEndTests(TestCase):
                 break
             await deferLater(reactor, 0.1)
         self.assertTrue(traced, f"no chunkserver logged {needle}")
+        return file_id
+
+    async def chunked_push_traced(self, last_file_id):
+        """
+        A blob pushed as a PATCH and a final PUT is traced across daemons
+        too: the PATCH's first chunk, whose file id (the next the first
+        imageserver hands out, after C{last_file_id}) was taken behind its
+        back on every chunkserver, is refused by one, which logs the
+        refusal with the PATCH's request id; the chunk is stored elsewhere
+        and the blob reads back.  The PATCH's body reaches its chunks from
+        the connection and from acknowledgements, outside its handler.
+        """
+        a, b = self.cluster.imageservers
+        client = ChunkClient(reactor, secret=TEST_SECRET)
+        try:
+            for daemon in self.cluster.chunkservers:
+                await client.put(f"127.0.0.1:{daemon.port}", last_file_id + 1, b"planted")
+        finally:
+            await client.close()
+        rid = "e2e-chunked-push-" + os.urandom(4).hex()
+        data = os.urandom(2 * MiB + 12345)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        code, headers, _ = await self.call(a, b"POST", "/v2/e2e/pushed/blobs/uploads/")
+        self.assertEqual(code, 202)
+        location = headers.getRawHeaders(b"location")[0].decode()
+        patch = data[:2 * MiB]
+        code, _, body = await self.call(a, b"PATCH", location, patch, {
+            b"x-request-id": [rid.encode()],
+            b"content-range": [f"0-{len(patch) - 1}".encode()],
+            b"content-type": [b"application/octet-stream"]})
+        self.assertEqual(code, 202, body)
+        code, _, body = await self.call(a, b"PUT", f"{location}?digest={digest}",
+                                        data[len(patch):])
+        self.assertEqual(code, 201, body)
+        code, _, body = await self.call(b, b"GET", f"/v2/e2e/pushed/blobs/{digest}")
+        self.assertTrue(code == 200 and body == data, "the blob read back differs")
+        needle = f"(request {rid})"
+        deadline = time.monotonic() + 10
+        while True:
+            traced = [d.name for d in self.cluster.chunkservers
+                      if needle in open(d.log_path, errors="replace").read()]
+            if traced or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.1)
+        self.assertTrue(traced, f"no chunkserver logged {needle}")
+
+    async def call(self, base, method, path, data=None, headers=None):
+        """@return: the status, headers and body of a request with a body
+        of known length (or none)."""
+        body = None if data is None else FileBodyProducer(io.BytesIO(data))
+        response = await self.agent.request(method, f"{base}{path}".encode(),
+                                            Headers(headers or {}), body)
+        collected = Collect()
+        response.deliverBody(collected)
+        return response.code, response.headers, await collected.done
 
 
 def _header_before(path, marker):
