@@ -44,10 +44,14 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def json_bytes(value):
+    """@return: C{value} as the APIs' JSON: compact, keys sorted, UTF-8."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
 def json_answer(status, value, headers=None):
     """@return: the L{Answer} carrying C{value} as JSON."""
-    payload = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    return Answer(status, payload, dict(headers or {}), content_type=b"application/json")
+    return Answer(status, json_bytes(value), dict(headers or {}), content_type=b"application/json")
 
 
 def error_body(code, message, request_id=None):
