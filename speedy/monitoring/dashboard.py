@@ -37,6 +37,15 @@ Everything comes from what the chunkmaster already has: the heartbeats'
 load counters (summed over the servers and sampled by L{ClusterHistory}),
 the cluster's states, the repair service, and the imageservers that poll
 the cluster view (L{Peers}).  No Prometheus server is needed.
+
+Every open page polls, so C{/dashboard/data} is rendered once for all its
+readers (L{speedy.web.rendered.RenderedJSON}): again when the cluster
+view's version changes (a server registered, went DOWN, a group set
+read-only: the next answer shows it), otherwise at most once every
+C{max_age} seconds (1 s, half the page's period), so the load counters,
+heartbeat ages, rates and progress are at most that old.  Answers carry a
+weak C{ETag} (a matching C{If-None-Match} is a 304) and are gzipped for
+clients that accept it (browsers do), compressed once per rendering.
 """
 
 import os
@@ -47,6 +56,7 @@ from twisted.internet.task import LoopingCall
 from speedy.chunkmaster.messages import health_url
 from speedy.records import DOWN, DRAINING, INIT, RO, RW
 from speedy.web.json import json_answer
+from speedy.web.rendered import RenderedJSON
 from speedy.web.rest import Answer
 
 ASSETS = os.path.join(os.path.dirname(__file__), "dashboard")
@@ -201,11 +211,18 @@ class Dashboard:
     @param peers: a L{Peers}.
     @param repairs: the L{speedy.chunkmaster.repair.RepairService}, or None.
     @param progress: a L{speedy.monitoring.progress.WorkProgress}, or None.
+    @param max_age: seconds one rendering of C{/dashboard/data} is served
+        for at most while the cluster view's version stays the same: no
+        longer than the page's period (2 s).
+    @ivar rendered: the L{RenderedJSON} of C{/dashboard/data}.
     """
 
     STATES = (INIT, RW, RO, DOWN, DRAINING)
 
-    def __init__(self, clock, cluster, history, peers, repairs=None, progress=None):
+    def __init__(self, clock, cluster, history, peers, repairs=None, progress=None,
+                 max_age=1.0):
+        self.rendered = RenderedJSON(clock, self._render, version=lambda: cluster.version,
+                                     max_age=max_age)
         self._progress = progress
         self._clock = clock
         self._cluster = cluster
@@ -241,9 +258,14 @@ class Dashboard:
                       content_type=_TYPES[kind])
 
     async def data(self, request):
+        # no-cache, not no-store: a client may keep an answer and ask again
+        # with If-None-Match.
+        return await self.rendered.answer(request, {b"cache-control": b"no-cache"})
+
+    async def _render(self):
         if self._progress is not None:
             await self._progress.refresh()
-        return json_answer(200, self.snapshot(), {b"cache-control": b"no-store"})
+        return self.snapshot()
 
     def snapshot(self):
         """@return: the JSON-ready state the page draws (module docstring)."""

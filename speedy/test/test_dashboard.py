@@ -4,11 +4,15 @@ rates sampled from heartbeats, the imageservers seen, and the page and its
 assets served by the chunkmaster's API.
 """
 
+import gzip
 import json
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
 
 from speedy.chunkmaster.api import build_api
 from speedy.chunkmaster.cluster import Cluster
@@ -29,12 +33,18 @@ class DashboardTests(SynchronousTestCase):
         self.addCleanup(self.cluster.stop)
         self.history = ClusterHistory(self.clock, self.cluster, interval=5)
         self.peers = Peers(self.clock)
-        self.dashboard = Dashboard(self.clock, self.cluster, self.history, self.peers)
-        self.http = StubTreq(build_api(self.cluster, self.store, cluster_secret=SECRET,
-                                       dashboard=self.dashboard, peers=self.peers))
+        self.serve(Dashboard(self.clock, self.cluster, self.history, self.peers))
 
-    def beat(self, server_id, **load):
-        body = heartbeat(server_id, load=dict({"chunks": 4, "garbage": GiB // 2}, **load))
+    def serve(self, dashboard):
+        """Serve the chunkmaster's API with C{dashboard}."""
+        self.dashboard = dashboard
+        self.http_resource = build_api(self.cluster, self.store, cluster_secret=SECRET,
+                                       dashboard=dashboard, peers=self.peers)
+        self.http = StubTreq(self.http_resource)
+
+    def beat(self, server_id, group_id=1, **load):
+        body = heartbeat(server_id, group_id,
+                         load=dict({"chunks": 4, "garbage": GiB // 2}, **load))
         response = self.successResultOf(self.http.post(
             "http://master/v1/heartbeat", data=json.dumps(body).encode(),
             headers={"Authorization": "Bearer " + SECRET}))
@@ -44,6 +54,16 @@ class DashboardTests(SynchronousTestCase):
     def get(self, path, **headers):
         response = self.successResultOf(self.http.get("http://master" + path, headers=headers))
         return response, self.successResultOf(response.content())
+
+    def wire(self, path, **headers):
+        """@return: the answer to a GET of C{path} with C{headers} alone
+        (treq's client asks for gzip and decodes it: not this one), and
+        its body as sent."""
+        agent = RequestTraversalAgent(self.http_resource)
+        response = self.successResultOf(agent.request(
+            b"GET", b"http://master" + path.encode(),
+            Headers({name.replace("_", "-"): [value] for name, value in headers.items()})))
+        return response, self.successResultOf(readBody(response))
 
     def data(self):
         response, body = self.get("/dashboard/data")
@@ -76,6 +96,69 @@ class DashboardTests(SynchronousTestCase):
         self.assertTrue(data["groups"][0]["degraded"])
         self.assertFalse(data["groups"][0]["writable"])
         self.assertEqual(data["totals"]["servers"]["DOWN"], 1)
+
+    def test_readers_share_one_rendering(self):
+        """Readers within the rendering's max age (1 s) get the same bytes
+        without a new rendering, though heartbeats changed the numbers
+        meanwhile; the first reader after it sees the new numbers."""
+        for n in (1, 2, 3):
+            self.beat(f"s{n}")
+        _, first = self.get("/dashboard/data")
+        self.beat("s1", chunks=40)
+        self.clock.advance(0.5)
+        _, second = self.get("/dashboard/data")
+        self.assertEqual(second, first)
+        self.assertEqual(self.dashboard.rendered.renderings, 1)
+        self.clock.advance(0.5)
+        self.assertEqual(self.data()["totals"]["chunks"], 40 + 4 + 4)
+        self.assertEqual(self.dashboard.rendered.renderings, 2)
+
+    def test_state_changes_show_at_once(self):
+        """A server registered, a server DOWN and a group set read-only
+        show in the very next answer, however long a rendering may be
+        served otherwise."""
+        self.serve(Dashboard(self.clock, self.cluster, self.history, self.peers,
+                             max_age=3600))
+        for n in (1, 2, 3):
+            self.beat(f"s{n}")
+        self.assertEqual(self.data()["totals"]["groups_writable"], 1)
+        self.beat("s4", group_id=2)
+        self.assertEqual([g["group_id"] for g in self.data()["groups"]], [1, 2])
+        self.successResultOf(Deferred.fromCoroutine(self.cluster.set_group_read_only(1, True)))
+        [group, _] = self.data()["groups"]
+        self.assertEqual((group["read_only"], group["writable"]), (True, False))
+        self.clock.advance(5)
+        for n in (1, 2):
+            self.beat(f"s{n}")
+        self.beat("s4", group_id=2)
+        self.data()
+        self.clock.advance(6)
+        states = {s["server_id"]: s["state"] for g in self.data()["groups"]
+                  for s in g["servers"]}
+        self.assertEqual(states, {"s1": "RW", "s2": "RW", "s3": "DOWN", "s4": "RW"})
+
+    def test_etag_and_gzip(self):
+        """The data carries an ETag: asked again with it in If-None-Match,
+        the answer is a 304 without a body.  A client that accepts gzip
+        gets the same JSON gzipped; one that does not gets it plain."""
+        self.beat("s1")
+        response, plain = self.wire("/dashboard/data")
+        self.assertEqual(response.code, 200)
+        self.assertIsNone(response.headers.getRawHeaders("content-encoding"))
+        self.assertEqual(json.loads(plain)["groups"][0]["servers"][0]["server_id"], "s1")
+        self.assertEqual(response.headers.getRawHeaders("cache-control"), ["no-cache"])
+        [etag] = response.headers.getRawHeaders("etag")
+        response, body = self.wire("/dashboard/data", if_none_match=etag)
+        self.assertEqual((response.code, body), (304, b""))
+        self.assertEqual(response.headers.getRawHeaders("etag"), [etag])
+        response, zipped = self.wire("/dashboard/data", accept_encoding="gzip, deflate")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-encoding"), ["gzip"])
+        self.assertEqual(response.headers.getRawHeaders("vary"), ["Accept-Encoding"])
+        self.assertEqual(gzip.decompress(zipped), plain)
+        self.assertLess(len(zipped), len(plain))
+        # treq asks for gzip and decodes it, as a browser does.
+        self.assertEqual(self.get("/dashboard/data")[1], plain)
 
     def test_rates_from_heartbeat_counters(self):
         """The history turns the servers' summed byte counters into rates."""
@@ -132,6 +215,7 @@ class DashboardTests(SynchronousTestCase):
         transfers.counters.update(moved=6)
         transfers.transfers = [transfer("running", 100.0, 3)]
         self.dashboard._progress = WorkProgress(self.clock, collector, transfers)
+        self.clock.advance(self.dashboard.rendered.max_age)  # the last rendering expires
         data = self.data()
         self.assertEqual((data["gc"]["runs"], data["gc"]["chunks_freed"]), (4, 9))
         self.assertEqual((data["transfers"]["chunks_moved"], data["transfers"]["active"],
