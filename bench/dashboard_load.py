@@ -3,7 +3,7 @@ What the dashboard costs a chunkmaster with a large cluster, by hand:
 
     flock /work/bench.lock .venv/bin/python bench/dashboard_load.py \
         [--servers 1000] [--interval 5] [--connections 10] [--seconds 10]
-        [--dashboards 10] [--refresh 2] [--cpu-seconds 30]
+        [--dashboards 10] [--refresh 2] [--cpu-seconds 30] [--gzip]
 
 It starts a real chunkmaster (twistd, on a free loopback port, over a fresh
 SQLite file) and, in a separate process, C{--servers} simulated chunkservers
@@ -11,7 +11,7 @@ sending real heartbeats over HTTP every C{--interval} seconds (the
 chunkservers' default is 5 s; L{bench_chunkmaster}'s load generator), so
 the dashboard draws 1,000 servers in 334 groups with their load counters.
 Then, each from a load-generator process of its own over keep-alive
-connections:
+connections (asking for gzip, as browsers do, with C{--gzip}):
 
   1. flat out: C{--connections} clients GET C{/dashboard/data} back to back
      for C{--seconds}: answers a second, p50 and p99 latency;
@@ -51,12 +51,13 @@ HEARTBEATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_chu
 # --- dashboard load generator (a process of its own) -------------------------
 
 
-def dashboard_request(port):
+def dashboard_request(port, gzip=False):
     return (f"GET /dashboard/data HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Accept: application/json\r\n\r\n").encode()
+            "Accept: application/json\r\n"
+            + ("Accept-Encoding: gzip, deflate, br\r\n" if gzip else "") + "\r\n").encode()
 
 
-async def run_dashboards(reactor, port, clients, seconds, refresh):
+async def run_dashboards(reactor, port, clients, seconds, refresh, gzip=False):
     """
     C{clients} connections GET C{/dashboard/data}, back to back (C{refresh}
     0) or each every C{refresh} seconds, spread over the period.  Prints
@@ -65,7 +66,7 @@ async def run_dashboards(reactor, port, clients, seconds, refresh):
     """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     connections = [await connectProtocol(endpoint, KeepAliveClient()) for _ in range(clients)]
-    request = dashboard_request(port)
+    request = dashboard_request(port, gzip)
     statuses, latencies = {}, []
     window = {"open": True}
 
@@ -99,9 +100,10 @@ def loadgen_main(argv):
     parser.add_argument("clients", type=int)
     parser.add_argument("seconds", type=float)
     parser.add_argument("refresh", type=float)
+    parser.add_argument("--gzip", action="store_true")
     args = parser.parse_args(argv)
     task.react(lambda reactor: defer.Deferred.fromCoroutine(run_dashboards(
-        reactor, args.port, args.clients, args.seconds, args.refresh)))
+        reactor, args.port, args.clients, args.seconds, args.refresh, args.gzip)))
 
 
 # --- the benchmark ------------------------------------------------------------
@@ -125,11 +127,11 @@ def master_cpu(master, seconds):
     return 100 * (tree.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
 
 
-def dashboards(master, port, clients, seconds, refresh):
+def dashboards(master, port, clients, seconds, refresh, gzip=False):
     """@return: (the load generator's result, the master's CPU percent over it)."""
     return cpu_during_child(master.process.pid, [
         sys.executable, os.path.abspath(__file__), "--loadgen", str(port), str(clients),
-        str(seconds), str(refresh)])
+        str(seconds), str(refresh)] + (["--gzip"] if gzip else []))
 
 def main():
     if sys.argv[1:2] == ["--loadgen"]:
@@ -143,6 +145,8 @@ def main():
     parser.add_argument("--dashboards", type=int, default=10)
     parser.add_argument("--refresh", type=float, default=2.0)
     parser.add_argument("--cpu-seconds", type=float, default=30.0)
+    parser.add_argument("--gzip", action="store_true",
+                        help="the dashboards ask for gzip (Accept-Encoding), as browsers do")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         port = free_port()
@@ -161,7 +165,7 @@ def main():
                 stdout=subprocess.PIPE, text=True)
             assert json.loads(heartbeats.stdout.readline()) == {"start": True}
             time.sleep(args.interval)  # every server registered and beating in step
-            result, cpu = dashboards(master, port, args.connections, args.seconds, 0)
+            result, cpu = dashboards(master, port, args.connections, args.seconds, 0, args.gzip)
             answered = result["answered"].get("200", 0)
             latencies = result["latencies_ms"]
             flat = {"answers_s": round(answered / result["seconds"], 1),
@@ -176,12 +180,13 @@ def main():
             print(f"heartbeats alone ({args.servers} every {args.interval:g} s): "
                   f"master CPU {idle:.1f}%", flush=True)
             result, busy = dashboards(master, port, args.dashboards, args.cpu_seconds,
-                                      args.refresh)
+                                      args.refresh, args.gzip)
             print(f"with {args.dashboards} dashboards every {args.refresh:g} s: master CPU "
                   f"{busy:.1f}% (the dashboards: {busy - idle:.1f}% of a core; "
                   f"p99 {percentile(result['latencies_ms'], 0.99):.1f} ms)", flush=True)
             print(json.dumps({
                 "servers": args.servers, "heartbeat_interval": args.interval,
+                "gzip": args.gzip,
                 "flat_out": dict(flat, connections=args.connections),
                 "heartbeats_cpu_percent": round(idle, 1),
                 "dashboards": args.dashboards, "refresh": args.refresh,
