@@ -140,7 +140,7 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     // The browser asks for gzip itself.  No conditional request: the
-    // chunkmaster renders anew at least every second, the page asks every
+    // chunkmaster serves one rendering for a second at most, the page asks every
     // two, so an If-None-Match would hardly ever match.
     const response = await fetch("/dashboard/data", {cache: "no-store"});
     if (!response.ok) throw new Error("HTTP " + response.status);
