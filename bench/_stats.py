@@ -22,6 +22,24 @@ def percentile(values, fraction):
     return ordered[max(1, math.ceil(len(ordered) * fraction)) - 1]
 
 
+def histogram_percentile(histogram, fraction):
+    """
+    @param histogram: C{{value: count}}.
+    @return: the nearest-rank C{fraction} percentile (0 < fraction <= 1) of
+        the values the histogram counts, as L{percentile} of them would be,
+        or None when it counts none.
+    """
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(total * fraction))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+
+
 def summarize(samples, *, wall, cpu_seconds):
     """
     Reduce the per-request samples of one phase to its figures.

@@ -25,8 +25,8 @@ from _dataset import Dataset, Item, sha256_digest  # noqa: E402
 from _procstat import ProcessTree  # noqa: E402
 import _sysctl  # noqa: E402
 from _servers import distribution, free_port, http_healthy  # noqa: E402
-from _stats import markdown_table, percentile, summarize  # noqa: E402
-from _wrk import wrk_phase  # noqa: E402
+from _stats import histogram_percentile, markdown_table, percentile, summarize  # noqa: E402
+from _wrk import parse_latencies, wrk_phase  # noqa: E402
 from loadgen import Connection, Operations, RequestFailed, registry_suite, run_phase  # noqa: E402
 from race import compare  # noqa: E402
 from testbed import original_row, use_loopback  # noqa: E402
@@ -108,6 +108,14 @@ class StatsTests(TestCase):
         self.assertEqual(summary["p99_ms"], 500.0)
         self.assertEqual(summary["loadgen_cores"], 0.5)
 
+    def test_histogram_percentile_is_nearest_rank_of_what_it_counts(self):
+        histogram = {3: 50, 1: 40, 900: 1, 2: 9}
+        values = [v for v, n in histogram.items() for _ in range(n)]
+        for fraction in (0.01, 0.4, 0.5, 0.99, 1.0):
+            self.assertEqual(histogram_percentile(histogram, fraction),
+                             percentile(values, fraction))
+        self.assertIsNone(histogram_percentile({}, 0.99))
+
     def test_markdown_table(self):
         table = markdown_table([{"a": 1.5, "b": None}], [("A", "a"), ("B", "b")])
         self.assertEqual(table.splitlines(), ["| A | B |", "|---|---|", "| 1.50 | - |"])
@@ -154,6 +162,49 @@ class WrkTests(TestCase):
         self.assertEqual((right["errors"], wrong["ok"]), (0, 0))
         self.assertGreater(right["ok"], 0)
         self.assertEqual(wrong["error_kinds"]["wrong answer"], wrong["errors"])
+
+
+class OneSlowAnswer(http.server.BaseHTTPRequestHandler):
+    """Answers C{ok} at once, except the tenth request: half a second late."""
+
+    protocol_version = "HTTP/1.1"
+    answered = 0
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with self.lock:
+            type(self).answered += 1
+            slow = self.answered == 10
+        if slow:
+            time.sleep(0.5)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class WrkLatencyTests(TestCase):
+    """
+    The percentiles of a wrk phase are those of the answers it got: wrk's
+    own histogram adds made-up answers behind every slow one (its
+    correction for coordinated omission), which turned one stall into a
+    p99 of half a second.
+    """
+
+    def test_one_latency_per_correct_answer(self):
+        require_tool("wrk")
+        OneSlowAnswer.answered = 0
+        url = serve(self, OneSlowAnswer)
+        summary = wrk_phase(url, ["/"], 2, expect_body="ok", seconds=1)
+        self.assertGreater(summary["ok"], 10)
+        self.assertEqual(summary["timed"], summary["ok"])
+        self.assertGreaterEqual(summary["max_ms"], 500)  # the slow one is counted, once
+
+    def test_latencies_line(self):
+        self.assertEqual(parse_latencies("x\nSPEEDY-LATENCIES 120:3,7:1,120:2\n"),
+                         {120: 5, 7: 1})
+        self.assertEqual(parse_latencies("SPEEDY-LATENCIES \n"), {})
+        self.assertEqual(parse_latencies("wrk printed nothing of ours"), {})
 
 
 class RegistryHandler(http.server.BaseHTTPRequestHandler):
