@@ -76,6 +76,18 @@ class Timeout(SpeedyError):
     code = 10
 
 
+class IntentExpired(Timeout):
+    """
+    Chunks written under an intent (see C{IGarbageTables.record_intents})
+    were handed over too late: their intents had expired into the garbage
+    table (their writer took longer than the collector's grace period), so
+    the collector deletes them and no row may name them.  Nothing was
+    stored; the client sends the bytes again.
+    """
+
+    error_code = "INTENT_EXPIRED"
+
+
 class ConnectionFailed(SpeedyError):
     """A peer could not be reached, or the connection died mid-request."""
 

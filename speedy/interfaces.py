@@ -405,9 +405,18 @@ class IFileTables(Interface):
     L{IMetadataStore}.
     """
 
-    def put_file(record):
-        """Insert or replace a L{FileRecord} by path.
-        @return: Deferred firing with the replaced record or None."""
+    def put_file(record, adopted=()):
+        """
+        Insert or replace a L{FileRecord} by path.
+
+        @param adopted: L{ChunkRef}s of C{record.chunks} written under an
+            intent (L{IGarbageTables.record_intents}): the file takes them
+            over, and their intents are removed in the same transaction.
+            If one of those intents is gone (expired into the garbage
+            table), nothing changes and it fails with
+            L{speedy.errors.IntentExpired}.
+        @return: Deferred firing with the replaced record or None.
+        """
 
     def get_file(path):
         """@return: Deferred firing with a L{FileRecord} or None."""
@@ -429,10 +438,19 @@ class IRegistryTables(Interface):
 
     # blobs ---------------------------------------------------------------
 
-    def put_blob(record):
+    def put_blob(record, adopted=()):
         """
         Insert a L{BlobRecord} unless one with its digest exists.
 
+        @param adopted: L{ChunkRef}s of C{record.chunks} written under an
+            intent (L{IGarbageTables.record_intents}): a blob stored from
+            them takes them over, and their intents are removed in the same
+            transaction.  If one of those intents is gone (expired into the
+            garbage table), nothing is stored and it fails with
+            L{speedy.errors.IntentExpired}.  When the digest was already
+            there, the intents are left as they are (the caller deletes its
+            chunks, or stores them in a later call; a caller that dies
+            meanwhile leaves them to the collector).
         @return: Deferred firing with the stored record: the existing one if
             the digest was already there (the caller then collects its own
             chunks as garbage).
@@ -565,14 +583,23 @@ class IUploadTables(Interface):
             moved, the upload is gone or an adopted chunk's intent is gone.
         """
 
-    def delete_upload(upload_id, expected_offset=None):
+    def delete_upload(upload_id, expected_offset=None, chunks_to=None, reason=None):
         """
         Delete an upload; when C{expected_offset} is given, only while its
         stored offset is still C{expected_offset} (compare-and-delete, so a
         session that another imageserver appended to meanwhile survives).
 
+        @param chunks_to: what becomes of the upload's chunks, in the same
+            transaction as the delete (so a caller that dies next leaks
+            none): None, nothing (the caller owns them); C{"garbage"},
+            they are recorded as garbage (L{IGarbageTables.record_garbage});
+            C{"intents"}, they are recorded as intents
+            (L{IGarbageTables.record_intents}), for a row that takes them
+            over next (L{IRegistryTables.put_blob}'s C{adopted}).
+        @param reason: the reason they are recorded with; None: C{"upload
+            <id>"}.
         @return: Deferred firing with the deleted L{UploadRecord}, or None
-            if it is gone or its offset moved.
+            if it is gone or its offset moved (then nothing is recorded).
         """
 
     def stale_uploads(updated_before, limit=100):
@@ -729,11 +756,13 @@ class IGarbageTables(Interface):
 
     def record_intents(chunks, reason):
         """
-        Record L{ChunkRef}s about to be written that nothing owns yet (a
-        PATCH's chunks before their bytes go out), stamped with the store's
+        Record L{ChunkRef}s about to be written that nothing owns yet (the
+        chunks of a PATCH, a whole-blob POST or a file PUT before their
+        bytes go out), stamped with the store's
         clock: if their writer dies, the collector finds them here.  The
         row that takes a chunk over removes its intent in its own
-        transaction (L{IUploadTables.update_upload}'s C{adopted}).  Only
+        transaction (the C{adopted} of L{IUploadTables.update_upload},
+        L{IRegistryTables.put_blob} and L{IFileTables.put_file}).  Only
         C{group_id} and C{file_id} identify a chunk; C{crc32c} may be 0
         when not known yet.  A chunk already recorded keeps its record.
 

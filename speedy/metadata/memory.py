@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.defer import maybeDeferred
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ReferencesMissing
+from speedy.errors import BadRequest, IntentExpired, ReferencesMissing
 from speedy.interfaces import IMetadataStore
 from speedy.metadata import schema
 from speedy.records import ChunkRef, GarbageChunk, V1RepositoryRecord
@@ -164,8 +164,9 @@ class MemoryMetadataStore:
     # IFileTables -------------------------------------------------------------
 
     @_deferred
-    def put_file(self, record):
+    def put_file(self, record, adopted=()):
         schema.check_file(record)
+        self._adopt(adopted, f"file {record.path!r}")
         replaced = self._files.get(record.path)
         self._files[record.path] = attrs.evolve(
             record, chunks=_copy_chunks(record.chunks), created=self._stamp(record.created))
@@ -191,11 +192,12 @@ class MemoryMetadataStore:
     # IRegistryTables: blobs --------------------------------------------------
 
     @_deferred
-    def put_blob(self, record):
+    def put_blob(self, record, adopted=()):
         schema.check_blob(record)
         existing = self._blobs.get(record.digest)
         if existing is not None:
             return existing
+        self._adopt(adopted, f"blob {record.digest}")
         stored = attrs.evolve(
             record, chunks=_copy_chunks(record.chunks), created=self._stamp(record.created))
         self._blobs[record.digest] = stored
@@ -332,19 +334,34 @@ class MemoryMetadataStore:
     def get_upload(self, upload_id):
         return self._uploads.get(upload_id)
 
+    def _adopt(self, adopted, owner):
+        """
+        Remove the intents of the chunks C{adopted} (C{owner} takes them
+        over), or none of them if one is gone.
+
+        @raise IntentExpired: one is gone (nothing was removed).
+        """
+        adopted = list(adopted)
+        schema.check_chunks(adopted)
+        keys = [(c.group_id, c.file_id) for c in adopted]
+        missing = [key for key in keys if key not in self._intents]
+        if missing:
+            raise schema.intent_expired(owner, missing)
+        for key in keys:
+            del self._intents[key]
+
     @_deferred
     def update_upload(self, record, expected_offset, adopted=()):
         schema.check_upload(record)
         adopted = list(adopted)
         schema.check_chunks(adopted)
-        adopted = [(c.group_id, c.file_id) for c in adopted]
         stored = self._uploads.get(record.upload_id)
         if stored is None or stored.offset != expected_offset:
             return False
-        if any(key not in self._intents for key in adopted):
+        try:
+            self._adopt(adopted, f"upload {record.upload_id}")
+        except IntentExpired:
             return False
-        for key in adopted:
-            del self._intents[key]
         self._uploads[record.upload_id] = attrs.evolve(
             stored,
             offset=record.offset,
@@ -355,10 +372,16 @@ class MemoryMetadataStore:
         return True
 
     @_deferred
-    def delete_upload(self, upload_id, expected_offset=None):
+    def delete_upload(self, upload_id, expected_offset=None, chunks_to=None, reason=None):
+        schema.check_chunks_to(chunks_to)
+        reason = f"upload {upload_id}" if reason is None else reason
+        schema.check_reason(reason)
         stored = self._uploads.get(upload_id)
         if stored is None or (expected_offset is not None and stored.offset != expected_offset):
             return None
+        if chunks_to is not None:
+            table = self._garbage if chunks_to == "garbage" else self._intents
+            self._record_chunks(table, stored.chunks, reason)
         return self._uploads.pop(upload_id)
 
     @_deferred

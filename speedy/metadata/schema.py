@@ -36,7 +36,7 @@ where DDL is transactional; C{GET_LOCK} on MySQL, where DDL commits by
 itself and every statement is written to be re-run safely).
 """
 
-from speedy.errors import BadRequest, Internal, ReferencesMissing, SizeMismatch
+from speedy.errors import BadRequest, IntentExpired, Internal, ReferencesMissing, SizeMismatch
 from speedy.records import SERVER_STATES, TRANSFER_KINDS, TRANSFER_STATES, ChunkRef
 
 MAX_REPOSITORY = 255
@@ -341,6 +341,31 @@ def check_bad_replica(bad):
 
 def check_reason(reason):
     check_text(reason, "reason", 65535)
+
+
+#: Where C{delete_upload} may put the deleted upload's chunks.
+CHUNKS_TO = (None, "garbage", "intents")
+
+
+def check_chunks_to(chunks_to):
+    """@raise BadRequest: not one of L{CHUNKS_TO}."""
+    if chunks_to not in CHUNKS_TO:
+        raise BadRequest(f"chunks_to must be one of {CHUNKS_TO}, not {chunks_to!r}")
+
+
+def intent_expired(owner, missing):
+    """
+    @param owner: what was to take the chunks over (C{"blob <digest>"}).
+    @param missing: the C{(group id, file id)} of the chunks whose intents
+        are gone.
+    @return: the L{IntentExpired} to raise.
+    """
+    shown = ", ".join(f"{group_id}/{file_id}" for group_id, file_id in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return IntentExpired(
+        f"{owner}: the intents of chunks {shown}{more} had expired when they were handed "
+        f"over (they were written for longer than the collector's grace period); nothing "
+        f"was stored, send the bytes again")
 
 
 # --- migrations --------------------------------------------------------------

@@ -29,7 +29,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from speedy.errors import BadRequest, ReferencesMissing, Unavailable
+from speedy.errors import BadRequest, IntentExpired, ReferencesMissing, Unavailable
 from speedy.interfaces import IMetadataStore
 from speedy.metadata import schema
 from speedy.records import (
@@ -242,10 +242,6 @@ def chunk_pattern(chunk):
     return b"[%d,%d," % (chunk.group_id, chunk.file_id)
 
 
-class _IntentGone(Exception):
-    """An upload's adopted chunk has no intent any more: roll back."""
-
-
 @implementer(IMetadataStore)
 class SQLMetadataStore:
     """
@@ -428,12 +424,13 @@ class SQLMetadataStore:
 
     # IFileTables -------------------------------------------------------------
 
-    def put_file(self, record):
-        return self._write(self._put_file, record, self._now())
+    def put_file(self, record, adopted=()):
+        return self._write(self._put_file, record, list(adopted), self._now())
 
-    def _put_file(self, db, record, now):
+    def _put_file(self, db, record, adopted, now):
         schema.check_file(record)
         replaced = self._get_file(db, record.path, lock=True)
+        self._adopt(db, adopted, f"file {record.path!r}")
         db.execute(
             self.dialect.upsert("files", _FILE, ["path"]),
             record.path, record.size, _dump_chunks(record.chunks),
@@ -478,14 +475,15 @@ class SQLMetadataStore:
 
     # IRegistryTables: blobs --------------------------------------------------
 
-    def put_blob(self, record):
-        return self._write(self._put_blob, record, self._now())
+    def put_blob(self, record, adopted=()):
+        return self._write(self._put_blob, record, list(adopted), self._now())
 
-    def _put_blob(self, db, record, now):
+    def _put_blob(self, db, record, adopted, now):
         schema.check_blob(record)
         existing = self._get_blob(db, record.digest, self.dialect.for_update)
         if existing is not None:
             return existing
+        self._adopt(db, adopted, f"blob {record.digest}")
         stored = BlobRecord(
             record.digest, record.size, tuple(record.chunks), record.created or now)
         db.execute(
@@ -721,7 +719,7 @@ class SQLMetadataStore:
         d = self._write(self._update_upload, record, expected_offset, list(adopted), self._now())
 
         def intent_gone(failure):
-            failure.trap(_IntentGone)
+            failure.trap(IntentExpired)
             return False
         return d.addErrback(intent_gone)
 
@@ -735,20 +733,38 @@ class SQLMetadataStore:
                 record.hash_state, record.updated or now, record.upload_id,
                 expected_offset) != 1:
             return False
-        for chunk in adopted:
-            if db.execute("DELETE FROM chunk_intents WHERE group_id = ? AND file_id = ?",
-                          chunk.group_id, chunk.file_id) != 1:
-                raise _IntentGone()  # rolls the upload's update back too
+        self._adopt(db, adopted, f"upload {record.upload_id}")  # rolls the update back
         return True
 
-    def delete_upload(self, upload_id, expected_offset=None):
-        return self._write(self._delete_upload, upload_id, expected_offset)
+    def _adopt(self, db, adopted, owner):
+        """
+        Remove the intents of the chunks C{adopted}: C{owner} takes them
+        over in this transaction.
 
-    def _delete_upload(self, db, upload_id, expected_offset):
+        @raise IntentExpired: one of them is gone (expired into the garbage
+            table): the transaction rolls back, whatever it wrote.
+        """
+        schema.check_chunks(adopted)
+        missing = [(chunk.group_id, chunk.file_id) for chunk in adopted
+                   if db.execute("DELETE FROM chunk_intents WHERE group_id = ? AND file_id = ?",
+                                 chunk.group_id, chunk.file_id) != 1]
+        if missing:
+            raise schema.intent_expired(owner, missing)
+
+    def delete_upload(self, upload_id, expected_offset=None, chunks_to=None, reason=None):
+        return self._write(self._delete_upload, upload_id, expected_offset, chunks_to,
+                           f"upload {upload_id}" if reason is None else reason, self._now())
+
+    def _delete_upload(self, db, upload_id, expected_offset, chunks_to, reason, now):
+        schema.check_chunks_to(chunks_to)
+        schema.check_reason(reason)
         deleted = self._get_upload(db, upload_id, lock=True)
         if deleted is None or (expected_offset is not None and deleted.offset != expected_offset):
             return None
         db.execute("DELETE FROM uploads WHERE upload_id = ?", upload_id)
+        if chunks_to is not None:
+            table = "garbage" if chunks_to == "garbage" else "chunk_intents"
+            self._record_chunks(db, table, list(deleted.chunks), reason, now)
         return deleted
 
     def stale_uploads(self, updated_before, limit=100):

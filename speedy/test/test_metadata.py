@@ -19,7 +19,8 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from speedy.errors import BadRequest, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable
+from speedy.errors import (
+    BadRequest, IntentExpired, Internal, NotFound, ReferencesMissing, SizeMismatch, Unavailable)
 from speedy.interfaces import (
     IClusterTables, IFileTables, IGarbageTables, IMetadataStore, IRegistryTables, IRepairTables,
     ISweepTables, ITransferTables, IUploadTables, IV1Tables)
@@ -666,6 +667,86 @@ class MetadataStoreTestsMixin:
         self.assertEqual([g.chunk for g in await self.store.list_intents()], list(chunks(3)))
         self.assertEqual(await self.store.expire_intents(START + 11, limit=None), 1)
         self.assertEqual(await self.store.list_intents(), [])
+
+    async def intents_by_file_id(self):
+        """@return: {file id: reason} of the intents recorded."""
+        return {g.chunk.file_id: g.reason for g in await self.store.list_intents(limit=None)}
+
+    async def test_put_blob_adopts_intents(self):
+        """A blob stored from chunks written under intents removes their
+        intents in its transaction; a digest already stored keeps its
+        blob and leaves the intents alone (the caller deletes its chunks,
+        or the intents expire)."""
+        await self.store.record_intents(chunks(1, 2, 3), "monolithic upload")
+        record = BlobRecord(SHA, 2003, chunks(1, 2), created=4.0)
+        self.assertEqual(await self.store.put_blob(record, adopted=chunks(1, 2)), record)
+        self.assertEqual(await self.intents_by_file_id(), {3: "monolithic upload"})
+        self.assertEqual(
+            await self.store.put_blob(BlobRecord(SHA, 2003, chunks(3)), adopted=chunks(3)), record)
+        self.assertEqual(await self.intents_by_file_id(), {3: "monolithic upload"})
+        self.assertEqual(await self.store.get_blob(SHA), record)
+
+    async def test_put_blob_with_an_expired_intent_stores_nothing(self):
+        """If one adopted chunk's intent expired into the garbage table, the
+        blob is not stored (the collector deletes that chunk) and no other
+        intent is removed: the store fails with IntentExpired."""
+        await self.store.record_intents(chunks(1), "monolithic upload")
+        self.clock.advance(10)
+        await self.store.record_intents(chunks(2), "monolithic upload")
+        self.assertEqual(await self.store.expire_intents(START + 5), 1)
+        error = await failure_of(
+            self.store.put_blob(BlobRecord(SHA, 2003, chunks(1, 2)), adopted=chunks(1, 2)),
+            IntentExpired)
+        self.assertIn(f"blob {SHA}", str(error))
+        self.assertIn("1/1", str(error))
+        self.assertIsNone(await self.store.get_blob(SHA))
+        self.assertEqual(await self.intents_by_file_id(), {2: "monolithic upload"})
+        self.assertEqual([g.chunk for g in await self.store.list_garbage()], list(chunks(1)))
+
+    async def test_put_file_adopts_intents(self):
+        """A file written from chunks under intents removes them in its
+        transaction; with one of them expired, nothing changes: the file it
+        would replace stays, and the other intents too."""
+        old = FileRecord("f", 1001, chunks(9), created=1.0)
+        await self.store.put_file(old)
+        await self.store.record_intents(chunks(1, 2), "file 'f'")
+        self.clock.advance(10)
+        await self.store.record_intents(chunks(3), "file 'f'")
+        await self.store.expire_intents(START + 5, limit=1)  # chunk 1
+        late = FileRecord("f", 2003, chunks(1, 3), created=2.0)
+        error = await failure_of(self.store.put_file(late, adopted=chunks(1, 3)), IntentExpired)
+        self.assertIn("file 'f'", str(error))
+        self.assertEqual(await self.store.get_file("f"), old)
+        self.assertEqual(await self.intents_by_file_id(), {2: "file 'f'", 3: "file 'f'"})
+        new = FileRecord("f", 2003, chunks(2, 3), created=3.0)
+        self.assertEqual(await self.store.put_file(new, adopted=chunks(2, 3)), old)
+        self.assertEqual(await self.store.get_file("f"), new)
+        self.assertEqual(await self.store.list_intents(), [])
+
+    async def test_delete_upload_hands_chunks_over(self):
+        """Deleting an upload can record its chunks, in the same
+        transaction, as intents (for the blob that takes them over) or as
+        garbage; an upload that moved on meanwhile is neither deleted nor
+        recorded."""
+        for name in ("u1", "u2"):
+            await self.store.create_upload(UploadRecord(name, "r", created=1.0, updated=1.0))
+        self.assertTrue(await self.store.update_upload(
+            UploadRecord("u1", "r", 2003, chunks(1, 2)), 0))
+        self.assertTrue(await self.store.update_upload(
+            UploadRecord("u2", "r", 1003, chunks(3)), 0))
+        self.clock.advance(7)
+        self.assertIsNone(await self.store.delete_upload(
+            "u1", expected_offset=5, chunks_to="intents"))
+        self.assertEqual(await self.store.list_intents(), [])
+        deleted = await self.store.delete_upload("u1", expected_offset=2003, chunks_to="intents")
+        self.assertEqual(deleted.chunks, chunks(1, 2))
+        self.assertIsNone(await self.store.get_upload("u1"))
+        self.assertEqual(await self.store.list_intents(),
+                         [GarbageChunk(c, "upload u1", START + 7) for c in chunks(1, 2)])
+        await self.store.delete_upload("u2", chunks_to="garbage", reason="upload u2 cancelled")
+        self.assertEqual(await self.store.list_garbage(),
+                         [GarbageChunk(chunks(3)[0], "upload u2 cancelled", START + 7)])
+        await failure_of(self.store.delete_upload("u3", chunks_to="trash"), BadRequest)
 
     async def test_garbage_keyed_by_group(self):
         """The same file id in two groups is two garbage chunks."""
