@@ -243,7 +243,7 @@ class RegistryAPI:
         if digest is None or _arg(request, "mount") is not None:
             return discard_body(request)
         algorithm = check_digest(digest).split(":", 1)[0]
-        return self.uploads.receive_blob(algorithm, _body_length(request))
+        return self.uploads.receive_blob(algorithm, _body_length(request), name)
 
     def _chunk_sink(self, request, name, upload, final=False):
         return self.uploads.receive_chunk(

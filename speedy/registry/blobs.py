@@ -41,7 +41,7 @@ class Blobs:
             raise RegistryError(BLOB_UNKNOWN, detail={"digest": digest})
         return blob
 
-    async def commit(self, repository, digest, size, chunks):
+    async def commit(self, repository, digest, size, chunks, adopted=False):
         """
         Record a fully received and verified blob and link it in
         C{repository}.  If the digest is already stored, the stored copy
@@ -49,17 +49,25 @@ class Blobs:
         if that copy is deleted before (its last link was removed
         meanwhile), the blob is stored again from C{chunks}.
 
+        @param adopted: True when C{chunks} were written under intents
+            (L{speedy.interfaces.IGarbageTables.record_intents}): a blob
+            stored from them takes them over in the transaction that
+            stores it (L{speedy.interfaces.IRegistryTables.put_blob}).
         @return: the stored L{BlobRecord}.
         @raise Busy: (503) the blob was deleted under the commit every time,
             or the copy stored from C{chunks} itself was, so they may be
             gone: the client pushes again.
+        @raise IntentExpired: (503) C{chunks}' intents had expired (the
+            collector deletes them): nothing is stored, the client pushes
+            again.
         """
         chunks = tuple(chunks)
         stored = None
         try:
             for _ in range(COMMIT_ATTEMPTS):
                 stored = await self._metadata.put_blob(
-                    BlobRecord(digest, size, chunks, self._clock.seconds()))
+                    BlobRecord(digest, size, chunks, self._clock.seconds()),
+                    adopted=chunks if adopted else ())
                 if await self._link(repository, digest):
                     return stored
                 if stored.chunks == chunks:

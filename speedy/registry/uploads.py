@@ -16,7 +16,10 @@ compare-and-set that appends it to the session takes it over in the same
 transaction.  So the chunks of a PATCH whose imageserver dies half-way are
 found by the chunk collector once the intents expire, and a PATCH slower
 than that expiry fails (416: the client resumes) instead of naming a chunk
-the collector deletes.
+the collector deletes.  A whole blob in one request (a monolithic POST) is
+written under intents too, which the blob's row takes over; and a session
+that completes hands its chunks to intents in the transaction that deletes
+it, for the blob to take over in turn.
 
 Stale sessions (untouched for C{expiry} seconds) are deleted by a timer and
 their chunks deleted from storage.
@@ -130,10 +133,9 @@ class UploadSessions:
                 self._clock.seconds() - self.expiry, limit=EXPIRY_BATCH)
             for record in stale:
                 deleted = await self._metadata.delete_upload(
-                    record.upload_id, expected_offset=record.offset)
+                    record.upload_id, expected_offset=record.offset, chunks_to="garbage",
+                    reason=f"upload {record.upload_id} expired")
                 if deleted is not None:
-                    await self._metadata.record_garbage(
-                        deleted.chunks, f"upload {record.upload_id} expired")
                     count += 1
             if len(stale) < EXPIRY_BATCH:
                 return count
@@ -201,11 +203,22 @@ class UploadSessions:
             return record, OneShotHash(record.hash_algorithm)
         return record, await self._hash_of(record, record.hash_algorithm)
 
-    def receive_blob(self, algorithm, body_length=None):
-        """@return: a L{BlobBody} for a whole blob in one request (no session),
-        of C{body_length} bytes if known (see L{BlobBody})."""
+    def receive_blob(self, algorithm, body_length=None, repository=None):
+        """
+        @return: a L{BlobBody} for a whole blob in one request (no session,
+            a monolithic POST) to C{repository}, of C{body_length} bytes if
+            known (see L{BlobBody}).  Each of its chunks is recorded as an
+            intent before its bytes go out, as a PATCH's are; the commit
+            (L{commit_whole}) takes them over.
+        """
+        reason = "monolithic upload" if repository is None else f"monolithic upload to {repository}"
+
+        def record_intent(chunk):
+            return self._metadata.record_intents([chunk], reason)
+
         return BlobBody(succeed((None, OneShotHash(algorithm))), self._storage,
-                        run_in_thread=self._run_in_thread, body_length=body_length)
+                        run_in_thread=self._run_in_thread, body_length=body_length,
+                        record_intent=record_intent)
 
     async def _hash_of(self, record, algorithm):
         """
@@ -263,6 +276,11 @@ class UploadSessions:
         digest mismatch nothing is committed and every chunk of the session
         is deleted.
 
+        The transaction that deletes the session records its chunks as
+        intents (or, on a mismatch, as garbage), and the blob's commit
+        takes them over: an imageserver that dies between the two leaves
+        them to the collector, never to nobody.
+
         @return: the stored L{BlobRecord}.
         @raise RegistryError: C{DIGEST_INVALID} (400) on a mismatch; 416
             with the session's new C{Range} when another request appended
@@ -278,29 +296,41 @@ class UploadSessions:
             hasher = None
         if hasher is None or hasher.algorithm != algorithm:
             hasher = await self._hash_of(record, algorithm)
-        closed = await self._metadata.delete_upload(record.upload_id, expected_offset=record.offset)
+        actual = hasher.digest()
+        if actual == digest:
+            chunks_to, reason = "intents", f"upload {upload_id} completed as {digest}"
+        else:
+            chunks_to, reason = "garbage", f"upload {upload_id}: digest mismatch"
+        closed = await self._metadata.delete_upload(
+            record.upload_id, expected_offset=record.offset, chunks_to=chunks_to, reason=reason)
         if closed is None:
             current = await self.find(repository, upload_id)
             raise out_of_order(current, "another request changed the upload while it was completed")
-        actual = hasher.digest()
         if actual != digest:
             await self._storage.delete(record.chunks)
             raise RegistryError(DIGEST_INVALID, detail={"expected": digest, "actual": actual})
-        return await self._blobs.commit(repository, digest, record.offset, record.chunks)
+        return await self._blobs.commit(repository, digest, record.offset, record.chunks,
+                                        adopted=True)
 
     async def commit_whole(self, repository, digest, received):
         """
-        Commit a blob that arrived in one request (monolithic POST).
+        Commit a blob that arrived in one request (monolithic POST): the
+        blob takes its chunks' intents over (see L{receive_blob}).
 
         @return: the stored L{BlobRecord}.
         @raise RegistryError: C{DIGEST_INVALID} (400) on a mismatch; the
-            body's chunks are then deleted.
+            body's chunks are then deleted (their intents expire into the
+            garbage table, where the collector finds them gone).
+        @raise IntentExpired: the body took longer than the collector's
+            grace period (503: the client pushes again); its chunks are
+            deleted.
         """
         actual = received.hash.digest()
         if actual != digest:
             await self._storage.delete(received.chunks)
             raise RegistryError(DIGEST_INVALID, detail={"expected": digest, "actual": actual})
-        return await self._blobs.commit(repository, digest, received.length, received.chunks)
+        return await self._blobs.commit(repository, digest, received.length, received.chunks,
+                                        adopted=True)
 
     async def cancel(self, repository, upload_id):
         """
@@ -309,10 +339,10 @@ class UploadSessions:
         @raise RegistryError: C{BLOB_UPLOAD_UNKNOWN} (404).
         """
         await self.find(repository, upload_id)
-        deleted = await self._metadata.delete_upload(upload_id)
+        deleted = await self._metadata.delete_upload(
+            upload_id, chunks_to="garbage", reason=f"upload {upload_id} cancelled")
         if deleted is None:
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, detail={"upload": upload_id})
-        await self._metadata.record_garbage(deleted.chunks, f"upload {upload_id} cancelled")
 
 
 @implementer(IConsumer)

@@ -300,6 +300,53 @@ class BlobPushTests(RegistryTestCase):
         # the writer knew the body's length, so it could send chunks on early
         self.assertEqual(self.storage.writer_lengths, [len(data)])
 
+    async def test_monolithic_post_under_intents(self):
+        """A monolithic POST's chunks are written under intents, which the
+        blob's row takes over: none is left once it is stored."""
+        reasons = []
+        record_intents = self.metadata.record_intents
+
+        def recording(chunks, reason):
+            reasons.extend(reason for _ in chunks)
+            return record_intents(chunks, reason)
+        self.patch(self.metadata, "record_intents", recording)
+        d = await self.push_blob("library/app", b"m" * 2500)
+        self.assertEqual(reasons, ["monolithic upload to library/app"] * 3)
+        self.assertEqual(await self.metadata.list_intents(), [])
+        blob = await self.metadata.get_blob(d)
+        self.assertEqual(self.live_chunks(), {c.file_id for c in blob.chunks})
+
+    async def test_monolithic_post_without_intents(self):
+        """When the intents cannot be recorded (the database is away), a
+        monolithic POST sends no chunk and answers 503 UNAVAILABLE, naming
+        the cause."""
+        self.patch(self.metadata, "record_intents", lambda chunks, reason: fail(
+            Unavailable("metadata database unreachable: gone")))
+        response, body = await self.request(
+            "POST", "/v2/repo/blobs/uploads/", data=b"u" * 2500,
+            params={"digest": sha256(b"u" * 2500)})
+        [error] = self.assertError(response, body, 503, "UNAVAILABLE")
+        self.assertIn("metadata database unreachable", error["detail"]["reason"])
+        self.assertEqual(self.storage.chunks, {})
+        self.assertIsNone(await self.metadata.get_blob(sha256(b"u" * 2500)))
+
+    async def test_monolithic_post_slower_than_its_intents(self):
+        """A monolithic POST whose intents expired before its commit is 503
+        (the client pushes again), stores no blob and leaves no chunk."""
+        put_blob = self.metadata.put_blob
+
+        def expired_first(record, adopted=()):
+            self.successResultOf(self.metadata.expire_intents(reactor.seconds() + 1))
+            return put_blob(record, adopted)
+        self.patch(self.metadata, "put_blob", expired_first)
+        response, body = await self.request(
+            "POST", "/v2/repo/blobs/uploads/", data=b"s" * 2500,
+            params={"digest": sha256(b"s" * 2500)})
+        [error] = self.assertError(response, body, 503, "UNAVAILABLE")
+        self.assertIn("send the bytes again", error["detail"]["reason"])
+        self.assertIsNone(await self.metadata.get_blob(sha256(b"s" * 2500)))
+        self.assertEqual(self.storage.chunks, {})
+
     async def test_monolithic_digest_mismatch(self):
         """A body that does not match ?digest= is 400 DIGEST_INVALID and
         leaves nothing behind: no blob, no link, no chunk."""

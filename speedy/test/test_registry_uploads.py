@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from speedy.errors import Busy, NoWritableGroup
+from speedy.errors import Busy, IntentExpired, NoWritableGroup
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.registry.api import RegistryAPI
 from speedy.registry.blobs import Blobs
@@ -129,6 +129,143 @@ class UploadSessionTests(SynchronousTestCase):
         body.finish()
         self.failureResultOf(body.outcome())
         self.assertEqual(self.storage.chunks, {})
+
+    def recorded_intents(self):
+        """Record, from now on, each intent's file id, whether its chunk
+        was stored yet, and its reason.  @return: the list they go to."""
+        seen = []
+        record_intents = self.metadata.record_intents
+
+        def recording(chunks, reason):
+            for chunk in chunks:
+                seen.append((chunk.file_id, chunk.file_id in self.storage.chunks, reason))
+            return record_intents(chunks, reason)
+        self.patch(self.metadata, "record_intents", recording)
+        return seen
+
+    def receive_whole(self, data, repository="repo"):
+        """@return: the L{ReceivedBlob} of C{data} sent as a monolithic POST."""
+        body = self.uploads.receive_blob("sha256", len(data), repository)
+        return self.successResultOf(self.send(body, data))
+
+    def test_whole_blob_chunks_recorded_before_they_are_stored(self):
+        """Each chunk of a whole blob in one request (monolithic POST) is
+        recorded as an intent before it is stored; the blob's row takes
+        them over, and their intents go."""
+        seen = self.recorded_intents()
+        received = self.receive_whole(b"w" * 250)
+        self.assertEqual(seen, [(c.file_id, False, "monolithic upload to repo")
+                                for c in received.chunks])
+        self.assertEqual(self.intents(), [c.file_id for c in received.chunks])
+        blob = self.result_of(self.uploads.commit_whole("repo", sha256(b"w" * 250), received))
+        self.assertEqual(blob.chunks, received.chunks)
+        self.assertEqual(self.intents(), [])
+        self.assertEqual(self.successResultOf(self.metadata.list_garbage()), [])
+
+    def test_whole_blob_slower_than_its_intents(self):
+        """A whole blob whose intents expired before its commit (the
+        collector may delete its chunks) is not stored: the commit fails
+        with IntentExpired (503, push again) and deletes its chunks."""
+        received = self.receive_whole(b"e" * 150)
+        self.clock.advance(7200)
+        self.assertEqual(
+            self.successResultOf(self.metadata.expire_intents(self.clock.seconds())), 2)
+        self.failureResultOf(Deferred.fromCoroutine(
+            self.uploads.commit_whole("repo", sha256(b"e" * 150), received)), IntentExpired)
+        self.assertIsNone(self.successResultOf(self.metadata.get_blob(sha256(b"e" * 150))))
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_whole_blob_no_chunk_without_its_intent(self):
+        """When the intent of a whole blob's chunk cannot be recorded, the
+        chunk is not stored and the body fails."""
+        self.patch(self.metadata, "record_intents",
+                   lambda chunks, reason: Deferred.fromCoroutine(_raise(Busy("db away"))))
+        body = self.uploads.receive_blob("sha256", 150, "repo")
+        body.write(b"q" * 150)
+        body.finish()
+        self.failureResultOf(body.outcome(), Busy)
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_whole_blob_stored_already(self):
+        """A whole blob whose digest is stored already: the stored copy
+        wins and the new chunks are deleted at once; nothing else owns
+        them, so their intents only wait to expire (the collector then
+        finds them gone)."""
+        first = self.receive_whole(b"d" * 150)
+        stored = self.result_of(self.uploads.commit_whole("repo", sha256(b"d" * 150), first))
+        second = self.receive_whole(b"d" * 150, repository="other")
+        self.assertEqual(
+            self.result_of(self.uploads.commit_whole("other", sha256(b"d" * 150), second)),
+            stored)
+        self.assertEqual(set(self.storage.chunks), {c.file_id for c in first.chunks})
+        self.assertEqual(self.intents(), [c.file_id for c in second.chunks])
+
+    def test_whole_blob_digest_mismatch(self):
+        """A whole blob that does not match its digest is not stored, and
+        its chunks are deleted."""
+        received = self.receive_whole(b"m" * 150)
+        failure = self.failureResultOf(Deferred.fromCoroutine(
+            self.uploads.commit_whole("repo", sha256(b"other"), received)), RegistryError)
+        self.assertEqual(failure.value.status, 400)
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_completion_hands_chunks_over_in_one_transaction(self):
+        """The transaction that deletes a completed session records its
+        chunks as intents: an imageserver killed before the blob's row is
+        written (its put_blob never answers) leaves them to the collector,
+        not to nobody.  A completion that goes through takes them over."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"k" * 250))
+        self.patch(self.metadata, "put_blob", lambda blob, adopted=(): Deferred())
+        completing = Deferred.fromCoroutine(
+            self.uploads.complete("repo", record.upload_id, sha256(b"k" * 250)))
+        self.assertNoResult(completing)  # killed here
+        self.assertIsNone(self.successResultOf(self.metadata.get_upload(record.upload_id)))
+        self.assertEqual(self.intents(), [c.file_id for c in record.chunks])
+        self.assertEqual(
+            self.successResultOf(self.metadata.expire_intents(self.clock.seconds() + 1)), 3)
+        self.assertEqual({g.chunk for g in self.successResultOf(self.metadata.list_garbage())},
+                         set(record.chunks))
+
+    def test_completion_adopts_the_session_chunks(self):
+        """A completed session's blob owns its chunks, and no intent or
+        garbage record of them is left."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"c" * 250))
+        body = self.uploads.receive_chunk("repo", record.upload_id, None, 50, final=True)
+        received = self.successResultOf(self.send(body, b"d" * 50))
+        blob = self.result_of(self.uploads.complete(
+            "repo", record.upload_id, sha256(b"c" * 250 + b"d" * 50), received))
+        self.assertEqual(blob.chunks, record.chunks + received.chunks)
+        self.assertEqual(self.intents(), [])
+        self.assertEqual(self.successResultOf(self.metadata.list_garbage()), [])
+
+    def test_completion_digest_mismatch_records_garbage(self):
+        """A session completed with the wrong digest ends: its chunks are
+        recorded as garbage in the transaction that deletes it, and
+        deleted."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"x" * 150))
+        failure = self.failureResultOf(Deferred.fromCoroutine(
+            self.uploads.complete("repo", record.upload_id, sha256(b"y" * 150))), RegistryError)
+        self.assertEqual(failure.value.status, 400)
+        self.assertIsNone(self.successResultOf(self.metadata.get_upload(record.upload_id)))
+        garbage = self.successResultOf(self.metadata.list_garbage())
+        self.assertEqual({g.chunk for g in garbage}, set(record.chunks))
+        self.assertEqual({g.reason for g in garbage},
+                         {f"upload {record.upload_id}: digest mismatch"})
+        self.assertEqual(self.storage.chunks, {})
+
+    def test_cancel_records_garbage_with_the_delete(self):
+        """A cancelled session's chunks are recorded as garbage by the
+        transaction that deletes it (no later call can be lost)."""
+        record = self.result_of(self.uploads.create("repo"))
+        record = self.successResultOf(self.patch_upload(record, b"x" * 150))
+        self.patch(self.metadata, "record_garbage", lambda chunks, reason: Deferred())
+        self.result_of(self.uploads.cancel("repo", record.upload_id))
+        garbage = self.successResultOf(self.metadata.list_garbage())
+        self.assertEqual({g.chunk for g in garbage}, set(record.chunks))
+        self.assertEqual({g.reason for g in garbage}, {f"upload {record.upload_id} cancelled"})
 
     def test_hash_state_saved(self):
         """Each append saves the running hash so that another imageserver
@@ -309,11 +446,11 @@ class BlobCommitTests(SynchronousTestCase):
         attempts = []
         put_blob = self.metadata.put_blob
 
-        def put_theirs(record):
+        def put_theirs(record, adopted=()):
             attempts.append(record)
             theirs = (self.storage.store(b"data"),)
             self.successResultOf(put_blob(attrs.evolve(record, chunks=theirs)))
-            return put_blob(record)
+            return put_blob(record, adopted)
         self.patch(self.metadata, "put_blob", put_theirs)
         self.delete_before_each_link()
         committing, _ = self.commit("repo", b"data")

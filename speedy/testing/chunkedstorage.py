@@ -197,13 +197,12 @@ class MemoryChunkedWriter:
         while len(self._buffer) >= storage.chunk_size:
             self._store(bytes(self._buffer[:storage.chunk_size]))
             del self._buffer[:storage.chunk_size]
-        if self._record_intent is not None:
-            return self._stored()
+        ready = self._stored() if self._record_intent is not None else succeed(None)
         if storage.write_gate is not None:
-            ready = Deferred()
-            storage.write_gate.addBoth(lambda result: ready.callback(None) or result)
-            return ready
-        return succeed(None)
+            gate = Deferred()
+            storage.write_gate.addBoth(lambda result: gate.callback(None) or result)
+            ready.addCallback(lambda _: gate)
+        return ready
 
     def _store(self, data):
         """Store a chunk, after its intent was recorded if there is a
