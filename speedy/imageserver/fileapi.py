@@ -13,6 +13,10 @@ replica groups, their chunk lists in the metadata store.
 A PUT may carry C{X-Content-SHA256: <hex>}: the file is stored only if its
 bytes match.  A replaced or deleted file's chunks are recorded as garbage,
 never deleted at once, so a reader of the old version is not cut short.
+Each chunk of a PUT's body is recorded as an intent before its bytes go
+out (L{speedy.interfaces.IGarbageTables.record_intents}), and the file's
+row takes them over in the transaction that writes it: the chunks of a
+PUT whose imageserver dies half-way are found by the chunk collector.
 The full contract is C{docs/imageserver-api.yaml}.
 """
 
@@ -133,7 +137,8 @@ class FileAPI:
         bytes go to, with the C{record_garbage} of
         L{speedy.imageserver.replication.ReplicatedStorage} for the chunks
         of replaced and deleted files.
-    @param metadata: the L{speedy.interfaces.IFileTables} of the files.
+    @param metadata: the L{speedy.interfaces.IFileTables} of the files,
+        with the C{record_intents} of L{speedy.interfaces.IGarbageTables}.
     """
 
     def __init__(self, storage, metadata, clock):
@@ -146,8 +151,12 @@ class FileAPI:
         @return: the L{FileUpload} a PUT's body streams into.
         @raise BadRequest: the path is unusable (nothing is stored).
         """
-        upload_path(request)
-        return FileUpload(self._storage.writer(length=getattr(request, "body_length", None)))
+        path = upload_path(request)
+
+        def record_intent(chunk):
+            return self._metadata.record_intents([chunk], f"file {path!r}")
+        return FileUpload(self._storage.writer(length=getattr(request, "body_length", None),
+                                               record_intent=record_intent))
 
     async def put(self, request, path=None):
         path = upload_path(request)
@@ -167,7 +176,7 @@ class FileAPI:
             raise errors.BadRequest(f"the body's sha256 is {digest}, not {expected!r}")
         record = FileRecord(path, size, chunks, self._clock.seconds(), digest)
         try:
-            replaced = await self._metadata.put_file(record)
+            replaced = await self._metadata.put_file(record, adopted=chunks)
         except BaseException:
             await self._storage.delete(chunks)
             raise

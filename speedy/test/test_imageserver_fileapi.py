@@ -172,13 +172,71 @@ class APITests(TestCase):
             self.assertEqual(server.chunks, {})
 
     async def test_metadata_down_is_503(self):
-        self.cluster.metadata.put_file = lambda record: fail(
+        self.cluster.metadata.put_file = lambda record, adopted=(): fail(
             errors.Unavailable("the database is down"))
         response, body = await self.put("m", b"z" * 1500)
         self.assertEqual(response.code, 503)
         self.assertEqual(self.cluster.storage.counters["chunks_written"], 2)
         for server in self.cluster.client.servers.values():
             self.assertEqual(server.chunks, {}, "the uncommitted chunks are deleted")
+
+    def stored_file_ids(self):
+        """@return: the file ids of every chunk some fake chunkserver holds."""
+        return {file_id for server in self.cluster.client.servers.values()
+                for file_id in server.chunks}
+
+    async def test_chunks_recorded_as_intents_first(self):
+        """Each chunk of a PUT is recorded as an intent before any of its
+        bytes reaches a chunkserver (an imageserver killed mid-body leaves
+        them to the collector); the file's row takes them over, and their
+        intents go in the transaction that writes it."""
+        metadata = self.cluster.metadata
+        record_intents = metadata.record_intents
+        seen = []
+
+        def recording(chunks, reason):
+            for chunk in chunks:
+                seen.append((chunk.file_id, chunk.file_id in self.stored_file_ids(), reason))
+            return record_intents(chunks, reason)
+        metadata.record_intents = recording
+        response, body = await self.put("i/f", b"i" * 2500)
+        self.assertEqual(response.code, 201, body)
+        stored = self.successResultOf(metadata.get_file("i/f"))
+        self.assertEqual(seen, [(c.file_id, False, "file 'i/f'") for c in stored.chunks])
+        self.assertEqual(self.successResultOf(metadata.list_intents()), [])
+        self.assertEqual(self.successResultOf(metadata.list_garbage()), [])
+
+    async def test_no_chunk_without_its_intent(self):
+        """When an intent cannot be recorded (the database is away), its
+        chunk is not sent: the PUT is 503 and no chunkserver holds a byte."""
+        self.cluster.metadata.record_intents = lambda chunks, reason: fail(
+            errors.Unavailable("metadata database unreachable: gone"))
+        response, body = await self.put("n/f", b"n" * 2500)
+        self.assertEqual((response.code, self.error_code(body)), (503, "UNAVAILABLE"))
+        self.assertIn("metadata database unreachable", json.loads(body)["error"]["message"])
+        self.assertEqual(self.stored_file_ids(), set())
+        self.assertEqual(self.cluster.metadata._files, {})
+
+    async def test_put_slower_than_its_intents(self):
+        """A PUT whose intents expired before its row was written (the
+        collector may delete its chunks) stores nothing: 504
+        INTENT_EXPIRED, the file it would replace is kept, and its chunks
+        are deleted."""
+        metadata = self.cluster.metadata
+        await self.put("s/f", b"old")
+        old = self.successResultOf(metadata.get_file("s/f"))
+        put_file = metadata.put_file
+
+        def expired_first(record, adopted=()):
+            self.successResultOf(metadata.expire_intents(self.cluster.clock.seconds() + 1))
+            return put_file(record, adopted)
+        metadata.put_file = expired_first
+        response, body = await self.put("s/f", b"s" * 2500)
+        self.assertEqual((response.code, self.error_code(body)), (504, "INTENT_EXPIRED"), body)
+        self.assertIn("send the bytes again", json.loads(body)["error"]["message"])
+        self.assertEqual(self.successResultOf(metadata.get_file("s/f")), old)
+        self.assertEqual(self.stored_file_ids(), {c.file_id for c in old.chunks})
+        self.assertEqual(len(self.successResultOf(metadata.list_garbage())), 3)
 
     async def test_truncated_upload(self):
         """A client that sends less than its Content-Length and leaves: no
