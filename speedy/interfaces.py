@@ -851,6 +851,19 @@ class ISweepTables(Interface):
         @return: Deferred firing with the list of the keys deleted.
         """
 
+    def garbage_after(gone, horizon, untagged=False, orphans=False):
+        """
+        Mark, for a dry run, deleting nothing: what is not garbage now but
+        would be once the manifests C{gone} (C{(repository, digest)}s,
+        garbage now) were deleted: the manifests they list or are the
+        subject of, under the policies, and the blobs only they (and
+        other manifests of C{gone}) reference.
+
+        @return: Deferred firing with C{(keys, blobs)}: the manifests'
+            C{(repository, digest)}s (none of C{gone}) and the blobs'
+            L{BlobRecord}s, each sorted.
+        """
+
 
 class IRepairTables(Interface):
     """

@@ -80,8 +80,8 @@ def render_dry_run(run):
     ]
     lines = table(["WOULD BE FREED", "CHUNKS", "BYTES"], rows)
     if sweep is not None and sweep["manifests"]:
-        lines.append(f"and {sweep['manifests']} manifests (the policies), with the blobs "
-                     "only they reference")
+        lines.append(f"and {sweep['manifests']} manifests (the policies); the blobs above "
+                     "count those only they reference")
     return lines
 
 

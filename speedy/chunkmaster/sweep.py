@@ -69,8 +69,10 @@ class SweepCounts:
     What a sweep deleted (or, in a dry run, would delete now).
 
     @ivar manifests: manifests deleted under the policies (a dry run counts
-        only those that are garbage now, not those that would be after).
-    @ivar blobs: blobs deleted.
+        those that are garbage now and, level by level, those that would
+        be once they are deleted, as a round's passes do).
+    @ivar blobs: blobs deleted (a dry run counts those that are garbage
+        now and those only the manifests it counts reference).
     @ivar blob_chunks: their chunks, now recorded as garbage.
     @ivar blob_bytes: their bytes (one replica's worth).
     """
@@ -166,19 +168,24 @@ class MetadataSweep:
 
     async def dry_run(self):
         """
-        Count what a sweep would delete now, deleting nothing.
+        Count what a sweep would delete now, deleting nothing: the
+        manifests that are garbage now under the policies, then, level by
+        level (at most L{MANIFEST_PASSES} in all, as a round), those that
+        would be once those are deleted (an index's children, an
+        artifact's referrers); the blobs that are garbage now, and those
+        only the manifests counted reference
+        (L{ISweepTables.garbage_after}).
 
-        @return: a L{SweepCounts}: the manifests that are garbage now, and
-            the blobs that are (not those only those manifests reference:
-            they follow in a later pass).
+        @return: a L{SweepCounts}.
         """
         counts = SweepCounts()
         horizon = self._clock.seconds() - self.grace
+        gone = set()
         after = None
         while self.untagged or self.orphans:
             marked = await self._metadata.unkept_manifests(
                 horizon, self.untagged, self.orphans, self.page, after)
-            counts.manifests += len(marked)
+            gone.update(marked)
             if len(marked) < self.page:
                 break
             after = marked[-1]
@@ -187,5 +194,16 @@ class MetadataSweep:
             marked = await self._metadata.unreferenced_blobs(horizon, self.page, after)
             counts.add_blobs(marked)
             if len(marked) < self.page:
-                return counts
+                break
             after = marked[-1].digest
+        for level in range(1, MANIFEST_PASSES + 1):
+            if not gone:
+                break
+            more, blobs = await self._metadata.garbage_after(
+                sorted(gone), horizon, self.untagged, self.orphans)
+            if not more or level == MANIFEST_PASSES:
+                counts.add_blobs(blobs)
+                break
+            gone.update(more)
+        counts.manifests = len(gone)
+        return counts

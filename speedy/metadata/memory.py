@@ -597,16 +597,18 @@ class MemoryMetadataStore:
 
     # ISweepTables --------------------------------------------------------------
 
-    def _referenced(self, digest, repository=None):
-        """@return: True if a manifest (of C{repository}, if given) lists
-        C{digest}."""
-        return any(digest in m.references for (repo, _), m in self._manifests.items()
-                   if repository is None or repo == repository)
+    def _referenced(self, digest, repository=None, gone=frozenset()):
+        """@return: True if a manifest (of C{repository}, if given), other
+        than those of C{gone}, lists C{digest}."""
+        return any(digest in m.references for key, m in self._manifests.items()
+                   if (repository is None or key[0] == repository) and key not in gone)
 
-    def _garbage_blob(self, blob, horizon):
+    def _garbage_blob(self, blob, horizon, gone=frozenset()):
+        """@return: True if C{blob} is garbage at C{horizon}, with the
+        manifests C{gone} counted as deleted."""
         repositories = {repo for repo, d in self._links if d == blob.digest}
         return (blob.created <= horizon
-                and not self._referenced(blob.digest)
+                and not self._referenced(blob.digest, gone=gone)
                 and not any(when > horizon for (_, d), when in self._links.items()
                             if d == blob.digest)
                 and not any(u.repository in repositories for u in self._uploads.values()))
@@ -632,17 +634,20 @@ class MemoryMetadataStore:
             collected.append(blob)
         return collected
 
-    def _garbage_manifest(self, manifest, horizon, untagged, orphans):
+    def _garbage_manifest(self, manifest, horizon, untagged, orphans, gone=frozenset()):
+        """@return: True if C{manifest} is garbage at C{horizon} under the
+        policies, with the manifests C{gone} counted as deleted."""
         repository, digest = manifest.repository, manifest.digest
         if manifest.subject is None:
             by_subject = untagged
         else:
+            subject = (repository, manifest.subject)
             by_subject = ((untagged or orphans)
-                          and (repository, manifest.subject) not in self._manifests)
+                          and (subject not in self._manifests or subject in gone))
         return (by_subject and manifest.created <= horizon
                 and not any(key[0] == repository and target == digest
                             for key, target in self._tags.items())
-                and not self._referenced(digest, repository))
+                and not self._referenced(digest, repository, gone))
 
     @_deferred
     def unkept_manifests(self, horizon, untagged=False, orphans=False, limit=1000, after=None):
@@ -663,6 +668,23 @@ class MemoryMetadataStore:
             self.delete_manifest(*key)
             collected.append(key)
         return collected
+
+    @_deferred
+    def garbage_after(self, gone, horizon, untagged=False, orphans=False):
+        gone = frozenset(map(tuple, gone))
+        for repository, digest in gone:
+            schema.check_repository(repository)
+            schema.check_digest(digest)
+        keys = []
+        if untagged or orphans:
+            keys = [key for key, manifest in sorted(self._manifests.items())
+                    if key not in gone
+                    and not self._garbage_manifest(manifest, horizon, untagged, orphans)
+                    and self._garbage_manifest(manifest, horizon, untagged, orphans, gone)]
+        blobs = [blob for _, blob in sorted(self._blobs.items())
+                 if not self._garbage_blob(blob, horizon)
+                 and self._garbage_blob(blob, horizon, gone)]
+        return keys, blobs
 
     # IRepairTables -----------------------------------------------------------
 

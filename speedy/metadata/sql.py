@@ -1173,6 +1173,75 @@ class SQLMetadataStore:
             collected.append((repository, digest))
         return collected
 
+    def garbage_after(self, gone, horizon, untagged=False, orphans=False):
+        return self._read(self._garbage_after, sorted(set(map(tuple, gone))), horizon,
+                          untagged, orphans)
+
+    def _garbage_after(self, db, gone, horizon, untagged, orphans):
+        """
+        Only what C{gone} list or are the subject of can become garbage
+        when they go: those are the candidates, each checked against the
+        conditions of L{_GARBAGE_BLOB} and L{_garbage_manifest} with the
+        manifests of C{gone} counted as deleted (plain reads, per row).
+        """
+        policies = untagged or orphans
+        gone_set = set(gone)
+        listed, referrers = set(), set()
+        for repository, digest in gone:
+            schema.check_repository(repository)
+            schema.check_digest(digest)
+            for (target,) in db.all("SELECT digest FROM manifest_refs"
+                                    " WHERE repository = ? AND manifest = ?", repository, digest):
+                listed.add((repository, _text(target)))
+            if policies:
+                for (referrer,) in db.all("SELECT digest FROM manifests"
+                                          " WHERE repository = ? AND subject = ?",
+                                          repository, digest):
+                    referrers.add((repository, _text(referrer)))
+        keys = []
+        for key in sorted((listed | referrers) - gone_set if policies else ()):
+            if self._garbage_once_gone(db, key, gone_set, horizon, untagged):
+                keys.append(key)
+        blobs = []
+        for digest in sorted({digest for _, digest in listed}):
+            blob = self._get_blob(db, digest)
+            if (blob is None or blob.created > horizon
+                    or any((_text(repository), _text(manifest)) not in gone_set
+                           for repository, manifest in db.all(
+                               "SELECT repository, manifest FROM manifest_refs WHERE digest = ?",
+                               digest))
+                    or db.one("SELECT 1 FROM blob_links WHERE digest = ? AND linked > ? LIMIT 1",
+                              digest, horizon) is not None
+                    or db.one("SELECT 1 FROM blob_links l JOIN uploads u"
+                              " ON u.repository = l.repository WHERE l.digest = ? LIMIT 1",
+                              digest) is not None):
+                continue
+            blobs.append(blob)
+        return keys, blobs
+
+    def _garbage_once_gone(self, db, key, gone, horizon, untagged):
+        """@return: True if the manifest C{key} is garbage under the
+        policies (C{untagged}, else only C{orphans}) once the manifests
+        C{gone} are deleted."""
+        repository, digest = key
+        row = db.one("SELECT created, subject FROM manifests WHERE repository = ?"
+                     " AND digest = ?", repository, digest)
+        if row is None or float(row[0]) > horizon:
+            return False
+        subject = _text(row[1])
+        if subject is None and not untagged:
+            return False
+        if db.one("SELECT 1 FROM tags WHERE repository = ? AND digest = ? LIMIT 1",
+                  repository, digest) is not None:
+            return False
+        if any((repository, _text(manifest)) not in gone for (manifest,) in db.all(
+                "SELECT manifest FROM manifest_refs WHERE digest = ? AND repository = ?",
+                digest, repository)):
+            return False
+        return (subject is None or (repository, subject) in gone
+                or db.one("SELECT 1 FROM manifests WHERE repository = ? AND digest = ?",
+                          repository, subject) is None)
+
     # IRepairTables -----------------------------------------------------------
 
     def record_bad_replica(self, bad):

@@ -1196,6 +1196,43 @@ class MetadataStoreTestsMixin:
         self.assertEqual(await self.store.referrers("library/app", "sha256:" + "00" * 32),
                          [await self.store.get_manifest("library/app", tagged_orphan)])
 
+    async def test_garbage_after(self):
+        """
+        For a dry run, deleting nothing: what only the given manifests keep
+        is listed: under the policies, an index's children and a subject's
+        referrers; the blobs only they reference, unless another manifest
+        references one, it was linked after the horizon, or a repository
+        linking it has an upload in progress.
+        """
+        index, child, referrer, tagged = ("sha256:%064x" % n for n in range(1, 5))
+        own, shared, signature, young, busy = ("sha256:%064x" % n for n in range(11, 16))
+        for n, digest in enumerate((own, shared, signature, young), 1):
+            await self.old_blob(digest, "library/app", n)
+        await self.old_blob(busy, "busy/app", 5)
+        await self.store.create_upload(UploadRecord("u", "busy/app", created=1.0))
+        await self.put_manifests(
+            (index, [], (child,), None),
+            (child, [], (own, shared, young, busy), None),
+            (referrer, [], (signature,), index),
+            (tagged, ["t"], (shared,), None))
+        self.clock.advance(100)
+        await self.store.link_blob("other/app", young)
+        horizon = START + 50
+        app = "library/app"
+        self.assertEqual(await self.store.unkept_manifests(horizon, untagged=True),
+                         [(app, index)])
+        self.assertEqual(await self.store.garbage_after([(app, index)], horizon, untagged=True),
+                         ([(app, child), (app, referrer)], []))
+        self.assertEqual(await self.store.garbage_after([(app, index)], horizon, orphans=True),
+                         ([(app, referrer)], []))
+        keys, blobs = await self.store.garbage_after(
+            [(app, index), (app, child), (app, referrer)], horizon, untagged=True)
+        self.assertEqual((keys, [b.digest for b in blobs]), ([], [own, signature]))
+        self.assertEqual(await self.store.garbage_after([], horizon, untagged=True), ([], []))
+        self.assertIsNotNone(await self.store.get_manifest(app, index))
+        self.assertEqual(await self.store.unreferenced_blobs(horizon), [])
+        await failure_of(self.store.garbage_after([(app, None)], horizon), BadRequest)
+
     async def test_manifest_sweep_checks_again(self):
         """A manifest marked, then tagged (put again) or listed by an index
         before the sweep, stays."""

@@ -15,7 +15,7 @@ from speedy.chunkmaster.sweep import MetadataSweep, SweepCounts, parse_policies
 from speedy.registry.blobs import Blobs
 from speedy.registry.digests import digest_of
 from speedy.registry.errors import RegistryError
-from speedy.registry.manifests import OCI_MANIFEST, Manifests
+from speedy.registry.manifests import OCI_INDEX, OCI_MANIFEST, Manifests
 from speedy.testing import FakeCluster
 
 GRACE = 3600.0
@@ -55,6 +55,21 @@ class Registry:
         if subject is not None:
             body["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}
         content = json.dumps(body).encode()
+        digest = digest_of("sha256", content)
+        await self.manifests.put(repository, tag or digest, content)
+        return digest
+
+    async def push_index(self, repository, tag, children):
+        """Push an index listing the manifests C{children} (digests of
+        C{repository}) under C{tag} (by digest if None).  @return: its
+        digest."""
+        listed = []
+        for child in children:
+            record = await self.manifests.get(repository, child)
+            listed.append({"mediaType": OCI_MANIFEST, "digest": child,
+                           "size": len(record.content)})
+        content = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                              "manifests": listed}).encode()
         digest = digest_of("sha256", content)
         await self.manifests.put(repository, tag or digest, content)
         return digest
@@ -189,6 +204,25 @@ class MetadataSweepTests(SynchronousTestCase):
         counts = self.collect().sweep
         self.assertEqual((counts.manifests, counts.blobs), (1, 4))
         self.assertIsNone(self.successResultOf(self.metadata.get_manifest(REPO, referrer)))
+
+    def test_dry_run_follows_the_policies(self):
+        """A dry run counts what the round then deletes, level by level: an
+        untagged index; the images it lists and its signature, which only
+        it kept; and the blobs only they reference (not the layer a tagged
+        image shares)."""
+        shared = b"shared layer"
+        self.push(REPO, "kept", [shared])
+        first = self.push(REPO, None, [b"first layer", shared])
+        second = self.push(REPO, None, [b"second layer"])
+        index = self.successResultOf(run(self.registry.push_index(REPO, None, [first, second])))
+        self.push(REPO, None, [b"signature"], subject=index)
+        self.sweep.untagged = True
+        self.clock.advance(GRACE)
+        dry = self.successResultOf(self.collector.dry_run()).sweep
+        self.assertEqual((dry.manifests, dry.blobs), (4, 4))
+        self.assertEqual(self.collect().sweep, dry)
+        self.assertIsNotNone(self.blob(shared))
+        self.assertEqual(self.successResultOf(self.collector.dry_run()).sweep, SweepCounts())
 
     def test_paced(self):
         """At most C{rate} rows a second: a sweep of 7 blobs at 2 a second,
