@@ -16,11 +16,13 @@ uploads in progress) is then
   - I{lost} when no member holds a good copy;
 
 and every chunk a member holds that nothing owns and that is not waiting
-in the garbage table (or recorded as an upload's intent) is I{orphaned} (a write that failed half-way, or an
-upload's chunks written after the last recorded offset).  With C{repair},
+in the garbage table (or recorded as an intent: a PATCH, a whole-blob POST
+or a file PUT being written, or whose imageserver died) is I{orphaned} (a
+write that failed half-way and whose clean-up failed too, a V1 layer PUT
+being written or cut short, which records no intents, or a chunk stored
+through the chunk API, which nothing owns).  With C{repair},
 missing and damaged replicas are queued for repair (C{bad_replicas});
-orphans are only reported: a chunk being uploaded right now looks the same
-until its upload commits, and deleting chunks is the garbage collector's
+orphans are only reported: deleting chunks is the garbage collector's
 business.
 
 A run's progress (groups and chunks checked) is visible while it runs

@@ -21,8 +21,9 @@ written under intents too, which the blob's row takes over; and a session
 that completes hands its chunks to intents in the transaction that deletes
 it, for the blob to take over in turn.
 
-Stale sessions (untouched for C{expiry} seconds) are deleted by a timer and
-their chunks deleted from storage.
+Stale sessions (untouched for C{expiry} seconds) are deleted by a timer,
+their chunks recorded as garbage in the same transaction (the chunk
+collector deletes them).
 """
 
 import re
