@@ -79,11 +79,9 @@ class UploadSessionTests(SynchronousTestCase):
     def intents(self):
         return [g.chunk.file_id for g in self.successResultOf(self.metadata.list_intents())]
 
-    def test_chunks_recorded_before_they_are_stored(self):
-        """Each chunk of a PATCH body is recorded as an intent before it is
-        stored (an imageserver that dies then leaves them findable); the
-        append hands them to the session, and their intents go."""
-        record = self.result_of(self.uploads.create("repo"))
+    def recorded_intents(self):
+        """Record, from now on, each intent's file id, whether its chunk
+        was stored yet, and its reason.  @return: the list they go to."""
         seen = []
         record_intents = self.metadata.record_intents
 
@@ -92,6 +90,14 @@ class UploadSessionTests(SynchronousTestCase):
                 seen.append((chunk.file_id, chunk.file_id in self.storage.chunks, reason))
             return record_intents(chunks, reason)
         self.patch(self.metadata, "record_intents", recording)
+        return seen
+
+    def test_chunks_recorded_before_they_are_stored(self):
+        """Each chunk of a PATCH body is recorded as an intent before it is
+        stored (an imageserver that dies then leaves them findable); the
+        append hands them to the session, and their intents go."""
+        record = self.result_of(self.uploads.create("repo"))
+        seen = self.recorded_intents()
         body = self.uploads.receive_chunk("repo", record.upload_id, "0-249", 250)
         received = self.successResultOf(self.send(body, b"z" * 250))
         self.assertEqual(seen, [(c.file_id, False, f"upload {record.upload_id}")
@@ -129,19 +135,6 @@ class UploadSessionTests(SynchronousTestCase):
         body.finish()
         self.failureResultOf(body.outcome())
         self.assertEqual(self.storage.chunks, {})
-
-    def recorded_intents(self):
-        """Record, from now on, each intent's file id, whether its chunk
-        was stored yet, and its reason.  @return: the list they go to."""
-        seen = []
-        record_intents = self.metadata.record_intents
-
-        def recording(chunks, reason):
-            for chunk in chunks:
-                seen.append((chunk.file_id, chunk.file_id in self.storage.chunks, reason))
-            return record_intents(chunks, reason)
-        self.patch(self.metadata, "record_intents", recording)
-        return seen
 
     def receive_whole(self, data, repository="repo"):
         """@return: the L{ReceivedBlob} of C{data} sent as a monolithic POST."""
