@@ -332,15 +332,7 @@ class EndToEndTests(TestCase):
                                     headers=Headers({b"x-request-id": [rid.encode()]}))
         self.assertGreaterEqual(code, 400, body)
         self.assertEqual(json.loads(body)["request_id"], rid)
-        needle = f"(request {rid})"
-        deadline = time.monotonic() + 10
-        while True:
-            traced = [d.name for d in self.cluster.chunkservers
-                      if needle in open(d.log_path, errors="replace").read()]
-            if traced or time.monotonic() > deadline:
-                break
-            await deferLater(reactor, 0.1)
-        self.assertTrue(traced, f"no chunkserver logged {needle}")
+        await self.assert_a_chunkserver_logged(rid)
         return file_id
 
     async def chunked_push_traced(self, last_file_id):
@@ -377,6 +369,10 @@ class EndToEndTests(TestCase):
         self.assertEqual(code, 201, body)
         code, _, body = await self.call(b, b"GET", f"/v2/e2e/pushed/blobs/{digest}")
         self.assertTrue(code == 200 and body == data, "the blob read back differs")
+        await self.assert_a_chunkserver_logged(rid)
+
+    async def assert_a_chunkserver_logged(self, rid):
+        """Some chunkserver's log names request C{rid} within 10 s."""
         needle = f"(request {rid})"
         deadline = time.monotonic() + 10
         while True:

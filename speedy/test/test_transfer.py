@@ -255,9 +255,13 @@ class DrainTests(TransferTestCase):
         failure = self.failureResultOf(Deferred.fromCoroutine(self.transfers.drain(1)))
         self.assertIn("no writable group", failure.getErrorMessage())
 
-    def test_cancel_abandons_unswitched(self):
-        """Cancelling deletes the new copies of a move not switched yet and
-        leaves the references where they were."""
+    def cancel_with_a_copy_unswitched(self):
+        """
+        Start a drain, copy chunk 11 to s4 as file 500 without switching
+        it, then cancel the drain.
+
+        @return: the transfer's record and chunk 11's old reference.
+        """
         self.transfers = self.new_service(parallelism=0)
         record = self.drain()
         old = ChunkRef(1, 11, 1011, crc32c(bytes([11]) * 1011))
@@ -265,6 +269,12 @@ class DrainTests(TransferTestCase):
         self.successResultOf(self.store.record_move(ChunkMove(old, new, record.transfer_id)))
         self.successResultOf(self.client.put(address("s4"), 500, bytes([11]) * 1011))
         self.successResultOf(Deferred.fromCoroutine(self.transfers.cancel(record.transfer_id)))
+        return record, old
+
+    def test_cancel_abandons_unswitched(self):
+        """Cancelling deletes the new copies of a move not switched yet and
+        leaves the references where they were."""
+        _, old = self.cancel_with_a_copy_unswitched()
         self.work(self.new_service())
         self.assertEqual(self.held("s4"), set())
         self.assertIn(old, self.references())
@@ -285,13 +295,7 @@ class DrainTests(TransferTestCase):
 
     def test_cancelled_deletes_carry_the_transfer_id(self):
         """The deletes of a cancelled transfer's copies carry its id."""
-        self.transfers = self.new_service(parallelism=0)
-        record = self.drain()
-        old = ChunkRef(1, 11, 1011, crc32c(bytes([11]) * 1011))
-        new = ChunkRef(2, 500, old.size, old.crc32c)
-        self.successResultOf(self.store.record_move(ChunkMove(old, new, record.transfer_id)))
-        self.successResultOf(self.client.put(address("s4"), 500, bytes([11]) * 1011))
-        self.successResultOf(Deferred.fromCoroutine(self.transfers.cancel(record.transfer_id)))
+        record, _ = self.cancel_with_a_copy_unswitched()
         self.client.traces.clear()
         run_for("admin-delete", self.work, self.new_service())
         self.assertEqual(self.held("s4"), set())
