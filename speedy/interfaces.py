@@ -628,30 +628,39 @@ class IV1Tables(Interface):
         never replaced.
 
         @return: Deferred firing with None for a new image, the replaced
-            unfinished L{V1ImageRecord} (the caller deletes its layer's
-            chunks), or the complete L{V1ImageRecord} already there, in
-            which case nothing was stored.
+            unfinished L{V1ImageRecord} (its layer's chunks are recorded as
+            garbage, L{IGarbageTables.record_garbage}, in the same
+            transaction), or the complete L{V1ImageRecord} already there,
+            in which case nothing was stored.
         @raise ReferencesMissing: C{record.parent} is not stored; nothing is.
         """
 
     def get_v1_image(image_id):
         """@return: Deferred firing with a L{V1ImageRecord} or None."""
 
-    def set_v1_layer(image_id, json, size, chunks, checksum):
+    def set_v1_layer(image_id, json, size, chunks, checksum, adopted=()):
         """
         Record the layer of an unfinished image whose JSON is still
         C{json} (the checksum was computed over it).
 
+        @param adopted: L{ChunkRef}s of C{chunks} written under an intent
+            (L{IGarbageTables.record_intents}): the layer takes them over,
+            their intents are removed in the same transaction.
         @return: Deferred firing with the image's L{V1ImageRecord} as it
-            was before (a layer it had is replaced: the caller deletes its
-            chunks), or None when nothing was stored: the image is gone,
-            complete, or its JSON changed (the caller deletes C{chunks}).
+            was before (a layer it had is replaced: its chunks are recorded
+            as garbage in the same transaction), or None when nothing was
+            stored: the image is gone, complete, or its JSON changed (the
+            caller deletes C{chunks}; their intents stay, to expire).
+        @raise IntentExpired: an adopted chunk's intent is gone: nothing
+            was stored.
         """
 
-    def clear_v1_layer(image_id, chunks):
+    def clear_v1_layer(image_id, chunks, reason=None):
         """
         Forget the layer of an unfinished image if it is still C{chunks}
-        (its checksum did not match).
+        (its checksum did not match, or its push was abandoned), recording
+        its chunks as garbage (with C{reason}, or one naming the image) in
+        the same transaction.
 
         @return: Deferred firing with True if it was forgotten.
         """
@@ -757,12 +766,13 @@ class IGarbageTables(Interface):
     def record_intents(chunks, reason):
         """
         Record L{ChunkRef}s about to be written that nothing owns yet (the
-        chunks of a PATCH, a whole-blob POST or a file PUT before their
-        bytes go out), stamped with the store's
+        chunks of a PATCH, a whole-blob POST, a file PUT or a V1 layer PUT
+        before their bytes go out), stamped with the store's
         clock: if their writer dies, the collector finds them here.  The
         row that takes a chunk over removes its intent in its own
         transaction (the C{adopted} of L{IUploadTables.update_upload},
-        L{IRegistryTables.put_blob} and L{IFileTables.put_file}).  Only
+        L{IRegistryTables.put_blob}, L{IFileTables.put_file} and
+        L{IV1Tables.set_v1_layer}).  Only
         C{group_id} and C{file_id} identify a chunk; C{crc32c} may be 0
         when not known yet.  A chunk already recorded keeps its record.
 

@@ -406,6 +406,9 @@ class MemoryMetadataStore:
             return existing
         if record.parent is not None and record.parent not in self._v1_images:
             raise ReferencesMissing([record.parent])
+        if existing is not None:
+            self._record_chunks(self._garbage, existing.chunks,
+                                f"v1-image {record.image_id} pushed again")
         self._v1_images[record.image_id] = attrs.evolve(
             record, json=bytes(record.json), ancestry=tuple(record.ancestry), size=None,
             chunks=(), checksum=None, complete=False, created=self._stamp(record.created))
@@ -416,21 +419,26 @@ class MemoryMetadataStore:
         return self._v1_images.get(image_id)
 
     @_deferred
-    def set_v1_layer(self, image_id, json, size, chunks, checksum):
+    def set_v1_layer(self, image_id, json, size, chunks, checksum, adopted=()):
         schema.check_v1_layer(image_id, json, size, chunks, checksum)
         image = self._v1_images.get(image_id)
         if image is None or image.complete or image.json != json:
             return None
+        self._adopt(adopted, f"v1-image {image_id}")
+        self._record_chunks(self._garbage, image.chunks, f"v1-image {image_id}: layer replaced")
         self._v1_images[image_id] = attrs.evolve(
             image, size=size, chunks=_copy_chunks(chunks), checksum=checksum)
         return image
 
     @_deferred
-    def clear_v1_layer(self, image_id, chunks):
+    def clear_v1_layer(self, image_id, chunks, reason=None):
         schema.check_chunks(chunks)
+        reason = f"v1-image {image_id}: layer cleared" if reason is None else reason
+        schema.check_reason(reason)
         image = self._v1_images.get(image_id)
         if image is None or image.complete or image.chunks != tuple(chunks) or image.size is None:
             return False
+        self._record_chunks(self._garbage, image.chunks, reason)
         self._v1_images[image_id] = attrs.evolve(image, size=None, chunks=(), checksum=None)
         return True
 

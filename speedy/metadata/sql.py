@@ -797,6 +797,9 @@ class SQLMetadataStore:
         if record.parent is not None and self._get_v1_image(
                 db, record.parent, self.dialect.for_share) is None:
             raise ReferencesMissing([record.parent])
+        if existing is not None:
+            self._record_chunks(db, "garbage", list(existing.chunks),
+                                f"v1-image {record.image_id} pushed again", now)
         db.execute(
             self.dialect.upsert("v1_images", _V1_IMAGE, ["image_id"]),
             record.image_id, bytes(record.json), record.parent,
@@ -811,26 +814,34 @@ class SQLMetadataStore:
         row = db.one(f"SELECT {_V1_IMAGE} FROM v1_images WHERE image_id = ?" + lock, image_id)
         return None if row is None else _v1_image(row)
 
-    def set_v1_layer(self, image_id, json, size, chunks, checksum):
-        return self._write(self._set_v1_layer, image_id, json, size, tuple(chunks), checksum)
+    def set_v1_layer(self, image_id, json, size, chunks, checksum, adopted=()):
+        return self._write(self._set_v1_layer, image_id, json, size, tuple(chunks), checksum,
+                           list(adopted), self._now())
 
-    def _set_v1_layer(self, db, image_id, json_, size, chunks, checksum):
+    def _set_v1_layer(self, db, image_id, json_, size, chunks, checksum, adopted, now):
         schema.check_v1_layer(image_id, json_, size, chunks, checksum)
         image = self._get_v1_image(db, image_id, self.dialect.for_update)
         if image is None or image.complete or image.json != json_:
             return None
+        self._adopt(db, adopted, f"v1-image {image_id}")
+        self._record_chunks(db, "garbage", list(image.chunks),
+                            f"v1-image {image_id}: layer replaced", now)
         db.execute("UPDATE v1_images SET size = ?, chunks = ?, checksum = ? WHERE image_id = ?",
                    size, _dump_chunks(chunks), checksum, image_id)
         return image
 
-    def clear_v1_layer(self, image_id, chunks):
-        return self._write(self._clear_v1_layer, image_id, tuple(chunks))
+    def clear_v1_layer(self, image_id, chunks, reason=None):
+        return self._write(
+            self._clear_v1_layer, image_id, tuple(chunks),
+            f"v1-image {image_id}: layer cleared" if reason is None else reason, self._now())
 
-    def _clear_v1_layer(self, db, image_id, chunks):
+    def _clear_v1_layer(self, db, image_id, chunks, reason, now):
         schema.check_chunks(chunks)
+        schema.check_reason(reason)
         image = self._get_v1_image(db, image_id, self.dialect.for_update)
         if image is None or image.complete or image.size is None or image.chunks != chunks:
             return False
+        self._record_chunks(db, "garbage", list(chunks), reason, now)
         db.execute("UPDATE v1_images SET size = NULL, chunks = ?, checksum = NULL"
                    " WHERE image_id = ?", _dump_chunks(()), image_id)
         return True

@@ -899,6 +899,58 @@ class MetadataStoreTestsMixin:
         self.assertEqual((stored.size, stored.chunks, stored.checksum), (None, (), None))
         self.assertFalse(await self.store.complete_v1_image(BASE, "sha256:x"))
 
+    async def test_v1_layer_adopts_intents(self):
+        """A layer written under intents removes them in the transaction
+        that records it; with one of them expired, nothing changes (the
+        image keeps no layer, the other intents stay); a layer refused
+        (the JSON changed) leaves its intents alone, to expire."""
+        record = v1_image(BASE)
+        await self.store.put_v1_image(record)
+        await self.store.record_intents(chunks(1), "v1 layer")
+        self.clock.advance(10)
+        await self.store.record_intents(chunks(2, 3), "v1 layer")
+        await self.store.expire_intents(START + 5)  # chunk 1
+        error = await failure_of(self.store.set_v1_layer(
+            BASE, record.json, 2001, chunks(1, 2), "sha256:x", adopted=chunks(1, 2)),
+            IntentExpired)
+        self.assertIn(f"v1-image {BASE}", str(error))
+        self.assertEqual(await self.store.get_v1_image(BASE), attrs.evolve(record, created=START))
+        self.assertEqual(await self.intents_by_file_id(), {2: "v1 layer", 3: "v1 layer"})
+        self.assertIsNone(await self.store.set_v1_layer(
+            BASE, b"{}", 1001, chunks(3), "sha256:y", adopted=chunks(3)))
+        self.assertEqual(await self.intents_by_file_id(), {2: "v1 layer", 3: "v1 layer"})
+        await self.store.set_v1_layer(
+            BASE, record.json, 2001, chunks(2, 3), "sha256:x", adopted=chunks(2, 3))
+        self.assertEqual((await self.store.get_v1_image(BASE)).chunks, chunks(2, 3))
+        self.assertEqual(await self.store.list_intents(), [])
+
+    async def test_v1_replaced_layers_are_garbage(self):
+        """A layer replaced by another, by its JSON PUT again, or cleared
+        is recorded as garbage in the transaction that changes the image;
+        a clear that does not apply records nothing."""
+        record = v1_image(BASE)
+        await self.store.put_v1_image(record)
+        self.assertEqual(await self.store.list_garbage(), [])
+        await self.store.set_v1_layer(BASE, record.json, 1, chunks(1), "sha256:x")
+        await self.store.set_v1_layer(BASE, record.json, 2, chunks(2), "sha256:y")
+        self.assertEqual(await self.store.list_garbage(), [
+            GarbageChunk(chunks(1)[0], f"v1-image {BASE}: layer replaced", START)])
+        await self.store.forget_garbage(chunks(1))
+        await self.store.put_v1_image(record)
+        self.assertEqual(await self.store.list_garbage(), [
+            GarbageChunk(chunks(2)[0], f"v1-image {BASE} pushed again", START)])
+        await self.store.forget_garbage(chunks(2))
+        await self.store.set_v1_layer(BASE, record.json, 3, chunks(3), "sha256:z")
+        self.assertFalse(await self.store.clear_v1_layer(BASE, chunks(4), "mismatch"))
+        self.assertEqual(await self.store.list_garbage(), [])
+        self.assertTrue(await self.store.clear_v1_layer(BASE, chunks(3), "mismatch"))
+        self.assertEqual(await self.store.list_garbage(),
+                         [GarbageChunk(chunks(3)[0], "mismatch", START)])
+        await self.store.set_v1_layer(BASE, record.json, 5, chunks(5), "sha256:z")
+        self.assertTrue(await self.store.clear_v1_layer(BASE, chunks(5)))
+        self.assertEqual([g.reason for g in await self.store.list_garbage()],
+                         ["mismatch", f"v1-image {BASE}: layer cleared"])
+
     async def test_v1_stale_layers(self):
         """Unfinished images with a layer, oldest JSON first: what layer
         expiry drops."""
