@@ -11,10 +11,12 @@ import json
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from speedy import errors
 from speedy.imageserver.root import ImageServerRoot
 from speedy.metadata.memory import MemoryMetadataStore
 from speedy.records import V1ImageRecord
@@ -102,6 +104,10 @@ class LayerExpiryTests(SynchronousTestCase):
         self.assertFalse({c.file_id for c in abandoned} & set(self.storage.chunks))
         image = self.successResultOf(self.metadata.get_v1_image(image_id(1)))
         self.assertEqual((image.complete, image.size, image.chunks), (False, None, ()))
+        self.assertEqual(
+            [(g.chunk, g.reason) for g in self.successResultOf(self.metadata.list_garbage())],
+            [(c, f"v1-image {image_id(1)}: abandoned push expired") for c in abandoned],
+            "recorded when the layer was cleared: a crash before the delete leaks nothing")
         self.clock.advance(1800)
         self.assertEqual(set(self.storage.chunks), {c.file_id for c in kept})
         self.assertEqual(self.successResultOf(self.v1.images.expire()), 0)
@@ -486,3 +492,104 @@ class ErrorTests(V1TestCase):
                                          b" " * (MAX_JSON_BODY + 1))
         self.assertEqual(response.code, 413, body)
         self.assertIn("error", json.loads(body))
+
+
+class ChunkOwnershipTests(V1TestCase):
+    """At every step of a V1 push some row owns a layer's chunks (an
+    intent, the image, or the garbage table), so an imageserver killed at
+    any point leaves them to the chunk collector."""
+
+    def all_stored_chunks(self):
+        """@return: the file ids of every chunk some fake chunkserver holds."""
+        return {file_id for server in self.cluster.client.servers.values()
+                for file_id in server.chunks}
+
+    def garbage(self):
+        """@return: the garbage table's C{(file id, reason)}s."""
+        return [(g.chunk.file_id, g.reason)
+                for g in self.successResultOf(self.cluster.metadata.list_garbage())]
+
+    async def test_layer_chunks_recorded_as_intents_first(self):
+        """Each chunk of a layer PUT is recorded as an intent before any of
+        its bytes reaches a chunkserver; the image's row takes them over
+        and their intents go in the transaction that records the layer."""
+        metadata = self.cluster.metadata
+        record_intents = metadata.record_intents
+        seen = []
+
+        def recording(chunks, reason):
+            for chunk in chunks:
+                seen.append((chunk.file_id, chunk.file_id in self.all_stored_chunks(), reason))
+            return record_intents(chunks, reason)
+        metadata.record_intents = recording
+        image = image_id(1)
+        await self.push_image(image, layer_bytes(1, 2500))
+        stored = await metadata.get_v1_image(image)
+        self.assertEqual(len(stored.chunks), 3)
+        self.assertEqual(seen, [(c.file_id, False, f"v1 layer of {image}") for c in stored.chunks])
+        self.assertEqual(await metadata.list_intents(), [])
+        self.assertEqual(self.garbage(), [])
+
+    async def test_no_layer_chunk_without_its_intent(self):
+        """When an intent cannot be recorded (the database is away), its
+        chunk is not sent: the PUT is 503 and no chunkserver holds a byte."""
+        image = image_id(1)
+        await self.call("PUT", f"/v1/images/{image}/json", image_json(image))
+        self.cluster.metadata.record_intents = lambda chunks, reason: fail(
+            errors.Unavailable("metadata database unreachable: gone"))
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 2500))
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("metadata database unreachable", json.loads(body)["error"])
+        self.assertEqual(self.all_stored_chunks(), set())
+        self.assertIsNone((await self.cluster.metadata.get_v1_image(image)).size)
+
+    async def test_layer_slower_than_its_intents(self):
+        """A layer whose intents expired before its row was written (the
+        collector may delete its chunks) is not recorded: 503, the image
+        keeps the layer it had, and the new chunks are deleted."""
+        metadata = self.cluster.metadata
+        image = image_id(1)
+        document = image_json(image)
+        await self.call("PUT", f"/v1/images/{image}/json", document)
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 1500))
+        old = await metadata.get_v1_image(image)
+        set_v1_layer = metadata.set_v1_layer
+
+        def expired_first(*args, **kwargs):
+            self.successResultOf(metadata.expire_intents(self.cluster.clock.seconds() + 1))
+            return set_v1_layer(*args, **kwargs)
+        metadata.set_v1_layer = expired_first
+        response, body = await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(2, 2500))
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("had expired", json.loads(body)["error"])
+        self.assertEqual(await metadata.get_v1_image(image), old)
+        self.assertEqual(self.all_stored_chunks(), {c.file_id for c in old.chunks})
+        self.assertEqual(len(self.garbage()), 3, "the expired intents")
+
+    async def test_replaced_layers_are_garbage(self):
+        """A layer PUT again, a JSON PUT again and a checksum mismatch each
+        record the layer they drop as garbage along with the row's change
+        (an imageserver killed before it deletes the chunks leaks none);
+        the chunks are deleted at once as well."""
+        image = image_id(1)
+        document = image_json(image)
+        await self.call("PUT", f"/v1/images/{image}/json", document)
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(1, 2500))
+        first = (await self.cluster.metadata.get_v1_image(image)).chunks
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(2, 1500))
+        second = (await self.cluster.metadata.get_v1_image(image)).chunks
+        self.assertEqual(self.garbage(),
+                         [(c.file_id, f"v1-image {image}: layer replaced") for c in first])
+        await self.call("PUT", f"/v1/images/{image}/json", document)
+        self.assertEqual(self.garbage()[3:],
+                         [(c.file_id, f"v1-image {image} pushed again") for c in second])
+        await self.call("PUT", f"/v1/images/{image}/layer", layer_bytes(3, 1500))
+        third = (await self.cluster.metadata.get_v1_image(image)).chunks
+        response, body = await self.call(
+            "PUT", f"/v1/images/{image}/checksum",
+            headers={"X-Docker-Checksum-Payload": payload_checksum(document, b"other")})
+        self.assertV1Error(response, body, 400, "Checksum mismatch")
+        self.assertEqual(self.garbage()[5:],
+                         [(c.file_id, f"v1-image {image}: checksum mismatch") for c in third])
+        self.assertEqual(self.all_stored_chunks(), set())
+        self.assertEqual(await self.cluster.metadata.list_intents(), [])

@@ -10,6 +10,15 @@ that checksum in the client's session cookie.  Here both live in the
 metadata store (L{speedy.records.V1ImageRecord}: C{complete}, C{checksum}),
 so each request of a push may reach another imageserver.
 
+A layer's chunks are each recorded as an intent before their bytes go
+out, and the image's row takes them over in the transaction that records
+the layer; a layer replaced or cleared (a JSON or layer pushed again, a
+checksum mismatch, an abandoned push's expiry) has its chunks recorded as
+garbage in the transaction that changes the row, then deleted at once
+(only complete images' layers are read, so no pull is cut short).  At
+every step some row owns the chunks: an imageserver killed in between
+leaves them to the chunk collector.
+
 The payload checksum is C{sha256:} and the hex SHA-256 of the image's JSON
 as stored, a newline, and the layer's bytes: what Docker 0.10 and later send
 as C{X-Docker-Checksum-Payload}.
@@ -124,7 +133,9 @@ class V1Images:
             stale = await self._metadata.stale_v1_layers(
                 self._clock.seconds() - self.expiry, limit=EXPIRY_BATCH)
             for image in stale:
-                if await self._metadata.clear_v1_layer(image.image_id, image.chunks):
+                if await self._metadata.clear_v1_layer(
+                        image.image_id, image.chunks,
+                        f"v1-image {image.image_id}: abandoned push expired"):
                     await self._storage.delete(image.chunks)
                     count += 1
             if len(stale) < EXPIRY_BATCH:
@@ -162,10 +173,17 @@ class V1Images:
         @return: the L{BlobBody} a layer's PUT streams into: stored as
             chunks and fed to the payload checksum; it fails with 404 when
             the image's JSON was not PUT first, 409 when the image is
-            complete (nothing of the body is stored then).
+            complete (nothing of the body is stored then).  Each chunk is
+            recorded as an intent before its bytes go out; L{put_layer}
+            has the image take them over.
         """
+        reason = f"v1 layer of {image_id}"
+
+        def record_intent(chunk):
+            return self._metadata.record_intents([chunk], reason)
         return BlobBody(Deferred.fromCoroutine(self._prepare_layer(image_id)), self._storage,
-                        run_in_thread=self._run_in_thread, body_length=body_length)
+                        run_in_thread=self._run_in_thread, body_length=body_length,
+                        record_intent=record_intent)
 
     async def _prepare_layer(self, image_id):
         image = await self._metadata.get_v1_image(image_id)
@@ -178,17 +196,19 @@ class V1Images:
     async def put_layer(self, received):
         """
         Record a layer that arrived whole (a L{layer_sink}'s outcome),
-        with its payload checksum; a layer stored before for the image is
-        deleted.
+        with its payload checksum, taking its chunks' intents over; a layer
+        stored before for the image is recorded as garbage and deleted.
 
         @raise V1Error: 404 or 409 when the image went away, completed or
             got another JSON meanwhile; the layer's chunks are deleted.
+        @raise IntentExpired: the body took longer than the collector's
+            grace period (503: push again); its chunks are deleted.
         """
         image = received.context
         try:
             before = await self._metadata.set_v1_layer(
                 image.image_id, image.json, received.length, received.chunks,
-                received.hash.digest())
+                received.hash.digest(), adopted=received.chunks)
         except BaseException:
             await self._storage.delete(received.chunks)
             raise
@@ -227,7 +247,8 @@ class V1Images:
         if image.checksum is None:
             raise V1Error("Image layer not found: PUT the layer before its checksum")
         if checksum != image.checksum:
-            if await self._metadata.clear_v1_layer(image_id, image.chunks):
+            if await self._metadata.clear_v1_layer(image_id, image.chunks,
+                                                   f"v1-image {image_id}: checksum mismatch"):
                 await self._storage.delete(image.chunks)
             raise V1Error("Checksum mismatch")
         if not await self._metadata.complete_v1_image(image_id, checksum):
