@@ -20,6 +20,7 @@ import urllib.request
 from _procstat import ProcessTree, descendants
 
 from speedy.localcluster.health import judge_health
+from speedy.localcluster.plan import pick_free_port
 
 NGINX_CONF = """\
 daemon off;
@@ -72,10 +73,9 @@ NGINX_PUT_STORE = "            dav_methods PUT;\n            create_full_put_pat
 
 
 def free_port(host="127.0.0.1"):
-    """@return: a TCP port on C{host} that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """@return: a TCP port on C{host} that nothing is bound to right now
+    (L{speedy.localcluster.plan.pick_free_port})."""
+    return pick_free_port(host)
 
 
 def netns_prefix(netns):

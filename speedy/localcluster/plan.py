@@ -5,6 +5,7 @@ command lines (L{ClusterPlan}, L{Role}).
 """
 
 import os
+import random
 import secrets
 import socket
 
@@ -56,8 +57,43 @@ def _address(host, port):
     return f"{host}:{port}"
 
 
-def pick_free_port(host="127.0.0.1"):
-    """@return: a TCP port on C{host} that nothing listens on right now."""
+#: The kernel's range of ephemeral ports, where it is not readable.
+EPHEMERAL_PORTS = (32768, 60999)
+#: Free ports are picked from here up to the ephemeral range.
+FIRST_PICKED_PORT = 10000
+
+
+def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
+    """@return: C{(low, high)}, the ports the kernel gives outgoing
+    connections their local end from."""
+    try:
+        with open(path) as f:
+            low, high = (int(n) for n in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return EPHEMERAL_PORTS
+
+
+def pick_free_port(host="127.0.0.1", rng=random, tries=100):
+    """
+    A port is picked some time before its role binds it.  A port from the
+    kernel's ephemeral range may meanwhile become the local end of any
+    outgoing connection on the machine (and the role's bind then fails with
+    EADDRINUSE), so the port is picked at random below that range and is
+    checked by binding it; only if none of C{tries} is free does the kernel
+    pick.
+
+    @return: a TCP port on C{host} that nothing is bound to right now.
+    """
+    low, _ = ephemeral_ports()
+    for _ in range(tries if low > FIRST_PICKED_PORT + 1 else 0):
+        port = rng.randrange(FIRST_PICKED_PORT, low)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

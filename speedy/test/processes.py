@@ -21,16 +21,16 @@ import subprocess
 import sys
 import time
 
+from speedy.localcluster.plan import pick_free_port
 from speedy.test.util import TEST_SECRET
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to right now, outside
+    the kernel's ephemeral range (L{pick_free_port})."""
+    return pick_free_port("127.0.0.1")
 
 
 def wait_for_port(port, host="127.0.0.1", timeout=30.0, process=None):

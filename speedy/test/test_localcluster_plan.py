@@ -5,6 +5,7 @@ contract).
 """
 
 import os
+import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -177,6 +178,37 @@ class ClusterPlanTests(SynchronousTestCase):
                  *cluster.chunkserver_metrics_ports, *cluster.imageserver_metrics_ports]
         self.assertEqual(len(ports), 1 + 3 + 2 + 3 + 4)
         self.assertEqual(len(set(ports)), len(ports))
+
+    def test_free_ports_are_picked_below_the_ephemeral_range(self):
+        """A picked port is free and outside the range the kernel gives
+        outgoing connections their local ports from, where any connection
+        on the machine could take it before its role binds it."""
+        from speedy.localcluster.plan import FIRST_PICKED_PORT, ephemeral_ports, pick_free_port
+        low, _ = ephemeral_ports()
+        for _ in range(20):
+            port = pick_free_port()
+            self.assertTrue(FIRST_PICKED_PORT <= port < low, port)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+
+    def test_a_bound_port_is_not_picked(self):
+        """A port something is bound to is skipped for the next one offered."""
+        from speedy.localcluster.plan import pick_free_port
+        free = pick_free_port()
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            taken = held.getsockname()[1]
+            offers = iter([taken, free])
+            rng = type("Rng", (), {"randrange": lambda self, a, b: next(offers)})()
+            self.assertEqual(pick_free_port(rng=rng), free)
+
+    def test_ephemeral_range_from_the_kernel(self):
+        from speedy.localcluster.plan import EPHEMERAL_PORTS, ephemeral_ports
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("40000\t50000\n")
+        self.assertEqual(ephemeral_ports(path), (40000, 50000))
+        self.assertEqual(ephemeral_ports(path + ".missing"), EPHEMERAL_PORTS)
 
     def test_impossible_layouts(self):
         for kwargs in ({"chunkservers": 4}, {"chunkservers": 2}, {"imageservers": 0},
