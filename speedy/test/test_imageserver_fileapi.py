@@ -22,6 +22,7 @@ from speedy.imageserver.clusterview import ClusterView
 from speedy.imageserver.fileapi import byte_range
 from speedy.imageserver.root import ImageServerRoot
 from speedy.logs import request_id
+from speedy.test.util import watch_intents
 from speedy.testing import DOWN, FakeCluster
 from speedy.web.streaming import StreamingSite
 
@@ -191,14 +192,7 @@ class APITests(TestCase):
         them to the collector); the file's row takes them over, and their
         intents go in the transaction that writes it."""
         metadata = self.cluster.metadata
-        record_intents = metadata.record_intents
-        seen = []
-
-        def recording(chunks, reason):
-            for chunk in chunks:
-                seen.append((chunk.file_id, chunk.file_id in self.stored_file_ids(), reason))
-            return record_intents(chunks, reason)
-        metadata.record_intents = recording
+        seen = watch_intents(metadata, self.stored_file_ids)
         response, body = await self.put("i/f", b"i" * 2500)
         self.assertEqual(response.code, 201, body)
         stored = self.successResultOf(metadata.get_file("i/f"))

@@ -25,7 +25,7 @@ from speedy.registry.v1.api import MAX_JSON_BODY, RegistryV1API, docker_version
 from speedy.registry.v1.errors import V1Error
 from speedy.registry.v1.names import parse_repository
 from speedy.testing import FakeCluster, MemoryChunkedStorage
-from speedy.test.util import connections_closed
+from speedy.test.util import connections_closed, watch_intents
 from speedy.web.streaming import StreamingSite
 
 G1 = ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
@@ -514,14 +514,7 @@ class ChunkOwnershipTests(V1TestCase):
         its bytes reaches a chunkserver; the image's row takes them over
         and their intents go in the transaction that records the layer."""
         metadata = self.cluster.metadata
-        record_intents = metadata.record_intents
-        seen = []
-
-        def recording(chunks, reason):
-            for chunk in chunks:
-                seen.append((chunk.file_id, chunk.file_id in self.all_stored_chunks(), reason))
-            return record_intents(chunks, reason)
-        metadata.record_intents = recording
+        seen = watch_intents(metadata, self.all_stored_chunks)
         image = image_id(1)
         await self.push_image(image, layer_bytes(1, 2500))
         stored = await metadata.get_v1_image(image)

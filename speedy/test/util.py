@@ -81,3 +81,22 @@ async def connections_closed(site, timeout=5.0):
     while site.connections.total and waited < timeout:
         await deferLater(reactor, 0.01, lambda: None)
         waited += 0.01
+
+
+def watch_intents(metadata, stored_file_ids):
+    """
+    Wrap C{metadata.record_intents} to note, for each chunk it is given,
+    whether a chunkserver already held the chunk at that moment.
+
+    @param stored_file_ids: returns the file ids the chunkservers hold.
+    @return: the list it appends C{(file id, already stored, reason)} to.
+    """
+    record_intents = metadata.record_intents
+    seen = []
+
+    def recording(chunks, reason):
+        for chunk in chunks:
+            seen.append((chunk.file_id, chunk.file_id in stored_file_ids(), reason))
+        return record_intents(chunks, reason)
+    metadata.record_intents = recording
+    return seen
