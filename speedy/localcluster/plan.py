@@ -8,6 +8,8 @@ import os
 import random
 import secrets
 import socket
+import tempfile
+import time
 
 from attrs import field, frozen
 from twisted.logger import Logger
@@ -74,17 +76,52 @@ def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
         return EPHEMERAL_PORTS
 
 
-def pick_free_port(host="127.0.0.1", rng=random, tries=100):
+#: Where pickers on this machine note the ports they handed out, so that
+#: no other picker hands one out again before its role has bound it.
+PICKED_DIR = os.path.join(tempfile.gettempdir(), "speedy-picked-ports")
+#: Seconds a picked port stays noted (a role binds its port long before).
+PICKED_FOR = 600.0
+
+
+def _note_picked(port, directory, now):
+    """
+    Note C{port} as picked, unless another picker noted it less than
+    L{PICKED_FOR} seconds ago.
+
+    @return: True if this call noted it.
+    """
+    path = os.path.join(directory, str(port))
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        pass
+    try:
+        if now - os.stat(path).st_mtime < PICKED_FOR:
+            return False
+        # Stale: one picker alone wins the rename, then notes it afresh.
+        os.rename(path, f"{path}.stale-{os.getpid()}")
+        os.unlink(f"{path}.stale-{os.getpid()}")
+    except OSError:
+        return False
+    return _note_picked(port, directory, now + PICKED_FOR)
+
+
+def pick_free_port(host="127.0.0.1", rng=random, tries=100, directory=None, clock=time.time):
     """
     A port is picked some time before its role binds it.  A port from the
     kernel's ephemeral range may meanwhile become the local end of any
-    outgoing connection on the machine (and the role's bind then fails with
-    EADDRINUSE), so the port is picked at random below that range and is
-    checked by binding it; only if none of C{tries} is free does the kernel
-    pick.
+    outgoing connection on the machine, and another process's picker may
+    hand out the same port (the role that binds it second then fails with
+    EADDRINUSE).  So the port is picked at random below the ephemeral range,
+    checked by binding it, and noted in C{directory} (L{PICKED_DIR}), which
+    every picker on the machine skips for L{PICKED_FOR} seconds.  Only if
+    none of C{tries} will do does the kernel pick.
 
     @return: a TCP port on C{host} that nothing is bound to right now.
     """
+    directory = PICKED_DIR if directory is None else directory
+    os.makedirs(directory, exist_ok=True)
     low, _ = ephemeral_ports()
     for _ in range(tries if low > FIRST_PICKED_PORT + 1 else 0):
         port = rng.randrange(FIRST_PICKED_PORT, low)
@@ -93,6 +130,7 @@ def pick_free_port(host="127.0.0.1", rng=random, tries=100):
                 s.bind((host, port))
             except OSError:
                 continue
+        if _note_picked(port, directory, clock()):
             return port
     with socket.socket() as s:
         s.bind((host, 0))

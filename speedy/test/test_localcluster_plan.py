@@ -194,13 +194,30 @@ class ClusterPlanTests(SynchronousTestCase):
     def test_a_bound_port_is_not_picked(self):
         """A port something is bound to is skipped for the next one offered."""
         from speedy.localcluster.plan import pick_free_port
-        free = pick_free_port()
+        directory = self.mktemp()
+        free = pick_free_port(directory=self.mktemp())
         with socket.socket() as held:
             held.bind(("127.0.0.1", 0))
             taken = held.getsockname()[1]
             offers = iter([taken, free])
             rng = type("Rng", (), {"randrange": lambda self, a, b: next(offers)})()
-            self.assertEqual(pick_free_port(rng=rng), free)
+            self.assertEqual(pick_free_port(rng=rng, directory=directory), free)
+
+    def test_a_port_picked_elsewhere_is_not_picked_again(self):
+        """Pickers in other processes skip a port picked a moment ago (its
+        role may not have bound it yet), until it is PICKED_FOR old."""
+        from speedy.localcluster.plan import PICKED_FOR, pick_free_port
+        directory = self.mktemp()
+        first = pick_free_port(directory=directory, clock=lambda: 1000.0)
+        second = pick_free_port(directory=self.mktemp())
+        offers = iter([first, second])
+        rng = type("Rng", (), {"randrange": lambda self, a, b: next(offers)})()
+        os.utime(os.path.join(directory, str(first)), (1000.0, 1000.0))
+        self.assertEqual(pick_free_port(rng=rng, directory=directory, clock=lambda: 1001.0),
+                         second)
+        offers = iter([first])
+        self.assertEqual(pick_free_port(rng=rng, directory=directory,
+                                        clock=lambda: 1000.0 + PICKED_FOR + 1), first)
 
     def test_ephemeral_range_from_the_kernel(self):
         from speedy.localcluster.plan import EPHEMERAL_PORTS, ephemeral_ports
