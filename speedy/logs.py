@@ -107,11 +107,7 @@ def run_as(rid, f, *args, **kwargs):
     """
     if rid is None:
         return f(*args, **kwargs)
-    token = request_id.set(rid)
-    try:
-        return f(*args, **kwargs)
-    finally:
-        request_id.reset(token)
+    return run_for(rid, f, *args, **kwargs)
 
 
 def run_for(rid, f, *args, **kwargs):

@@ -91,20 +91,21 @@ def _note_picked(port, directory, now):
     @return: True if this call noted it.
     """
     path = os.path.join(directory, str(port))
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        return True
-    except FileExistsError:
-        pass
-    try:
-        if now - os.stat(path).st_mtime < PICKED_FOR:
+    for stale_taken in (False, True):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            if stale_taken:  # another picker noted it afresh meanwhile
+                return False
+        try:
+            if now - os.stat(path).st_mtime < PICKED_FOR:
+                return False
+            # Stale: one picker alone wins the rename, then notes it afresh.
+            os.rename(path, f"{path}.stale-{os.getpid()}")
+            os.unlink(f"{path}.stale-{os.getpid()}")
+        except OSError:
             return False
-        # Stale: one picker alone wins the rename, then notes it afresh.
-        os.rename(path, f"{path}.stale-{os.getpid()}")
-        os.unlink(f"{path}.stale-{os.getpid()}")
-    except OSError:
-        return False
-    return _note_picked(port, directory, now + PICKED_FOR)
 
 
 def pick_free_port(host="127.0.0.1", rng=random, tries=100, directory=None, clock=time.time):
